@@ -1,0 +1,39 @@
+//! The worker's persistent volume, shared by both kinds.
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+use super::quantity::ByteQuantity;
+
+/// What happens to the worker's volume when the resource is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum ReclaimPolicy {
+    /// Keep the PersistentVolumeClaim (and any queued transactions in it).
+    #[default]
+    Retain,
+    /// Delete the PersistentVolumeClaim with the resource.
+    Delete,
+}
+
+/// The worker's data directory: a PersistentVolumeClaim in Kubernetes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Size of the volume; the default depends on the kind (Transport 2Gi, Connection 100Mi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ByteQuantity>,
+    /// StorageClass of the volume; unset uses the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Retain (default) keeps the volume when the resource is deleted; Delete removes it.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+}
+
+impl Storage {
+    /// The volume size, or the kind's default.
+    pub fn size_or(&self, default: u64) -> u64 {
+        self.size.as_ref().map_or(default, ByteQuantity::bytes)
+    }
+}

@@ -1,0 +1,455 @@
+//! Checks a manifest the way the API server does, so that standalone mode, the worker and
+//! `kubectl apply` accept and reject the same objects, and every problem names its field.
+//!
+//! The checks, in the API server's order:
+//! 1. apiVersion, kind and metadata.name;
+//! 2. the CRD's openAPIV3Schema, with unknown fields rejected (kubectl's default
+//!    `--validate=strict`) and `nullable`/int-or-string mapped to JSON Schema;
+//! 3. the schema's `x-kubernetes-validations` (CEL) rules, after defaulting;
+//! 4. `x-kubernetes-list-type: map` keys unique;
+//! 5. deserialization into the Rust types (quantities and durations parsed).
+
+use std::fmt;
+
+use kube::core::cel::{CompiledSchema, Validator as CelValidator, compile_schema};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use super::{API_VERSION, Connection, Transport, crds};
+
+/// A resource that passed every check.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    Transport(Transport),
+    Connection(Connection),
+}
+
+/// One thing wrong with a manifest, at a field path like `spec.host.url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a manifest was rejected: which object, and every problem found in it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidManifest {
+    /// `Transport plant-a/erp`, or what is known of the object.
+    pub object: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for InvalidManifest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is invalid: ", self.object)?;
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+struct KindSchema {
+    kind: &'static str,
+    /// The openAPIV3Schema as generated, for the list-map walk.
+    schema: Value,
+    structural: jsonschema::Validator,
+    cel: CompiledSchema,
+}
+
+/// Holds the compiled schemas of both kinds; build once, use for many manifests.
+pub struct ManifestValidator {
+    kinds: Vec<KindSchema>,
+    cel: CelValidator,
+}
+
+impl ManifestValidator {
+    pub fn new() -> Self {
+        let kinds = crds()
+            .into_iter()
+            .map(|crd| {
+                let version = &crd.spec.versions[0];
+                let schema = version
+                    .schema
+                    .as_ref()
+                    .and_then(|s| s.open_api_v3_schema.as_ref())
+                    .map(|s| serde_json::to_value(s).expect("a generated schema is JSON"))
+                    .expect("derived CRDs carry an openAPIV3Schema");
+                let mut strict = as_json_schema(&schema, true);
+                // The API server knows these on every object; the CRD does not list them.
+                strict["properties"]["apiVersion"] = json!({"type": "string"});
+                strict["properties"]["kind"] = json!({"type": "string"});
+                strict["properties"]["metadata"] = json!({"type": "object"});
+                let structural = jsonschema::options()
+                    .with_draft(jsonschema::Draft::Draft4)
+                    .build(&strict)
+                    .expect("the generated schema compiles as JSON Schema");
+                let kind = match crd.spec.names.kind.as_str() {
+                    "Transport" => "Transport",
+                    _ => "Connection",
+                };
+                KindSchema {
+                    kind,
+                    cel: compile_schema(&schema),
+                    schema,
+                    structural,
+                }
+            })
+            .collect();
+        Self {
+            kinds,
+            cel: CelValidator::new(),
+        }
+    }
+
+    /// Every check of the module docs; `Ok` only when all pass.
+    pub fn validate(&self, doc: &Value) -> Result<Resource, InvalidManifest> {
+        let object = describe(doc);
+        let fail = |problems: Vec<Problem>| InvalidManifest {
+            object: object.clone(),
+            problems,
+        };
+        let Some(map) = doc.as_object() else {
+            return Err(fail(vec![problem("", "a manifest must be a YAML/JSON object")]));
+        };
+        let mut problems = identity_problems(map);
+        let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let Some(schema) = self.kinds.iter().find(|k| k.kind == kind) else {
+            return Err(fail(problems));
+        };
+
+        problems.extend(schema.structural.iter_errors(doc).map(schema_problem));
+        if !problems.is_empty() {
+            // CEL rules assume a structurally valid object, as on the API server.
+            return Err(fail(problems));
+        }
+        if let Err(errors) = self.cel.validate_compiled(&schema.cel, doc, None) {
+            problems.extend(errors.iter().map(|e| problem(&e.field_path, &e.message)));
+        }
+        list_map_problems(&schema.schema, doc, "", &mut problems);
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+
+        let resource = match schema.kind {
+            "Transport" => deserialize(doc).map(Resource::Transport),
+            _ => deserialize(doc).map(Resource::Connection),
+        };
+        resource.map_err(|p| fail(vec![p]))
+    }
+}
+
+impl Default for ManifestValidator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn problem(field: &str, message: &str) -> Problem {
+    Problem {
+        field: if field.is_empty() {
+            "(root)".into()
+        } else {
+            field.into()
+        },
+        message: message.into(),
+    }
+}
+
+/// `Transport plant-a/erp`, as far as the document tells.
+fn describe(doc: &Value) -> String {
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("object");
+    let meta = doc.get("metadata");
+    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
+    let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+    match (ns, name) {
+        (Some(ns), Some(name)) => format!("{kind} {ns}/{name}"),
+        (None, Some(name)) => format!("{kind} {name}"),
+        _ => format!("{kind} (unnamed)"),
+    }
+}
+
+/// apiVersion, kind and metadata: checked by the API server before any schema.
+fn identity_problems(map: &Map<String, Value>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    match map.get("apiVersion").and_then(Value::as_str) {
+        Some(API_VERSION) => {}
+        other => problems.push(problem(
+            "apiVersion",
+            &format!("must be {API_VERSION}, not {}", shown(other)),
+        )),
+    }
+    match map.get("kind").and_then(Value::as_str) {
+        Some("Transport" | "Connection") => {}
+        other => problems.push(problem(
+            "kind",
+            &format!("must be Transport or Connection, not {}", shown(other)),
+        )),
+    }
+    let meta = map.get("metadata");
+    match meta.and_then(|m| m.get("name")).and_then(Value::as_str) {
+        None => problems.push(problem("metadata.name", "is required")),
+        Some(name) if !is_dns_subdomain(name) => problems.push(problem(
+            "metadata.name",
+            &format!(
+                "{name:?} must be a DNS subdomain: at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+            ),
+        )),
+        Some(_) => {}
+    }
+    if let Some(ns) = meta.and_then(|m| m.get("namespace")) {
+        match ns.as_str() {
+            Some(ns) if is_dns_label(ns) => {}
+            _ => problems.push(problem(
+                "metadata.namespace",
+                &format!("{ns} must be a DNS label: at most 63 lowercase letters, digits and '-'"),
+            )),
+        }
+    }
+    problems
+}
+
+fn shown(value: Option<&str>) -> String {
+    value.map_or_else(|| "missing".into(), |v| format!("{v:?}"))
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// The OpenAPI v3 schema of a CRD as plain JSON Schema: `nullable` and int-or-string become
+/// type lists, and (when `strict`) objects with declared properties reject unknown ones.
+fn as_json_schema(schema: &Value, strict: bool) -> Value {
+    let Some(obj) = schema.as_object() else {
+        return schema.clone();
+    };
+    let mut out = Map::new();
+    for (key, value) in obj {
+        let value = match key.as_str() {
+            "properties" => Value::Object(
+                value
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), as_json_schema(v, strict)))
+                    .collect(),
+            ),
+            "items" | "additionalProperties" if value.is_object() => as_json_schema(value, strict),
+            "allOf" | "anyOf" | "oneOf" => Value::Array(
+                value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| as_json_schema(v, strict))
+                    .collect(),
+            ),
+            _ => value.clone(),
+        };
+        out.insert(key.clone(), value);
+    }
+    let nullable = obj.get("nullable") == Some(&Value::Bool(true));
+    let mut types: Vec<Value> = match obj.get("type") {
+        Some(Value::String(t)) => vec![t.clone().into()],
+        _ if obj.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) => {
+            vec!["integer".into(), "string".into()]
+        }
+        _ => vec![],
+    };
+    if !types.is_empty() {
+        if nullable {
+            types.push("null".into());
+        }
+        out.insert("type".into(), Value::Array(types));
+    }
+    let preserves = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    if strict && obj.contains_key("properties") && !preserves {
+        out.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    out.into()
+}
+
+/// A JSON Schema error as a field problem; unknown fields are named one by one, as the API
+/// server does (`unknown field "spec.suspend"`).
+fn schema_problem(error: jsonschema::ValidationError<'_>) -> Problem {
+    let at = pointer_to_field(error.instance_path().as_str());
+    if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+        error.kind()
+    {
+        let fields: Vec<String> = unexpected
+            .iter()
+            .map(|u| if at.is_empty() { u.clone() } else { format!("{at}.{u}") })
+            .collect();
+        return problem(&fields.join(", "), "unknown field");
+    }
+    problem(&at, &error.to_string())
+}
+
+/// `/spec/syncSets/0/name` → `spec.syncSets[0].name`
+fn pointer_to_field(pointer: &str) -> String {
+    let mut out = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if segment.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&segment);
+        }
+    }
+    out
+}
+
+/// `x-kubernetes-list-type: map` lists must not repeat a key (the API server checks this;
+/// JSON Schema cannot express it).
+fn list_map_problems(schema: &Value, value: &Value, at: &str, problems: &mut Vec<Problem>) {
+    match value {
+        Value::Object(fields) => {
+            let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+                return;
+            };
+            for (name, field) in fields {
+                if let Some(sub) = props.get(name) {
+                    let path = if at.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{at}.{name}")
+                    };
+                    list_map_problems(sub, field, &path, problems);
+                }
+            }
+        }
+        Value::Array(items) => {
+            let Some(item_schema) = schema.get("items") else {
+                return;
+            };
+            if schema.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("map") {
+                let keys: Vec<&str> = schema
+                    .get("x-kubernetes-list-map-keys")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let mut seen = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let key: Vec<&Value> = keys.iter().map(|k| &item[*k]).collect();
+                    if seen.contains(&key) {
+                        let shown: Vec<String> = key.iter().map(|v| v.to_string()).collect();
+                        problems.push(problem(
+                            &format!("{at}[{i}]"),
+                            &format!(
+                                "duplicate entry: {} {} is already used by an earlier item",
+                                keys.join(", "),
+                                shown.join(", ")
+                            ),
+                        ));
+                    } else {
+                        seen.push(key);
+                    }
+                }
+            }
+            for (i, item) in items.iter().enumerate() {
+                list_map_problems(item_schema, item, &format!("{at}[{i}]"), problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn deserialize<T: DeserializeOwned>(doc: &Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        problem(&field, &e.into_inner().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(spec: Value) -> Value {
+        json!({"apiVersion": API_VERSION, "kind": "Transport",
+               "metadata": {"name": "erp", "namespace": "plant-a"}, "spec": spec})
+    }
+
+    fn fields(result: Result<Resource, InvalidManifest>) -> Vec<String> {
+        result
+            .expect_err("should be rejected")
+            .problems
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
+    }
+
+    #[test]
+    fn minimal_transport_gets_the_documented_defaults() {
+        let v = ManifestValidator::new();
+        let Resource::Transport(t) = v
+            .validate(&transport(json!({"host": {"url": "http://erp:8080/ingest"}})))
+            .unwrap()
+        else {
+            panic!("not a transport")
+        };
+        assert!(!t.spec.suspended && !t.spec.load_at_init);
+        assert!(t.spec.store_and_forward.enabled);
+        assert_eq!(t.spec.store_and_forward.max_messages, 100_000);
+        assert_eq!(t.spec.store_and_forward.max_bytes.bytes(), 1 << 30);
+        assert_eq!(t.spec.max_transaction_bytes.bytes(), 1 << 20);
+        assert_eq!(t.spec.host.timeout.as_std().as_secs(), 10);
+    }
+
+    #[test]
+    fn names_unknown_fields_one_by_one() {
+        let v = ManifestValidator::new();
+        let doc = transport(json!({"host": {"url": "http://h"}, "suspend": true}));
+        assert_eq!(fields(v.validate(&doc)), ["spec.suspend"]);
+    }
+
+    #[test]
+    fn cel_rules_and_patterns_name_their_field() {
+        let v = ManifestValidator::new();
+        let doc = transport(json!({"host": {"url": "http://h", "timeout": "11m"}}));
+        assert_eq!(fields(v.validate(&doc)), ["spec.host.timeout"]);
+        let doc = transport(json!({"host": {"url": "ftp://h"}}));
+        assert_eq!(fields(v.validate(&doc)), ["spec.host.url"]);
+        let doc = transport(json!({"host": {"url": "http://h"}, "maxTransactionBytes": "65Mi"}));
+        assert_eq!(fields(v.validate(&doc)), ["spec.maxTransactionBytes"]);
+    }
+
+    #[test]
+    fn pointer_paths_read_like_kubectl() {
+        assert_eq!(pointer_to_field("/spec/syncSets/0/name"), "spec.syncSets[0].name");
+        assert_eq!(pointer_to_field(""), "");
+    }
+
+    #[test]
+    fn identity_is_checked_before_the_schema() {
+        let v = ManifestValidator::new();
+        let doc = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "Bad_Name"}});
+        assert_eq!(fields(v.validate(&doc)), ["apiVersion", "kind", "metadata.name"]);
+    }
+}

@@ -1,0 +1,3 @@
+//! ferry: a Kubernetes operator for Connections and Transports.
+
+pub mod api;
