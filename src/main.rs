@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Connections and Transports for Kubernetes")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Connections and Transports for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -59,7 +59,10 @@ fn default_frequency() -> Duration {
 #[serde(rename_all = "camelCase")]
 pub struct SyncSet {
     /// Unique within the connection; a DNS label.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Disabled sync-sets are skipped; a connection with none enabled is Idle.
     #[serde(default = "default_true")]
@@ -121,7 +124,10 @@ pub struct Target {
 /// A Transport in the connection's namespace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 pub struct TransportRef {
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
 }
 
@@ -134,7 +140,9 @@ pub struct HttpTarget {
     pub method: HttpMethod,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum HttpMethod {
     #[default]
     #[serde(rename = "POST")]

@@ -32,7 +32,7 @@ impl Duration {
 
     /// A whole number of seconds, written in hours when it is whole hours (`60s`, `1h`).
     pub fn from_secs(secs: u64) -> Self {
-        let text = if secs % 3600 == 0 && secs > 0 {
+        let text = if secs.is_multiple_of(3600) && secs > 0 {
             format!("{}h", secs / 3600)
         } else {
             format!("{secs}s")
@@ -49,13 +49,16 @@ impl FromStr for Duration {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if text.is_empty() {
-            return Err(DurationError::Malformed(String::new(), "it is empty".into()));
+            return Err(DurationError::Malformed(
+                String::new(),
+                "it is empty".into(),
+            ));
         }
-        let parsed: kube::core::Duration = text
-            .parse()
-            .map_err(|e: kube::core::duration::ParseError| {
-                DurationError::Malformed(text.to_owned(), e.to_string())
-            })?;
+        let parsed: kube::core::Duration =
+            text.parse()
+                .map_err(|e: kube::core::duration::ParseError| {
+                    DurationError::Malformed(text.to_owned(), e.to_string())
+                })?;
         if parsed.is_negative() {
             return Err(DurationError::Negative(text.to_owned()));
         }
@@ -110,7 +113,12 @@ mod tests {
 
     #[test]
     fn parses_go_durations_and_keeps_the_text() {
-        for (text, secs) in [("10s", 10.0), ("1h", 3600.0), ("1h30m", 5400.0), ("500ms", 0.5)] {
+        for (text, secs) in [
+            ("10s", 10.0),
+            ("1h", 3600.0),
+            ("1h30m", 5400.0),
+            ("500ms", 0.5),
+        ] {
             let d: Duration = text.parse().unwrap();
             assert_eq!(d.as_std().as_secs_f64(), secs, "{text}");
             assert_eq!(d.to_string(), text);
@@ -121,7 +129,10 @@ mod tests {
     #[test]
     fn rejects_what_is_not_a_positive_duration() {
         for text in ["", "10", "ten seconds", "1d", "-5s"] {
-            assert!(text.parse::<Duration>().is_err(), "{text:?} should be rejected");
+            assert!(
+                text.parse::<Duration>().is_err(),
+                "{text:?} should be rejected"
+            );
         }
     }
 

@@ -172,14 +172,21 @@ mod tests {
             ("500M", 500_000_000),
             ("3k", 3000),
         ] {
-            assert_eq!(text.parse::<ByteQuantity>().unwrap().bytes(), bytes, "{text}");
+            assert_eq!(
+                text.parse::<ByteQuantity>().unwrap().bytes(),
+                bytes,
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn rejects_zero_fractions_unknown_suffixes_and_overflow() {
         for text in ["0", "0Mi", "", "Mi", "1.5Gi", "10m", "1KB", "-1", "20Ei"] {
-            assert!(text.parse::<ByteQuantity>().is_err(), "{text:?} should be rejected");
+            assert!(
+                text.parse::<ByteQuantity>().is_err(),
+                "{text:?} should be rejected"
+            );
         }
     }
 
@@ -187,7 +194,10 @@ mod tests {
     fn accepts_integers_and_keeps_the_written_form() {
         let q: ByteQuantity = serde_json::from_value(serde_json::json!(1048576)).unwrap();
         assert_eq!(q.bytes(), 1 << 20);
-        assert_eq!(serde_json::to_value(&q).unwrap(), serde_json::json!(1048576));
+        assert_eq!(
+            serde_json::to_value(&q).unwrap(),
+            serde_json::json!(1048576)
+        );
         let q: ByteQuantity = serde_json::from_value(serde_json::json!("1Mi")).unwrap();
         assert_eq!(serde_json::to_value(&q).unwrap(), serde_json::json!("1Mi"));
         assert!(serde_json::from_value::<ByteQuantity>(serde_json::json!(0)).is_err());

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::quantity::ByteQuantity;
 
 /// What happens to the worker's volume when the resource is deleted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum ReclaimPolicy {
     /// Keep the PersistentVolumeClaim (and any queued transactions in it).
     #[default]

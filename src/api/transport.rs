@@ -128,7 +128,9 @@ fn default_max_bytes() -> ByteQuantity {
 }
 
 /// What a full Store and Forward queue does with a new transaction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum WhenFull {
     /// Drop the oldest queued transactions to make room (counted as dropped).
     #[default]
@@ -138,7 +140,9 @@ pub enum WhenFull {
 }
 
 /// The five documented transport states, serialized verbatim.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum TransportState {
     /// Not connected to the host; nothing waits in the queue.
     #[default]

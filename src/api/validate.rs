@@ -17,11 +17,11 @@ use serde_json::{Map, Value, json};
 
 use super::{API_VERSION, Connection, Transport, crds};
 
-/// A resource that passed every check.
+/// A resource that passed every check (boxed: both are large and often moved).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
-    Transport(Transport),
-    Connection(Connection),
+    Transport(Box<Transport>),
+    Connection(Box<Connection>),
 }
 
 /// One thing wrong with a manifest, at a field path like `spec.host.url`.
@@ -119,7 +119,10 @@ impl ManifestValidator {
             problems,
         };
         let Some(map) = doc.as_object() else {
-            return Err(fail(vec![problem("", "a manifest must be a YAML/JSON object")]));
+            return Err(fail(vec![problem(
+                "",
+                "a manifest must be a YAML/JSON object",
+            )]));
         };
         let mut problems = identity_problems(map);
         let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
@@ -141,8 +144,8 @@ impl ManifestValidator {
         }
 
         let resource = match schema.kind {
-            "Transport" => deserialize(doc).map(Resource::Transport),
-            _ => deserialize(doc).map(Resource::Connection),
+            "Transport" => deserialize(doc).map(|t| Resource::Transport(Box::new(t))),
+            _ => deserialize(doc).map(|c| Resource::Connection(Box::new(c))),
         };
         resource.map_err(|p| fail(vec![p]))
     }
@@ -167,13 +170,12 @@ fn problem(field: &str, message: &str) -> Problem {
 
 /// `Transport plant-a/erp`, as far as the document tells.
 fn describe(doc: &Value) -> String {
-    let kind = doc
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("object");
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("object");
     let meta = doc.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
-    let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+    let ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str);
     match (ns, name) {
         (Some(ns), Some(name)) => format!("{kind} {ns}/{name}"),
         (None, Some(name)) => format!("{kind} {name}"),
@@ -289,20 +291,28 @@ fn as_json_schema(schema: &Value, strict: bool) -> Value {
     out.into()
 }
 
-/// A JSON Schema error as a field problem; unknown fields are named one by one, as the API
-/// server does (`unknown field "spec.suspend"`).
+/// A JSON Schema error as a field problem. Unknown and missing fields are named themselves,
+/// as the API server does (`unknown field "spec.suspend"`, `spec.host: Required value`).
 fn schema_problem(error: jsonschema::ValidationError<'_>) -> Problem {
+    use jsonschema::error::ValidationErrorKind;
     let at = pointer_to_field(error.instance_path().as_str());
-    if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
-        error.kind()
-    {
-        let fields: Vec<String> = unexpected
-            .iter()
-            .map(|u| if at.is_empty() { u.clone() } else { format!("{at}.{u}") })
-            .collect();
-        return problem(&fields.join(", "), "unknown field");
+    let child = |name: &str| {
+        if at.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{at}.{name}")
+        }
+    };
+    match error.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let fields: Vec<String> = unexpected.iter().map(|u| child(u)).collect();
+            problem(&fields.join(", "), "unknown field")
+        }
+        ValidationErrorKind::Required { property } => {
+            problem(&child(property.as_str().unwrap_or_default()), "is required")
+        }
+        _ => problem(&at, &error.to_string()),
     }
-    problem(&at, &error.to_string())
 }
 
 /// `/spec/syncSets/0/name` → `spec.syncSets[0].name`
@@ -409,7 +419,9 @@ mod tests {
     fn minimal_transport_gets_the_documented_defaults() {
         let v = ManifestValidator::new();
         let Resource::Transport(t) = v
-            .validate(&transport(json!({"host": {"url": "http://erp:8080/ingest"}})))
+            .validate(&transport(
+                json!({"host": {"url": "http://erp:8080/ingest"}}),
+            ))
             .unwrap()
         else {
             panic!("not a transport")
@@ -442,7 +454,10 @@ mod tests {
 
     #[test]
     fn pointer_paths_read_like_kubectl() {
-        assert_eq!(pointer_to_field("/spec/syncSets/0/name"), "spec.syncSets[0].name");
+        assert_eq!(
+            pointer_to_field("/spec/syncSets/0/name"),
+            "spec.syncSets[0].name"
+        );
         assert_eq!(pointer_to_field(""), "");
     }
 
@@ -450,6 +465,9 @@ mod tests {
     fn identity_is_checked_before_the_schema() {
         let v = ManifestValidator::new();
         let doc = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "Bad_Name"}});
-        assert_eq!(fields(v.validate(&doc)), ["apiVersion", "kind", "metadata.name"]);
+        assert_eq!(
+            fields(v.validate(&doc)),
+            ["apiVersion", "kind", "metadata.name"]
+        );
     }
 }

@@ -1,0 +1,265 @@
+//! The generated CRDs are what `crds/` holds, and what a Kubernetes 1.30+ API server
+//! accepts: structural schemas, CEL rules that compile within the cost budget, and the
+//! documented status strings verbatim.
+
+use ferry::api::{
+    ConnectionStatusValue, TransportState, crds, crds_yaml,
+    validate::{ManifestValidator, Resource},
+};
+use kube::core::cel::{CompiledSchema, ScopeContext, analyze_rule, compile_schema};
+use serde_json::{Value, json};
+
+fn schema_of(kind: &str) -> Value {
+    let crd = crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .expect("kind is generated");
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("schema present");
+    serde_json::to_value(schema).expect("schema is JSON")
+}
+
+#[test]
+fn committed_crds_match_the_types() {
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/ferry.dev.yaml"))
+            .expect("crds/ferry.dev.yaml exists");
+    assert!(
+        committed == crds_yaml().expect("renders"),
+        "crds/ferry.dev.yaml is stale: run `cargo run -- crds > crds/ferry.dev.yaml`"
+    );
+}
+
+/// The structural-schema rules of the apiextensions API server, as documented for v1 CRDs.
+fn structural_problems(node: &Value, at: &str, in_junctor: bool, out: &mut Vec<String>) {
+    let Some(obj) = node.as_object() else { return };
+    let int_or_string = obj.get("x-kubernetes-int-or-string") == Some(&json!(true));
+    let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+    if obj.contains_key("$ref") {
+        out.push(format!("{at}: $ref is not allowed"));
+    }
+    if in_junctor {
+        for key in [
+            "description",
+            "type",
+            "default",
+            "additionalProperties",
+            "nullable",
+        ] {
+            if obj.contains_key(key) {
+                out.push(format!("{at}: {key} inside anyOf/allOf/oneOf/not"));
+            }
+        }
+    } else if !obj.contains_key("type") && !int_or_string && !preserve {
+        out.push(format!("{at}: no type"));
+    }
+    if int_or_string && obj.contains_key("type") {
+        out.push(format!("{at}: int-or-string must not set type"));
+    }
+    if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
+        out.push(format!(
+            "{at}: properties and additionalProperties are exclusive"
+        ));
+    }
+    if obj.get("x-kubernetes-list-type") == Some(&json!("map")) {
+        let item = &obj["items"];
+        for key in obj["x-kubernetes-list-map-keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let required = item["required"].as_array().is_some_and(|r| r.contains(key));
+            let defaulted = item["properties"][key.as_str().unwrap_or_default()]
+                .get("default")
+                .is_some();
+            if !required && !defaulted {
+                out.push(format!(
+                    "{at}: list-map key {key} must be required or defaulted"
+                ));
+            }
+        }
+    }
+    for (name, sub) in obj
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        structural_problems(sub, &format!("{at}.{name}"), in_junctor, out);
+    }
+    if let Some(items) = obj.get("items") {
+        structural_problems(items, &format!("{at}[]"), in_junctor, out);
+    }
+    for junctor in ["anyOf", "allOf", "oneOf"] {
+        for (i, sub) in obj
+            .get(junctor)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            structural_problems(sub, &format!("{at}.{junctor}[{i}]"), true, out);
+        }
+    }
+}
+
+#[test]
+fn schemas_are_structural() {
+    for kind in ["Transport", "Connection"] {
+        let mut problems = Vec::new();
+        structural_problems(&schema_of(kind), kind, false, &mut problems);
+        assert!(problems.is_empty(), "{kind}: {problems:#?}");
+    }
+}
+
+/// Every rule compiles, uses only `self`/`oldSelf`, and is inside the API server's cost budget.
+fn cel_problems(compiled: &CompiledSchema, at: &str, rules: &mut usize, out: &mut Vec<String>) {
+    for validation in &compiled.validations {
+        match validation {
+            Ok(result) => {
+                *rules += 1;
+                for warning in
+                    analyze_rule(&result.rule.rule, compiled, ScopeContext::CrdValidation)
+                {
+                    out.push(format!("{at}: {}", warning.message));
+                }
+            }
+            Err(e) => out.push(format!("{at}: {e:?}")),
+        }
+    }
+    for (name, sub) in &compiled.properties {
+        cel_problems(sub, &format!("{at}.{name}"), rules, out);
+    }
+    if let Some(items) = &compiled.items {
+        cel_problems(items, &format!("{at}[]"), rules, out);
+    }
+}
+
+#[test]
+fn cel_rules_compile_within_the_cost_budget() {
+    let mut rules = 0;
+    for kind in ["Transport", "Connection"] {
+        let mut problems = Vec::new();
+        cel_problems(
+            &compile_schema(&schema_of(kind)),
+            kind,
+            &mut rules,
+            &mut problems,
+        );
+        assert!(problems.is_empty(), "{kind}: {problems:#?}");
+    }
+    assert_eq!(rules, 5, "every CEL rule of the types was visited");
+}
+
+#[test]
+fn status_values_are_the_documented_strings() {
+    let documented = [
+        "Down",
+        "Up",
+        "Suspended",
+        "S&F Suspended",
+        "Store and Forward",
+    ];
+    assert_eq!(
+        schema_of("Transport")["properties"]["status"]["properties"]["state"]["enum"],
+        json!(documented)
+    );
+    for (state, text) in TransportState::ALL.iter().zip(documented) {
+        assert_eq!(serde_json::to_value(state).unwrap(), json!(text));
+        assert_eq!(state.to_string(), text);
+    }
+    let documented = [
+        "Disabled",
+        "Failed",
+        "Idle",
+        "Restarting",
+        "Running",
+        "Server Reinitializing",
+        "Unknown",
+    ];
+    assert_eq!(
+        schema_of("Connection")["properties"]["status"]["properties"]["status"]["enum"],
+        json!(documented)
+    );
+    for (value, text) in ConnectionStatusValue::ALL.iter().zip(documented) {
+        assert_eq!(serde_json::to_value(value).unwrap(), json!(text));
+        assert_eq!(value.to_string(), text);
+    }
+}
+
+#[test]
+fn names_columns_and_status_subresource() {
+    for (kind, short, columns) in [
+        ("Transport", "tp", ["State", "Ready", "Queued", "Age"]),
+        (
+            "Connection",
+            "conn",
+            ["Status", "Ready", "Iteration", "Age"],
+        ),
+    ] {
+        let crd = crds()
+            .into_iter()
+            .find(|c| c.spec.names.kind == kind)
+            .expect("generated");
+        assert_eq!(crd.spec.group, "ferry.dev");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.short_names, Some(vec![short.to_string()]));
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(version.served && version.storage);
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+        let names: Vec<&str> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, columns);
+    }
+}
+
+#[test]
+fn a_status_written_by_the_operator_passes_the_schema() {
+    let validator = ManifestValidator::new();
+    let doc = json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+        "metadata": {"name": "erp", "namespace": "plant-a"},
+        "spec": {"host": {"url": "http://erp:8080/ingest"}},
+        "status": {
+            "state": "S&F Suspended", "observedGeneration": 4,
+            "queue": {"messages": 3, "bytes": 3072, "oldestAgeSeconds": 12},
+            "totals": {"received": 10, "delivered": 7, "stored": 3, "forwarded": 0, "failed": 0, "expired": 0, "dropped": 0},
+            "endpoint": "http://ferry-tp-erp.plant-a.svc:8080/v1/transports/plant-a/erp/transactions",
+            "lastReportTime": "2026-11-23T10:00:00Z",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Suspended", "message": "suspended by the user; 3 transactions queued", "lastTransitionTime": "2026-11-23T10:00:00Z"}]
+        }
+    });
+    let Ok(Resource::Transport(t)) = validator.validate(&doc) else {
+        panic!("rejected")
+    };
+    assert_eq!(
+        t.status.and_then(|s| s.state),
+        Some(TransportState::SfSuspended)
+    );
+}
+
+#[test]
+fn the_structural_check_catches_what_the_api_server_refuses() {
+    let bad = json!({"type": "object", "properties": {
+        "untyped": {"description": "no type"},
+        "both": {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": false},
+        "junctor": {"type": "string", "anyOf": [{"type": "string"}]},
+    }});
+    let mut problems = Vec::new();
+    structural_problems(&bad, "bad", false, &mut problems);
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+}
