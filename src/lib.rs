@@ -1,3 +1,4 @@
 //! ferry: a Kubernetes operator for Connections and Transports.
 
 pub mod api;
+pub mod transport;

@@ -1,0 +1,7 @@
+//! Transports at run time: the state machine (pure), the durable store, the host client and
+//! the runtime that drives them.
+
+pub mod host;
+pub mod machine;
+pub mod runtime;
+pub mod store;

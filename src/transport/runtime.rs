@@ -1,0 +1,625 @@
+//! One hosted transport at run time: the state machine driven by real I/O.
+//!
+//! Producers call [`TransportRuntime::ingest`] concurrently; each asks the machine what to do
+//! with its transaction under a short lock, then delivers, stores or fails it without the
+//! lock. Background tasks forward the queue (Store and Forward), connect at start-up
+//! (loadAtInit, restart), expire transactions past their time to live and save the record.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
+
+use super::{
+    host::{Delivery, HostClient, HostError},
+    machine::{self, Action, Config, Event},
+    store::{Limits, NewTxn, Queue, QueuedTxn, Store, StoreError},
+};
+use crate::api::{
+    TransportSpec, TransportState,
+    transport::{QueueStatus, Totals},
+};
+
+/// Forwarding reads this many queued transactions at a time.
+const FORWARD_BATCH: usize = 256;
+/// Reconnect backoff: doubles from the first delay up to the cap.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// How often time to live is enforced and the totals are saved.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
+
+/// What the store keeps of a transport besides its queue: enough to host it again after a
+/// restart exactly as it was.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub spec: TransportSpec,
+    pub generation: Option<i64>,
+    pub state: TransportState,
+    pub totals: Totals,
+}
+
+/// The answer to one ingest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IngestResult {
+    pub id: String,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub state: TransportState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Delivered,
+    Stored,
+    Failed,
+}
+
+/// The runtime report: the field names of the resource's status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransportReport {
+    pub state: TransportState,
+    pub observed_generation: Option<i64>,
+    pub queue: QueueStatus,
+    pub totals: Totals,
+    pub endpoint: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the saved record of {key} cannot be read: {reason}")]
+    Record { key: String, reason: String },
+}
+
+struct Inner {
+    spec: TransportSpec,
+    generation: Option<i64>,
+    state: TransportState,
+    host: Arc<HostClient>,
+    totals: Totals,
+    /// Transactions decided `Store` whose append has not committed yet: the queue is not
+    /// "drained" while any is on its way.
+    pending_stores: u64,
+    /// The record changed since it was last saved; `state_changed` makes the save durable.
+    dirty: bool,
+    state_changed: bool,
+    /// A connect loop (loadAtInit, restart) is running.
+    connecting: bool,
+}
+
+impl Inner {
+    fn config(&self) -> Config {
+        Config {
+            store_and_forward: self.spec.store_and_forward.enabled,
+            load_at_init: self.spec.load_at_init,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        let sf = &self.spec.store_and_forward;
+        Limits {
+            max_messages: sf.max_messages,
+            max_bytes: sf.max_bytes.bytes(),
+            when_full: sf.when_full,
+        }
+    }
+}
+
+pub struct TransportRuntime {
+    key: String,
+    endpoint: String,
+    store: Store,
+    queue: Arc<Queue>,
+    inner: Mutex<Inner>,
+    /// Wakes the forwarder (state or queue changed).
+    forward: Notify,
+    states: watch::Sender<TransportState>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl TransportRuntime {
+    /// Host a transport: restore its record and queue from the store (rule 8), apply the
+    /// spec's desired state, and start its background tasks.
+    pub async fn start(
+        store: Store,
+        key: String,
+        endpoint: String,
+        spec: TransportSpec,
+        generation: Option<i64>,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        let record: Option<Record> = match store.load_record(&key)? {
+            Some(raw) => Some(serde_json::from_slice(&raw).map_err(|e| RuntimeError::Record {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        let queue = store.queue(&key)?;
+        let host = Arc::new(HostClient::new(&spec.host, &key)?);
+        let restored = record.as_ref().map(|r| r.state);
+        let (states, _) = watch::channel(TransportState::Down);
+        let runtime = Arc::new(Self {
+            endpoint,
+            store,
+            queue,
+            inner: Mutex::new(Inner {
+                spec: spec.clone(),
+                generation,
+                state: TransportState::Down,
+                host,
+                totals: record.map(|r| r.totals).unwrap_or_default(),
+                pending_stores: 0,
+                dirty: true,
+                state_changed: true,
+                connecting: false,
+            }),
+            forward: Notify::new(),
+            states,
+            tasks: Mutex::new(Vec::new()),
+            key,
+        });
+        let queued = runtime.queue.info().messages > 0;
+        runtime.event(Event::Start { restored, queued });
+        runtime.follow_desired(spec.suspended);
+        runtime.save(true).await?;
+        let tasks = vec![
+            tokio::spawn(runtime.clone().forwarder()),
+            tokio::spawn(runtime.clone().housekeeping()),
+        ];
+        runtime.lock_tasks().extend(tasks);
+        Ok(runtime)
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribe to state changes.
+    pub fn watch_state(&self) -> watch::Receiver<TransportState> {
+        self.states.subscribe()
+    }
+
+    pub fn state(&self) -> TransportState {
+        self.lock().state
+    }
+
+    pub fn spec(&self) -> TransportSpec {
+        self.lock().spec.clone()
+    }
+
+    /// Apply a new spec (PUT): host settings, limits, and Suspend/Resume.
+    pub async fn update(self: &Arc<Self>, spec: TransportSpec, generation: Option<i64>) -> Result<(), RuntimeError> {
+        let host = Arc::new(HostClient::new(&spec.host, &self.key)?);
+        {
+            let mut inner = self.lock();
+            if inner.spec.host != spec.host {
+                inner.host = host;
+            }
+            inner.spec = spec.clone();
+            inner.generation = generation;
+            inner.dirty = true;
+            inner.state_changed = true;
+        }
+        self.follow_desired(spec.suspended);
+        // The desired state must survive a restart before the caller hears it was applied.
+        self.save(true).await?;
+        Ok(())
+    }
+
+    fn follow_desired(self: &Arc<Self>, suspended: bool) {
+        let state = self.state();
+        if suspended && !machine::is_suspended(state) {
+            self.event(Event::Suspend);
+        } else if !suspended && machine::is_suspended(state) {
+            self.event(Event::Resume);
+        }
+    }
+
+    /// Feed one event that carries no transaction, and carry out its actions.
+    fn event(self: &Arc<Self>, event: Event) {
+        let actions = {
+            let mut inner = self.lock();
+            self.transition(&mut inner, event)
+        };
+        for action in actions {
+            match action {
+                Action::Connect => self.clone().spawn_connect(),
+                Action::Forward => self.forward.notify_one(),
+                Action::Disconnect => {
+                    let mut inner = self.lock();
+                    if let Ok(fresh) = HostClient::new(&inner.spec.host, &self.key) {
+                        // Dropping the old client closes its pooled connections.
+                        inner.host = Arc::new(fresh);
+                    }
+                }
+                // Transaction actions only come with Arrived/Unreachable, handled by ingest.
+                Action::Deliver | Action::Store | Action::Fail(_) => {}
+            }
+        }
+    }
+
+    /// Apply the machine under the lock; publish a state change.
+    fn transition(&self, inner: &mut Inner, event: Event) -> Vec<Action> {
+        let (to, actions) = machine::step(inner.state, event, inner.config());
+        if to != inner.state {
+            tracing::info!(transport = %self.key, from = %inner.state, to = %to, ?event, "state changed");
+            inner.state = to;
+            inner.dirty = true;
+            inner.state_changed = true;
+            self.states.send_replace(to);
+            self.forward.notify_one();
+        }
+        actions
+    }
+
+    /// One transaction from a producer.
+    pub async fn ingest(
+        self: &Arc<Self>,
+        id: String,
+        content_type: Option<String>,
+        payload: Bytes,
+    ) -> IngestResult {
+        let (action, host) = {
+            let mut inner = self.lock();
+            inner.totals.received += 1;
+            inner.dirty = true;
+            let actions = self.transition(&mut inner, Event::Arrived);
+            let action = actions.first().copied();
+            if action == Some(Action::Store) {
+                inner.pending_stores += 1;
+            }
+            (action, inner.host.clone())
+        };
+        match action {
+            Some(Action::Deliver) => self.deliver_direct(&host, id, content_type, payload).await,
+            Some(Action::Store) => self.store(id, content_type, payload).await,
+            Some(Action::Fail(reason)) => self.fail(id, reason.message().into()),
+            _ => self.fail(id, "the transport could not decide what to do".into()),
+        }
+    }
+
+    async fn deliver_direct(
+        self: &Arc<Self>,
+        host: &HostClient,
+        id: String,
+        content_type: Option<String>,
+        payload: Bytes,
+    ) -> IngestResult {
+        match host.deliver(&id, content_type.as_deref(), payload.clone()).await {
+            Delivery::Delivered => {
+                let mut inner = self.lock();
+                inner.totals.delivered += 1;
+                inner.dirty = true;
+                self.transition(&mut inner, Event::Delivered);
+                IngestResult {
+                    id,
+                    outcome: Outcome::Delivered,
+                    reason: None,
+                    state: inner.state,
+                }
+            }
+            Delivery::Rejected(reason) => self.fail(id, reason),
+            Delivery::Unreachable(why) => {
+                tracing::warn!(transport = %self.key, reason = %why, "host unreachable");
+                let action = {
+                    let mut inner = self.lock();
+                    let actions = self.transition(&mut inner, Event::Unreachable);
+                    let action = actions.first().copied();
+                    if action == Some(Action::Store) {
+                        inner.pending_stores += 1;
+                    }
+                    action
+                };
+                match action {
+                    Some(Action::Store) => self.store(id, content_type, payload).await,
+                    Some(Action::Fail(reason)) => self.fail(id, format!("{why}; {}", reason.message())),
+                    _ => self.fail(id, why),
+                }
+            }
+        }
+    }
+
+    /// Append to the queue (fsync'd before the answer); `pending_stores` was counted.
+    async fn store(&self, id: String, content_type: Option<String>, payload: Bytes) -> IngestResult {
+        let limits = self.lock().limits();
+        let txn = NewTxn {
+            id: id.clone(),
+            content_type,
+            received_ms: now_ms(),
+            payload: payload.to_vec(),
+        };
+        let appended = self.store.append(&self.queue, txn, limits).await;
+        let mut inner = self.lock();
+        inner.pending_stores -= 1;
+        inner.dirty = true;
+        self.forward.notify_one();
+        match appended {
+            Ok(appended) => {
+                inner.totals.stored += 1;
+                if appended.dropped > 0 {
+                    inner.totals.dropped += appended.dropped;
+                    tracing::warn!(transport = %self.key, dropped = appended.dropped,
+                        "Store and Forward queue full: dropped the oldest transactions (whenFull: DropOldest)");
+                }
+                IngestResult {
+                    id,
+                    outcome: Outcome::Stored,
+                    reason: None,
+                    state: inner.state,
+                }
+            }
+            Err(e) => {
+                inner.totals.failed += 1;
+                tracing::warn!(transport = %self.key, error = %e, "transaction not stored");
+                IngestResult {
+                    id,
+                    outcome: Outcome::Failed,
+                    reason: Some(e.to_string()),
+                    state: inner.state,
+                }
+            }
+        }
+    }
+
+    fn fail(&self, id: String, reason: String) -> IngestResult {
+        let mut inner = self.lock();
+        inner.totals.failed += 1;
+        inner.dirty = true;
+        tracing::info!(transport = %self.key, %id, %reason, "transaction failed");
+        IngestResult {
+            id,
+            outcome: Outcome::Failed,
+            reason: Some(reason),
+            state: inner.state,
+        }
+    }
+
+    /// Connect with backoff while the machine asks for it (loadAtInit, restart).
+    fn spawn_connect(self: Arc<Self>) {
+        {
+            let mut inner = self.lock();
+            if inner.connecting {
+                return;
+            }
+            inner.connecting = true;
+        }
+        let runtime = self.clone();
+        let handle = tokio::spawn(async move {
+            let this = runtime;
+            let mut delay = BACKOFF_FIRST;
+            loop {
+                let (state, host) = {
+                    let inner = this.lock();
+                    (inner.state, inner.host.clone())
+                };
+                if state != TransportState::Down {
+                    break;
+                }
+                let event = match host.connect().await {
+                    Ok(()) => Event::Connected,
+                    Err(why) => {
+                        tracing::info!(transport = %this.key, reason = %why, "connect failed");
+                        Event::ConnectFailed
+                    }
+                };
+                let retry = {
+                    let mut inner = this.lock();
+                    this.transition(&mut inner, event).contains(&Action::Connect)
+                };
+                if !retry {
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(BACKOFF_CAP);
+            }
+            this.lock().connecting = false;
+        });
+        self.lock_tasks().push(handle);
+    }
+
+    /// Store and Forward: while in that state, reconnect with backoff and forward the queue in
+    /// order, one transaction at a time so the host sees them in queue order.
+    async fn forwarder(self: Arc<Self>) {
+        let mut delay = BACKOFF_FIRST;
+        loop {
+            let (state, host) = {
+                let inner = self.lock();
+                (inner.state, inner.host.clone())
+            };
+            if state != TransportState::StoreAndForward {
+                self.forward.notified().await;
+                continue;
+            }
+            let batch = match self.read_head().await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::error!(transport = %self.key, error = %e, "cannot read the queue");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                if !self.try_drained() {
+                    // An append is on its way; it wakes us when committed.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), self.forward.notified()).await;
+                }
+                continue;
+            }
+            match self.forward_batch(&host, batch).await {
+                Ok(()) => delay = BACKOFF_FIRST,
+                Err(why) => {
+                    tracing::info!(transport = %self.key, reason = %why, retry_in = ?delay, "forwarding paused");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(BACKOFF_CAP);
+                }
+            }
+        }
+    }
+
+    async fn read_head(&self) -> Result<Vec<QueuedTxn>, StoreError> {
+        let store = self.store.clone();
+        let queue = self.queue.clone();
+        tokio::task::spawn_blocking(move || store.read_head(&queue, None, FORWARD_BATCH))
+            .await
+            .map_err(|e| StoreError::Disk(e.to_string()))?
+    }
+
+    /// The queue is empty and nothing is on its way into it: leave Store and Forward.
+    fn try_drained(self: &Arc<Self>) -> bool {
+        let mut inner = self.lock();
+        if self.queue.info().messages > 0 || inner.pending_stores > 0 {
+            return false;
+        }
+        self.transition(&mut inner, Event::Drained);
+        true
+    }
+
+    /// Deliver a batch in order; stop at the first unreachable answer or a state change.
+    /// Delivered and rejected transactions leave the queue; the rest stay for the next try.
+    async fn forward_batch(&self, host: &HostClient, batch: Vec<QueuedTxn>) -> Result<(), String> {
+        let mut delivered = Vec::with_capacity(batch.len());
+        let mut rejected = Vec::new();
+        let mut stopped = None;
+        for txn in batch {
+            if self.state() != TransportState::StoreAndForward {
+                break;
+            }
+            let payload = Bytes::from(txn.payload);
+            match host.deliver(&txn.id, txn.content_type.as_deref(), payload).await {
+                Delivery::Delivered => delivered.push(txn.seq),
+                Delivery::Rejected(reason) => {
+                    tracing::warn!(transport = %self.key, id = %txn.id, %reason, "queued transaction rejected by the host; dropped from the queue");
+                    rejected.push(txn.seq);
+                }
+                Delivery::Unreachable(why) => {
+                    stopped = Some(why);
+                    break;
+                }
+            }
+        }
+        if !delivered.is_empty() || !rejected.is_empty() {
+            match self.store.remove(&self.queue, delivered, rejected).await {
+                Ok((forwarded, failed)) => {
+                    let mut inner = self.lock();
+                    inner.totals.forwarded += forwarded;
+                    inner.totals.failed += failed;
+                    inner.dirty = true;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        stopped.map_or(Ok(()), Err)
+    }
+
+    /// Time to live, and saving the record.
+    async fn housekeeping(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(HOUSEKEEPING);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.expire().await;
+            if let Err(e) = self.save(false).await {
+                tracing::error!(transport = %self.key, error = %e, "cannot save the transport's record");
+            }
+        }
+    }
+
+    async fn expire(self: &Arc<Self>) {
+        let ttl = self.lock().spec.store_and_forward.time_to_live.as_std();
+        let cutoff = now_ms().saturating_sub(ttl.as_millis() as u64);
+        if !self.queue.info().oldest_ms.is_some_and(|oldest| oldest < cutoff) {
+            return;
+        }
+        match self.store.expire(&self.queue, cutoff).await {
+            Ok(0) => {}
+            Ok(expired) => {
+                tracing::warn!(transport = %self.key, expired, ttl = ?ttl, "transactions expired (time to live)");
+                {
+                    let mut inner = self.lock();
+                    inner.totals.expired += expired;
+                    inner.dirty = true;
+                }
+                if self.queue.info().messages == 0 {
+                    self.event(Event::QueueEmptied);
+                }
+            }
+            Err(e) => tracing::error!(transport = %self.key, error = %e, "cannot expire transactions"),
+        }
+    }
+
+    /// Save the record if it changed; durable when the state changed (or `force_durable`).
+    async fn save(&self, force_durable: bool) -> Result<(), StoreError> {
+        let (record, durable) = {
+            let mut inner = self.lock();
+            if !inner.dirty && !force_durable {
+                return Ok(());
+            }
+            let durable = force_durable || inner.state_changed;
+            inner.dirty = false;
+            inner.state_changed = false;
+            let record = Record {
+                spec: inner.spec.clone(),
+                generation: inner.generation,
+                state: inner.state,
+                totals: inner.totals.clone(),
+            };
+            (record, durable)
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| StoreError::Disk(e.to_string()))?;
+        self.store.save_record(&self.key, value, durable).await
+    }
+
+    pub fn report(&self) -> TransportReport {
+        let info = self.queue.info();
+        let inner = self.lock();
+        TransportReport {
+            state: inner.state,
+            observed_generation: inner.generation,
+            queue: QueueStatus {
+                messages: info.messages,
+                bytes: info.bytes,
+                oldest_age_seconds: info
+                    .oldest_ms
+                    .map_or(0, |oldest| now_ms().saturating_sub(oldest) / 1000),
+            },
+            totals: inner.totals.clone(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    /// Stop hosting: end the background tasks and save the record durably. The queue stays.
+    pub async fn stop(&self) -> Result<(), StoreError> {
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+        self.save(true).await
+    }
+}

@@ -1,0 +1,652 @@
+//! The worker's durable store: every hosted transport's Store and Forward queue and its
+//! saved record (desired state, state, totals) in one redb file.
+//!
+//! All writes go through one writer thread that puts every write waiting at that moment into
+//! a single redb transaction: concurrent producers share one fsync (group commit), and a
+//! transaction answered `stored` has been fsync'd before the answer. Removals after forwarding
+//! and expiry do not wait for an fsync: if the worker dies first, those transactions are
+//! forwarded (or expired) again, which at-least-once delivery allows.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use crate::api::transport::WhenFull;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Groups larger than this are split, so one commit never holds the writer for long.
+const MAX_GROUP: usize = 4096;
+/// redb's page cache; the default (1 GiB) would dominate the worker's memory.
+const CACHE_BYTES: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error(
+        "the Store and Forward queue is full ({messages} messages, {bytes} bytes) and whenFull is RejectNew"
+    )]
+    Full { messages: u64, bytes: u64 },
+    #[error(
+        "the transaction ({size} bytes) is larger than storeAndForward.maxBytes ({max_bytes} bytes)"
+    )]
+    LargerThanQueue { size: u64, max_bytes: u64 },
+    #[error("the store could not write to disk: {0}")]
+    Disk(String),
+    #[error("the store has shut down")]
+    Closed,
+}
+
+impl StoreError {
+    fn disk(e: impl std::fmt::Display) -> Self {
+        Self::Disk(e.to_string())
+    }
+}
+
+/// A transaction as it is kept in the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedTxn {
+    pub seq: u64,
+    pub id: String,
+    pub content_type: Option<String>,
+    /// When the worker received it, milliseconds since the Unix epoch.
+    pub received_ms: u64,
+    pub payload: Vec<u8>,
+}
+
+impl QueuedTxn {
+    fn encode(&self) -> Vec<u8> {
+        let ct = self.content_type.as_deref().unwrap_or("");
+        let mut out = Vec::with_capacity(12 + self.id.len() + ct.len() + self.payload.len());
+        out.extend_from_slice(&self.received_ms.to_le_bytes());
+        out.extend_from_slice(&(self.id.len() as u16).to_le_bytes());
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(&(ct.len() as u16).to_le_bytes());
+        out.extend_from_slice(ct.as_bytes());
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    fn decode(seq: u64, raw: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Disk(format!("queued transaction {seq} is corrupt"));
+        let take = |at: usize, n: usize| raw.get(at..at + n).ok_or_else(corrupt);
+        let received_ms = u64::from_le_bytes(take(0, 8)?.try_into().map_err(|_| corrupt())?);
+        let id_len = u16::from_le_bytes(take(8, 2)?.try_into().map_err(|_| corrupt())?) as usize;
+        let id = String::from_utf8(take(10, id_len)?.to_vec()).map_err(|_| corrupt())?;
+        let at = 10 + id_len;
+        let ct_len = u16::from_le_bytes(take(at, 2)?.try_into().map_err(|_| corrupt())?) as usize;
+        let ct = String::from_utf8(take(at + 2, ct_len)?.to_vec()).map_err(|_| corrupt())?;
+        Ok(Self {
+            seq,
+            id,
+            content_type: (!ct.is_empty()).then_some(ct),
+            received_ms,
+            payload: raw[at + 2 + ct_len..].to_vec(),
+        })
+    }
+
+    /// The received time and payload size, without copying the payload.
+    fn header(raw: &[u8]) -> (u64, u64) {
+        let received_ms = raw
+            .get(0..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes);
+        let id_len = raw
+            .get(8..10)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u16::from_le_bytes) as usize;
+        let ct_len = raw
+            .get(10 + id_len..12 + id_len)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u16::from_le_bytes) as usize;
+        let payload = raw.len().saturating_sub(12 + id_len + ct_len);
+        (received_ms, payload as u64)
+    }
+}
+
+/// What a queue holds; kept exact by the writer, read by the runtime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub messages: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// The sequence number the next transaction gets.
+    pub next_seq: u64,
+    /// When the oldest queued transaction was received (ms since the epoch).
+    pub oldest_ms: Option<u64>,
+}
+
+impl QueueInfo {
+    fn to_bytes(self) -> [u8; 24] {
+        let mut out = [0; 24];
+        out[..8].copy_from_slice(&self.messages.to_le_bytes());
+        out[8..16].copy_from_slice(&self.bytes.to_le_bytes());
+        out[16..].copy_from_slice(&self.next_seq.to_le_bytes());
+        out
+    }
+
+    fn from_bytes(raw: &[u8]) -> Self {
+        let word = |i: usize| {
+            raw.get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        Self {
+            messages: word(0),
+            bytes: word(1),
+            next_seq: word(2),
+            oldest_ms: None,
+        }
+    }
+}
+
+/// Max Storage for one append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+}
+
+/// A transaction to append.
+#[derive(Clone, Debug)]
+pub struct NewTxn {
+    pub id: String,
+    pub content_type: Option<String>,
+    pub received_ms: u64,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    /// Transactions dropped from the head to make room (DropOldest).
+    pub dropped: u64,
+}
+
+/// One transport's queue: its table and its numbers.
+pub struct Queue {
+    table: String,
+    meta_key: String,
+    info: Mutex<QueueInfo>,
+}
+
+impl Queue {
+    pub fn info(&self) -> QueueInfo {
+        *self.info.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_info(&self, info: QueueInfo) {
+        *self.info.lock().unwrap_or_else(|e| e.into_inner()) = info;
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Op {
+    Append {
+        queue: Arc<Queue>,
+        txn: NewTxn,
+        limits: Limits,
+        reply: Reply<Appended>,
+    },
+    /// Remove forwarded (`delivered`) and host-rejected transactions.
+    Remove {
+        queue: Arc<Queue>,
+        delivered: Vec<u64>,
+        rejected: Vec<u64>,
+        reply: Reply<(u64, u64)>,
+    },
+    /// Remove every transaction received before `cutoff_ms` (time to live).
+    Expire {
+        queue: Arc<Queue>,
+        cutoff_ms: u64,
+        reply: Reply<u64>,
+    },
+    /// Save a transport's record; durable when the caller must not lose it.
+    SaveRecord {
+        key: String,
+        value: Vec<u8>,
+        durable: bool,
+        reply: Reply<()>,
+    },
+}
+
+impl Op {
+    fn durable(&self) -> bool {
+        match self {
+            Op::Append { .. } => true,
+            Op::SaveRecord { durable, .. } => *durable,
+            Op::Remove { .. } | Op::Expire { .. } => false,
+        }
+    }
+}
+
+/// The store of one worker. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    ops: mpsc::Sender<Op>,
+}
+
+impl Store {
+    /// Open (or create) `dir/ferry.redb` and start the writer thread.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("ferry.redb");
+        let open_err = |message: String| StoreError::Open {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| open_err(e.to_string()))?;
+        let db = Arc::new(db);
+        let (ops, rx) = mpsc::channel();
+        let writer_db = db.clone();
+        thread::Builder::new()
+            .name("ferry-store-writer".into())
+            .spawn(move || writer(&writer_db, &rx))
+            .map_err(|e| open_err(e.to_string()))?;
+        Ok(Self { db, ops })
+    }
+
+    /// The queue of a transport (`namespace/name`), with its numbers read from disk.
+    pub fn queue(&self, key: &str) -> Result<Arc<Queue>, StoreError> {
+        let table = format!("queue/{key}");
+        let meta_key = format!("queue-info/{key}");
+        let read = self.db.begin_read().map_err(StoreError::disk)?;
+        let mut info = match read.open_table(META) {
+            Ok(meta) => meta
+                .get(meta_key.as_str())
+                .map_err(StoreError::disk)?
+                .map(|v| QueueInfo::from_bytes(v.value()))
+                .unwrap_or_default(),
+            Err(redb::TableError::TableDoesNotExist(_)) => QueueInfo::default(),
+            Err(e) => return Err(StoreError::disk(e)),
+        };
+        let definition = TableDefinition::<u64, &[u8]>::new(&table);
+        match read.open_table(definition) {
+            Ok(t) => {
+                info.oldest_ms = t
+                    .first()
+                    .map_err(StoreError::disk)?
+                    .map(|(_, v)| QueuedTxn::header(v.value()).0);
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(StoreError::disk(e)),
+        }
+        Ok(Arc::new(Queue {
+            table,
+            meta_key,
+            info: Mutex::new(info),
+        }))
+    }
+
+    /// Up to `max` transactions from the head of the queue, in order, starting after `after`.
+    pub fn read_head(
+        &self,
+        queue: &Queue,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<QueuedTxn>, StoreError> {
+        let read = self.db.begin_read().map_err(StoreError::disk)?;
+        let definition = TableDefinition::<u64, &[u8]>::new(&queue.table);
+        let table = match read.open_table(definition) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
+            Err(e) => return Err(StoreError::disk(e)),
+        };
+        let start = after.map_or(0, |a| a.saturating_add(1));
+        let mut out = Vec::with_capacity(max.min(1024));
+        for entry in table.range(start..).map_err(StoreError::disk)?.take(max) {
+            let (k, v) = entry.map_err(StoreError::disk)?;
+            out.push(QueuedTxn::decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// A saved record (see `save_record`).
+    pub fn load_record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let read = self.db.begin_read().map_err(StoreError::disk)?;
+        match read.open_table(META) {
+            Ok(meta) => Ok(meta
+                .get(format!("record/{key}").as_str())
+                .map_err(StoreError::disk)?
+                .map(|v| v.value().to_vec())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(StoreError::disk(e)),
+        }
+    }
+
+    pub async fn append(
+        &self,
+        queue: &Arc<Queue>,
+        txn: NewTxn,
+        limits: Limits,
+    ) -> Result<Appended, StoreError> {
+        self.call(|reply| Op::Append {
+            queue: queue.clone(),
+            txn,
+            limits,
+            reply,
+        })
+        .await
+    }
+
+    /// Remove forwarded and rejected transactions; answers how many of each were still queued
+    /// (one dropped or expired meanwhile was counted as such already).
+    pub async fn remove(
+        &self,
+        queue: &Arc<Queue>,
+        delivered: Vec<u64>,
+        rejected: Vec<u64>,
+    ) -> Result<(u64, u64), StoreError> {
+        self.call(|reply| Op::Remove {
+            queue: queue.clone(),
+            delivered,
+            rejected,
+            reply,
+        })
+        .await
+    }
+
+    /// Remove what was received before `cutoff_ms`; answers how many expired.
+    pub async fn expire(&self, queue: &Arc<Queue>, cutoff_ms: u64) -> Result<u64, StoreError> {
+        self.call(|reply| Op::Expire {
+            queue: queue.clone(),
+            cutoff_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Save a transport's record under `key`.
+    pub async fn save_record(&self, key: &str, value: Vec<u8>, durable: bool) -> Result<(), StoreError> {
+        self.call(|reply| Op::SaveRecord {
+            key: format!("record/{key}"),
+            value,
+            durable,
+            reply,
+        })
+        .await
+    }
+
+    async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops.send(op(reply)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The writer thread: one redb write transaction per group of waiting operations.
+fn writer(db: &Database, ops: &mpsc::Receiver<Op>) {
+    while let Ok(first) = ops.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match ops.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        commit_group(db, group);
+    }
+}
+
+/// What one operation did, answered only once the group is committed.
+enum Done {
+    Appended(Reply<Appended>, Result<Appended, StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
+    Removed(Reply<(u64, u64)>, Result<(u64, u64), StoreError>),
+    Saved(Reply<()>, Result<(), StoreError>),
+}
+
+fn commit_group(db: &Database, group: Vec<Op>) {
+    let durable = group.iter().any(Op::durable);
+    // The numbers each touched queue will have once the group commits.
+    let mut pending: Vec<(Arc<Queue>, QueueInfo)> = Vec::new();
+    let mut done = Vec::with_capacity(group.len());
+    let result = (|| -> Result<(), StoreError> {
+        let mut tx = db.begin_write().map_err(StoreError::disk)?;
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(StoreError::disk)?;
+        {
+            let mut meta = tx.open_table(META).map_err(StoreError::disk)?;
+            for op in group {
+                apply(&tx, &mut meta, op, &mut pending, &mut done)?;
+            }
+            for (queue, info) in &pending {
+                meta.insert(queue.meta_key.as_str(), info.to_bytes().as_slice())
+                    .map_err(StoreError::disk)?;
+            }
+        }
+        tx.commit().map_err(StoreError::disk)
+    })();
+    match result {
+        Ok(()) => {
+            for (queue, info) in pending {
+                queue.set_info(info);
+            }
+            for d in done {
+                match d {
+                    Done::Appended(r, v) => drop(r.send(v)),
+                    Done::Count(r, v) => drop(r.send(v)),
+                    Done::Removed(r, v) => drop(r.send(v)),
+                    Done::Saved(r, v) => drop(r.send(v)),
+                }
+            }
+        }
+        Err(e) => {
+            // Nothing of the group was written; every caller learns why.
+            tracing::error!(error = %e, "store commit failed");
+            let err = || StoreError::Disk(e.to_string());
+            for d in done {
+                match d {
+                    Done::Appended(r, _) => drop(r.send(Err(err()))),
+                    Done::Count(r, _) => drop(r.send(Err(err()))),
+                    Done::Removed(r, _) => drop(r.send(Err(err()))),
+                    Done::Saved(r, _) => drop(r.send(Err(err()))),
+                }
+            }
+        }
+    }
+}
+
+fn info_for(queue: &Arc<Queue>, pending: &mut Vec<(Arc<Queue>, QueueInfo)>) -> usize {
+    if let Some(i) = pending.iter().position(|(q, _)| Arc::ptr_eq(q, queue)) {
+        return i;
+    }
+    pending.push((queue.clone(), queue.info()));
+    pending.len() - 1
+}
+
+fn apply(
+    tx: &redb::WriteTransaction,
+    meta: &mut redb::Table<&str, &[u8]>,
+    op: Op,
+    pending: &mut Vec<(Arc<Queue>, QueueInfo)>,
+    done: &mut Vec<Done>,
+) -> Result<(), StoreError> {
+    match op {
+        Op::Append {
+            queue,
+            txn,
+            limits,
+            reply,
+        } => {
+            let i = info_for(&queue, pending);
+            let mut table = tx
+                .open_table(TableDefinition::<u64, &[u8]>::new(&queue.table))
+                .map_err(StoreError::disk)?;
+            let outcome = append(&mut table, &mut pending[i].1, txn, limits);
+            done.push(Done::Appended(reply, outcome));
+        }
+        Op::Remove {
+            queue,
+            delivered,
+            rejected,
+            reply,
+        } => {
+            let i = info_for(&queue, pending);
+            let mut table = tx
+                .open_table(TableDefinition::<u64, &[u8]>::new(&queue.table))
+                .map_err(StoreError::disk)?;
+            let info = &mut pending[i].1;
+            let removed = (
+                remove_seqs(&mut table, info, &delivered)?,
+                remove_seqs(&mut table, info, &rejected)?,
+            );
+            info.oldest_ms = oldest(&table)?;
+            done.push(Done::Removed(reply, Ok(removed)));
+        }
+        Op::Expire {
+            queue,
+            cutoff_ms,
+            reply,
+        } => {
+            let i = info_for(&queue, pending);
+            let mut table = tx
+                .open_table(TableDefinition::<u64, &[u8]>::new(&queue.table))
+                .map_err(StoreError::disk)?;
+            let expired = pop_while(&mut table, &mut pending[i].1, |_, received| {
+                received < cutoff_ms
+            })?;
+            done.push(Done::Count(reply, Ok(expired)));
+        }
+        Op::SaveRecord {
+            key, value, reply, ..
+        } => {
+            meta.insert(key.as_str(), value.as_slice())
+                .map_err(StoreError::disk)?;
+            done.push(Done::Saved(reply, Ok(())));
+        }
+    }
+    Ok(())
+}
+
+/// Max Storage first (drop the oldest or refuse), then the append itself.
+fn append(
+    table: &mut redb::Table<u64, &[u8]>,
+    info: &mut QueueInfo,
+    txn: NewTxn,
+    limits: Limits,
+) -> Result<Appended, StoreError> {
+    let size = txn.payload.len() as u64;
+    if size > limits.max_bytes {
+        return Err(StoreError::LargerThanQueue {
+            size,
+            max_bytes: limits.max_bytes,
+        });
+    }
+    let fits = |info: &QueueInfo| {
+        info.messages < limits.max_messages && info.bytes + size <= limits.max_bytes
+    };
+    let mut dropped = 0;
+    if !fits(info) {
+        if limits.when_full == WhenFull::RejectNew {
+            return Err(StoreError::Full {
+                messages: info.messages,
+                bytes: info.bytes,
+            });
+        }
+        // DropOldest: drop from the head until the new transaction fits.
+        dropped = drop_until_fits(table, info, &fits)?;
+    }
+    let seq = info.next_seq;
+    let stored = QueuedTxn {
+        seq,
+        id: txn.id,
+        content_type: txn.content_type,
+        received_ms: txn.received_ms,
+        payload: txn.payload,
+    };
+    table
+        .insert(seq, stored.encode().as_slice())
+        .map_err(StoreError::disk)?;
+    info.next_seq += 1;
+    info.messages += 1;
+    info.bytes += size;
+    info.oldest_ms.get_or_insert(stored.received_ms);
+    Ok(Appended { seq, dropped })
+}
+
+fn drop_until_fits(
+    table: &mut redb::Table<u64, &[u8]>,
+    info: &mut QueueInfo,
+    fits: &dyn Fn(&QueueInfo) -> bool,
+) -> Result<u64, StoreError> {
+    let mut dropped = 0;
+    while !fits(info) {
+        let Some((_, v)) = table.pop_first().map_err(StoreError::disk)? else {
+            break;
+        };
+        let (_, size) = QueuedTxn::header(v.value());
+        info.messages = info.messages.saturating_sub(1);
+        info.bytes = info.bytes.saturating_sub(size);
+        dropped += 1;
+    }
+    info.oldest_ms = oldest(table)?;
+    Ok(dropped)
+}
+
+/// Pop from the head while `keep_popping(seq, received_ms)` holds; answers how many.
+fn pop_while(
+    table: &mut redb::Table<u64, &[u8]>,
+    info: &mut QueueInfo,
+    keep_popping: impl Fn(u64, u64) -> bool,
+) -> Result<u64, StoreError> {
+    let mut popped = 0;
+    loop {
+        let head = table
+            .first()
+            .map_err(StoreError::disk)?
+            .map(|(k, v)| (k.value(), QueuedTxn::header(v.value())));
+        let Some((seq, (received_ms, size))) = head else {
+            break;
+        };
+        if !keep_popping(seq, received_ms) {
+            break;
+        }
+        table.remove(seq).map_err(StoreError::disk)?;
+        info.messages = info.messages.saturating_sub(1);
+        info.bytes = info.bytes.saturating_sub(size);
+        popped += 1;
+    }
+    info.oldest_ms = oldest(table)?;
+    Ok(popped)
+}
+
+/// Remove the given transactions that are still queued; answers how many were.
+fn remove_seqs(
+    table: &mut redb::Table<u64, &[u8]>,
+    info: &mut QueueInfo,
+    seqs: &[u64],
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    for seq in seqs {
+        if let Some(v) = table.remove(*seq).map_err(StoreError::disk)? {
+            let (_, size) = QueuedTxn::header(v.value());
+            info.messages = info.messages.saturating_sub(1);
+            info.bytes = info.bytes.saturating_sub(size);
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn oldest(table: &redb::Table<u64, &[u8]>) -> Result<Option<u64>, StoreError> {
+    Ok(table
+        .first()
+        .map_err(StoreError::disk)?
+        .map(|(_, v)| QueuedTxn::header(v.value()).0))
+}
