@@ -1,15 +1,19 @@
-//! `ferry`: the command line. Each subcommand lives in its own module.
+//! `ferry`: the command line. Each subcommand's work lives in its own module.
 
-use std::process::ExitCode;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
+use axum::http::StatusCode;
 use clap::{Parser, Subcommand};
+use ferry::{
+    standalone,
+    worker::{
+        Worker, WorkerOptions, api,
+        tokens::{Token, Tokens},
+    },
+};
 
 #[derive(Parser)]
-#[command(
-    name = "ferry",
-    version,
-    about = "Connections and Transports for Kubernetes"
-)]
+#[command(name = "ferry", version, about = "Connections and Transports for Kubernetes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,20 +23,163 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions generated from the Rust types (YAML).
     Crds,
+    /// Host transports for the operator: the HTTP API, the Store and Forward queue on disk.
+    Worker {
+        /// Where the store (queues, desired state, totals) lives.
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// File holding the token the admin routes require.
+        #[arg(long)]
+        admin_token_file: PathBuf,
+        /// File holding the token ingest requires.
+        #[arg(long)]
+        ingest_token_file: PathBuf,
+        /// The URL producers use to reach this worker (reported as each transport's endpoint).
+        #[arg(long, env = "FERRY_PUBLIC_URL")]
+        public_url: Option<String>,
+    },
+    /// Run Transport manifests locally, without Kubernetes (the embedded default when no
+    /// --manifests are given).
+    Standalone {
+        /// Manifest files or directories (multi-document YAML, as given to kubectl).
+        #[arg(long, num_args = 1..)]
+        manifests: Vec<PathBuf>,
+        #[arg(long, default_value = "ferry-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Require this admin token (by default the API is open, on loopback).
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        /// Require this ingest token.
+        #[arg(long)]
+        ingest_token_file: Option<PathBuf>,
+    },
+    /// A sample host for transports: prints every transaction it receives.
+    Sink {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// The status to answer with (200; try 503 or 400).
+        #[arg(long, default_value_t = 200)]
+        answer: u16,
+        /// Do not print each transaction.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Crds => match ferry::api::crds_yaml() {
+    if let Command::Crds = cli.command {
+        return match ferry::api::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("ferry crds: cannot render the CRDs: {e}");
-                ExitCode::FAILURE
+            Err(e) => fail(format!("cannot render the CRDs: {e}")),
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ferry=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    ferry::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(run(cli.command))
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("ferry: {message}");
+    ExitCode::FAILURE
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Crds => ExitCode::SUCCESS,
+        Command::Worker {
+            data_dir,
+            listen,
+            admin_token_file,
+            ingest_token_file,
+            public_url,
+        } => {
+            let tokens = match (
+                Token::read("admin", &admin_token_file),
+                Token::read("ingest", &ingest_token_file),
+            ) {
+                (Ok(admin), Ok(ingest)) => Tokens {
+                    admin: Some(admin),
+                    ingest: Some(ingest),
+                },
+                (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),
+            };
+            let public_url = public_url.unwrap_or_else(|| format!("http://{listen}"));
+            let options = WorkerOptions { data_dir, public_url };
+            match Worker::open(options, true).await {
+                Ok(worker) => serve(worker, listen, tokens).await,
+                Err(e) => fail(e.to_string()),
             }
-        },
+        }
+        Command::Standalone {
+            manifests,
+            data_dir,
+            listen,
+            admin_token_file,
+            ingest_token_file,
+        } => {
+            let read = |what, path: Option<PathBuf>| path.map(|p| Token::read(what, &p)).transpose();
+            let tokens = match (read("admin", admin_token_file), read("ingest", ingest_token_file)) {
+                (Ok(admin), Ok(ingest)) => Tokens { admin, ingest },
+                (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),
+            };
+            let options = WorkerOptions {
+                data_dir,
+                public_url: format!("http://{listen}"),
+            };
+            let worker = match Worker::open(options, false).await {
+                Ok(worker) => worker,
+                Err(e) => return fail(e.to_string()),
+            };
+            if let Err(errors) = standalone::start(&worker, &manifests).await {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                return fail(format!("{} problem(s) in the manifests; nothing was started", errors.len()));
+            }
+            serve(worker, listen, tokens).await
+        }
+        Command::Sink { listen, answer, quiet } => {
+            let Ok(answer) = StatusCode::from_u16(answer) else {
+                return fail(format!("--answer {answer} is not an HTTP status"));
+            };
+            match ferry::sink::serve(listen, answer, quiet).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("sink on {listen}: {e}")),
+            }
+        }
+    }
+}
+
+async fn serve(worker: Arc<Worker>, listen: SocketAddr, tokens: Tokens) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
+    };
+    tracing::info!(%listen, "worker API listening");
+    let served = axum::serve(listener, api::router(worker.clone(), tokens))
+        .with_graceful_shutdown(ferry::shutdown_signal())
+        .await;
+    worker.shutdown().await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("the API server stopped: {e}")),
     }
 }

@@ -44,6 +44,13 @@ pub struct Record {
     pub generation: Option<i64>,
     pub state: TransportState,
     pub totals: Totals,
+    /// False once the transport was deleted from the worker: a restart does not host it again.
+    #[serde(default = "yes")]
+    pub hosted: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The answer to one ingest.
@@ -99,6 +106,7 @@ struct Inner {
     state_changed: bool,
     /// A connect loop (loadAtInit, restart) is running.
     connecting: bool,
+    hosted: bool,
 }
 
 impl Inner {
@@ -172,6 +180,7 @@ impl TransportRuntime {
                 dirty: true,
                 state_changed: true,
                 connecting: false,
+                hosted: true,
             }),
             forward: Notify::new(),
             states,
@@ -192,6 +201,12 @@ impl TransportRuntime {
 
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// (namespace, name)
+    pub fn namespace_name(&self) -> (String, String) {
+        let (ns, name) = self.key.split_once('/').unwrap_or(("default", &self.key));
+        (ns.to_owned(), name.to_owned())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -590,6 +605,7 @@ impl TransportRuntime {
                 generation: inner.generation,
                 state: inner.state,
                 totals: inner.totals.clone(),
+                hosted: inner.hosted,
             };
             (record, durable)
         };
@@ -615,8 +631,15 @@ impl TransportRuntime {
         }
     }
 
-    /// Stop hosting: end the background tasks and save the record durably. The queue stays.
+    /// Stop hosting (DELETE): end the background tasks and save the record durably, marked
+    /// as no longer hosted. The queue stays on disk.
     pub async fn stop(&self) -> Result<(), StoreError> {
+        self.lock().hosted = false;
+        self.pause().await
+    }
+
+    /// End the background tasks and save the record durably (shutdown).
+    pub async fn pause(&self) -> Result<(), StoreError> {
         for task in self.lock_tasks().drain(..) {
             task.abort();
         }

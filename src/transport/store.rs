@@ -312,6 +312,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Every saved record, by key.
+    pub fn records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let read = self.db.begin_read().map_err(StoreError::disk)?;
+        let meta = match read.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
+            Err(e) => return Err(StoreError::disk(e)),
+        };
+        let mut out = Vec::new();
+        for entry in meta.range("record/".."record0").map_err(StoreError::disk)? {
+            let (k, v) = entry.map_err(StoreError::disk)?;
+            if let Some(key) = k.value().strip_prefix("record/") {
+                out.push((key.to_owned(), v.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// A saved record (see `save_record`).
     pub fn load_record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let read = self.db.begin_read().map_err(StoreError::disk)?;

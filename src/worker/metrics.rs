@@ -1,0 +1,101 @@
+//! `/metrics`: every hosted transport's state, queue and totals, read live at each scrape.
+
+use std::{fmt, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use super::Worker;
+use crate::api::TransportState;
+
+/// Reads the worker's runtimes at scrape time, so the figures never drift from the reports.
+#[derive(Debug)]
+struct TransportCollector(Arc<Worker>);
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Collector for TransportCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let reports: Vec<_> = self
+            .0
+            .transports()
+            .into_iter()
+            .map(|t| (t.namespace_name(), t.report()))
+            .collect();
+
+        let mut family = encoder.encode_descriptor(
+            "ferry_transport_state",
+            "1 for the transport's current state (Up, Down, Suspended, S&F Suspended, Store and Forward), 0 for the others",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for ((ns, name), report) in &reports {
+            for state in TransportState::ALL {
+                let labels = [("namespace", ns.as_str()), ("name", name.as_str()), ("state", state.as_str())];
+                ConstGauge::new(i64::from(report.state == state)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        drop(family);
+
+        type Gauge = fn(&crate::transport::runtime::TransportReport) -> u64;
+        let gauges: [(&str, &str, Gauge); 3] = [
+            ("ferry_transport_queue_messages", "Transactions in the Store and Forward queue", |r| r.queue.messages),
+            ("ferry_transport_queue_bytes", "Payload bytes in the Store and Forward queue", |r| r.queue.bytes),
+            ("ferry_transport_queue_oldest_age_seconds", "Age of the oldest queued transaction", |r| {
+                r.queue.oldest_age_seconds
+            }),
+        ];
+        for (metric, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(metric, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+            for ((ns, name), report) in &reports {
+                let labels = [("namespace", ns.as_str()), ("name", name.as_str())];
+                ConstGauge::new(value(report) as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "ferry_transport_transactions",
+            "Transactions by outcome: received, delivered, stored, forwarded, failed, expired, dropped",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for ((ns, name), report) in &reports {
+            let t = &report.totals;
+            for (outcome, value) in [
+                ("received", t.received),
+                ("delivered", t.delivered),
+                ("stored", t.stored),
+                ("forwarded", t.forwarded),
+                ("failed", t.failed),
+                ("expired", t.expired),
+                ("dropped", t.dropped),
+            ] {
+                let labels = [("namespace", ns.as_str()), ("name", name.as_str()), ("outcome", outcome)];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The registry served at `/metrics`.
+pub fn registry(worker: Arc<Worker>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(TransportCollector(worker)));
+    registry
+}
+
+/// Prometheus text format.
+pub fn render(registry: &Registry) -> Result<String, fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}

@@ -1,0 +1,230 @@
+//! The worker: hosts transports, owns the store, serves the HTTP API of DESIGN.md.
+
+pub mod api;
+pub mod metrics;
+pub mod tokens;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use serde_json::Value;
+
+use crate::{
+    api::{
+        Transport,
+        validate::{InvalidManifest, ManifestValidator, Resource},
+    },
+    transport::{
+        runtime::{Record, RuntimeError, TransportRuntime},
+        store::{Store, StoreError},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidManifest),
+    #[error("the object is a {kind}; this route takes a {expected}")]
+    WrongKind { kind: String, expected: &'static str },
+    #[error("the body names {body}, but the URL names {url}")]
+    NameMismatch { body: String, url: String },
+    #[error("cannot host {key}: {source}")]
+    Runtime {
+        key: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where producers reach this worker, for the `endpoint` in reports.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub data_dir: PathBuf,
+    pub public_url: String,
+}
+
+pub struct Worker {
+    store: Store,
+    public_url: String,
+    transports: RwLock<BTreeMap<String, Arc<TransportRuntime>>>,
+    validator: Mutex<ManifestValidator>,
+}
+
+/// `namespace/name`, the key of a hosted resource.
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl Worker {
+    /// Open the store. With `rehost`, every transport the store was hosting before the
+    /// restart is hosted again at once (rule 8), before any desired state arrives.
+    pub async fn open(options: WorkerOptions, rehost: bool) -> Result<Arc<Self>, WorkerError> {
+        let store = Store::open(&options.data_dir)?;
+        let worker = Arc::new(Self {
+            store,
+            public_url: options.public_url.trim_end_matches('/').to_owned(),
+            transports: RwLock::new(BTreeMap::new()),
+            validator: Mutex::new(ManifestValidator::new()),
+        });
+        if rehost {
+            for (key, raw) in worker.store.records()? {
+                let record: Record = match serde_json::from_slice(&raw) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(transport = %key, error = %e, "saved record unreadable; not hosted");
+                        continue;
+                    }
+                };
+                if !record.hosted {
+                    continue;
+                }
+                let runtime = worker.start(&key, record.spec, record.generation).await?;
+                tracing::info!(transport = %key, state = %runtime.state(), "hosted again after restart");
+            }
+        }
+        Ok(worker)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn endpoint(&self, key: &str) -> String {
+        format!("{}/v1/transports/{key}/transactions", self.public_url)
+    }
+
+    async fn start(
+        &self,
+        key: &str,
+        spec: crate::api::TransportSpec,
+        generation: Option<i64>,
+    ) -> Result<Arc<TransportRuntime>, WorkerError> {
+        let runtime = TransportRuntime::start(
+            self.store.clone(),
+            key.to_owned(),
+            self.endpoint(key),
+            spec,
+            generation,
+        )
+        .await
+        .map_err(|source| WorkerError::Runtime {
+            key: key.to_owned(),
+            source,
+        })?;
+        self.write_transports().insert(key.to_owned(), runtime.clone());
+        Ok(runtime)
+    }
+
+    fn write_transports(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<TransportRuntime>>> {
+        self.transports.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn transports(&self) -> Vec<Arc<TransportRuntime>> {
+        self.transports
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn transport(&self, key: &str) -> Option<Arc<TransportRuntime>> {
+        self.transports
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Check a manifest the way the API server does.
+    pub fn validate(&self, doc: &Value) -> Result<Resource, InvalidManifest> {
+        self.validator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .validate(doc)
+    }
+
+    /// Create or update a hosted transport from its manifest (PUT). Answers whether it was
+    /// created. `url` is the `namespace/name` of the route, when there is one.
+    pub async fn apply_transport(
+        &self,
+        doc: &Value,
+        url: Option<&str>,
+    ) -> Result<(Arc<TransportRuntime>, bool), WorkerError> {
+        let transport = match self.validate(&with_namespace(doc, url))? {
+            Resource::Transport(t) => t,
+            Resource::Connection(_) => {
+                return Err(WorkerError::WrongKind {
+                    kind: "Connection".into(),
+                    expected: "Transport",
+                });
+            }
+        };
+        self.host_transport(*transport, url).await
+    }
+
+    pub async fn host_transport(
+        &self,
+        transport: Transport,
+        url: Option<&str>,
+    ) -> Result<(Arc<TransportRuntime>, bool), WorkerError> {
+        let namespace = transport.metadata.namespace.as_deref().unwrap_or("default");
+        let name = transport.metadata.name.as_deref().unwrap_or_default();
+        let key = key(namespace, name);
+        if let Some(url) = url
+            && url != key
+        {
+            return Err(WorkerError::NameMismatch {
+                body: key,
+                url: url.to_owned(),
+            });
+        }
+        let generation = transport.metadata.generation;
+        if let Some(existing) = self.transport(&key) {
+            existing
+                .update(transport.spec, generation)
+                .await
+                .map_err(|source| WorkerError::Runtime {
+                    key: key.clone(),
+                    source,
+                })?;
+            return Ok((existing, false));
+        }
+        Ok((self.start(&key, transport.spec, generation).await?, true))
+    }
+
+    /// Stop hosting a transport (DELETE); its queue and record stay on disk.
+    pub async fn remove_transport(&self, key: &str) -> Result<bool, WorkerError> {
+        let Some(runtime) = self.write_transports().remove(key) else {
+            return Ok(false);
+        };
+        runtime.stop().await?;
+        Ok(true)
+    }
+
+    /// Save every record durably (shutdown).
+    pub async fn shutdown(&self) {
+        for runtime in self.transports() {
+            if let Err(e) = runtime.pause().await {
+                tracing::error!(transport = %runtime.key(), error = %e, "cannot save the record at shutdown");
+            }
+        }
+    }
+}
+
+/// A manifest without a namespace takes the route's (as kubectl takes the context's).
+fn with_namespace(doc: &Value, url: Option<&str>) -> Value {
+    let mut doc = doc.clone();
+    if let (Some(url), Some(meta)) = (url, doc.get_mut("metadata").and_then(Value::as_object_mut))
+        && !meta.contains_key("namespace")
+        && let Some((ns, _)) = url.split_once('/')
+    {
+        meta.insert("namespace".into(), Value::String(ns.into()));
+    }
+    doc
+}
