@@ -13,7 +13,11 @@ use ferry::{
 };
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Connections and Transports for Kubernetes")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Connections and Transports for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,7 +93,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     ferry::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
@@ -122,7 +129,10 @@ async fn run(command: Command) -> ExitCode {
                 (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),
             };
             let public_url = public_url.unwrap_or_else(|| format!("http://{listen}"));
-            let options = WorkerOptions { data_dir, public_url };
+            let options = WorkerOptions {
+                data_dir,
+                public_url,
+            };
             match Worker::open(options, true).await {
                 Ok(worker) => serve(worker, listen, tokens).await,
                 Err(e) => fail(e.to_string()),
@@ -135,8 +145,12 @@ async fn run(command: Command) -> ExitCode {
             admin_token_file,
             ingest_token_file,
         } => {
-            let read = |what, path: Option<PathBuf>| path.map(|p| Token::read(what, &p)).transpose();
-            let tokens = match (read("admin", admin_token_file), read("ingest", ingest_token_file)) {
+            let read =
+                |what, path: Option<PathBuf>| path.map(|p| Token::read(what, &p)).transpose();
+            let tokens = match (
+                read("admin", admin_token_file),
+                read("ingest", ingest_token_file),
+            ) {
                 (Ok(admin), Ok(ingest)) => Tokens { admin, ingest },
                 (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),
             };
@@ -152,11 +166,18 @@ async fn run(command: Command) -> ExitCode {
                 for e in &errors {
                     eprintln!("{e}");
                 }
-                return fail(format!("{} problem(s) in the manifests; nothing was started", errors.len()));
+                return fail(format!(
+                    "{} problem(s) in the manifests; nothing was started",
+                    errors.len()
+                ));
             }
             serve(worker, listen, tokens).await
         }
-        Command::Sink { listen, answer, quiet } => {
+        Command::Sink {
+            listen,
+            answer,
+            quiet,
+        } => {
             let Ok(answer) = StatusCode::from_u16(answer) else {
                 return fail(format!("--answer {answer} is not an HTTP status"));
             };

@@ -61,7 +61,11 @@ async fn receive(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> S
 
 pub async fn serve(listen: SocketAddr, answer: StatusCode, quiet: bool) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    println!("ferry sink listening on http://{}, answering {}", listener.local_addr()?, answer.as_u16());
+    println!(
+        "ferry sink listening on http://{}, answering {}",
+        listener.local_addr()?,
+        answer.as_u16()
+    );
     axum::serve(listener, router(answer, quiet))
         .with_graceful_shutdown(crate::shutdown_signal())
         .await

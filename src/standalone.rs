@@ -181,7 +181,10 @@ pub async fn apply(worker: &Arc<Worker>, loaded: Vec<Loaded>) -> Vec<Arc<Transpo
                 Err(e) => eprintln!("{}: {e}", item.source),
             },
             Resource::Connection(_) => {
-                eprintln!("{}: {object} skipped: this build of ferry hosts transports only", item.source)
+                eprintln!(
+                    "{}: {object} skipped: this build of ferry hosts transports only",
+                    item.source
+                )
             }
         }
     }
@@ -207,7 +210,10 @@ fn watch_state(object: String, runtime: &Arc<TransportRuntime>) {
 pub async fn start(worker: &Arc<Worker>, paths: &[PathBuf]) -> Result<(), Vec<ManifestsError>> {
     let validator = ManifestValidator::new();
     let (files, sources) = if paths.is_empty() {
-        (vec![], vec![("(embedded default)".to_owned(), EMBEDDED_DEFAULT.to_owned())])
+        (
+            vec![],
+            vec![("(embedded default)".to_owned(), EMBEDDED_DEFAULT.to_owned())],
+        )
     } else {
         let files = manifest_files(paths).map_err(|e| vec![e])?;
         let sources = read_sources(&files).map_err(|e| vec![e])?;

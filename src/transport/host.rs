@@ -28,7 +28,9 @@ pub fn classify(status: u16) -> Delivery {
         400..=499 => Delivery::Rejected(format!("the host rejected the transaction with {status}")),
         500..=599 => Delivery::Unreachable(format!("the host answered {status}")),
         // 1xx/3xx: not an answer ferry can act on; keep the transaction rather than lose it.
-        _ => Delivery::Unreachable(format!("the host answered {status}, which is not a delivery")),
+        _ => Delivery::Unreachable(format!(
+            "the host answered {status}, which is not a delivery"
+        )),
     }
 }
 

@@ -126,9 +126,10 @@ pub fn step(state: TransportState, event: Event, config: Config) -> Transition {
         // Rules 2 and 3: deliver while Up or Down.
         (Up | Down, Event::Arrived) => (state, vec![Deliver]),
         // Rule 4: behind the queue while in Store and Forward (order is kept).
-        (StoreAndForward, Event::Arrived) => {
-            (state, vec![keep_or_fail(FailReason::UnreachableWithoutStore)])
-        }
+        (StoreAndForward, Event::Arrived) => (
+            state,
+            vec![keep_or_fail(FailReason::UnreachableWithoutStore)],
+        ),
         // Rule 6: a suspended transport never delivers; it stores or fails.
         (Suspended, Event::Arrived) if sf => (SfSuspended, vec![Store]),
         (Suspended | SfSuspended, Event::Arrived) => {
@@ -141,17 +142,16 @@ pub fn step(state: TransportState, event: Event, config: Config) -> Transition {
 
         // Rules 2 and 3: the host is unreachable.
         (Up | Down, Event::Unreachable) if sf => (StoreAndForward, vec![Store, Forward]),
-        (Up | Down, Event::Unreachable) => {
-            (Down, vec![Fail(FailReason::UnreachableWithoutStore)])
-        }
+        (Up | Down, Event::Unreachable) => (Down, vec![Fail(FailReason::UnreachableWithoutStore)]),
         // A delivery that was under way when the state changed: keep it behind the queue.
         (Suspended, Event::Unreachable) if sf => (SfSuspended, vec![Store]),
         (Suspended | SfSuspended, Event::Unreachable) => {
             (state, vec![keep_or_fail(FailReason::SuspendedWithoutStore)])
         }
-        (StoreAndForward, Event::Unreachable) => {
-            (state, vec![keep_or_fail(FailReason::UnreachableWithoutStore)])
-        }
+        (StoreAndForward, Event::Unreachable) => (
+            state,
+            vec![keep_or_fail(FailReason::UnreachableWithoutStore)],
+        ),
 
         // Rule 1: loadAtInit keeps retrying with backoff while the host is unreachable.
         (Down, Event::ConnectFailed) if config.load_at_init => (Down, vec![Connect]),
@@ -190,73 +190,251 @@ mod tests {
         Start { restored, queued }
     }
 
+    /// (rule, from, event, config, to, actions)
+    type Row = (
+        &'static str,
+        TransportState,
+        Event,
+        Config,
+        TransportState,
+        &'static [Action],
+    );
+
     /// One row per sentence of the seed (and per DESIGN rule); the comment quotes it.
     #[test]
     fn every_rule_of_the_seed() {
-        let rows: &[(&str, TransportState, Event, Config, TransportState, &[Action])] = &[
+        let rows: &[Row] = &[
             // "By default, a transport is down until it processes a transport map."
             ("1 new", Down, start(None, false), SF, Down, &[]),
             // "If you checked Load transport at initialization ... a connection to the host
             // is attempted as soon as the node boots up"
-            ("1 loadAtInit", Down, start(None, false), SF_LOAD, Down, &[Connect]),
+            (
+                "1 loadAtInit",
+                Down,
+                start(None, false),
+                SF_LOAD,
+                Down,
+                &[Connect],
+            ),
             ("1 connected", Down, Connected, SF_LOAD, Up, &[]),
             ("1 retry", Down, ConnectFailed, SF_LOAD, Down, &[Connect]),
-            ("1 no retry without loadAtInit", Down, ConnectFailed, SF, Down, &[]),
+            (
+                "1 no retry without loadAtInit",
+                Down,
+                ConnectFailed,
+                SF,
+                Down,
+                &[],
+            ),
             // "the first transaction that comes through the transport will switch the state
             // from Down to Up"
             ("2 deliver", Down, Arrived, SF, Down, &[Deliver]),
             ("2 delivered", Down, Delivered, SF, Up, &[]),
-            ("2 unreachable, S&F", Down, Unreachable, SF, StoreAndForward, &[Store, Forward]),
+            (
+                "2 unreachable, S&F",
+                Down,
+                Unreachable,
+                SF,
+                StoreAndForward,
+                &[Store, Forward],
+            ),
             // "If the host is not available and store and forward is disabled, the
             // transaction will be counted as a failure, and the state ... will remain at Down."
-            ("2 unreachable, no S&F", Down, Unreachable, NO_SF, Down, &[Fail(UnreachableWithoutStore)]),
+            (
+                "2 unreachable, no S&F",
+                Down,
+                Unreachable,
+                NO_SF,
+                Down,
+                &[Fail(UnreachableWithoutStore)],
+            ),
             ("3 up delivers", Up, Arrived, SF, Up, &[Deliver]),
-            ("3 up unreachable, S&F", Up, Unreachable, SF, StoreAndForward, &[Store, Forward]),
-            ("3 up unreachable, no S&F", Up, Unreachable, NO_SF, Down, &[Fail(UnreachableWithoutStore)]),
+            (
+                "3 up unreachable, S&F",
+                Up,
+                Unreachable,
+                SF,
+                StoreAndForward,
+                &[Store, Forward],
+            ),
+            (
+                "3 up unreachable, no S&F",
+                Up,
+                Unreachable,
+                NO_SF,
+                Down,
+                &[Fail(UnreachableWithoutStore)],
+            ),
             // S&F: "transactions are being saved in a store and forward queue"
-            ("4 behind the queue", StoreAndForward, Arrived, SF, StoreAndForward, &[Store]),
+            (
+                "4 behind the queue",
+                StoreAndForward,
+                Arrived,
+                SF,
+                StoreAndForward,
+                &[Store],
+            ),
             ("4 drained", StoreAndForward, Drained, SF, Up, &[]),
-            ("4 in-flight failure", StoreAndForward, Unreachable, SF, StoreAndForward, &[Store]),
+            (
+                "4 in-flight failure",
+                StoreAndForward,
+                Unreachable,
+                SF,
+                StoreAndForward,
+                &[Store],
+            ),
             // "When a transport with an Up state is suspended, the transport will disconnect
             // from the host. Its status ... is changed to Suspended."
             ("5 suspend up", Up, Suspend, SF, Suspended, &[Disconnect]),
             ("5 suspend down", Down, Suspend, SF, Suspended, &[]),
             // "When a transport with a Store and Forward state is suspended its status changes
             // to S&F Suspended. The transport will no longer attempt to connect to the host."
-            ("5 suspend S&F", StoreAndForward, Suspend, SF, SfSuspended, &[Disconnect]),
+            (
+                "5 suspend S&F",
+                StoreAndForward,
+                Suspend,
+                SF,
+                SfSuspended,
+                &[Disconnect],
+            ),
             ("5 suspend twice", Suspended, Suspend, SF, Suspended, &[]),
             // "if the transport has store and forward enabled, then the transaction will be
             // saved into a store and forward queue and the transport state updated from
             // Suspended to S&F Suspended."
-            ("6 suspended stores", Suspended, Arrived, SF, SfSuspended, &[Store]),
-            ("6 S&F suspended stores", SfSuspended, Arrived, SF, SfSuspended, &[Store]),
+            (
+                "6 suspended stores",
+                Suspended,
+                Arrived,
+                SF,
+                SfSuspended,
+                &[Store],
+            ),
+            (
+                "6 S&F suspended stores",
+                SfSuspended,
+                Arrived,
+                SF,
+                SfSuspended,
+                &[Store],
+            ),
             // "the first transaction that comes through the transport will be counted as a
             // failure — if the transport does not have store and forward capability"
-            ("6 suspended fails", Suspended, Arrived, NO_SF, Suspended, &[Fail(SuspendedWithoutStore)]),
+            (
+                "6 suspended fails",
+                Suspended,
+                Arrived,
+                NO_SF,
+                Suspended,
+                &[Fail(SuspendedWithoutStore)],
+            ),
             // "If the host becomes available, the transport will remain in a S&F Suspended
             // state until it is resumed."
-            ("6 host back while suspended", SfSuspended, Connected, SF, SfSuspended, &[]),
-            ("6 late delivery stored", Suspended, Unreachable, SF, SfSuspended, &[Store]),
+            (
+                "6 host back while suspended",
+                SfSuspended,
+                Connected,
+                SF,
+                SfSuspended,
+                &[],
+            ),
+            (
+                "6 late delivery stored",
+                Suspended,
+                Unreachable,
+                SF,
+                SfSuspended,
+                &[Store],
+            ),
             // "The transport is returned to a Down state, unless you checked the Load
             // transport at Initialization option ... and the host is available"
             ("7 resume", Suspended, Resume, SF, Down, &[]),
-            ("7 resume loadAtInit", Suspended, Resume, SF_LOAD, Down, &[Connect]),
-            ("7 resume S&F suspended", SfSuspended, Resume, SF, StoreAndForward, &[Forward]),
+            (
+                "7 resume loadAtInit",
+                Suspended,
+                Resume,
+                SF_LOAD,
+                Down,
+                &[Connect],
+            ),
+            (
+                "7 resume S&F suspended",
+                SfSuspended,
+                Resume,
+                SF,
+                StoreAndForward,
+                &[Forward],
+            ),
             ("7 resume when running", Up, Resume, SF, Up, &[]),
             // "If the node is rebooted, the transport state will be restored to Suspended or
             // S&F Suspended depending on the state it was"
-            ("8 reboot suspended", Down, start(Some(Suspended), false), SF, Suspended, &[]),
-            ("8 reboot S&F suspended", Down, start(Some(SfSuspended), true), SF, SfSuspended, &[]),
-            ("8 reboot S&F suspended, all expired", Down, start(Some(SfSuspended), false), SF, Suspended, &[]),
+            (
+                "8 reboot suspended",
+                Down,
+                start(Some(Suspended), false),
+                SF,
+                Suspended,
+                &[],
+            ),
+            (
+                "8 reboot S&F suspended",
+                Down,
+                start(Some(SfSuspended), true),
+                SF,
+                SfSuspended,
+                &[],
+            ),
+            (
+                "8 reboot S&F suspended, all expired",
+                Down,
+                start(Some(SfSuspended), false),
+                SF,
+                Suspended,
+                &[],
+            ),
             // "a started transport will be automatically initialized and connected to the host
             // when the device comes back up."
-            ("8 reboot up", Down, start(Some(Up), false), SF, Down, &[Connect]),
-            ("8 reboot S&F", Down, start(Some(StoreAndForward), true), SF, StoreAndForward, &[Forward]),
-            ("8 reboot down", Down, start(Some(Down), false), SF, Down, &[]),
+            (
+                "8 reboot up",
+                Down,
+                start(Some(Up), false),
+                SF,
+                Down,
+                &[Connect],
+            ),
+            (
+                "8 reboot S&F",
+                Down,
+                start(Some(StoreAndForward), true),
+                SF,
+                StoreAndForward,
+                &[Forward],
+            ),
+            (
+                "8 reboot down",
+                Down,
+                start(Some(Down), false),
+                SF,
+                Down,
+                &[],
+            ),
             // "The transactions will stay in the store and forward queue until their time to
             // live expires" — an emptied queue leaves a suspended transport Suspended.
-            ("9 expired while suspended", SfSuspended, QueueEmptied, SF, Suspended, &[]),
-            ("9 expired in S&F keeps reconnecting", StoreAndForward, QueueEmptied, SF, StoreAndForward, &[]),
+            (
+                "9 expired while suspended",
+                SfSuspended,
+                QueueEmptied,
+                SF,
+                Suspended,
+                &[],
+            ),
+            (
+                "9 expired in S&F keeps reconnecting",
+                StoreAndForward,
+                QueueEmptied,
+                SF,
+                StoreAndForward,
+                &[],
+            ),
         ];
         for (name, from, event, config, to, actions) in rows {
             assert_eq!(
@@ -270,12 +448,23 @@ mod tests {
     #[test]
     fn a_suspended_transport_never_delivers_or_forwards() {
         for state in [Suspended, SfSuspended] {
-            for event in [Arrived, Unreachable, Delivered, Connected, ConnectFailed, Drained, QueueEmptied, Suspend] {
+            for event in [
+                Arrived,
+                Unreachable,
+                Delivered,
+                Connected,
+                ConnectFailed,
+                Drained,
+                QueueEmptied,
+                Suspend,
+            ] {
                 for config in [SF, NO_SF, SF_LOAD] {
                     let (to, actions) = step(state, event, config);
                     assert!(is_suspended(to), "{state} + {event:?} left suspension");
                     assert!(
-                        !actions.iter().any(|a| matches!(a, Deliver | Forward | Connect)),
+                        !actions
+                            .iter()
+                            .any(|a| matches!(a, Deliver | Forward | Connect)),
                         "{state} + {event:?} -> {actions:?}"
                     );
                 }

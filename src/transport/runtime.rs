@@ -156,10 +156,12 @@ impl TransportRuntime {
         generation: Option<i64>,
     ) -> Result<Arc<Self>, RuntimeError> {
         let record: Option<Record> = match store.load_record(&key)? {
-            Some(raw) => Some(serde_json::from_slice(&raw).map_err(|e| RuntimeError::Record {
-                key: key.clone(),
-                reason: e.to_string(),
-            })?),
+            Some(raw) => Some(
+                serde_json::from_slice(&raw).map_err(|e| RuntimeError::Record {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?,
+            ),
             None => None,
         };
         let queue = store.queue(&key)?;
@@ -231,7 +233,11 @@ impl TransportRuntime {
     }
 
     /// Apply a new spec (PUT): host settings, limits, and Suspend/Resume.
-    pub async fn update(self: &Arc<Self>, spec: TransportSpec, generation: Option<i64>) -> Result<(), RuntimeError> {
+    pub async fn update(
+        self: &Arc<Self>,
+        spec: TransportSpec,
+        generation: Option<i64>,
+    ) -> Result<(), RuntimeError> {
         let host = Arc::new(HostClient::new(&spec.host, &self.key)?);
         {
             let mut inner = self.lock();
@@ -328,7 +334,10 @@ impl TransportRuntime {
         content_type: Option<String>,
         payload: Bytes,
     ) -> IngestResult {
-        match host.deliver(&id, content_type.as_deref(), payload.clone()).await {
+        match host
+            .deliver(&id, content_type.as_deref(), payload.clone())
+            .await
+        {
             Delivery::Delivered => {
                 let mut inner = self.lock();
                 inner.totals.delivered += 1;
@@ -355,7 +364,9 @@ impl TransportRuntime {
                 };
                 match action {
                     Some(Action::Store) => self.store(id, content_type, payload).await,
-                    Some(Action::Fail(reason)) => self.fail(id, format!("{why}; {}", reason.message())),
+                    Some(Action::Fail(reason)) => {
+                        self.fail(id, format!("{why}; {}", reason.message()))
+                    }
                     _ => self.fail(id, why),
                 }
             }
@@ -363,7 +374,12 @@ impl TransportRuntime {
     }
 
     /// Append to the queue (fsync'd before the answer); `pending_stores` was counted.
-    async fn store(&self, id: String, content_type: Option<String>, payload: Bytes) -> IngestResult {
+    async fn store(
+        &self,
+        id: String,
+        content_type: Option<String>,
+        payload: Bytes,
+    ) -> IngestResult {
         let limits = self.lock().limits();
         let txn = NewTxn {
             id: id.clone(),
@@ -447,7 +463,8 @@ impl TransportRuntime {
                 };
                 let retry = {
                     let mut inner = this.lock();
-                    this.transition(&mut inner, event).contains(&Action::Connect)
+                    this.transition(&mut inner, event)
+                        .contains(&Action::Connect)
                 };
                 if !retry {
                     break;
@@ -484,7 +501,9 @@ impl TransportRuntime {
             if batch.is_empty() {
                 if !self.try_drained() {
                     // An append is on its way; it wakes us when committed.
-                    let _ = tokio::time::timeout(Duration::from_millis(50), self.forward.notified()).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(50), self.forward.notified())
+                            .await;
                 }
                 continue;
             }
@@ -528,7 +547,10 @@ impl TransportRuntime {
                 break;
             }
             let payload = Bytes::from(txn.payload);
-            match host.deliver(&txn.id, txn.content_type.as_deref(), payload).await {
+            match host
+                .deliver(&txn.id, txn.content_type.as_deref(), payload)
+                .await
+            {
                 Delivery::Delivered => delivered.push(txn.seq),
                 Delivery::Rejected(reason) => {
                     tracing::warn!(transport = %self.key, id = %txn.id, %reason, "queued transaction rejected by the host; dropped from the queue");
@@ -570,7 +592,12 @@ impl TransportRuntime {
     async fn expire(self: &Arc<Self>) {
         let ttl = self.lock().spec.store_and_forward.time_to_live.as_std();
         let cutoff = now_ms().saturating_sub(ttl.as_millis() as u64);
-        if !self.queue.info().oldest_ms.is_some_and(|oldest| oldest < cutoff) {
+        if self
+            .queue
+            .info()
+            .oldest_ms
+            .is_none_or(|oldest| oldest >= cutoff)
+        {
             return;
         }
         match self.store.expire(&self.queue, cutoff).await {
@@ -586,7 +613,9 @@ impl TransportRuntime {
                     self.event(Event::QueueEmptied);
                 }
             }
-            Err(e) => tracing::error!(transport = %self.key, error = %e, "cannot expire transactions"),
+            Err(e) => {
+                tracing::error!(transport = %self.key, error = %e, "cannot expire transactions")
+            }
         }
     }
 

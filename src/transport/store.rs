@@ -386,7 +386,12 @@ impl Store {
     }
 
     /// Save a transport's record under `key`.
-    pub async fn save_record(&self, key: &str, value: Vec<u8>, durable: bool) -> Result<(), StoreError> {
+    pub async fn save_record(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
         self.call(|reply| Op::SaveRecord {
             key: format!("record/{key}"),
             value,

@@ -13,7 +13,10 @@ use axum::{
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
-use super::{Worker, WorkerError, key, metrics, tokens::{Tokens, allowed}};
+use super::{
+    Worker, WorkerError, key, metrics,
+    tokens::{Tokens, allowed},
+};
 use crate::transport::runtime::Outcome;
 
 /// The largest body any route reads: the largest `maxTransactionBytes` the CRD allows, and
@@ -40,10 +43,12 @@ impl IntoResponse for ApiError {
 impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
         let status = match &e {
-            WorkerError::Invalid(_) | WorkerError::WrongKind { .. } | WorkerError::NameMismatch { .. } => {
-                StatusCode::BAD_REQUEST
+            WorkerError::Invalid(_)
+            | WorkerError::WrongKind { .. }
+            | WorkerError::NameMismatch { .. } => StatusCode::BAD_REQUEST,
+            WorkerError::Runtime { .. } | WorkerError::Store(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
             }
-            WorkerError::Runtime { .. } | WorkerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
     }
@@ -61,9 +66,14 @@ pub fn router(worker: Arc<Worker>, tokens: Tokens) -> Router {
     Router::new()
         .route(
             "/v1/transports/{namespace}/{name}",
-            put(put_transport).get(get_transport).delete(delete_transport),
+            put(put_transport)
+                .get(get_transport)
+                .delete(delete_transport),
         )
-        .route("/v1/transports/{namespace}/{name}/transactions", post(ingest))
+        .route(
+            "/v1/transports/{namespace}/{name}/transactions",
+            post(ingest),
+        )
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -82,12 +92,17 @@ fn admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 fn unauthorized(which: &str) -> ApiError {
     ApiError(
         StatusCode::UNAUTHORIZED,
-        format!("this route needs the {which} token, as 'Authorization: Bearer <token>' or 'Ferry-Token: <token>'"),
+        format!(
+            "this route needs the {which} token, as 'Authorization: Bearer <token>' or 'Ferry-Token: <token>'"
+        ),
     )
 }
 
 fn not_hosted(key: &str) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, format!("no transport {key} is hosted here"))
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!("no transport {key} is hosted here"),
+    )
 }
 
 async fn put_transport(
@@ -97,13 +112,27 @@ async fn put_transport(
     body: Body,
 ) -> Answer {
     admin(&app, &headers)?;
-    let body = to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|e| ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("cannot read the body: {e}")))?;
-    let doc: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))?;
-    let (runtime, created) = app.worker.apply_transport(&doc, Some(&key(&namespace, &name))).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let body = to_bytes(body, MAX_BODY).await.map_err(|e| {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("cannot read the body: {e}"),
+        )
+    })?;
+    let doc: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let (runtime, created) = app
+        .worker
+        .apply_transport(&doc, Some(&key(&namespace, &name)))
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(runtime.report())).into_response())
 }
 
@@ -128,7 +157,10 @@ async fn delete_transport(
     if !app.worker.remove_transport(&key).await? {
         return Err(not_hosted(&key));
     }
-    Ok(Json(json!({"message": format!("transport {key} is no longer hosted; its queue is kept")})).into_response())
+    Ok(
+        Json(json!({"message": format!("transport {key} is no longer hosted; its queue is kept")}))
+            .into_response(),
+    )
 }
 
 async fn ingest(
@@ -146,7 +178,9 @@ async fn ingest(
     let too_large = || {
         ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the transaction is larger than maxTransactionBytes ({limit} bytes) of transport {key}"),
+            format!(
+                "the transaction is larger than maxTransactionBytes ({limit} bytes) of transport {key}"
+            ),
         )
     };
     let declared = headers
@@ -162,7 +196,9 @@ async fn ingest(
             let id = v.to_str().ok().filter(|id| valid_id(id)).ok_or_else(|| {
                 ApiError(
                     StatusCode::BAD_REQUEST,
-                    format!("Ferry-Transaction-Id must be 1 to {MAX_ID_LEN} visible ASCII characters"),
+                    format!(
+                        "Ferry-Transaction-Id must be 1 to {MAX_ID_LEN} visible ASCII characters"
+                    ),
                 )
             })?;
             id.to_owned()
@@ -187,10 +223,17 @@ fn valid_id(id: &str) -> bool {
 }
 
 async fn serve_metrics(State(app): State<App>) -> Answer {
-    let text = metrics::render(&app.registry)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render metrics: {e}")))?;
+    let text = metrics::render(&app.registry).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render metrics: {e}"),
+        )
+    })?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response())

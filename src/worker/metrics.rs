@@ -31,30 +31,51 @@ impl Collector for TransportCollector {
             .map(|t| (t.namespace_name(), t.report()))
             .collect();
 
-        let mut family = encoder.encode_descriptor(
+        {
+            let mut family = encoder.encode_descriptor(
             "ferry_transport_state",
             "1 for the transport's current state (Up, Down, Suspended, S&F Suspended, Store and Forward), 0 for the others",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for ((ns, name), report) in &reports {
-            for state in TransportState::ALL {
-                let labels = [("namespace", ns.as_str()), ("name", name.as_str()), ("state", state.as_str())];
-                ConstGauge::new(i64::from(report.state == state)).encode(family.encode_family(&labels)?)?;
+            for ((ns, name), report) in &reports {
+                for state in TransportState::ALL {
+                    let labels = [
+                        ("namespace", ns.as_str()),
+                        ("name", name.as_str()),
+                        ("state", state.as_str()),
+                    ];
+                    ConstGauge::new(i64::from(report.state == state))
+                        .encode(family.encode_family(&labels)?)?;
+                }
             }
         }
-        drop(family);
 
         type Gauge = fn(&crate::transport::runtime::TransportReport) -> u64;
         let gauges: [(&str, &str, Gauge); 3] = [
-            ("ferry_transport_queue_messages", "Transactions in the Store and Forward queue", |r| r.queue.messages),
-            ("ferry_transport_queue_bytes", "Payload bytes in the Store and Forward queue", |r| r.queue.bytes),
-            ("ferry_transport_queue_oldest_age_seconds", "Age of the oldest queued transaction", |r| {
-                r.queue.oldest_age_seconds
-            }),
+            (
+                "ferry_transport_queue_messages",
+                "Transactions in the Store and Forward queue",
+                |r| r.queue.messages,
+            ),
+            (
+                "ferry_transport_queue_bytes",
+                "Payload bytes in the Store and Forward queue",
+                |r| r.queue.bytes,
+            ),
+            (
+                "ferry_transport_queue_oldest_age_seconds",
+                "Age of the oldest queued transaction",
+                |r| r.queue.oldest_age_seconds,
+            ),
         ];
         for (metric, help, value) in gauges {
-            let mut family = encoder.encode_descriptor(metric, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+            let mut family = encoder.encode_descriptor(
+                metric,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
             for ((ns, name), report) in &reports {
                 let labels = [("namespace", ns.as_str()), ("name", name.as_str())];
                 ConstGauge::new(value(report) as i64).encode(family.encode_family(&labels)?)?;
@@ -78,7 +99,11 @@ impl Collector for TransportCollector {
                 ("expired", t.expired),
                 ("dropped", t.dropped),
             ] {
-                let labels = [("namespace", ns.as_str()), ("name", name.as_str()), ("outcome", outcome)];
+                let labels = [
+                    ("namespace", ns.as_str()),
+                    ("name", name.as_str()),
+                    ("outcome", outcome),
+                ];
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }

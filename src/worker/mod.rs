@@ -28,7 +28,10 @@ pub enum WorkerError {
     #[error(transparent)]
     Invalid(#[from] InvalidManifest),
     #[error("the object is a {kind}; this route takes a {expected}")]
-    WrongKind { kind: String, expected: &'static str },
+    WrongKind {
+        kind: String,
+        expected: &'static str,
+    },
     #[error("the body names {body}, but the URL names {url}")]
     NameMismatch { body: String, url: String },
     #[error("cannot host {key}: {source}")]
@@ -116,11 +119,14 @@ impl Worker {
             key: key.to_owned(),
             source,
         })?;
-        self.write_transports().insert(key.to_owned(), runtime.clone());
+        self.write_transports()
+            .insert(key.to_owned(), runtime.clone());
         Ok(runtime)
     }
 
-    fn write_transports(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<TransportRuntime>>> {
+    fn write_transports(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<TransportRuntime>>> {
         self.transports.write().unwrap_or_else(|e| e.into_inner())
     }
 
