@@ -23,8 +23,9 @@ pub enum Event {
         restored: Option<TransportState>,
         queued: bool,
     },
-    /// The user suspended the transport (`spec.suspended: true`).
-    Suspend,
+    /// The user suspended the transport (`spec.suspended: true`); `queued` whether the queue
+    /// holds transactions.
+    Suspend { queued: bool },
     /// The user resumed it (`spec.suspended: false`).
     Resume,
     /// A producer sent a transaction.
@@ -111,11 +112,13 @@ pub fn step(state: TransportState, event: Event, config: Config) -> Transition {
             Some(Down) | None => (Down, connect_if_loading),
         },
 
-        // Rule 5: suspending disconnects; a transport in S&F stops trying to connect.
-        (Up, Event::Suspend) => (Suspended, vec![Disconnect]),
-        (Down, Event::Suspend) => (Suspended, vec![]),
-        (StoreAndForward, Event::Suspend) => (SfSuspended, vec![Disconnect]),
-        (Suspended | SfSuspended, Event::Suspend) => (state, vec![]),
+        // Rule 5: suspending disconnects; a transport in S&F stops trying to connect. (One
+        // whose queue all expired has nothing stored: it is plainly Suspended.)
+        (Up, Event::Suspend { .. }) => (Suspended, vec![Disconnect]),
+        (Down, Event::Suspend { .. }) => (Suspended, vec![]),
+        (StoreAndForward, Event::Suspend { queued: true }) => (SfSuspended, vec![Disconnect]),
+        (StoreAndForward, Event::Suspend { queued: false }) => (Suspended, vec![Disconnect]),
+        (Suspended | SfSuspended, Event::Suspend { .. }) => (state, vec![]),
 
         // Rule 7: resume returns to Down (Up once connected, with loadAtInit); a queue is
         // forwarded, and the host being unreachable leaves Store and Forward.
@@ -185,6 +188,9 @@ mod tests {
         store_and_forward: true,
         load_at_init: true,
     };
+
+    const SUSPEND: Event = Suspend { queued: false };
+    const SUSPEND_QUEUED: Event = Suspend { queued: true };
 
     fn start(restored: Option<TransportState>, queued: bool) -> Event {
         Start { restored, queued }
@@ -285,19 +291,27 @@ mod tests {
             ),
             // "When a transport with an Up state is suspended, the transport will disconnect
             // from the host. Its status ... is changed to Suspended."
-            ("5 suspend up", Up, Suspend, SF, Suspended, &[Disconnect]),
-            ("5 suspend down", Down, Suspend, SF, Suspended, &[]),
+            ("5 suspend up", Up, SUSPEND, SF, Suspended, &[Disconnect]),
+            ("5 suspend down", Down, SUSPEND, SF, Suspended, &[]),
             // "When a transport with a Store and Forward state is suspended its status changes
             // to S&F Suspended. The transport will no longer attempt to connect to the host."
             (
                 "5 suspend S&F",
                 StoreAndForward,
-                Suspend,
+                SUSPEND_QUEUED,
                 SF,
                 SfSuspended,
                 &[Disconnect],
             ),
-            ("5 suspend twice", Suspended, Suspend, SF, Suspended, &[]),
+            (
+                "5 suspend S&F, queue all expired",
+                StoreAndForward,
+                SUSPEND,
+                SF,
+                Suspended,
+                &[Disconnect],
+            ),
+            ("5 suspend twice", Suspended, SUSPEND, SF, Suspended, &[]),
             // "if the transport has store and forward enabled, then the transaction will be
             // saved into a store and forward queue and the transport state updated from
             // Suspended to S&F Suspended."
@@ -456,7 +470,8 @@ mod tests {
                 ConnectFailed,
                 Drained,
                 QueueEmptied,
-                Suspend,
+                SUSPEND,
+                SUSPEND_QUEUED,
             ] {
                 for config in [SF, NO_SF, SF_LOAD] {
                     let (to, actions) = step(state, event, config);
@@ -467,6 +482,196 @@ mod tests {
                             .any(|a| matches!(a, Deliver | Forward | Connect)),
                         "{state} + {event:?} -> {actions:?}"
                     );
+                }
+            }
+        }
+    }
+
+    /// A model of the rest of the transport: a host that is up or down, a FIFO queue with Max
+    /// Storage, and where every transaction ended. Random operations drive `step` through it.
+    mod model {
+        use std::collections::VecDeque;
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::api::transport::WhenFull;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Arrive,
+            HostUp,
+            HostDown,
+            Suspend,
+            Resume,
+            /// Time to live expires the oldest queued transaction.
+            ExpireOldest,
+            /// The forwarder delivers the head of the queue (if it may).
+            ForwardOne,
+            /// A connect attempt (loadAtInit) completes.
+            ConnectAttempt,
+            /// kill -9 and start again.
+            Restart,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => Just(Op::Arrive),
+                1 => Just(Op::HostUp),
+                1 => Just(Op::HostDown),
+                1 => Just(Op::Suspend),
+                1 => Just(Op::Resume),
+                1 => Just(Op::ExpireOldest),
+                3 => Just(Op::ForwardOne),
+                1 => Just(Op::ConnectAttempt),
+                1 => Just(Op::Restart),
+            ]
+        }
+
+        struct Sim {
+            state: TransportState,
+            config: Config,
+            max_messages: usize,
+            when_full: WhenFull,
+            host_up: bool,
+            next_id: u64,
+            queue: VecDeque<u64>,
+            delivered: Vec<u64>,
+            failed: u64,
+            expired: u64,
+            dropped: u64,
+        }
+
+        impl Sim {
+            fn apply(&mut self, event: Event) -> Vec<Action> {
+                let (to, actions) = step(self.state, event, self.config);
+                self.state = to;
+                actions
+            }
+
+            /// What happens to the transaction in hand after `actions`.
+            fn settle(&mut self, id: u64, actions: &[Action]) {
+                match actions.first() {
+                    Some(Action::Deliver) if self.host_up => {
+                        self.delivered.push(id);
+                        self.apply(Event::Delivered);
+                    }
+                    Some(Action::Deliver) => {
+                        let next = self.apply(Event::Unreachable);
+                        self.settle(id, &next);
+                    }
+                    Some(Action::Store) => {
+                        if self.queue.len() >= self.max_messages {
+                            if self.when_full == WhenFull::RejectNew {
+                                self.failed += 1;
+                                return;
+                            }
+                            self.queue.pop_front();
+                            self.dropped += 1;
+                        }
+                        self.queue.push_back(id);
+                    }
+                    Some(Action::Fail(_)) => self.failed += 1,
+                    other => panic!("a transaction in hand got {other:?}"),
+                }
+            }
+
+            fn run(&mut self, op: &Op) {
+                match op {
+                    Op::Arrive => {
+                        let id = self.next_id;
+                        self.next_id += 1;
+                        let actions = self.apply(Event::Arrived);
+                        self.settle(id, &actions);
+                    }
+                    Op::HostUp => self.host_up = true,
+                    Op::HostDown => self.host_up = false,
+                    Op::Suspend => {
+                        let queued = !self.queue.is_empty();
+                        self.apply(Event::Suspend { queued });
+                    }
+                    Op::Resume => drop(self.apply(Event::Resume)),
+                    Op::ExpireOldest => {
+                        if self.queue.pop_front().is_some() {
+                            self.expired += 1;
+                            if self.queue.is_empty() {
+                                self.apply(Event::QueueEmptied);
+                            }
+                        }
+                    }
+                    Op::ForwardOne => {
+                        if self.state == StoreAndForward && self.host_up {
+                            match self.queue.pop_front() {
+                                Some(id) => self.delivered.push(id),
+                                None => drop(self.apply(Event::Drained)),
+                            }
+                        }
+                    }
+                    Op::ConnectAttempt => {
+                        let event = if self.host_up {
+                            Event::Connected
+                        } else {
+                            Event::ConnectFailed
+                        };
+                        self.apply(event);
+                    }
+                    Op::Restart => {
+                        let restored = Some(self.state);
+                        let queued = !self.queue.is_empty();
+                        self.state = Down;
+                        self.apply(Event::Start { restored, queued });
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn invariants_hold_for_any_sequence(
+                ops in proptest::collection::vec(op(), 1..80),
+                store_and_forward: bool,
+                load_at_init: bool,
+                max_messages in 1usize..6,
+                reject_new: bool,
+            ) {
+                let mut sim = Sim {
+                    state: Down,
+                    config: Config { store_and_forward, load_at_init },
+                    max_messages,
+                    when_full: if reject_new { WhenFull::RejectNew } else { WhenFull::DropOldest },
+                    host_up: true,
+                    next_id: 0,
+                    queue: VecDeque::new(),
+                    delivered: vec![],
+                    failed: 0,
+                    expired: 0,
+                    dropped: 0,
+                };
+                sim.apply(Event::Start { restored: None, queued: false });
+                for op in &ops {
+                    let before = sim.state;
+                    let delivered_before = sim.delivered.len();
+                    sim.run(op);
+                    // A suspended transport never delivers.
+                    if is_suspended(before) && is_suspended(sim.state) {
+                        prop_assert_eq!(sim.delivered.len(), delivered_before, "delivered while suspended: {:?}", op);
+                    }
+                    // Suspended and S&F Suspended survive a restart.
+                    if matches!(op, Op::Restart) {
+                        prop_assert_eq!(is_suspended(before), is_suspended(sim.state));
+                    }
+                    // Queue order is kept: the host sees transactions in arrival order.
+                    prop_assert!(sim.delivered.windows(2).all(|w| w[0] < w[1]), "out of order: {:?}", sim.delivered);
+                    // Every transaction ends in exactly one place.
+                    let ended = sim.delivered.len() as u64 + sim.failed + sim.expired + sim.dropped + sim.queue.len() as u64;
+                    prop_assert_eq!(ended, sim.next_id);
+                    // The states mean what the seed says about the queue.
+                    match sim.state {
+                        Up | Down | Suspended => prop_assert!(sim.queue.is_empty(), "{} with a queue", sim.state),
+                        SfSuspended => prop_assert!(!sim.queue.is_empty(), "S&F Suspended with an empty queue"),
+                        StoreAndForward => {}
+                    }
                 }
             }
         }

@@ -258,7 +258,8 @@ impl TransportRuntime {
     fn follow_desired(self: &Arc<Self>, suspended: bool) {
         let state = self.state();
         if suspended && !machine::is_suspended(state) {
-            self.event(Event::Suspend);
+            let queued = self.queue.info().messages > 0 || self.lock().pending_stores > 0;
+            self.event(Event::Suspend { queued });
         } else if !suspended && machine::is_suspended(state) {
             self.event(Event::Resume);
         }
