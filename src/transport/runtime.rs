@@ -43,7 +43,7 @@ pub struct Record {
     pub spec: TransportSpec,
     pub generation: Option<i64>,
     pub state: TransportState,
-    pub totals: Totals,
+    pub totals: DirectTotals,
     /// False once the transport was deleted from the worker: a restart does not host it again.
     #[serde(default = "yes")]
     pub hosted: bool,
@@ -51,6 +51,17 @@ pub struct Record {
 
 fn yes() -> bool {
     true
+}
+
+/// The totals of what never entered the queue. Saved with the record every
+/// housekeeping tick (and durably at shutdown); the queue's own totals are exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectTotals {
+    pub received: u64,
+    pub delivered: u64,
+    /// Failed without being stored (suspended or unreachable without S&F, rejected by the
+    /// host, not storable).
+    pub failed: u64,
 }
 
 /// The answer to one ingest.
@@ -97,13 +108,12 @@ struct Inner {
     generation: Option<i64>,
     state: TransportState,
     host: Arc<HostClient>,
-    totals: Totals,
+    totals: DirectTotals,
     /// Transactions decided `Store` whose append has not committed yet: the queue is not
     /// "drained" while any is on its way.
     pending_stores: u64,
-    /// The record changed since it was last saved; `state_changed` makes the save durable.
+    /// The record changed since it was last saved.
     dirty: bool,
-    state_changed: bool,
     /// A connect loop (loadAtInit, restart) is running.
     connecting: bool,
     hosted: bool,
@@ -180,7 +190,6 @@ impl TransportRuntime {
                 totals: record.map(|r| r.totals).unwrap_or_default(),
                 pending_stores: 0,
                 dirty: true,
-                state_changed: true,
                 connecting: false,
                 hosted: true,
             }),
@@ -247,7 +256,6 @@ impl TransportRuntime {
             inner.spec = spec.clone();
             inner.generation = generation;
             inner.dirty = true;
-            inner.state_changed = true;
         }
         self.follow_desired(spec.suspended);
         // The desired state must survive a restart before the caller hears it was applied.
@@ -295,7 +303,6 @@ impl TransportRuntime {
             tracing::info!(transport = %self.key, from = %inner.state, to = %to, ?event, "state changed");
             inner.state = to;
             inner.dirty = true;
-            inner.state_changed = true;
             self.states.send_replace(to);
             self.forward.notify_one();
         }
@@ -395,9 +402,7 @@ impl TransportRuntime {
         self.forward.notify_one();
         match appended {
             Ok(appended) => {
-                inner.totals.stored += 1;
                 if appended.dropped > 0 {
-                    inner.totals.dropped += appended.dropped;
                     tracing::warn!(transport = %self.key, dropped = appended.dropped,
                         "Store and Forward queue full: dropped the oldest transactions (whenFull: DropOldest)");
                 }
@@ -564,14 +569,8 @@ impl TransportRuntime {
             }
         }
         if !delivered.is_empty() || !rejected.is_empty() {
-            match self.store.remove(&self.queue, delivered, rejected).await {
-                Ok((forwarded, failed)) => {
-                    let mut inner = self.lock();
-                    inner.totals.forwarded += forwarded;
-                    inner.totals.failed += failed;
-                    inner.dirty = true;
-                }
-                Err(e) => return Err(e.to_string()),
+            if let Err(e) = self.store.remove(&self.queue, delivered, rejected).await {
+                return Err(e.to_string());
             }
         }
         stopped.map_or(Ok(()), Err)
@@ -605,11 +604,6 @@ impl TransportRuntime {
             Ok(0) => {}
             Ok(expired) => {
                 tracing::warn!(transport = %self.key, expired, ttl = ?ttl, "transactions expired (time to live)");
-                {
-                    let mut inner = self.lock();
-                    inner.totals.expired += expired;
-                    inner.dirty = true;
-                }
                 if self.queue.info().messages == 0 {
                     self.event(Event::QueueEmptied);
                 }
@@ -620,27 +614,26 @@ impl TransportRuntime {
         }
     }
 
-    /// Save the record if it changed; durable when the state changed (or `force_durable`).
-    async fn save(&self, force_durable: bool) -> Result<(), StoreError> {
-        let (record, durable) = {
+    /// Save the record if it changed (or always, with `force`). Saves are fsync'd: they are
+    /// at most two a second per transport, and the writer groups them with other writes.
+    async fn save(&self, force: bool) -> Result<(), StoreError> {
+        let record = {
             let mut inner = self.lock();
-            if !inner.dirty && !force_durable {
+            if !inner.dirty && !force {
                 return Ok(());
             }
-            let durable = force_durable || inner.state_changed;
             inner.dirty = false;
-            inner.state_changed = false;
             let record = Record {
                 spec: inner.spec.clone(),
                 generation: inner.generation,
                 state: inner.state,
-                totals: inner.totals.clone(),
+                totals: inner.totals,
                 hosted: inner.hosted,
             };
-            (record, durable)
+            record
         };
         let value = serde_json::to_vec(&record).map_err(|e| StoreError::Disk(e.to_string()))?;
-        self.store.save_record(&self.key, value, durable).await
+        self.store.save_record(&self.key, value).await
     }
 
     pub fn report(&self) -> TransportReport {
@@ -656,7 +649,15 @@ impl TransportRuntime {
                     .oldest_ms
                     .map_or(0, |oldest| now_ms().saturating_sub(oldest) / 1000),
             },
-            totals: inner.totals.clone(),
+            totals: Totals {
+                received: inner.totals.received,
+                delivered: inner.totals.delivered,
+                stored: info.stored,
+                forwarded: info.forwarded,
+                failed: inner.totals.failed + info.rejected,
+                expired: info.expired,
+                dropped: info.dropped,
+            },
             endpoint: self.endpoint.clone(),
         }
     }

@@ -109,7 +109,8 @@ impl QueuedTxn {
     }
 }
 
-/// What a queue holds; kept exact by the writer, read by the runtime.
+/// What a queue holds, and what became of everything that entered it. Kept by the writer in
+/// the same redb transaction as the change it counts, so it is exact after any crash.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueInfo {
     pub messages: u64,
@@ -117,17 +118,35 @@ pub struct QueueInfo {
     pub bytes: u64,
     /// The sequence number the next transaction gets.
     pub next_seq: u64,
-    /// When the oldest queued transaction was received (ms since the epoch).
+    /// Totals: appended, forwarded (delivered from the queue), expired (time to live),
+    /// dropped (DropOldest), rejected (a 4xx from the host while forwarding).
+    pub stored: u64,
+    pub forwarded: u64,
+    pub expired: u64,
+    pub dropped: u64,
+    pub rejected: u64,
+    /// When the oldest queued transaction was received (ms since the epoch); not saved.
     pub oldest_ms: Option<u64>,
 }
 
+const INFO_WORDS: usize = 8;
+
 impl QueueInfo {
-    fn to_bytes(self) -> [u8; 24] {
-        let mut out = [0; 24];
-        out[..8].copy_from_slice(&self.messages.to_le_bytes());
-        out[8..16].copy_from_slice(&self.bytes.to_le_bytes());
-        out[16..].copy_from_slice(&self.next_seq.to_le_bytes());
-        out
+    fn words(&self) -> [u64; INFO_WORDS] {
+        [
+            self.messages,
+            self.bytes,
+            self.next_seq,
+            self.stored,
+            self.forwarded,
+            self.expired,
+            self.dropped,
+            self.rejected,
+        ]
+    }
+
+    fn to_bytes(self) -> Vec<u8> {
+        self.words().iter().flat_map(|w| w.to_le_bytes()).collect()
     }
 
     fn from_bytes(raw: &[u8]) -> Self {
@@ -140,6 +159,11 @@ impl QueueInfo {
             messages: word(0),
             bytes: word(1),
             next_seq: word(2),
+            stored: word(3),
+            forwarded: word(4),
+            expired: word(5),
+            dropped: word(6),
+            rejected: word(7),
             oldest_ms: None,
         }
     }
@@ -208,11 +232,10 @@ enum Op {
         cutoff_ms: u64,
         reply: Reply<u64>,
     },
-    /// Save a transport's record; durable when the caller must not lose it.
+    /// Save a transport's record.
     SaveRecord {
         key: String,
         value: Vec<u8>,
-        durable: bool,
         reply: Reply<()>,
     },
 }
@@ -220,8 +243,7 @@ enum Op {
 impl Op {
     fn durable(&self) -> bool {
         match self {
-            Op::Append { .. } => true,
-            Op::SaveRecord { durable, .. } => *durable,
+            Op::Append { .. } | Op::SaveRecord { .. } => true,
             Op::Remove { .. } | Op::Expire { .. } => false,
         }
     }
@@ -386,16 +408,10 @@ impl Store {
     }
 
     /// Save a transport's record under `key`.
-    pub async fn save_record(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        durable: bool,
-    ) -> Result<(), StoreError> {
+    pub async fn save_record(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
         self.call(|reply| Op::SaveRecord {
             key: format!("record/{key}"),
             value,
-            durable,
             reply,
         })
         .await
@@ -529,6 +545,8 @@ fn apply(
                 remove_seqs(&mut table, info, &delivered)?,
                 remove_seqs(&mut table, info, &rejected)?,
             );
+            info.forwarded += removed.0;
+            info.rejected += removed.1;
             info.oldest_ms = oldest(&table)?;
             done.push(Done::Removed(reply, Ok(removed)));
         }
@@ -544,6 +562,7 @@ fn apply(
             let expired = pop_while(&mut table, &mut pending[i].1, |_, received| {
                 received < cutoff_ms
             })?;
+            pending[i].1.expired += expired;
             done.push(Done::Count(reply, Ok(expired)));
         }
         Op::SaveRecord {
@@ -599,6 +618,8 @@ fn append(
     info.next_seq += 1;
     info.messages += 1;
     info.bytes += size;
+    info.stored += 1;
+    info.dropped += dropped;
     info.oldest_ms.get_or_insert(stored.received_ms);
     Ok(Appended { seq, dropped })
 }

@@ -1,0 +1,393 @@
+//! Test harness: a real `ferry` process, and a host server the test controls.
+//! Waits poll with generous limits; nothing here asserts how long anything takes.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::{
+    net::{SocketAddr, TcpListener as StdListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn ferry() -> &'static str {
+    env!("CARGO_BIN_EXE_ferry")
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn client() -> reqwest::Client {
+    ferry::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// One transaction as the host saw it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub id: String,
+    pub transport: String,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Default)]
+struct HostState {
+    answer: u16,
+    received: Vec<Received>,
+    health_checks: u64,
+}
+
+/// A host the test controls: it answers every POST with the status set, records what
+/// arrived, and can be stopped (connections refused) and started again on the same port.
+pub struct TestHost {
+    pub port: u16,
+    state: Arc<Mutex<HostState>>,
+    server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+impl TestHost {
+    pub async fn start() -> Self {
+        let mut host = Self {
+            port: free_port(),
+            state: Arc::new(Mutex::new(HostState {
+                answer: 200,
+                ..Default::default()
+            })),
+            server: None,
+        };
+        host.up().await;
+        host
+    }
+
+    /// A port nothing listens on yet; `up()` starts serving it.
+    pub fn down_from_the_start() -> Self {
+        Self {
+            port: free_port(),
+            state: Arc::new(Mutex::new(HostState {
+                answer: 200,
+                ..Default::default()
+            })),
+            server: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/ingest", self.port)
+    }
+
+    pub async fn up(&mut self) {
+        if self.server.is_some() {
+            return;
+        }
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let app = Router::new()
+            .route("/ingest", post(receive))
+            .route("/healthz", get(health))
+            .with_state(self.state.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        self.server = Some((stop, handle));
+    }
+
+    /// Stop listening and close every connection: deliveries are refused.
+    pub async fn down(&mut self) {
+        if let Some((stop, handle)) = self.server.take() {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        }
+    }
+
+    pub fn answer(&self, status: u16) {
+        self.state.lock().unwrap().answer = status;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    pub fn received_ids(&self) -> Vec<String> {
+        self.received().into_iter().map(|r| r.id).collect()
+    }
+
+    pub fn health_checks(&self) -> u64 {
+        self.state.lock().unwrap().health_checks
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<Mutex<HostState>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut state = state.lock().unwrap();
+    let answer = state.answer;
+    if (200..300).contains(&answer) {
+        state.received.push(Received {
+            id: header("ferry-transaction-id").unwrap_or_default(),
+            transport: header("ferry-transport").unwrap_or_default(),
+            content_type: header("content-type"),
+            body: body.to_vec(),
+        });
+    }
+    StatusCode::from_u16(answer).unwrap_or(StatusCode::OK)
+}
+
+async fn health(State(state): State<Arc<Mutex<HostState>>>) -> StatusCode {
+    let mut state = state.lock().unwrap();
+    state.health_checks += 1;
+    if (200..300).contains(&state.answer) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// A `ferry worker` process with its own data directory and tokens.
+pub struct WorkerProc {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub admin: String,
+    pub ingest: String,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+impl WorkerProc {
+    pub async fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("test dir");
+        std::fs::write(dir.join("admin-token"), "admin-secret\n").expect("token");
+        std::fs::write(dir.join("ingest-token"), "ingest-secret\n").expect("token");
+        let mut worker = Self {
+            dir: dir.to_owned(),
+            port: free_port(),
+            admin: "admin-secret".into(),
+            ingest: "ingest-secret".into(),
+            child: None,
+            http: client(),
+        };
+        worker.spawn().await;
+        worker
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("worker.log"))
+            .expect("log file");
+        let child = Command::new(ferry())
+            .args(["worker", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--admin-token-file")
+            .arg(self.dir.join("admin-token"))
+            .arg("--ingest-token-file")
+            .arg(self.dir.join("ingest-token"))
+            .env("RUST_LOG", "ferry=debug")
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("ferry worker starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/healthz", self.base()))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not start: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("worker.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reaped");
+        }
+    }
+
+    /// Start again on the same data directory and port.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    pub fn transport_url(&self, name: &str) -> String {
+        format!("{}/v1/transports/default/{name}", self.base())
+    }
+
+    pub async fn put_transport(&self, name: &str, spec: Value) -> (u16, Value) {
+        let body = json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+            "metadata": {"name": name, "namespace": "default", "generation": 1},
+            "spec": spec,
+        });
+        let r = self
+            .http
+            .put(self.transport_url(name))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT answered");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// PUT and expect success.
+    pub async fn apply(&self, name: &str, spec: Value) -> Value {
+        let (status, body) = self.put_transport(name, spec).await;
+        assert!(
+            status == 200 || status == 201,
+            "PUT {name}: {status} {body}"
+        );
+        body
+    }
+
+    pub async fn report(&self, name: &str) -> Value {
+        let r = self
+            .http
+            .get(self.transport_url(name))
+            .header("Ferry-Token", &self.admin)
+            .send()
+            .await
+            .expect("GET answered");
+        assert!(r.status().is_success(), "GET {name}: {}", r.status());
+        r.json().await.expect("report is JSON")
+    }
+
+    /// POST one transaction; answers (status, body).
+    pub async fn send(&self, name: &str, payload: &str, id: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/transactions", self.transport_url(name)))
+            .bearer_auth(&self.ingest)
+            .header("content-type", "text/plain")
+            .body(payload.to_owned());
+        if let Some(id) = id {
+            request = request.header("Ferry-Transaction-Id", id);
+        }
+        let r = request.send().await.expect("ingest answered");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base()))
+            .send()
+            .await
+            .expect("metrics answered")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Poll the report until `check` holds; panics with the last report after `WAIT`.
+    pub async fn wait_for(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let report = self.report(name).await;
+            if check(&report) {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: gave up waiting for {what}; last report {report}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, name: &str, state: &str) -> Value {
+        self.wait_for(name, state, |r| r["state"] == state).await
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Wait until `check` holds for what the host received.
+pub async fn wait_received(host: &TestHost, what: &str, check: impl Fn(&[Received]) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check(&host.received()) {
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for the host to receive {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A transport spec delivering to `host` with Store and Forward on.
+pub fn spec(host: &TestHost) -> Value {
+    json!({"host": {"url": host.url(), "timeout": "2s"}})
+}
