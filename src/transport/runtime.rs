@@ -568,10 +568,10 @@ impl TransportRuntime {
                 }
             }
         }
-        if !delivered.is_empty() || !rejected.is_empty() {
-            if let Err(e) = self.store.remove(&self.queue, delivered, rejected).await {
-                return Err(e.to_string());
-            }
+        if (!delivered.is_empty() || !rejected.is_empty())
+            && let Err(e) = self.store.remove(&self.queue, delivered, rejected).await
+        {
+            return Err(e.to_string());
         }
         stopped.map_or(Ok(()), Err)
     }
@@ -623,14 +623,13 @@ impl TransportRuntime {
                 return Ok(());
             }
             inner.dirty = false;
-            let record = Record {
+            Record {
                 spec: inner.spec.clone(),
                 generation: inner.generation,
                 state: inner.state,
                 totals: inner.totals,
                 hosted: inner.hosted,
-            };
-            record
+            }
         };
         let value = serde_json::to_vec(&record).map_err(|e| StoreError::Disk(e.to_string()))?;
         self.store.save_record(&self.key, value).await

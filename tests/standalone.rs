@@ -1,0 +1,210 @@
+//! `ferry standalone` as a user runs it: manifests from files, a real process, real HTTP.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::{TestHost, WAIT, client, ferry, free_port};
+
+fn examples(path: &str) -> String {
+    format!("{}/examples/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A standalone process whose stdout lines are collected.
+struct Standalone {
+    child: Child,
+    port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Standalone {
+    fn start(dir: &std::path::Path, manifests: &[String]) -> Self {
+        let port = free_port();
+        let mut command = Command::new(ferry());
+        command
+            .arg("standalone")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if !manifests.is_empty() {
+            command.arg("--manifests").args(manifests);
+        }
+        let mut child = command.spawn().expect("ferry standalone starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, port, lines }
+    }
+
+    fn wait_line(&self, wanted: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(wanted))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no line {wanted:?} in {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/v1/transports/default/{name}",
+            self.port
+        )
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn invalid_manifests_are_rejected_naming_object_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(ferry())
+        .arg("standalone")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--manifests")
+        .arg(examples("invalid/transport-ftp-url.yaml"))
+        .arg(examples("invalid/connection-two-targets.yaml"))
+        .arg(examples("transport-erp.yaml"))
+        .output()
+        .expect("runs");
+    assert!(
+        !output.status.success(),
+        "started despite invalid manifests"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("transport-ftp-url.yaml: Transport default/erp is invalid: spec.host.url"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Connection default/crm is invalid: spec.syncSets[0].target: exactly one of transport or http"), "{stderr}");
+    assert!(
+        stderr.contains("2 problem(s) in the manifests; nothing was started"),
+        "{stderr}"
+    );
+
+    // The same object twice is an error naming both files.
+    let a = dir.path().join("a.yaml");
+    let b = dir.path().join("b.yaml");
+    let manifest = "apiVersion: ferry.dev/v1alpha1\nkind: Transport\nmetadata: {name: twin}\nspec: {host: {url: 'http://127.0.0.1:1/x'}}\n";
+    std::fs::write(&a, manifest).unwrap();
+    std::fs::write(&b, manifest).unwrap();
+    let output = Command::new(ferry())
+        .arg("standalone")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--manifests")
+        .args([&a, &b])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Transport default/twin is defined twice"),
+        "{stderr}"
+    );
+
+    // YAML that does not parse names the document.
+    std::fs::write(&a, "kind: Transport\n---\nspec: [unclosed\n").unwrap();
+    let output = Command::new(ferry())
+        .arg("standalone")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--manifests")
+        .arg(&a)
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("document 2 is not valid YAML"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let standalone = Standalone::start(dir.path(), &[]);
+    standalone.wait_line("Transport default/demo: ");
+    let http = client();
+    let report: serde_json::Value = http
+        .get(standalone.url("demo"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        report["endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v1/transports/default/demo/transactions")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_the_manifest_file_and_prints_state_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let file = dir.path().join("t.yaml");
+    let manifest = |suspended: bool, url: &str| {
+        format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: Transport\nmetadata:\n  name: local\nspec:\n  suspended: {suspended}\n  host:\n    url: {url}\n"
+        )
+    };
+    std::fs::write(&file, manifest(false, &host.url())).unwrap();
+    let standalone = Standalone::start(dir.path(), &[file.display().to_string()]);
+    standalone.wait_line("Transport default/local: Down (send transactions to");
+
+    let http = client();
+    let sent = http
+        .post(format!("{}/transactions", standalone.url("local")))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    standalone.wait_line("Transport default/local: Down -> Up");
+
+    // Saving the file with suspended: true suspends it.
+    std::fs::write(&file, manifest(true, &host.url())).unwrap();
+    standalone.wait_line("Transport default/local: Up -> Suspended");
+
+    // A broken edit changes nothing.
+    std::fs::write(&file, manifest(false, "ftp://nowhere")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let report: serde_json::Value = http
+        .get(standalone.url("local"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["state"], "Suspended");
+}
