@@ -463,7 +463,11 @@ impl TransportRuntime {
                 let event = match host.connect().await {
                     Ok(()) => Event::Connected,
                     Err(why) => {
-                        tracing::info!(transport = %this.key, reason = %why, "connect failed");
+                        if delay == BACKOFF_FIRST {
+                            tracing::warn!(transport = %this.key, reason = %why, "cannot connect to the host; retrying with backoff");
+                        } else {
+                            tracing::debug!(transport = %this.key, reason = %why, "connect failed");
+                        }
                         Event::ConnectFailed
                     }
                 };
@@ -516,7 +520,11 @@ impl TransportRuntime {
             match self.forward_batch(&host, batch).await {
                 Ok(()) => delay = BACKOFF_FIRST,
                 Err(why) => {
-                    tracing::info!(transport = %self.key, reason = %why, retry_in = ?delay, "forwarding paused");
+                    if delay == BACKOFF_FIRST {
+                        tracing::warn!(transport = %self.key, reason = %why, "forwarding paused: the host is unreachable; retrying with backoff");
+                    } else {
+                        tracing::debug!(transport = %self.key, reason = %why, retry_in = ?delay, "forwarding paused");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(BACKOFF_CAP);
                 }
