@@ -249,11 +249,28 @@ impl Op {
     }
 }
 
-/// The store of one worker. Cheap to clone.
+/// The store of one worker. Cheap to clone; when the last clone is dropped the writer
+/// finishes what it was given and the file is closed.
 #[derive(Clone)]
 pub struct Store {
+    // Dropped before `db`: joining the writer releases its handle on the database.
+    writer: Arc<Writer>,
     db: Arc<Database>,
-    ops: mpsc::Sender<Op>,
+}
+
+struct Writer {
+    ops: Option<mpsc::Sender<Op>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer's loop.
+        self.ops.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Store {
@@ -272,11 +289,15 @@ impl Store {
         let db = Arc::new(db);
         let (ops, rx) = mpsc::channel();
         let writer_db = db.clone();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("ferry-store-writer".into())
             .spawn(move || writer(&writer_db, &rx))
             .map_err(|e| open_err(e.to_string()))?;
-        Ok(Self { db, ops })
+        let writer = Arc::new(Writer {
+            ops: Some(ops),
+            thread: Some(thread),
+        });
+        Ok(Self { writer, db })
     }
 
     /// The queue of a transport (`namespace/name`), with its numbers read from disk.
@@ -419,7 +440,8 @@ impl Store {
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.ops.send(op(reply)).map_err(|_| StoreError::Closed)?;
+        let ops = self.writer.ops.as_ref().ok_or(StoreError::Closed)?;
+        ops.send(op(reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -693,4 +715,172 @@ fn oldest(table: &redb::Table<u64, &[u8]>) -> Result<Option<u64>, StoreError> {
         .first()
         .map_err(StoreError::disk)?
         .map(|(_, v)| QueuedTxn::header(v.value()).0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(id: &str, size: usize, received_ms: u64) -> NewTxn {
+        NewTxn {
+            id: id.into(),
+            content_type: Some("application/json".into()),
+            received_ms,
+            payload: vec![b'x'; size],
+        }
+    }
+
+    const ROOMY: Limits = Limits {
+        max_messages: 1000,
+        max_bytes: 1 << 20,
+        when_full: WhenFull::DropOldest,
+    };
+
+    fn ids(store: &Store, queue: &Queue) -> Vec<String> {
+        store
+            .read_head(queue, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn queue_and_counters_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let q = store.queue("ns/a").unwrap();
+            for (i, id) in ["a", "b", "c"].iter().enumerate() {
+                store
+                    .append(&q, txn(id, 10, 100 + i as u64), ROOMY)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(store.remove(&q, vec![0], vec![1]).await.unwrap(), (1, 1));
+            store.save_record("ns/a", b"{}".to_vec()).await.unwrap();
+            drop(q);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let q = store.queue("ns/a").unwrap();
+        let info = q.info();
+        assert_eq!((info.messages, info.bytes, info.next_seq), (1, 10, 3));
+        assert_eq!((info.stored, info.forwarded, info.rejected), (3, 1, 1));
+        assert_eq!(info.oldest_ms, Some(102));
+        let head = store.read_head(&q, None, 10).unwrap();
+        assert_eq!(head[0].id, "c");
+        assert_eq!(head[0].content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            store.records().unwrap(),
+            [("ns/a".to_string(), b"{}".to_vec())]
+        );
+        // Queues of different transports are separate.
+        assert_eq!(store.queue("ns/b").unwrap().info().messages, 0);
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_and_reject_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let q = store.queue("ns/q").unwrap();
+        let by_count = Limits {
+            max_messages: 2,
+            ..ROOMY
+        };
+        for id in ["1", "2", "3"] {
+            store.append(&q, txn(id, 1, 0), by_count).await.unwrap();
+        }
+        assert_eq!(ids(&store, &q), ["2", "3"]);
+        assert_eq!(q.info().dropped, 1);
+
+        let by_bytes = Limits {
+            max_messages: 100,
+            max_bytes: 10,
+            when_full: WhenFull::DropOldest,
+        };
+        // 2 bytes queued + 9 > 10: dropping the oldest 1-byte transaction makes room.
+        let appended = store.append(&q, txn("big", 9, 0), by_bytes).await.unwrap();
+        assert_eq!(appended.dropped, 1);
+        assert_eq!(ids(&store, &q), ["3", "big"]);
+
+        let reject = Limits {
+            when_full: WhenFull::RejectNew,
+            ..by_bytes
+        };
+        let err = store.append(&q, txn("no", 2, 0), reject).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Full {
+                    messages: 2,
+                    bytes: 10
+                }
+            ),
+            "{err}"
+        );
+        let err = store
+            .append(&q, txn("huge", 11, 0), by_bytes)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::LargerThanQueue { .. }), "{err}");
+        assert_eq!(ids(&store, &q), ["3", "big"]);
+    }
+
+    #[tokio::test]
+    async fn expiry_removes_from_the_head_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let q = store.queue("ns/t").unwrap();
+        for (id, at) in [("old", 10), ("older-but-later", 5), ("new", 50)] {
+            store.append(&q, txn(id, 1, at), ROOMY).await.unwrap();
+        }
+        // FIFO: expiry stops at the first transaction that is still alive.
+        assert_eq!(store.expire(&q, 20).await.unwrap(), 2);
+        assert_eq!(ids(&store, &q), ["new"]);
+        assert_eq!((q.info().expired, q.info().oldest_ms), (2, Some(50)));
+        assert_eq!(store.expire(&q, 20).await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_keep_their_order_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let q = store.queue("ns/c").unwrap();
+        let mut tasks = Vec::new();
+        for p in 0..8 {
+            let (store, q) = (store.clone(), q.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..50 {
+                    let id = format!("{p}-{i}");
+                    seqs.push(store.append(&q, txn(&id, 4, 0), ROOMY).await.unwrap().seq);
+                }
+                seqs
+            }));
+        }
+        for task in tasks {
+            let seqs = task.await.unwrap();
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "a producer's appends out of order"
+            );
+        }
+        let info = q.info();
+        assert_eq!((info.messages, info.bytes, info.stored), (400, 1600, 400));
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let t = QueuedTxn {
+            seq: 7,
+            id: "id-1".into(),
+            content_type: None,
+            received_ms: 123,
+            payload: b"payload".to_vec(),
+        };
+        let raw = t.encode();
+        assert_eq!(QueuedTxn::decode(7, &raw).unwrap(), t);
+        assert_eq!(QueuedTxn::header(&raw), (123, 7));
+        assert!(QueuedTxn::decode(7, &raw[..5]).is_err());
+    }
 }
