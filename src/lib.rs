@@ -1,6 +1,7 @@
 //! ferry: a Kubernetes operator for Connections and Transports.
 
 pub mod api;
+pub mod connection;
 pub mod sink;
 pub mod standalone;
 pub mod transport;

@@ -1,0 +1,5 @@
+//! Connections at run time: status derivation and the startup queue (pure), sync-set
+//! iterations and their drivers.
+
+pub mod startup_queue;
+pub mod status;
