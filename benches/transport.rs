@@ -93,7 +93,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn start(dir: &Path) -> Self {
+    async fn start(dir: &Path, forward_window: u16) -> Self {
         std::fs::write(dir.join("token"), "bench").expect("token");
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -104,6 +104,7 @@ impl Worker {
             .arg(dir.join("token"))
             .arg("--ingest-token-file")
             .arg(dir.join("token"))
+            .args(["--forward-window", &forward_window.to_string()])
             .env("RUST_LOG", "ferry=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -265,7 +266,7 @@ async fn main() {
     println!("disk: {:.0} fsync'd 4 KiB writes/s", fsync_rate(dir.path()));
 
     let sink = sink().await;
-    let worker = Worker::start(dir.path()).await;
+    let worker = Worker::start(dir.path(), 1).await;
     let spec = |up: bool| {
         json!({"host": {"url": format!("http://127.0.0.1:{}/ingest", sink.port), "timeout": "5s"},
                "suspended": !up,
@@ -321,5 +322,33 @@ async fn main() {
         start.elapsed().as_secs_f64(),
         drained as f64 / start.elapsed().as_secs_f64(),
         worker.rss_kib() / 1024
+    );
+
+    drop(worker);
+
+    // The same drain with 8 deliveries in flight (--forward-window 8): order at the host is
+    // then no longer exact.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let worker = Worker::start(dir.path(), 8).await;
+    worker.put(spec(true)).await;
+    sink.up.store(false, Ordering::Relaxed);
+    produce(&worker, 64, Duration::from_secs(3600), queued).await;
+    worker.put(spec(false)).await;
+    sink.up.store(true, Ordering::Relaxed);
+    let before = sink.received.load(Ordering::Relaxed);
+    let start = Instant::now();
+    worker.put(spec(true)).await;
+    loop {
+        let report = worker.report().await;
+        if report["state"] == "Up" && report["queue"]["messages"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = sink.received.load(Ordering::Relaxed) - before;
+    println!(
+        "drain after resume, --forward-window 8: {drained} forwarded in {:.1} s = {:.0}/s",
+        start.elapsed().as_secs_f64(),
+        drained as f64 / start.elapsed().as_secs_f64()
     );
 }

@@ -43,6 +43,8 @@ enum Command {
         /// The URL producers use to reach this worker (reported as each transport's endpoint).
         #[arg(long, env = "FERRY_PUBLIC_URL")]
         public_url: Option<String>,
+        #[command(flatten)]
+        forwarding: Forwarding,
     },
     /// Run Transport manifests locally, without Kubernetes (the embedded default when no
     /// --manifests are given).
@@ -60,6 +62,8 @@ enum Command {
         /// Require this ingest token.
         #[arg(long)]
         ingest_token_file: Option<PathBuf>,
+        #[command(flatten)]
+        forwarding: Forwarding,
     },
     /// A sample host for transports: prints every transaction it receives.
     Sink {
@@ -72,6 +76,15 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct Forwarding {
+    /// Deliveries in flight while a Store and Forward queue is forwarded. 1 (the default)
+    /// sends each transaction after the host answered the previous one, so the host sees the
+    /// queue's order exactly; more is faster but the host may see neighbours reordered.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    forward_window: u16,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +130,7 @@ async fn run(command: Command) -> ExitCode {
             admin_token_file,
             ingest_token_file,
             public_url,
+            forwarding,
         } => {
             let tokens = match (
                 Token::read("admin", &admin_token_file),
@@ -132,6 +146,7 @@ async fn run(command: Command) -> ExitCode {
             let options = WorkerOptions {
                 data_dir,
                 public_url,
+                forward_window: forwarding.forward_window.into(),
             };
             match Worker::open(options, true).await {
                 Ok(worker) => serve(worker, listen, tokens).await,
@@ -144,6 +159,7 @@ async fn run(command: Command) -> ExitCode {
             listen,
             admin_token_file,
             ingest_token_file,
+            forwarding,
         } => {
             let read =
                 |what, path: Option<PathBuf>| path.map(|p| Token::read(what, &p)).transpose();
@@ -157,6 +173,7 @@ async fn run(command: Command) -> ExitCode {
             let options = WorkerOptions {
                 data_dir,
                 public_url: format!("http://{listen}"),
+                forward_window: forwarding.forward_window.into(),
             };
             let worker = match Worker::open(options, false).await {
                 Ok(worker) => worker,

@@ -195,3 +195,24 @@ async fn load_at_init_connects_at_start_and_on_resume() {
     lazy["suspended"] = json!(false);
     assert_eq!(worker.apply("lazy", lazy).await["state"], "Down");
 }
+
+/// With several deliveries in flight (--forward-window) the whole queue still arrives, and
+/// each transaction is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_window_drains_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = TestHost::down_from_the_start();
+    let worker = WorkerProc::start_with(dir.path(), &["--forward-window", "4"]).await;
+    worker.apply("wide", spec(&host)).await;
+    let sent: Vec<String> = (0..50).map(|i| format!("w{i:02}")).collect();
+    for id in &sent {
+        assert_eq!(worker.send("wide", id, Some(id)).await.0, 202);
+    }
+    host.up().await;
+    let report = worker.wait_state("wide", "Up").await;
+    assert_eq!(report["totals"]["forwarded"], 50);
+    let mut received = host.received_ids();
+    received.sort();
+    received.dedup();
+    assert_eq!(received, sent);
+}

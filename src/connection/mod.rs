@@ -3,3 +3,4 @@
 
 pub mod startup_queue;
 pub mod status;
+pub mod watermark;

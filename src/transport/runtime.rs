@@ -11,6 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{Notify, watch},
@@ -139,6 +140,8 @@ impl Inner {
 
 pub struct TransportRuntime {
     key: String,
+    /// Deliveries in flight while forwarding (1 = strict queue order at the host).
+    forward_window: usize,
     endpoint: String,
     store: Store,
     queue: Arc<Queue>,
@@ -164,6 +167,7 @@ impl TransportRuntime {
         endpoint: String,
         spec: TransportSpec,
         generation: Option<i64>,
+        forward_window: usize,
     ) -> Result<Arc<Self>, RuntimeError> {
         let record: Option<Record> = match store.load_record(&key)? {
             Some(raw) => Some(
@@ -179,6 +183,7 @@ impl TransportRuntime {
         let restored = record.as_ref().map(|r| r.state);
         let (states, _) = watch::channel(TransportState::Down);
         let runtime = Arc::new(Self {
+            forward_window: forward_window.max(1),
             endpoint,
             store,
             queue,
@@ -550,25 +555,35 @@ impl TransportRuntime {
         true
     }
 
-    /// Deliver a batch in order; stop at the first unreachable answer or a state change.
+    /// Deliver a batch in queue order; stop at the first unreachable answer or a state change.
     /// Delivered and rejected transactions leave the queue; the rest stay for the next try.
+    ///
+    /// With a window of 1 (the default) the next transaction is sent only once the host has
+    /// answered the previous one, so the host sees the queue's order exactly. A larger window
+    /// keeps that many requests in flight: faster, but the host may see neighbours in another
+    /// order, and a retry after a failure may follow transactions sent after it.
     async fn forward_batch(&self, host: &HostClient, batch: Vec<QueuedTxn>) -> Result<(), String> {
         let mut delivered = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
         let mut stopped = None;
-        for txn in batch {
-            if self.state() != TransportState::StoreAndForward {
-                break;
-            }
+        let mut answers = futures::stream::iter(batch.into_iter().map(|txn| async move {
             let payload = Bytes::from(txn.payload);
-            match host
+            let delivery = host
                 .deliver(&txn.id, txn.content_type.as_deref(), payload)
-                .await
-            {
-                Delivery::Delivered => delivered.push(txn.seq),
+                .await;
+            (txn.seq, txn.id, delivery)
+        }))
+        .buffered(self.forward_window);
+        // The stream starts the next delivery only when polled again, after this check.
+        while self.state() == TransportState::StoreAndForward {
+            let Some((seq, id, delivery)) = answers.next().await else {
+                break;
+            };
+            match delivery {
+                Delivery::Delivered => delivered.push(seq),
                 Delivery::Rejected(reason) => {
-                    tracing::warn!(transport = %self.key, id = %txn.id, %reason, "queued transaction rejected by the host; dropped from the queue");
-                    rejected.push(txn.seq);
+                    tracing::warn!(transport = %self.key, %id, %reason, "queued transaction rejected by the host; dropped from the queue");
+                    rejected.push(seq);
                 }
                 Delivery::Unreachable(why) => {
                     stopped = Some(why);
@@ -576,6 +591,7 @@ impl TransportRuntime {
                 }
             }
         }
+        drop(answers);
         if (!delivered.is_empty() || !rejected.is_empty())
             && let Err(e) = self.store.remove(&self.queue, delivered, rejected).await
         {

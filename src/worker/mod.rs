@@ -49,11 +49,14 @@ pub enum WorkerError {
 pub struct WorkerOptions {
     pub data_dir: PathBuf,
     pub public_url: String,
+    /// Deliveries in flight while forwarding a queue (1 keeps the host's order exact).
+    pub forward_window: usize,
 }
 
 pub struct Worker {
     store: Store,
     public_url: String,
+    forward_window: usize,
     transports: RwLock<BTreeMap<String, Arc<TransportRuntime>>>,
     validator: Mutex<ManifestValidator>,
 }
@@ -71,6 +74,7 @@ impl Worker {
         let worker = Arc::new(Self {
             store,
             public_url: options.public_url.trim_end_matches('/').to_owned(),
+            forward_window: options.forward_window,
             transports: RwLock::new(BTreeMap::new()),
             validator: Mutex::new(ManifestValidator::new()),
         });
@@ -113,6 +117,7 @@ impl Worker {
             self.endpoint(key),
             spec,
             generation,
+            self.forward_window,
         )
         .await
         .map_err(|source| WorkerError::Runtime {

@@ -188,10 +188,16 @@ pub struct WorkerProc {
     pub ingest: String,
     child: Option<Child>,
     http: reqwest::Client,
+    args: Vec<String>,
 }
 
 impl WorkerProc {
     pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// With extra command-line arguments.
+    pub async fn start_with(dir: &Path, args: &[&str]) -> Self {
         std::fs::create_dir_all(dir).expect("test dir");
         std::fs::write(dir.join("admin-token"), "admin-secret\n").expect("token");
         std::fs::write(dir.join("ingest-token"), "ingest-secret\n").expect("token");
@@ -202,6 +208,7 @@ impl WorkerProc {
             ingest: "ingest-secret".into(),
             child: None,
             http: client(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         worker.spawn().await;
         worker
@@ -225,6 +232,7 @@ impl WorkerProc {
             .arg(self.dir.join("admin-token"))
             .arg("--ingest-token-file")
             .arg(self.dir.join("ingest-token"))
+            .args(&self.args)
             .env("RUST_LOG", "ferry=debug")
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
