@@ -3,6 +3,7 @@
 pub mod api;
 pub mod connection;
 pub mod sink;
+pub mod source;
 pub mod standalone;
 pub mod transport;
 pub mod worker;
@@ -27,6 +28,22 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// An error with its causes, `a: b: c` — reqwest's own message alone ("error sending
+/// request") hides what went wrong.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// TLS for outgoing HTTPS uses rustls with ring, the provider kube uses too.

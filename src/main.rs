@@ -64,6 +64,23 @@ enum Command {
         ingest_token_file: Option<PathBuf>,
         #[command(flatten)]
         forwarding: Forwarding,
+        /// How many connections may be in their startup at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        startup_concurrency: u16,
+    },
+    /// A sample source for connections: orders that change every few seconds.
+    Source {
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        listen: SocketAddr,
+        /// How many orders it serves.
+        #[arg(long, default_value_t = 10)]
+        orders: usize,
+        /// How often one of them changes.
+        #[arg(long, default_value = "3s")]
+        change_every: ferry::api::duration::Duration,
+        /// Records per page (more are linked with rel="next").
+        #[arg(long, default_value_t = 50)]
+        page_size: usize,
     },
     /// A sample host for transports: prints every transaction it receives.
     Sink {
@@ -160,6 +177,7 @@ async fn run(command: Command) -> ExitCode {
             admin_token_file,
             ingest_token_file,
             forwarding,
+            startup_concurrency,
         } => {
             let read =
                 |what, path: Option<PathBuf>| path.map(|p| Token::read(what, &p)).transpose();
@@ -179,7 +197,13 @@ async fn run(command: Command) -> ExitCode {
                 Ok(worker) => worker,
                 Err(e) => return fail(e.to_string()),
             };
-            if let Err(errors) = standalone::start(&worker, &manifests).await {
+            let ingest_token = tokens.ingest.as_ref().map(|t| t.secret().to_owned());
+            let runner = standalone::Standalone::new(
+                worker.clone(),
+                startup_concurrency.into(),
+                ingest_token,
+            );
+            if let Err(errors) = standalone::start(&runner, &manifests).await {
                 for e in &errors {
                     eprintln!("{e}");
                 }
@@ -190,6 +214,15 @@ async fn run(command: Command) -> ExitCode {
             }
             serve(worker, listen, tokens).await
         }
+        Command::Source {
+            listen,
+            orders,
+            change_every,
+            page_size,
+        } => match ferry::source::serve(listen, orders, change_every.as_std(), page_size).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("source on {listen}: {e}")),
+        },
         Command::Sink {
             listen,
             answer,

@@ -5,16 +5,22 @@
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    sync::Arc,
-    time::{Duration, SystemTime},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::{
     api::{
+        Connection, ConnectionStatusValue,
         manifest::parse_documents,
         validate::{ManifestValidator, Resource},
+    },
+    connection::{
+        runtime::{ConnectionRuntime, Resolved, ResolvedTransport, Startup},
+        startup_queue::{Admission, StartupQueue},
     },
     transport::runtime::TransportRuntime,
     worker::{Worker, key},
@@ -160,44 +166,188 @@ fn read_sources(files: &[PathBuf]) -> Result<Vec<(String, String)>, ManifestsErr
         .collect()
 }
 
-/// Host what the manifests define; answers what is hosted now.
-pub async fn apply(worker: &Arc<Worker>, loaded: Vec<Loaded>) -> Vec<Arc<TransportRuntime>> {
-    let mut hosted = Vec::new();
-    for item in loaded {
-        let object = describe(&item.resource);
-        match item.resource {
-            Resource::Transport(t) => match worker.host_transport(*t, None).await {
-                Ok((runtime, created)) => {
-                    if created {
-                        println!(
-                            "{object}: {} (send transactions to {})",
-                            runtime.state(),
-                            runtime.report().endpoint
-                        );
-                        watch_state(object, &runtime);
-                    }
-                    hosted.push(runtime);
+/// A local worker fed from manifest files, with the startup queue of seed 000.
+pub struct Standalone {
+    worker: Arc<Worker>,
+    queue: Mutex<StartupQueue>,
+    /// Sent to the transports a connection delivers to, when ingest needs a token.
+    ingest_token: Option<String>,
+    epoch: Instant,
+}
+
+/// How long a connection may take to start before the next one is let in.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Standalone {
+    pub fn new(
+        worker: Arc<Worker>,
+        startup_concurrency: usize,
+        ingest_token: Option<String>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            worker,
+            queue: Mutex::new(StartupQueue::new(
+                startup_concurrency,
+                STARTUP_TIMEOUT.as_millis() as u64,
+            )),
+            ingest_token,
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, StartupQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Host what the manifests define: transports first, so connections find their targets.
+    pub async fn apply(&self, loaded: Vec<Loaded>) {
+        let (transports, connections): (Vec<Loaded>, Vec<Loaded>) = loaded
+            .into_iter()
+            .partition(|l| matches!(l.resource, Resource::Transport(_)));
+        for item in transports {
+            let object = describe(&item.resource);
+            let Resource::Transport(t) = item.resource else {
+                continue;
+            };
+            match self.worker.host_transport(*t, None).await {
+                Ok((runtime, true)) => {
+                    println!(
+                        "{object}: {} (send transactions to {})",
+                        runtime.state(),
+                        runtime.report().endpoint
+                    );
+                    watch_transport(object, &runtime);
                 }
+                Ok(_) => {}
                 Err(e) => eprintln!("{}: {e}", item.source),
-            },
-            Resource::Connection(_) => {
-                eprintln!(
-                    "{}: {object} skipped: this build of ferry hosts transports only",
-                    item.source
-                )
+            }
+        }
+        for item in connections {
+            let object = describe(&item.resource);
+            let Resource::Connection(c) = item.resource else {
+                continue;
+            };
+            let key = key(
+                c.metadata.namespace.as_deref().unwrap_or("default"),
+                c.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let resolved = self.resolve(&c, &key);
+            match self.worker.host_connection(*c, resolved, None).await {
+                Ok((runtime, true)) => {
+                    println!("{object}: {}", runtime.derived().status);
+                    watch_connection(object, &runtime);
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("{}: {e}", item.source),
             }
         }
     }
-    hosted
+
+    /// The targets' endpoints and token, and the connection's place in the startup queue.
+    fn resolve(&self, connection: &Connection, key: &str) -> Resolved {
+        let namespace = connection
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default");
+        let mut transports = BTreeMap::new();
+        for target in connection
+            .spec
+            .sync_sets
+            .iter()
+            .filter_map(|s| s.target.transport.as_ref())
+        {
+            if let Some(runtime) = self
+                .worker
+                .transport(&super::worker::key(namespace, &target.name))
+            {
+                transports.insert(
+                    target.name.clone(),
+                    ResolvedTransport {
+                        endpoint: runtime.report().endpoint,
+                        token: self.ingest_token.clone(),
+                    },
+                );
+            }
+        }
+        let was_started = self
+            .worker
+            .connection(key)
+            .is_some_and(|c| c.spec().started);
+        let now = self.now_ms();
+        let mut queue = self.queue();
+        let startup = if !connection.spec.started {
+            queue.release(key, now);
+            Startup::default()
+        } else if was_started {
+            startup_of(queue.admission(key))
+        } else {
+            // A start observed: it goes behind the ones before it.
+            startup_of(Some(queue.request(key, now)))
+        };
+        Resolved {
+            transports,
+            startup,
+        }
+    }
+
+    /// Let the next connections into their startup as the ones before them finish it.
+    pub async fn supervise(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = self.now_ms();
+            let connections = self.worker.connections();
+            let mut queue = self.queue();
+            for runtime in &connections {
+                // Running, Failed, stopped or unable to run: its startup is over.
+                if queue.is_starting(runtime.key())
+                    && runtime.derived().status != ConnectionStatusValue::Restarting
+                {
+                    queue.release(runtime.key(), now);
+                }
+            }
+            queue.advance(now);
+            for runtime in &connections {
+                if runtime.spec().started {
+                    runtime.set_startup(startup_of(queue.admission(runtime.key())));
+                }
+            }
+        }
+    }
+}
+
+fn startup_of(admission: Option<Admission>) -> Startup {
+    match admission {
+        Some(Admission::Waiting(position)) => Startup {
+            admitted: false,
+            position: Some(position),
+        },
+        Some(Admission::Starting) | None => Startup::default(),
+    }
 }
 
 /// Print every state change of a transport.
-fn watch_state(object: String, runtime: &Arc<TransportRuntime>) {
-    let mut states = runtime.watch_state();
-    let mut last = *states.borrow_and_update();
+fn watch_transport(object: String, runtime: &Arc<TransportRuntime>) {
+    print_changes(object, runtime.watch_state());
+}
+
+/// Print every status change of a connection.
+fn watch_connection(object: String, runtime: &Arc<ConnectionRuntime>) {
+    print_changes(object, runtime.watch_status());
+}
+
+fn print_changes<T: Copy + PartialEq + std::fmt::Display + Send + Sync + 'static>(
+    object: String,
+    mut changes: watch::Receiver<T>,
+) {
+    let mut last = *changes.borrow_and_update();
     tokio::spawn(async move {
-        while states.changed().await.is_ok() {
-            let now = *states.borrow_and_update();
+        while changes.changed().await.is_ok() {
+            let now = *changes.borrow_and_update();
             if now != last {
                 println!("{object}: {last} -> {now}");
                 last = now;
@@ -207,7 +357,10 @@ fn watch_state(object: String, runtime: &Arc<TransportRuntime>) {
 }
 
 /// Load, validate and host; then follow the files. Errors at start-up stop everything.
-pub async fn start(worker: &Arc<Worker>, paths: &[PathBuf]) -> Result<(), Vec<ManifestsError>> {
+pub async fn start(
+    standalone: &Arc<Standalone>,
+    paths: &[PathBuf],
+) -> Result<(), Vec<ManifestsError>> {
     let validator = ManifestValidator::new();
     let (files, sources) = if paths.is_empty() {
         (
@@ -220,9 +373,10 @@ pub async fn start(worker: &Arc<Worker>, paths: &[PathBuf]) -> Result<(), Vec<Ma
         (files, sources)
     };
     let loaded = load(&sources, &validator)?;
-    apply(worker, loaded).await;
+    standalone.apply(loaded).await;
+    tokio::spawn(standalone.clone().supervise());
     if !files.is_empty() {
-        tokio::spawn(follow(worker.clone(), files, validator));
+        tokio::spawn(follow(standalone.clone(), files, validator));
     }
     Ok(())
 }
@@ -235,7 +389,7 @@ fn modified(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 }
 
 /// Apply the files again whenever one changes.
-async fn follow(worker: Arc<Worker>, files: Vec<PathBuf>, validator: ManifestValidator) {
+async fn follow(standalone: Arc<Standalone>, files: Vec<PathBuf>, validator: ManifestValidator) {
     let mut seen = modified(&files);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -250,7 +404,7 @@ async fn follow(worker: Arc<Worker>, files: Vec<PathBuf>, validator: ManifestVal
         match loaded {
             Ok(loaded) => {
                 println!("manifests changed: applying them");
-                apply(&worker, loaded).await;
+                standalone.apply(loaded).await;
             }
             Err(errors) => {
                 for e in errors {

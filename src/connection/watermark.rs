@@ -78,7 +78,10 @@ pub struct Progress {
 impl Progress {
     /// The records still to send, in change order (stable for equal watermarks). Records older
     /// than the watermark, or accepted at it already, are left out.
-    pub fn pending(&self, mut records: Vec<SourceRecord>) -> Result<Vec<SourceRecord>, WatermarkError> {
+    pub fn pending(
+        &self,
+        mut records: Vec<SourceRecord>,
+    ) -> Result<Vec<SourceRecord>, WatermarkError> {
         let mut error = None;
         records.sort_by(|a, b| {
             a.watermark.compare(&b.watermark).unwrap_or_else(|e| {
@@ -140,7 +143,11 @@ mod tests {
     fn first_fetch_sends_everything_in_change_order() {
         let p = Progress::default();
         let out = p
-            .pending(vec![rec("b", "2026-01-02"), rec("a", "2026-01-01"), rec("c", "2026-01-02")])
+            .pending(vec![
+                rec("b", "2026-01-02"),
+                rec("a", "2026-01-01"),
+                rec("c", "2026-01-02"),
+            ])
             .unwrap();
         assert_eq!(ids(&out), ["a", "b", "c"]);
     }
@@ -152,7 +159,14 @@ mod tests {
             p.accept(&r);
         }
         // The source includes records *at* the watermark: b again, and a new d at t2.
-        let out = p.pending(vec![rec("b", "t2"), rec("d", "t2"), rec("e", "t3"), rec("a", "t1")]).unwrap();
+        let out = p
+            .pending(vec![
+                rec("b", "t2"),
+                rec("d", "t2"),
+                rec("e", "t3"),
+                rec("a", "t1"),
+            ])
+            .unwrap();
         assert_eq!(ids(&out), ["d", "e"]);
         // b changed again (new watermark): it is sent again, once.
         let out = p.pending(vec![rec("b", "t4")]).unwrap();
@@ -162,10 +176,16 @@ mod tests {
     #[test]
     fn the_watermark_stops_before_a_refused_record() {
         let mut p = Progress::default();
-        let pending = p.pending(vec![rec("a", "t1"), rec("b", "t2"), rec("c", "t3")]).unwrap();
+        let pending = p
+            .pending(vec![rec("a", "t1"), rec("b", "t2"), rec("c", "t3")])
+            .unwrap();
         p.accept(&pending[0]); // a accepted, b refused: stop.
         assert_eq!(p.watermark, Some(Watermark::Text("t1".into())));
-        assert_eq!(ids(&p.pending(pending).unwrap()), ["b", "c"], "the next iteration retries b");
+        assert_eq!(
+            ids(&p.pending(pending).unwrap()),
+            ["b", "c"],
+            "the next iteration retries b"
+        );
     }
 
     #[test]

@@ -153,9 +153,9 @@ fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "the host did not answer in time".into()
     } else if e.is_connect() {
-        "cannot connect to the host".into()
+        format!("cannot connect to the host: {}", crate::error_chain(e))
     } else {
-        format!("the request to the host failed: {e}")
+        format!("the request to the host failed: {}", crate::error_chain(e))
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::{
 use super::{
     host::{Delivery, HostClient, HostError},
     machine::{self, Action, Config, Event},
-    store::{Limits, NewTxn, Queue, QueuedTxn, Store, StoreError},
+    store::{Limits, NewTxn, Queue, QueuedTxn, RecordKind, Store, StoreError},
 };
 use crate::api::{
     TransportSpec, TransportState,
@@ -169,7 +169,7 @@ impl TransportRuntime {
         generation: Option<i64>,
         forward_window: usize,
     ) -> Result<Arc<Self>, RuntimeError> {
-        let record: Option<Record> = match store.load_record(&key)? {
+        let record: Option<Record> = match store.load_record(RecordKind::Transport, &key)? {
             Some(raw) => Some(
                 serde_json::from_slice(&raw).map_err(|e| RuntimeError::Record {
                     key: key.clone(),
@@ -656,7 +656,9 @@ impl TransportRuntime {
             }
         };
         let value = serde_json::to_vec(&record).map_err(|e| StoreError::Disk(e.to_string()))?;
-        self.store.save_record(&self.key, value).await
+        self.store
+            .save_record(RecordKind::Transport, &self.key, value)
+            .await
     }
 
     pub fn report(&self) -> TransportReport {

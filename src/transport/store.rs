@@ -48,6 +48,22 @@ impl StoreError {
     }
 }
 
+/// Whose record: transports and connections are kept apart in the meta table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Transport,
+    Connection,
+}
+
+impl RecordKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Transport => "record/",
+            Self::Connection => "connection/",
+        }
+    }
+}
+
 /// A transaction as it is kept in the queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedTxn {
@@ -355,8 +371,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Every saved record, by key.
-    pub fn records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    /// Every saved record of a kind, by key.
+    pub fn records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let read = self.db.begin_read().map_err(StoreError::disk)?;
         let meta = match read.open_table(META) {
             Ok(meta) => meta,
@@ -364,21 +380,22 @@ impl Store {
             Err(e) => return Err(StoreError::disk(e)),
         };
         let mut out = Vec::new();
-        for entry in meta.range("record/".."record0").map_err(StoreError::disk)? {
+        for entry in meta.range(kind.prefix()..).map_err(StoreError::disk)? {
             let (k, v) = entry.map_err(StoreError::disk)?;
-            if let Some(key) = k.value().strip_prefix("record/") {
-                out.push((key.to_owned(), v.value().to_vec()));
-            }
+            let Some(key) = k.value().strip_prefix(kind.prefix()) else {
+                break;
+            };
+            out.push((key.to_owned(), v.value().to_vec()));
         }
         Ok(out)
     }
 
     /// A saved record (see `save_record`).
-    pub fn load_record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn load_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let read = self.db.begin_read().map_err(StoreError::disk)?;
         match read.open_table(META) {
             Ok(meta) => Ok(meta
-                .get(format!("record/{key}").as_str())
+                .get(format!("{}{key}", kind.prefix()).as_str())
                 .map_err(StoreError::disk)?
                 .map(|v| v.value().to_vec())),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
@@ -428,10 +445,15 @@ impl Store {
         .await
     }
 
-    /// Save a transport's record under `key`.
-    pub async fn save_record(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+    /// Save a record under `key`.
+    pub async fn save_record(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<(), StoreError> {
         self.call(|reply| Op::SaveRecord {
-            key: format!("record/{key}"),
+            key: format!("{}{key}", kind.prefix()),
             value,
             reply,
         })
@@ -758,7 +780,14 @@ mod tests {
                     .unwrap();
             }
             assert_eq!(store.remove(&q, vec![0], vec![1]).await.unwrap(), (1, 1));
-            store.save_record("ns/a", b"{}".to_vec()).await.unwrap();
+            store
+                .save_record(RecordKind::Transport, "ns/a", b"{}".to_vec())
+                .await
+                .unwrap();
+            store
+                .save_record(RecordKind::Connection, "ns/c", b"[]".to_vec())
+                .await
+                .unwrap();
             drop(q);
         }
         let store = Store::open(dir.path()).unwrap();
@@ -770,9 +799,14 @@ mod tests {
         let head = store.read_head(&q, None, 10).unwrap();
         assert_eq!(head[0].id, "c");
         assert_eq!(head[0].content_type.as_deref(), Some("application/json"));
+        let records = |kind| store.records(kind).unwrap();
         assert_eq!(
-            store.records().unwrap(),
+            records(RecordKind::Transport),
             [("ns/a".to_string(), b"{}".to_vec())]
+        );
+        assert_eq!(
+            records(RecordKind::Connection),
+            [("ns/c".to_string(), b"[]".to_vec())]
         );
         // Queues of different transports are separate.
         assert_eq!(store.queue("ns/b").unwrap().info().messages, 0);

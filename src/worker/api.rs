@@ -45,10 +45,11 @@ impl From<WorkerError> for ApiError {
         let status = match &e {
             WorkerError::Invalid(_)
             | WorkerError::WrongKind { .. }
-            | WorkerError::NameMismatch { .. } => StatusCode::BAD_REQUEST,
-            WorkerError::Runtime { .. } | WorkerError::Store(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            | WorkerError::NameMismatch { .. }
+            | WorkerError::Resolved(_) => StatusCode::BAD_REQUEST,
+            WorkerError::Runtime { .. }
+            | WorkerError::Connection { .. }
+            | WorkerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
     }
@@ -73,6 +74,12 @@ pub fn router(worker: Arc<Worker>, tokens: Tokens) -> Router {
         .route(
             "/v1/transports/{namespace}/{name}/transactions",
             post(ingest),
+        )
+        .route(
+            "/v1/connections/{namespace}/{name}",
+            put(put_connection)
+                .get(get_connection)
+                .delete(delete_connection),
         )
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -105,6 +112,30 @@ fn not_hosted(key: &str) -> ApiError {
     )
 }
 
+/// The JSON body of a PUT.
+async fn manifest(body: Body) -> Result<Value, ApiError> {
+    let body = to_bytes(body, MAX_BODY).await.map_err(|e| {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("cannot read the body: {e}"),
+        )
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
+fn created_or_ok(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 async fn put_transport(
     State(app): State<App>,
     Path((namespace, name)): Path<(String, String)>,
@@ -112,28 +143,62 @@ async fn put_transport(
     body: Body,
 ) -> Answer {
     admin(&app, &headers)?;
-    let body = to_bytes(body, MAX_BODY).await.map_err(|e| {
-        ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("cannot read the body: {e}"),
-        )
-    })?;
-    let doc: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
+    let doc = manifest(body).await?;
     let (runtime, created) = app
         .worker
         .apply_transport(&doc, Some(&key(&namespace, &name)))
         .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(runtime.report())).into_response())
+    Ok((created_or_ok(created), Json(runtime.report())).into_response())
+}
+
+async fn put_connection(
+    State(app): State<App>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    admin(&app, &headers)?;
+    let doc = manifest(body).await?;
+    let (runtime, created) = app
+        .worker
+        .apply_connection(&doc, Some(&key(&namespace, &name)))
+        .await?;
+    Ok((created_or_ok(created), Json(runtime.report())).into_response())
+}
+
+fn no_connection(key: &str) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!("no connection {key} is hosted here"),
+    )
+}
+
+async fn get_connection(
+    State(app): State<App>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    admin(&app, &headers)?;
+    let key = key(&namespace, &name);
+    let runtime = app
+        .worker
+        .connection(&key)
+        .ok_or_else(|| no_connection(&key))?;
+    Ok(Json(runtime.report()).into_response())
+}
+
+async fn delete_connection(
+    State(app): State<App>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    admin(&app, &headers)?;
+    let key = key(&namespace, &name);
+    if !app.worker.remove_connection(&key).await? {
+        return Err(no_connection(&key));
+    }
+    let message = format!("connection {key} is no longer hosted; its watermarks are kept");
+    Ok(Json(json!({ "message": message })).into_response())
 }
 
 async fn get_transport(

@@ -14,12 +14,13 @@ use serde_json::Value;
 
 use crate::{
     api::{
-        Transport,
+        Connection, Transport,
         validate::{InvalidManifest, ManifestValidator, Resource},
     },
+    connection::runtime::{ConnectionError, ConnectionRecord, ConnectionRuntime, Resolved},
     transport::{
         runtime::{Record, RuntimeError, TransportRuntime},
-        store::{Store, StoreError},
+        store::{RecordKind, Store, StoreError},
     },
 };
 
@@ -40,6 +41,14 @@ pub enum WorkerError {
         #[source]
         source: RuntimeError,
     },
+    #[error("cannot host connection {key}: {source}")]
+    Connection {
+        key: String,
+        #[source]
+        source: ConnectionError,
+    },
+    #[error("the `resolved` object is malformed: {0}")]
+    Resolved(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -58,6 +67,7 @@ pub struct Worker {
     public_url: String,
     forward_window: usize,
     transports: RwLock<BTreeMap<String, Arc<TransportRuntime>>>,
+    connections: RwLock<BTreeMap<String, Arc<ConnectionRuntime>>>,
     validator: Mutex<ManifestValidator>,
 }
 
@@ -76,10 +86,11 @@ impl Worker {
             public_url: options.public_url.trim_end_matches('/').to_owned(),
             forward_window: options.forward_window,
             transports: RwLock::new(BTreeMap::new()),
+            connections: RwLock::new(BTreeMap::new()),
             validator: Mutex::new(ManifestValidator::new()),
         });
         if rehost {
-            for (key, raw) in worker.store.records()? {
+            for (key, raw) in worker.store.records(RecordKind::Transport)? {
                 let record: Record = match serde_json::from_slice(&raw) {
                     Ok(r) => r,
                     Err(e) => {
@@ -92,6 +103,21 @@ impl Worker {
                 }
                 let runtime = worker.start(&key, record.spec, record.generation).await?;
                 tracing::info!(transport = %key, state = %runtime.state(), "hosted again after restart");
+            }
+            for (key, raw) in worker.store.records(RecordKind::Connection)? {
+                let record: ConnectionRecord = match serde_json::from_slice(&raw) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(connection = %key, error = %e, "saved record unreadable; not hosted");
+                        continue;
+                    }
+                };
+                if record.hosted {
+                    worker
+                        .start_connection(&key, record.spec, record.generation, record.resolved)
+                        .await?;
+                    tracing::info!(connection = %key, "hosted again after restart");
+                }
             }
         }
         Ok(worker)
@@ -218,8 +244,136 @@ impl Worker {
         Ok(true)
     }
 
+    pub fn connections(&self) -> Vec<Arc<ConnectionRuntime>> {
+        self.connections
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn connection(&self, key: &str) -> Option<Arc<ConnectionRuntime>> {
+        self.connections
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    async fn start_connection(
+        &self,
+        key: &str,
+        spec: crate::api::ConnectionSpec,
+        generation: Option<i64>,
+        resolved: Resolved,
+    ) -> Result<Arc<ConnectionRuntime>, WorkerError> {
+        let runtime = ConnectionRuntime::start(
+            self.store.clone(),
+            key.to_owned(),
+            spec,
+            generation,
+            resolved,
+        )
+        .await
+        .map_err(|source| WorkerError::Connection {
+            key: key.to_owned(),
+            source,
+        })?;
+        self.connections
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned(), runtime.clone());
+        Ok(runtime)
+    }
+
+    /// Create or update a hosted connection from its manifest (PUT); the body may carry a
+    /// top-level `resolved` object beside `spec`.
+    pub async fn apply_connection(
+        &self,
+        doc: &Value,
+        url: Option<&str>,
+    ) -> Result<(Arc<ConnectionRuntime>, bool), WorkerError> {
+        let resolved: Resolved = match doc.get("resolved") {
+            Some(r) => serde_json::from_value(r.clone())
+                .map_err(|e| WorkerError::Resolved(e.to_string()))?,
+            None => Resolved::default(),
+        };
+        let mut manifest = with_namespace(doc, url);
+        if let Some(map) = manifest.as_object_mut() {
+            map.remove("resolved");
+        }
+        let connection = match self.validate(&manifest)? {
+            Resource::Connection(c) => c,
+            Resource::Transport(_) => {
+                return Err(WorkerError::WrongKind {
+                    kind: "Transport".into(),
+                    expected: "Connection",
+                });
+            }
+        };
+        self.host_connection(*connection, resolved, url).await
+    }
+
+    pub async fn host_connection(
+        &self,
+        connection: Connection,
+        resolved: Resolved,
+        url: Option<&str>,
+    ) -> Result<(Arc<ConnectionRuntime>, bool), WorkerError> {
+        let namespace = connection
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default");
+        let name = connection.metadata.name.as_deref().unwrap_or_default();
+        let key = key(namespace, name);
+        if let Some(url) = url
+            && url != key
+        {
+            return Err(WorkerError::NameMismatch {
+                body: key,
+                url: url.to_owned(),
+            });
+        }
+        let generation = connection.metadata.generation;
+        if let Some(existing) = self.connection(&key) {
+            existing
+                .update(connection.spec, generation, resolved)
+                .await
+                .map_err(|source| WorkerError::Connection {
+                    key: key.clone(),
+                    source,
+                })?;
+            return Ok((existing, false));
+        }
+        let runtime = self
+            .start_connection(&key, connection.spec, generation, resolved)
+            .await?;
+        Ok((runtime, true))
+    }
+
+    /// Stop hosting a connection (DELETE); its watermarks stay on disk.
+    pub async fn remove_connection(&self, key: &str) -> Result<bool, WorkerError> {
+        let removed = self
+            .connections
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        let Some(runtime) = removed else {
+            return Ok(false);
+        };
+        runtime.stop().await?;
+        Ok(true)
+    }
+
     /// Save every record durably (shutdown).
     pub async fn shutdown(&self) {
+        for runtime in self.connections() {
+            if let Err(e) = runtime.pause().await {
+                tracing::error!(connection = %runtime.key(), error = %e, "cannot save the record at shutdown");
+            }
+        }
         for runtime in self.transports() {
             if let Err(e) = runtime.pause().await {
                 tracing::error!(transport = %runtime.key(), error = %e, "cannot save the record at shutdown");

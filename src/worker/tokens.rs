@@ -37,6 +37,11 @@ impl Token {
         Self(token.into())
     }
 
+    /// The token itself, for a client of this worker (standalone's connections).
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
     /// Constant-time comparison: the time taken does not tell how much of a guess matched.
     fn matches(&self, given: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), given.as_bytes());

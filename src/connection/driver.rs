@@ -1,0 +1,380 @@
+//! Sources and targets behind two small traits, so more can be added: the HTTP source of
+//! DESIGN.md, and the `transport` and `http` targets.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use reqwest::{Client, Url, header};
+use serde_json::Value;
+
+use super::watermark::{SourceRecord, Watermark};
+use crate::api::connection::{HttpMethod, HttpSource, HttpTarget};
+
+/// Most pages one fetch follows (a source that links to itself must not loop forever).
+const MAX_PAGES: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{0}")]
+    Source(String),
+    #[error("{0}")]
+    Target(String),
+}
+
+/// Reads the records changed since a watermark.
+pub trait Source: Send + Sync {
+    fn fetch<'a>(
+        &'a self,
+        since: Option<&'a Watermark>,
+    ) -> BoxFuture<'a, Result<Vec<SourceRecord>, DriverError>>;
+}
+
+/// Takes one record; `Ok` means accepted.
+pub trait Target: Send + Sync {
+    fn send<'a>(
+        &'a self,
+        key: &'a str,
+        record: &'a SourceRecord,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+}
+
+fn client(timeout: Duration) -> Result<Client, String> {
+    Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+pub struct HttpSourceDriver {
+    client: Client,
+    config: HttpSource,
+}
+
+impl HttpSourceDriver {
+    pub fn new(config: &HttpSource, timeout: Duration) -> Result<Self, String> {
+        Url::parse(&config.url).map_err(|e| format!("source.http.url {:?}: {e}", config.url))?;
+        Ok(Self {
+            client: client(timeout)?,
+            config: config.clone(),
+        })
+    }
+
+    /// The records of one page, and the next page's URL when the source says there is more
+    /// (an RFC 8288 `Link: <...>; rel="next"` header).
+    async fn page(&self, url: Url) -> Result<(Vec<SourceRecord>, Option<Url>), DriverError> {
+        let fail = |m: String| DriverError::Source(format!("source {url}: {m}"));
+        let response = self
+            .client
+            .get(url.clone())
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| fail(crate::error_chain(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(fail(format!("answered {status}")));
+        }
+        let next = next_link(&url, response.headers().get_all(header::LINK));
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| fail(format!("the body is not JSON: {e}")))?;
+        let records = extract(&body, &self.config).map_err(fail)?;
+        Ok((records, next))
+    }
+}
+
+impl Source for HttpSourceDriver {
+    fn fetch<'a>(
+        &'a self,
+        since: Option<&'a Watermark>,
+    ) -> BoxFuture<'a, Result<Vec<SourceRecord>, DriverError>> {
+        Box::pin(async move {
+            let mut url =
+                Url::parse(&self.config.url).map_err(|e| DriverError::Source(e.to_string()))?;
+            if let Some(since) = since {
+                url.query_pairs_mut()
+                    .append_pair(&self.config.watermark_param, &since.as_param());
+            }
+            let mut records = Vec::new();
+            let mut next = Some(url);
+            let mut pages = 0;
+            while let Some(url) = next.take() {
+                pages += 1;
+                if pages > MAX_PAGES {
+                    return Err(DriverError::Source(format!(
+                        "the source links more than {MAX_PAGES} pages"
+                    )));
+                }
+                let (page, following) = self.page(url).await?;
+                records.extend(page);
+                next = following;
+            }
+            Ok(records)
+        })
+    }
+}
+
+/// The URL of `rel="next"` in the Link headers, resolved against the page's URL.
+fn next_link<'a>(
+    base: &Url,
+    values: impl IntoIterator<Item = &'a header::HeaderValue>,
+) -> Option<Url> {
+    for value in values {
+        let Ok(text) = value.to_str() else { continue };
+        for link in text.split(',') {
+            let mut parts = link.split(';');
+            let target = parts.next()?.trim();
+            let is_next = parts.any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            });
+            if is_next {
+                let target = target.trim_start_matches('<').trim_end_matches('>');
+                return base.join(target).ok();
+            }
+        }
+    }
+    None
+}
+
+/// The records in a source's JSON body, by the configured pointers.
+pub fn extract(body: &Value, config: &HttpSource) -> Result<Vec<SourceRecord>, String> {
+    let items = body
+        .pointer(&config.items_pointer)
+        .ok_or_else(|| format!("nothing at itemsPointer {:?}", config.items_pointer))?
+        .as_array()
+        .ok_or_else(|| {
+            format!(
+                "the value at itemsPointer {:?} is not an array",
+                config.items_pointer
+            )
+        })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let id = match item.pointer(&config.id_pointer) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => {
+                    return Err(format!(
+                        "record {i} has no string or number at idPointer {:?}",
+                        config.id_pointer
+                    ));
+                }
+            };
+            let watermark = item
+                .pointer(&config.watermark_pointer)
+                .ok_or_else(|| {
+                    format!(
+                        "record {id} has nothing at watermarkPointer {:?}",
+                        config.watermark_pointer
+                    )
+                })
+                .and_then(|v| Watermark::from_json(v).map_err(|e| format!("record {id}: {e}")))?;
+            Ok(SourceRecord {
+                id,
+                watermark,
+                body: item.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The transaction id a record travels under: the same record at the same watermark always
+/// gets the same id, so a host can drop the duplicates at-least-once delivery may bring.
+pub fn transaction_id(key: &str, record: &SourceRecord) -> String {
+    let text = format!("{key}/{}@{}", record.id, record.watermark.as_param());
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    if clean.len() <= 128 {
+        return clean;
+    }
+    // Too long for the header: keep the start and add a hash of the whole.
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    format!("{}~{:016x}", &clean[..100], hasher.finish())
+}
+
+/// A Transport hosted by a worker: its ingest endpoint and token. "stored" counts as accepted.
+pub struct TransportTargetDriver {
+    client: Client,
+    name: String,
+    endpoint: String,
+    token: Option<String>,
+}
+
+impl TransportTargetDriver {
+    pub fn new(
+        name: &str,
+        endpoint: &str,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        Url::parse(endpoint)
+            .map_err(|e| format!("transport {name}: endpoint {endpoint:?}: {e}"))?;
+        Ok(Self {
+            client: client(timeout)?,
+            name: name.to_owned(),
+            endpoint: endpoint.to_owned(),
+            token,
+        })
+    }
+}
+
+impl Target for TransportTargetDriver {
+    fn send<'a>(
+        &'a self,
+        key: &'a str,
+        record: &'a SourceRecord,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let mut request = self
+                .client
+                .post(&self.endpoint)
+                .header("Ferry-Transaction-Id", transaction_id(key, record))
+                .json(&record.body);
+            if let Some(token) = &self.token {
+                request = request.header("Ferry-Token", token);
+            }
+            let fail = |m: String| DriverError::Target(format!("transport {}: {m}", self.name));
+            let response = request
+                .send()
+                .await
+                .map_err(|e| fail(crate::error_chain(&e)))?;
+            let status = response.status();
+            if status.as_u16() == 200 || status.as_u16() == 202 {
+                return Ok(());
+            }
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let why = body["reason"]
+                .as_str()
+                .or(body["message"].as_str())
+                .unwrap_or("no reason given");
+            Err(fail(format!("answered {status}: {why}")))
+        })
+    }
+}
+
+/// POST or PUT each record to a URL; 2xx accepts it.
+pub struct HttpTargetDriver {
+    client: Client,
+    config: HttpTarget,
+}
+
+impl HttpTargetDriver {
+    pub fn new(config: &HttpTarget, timeout: Duration) -> Result<Self, String> {
+        Url::parse(&config.url).map_err(|e| format!("target.http.url {:?}: {e}", config.url))?;
+        Ok(Self {
+            client: client(timeout)?,
+            config: config.clone(),
+        })
+    }
+}
+
+impl Target for HttpTargetDriver {
+    fn send<'a>(
+        &'a self,
+        key: &'a str,
+        record: &'a SourceRecord,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let request = match self.config.method {
+                HttpMethod::Post => self.client.post(&self.config.url),
+                HttpMethod::Put => self.client.put(&self.config.url),
+            };
+            let response = request
+                .header("Ferry-Transaction-Id", transaction_id(key, record))
+                .json(&record.body)
+                .send()
+                .await
+                .map_err(|e| {
+                    DriverError::Target(format!(
+                        "target {}: {}",
+                        self.config.url,
+                        crate::error_chain(&e)
+                    ))
+                })?;
+            let status = response.status();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(DriverError::Target(format!(
+                    "target {} answered {status}",
+                    self.config.url
+                )))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn source(items: &str) -> HttpSource {
+        HttpSource {
+            url: "http://crm/api".into(),
+            watermark_param: "updatedSince".into(),
+            items_pointer: items.into(),
+            watermark_pointer: "/updatedAt".into(),
+            id_pointer: "/id".into(),
+        }
+    }
+
+    #[test]
+    fn extracts_by_pointers() {
+        let body = json!({"items": [{"id": 7, "updatedAt": "t1"}, {"id": "x", "updatedAt": 5}]});
+        let records = extract(&body, &source("/items")).unwrap();
+        assert_eq!(records[0].id, "7");
+        assert_eq!(records[1].watermark, Watermark::Number(5.0));
+        let bare = json!([{"id": 1, "updatedAt": "t"}]);
+        assert_eq!(extract(&bare, &source("")).unwrap().len(), 1);
+        let err = extract(&json!({"items": [{"id": 1}]}), &source("/items")).unwrap_err();
+        assert!(
+            err.contains("record 1 has nothing at watermarkPointer"),
+            "{err}"
+        );
+        assert!(extract(&json!({"items": 3}), &source("/items")).is_err());
+    }
+
+    #[test]
+    fn follows_rel_next() {
+        let base = Url::parse("http://crm/api/orders?updatedSince=1").unwrap();
+        let v = header::HeaderValue::from_static(
+            r#"<http://crm/api/orders?page=1>; rel="prev", </api/orders?page=3>; rel="next""#,
+        );
+        assert_eq!(
+            next_link(&base, [&v]).unwrap().as_str(),
+            "http://crm/api/orders?page=3"
+        );
+        let none = header::HeaderValue::from_static(r#"<http://crm/x>; rel="prev""#);
+        assert_eq!(next_link(&base, [&none]), None);
+    }
+
+    #[test]
+    fn transaction_ids_are_stable_and_fit_the_header() {
+        let r = SourceRecord {
+            id: "42".into(),
+            watermark: Watermark::Text("2026-01-01T00:00:00Z".into()),
+            body: json!({}),
+        };
+        assert_eq!(
+            transaction_id("ns/conn/orders", &r),
+            "ns/conn/orders/42@2026-01-01T00:00:00Z"
+        );
+        let long = SourceRecord {
+            id: "x".repeat(300),
+            ..r
+        };
+        let id = transaction_id("k", &long);
+        assert!(id.len() <= 128 && id == transaction_id("k", &long));
+    }
+}

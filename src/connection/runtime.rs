@@ -1,0 +1,582 @@
+//! One hosted connection at run time: iterations of its sync-sets, watermarks kept in the
+//! worker's store, and the report the operator reads.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use super::{
+    driver::{HttpSourceDriver, HttpTargetDriver, Source, Target, TransportTargetDriver},
+    status::{self, Derived, Inputs, OperatorPhase, SyncSetView, WorkerView},
+    watermark::{Progress, Watermark},
+};
+use crate::{
+    api::{
+        ConnectionSpec, ConnectionStatusValue,
+        connection::{SyncResult, SyncSet, SyncSetStatus},
+    },
+    transport::store::{RecordKind, Store, StoreError},
+};
+
+/// Each source or target request may take this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Progress is saved at least this often within a sync-set, so a restart resends little.
+const SAVE_EVERY: u64 = 100;
+
+/// What the operator (or standalone mode) looked up for the worker: each target transport's
+/// ingest endpoint and token, and whether the connection may start (the startup queue).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resolved {
+    #[serde(default)]
+    pub transports: BTreeMap<String, ResolvedTransport>,
+    #[serde(default)]
+    pub startup: Startup,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedTransport {
+    pub endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Startup {
+    /// False while the connection waits in the startup queue.
+    pub admitted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+}
+
+impl Default for Startup {
+    fn default() -> Self {
+        Self {
+            admitted: true,
+            position: None,
+        }
+    }
+}
+
+/// One sync-set's saved state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSetRecord {
+    #[serde(default)]
+    pub progress: Progress,
+    pub last_result: Option<SyncResult>,
+    pub last_completed_iteration: Option<u64>,
+    #[serde(default)]
+    pub records_synced: u64,
+    pub last_error: Option<String>,
+}
+
+/// What the store keeps of a connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionRecord {
+    pub spec: ConnectionSpec,
+    pub generation: Option<i64>,
+    #[serde(default)]
+    pub resolved: Resolved,
+    pub iteration: u64,
+    #[serde(default)]
+    pub sync_sets: BTreeMap<String, SyncSetRecord>,
+    #[serde(default = "yes")]
+    pub hosted: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The runtime report: the status value the worker derives on its own (all but rule 1) and
+/// the fields of the resource's status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionReport {
+    pub status: ConnectionStatusValue,
+    pub reason: String,
+    pub message: String,
+    pub observed_generation: Option<i64>,
+    pub iteration: u64,
+    pub startup_queue_position: Option<u32>,
+    pub sync_sets: Vec<SyncSetStatus>,
+    /// The iteration number when the connection was last (re)started: a sync-set whose last
+    /// completed iteration is above it has completed since.
+    pub started_iteration: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the saved record of connection {key} cannot be read: {reason}")]
+    Record { key: String, reason: String },
+}
+
+struct Drivers {
+    source: Box<dyn Source>,
+    target: Box<dyn Target>,
+}
+
+struct Inner {
+    record: ConnectionRecord,
+    started_iteration: u64,
+    ongoing: Option<String>,
+    /// Why the connection cannot run, found while building its drivers.
+    config_error: Option<String>,
+    drivers: BTreeMap<String, Arc<Drivers>>,
+    dirty: bool,
+}
+
+pub struct ConnectionRuntime {
+    key: String,
+    store: Store,
+    inner: Mutex<Inner>,
+    wake: Notify,
+    statuses: watch::Sender<ConnectionStatusValue>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn build_drivers(
+    spec: &ConnectionSpec,
+    resolved: &Resolved,
+) -> Result<BTreeMap<String, Arc<Drivers>>, String> {
+    let mut drivers = BTreeMap::new();
+    for sync_set in spec.sync_sets.iter().filter(|s| s.enabled) {
+        drivers.insert(
+            sync_set.name.clone(),
+            Arc::new(drivers_for(sync_set, resolved)?),
+        );
+    }
+    Ok(drivers)
+}
+
+fn drivers_for(sync_set: &SyncSet, resolved: &Resolved) -> Result<Drivers, String> {
+    let source: Box<dyn Source> = Box::new(HttpSourceDriver::new(
+        &sync_set.source.http,
+        REQUEST_TIMEOUT,
+    )?);
+    let target: Box<dyn Target> = match (&sync_set.target.transport, &sync_set.target.http) {
+        (Some(transport), None) => {
+            let found = resolved.transports.get(&transport.name).ok_or_else(|| {
+                format!(
+                    "sync-set {}: target transport {} does not exist in this namespace",
+                    sync_set.name, transport.name
+                )
+            })?;
+            Box::new(TransportTargetDriver::new(
+                &transport.name,
+                &found.endpoint,
+                found.token.clone(),
+                REQUEST_TIMEOUT,
+            )?)
+        }
+        (None, Some(http)) => Box::new(HttpTargetDriver::new(http, REQUEST_TIMEOUT)?),
+        _ => {
+            return Err(format!(
+                "sync-set {}: exactly one target must be set",
+                sync_set.name
+            ));
+        }
+    };
+    Ok(Drivers { source, target })
+}
+
+impl ConnectionRuntime {
+    /// Host a connection: restore its watermarks and history, apply the spec, start iterating.
+    pub async fn start(
+        store: Store,
+        key: String,
+        spec: ConnectionSpec,
+        generation: Option<i64>,
+        resolved: Resolved,
+    ) -> Result<Arc<Self>, ConnectionError> {
+        let saved: Option<ConnectionRecord> =
+            match store.load_record(RecordKind::Connection, &key)? {
+                Some(raw) => {
+                    Some(
+                        serde_json::from_slice(&raw).map_err(|e| ConnectionError::Record {
+                            key: key.clone(),
+                            reason: e.to_string(),
+                        })?,
+                    )
+                }
+                None => None,
+            };
+        let (iteration, sync_sets) =
+            saved.map_or((0, BTreeMap::new()), |r| (r.iteration, r.sync_sets));
+        let (statuses, _) = watch::channel(ConnectionStatusValue::Restarting);
+        let runtime = Arc::new(Self {
+            store,
+            inner: Mutex::new(Inner {
+                record: ConnectionRecord {
+                    spec: spec.clone(),
+                    generation,
+                    resolved: resolved.clone(),
+                    iteration,
+                    sync_sets,
+                    hosted: true,
+                },
+                // A (re)started connection is Restarting until each sync-set completes again.
+                started_iteration: iteration,
+                ongoing: None,
+                config_error: None,
+                drivers: BTreeMap::new(),
+                dirty: true,
+            }),
+            wake: Notify::new(),
+            statuses,
+            task: Mutex::new(None),
+            key,
+        });
+        runtime.configure(spec, generation, resolved, true);
+        runtime.save().await?;
+        let task = tokio::spawn(runtime.clone().iterate());
+        *runtime.lock_task() = Some(task);
+        Ok(runtime)
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_task(&self) -> MutexGuard<'_, Option<JoinHandle<()>>> {
+        self.task.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn spec(&self) -> ConnectionSpec {
+        self.lock().record.spec.clone()
+    }
+
+    pub fn watch_status(&self) -> watch::Receiver<ConnectionStatusValue> {
+        self.statuses.subscribe()
+    }
+
+    /// Apply a spec and what was resolved for it. A changed spec (or a start) makes the
+    /// connection Restarting until every enabled sync-set completes an iteration again.
+    fn configure(
+        &self,
+        spec: ConnectionSpec,
+        generation: Option<i64>,
+        resolved: Resolved,
+        restart: bool,
+    ) {
+        {
+            let mut inner = self.lock();
+            let changed = inner.record.spec != spec;
+            let starting = spec.started && !inner.record.spec.started;
+            match build_drivers(&spec, &resolved) {
+                Ok(drivers) => {
+                    inner.drivers = drivers;
+                    inner.config_error = None;
+                }
+                Err(e) => {
+                    inner.drivers.clear();
+                    inner.config_error = Some(e);
+                }
+            }
+            if restart || changed || starting {
+                inner.started_iteration = inner.record.iteration;
+            }
+            inner.record.spec = spec;
+            inner.record.generation = generation;
+            inner.record.resolved = resolved;
+            inner.dirty = true;
+        }
+        self.publish();
+        self.wake.notify_one();
+    }
+
+    /// Apply a new spec or resolution (PUT).
+    pub async fn update(
+        &self,
+        spec: ConnectionSpec,
+        generation: Option<i64>,
+        resolved: Resolved,
+    ) -> Result<(), ConnectionError> {
+        self.configure(spec, generation, resolved, false);
+        self.save().await?;
+        Ok(())
+    }
+
+    /// Let the connection out of the startup queue, or hold it at `position`.
+    pub fn set_startup(&self, startup: Startup) {
+        {
+            let mut inner = self.lock();
+            if inner.record.resolved.startup == startup {
+                return;
+            }
+            inner.record.resolved.startup = startup;
+            inner.dirty = true;
+        }
+        self.publish();
+        self.wake.notify_one();
+    }
+
+    fn runnable(&self) -> bool {
+        let inner = self.lock();
+        inner.record.spec.started
+            && inner.config_error.is_none()
+            && inner.record.resolved.startup.admitted
+            && !inner.drivers.is_empty()
+    }
+
+    /// Iterations: every enabled sync-set once; the next starts `frequency` after this one
+    /// started, or at once if this one took longer.
+    async fn iterate(self: Arc<Self>) {
+        loop {
+            if !self.runnable() {
+                self.wake.notified().await;
+                continue;
+            }
+            // A wake-up from before this iteration is stale: the iteration sees the change.
+            let _ = self.wake.notified().now_or_never();
+            let started = Instant::now();
+            let (iteration, plan, frequency) = {
+                let mut inner = self.lock();
+                inner.record.iteration += 1;
+                inner.dirty = true;
+                let plan: Vec<(String, Arc<Drivers>)> = inner
+                    .record
+                    .spec
+                    .sync_sets
+                    .iter()
+                    .filter_map(|s| {
+                        inner
+                            .drivers
+                            .get(&s.name)
+                            .map(|d| (s.name.clone(), d.clone()))
+                    })
+                    .collect();
+                (
+                    inner.record.iteration,
+                    plan,
+                    inner.record.spec.frequency.as_std(),
+                )
+            };
+            self.publish();
+            for (name, drivers) in plan {
+                if !self.runnable() {
+                    break;
+                }
+                self.run_sync_set(iteration, &name, &drivers).await;
+            }
+            let next = started + frequency;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// One sync-set, once: fetch what changed since its watermark, hand each record to the
+    /// target in change order, advance the watermark only past accepted records.
+    async fn run_sync_set(&self, iteration: u64, name: &str, drivers: &Drivers) {
+        let progress = {
+            let mut inner = self.lock();
+            inner.ongoing = Some(name.to_owned());
+            inner
+                .record
+                .sync_sets
+                .entry(name.to_owned())
+                .or_default()
+                .progress
+                .clone()
+        };
+        self.publish();
+        let key = format!("{}/{name}", self.key);
+        let outcome = self.sync(&key, name, progress, drivers).await;
+        {
+            let mut inner = self.lock();
+            inner.ongoing = None;
+            let record = inner.record.sync_sets.entry(name.to_owned()).or_default();
+            record.last_completed_iteration = Some(iteration);
+            match outcome {
+                Ok(()) => {
+                    record.last_result = Some(SyncResult::Success);
+                    record.last_error = None;
+                }
+                Err(e) => {
+                    tracing::warn!(connection = %self.key, sync_set = name, error = %e, "sync-set failed");
+                    record.last_result = Some(SyncResult::Failed);
+                    record.last_error = Some(e);
+                }
+            }
+            inner.dirty = true;
+        }
+        self.publish();
+        if let Err(e) = self.save().await {
+            tracing::error!(connection = %self.key, error = %e, "cannot save the connection's progress");
+        }
+    }
+
+    async fn sync(
+        &self,
+        key: &str,
+        name: &str,
+        mut progress: Progress,
+        drivers: &Drivers,
+    ) -> Result<(), String> {
+        let fetched = drivers
+            .source
+            .fetch(progress.watermark.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let pending = progress.pending(fetched).map_err(|e| e.to_string())?;
+        let mut synced = 0;
+        let mut result = Ok(());
+        for record in &pending {
+            if let Err(e) = drivers.target.send(key, record).await {
+                result = Err(format!("record {}: {e}", record.id));
+                break;
+            }
+            progress.accept(record);
+            synced += 1;
+            if synced % SAVE_EVERY == 0 {
+                self.record_progress(name, &progress, SAVE_EVERY);
+                if let Err(e) = self.save().await {
+                    return Err(format!("cannot save the watermark: {e}"));
+                }
+            }
+        }
+        self.record_progress(name, &progress, synced % SAVE_EVERY);
+        result
+    }
+
+    fn record_progress(&self, name: &str, progress: &Progress, newly_synced: u64) {
+        let mut inner = self.lock();
+        let record = inner.record.sync_sets.entry(name.to_owned()).or_default();
+        record.progress = progress.clone();
+        record.records_synced += newly_synced;
+        inner.dirty = true;
+    }
+
+    async fn save(&self) -> Result<(), StoreError> {
+        let value = {
+            let mut inner = self.lock();
+            if !inner.dirty {
+                return Ok(());
+            }
+            inner.dirty = false;
+            serde_json::to_vec(&inner.record).map_err(|e| StoreError::Disk(e.to_string()))?
+        };
+        self.store
+            .save_record(RecordKind::Connection, &self.key, value)
+            .await
+    }
+
+    /// The status derivation's inputs, as far as the worker knows them.
+    fn inputs(inner: &Inner) -> Inputs {
+        let spec = &inner.record.spec;
+        let startup = &inner.record.resolved.startup;
+        let views = spec
+            .sync_sets
+            .iter()
+            .filter(|s| s.enabled)
+            .map(|s| {
+                let r = inner.record.sync_sets.get(&s.name);
+                SyncSetView {
+                    name: s.name.clone(),
+                    last_result: r.and_then(|r| r.last_result),
+                    completed_since_start: r
+                        .and_then(|r| r.last_completed_iteration)
+                        .is_some_and(|i| i > inner.started_iteration),
+                    last_error: r.and_then(|r| r.last_error.clone()),
+                }
+            })
+            .collect::<Vec<_>>();
+        Inputs {
+            operator: OperatorPhase::Pushed,
+            started: spec.started,
+            config_error: inner.config_error.clone(),
+            enabled_sync_sets: views.len(),
+            queue_position: (!startup.admitted).then(|| startup.position.unwrap_or(1)),
+            worker: WorkerView::Report(views),
+        }
+    }
+
+    pub fn derived(&self) -> Derived {
+        status::derive(&Self::inputs(&self.lock()))
+    }
+
+    fn publish(&self) {
+        let status = self.derived().status;
+        self.statuses.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
+
+    pub fn report(&self) -> ConnectionReport {
+        let inner = self.lock();
+        let derived = status::derive(&Self::inputs(&inner));
+        let sync_sets = inner
+            .record
+            .spec
+            .sync_sets
+            .iter()
+            .map(|s| {
+                let r = inner
+                    .record
+                    .sync_sets
+                    .get(&s.name)
+                    .cloned()
+                    .unwrap_or_default();
+                SyncSetStatus {
+                    name: s.name.clone(),
+                    last_result: r.last_result,
+                    last_completed_iteration: r.last_completed_iteration,
+                    ongoing: inner.ongoing.as_deref() == Some(s.name.as_str()),
+                    watermark: r.progress.watermark.as_ref().map(Watermark::as_param),
+                    records_synced: r.records_synced,
+                    last_error: r.last_error,
+                }
+            })
+            .collect();
+        ConnectionReport {
+            status: derived.status,
+            reason: derived.reason.to_owned(),
+            message: derived.message,
+            observed_generation: inner.record.generation,
+            iteration: inner.record.iteration,
+            startup_queue_position: (!inner.record.resolved.startup.admitted)
+                .then(|| inner.record.resolved.startup.position.unwrap_or(1)),
+            sync_sets,
+            started_iteration: inner.started_iteration,
+        }
+    }
+
+    /// Stop hosting (DELETE): the record stays, marked as no longer hosted.
+    pub async fn stop(&self) -> Result<(), StoreError> {
+        self.lock().record.hosted = false;
+        self.pause().await
+    }
+
+    /// End the iterations and save (shutdown).
+    pub async fn pause(&self) -> Result<(), StoreError> {
+        if let Some(task) = self.lock_task().take() {
+            task.abort();
+        }
+        self.lock().dirty = true;
+        self.save().await
+    }
+}

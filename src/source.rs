@@ -1,0 +1,136 @@
+//! `ferry source`: a sample source for connections. It serves a small set of orders, changes
+//! one of them every few seconds, and answers `GET /records?updatedSince=W` with the orders
+//! whose `updatedAt` (milliseconds since the epoch) is at or after W, oldest first, a page at
+//! a time with `Link: <...>; rel="next"` when there is more.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::{HeaderMap, HeaderValue, header},
+    response::IntoResponse,
+    routing::get,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    id: u32,
+    item: String,
+    quantity: u32,
+    updated_at: u64,
+}
+
+#[derive(Clone)]
+struct Source {
+    orders: Arc<Mutex<Vec<Order>>>,
+    page_size: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Params {
+    updated_since: Option<u64>,
+    #[serde(default)]
+    page: usize,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+const ITEMS: [&str; 5] = ["bolts", "nuts", "washers", "screws", "rivets"];
+
+async fn records(State(source): State<Source>, Query(params): Query<Params>) -> impl IntoResponse {
+    let since = params.updated_since.unwrap_or(0);
+    let mut changed: Vec<Order> = source
+        .orders
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|o| o.updated_at >= since)
+        .cloned()
+        .collect();
+    changed.sort_by_key(|o| (o.updated_at, o.id));
+    let start = params.page * source.page_size;
+    let page: Vec<Order> = changed
+        .iter()
+        .skip(start)
+        .take(source.page_size)
+        .cloned()
+        .collect();
+    let mut headers = HeaderMap::new();
+    if start + source.page_size < changed.len() {
+        let next = format!(
+            "</records?updatedSince={since}&page={}>; rel=\"next\"",
+            params.page + 1
+        );
+        if let Ok(value) = HeaderValue::from_str(&next) {
+            headers.insert(header::LINK, value);
+        }
+    }
+    (headers, Json(serde_json::json!({ "items": page })))
+}
+
+pub fn router(orders: usize, page_size: usize) -> (Router, Arc<Mutex<Vec<Order>>>) {
+    let now = now_ms();
+    let orders: Vec<Order> = (0..orders as u32)
+        .map(|id| Order {
+            id,
+            item: ITEMS[id as usize % ITEMS.len()].into(),
+            quantity: 1,
+            updated_at: now,
+        })
+        .collect();
+    let orders = Arc::new(Mutex::new(orders));
+    let source = Source {
+        orders: orders.clone(),
+        page_size: page_size.max(1),
+    };
+    let router = Router::new()
+        .route("/records", get(records))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(source);
+    (router, orders)
+}
+
+pub async fn serve(
+    listen: SocketAddr,
+    orders: usize,
+    change_every: Duration,
+    page_size: usize,
+) -> std::io::Result<()> {
+    let (router, state) = router(orders, page_size);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!(
+        "ferry source listening on http://{}/records: {orders} orders, one changes every {change_every:?}",
+        listener.local_addr()?
+    );
+    tokio::spawn(async move {
+        let mut next = 0usize;
+        loop {
+            tokio::time::sleep(change_every).await;
+            let mut orders = state.lock().unwrap_or_else(|e| e.into_inner());
+            if orders.is_empty() {
+                continue;
+            }
+            let i = next % orders.len();
+            next += 1;
+            let order = &mut orders[i];
+            order.quantity += 1;
+            order.updated_at = now_ms();
+            println!("order {} changed: quantity {}", order.id, order.quantity);
+        }
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(crate::shutdown_signal())
+        .await
+}
