@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TestHost, WAIT, client, ferry, free_port};
+use common::{TestHost, TestSource, WAIT, client, ferry, free_port};
 
 fn examples(path: &str) -> String {
     format!("{}/examples/{path}", env!("CARGO_MANIFEST_DIR"))
@@ -207,4 +207,80 @@ async fn follows_the_manifest_file_and_prints_state_changes() {
         .await
         .unwrap();
     assert_eq!(report["state"], "Suspended");
+}
+
+/// "If you start multiple connections one after the other, the connections are queued: the
+/// second connection will enter its startup process only after the first connection is
+/// running." Seen from the source: each connection's first fetch begins only after the one
+/// before it finished its first iteration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_connections_enter_startup_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let source = TestSource::start().await;
+    let names = ["c1", "c2", "c3"];
+    let mut manifests = String::new();
+    for name in names {
+        source.put(name, "r", 1);
+        // A slow source keeps each startup open long enough to see the others wait.
+        source.delay(name, Duration::from_millis(1500));
+        manifests.push_str(&format!(
+            "---\napiVersion: ferry.dev/v1alpha1\nkind: Connection\nmetadata: {{name: {name}}}\nspec:\n  frequency: 1h\n  syncSets:\n  - name: s\n    source: {{http: {{url: '{}', itemsPointer: /items}}}}\n    target: {{http: {{url: '{}'}}}}\n",
+            source.url(name),
+            host.url()
+        ));
+    }
+    let file = dir.path().join("connections.yaml");
+    std::fs::write(&file, manifests).unwrap();
+    let standalone = Standalone::start(dir.path(), &[file.display().to_string()]);
+    standalone.wait_line("Connection default/c3: Restarting");
+
+    // While c1 starts, the others wait in order.
+    let http = client();
+    let url = |name: &str| {
+        format!(
+            "http://127.0.0.1:{}/v1/connections/default/{name}",
+            standalone.port
+        )
+    };
+    let c3: serde_json::Value = http
+        .get(url("c3"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (c3["status"].as_str(), c3["startupQueuePosition"].as_u64()),
+        (Some("Restarting"), Some(2)),
+        "{c3}"
+    );
+
+    for name in names {
+        standalone.wait_line(&format!("Connection default/{name}: Restarting -> Running"));
+    }
+    let fetches = source.fetches();
+    let first = |name: &str| {
+        fetches
+            .iter()
+            .find(|f| f.path == name)
+            .cloned()
+            .expect("fetched")
+    };
+    let order: Vec<String> = {
+        let mut firsts: Vec<_> = names.iter().map(|n| first(n)).collect();
+        firsts.sort_by_key(|f| f.began);
+        firsts.into_iter().map(|f| f.path).collect()
+    };
+    assert_eq!(order, names);
+    assert!(
+        first("c2").began >= first("c1").ended,
+        "c2 started before c1 was running"
+    );
+    assert!(
+        first("c3").began >= first("c2").ended,
+        "c3 started before c2 was running"
+    );
+    assert_eq!(host.received().len(), 3);
 }

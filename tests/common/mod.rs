@@ -399,3 +399,179 @@ pub async fn wait_received(host: &TestHost, what: &str, check: impl Fn(&[Receive
 pub fn spec(host: &TestHost) -> Value {
     json!({"host": {"url": host.url(), "timeout": "2s"}})
 }
+
+/// One fetch as the test source saw it: which path, and when it began and ended.
+#[derive(Clone, Debug)]
+pub struct Fetch {
+    pub path: String,
+    pub since: Option<String>,
+    pub began: Instant,
+    pub ended: Instant,
+}
+
+#[derive(Default)]
+struct SourceState {
+    /// path -> records ({"id", "updatedAt", ...})
+    records: std::collections::BTreeMap<String, Vec<Value>>,
+    fetches: Vec<Fetch>,
+    /// path -> how long each answer is held back
+    delay: std::collections::BTreeMap<String, Duration>,
+    answer: u16,
+}
+
+/// A source the test controls: `GET /{path}?updatedSince=W` answers the records of that path
+/// whose `updatedAt` is at or after W (an inclusive source), as `{"items": [...]}`.
+pub struct TestSource {
+    pub port: u16,
+    state: Arc<Mutex<SourceState>>,
+}
+
+impl TestSource {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(SourceState {
+            answer: 200,
+            ..Default::default()
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let app = Router::new()
+            .route("/{path}", get(serve_records))
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { port, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// Add or change a record of `path`.
+    pub fn put(&self, path: &str, id: &str, updated_at: u64) {
+        let mut state = self.state.lock().unwrap();
+        let records = state.records.entry(path.into()).or_default();
+        records.retain(|r| r["id"] != id);
+        records.push(
+            json!({"id": id, "updatedAt": updated_at, "data": format!("{id} v{updated_at}")}),
+        );
+    }
+
+    pub fn delay(&self, path: &str, delay: Duration) {
+        self.state.lock().unwrap().delay.insert(path.into(), delay);
+    }
+
+    pub fn answer(&self, status: u16) {
+        self.state.lock().unwrap().answer = status;
+    }
+
+    pub fn fetches(&self) -> Vec<Fetch> {
+        self.state.lock().unwrap().fetches.clone()
+    }
+}
+
+async fn serve_records(
+    State(state): State<Arc<Mutex<SourceState>>>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let began = Instant::now();
+    let delay = state.lock().unwrap().delay.get(&path).copied();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let since = query.get("updatedSince").cloned();
+    let floor: u64 = since.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut state = state.lock().unwrap();
+    let answer = state.answer;
+    let items: Vec<Value> = state
+        .records
+        .get(&path)
+        .into_iter()
+        .flatten()
+        .filter(|r| r["updatedAt"].as_u64().unwrap_or(0) >= floor)
+        .cloned()
+        .collect();
+    state.fetches.push(Fetch {
+        path,
+        since,
+        began,
+        ended: Instant::now(),
+    });
+    if answer != 200 {
+        return StatusCode::from_u16(answer)
+            .unwrap_or(StatusCode::OK)
+            .into_response();
+    }
+    axum::Json(json!({ "items": items })).into_response()
+}
+
+impl WorkerProc {
+    pub fn connection_url(&self, name: &str) -> String {
+        format!("{}/v1/connections/default/{name}", self.base())
+    }
+
+    /// PUT a connection, with an optional `resolved` object; answers (status, body).
+    pub async fn put_connection(
+        &self,
+        name: &str,
+        spec: Value,
+        resolved: Option<Value>,
+    ) -> (u16, Value) {
+        let mut body = json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Connection",
+            "metadata": {"name": name, "namespace": "default", "generation": 1},
+            "spec": spec,
+        });
+        if let Some(resolved) = resolved {
+            body["resolved"] = resolved;
+        }
+        let r = self
+            .http
+            .put(self.connection_url(name))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT answered");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn connection(&self, name: &str) -> Value {
+        let r = self
+            .http
+            .get(self.connection_url(name))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .expect("GET answered");
+        assert!(
+            r.status().is_success(),
+            "GET connection {name}: {}",
+            r.status()
+        );
+        r.json().await.expect("JSON")
+    }
+
+    pub async fn wait_connection(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let report = self.connection(name).await;
+            if check(&report) {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: gave up waiting for {what}; last report {report}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
