@@ -165,8 +165,12 @@ async fn run(command: Command) -> ExitCode {
                 public_url,
                 forward_window: forwarding.forward_window.into(),
             };
+            let listener = match bind(listen).await {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
             match Worker::open(options, true).await {
-                Ok(worker) => serve(worker, listen, tokens).await,
+                Ok(worker) => serve(worker, listener, tokens).await,
                 Err(e) => fail(e.to_string()),
             }
         }
@@ -193,6 +197,11 @@ async fn run(command: Command) -> ExitCode {
                 public_url: format!("http://{listen}"),
                 forward_window: forwarding.forward_window.into(),
             };
+            // Listening before anything is hosted: the endpoints printed next answer at once.
+            let listener = match bind(listen).await {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
             let worker = match Worker::open(options, false).await {
                 Ok(worker) => worker,
                 Err(e) => return fail(e.to_string()),
@@ -212,7 +221,7 @@ async fn run(command: Command) -> ExitCode {
                     errors.len()
                 ));
             }
-            serve(worker, listen, tokens).await
+            serve(worker, listener, tokens).await
         }
         Command::Source {
             listen,
@@ -239,12 +248,14 @@ async fn run(command: Command) -> ExitCode {
     }
 }
 
-async fn serve(worker: Arc<Worker>, listen: SocketAddr, tokens: Tokens) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
-    };
-    tracing::info!(%listen, "worker API listening");
+async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, ExitCode> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| fail(format!("cannot listen on {listen}: {e}")))
+}
+
+async fn serve(worker: Arc<Worker>, listener: tokio::net::TcpListener, tokens: Tokens) -> ExitCode {
+    tracing::info!(listen = ?listener.local_addr().ok(), "worker API listening");
     let served = axum::serve(listener, api::router(worker.clone(), tokens))
         .with_graceful_shutdown(ferry::shutdown_signal())
         .await;
