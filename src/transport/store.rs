@@ -9,7 +9,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex, RwLock, mpsc},
     thread,
 };
 
@@ -24,7 +24,7 @@ const MAX_GROUP: usize = 4096;
 /// redb's page cache; the default (1 GiB) would dominate the worker's memory.
 const CACHE_BYTES: usize = 16 << 20;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the store {path}: {message}")]
     Open { path: PathBuf, message: String },
@@ -75,19 +75,20 @@ pub struct QueuedTxn {
     pub payload: Vec<u8>,
 }
 
-impl QueuedTxn {
-    fn encode(&self) -> Vec<u8> {
-        let ct = self.content_type.as_deref().unwrap_or("");
-        let mut out = Vec::with_capacity(12 + self.id.len() + ct.len() + self.payload.len());
-        out.extend_from_slice(&self.received_ms.to_le_bytes());
-        out.extend_from_slice(&(self.id.len() as u16).to_le_bytes());
-        out.extend_from_slice(self.id.as_bytes());
-        out.extend_from_slice(&(ct.len() as u16).to_le_bytes());
-        out.extend_from_slice(ct.as_bytes());
-        out.extend_from_slice(&self.payload);
-        out
-    }
+/// A queued transaction's bytes: received time, id, content type, payload.
+fn encode(received_ms: u64, id: &str, content_type: Option<&str>, payload: &[u8]) -> Vec<u8> {
+    let ct = content_type.unwrap_or("");
+    let mut out = Vec::with_capacity(12 + id.len() + ct.len() + payload.len());
+    out.extend_from_slice(&received_ms.to_le_bytes());
+    out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(&(ct.len() as u16).to_le_bytes());
+    out.extend_from_slice(ct.as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
 
+impl QueuedTxn {
     fn decode(seq: u64, raw: &[u8]) -> Result<Self, StoreError> {
         let corrupt = || StoreError::Disk(format!("queued transaction {seq} is corrupt"));
         let take = |at: usize, n: usize| raw.get(at..at + n).ok_or_else(corrupt);
@@ -228,39 +229,135 @@ impl Queue {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-enum Op {
+/// One write, as the writer thread carries it out.
+enum Work {
     Append {
         queue: Arc<Queue>,
         txn: NewTxn,
         limits: Limits,
-        reply: Reply<Appended>,
     },
     /// Remove forwarded (`delivered`) and host-rejected transactions.
     Remove {
         queue: Arc<Queue>,
         delivered: Vec<u64>,
         rejected: Vec<u64>,
-        reply: Reply<(u64, u64)>,
     },
     /// Remove every transaction received before `cutoff_ms` (time to live).
-    Expire {
-        queue: Arc<Queue>,
-        cutoff_ms: u64,
-        reply: Reply<u64>,
-    },
-    /// Save a transport's record.
-    SaveRecord {
-        key: String,
-        value: Vec<u8>,
-        reply: Reply<()>,
-    },
+    Expire { queue: Arc<Queue>, cutoff_ms: u64 },
+    /// Save a transport's or connection's record.
+    SaveRecord { key: String, value: Vec<u8> },
 }
 
-impl Op {
+impl Work {
     fn durable(&self) -> bool {
         match self {
-            Op::Append { .. } | Op::SaveRecord { .. } => true,
-            Op::Remove { .. } | Op::Expire { .. } => false,
+            Work::Append { .. } | Work::SaveRecord { .. } => true,
+            Work::Remove { .. } | Work::Expire { .. } => false,
+        }
+    }
+}
+
+/// What a write did.
+enum Answer {
+    Appended(Appended),
+    Count(u64),
+    Removed((u64, u64)),
+    Saved,
+}
+
+/// Where the answer to a write goes. Every waiter is answered, whatever becomes of its group.
+enum Waiter {
+    Appended(Reply<Appended>),
+    Count(Reply<u64>),
+    Removed(Reply<(u64, u64)>),
+    Saved(Reply<()>),
+}
+
+impl Waiter {
+    fn answer(self, result: Result<Answer, StoreError>) {
+        let mismatch =
+            || StoreError::Disk("the store answered with the wrong kind of result".into());
+        // A caller that stopped waiting is not an error: the sends' results are dropped.
+        match self {
+            Waiter::Appended(r) => drop(r.send(result.and_then(|a| match a {
+                Answer::Appended(v) => Ok(v),
+                _ => Err(mismatch()),
+            }))),
+            Waiter::Count(r) => drop(r.send(result.and_then(|a| match a {
+                Answer::Count(v) => Ok(v),
+                _ => Err(mismatch()),
+            }))),
+            Waiter::Removed(r) => drop(r.send(result.and_then(|a| match a {
+                Answer::Removed(v) => Ok(v),
+                _ => Err(mismatch()),
+            }))),
+            Waiter::Saved(r) => drop(r.send(result.map(|_| ()))),
+        }
+    }
+}
+
+type Op = (Work, Waiter);
+
+/// The database handle, replaced when redb must be reopened after an I/O error.
+struct Shared {
+    path: PathBuf,
+    db: RwLock<Option<Arc<Database>>>,
+    /// The queues handed out, to read their numbers again after a reopen.
+    queues: Mutex<Vec<std::sync::Weak<Queue>>>,
+}
+
+impl Shared {
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StoreError::Disk("the store is being reopened after a disk error".into())
+            })
+    }
+
+    fn open(path: &Path) -> Result<Database, String> {
+        Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| e.to_string())
+    }
+
+    /// redb refuses all work after an I/O error until the file is closed and opened again
+    /// (which also recovers the last committed state).
+    fn reopen(&self) {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.take() {
+            // Readers hold a clone only while they read; the file closes when the last goes.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                thread::sleep(std::time::Duration::from_millis(1));
+            }
+            drop(old);
+        }
+        match Self::open(&self.path) {
+            Ok(db) => {
+                tracing::info!(path = %self.path.display(), "store reopened after a disk error");
+                // The file is back at its last durable commit: removals that were not yet
+                // fsync'd are undone (they will be forwarded or expired again), so the queues'
+                // numbers are read again.
+                let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+                queues.retain(|q| q.strong_count() > 0);
+                for queue in queues.iter().filter_map(std::sync::Weak::upgrade) {
+                    match read_info(&db, &queue.table, &queue.meta_key) {
+                        Ok(info) => queue.set_info(info),
+                        Err(e) => {
+                            tracing::error!(queue = %queue.table, error = %e, "cannot read the queue again")
+                        }
+                    }
+                }
+                *slot = Some(Arc::new(db));
+            }
+            Err(e) => tracing::error!(
+                path = %self.path.display(), error = %e,
+                "cannot reopen the store; trying again with the next write"
+            ),
         }
     }
 }
@@ -269,9 +366,9 @@ impl Op {
 /// finishes what it was given and the file is closed.
 #[derive(Clone)]
 pub struct Store {
-    // Dropped before `db`: joining the writer releases its handle on the database.
+    // Dropped before `shared`: joining the writer releases its handle on the database.
     writer: Arc<Writer>,
-    db: Arc<Database>,
+    shared: Arc<Shared>,
 }
 
 struct Writer {
@@ -298,54 +395,41 @@ impl Store {
             message,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| open_err(e.to_string()))?;
-        let db = Arc::new(db);
+        let db = Shared::open(&path).map_err(open_err)?;
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            db: RwLock::new(Some(Arc::new(db))),
+            queues: Mutex::new(Vec::new()),
+        });
         let (ops, rx) = mpsc::channel();
-        let writer_db = db.clone();
+        let writer_shared = shared.clone();
         let thread = thread::Builder::new()
             .name("ferry-store-writer".into())
-            .spawn(move || writer(&writer_db, &rx))
+            .spawn(move || writer(&writer_shared, &rx))
             .map_err(|e| open_err(e.to_string()))?;
         let writer = Arc::new(Writer {
             ops: Some(ops),
             thread: Some(thread),
         });
-        Ok(Self { writer, db })
+        Ok(Self { writer, shared })
     }
 
     /// The queue of a transport (`namespace/name`), with its numbers read from disk.
     pub fn queue(&self, key: &str) -> Result<Arc<Queue>, StoreError> {
         let table = format!("queue/{key}");
         let meta_key = format!("queue-info/{key}");
-        let read = self.db.begin_read().map_err(StoreError::disk)?;
-        let mut info = match read.open_table(META) {
-            Ok(meta) => meta
-                .get(meta_key.as_str())
-                .map_err(StoreError::disk)?
-                .map(|v| QueueInfo::from_bytes(v.value()))
-                .unwrap_or_default(),
-            Err(redb::TableError::TableDoesNotExist(_)) => QueueInfo::default(),
-            Err(e) => return Err(StoreError::disk(e)),
-        };
-        let definition = TableDefinition::<u64, &[u8]>::new(&table);
-        match read.open_table(definition) {
-            Ok(t) => {
-                info.oldest_ms = t
-                    .first()
-                    .map_err(StoreError::disk)?
-                    .map(|(_, v)| QueuedTxn::header(v.value()).0);
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(StoreError::disk(e)),
-        }
-        Ok(Arc::new(Queue {
+        let info = read_info(&*self.shared.db()?, &table, &meta_key)?;
+        let queue = Arc::new(Queue {
             table,
             meta_key,
             info: Mutex::new(info),
-        }))
+        });
+        self.shared
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&queue));
+        Ok(queue)
     }
 
     /// Up to `max` transactions from the head of the queue, in order, starting after `after`.
@@ -355,7 +439,7 @@ impl Store {
         after: Option<u64>,
         max: usize,
     ) -> Result<Vec<QueuedTxn>, StoreError> {
-        let read = self.db.begin_read().map_err(StoreError::disk)?;
+        let read = self.shared.db()?.begin_read().map_err(StoreError::disk)?;
         let definition = TableDefinition::<u64, &[u8]>::new(&queue.table);
         let table = match read.open_table(definition) {
             Ok(t) => t,
@@ -373,7 +457,7 @@ impl Store {
 
     /// Every saved record of a kind, by key.
     pub fn records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let read = self.db.begin_read().map_err(StoreError::disk)?;
+        let read = self.shared.db()?.begin_read().map_err(StoreError::disk)?;
         let meta = match read.open_table(META) {
             Ok(meta) => meta,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
@@ -392,7 +476,7 @@ impl Store {
 
     /// A saved record (see `save_record`).
     pub fn load_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let read = self.db.begin_read().map_err(StoreError::disk)?;
+        let read = self.shared.db()?.begin_read().map_err(StoreError::disk)?;
         match read.open_table(META) {
             Ok(meta) => Ok(meta
                 .get(format!("{}{key}", kind.prefix()).as_str())
@@ -409,12 +493,14 @@ impl Store {
         txn: NewTxn,
         limits: Limits,
     ) -> Result<Appended, StoreError> {
-        self.call(|reply| Op::Append {
-            queue: queue.clone(),
-            txn,
-            limits,
-            reply,
-        })
+        self.call(
+            Work::Append {
+                queue: queue.clone(),
+                txn,
+                limits,
+            },
+            Waiter::Appended,
+        )
         .await
     }
 
@@ -426,22 +512,26 @@ impl Store {
         delivered: Vec<u64>,
         rejected: Vec<u64>,
     ) -> Result<(u64, u64), StoreError> {
-        self.call(|reply| Op::Remove {
-            queue: queue.clone(),
-            delivered,
-            rejected,
-            reply,
-        })
+        self.call(
+            Work::Remove {
+                queue: queue.clone(),
+                delivered,
+                rejected,
+            },
+            Waiter::Removed,
+        )
         .await
     }
 
     /// Remove what was received before `cutoff_ms`; answers how many expired.
     pub async fn expire(&self, queue: &Arc<Queue>, cutoff_ms: u64) -> Result<u64, StoreError> {
-        self.call(|reply| Op::Expire {
-            queue: queue.clone(),
-            cutoff_ms,
-            reply,
-        })
+        self.call(
+            Work::Expire {
+                queue: queue.clone(),
+                cutoff_ms,
+            },
+            Waiter::Count,
+        )
         .await
     }
 
@@ -452,24 +542,56 @@ impl Store {
         key: &str,
         value: Vec<u8>,
     ) -> Result<(), StoreError> {
-        self.call(|reply| Op::SaveRecord {
-            key: format!("{}{key}", kind.prefix()),
-            value,
-            reply,
-        })
+        self.call(
+            Work::SaveRecord {
+                key: format!("{}{key}", kind.prefix()),
+                value,
+            },
+            Waiter::Saved,
+        )
         .await
     }
 
-    async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+    async fn call<T>(
+        &self,
+        work: Work,
+        waiter: impl FnOnce(Reply<T>) -> Waiter,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         let ops = self.writer.ops.as_ref().ok_or(StoreError::Closed)?;
-        ops.send(op(reply)).map_err(|_| StoreError::Closed)?;
+        ops.send((work, waiter(reply)))
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
+/// A queue's numbers as the file holds them.
+fn read_info(db: &Database, table: &str, meta_key: &str) -> Result<QueueInfo, StoreError> {
+    let read = db.begin_read().map_err(StoreError::disk)?;
+    let mut info = match read.open_table(META) {
+        Ok(meta) => meta
+            .get(meta_key)
+            .map_err(StoreError::disk)?
+            .map(|v| QueueInfo::from_bytes(v.value()))
+            .unwrap_or_default(),
+        Err(redb::TableError::TableDoesNotExist(_)) => QueueInfo::default(),
+        Err(e) => return Err(StoreError::disk(e)),
+    };
+    match read.open_table(TableDefinition::<u64, &[u8]>::new(table)) {
+        Ok(t) => {
+            info.oldest_ms = t
+                .first()
+                .map_err(StoreError::disk)?
+                .map(|(_, v)| QueuedTxn::header(v.value()).0);
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(StoreError::disk(e)),
+    }
+    Ok(info)
+}
+
 /// The writer thread: one redb write transaction per group of waiting operations.
-fn writer(db: &Database, ops: &mpsc::Receiver<Op>) {
+fn writer(shared: &Shared, ops: &mpsc::Receiver<Op>) {
     while let Ok(first) = ops.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -478,71 +600,64 @@ fn writer(db: &Database, ops: &mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
-        commit_group(db, group);
+        let (works, waiters): (Vec<Work>, Vec<Waiter>) = group.into_iter().unzip();
+        let db = match shared.db() {
+            Ok(db) => db,
+            Err(e) => {
+                shared.reopen();
+                waiters.into_iter().for_each(|w| w.answer(Err(e.clone())));
+                continue;
+            }
+        };
+        match commit_group(&db, &works) {
+            Ok(answers) => {
+                for (waiter, answer) in waiters.into_iter().zip(answers) {
+                    waiter.answer(answer);
+                }
+            }
+            Err(e) => {
+                // Nothing of the group was written; every caller learns why.
+                tracing::error!(error = %e, "store commit failed");
+                waiters.into_iter().for_each(|w| w.answer(Err(e.clone())));
+                drop(db);
+                shared.reopen();
+            }
+        }
     }
 }
 
-/// What one operation did, answered only once the group is committed.
-enum Done {
-    Appended(Reply<Appended>, Result<Appended, StoreError>),
-    Count(Reply<u64>, Result<u64, StoreError>),
-    Removed(Reply<(u64, u64)>, Result<(u64, u64), StoreError>),
-    Saved(Reply<()>, Result<(), StoreError>),
-}
-
-fn commit_group(db: &Database, group: Vec<Op>) {
-    let durable = group.iter().any(Op::durable);
+/// Carry out a group of writes in one redb transaction. Each write's own result (a full queue
+/// is a result, not a failure of the group) is answered only if the group commits.
+fn commit_group(
+    db: &Database,
+    works: &[Work],
+) -> Result<Vec<Result<Answer, StoreError>>, StoreError> {
+    let durable = works.iter().any(Work::durable);
     // The numbers each touched queue will have once the group commits.
     let mut pending: Vec<(Arc<Queue>, QueueInfo)> = Vec::new();
-    let mut done = Vec::with_capacity(group.len());
-    let result = (|| -> Result<(), StoreError> {
-        let mut tx = db.begin_write().map_err(StoreError::disk)?;
-        tx.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(StoreError::disk)?;
-        {
-            let mut meta = tx.open_table(META).map_err(StoreError::disk)?;
-            for op in group {
-                apply(&tx, &mut meta, op, &mut pending, &mut done)?;
-            }
-            for (queue, info) in &pending {
-                meta.insert(queue.meta_key.as_str(), info.to_bytes().as_slice())
-                    .map_err(StoreError::disk)?;
-            }
+    let mut answers = Vec::with_capacity(works.len());
+    let mut tx = db.begin_write().map_err(StoreError::disk)?;
+    tx.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })
+    .map_err(StoreError::disk)?;
+    {
+        let mut meta = tx.open_table(META).map_err(StoreError::disk)?;
+        for work in works {
+            answers.push(apply(&tx, &mut meta, work, &mut pending)?);
         }
-        tx.commit().map_err(StoreError::disk)
-    })();
-    match result {
-        Ok(()) => {
-            for (queue, info) in pending {
-                queue.set_info(info);
-            }
-            for d in done {
-                match d {
-                    Done::Appended(r, v) => drop(r.send(v)),
-                    Done::Count(r, v) => drop(r.send(v)),
-                    Done::Removed(r, v) => drop(r.send(v)),
-                    Done::Saved(r, v) => drop(r.send(v)),
-                }
-            }
-        }
-        Err(e) => {
-            // Nothing of the group was written; every caller learns why.
-            tracing::error!(error = %e, "store commit failed");
-            let err = || StoreError::Disk(e.to_string());
-            for d in done {
-                match d {
-                    Done::Appended(r, _) => drop(r.send(Err(err()))),
-                    Done::Count(r, _) => drop(r.send(Err(err()))),
-                    Done::Removed(r, _) => drop(r.send(Err(err()))),
-                    Done::Saved(r, _) => drop(r.send(Err(err()))),
-                }
-            }
+        for (queue, info) in &pending {
+            meta.insert(queue.meta_key.as_str(), info.to_bytes().as_slice())
+                .map_err(StoreError::disk)?;
         }
     }
+    tx.commit().map_err(StoreError::disk)?;
+    for (queue, info) in pending {
+        queue.set_info(info);
+    }
+    Ok(answers)
 }
 
 fn info_for(queue: &Arc<Queue>, pending: &mut Vec<(Arc<Queue>, QueueInfo)>) -> usize {
@@ -553,78 +668,71 @@ fn info_for(queue: &Arc<Queue>, pending: &mut Vec<(Arc<Queue>, QueueInfo)>) -> u
     pending.len() - 1
 }
 
+fn queue_table<'t>(
+    tx: &'t redb::WriteTransaction,
+    queue: &Queue,
+) -> Result<redb::Table<'t, u64, &'static [u8]>, StoreError> {
+    tx.open_table(TableDefinition::<u64, &[u8]>::new(&queue.table))
+        .map_err(StoreError::disk)
+}
+
+/// One write inside the group's transaction. `Err` fails the whole group; `Ok(Err(..))` is
+/// this write's own refusal (a full queue).
 fn apply(
     tx: &redb::WriteTransaction,
     meta: &mut redb::Table<&str, &[u8]>,
-    op: Op,
+    work: &Work,
     pending: &mut Vec<(Arc<Queue>, QueueInfo)>,
-    done: &mut Vec<Done>,
-) -> Result<(), StoreError> {
-    match op {
-        Op::Append {
-            queue,
-            txn,
-            limits,
-            reply,
-        } => {
-            let i = info_for(&queue, pending);
-            let mut table = tx
-                .open_table(TableDefinition::<u64, &[u8]>::new(&queue.table))
-                .map_err(StoreError::disk)?;
-            let outcome = append(&mut table, &mut pending[i].1, txn, limits);
-            done.push(Done::Appended(reply, outcome));
+) -> Result<Result<Answer, StoreError>, StoreError> {
+    Ok(match work {
+        Work::Append { queue, txn, limits } => {
+            let i = info_for(queue, pending);
+            let mut table = queue_table(tx, queue)?;
+            match append(&mut table, &mut pending[i].1, txn, *limits) {
+                Err(e @ StoreError::Disk(_)) => return Err(e),
+                outcome => outcome.map(Answer::Appended),
+            }
         }
-        Op::Remove {
+        Work::Remove {
             queue,
             delivered,
             rejected,
-            reply,
         } => {
-            let i = info_for(&queue, pending);
-            let mut table = tx
-                .open_table(TableDefinition::<u64, &[u8]>::new(&queue.table))
-                .map_err(StoreError::disk)?;
+            let i = info_for(queue, pending);
+            let mut table = queue_table(tx, queue)?;
             let info = &mut pending[i].1;
             let removed = (
-                remove_seqs(&mut table, info, &delivered)?,
-                remove_seqs(&mut table, info, &rejected)?,
+                remove_seqs(&mut table, info, delivered)?,
+                remove_seqs(&mut table, info, rejected)?,
             );
             info.forwarded += removed.0;
             info.rejected += removed.1;
             info.oldest_ms = oldest(&table)?;
-            done.push(Done::Removed(reply, Ok(removed)));
+            Ok(Answer::Removed(removed))
         }
-        Op::Expire {
-            queue,
-            cutoff_ms,
-            reply,
-        } => {
-            let i = info_for(&queue, pending);
-            let mut table = tx
-                .open_table(TableDefinition::<u64, &[u8]>::new(&queue.table))
-                .map_err(StoreError::disk)?;
+        Work::Expire { queue, cutoff_ms } => {
+            let i = info_for(queue, pending);
+            let mut table = queue_table(tx, queue)?;
+            let cutoff = *cutoff_ms;
             let expired = pop_while(&mut table, &mut pending[i].1, |_, received| {
-                received < cutoff_ms
+                received < cutoff
             })?;
             pending[i].1.expired += expired;
-            done.push(Done::Count(reply, Ok(expired)));
+            Ok(Answer::Count(expired))
         }
-        Op::SaveRecord {
-            key, value, reply, ..
-        } => {
+        Work::SaveRecord { key, value } => {
             meta.insert(key.as_str(), value.as_slice())
                 .map_err(StoreError::disk)?;
-            done.push(Done::Saved(reply, Ok(())));
+            Ok(Answer::Saved)
         }
-    }
-    Ok(())
+    })
 }
 
 /// Max Storage first (drop the oldest or refuse), then the append itself.
 fn append(
     table: &mut redb::Table<u64, &[u8]>,
     info: &mut QueueInfo,
-    txn: NewTxn,
+    txn: &NewTxn,
     limits: Limits,
 ) -> Result<Appended, StoreError> {
     let size = txn.payload.len() as u64;
@@ -649,22 +757,21 @@ fn append(
         dropped = drop_until_fits(table, info, &fits)?;
     }
     let seq = info.next_seq;
-    let stored = QueuedTxn {
-        seq,
-        id: txn.id,
-        content_type: txn.content_type,
-        received_ms: txn.received_ms,
-        payload: txn.payload,
-    };
+    let encoded = encode(
+        txn.received_ms,
+        &txn.id,
+        txn.content_type.as_deref(),
+        &txn.payload,
+    );
     table
-        .insert(seq, stored.encode().as_slice())
+        .insert(seq, encoded.as_slice())
         .map_err(StoreError::disk)?;
     info.next_seq += 1;
     info.messages += 1;
     info.bytes += size;
     info.stored += 1;
     info.dropped += dropped;
-    info.oldest_ms.get_or_insert(stored.received_ms);
+    info.oldest_ms.get_or_insert(txn.received_ms);
     Ok(Appended { seq, dropped })
 }
 
@@ -912,7 +1019,7 @@ mod tests {
             received_ms: 123,
             payload: b"payload".to_vec(),
         };
-        let raw = t.encode();
+        let raw = encode(t.received_ms, &t.id, t.content_type.as_deref(), &t.payload);
         assert_eq!(QueuedTxn::decode(7, &raw).unwrap(), t);
         assert_eq!(QueuedTxn::header(&raw), (123, 7));
         assert!(QueuedTxn::decode(7, &raw[..5]).is_err());
