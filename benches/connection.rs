@@ -6,10 +6,9 @@
 //!
 //! FERRY_BENCH_RECORDS (default 20000) sets how many records are synced.
 
+mod common;
+
 use std::{
-    net::TcpListener as StdListener,
-    path::Path,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -23,16 +22,10 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     routing::{get, post},
 };
+use common::{Worker, serve};
 use serde_json::{Value, json};
 
 const PAGE: usize = 1000;
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 #[derive(Clone)]
 struct Source {
@@ -74,101 +67,6 @@ async fn serve_records(
     (headers, Json(json!({ "items": items })))
 }
 
-async fn serve(app: Router) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
-}
-
-struct Worker {
-    child: Child,
-    port: u16,
-    http: reqwest::Client,
-}
-
-impl Worker {
-    async fn start(dir: &Path) -> Self {
-        std::fs::write(dir.join("token"), "bench").expect("token");
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["worker", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--admin-token-file")
-            .arg(dir.join("token"))
-            .arg("--ingest-token-file")
-            .arg(dir.join("token"))
-            .env("RUST_LOG", "ferry=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("worker starts");
-        ferry::install_crypto_provider();
-        let http = reqwest::Client::new();
-        let worker = Self { child, port, http };
-        while worker
-            .http
-            .get(worker.url("/healthz"))
-            .send()
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        worker
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn put(&self, kind: &str, name: &str, body: Value) {
-        let r = self
-            .http
-            .put(self.url(&format!("/v1/{kind}/default/{name}")))
-            .bearer_auth("bench")
-            .json(&body)
-            .send()
-            .await
-            .expect("PUT");
-        assert!(r.status().is_success(), "PUT {name}: {}", r.status());
-    }
-
-    async fn connection(&self, name: &str) -> Value {
-        self.http
-            .get(self.url(&format!("/v1/connections/default/{name}")))
-            .bearer_auth("bench")
-            .send()
-            .await
-            .expect("GET")
-            .json()
-            .await
-            .expect("JSON")
-    }
-
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn connection(name: &str, source: String, resolved: Value) -> Value {
     json!({
         "apiVersion": "ferry.dev/v1alpha1", "kind": "Connection",
@@ -184,13 +82,10 @@ fn connection(name: &str, source: String, resolved: Value) -> Value {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::benching() {
         return;
     }
-    let count: usize = std::env::var("FERRY_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    let count = common::env_or("FERRY_BENCH_RECORDS", 20_000) as usize;
     let filler = "x".repeat(1024 - 60);
     let records: Vec<Value> = (0..count)
         .map(|i| json!({"id": i, "updatedAt": 1_000_000 + i as u64, "data": filler}))
@@ -218,12 +113,12 @@ async fn main() {
     .await;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let worker = Worker::start(dir.path()).await;
+    let worker = Worker::start(dir.path(), &[]).await;
     worker
         .put(
             "transports",
             "sink",
-            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+            &json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
                    "metadata": {"name": "sink", "namespace": "default"},
                    "spec": {"host": {"url": format!("http://127.0.0.1:{sink_port}/ingest")}}}),
         )
@@ -239,7 +134,7 @@ async fn main() {
         .put(
             "connections",
             "big",
-            connection(
+            &connection(
                 "big",
                 format!("http://127.0.0.1:{source_port}/big"),
                 resolved.clone(),
@@ -247,7 +142,7 @@ async fn main() {
         )
         .await;
     loop {
-        let report = worker.connection("big").await;
+        let report = worker.get("connections", "big").await;
         if report["syncSets"][0]["recordsSynced"].as_u64() >= Some(count as u64) {
             break;
         }
@@ -258,10 +153,10 @@ async fn main() {
         "synced {count} records in {seconds:.1} s = {:.0} records/s ({} reached the sink); worker RSS {} MiB",
         count as f64 / seconds,
         received.load(Ordering::Relaxed),
-        worker.rss_kib() / 1024
+        worker.rss_mib()
     );
 
-    let before = worker.rss_kib();
+    let before = worker.rss_mib();
     for i in 0..100 {
         let name = format!("c{i:03}");
         let source = format!("http://127.0.0.1:{source_port}/{name}");
@@ -269,19 +164,19 @@ async fn main() {
             .put(
                 "connections",
                 &name,
-                connection(&name, source, resolved.clone()),
+                &connection(&name, source, resolved.clone()),
             )
             .await;
     }
     for i in 0..100 {
         let name = format!("c{i:03}");
-        while worker.connection(&name).await["status"] != "Running" {
+        while worker.get("connections", &name).await["status"] != "Running" {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     println!(
         "100 more connections hosted and Running: worker RSS {} MiB (was {} MiB)",
-        worker.rss_kib() / 1024,
-        before / 1024
+        worker.rss_mib(),
+        before
     );
 }

@@ -6,11 +6,11 @@
 //! FERRY_BENCH_SECONDS (default 5) sets each timed phase; FERRY_BENCH_QUEUED (default 100000)
 //! how many transactions are queued for the drain and memory figures.
 
+mod common;
+
 use std::{
     io::Write,
-    net::TcpListener as StdListener,
     path::Path,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -19,23 +19,10 @@ use std::{
 };
 
 use axum::{Router, http::StatusCode, routing::post};
+use common::{Worker, env_or};
 use serde_json::{Value, json};
 
 const PAYLOAD: usize = 1024;
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// fsync'd 4 KiB writes per second on the disk holding `dir`: the ceiling for durable commits.
 fn fsync_rate(dir: &Path) -> f64 {
@@ -78,104 +65,37 @@ async fn sink() -> Sink {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let port = common::serve(app).await;
     Sink { port, up, received }
 }
 
-struct Worker {
-    child: Child,
-    port: u16,
-    http: reqwest::Client,
+fn transport(spec: Value) -> Value {
+    json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+           "metadata": {"name": "bench", "namespace": "default"}, "spec": spec})
 }
 
-impl Worker {
-    async fn start(dir: &Path, forward_window: u16) -> Self {
-        std::fs::write(dir.join("token"), "bench").expect("token");
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["worker", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--admin-token-file")
-            .arg(dir.join("token"))
-            .arg("--ingest-token-file")
-            .arg(dir.join("token"))
-            .args(["--forward-window", &forward_window.to_string()])
-            .env("RUST_LOG", "ferry=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("worker starts");
-        ferry::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()
-            .expect("client");
-        let worker = Self { child, port, http };
-        while worker
-            .http
-            .get(worker.url("/healthz"))
-            .send()
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+/// Resume (`spec(true)`) and time until the queue is forwarded; answers (forwarded, seconds).
+async fn drain(worker: &Worker, sink: &Sink, spec: &dyn Fn(bool) -> Value) -> (u64, f64) {
+    worker
+        .put("transports", "bench", &transport(spec(false)))
+        .await;
+    sink.up.store(true, Ordering::Relaxed);
+    let before = sink.received.load(Ordering::Relaxed);
+    let start = Instant::now();
+    worker
+        .put("transports", "bench", &transport(spec(true)))
+        .await;
+    loop {
+        let report = worker.get("transports", "bench").await;
+        if report["state"] == "Up" && report["queue"]["messages"] == 0 {
+            break;
         }
-        worker
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn put(&self, spec: Value) {
-        let body = json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
-            "metadata": {"name": "bench", "namespace": "default"}, "spec": spec});
-        let r = self
-            .http
-            .put(self.url("/v1/transports/default/bench"))
-            .bearer_auth("bench")
-            .json(&body)
-            .send()
-            .await
-            .expect("PUT");
-        assert!(r.status().is_success(), "PUT: {}", r.status());
-    }
-
-    async fn report(&self) -> Value {
-        self.http
-            .get(self.url("/v1/transports/default/bench"))
-            .bearer_auth("bench")
-            .send()
-            .await
-            .expect("GET")
-            .json()
-            .await
-            .expect("JSON")
-    }
-
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    (
+        sink.received.load(Ordering::Relaxed) - before,
+        start.elapsed().as_secs_f64(),
+    )
 }
 
 struct Run {
@@ -253,7 +173,7 @@ async fn produce(worker: &Worker, producers: usize, limit: Duration, max: u64) -
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would too: only run when benching.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::benching() {
         return;
     }
     let seconds = Duration::from_secs(env_or("FERRY_BENCH_SECONDS", 5));
@@ -266,13 +186,15 @@ async fn main() {
     println!("disk: {:.0} fsync'd 4 KiB writes/s", fsync_rate(dir.path()));
 
     let sink = sink().await;
-    let worker = Worker::start(dir.path(), 1).await;
+    let worker = Worker::start(dir.path(), &["--forward-window", "1"]).await;
     let spec = |up: bool| {
         json!({"host": {"url": format!("http://127.0.0.1:{}/ingest", sink.port), "timeout": "5s"},
                "suspended": !up,
                "storeAndForward": {"maxMessages": 10_000_000, "maxBytes": "8Gi", "timeToLive": "24h"}})
     };
-    worker.put(spec(true)).await;
+    worker
+        .put("transports", "bench", &transport(spec(true)))
+        .await;
 
     for producers in [1, 64] {
         let mut run = produce(&worker, producers, seconds, u64::MAX).await;
@@ -295,60 +217,35 @@ async fn main() {
         run.percentile(0.99),
         run.statuses
     );
-    let report = worker.report().await;
+    let report = worker.get("transports", "bench").await;
     println!(
         "queued: {} transactions, {} MiB; worker RSS {} MiB",
         report["queue"]["messages"],
         report["queue"]["bytes"].as_u64().unwrap_or(0) >> 20,
-        worker.rss_kib() / 1024
+        worker.rss_mib()
     );
 
     // Suspend (S&F Suspended), let the host answer again, resume: time the drain.
-    worker.put(spec(false)).await;
-    sink.up.store(true, Ordering::Relaxed);
-    let before = sink.received.load(Ordering::Relaxed);
-    let start = Instant::now();
-    worker.put(spec(true)).await;
-    loop {
-        let report = worker.report().await;
-        if report["state"] == "Up" && report["queue"]["messages"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drained = sink.received.load(Ordering::Relaxed) - before;
+    let (drained, seconds) = drain(&worker, &sink, &spec).await;
     println!(
-        "drain after resume: {drained} forwarded in {:.1} s = {:.0}/s; worker RSS {} MiB",
-        start.elapsed().as_secs_f64(),
-        drained as f64 / start.elapsed().as_secs_f64(),
-        worker.rss_kib() / 1024
+        "drain after resume: {drained} forwarded in {seconds:.1} s = {:.0}/s; worker RSS {} MiB",
+        drained as f64 / seconds,
+        worker.rss_mib()
     );
-
     drop(worker);
 
-    // The same drain with 8 deliveries in flight (--forward-window 8): order at the host is
-    // then no longer exact.
+    // The same with 8 deliveries in flight (--forward-window 8): order at the host is then
+    // no longer exact.
     let dir = tempfile::tempdir().expect("temp dir");
-    let worker = Worker::start(dir.path(), 8).await;
-    worker.put(spec(true)).await;
+    let worker = Worker::start(dir.path(), &["--forward-window", "8"]).await;
+    worker
+        .put("transports", "bench", &transport(spec(true)))
+        .await;
     sink.up.store(false, Ordering::Relaxed);
     produce(&worker, 64, Duration::from_secs(3600), queued).await;
-    worker.put(spec(false)).await;
-    sink.up.store(true, Ordering::Relaxed);
-    let before = sink.received.load(Ordering::Relaxed);
-    let start = Instant::now();
-    worker.put(spec(true)).await;
-    loop {
-        let report = worker.report().await;
-        if report["state"] == "Up" && report["queue"]["messages"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drained = sink.received.load(Ordering::Relaxed) - before;
+    let (drained, seconds) = drain(&worker, &sink, &spec).await;
     println!(
-        "drain after resume, --forward-window 8: {drained} forwarded in {:.1} s = {:.0}/s",
-        start.elapsed().as_secs_f64(),
-        drained as f64 / start.elapsed().as_secs_f64()
+        "drain after resume, --forward-window 8: {drained} forwarded in {seconds:.1} s = {:.0}/s",
+        drained as f64 / seconds
     );
 }

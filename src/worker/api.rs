@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::{Body, Bytes, to_bytes},
-    extract::{Path, State},
+    extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post, put},
@@ -66,25 +66,17 @@ pub fn router(worker: Arc<Worker>, tokens: Tokens) -> Router {
     };
     Router::new()
         .route(
-            "/v1/transports/{namespace}/{name}",
-            put(put_transport)
-                .get(get_transport)
-                .delete(delete_transport),
+            "/v1/{kind}/{namespace}/{name}",
+            put(put_resource).get(get_resource).delete(delete_resource),
         )
         .route(
             "/v1/transports/{namespace}/{name}/transactions",
             post(ingest),
         )
-        .route(
-            "/v1/connections/{namespace}/{name}",
-            put(put_connection)
-                .get(get_connection)
-                .delete(delete_connection),
-        )
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
+        .fallback(|| async { no_route() })
         .with_state(app)
 }
 
@@ -105,10 +97,39 @@ fn unauthorized(which: &str) -> ApiError {
     )
 }
 
-fn not_hosted(key: &str) -> ApiError {
+/// The two kinds of hosted resource, as the routes name them.
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Transports,
+    Connections,
+}
+
+impl Kind {
+    fn singular(self) -> &'static str {
+        match self {
+            Kind::Transports => "transport",
+            Kind::Connections => "connection",
+        }
+    }
+}
+
+type ResourcePath = Result<Path<(Kind, String, String)>, PathRejection>;
+
+/// The kind and `namespace/name` of a resource route; an unknown kind is no route at all.
+fn resource(path: ResourcePath) -> Result<(Kind, String), ApiError> {
+    let Path((kind, namespace, name)) = path.map_err(|_| no_route())?;
+    Ok((kind, key(&namespace, &name)))
+}
+
+fn no_route() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such route".into())
+}
+
+fn not_hosted(kind: Kind, key: &str) -> ApiError {
     ApiError(
         StatusCode::NOT_FOUND,
-        format!("no transport {key} is hosted here"),
+        format!("no {} {key} is hosted here", kind.singular()),
     )
 }
 
@@ -128,104 +149,70 @@ async fn manifest(body: Body) -> Result<Value, ApiError> {
     })
 }
 
-fn created_or_ok(created: bool) -> StatusCode {
-    if created {
+fn report(kind: Kind, worker: &Worker, key: &str) -> Option<Response> {
+    match kind {
+        Kind::Transports => worker
+            .transport(key)
+            .map(|r| Json(r.report()).into_response()),
+        Kind::Connections => worker
+            .connection(key)
+            .map(|r| Json(r.report()).into_response()),
+    }
+}
+
+/// Create or update a hosted resource: 201 when created, 200 when updated, with its report.
+async fn put_resource(
+    State(app): State<App>,
+    path: ResourcePath,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    admin(&app, &headers)?;
+    let (kind, key) = resource(path)?;
+    let doc = manifest(body).await?;
+    let (body, created) = match kind {
+        Kind::Transports => {
+            let (runtime, created) = app.worker.apply_transport(&doc, Some(&key)).await?;
+            (Json(runtime.report()).into_response(), created)
+        }
+        Kind::Connections => {
+            let (runtime, created) = app.worker.apply_connection(&doc, Some(&key)).await?;
+            (Json(runtime.report()).into_response(), created)
+        }
+    };
+    let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
+    };
+    Ok((status, body).into_response())
+}
+
+async fn get_resource(State(app): State<App>, path: ResourcePath, headers: HeaderMap) -> Answer {
+    admin(&app, &headers)?;
+    let (kind, key) = resource(path)?;
+    report(kind, &app.worker, &key).ok_or_else(|| not_hosted(kind, &key))
+}
+
+/// Stop hosting a resource; what it keeps on disk stays.
+async fn delete_resource(State(app): State<App>, path: ResourcePath, headers: HeaderMap) -> Answer {
+    admin(&app, &headers)?;
+    let (kind, key) = resource(path)?;
+    let (removed, kept) = match kind {
+        Kind::Transports => (
+            app.worker.remove_transport(&key).await?,
+            "its queue is kept",
+        ),
+        Kind::Connections => (
+            app.worker.remove_connection(&key).await?,
+            "its watermarks are kept",
+        ),
+    };
+    if !removed {
+        return Err(not_hosted(kind, &key));
     }
-}
-
-async fn put_transport(
-    State(app): State<App>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Answer {
-    admin(&app, &headers)?;
-    let doc = manifest(body).await?;
-    let (runtime, created) = app
-        .worker
-        .apply_transport(&doc, Some(&key(&namespace, &name)))
-        .await?;
-    Ok((created_or_ok(created), Json(runtime.report())).into_response())
-}
-
-async fn put_connection(
-    State(app): State<App>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Answer {
-    admin(&app, &headers)?;
-    let doc = manifest(body).await?;
-    let (runtime, created) = app
-        .worker
-        .apply_connection(&doc, Some(&key(&namespace, &name)))
-        .await?;
-    Ok((created_or_ok(created), Json(runtime.report())).into_response())
-}
-
-fn no_connection(key: &str) -> ApiError {
-    ApiError(
-        StatusCode::NOT_FOUND,
-        format!("no connection {key} is hosted here"),
-    )
-}
-
-async fn get_connection(
-    State(app): State<App>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Answer {
-    admin(&app, &headers)?;
-    let key = key(&namespace, &name);
-    let runtime = app
-        .worker
-        .connection(&key)
-        .ok_or_else(|| no_connection(&key))?;
-    Ok(Json(runtime.report()).into_response())
-}
-
-async fn delete_connection(
-    State(app): State<App>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Answer {
-    admin(&app, &headers)?;
-    let key = key(&namespace, &name);
-    if !app.worker.remove_connection(&key).await? {
-        return Err(no_connection(&key));
-    }
-    let message = format!("connection {key} is no longer hosted; its watermarks are kept");
+    let message = format!("{} {key} is no longer hosted; {kept}", kind.singular());
     Ok(Json(json!({ "message": message })).into_response())
-}
-
-async fn get_transport(
-    State(app): State<App>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Answer {
-    admin(&app, &headers)?;
-    let key = key(&namespace, &name);
-    let runtime = app.worker.transport(&key).ok_or_else(|| not_hosted(&key))?;
-    Ok(Json(runtime.report()).into_response())
-}
-
-async fn delete_transport(
-    State(app): State<App>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Answer {
-    admin(&app, &headers)?;
-    let key = key(&namespace, &name);
-    if !app.worker.remove_transport(&key).await? {
-        return Err(not_hosted(&key));
-    }
-    Ok(
-        Json(json!({"message": format!("transport {key} is no longer hosted; its queue is kept")}))
-            .into_response(),
-    )
 }
 
 async fn ingest(
@@ -238,7 +225,10 @@ async fn ingest(
         return Err(unauthorized("ingest"));
     }
     let key = key(&namespace, &name);
-    let runtime = app.worker.transport(&key).ok_or_else(|| not_hosted(&key))?;
+    let runtime = app
+        .worker
+        .transport(&key)
+        .ok_or_else(|| not_hosted(Kind::Transports, &key))?;
     let limit = runtime.spec().max_transaction_bytes.bytes() as usize;
     let too_large = || {
         ApiError(

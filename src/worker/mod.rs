@@ -210,17 +210,7 @@ impl Worker {
         transport: Transport,
         url: Option<&str>,
     ) -> Result<(Arc<TransportRuntime>, bool), WorkerError> {
-        let namespace = transport.metadata.namespace.as_deref().unwrap_or("default");
-        let name = transport.metadata.name.as_deref().unwrap_or_default();
-        let key = key(namespace, name);
-        if let Some(url) = url
-            && url != key
-        {
-            return Err(WorkerError::NameMismatch {
-                body: key,
-                url: url.to_owned(),
-            });
-        }
+        let key = object_key(&transport.metadata, url)?;
         let generation = transport.metadata.generation;
         if let Some(existing) = self.transport(&key) {
             existing
@@ -321,21 +311,7 @@ impl Worker {
         resolved: Resolved,
         url: Option<&str>,
     ) -> Result<(Arc<ConnectionRuntime>, bool), WorkerError> {
-        let namespace = connection
-            .metadata
-            .namespace
-            .as_deref()
-            .unwrap_or("default");
-        let name = connection.metadata.name.as_deref().unwrap_or_default();
-        let key = key(namespace, name);
-        if let Some(url) = url
-            && url != key
-        {
-            return Err(WorkerError::NameMismatch {
-                body: key,
-                url: url.to_owned(),
-            });
-        }
+        let key = object_key(&connection.metadata, url)?;
         let generation = connection.metadata.generation;
         if let Some(existing) = self.connection(&key) {
             existing
@@ -379,6 +355,24 @@ impl Worker {
                 tracing::error!(transport = %runtime.key(), error = %e, "cannot save the record at shutdown");
             }
         }
+    }
+}
+
+/// The object's `namespace/name`, which must be the route's when there is one.
+fn object_key(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    url: Option<&str>,
+) -> Result<String, WorkerError> {
+    let key = key(
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default(),
+    );
+    match url {
+        Some(url) if url != key => Err(WorkerError::NameMismatch {
+            body: key,
+            url: url.to_owned(),
+        }),
+        _ => Ok(key),
     }
 }
 

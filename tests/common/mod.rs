@@ -350,18 +350,7 @@ impl WorkerProc {
 
     /// Poll the report until `check` holds; panics with the last report after `WAIT`.
     pub async fn wait_for(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let report = self.report(name).await;
-            if check(&report) {
-                return report;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: gave up waiting for {what}; last report {report}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll(&format!("{name}: {what}"), || self.report(name), check).await
     }
 
     pub async fn wait_state(&self, name: &str, state: &str) -> Value {
@@ -380,6 +369,26 @@ impl WorkerProc {
 impl Drop for WorkerProc {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Fetch until `check` holds; panics with the last value after `WAIT`.
+async fn poll<F: std::future::Future<Output = Value>>(
+    what: &str,
+    fetch: impl Fn() -> F,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = fetch().await;
+        if check(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}; last report {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -561,17 +570,11 @@ impl WorkerProc {
         what: &str,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let report = self.connection(name).await;
-            if check(&report) {
-                return report;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: gave up waiting for {what}; last report {report}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll(
+            &format!("connection {name}: {what}"),
+            || self.connection(name),
+            check,
+        )
+        .await
     }
 }

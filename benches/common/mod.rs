@@ -1,0 +1,133 @@
+//! What both benchmarks need: a release `ferry worker` process and local HTTP servers.
+
+use std::{
+    net::TcpListener as StdListener,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use axum::Router;
+use serde_json::Value;
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Serve `app` on a free loopback port; answers the port.
+pub async fn serve(app: Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// Only run when benching: `cargo test --benches` passes no --bench.
+pub fn benching() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A `ferry worker` whose admin and ingest token are both "bench".
+pub struct Worker {
+    child: Child,
+    port: u16,
+    pub http: reqwest::Client,
+}
+
+impl Worker {
+    pub async fn start(dir: &Path, args: &[&str]) -> Self {
+        std::fs::write(dir.join("token"), "bench").expect("token");
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["worker", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--admin-token-file")
+            .arg(dir.join("token"))
+            .arg("--ingest-token-file")
+            .arg(dir.join("token"))
+            .args(args)
+            .env("RUST_LOG", "ferry=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker starts");
+        ferry::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client");
+        let worker = Self { child, port, http };
+        while worker
+            .http
+            .get(worker.url("/healthz"))
+            .send()
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        worker
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// PUT a manifest to `/v1/{kind}/default/{name}`.
+    pub async fn put(&self, kind: &str, name: &str, body: &Value) {
+        let r = self
+            .http
+            .put(self.url(&format!("/v1/{kind}/default/{name}")))
+            .bearer_auth("bench")
+            .json(body)
+            .send()
+            .await
+            .expect("PUT");
+        assert!(r.status().is_success(), "PUT {kind}/{name}: {}", r.status());
+    }
+
+    /// GET the report of `/v1/{kind}/default/{name}`.
+    pub async fn get(&self, kind: &str, name: &str) -> Value {
+        self.http
+            .get(self.url(&format!("/v1/{kind}/default/{name}")))
+            .bearer_auth("bench")
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
+    pub fn rss_mib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .map_or(0, |kib| kib / 1024)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
