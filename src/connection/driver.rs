@@ -38,17 +38,25 @@ pub trait Target: Send + Sync {
     ) -> BoxFuture<'a, Result<(), DriverError>>;
 }
 
-fn client(timeout: Duration) -> Result<Client, String> {
-    Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::limited(5))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+/// One HTTP client for every connection's drivers: a client holds a connection pool and a TLS
+/// configuration, and one per driver cost a worker with 100 connections ~24 MiB. Timeouts are
+/// set per request.
+fn client() -> Result<Client, String> {
+    static SHARED: std::sync::OnceLock<Result<Client, String>> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            Client::builder()
+                .redirect(reqwest::redirect::Policy::limited(5))
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        })
+        .clone()
 }
 
 pub struct HttpSourceDriver {
     client: Client,
+    timeout: Duration,
     config: HttpSource,
 }
 
@@ -56,7 +64,8 @@ impl HttpSourceDriver {
     pub fn new(config: &HttpSource, timeout: Duration) -> Result<Self, String> {
         Url::parse(&config.url).map_err(|e| format!("source.http.url {:?}: {e}", config.url))?;
         Ok(Self {
-            client: client(timeout)?,
+            client: client()?,
+            timeout,
             config: config.clone(),
         })
     }
@@ -68,6 +77,7 @@ impl HttpSourceDriver {
         let response = self
             .client
             .get(url.clone())
+            .timeout(self.timeout)
             .header(header::ACCEPT, "application/json")
             .send()
             .await
@@ -205,6 +215,7 @@ pub fn transaction_id(key: &str, record: &SourceRecord) -> String {
 /// A Transport hosted by a worker: its ingest endpoint and token. "stored" counts as accepted.
 pub struct TransportTargetDriver {
     client: Client,
+    timeout: Duration,
     name: String,
     endpoint: String,
     token: Option<String>,
@@ -220,7 +231,8 @@ impl TransportTargetDriver {
         Url::parse(endpoint)
             .map_err(|e| format!("transport {name}: endpoint {endpoint:?}: {e}"))?;
         Ok(Self {
-            client: client(timeout)?,
+            client: client()?,
+            timeout,
             name: name.to_owned(),
             endpoint: endpoint.to_owned(),
             token,
@@ -238,6 +250,7 @@ impl Target for TransportTargetDriver {
             let mut request = self
                 .client
                 .post(&self.endpoint)
+                .timeout(self.timeout)
                 .header("Ferry-Transaction-Id", transaction_id(key, record))
                 .json(&record.body);
             if let Some(token) = &self.token {
@@ -265,6 +278,7 @@ impl Target for TransportTargetDriver {
 /// POST or PUT each record to a URL; 2xx accepts it.
 pub struct HttpTargetDriver {
     client: Client,
+    timeout: Duration,
     config: HttpTarget,
 }
 
@@ -272,7 +286,8 @@ impl HttpTargetDriver {
     pub fn new(config: &HttpTarget, timeout: Duration) -> Result<Self, String> {
         Url::parse(&config.url).map_err(|e| format!("target.http.url {:?}: {e}", config.url))?;
         Ok(Self {
-            client: client(timeout)?,
+            client: client()?,
+            timeout,
             config: config.clone(),
         })
     }
@@ -290,6 +305,7 @@ impl Target for HttpTargetDriver {
                 HttpMethod::Put => self.client.put(&self.config.url),
             };
             let response = request
+                .timeout(self.timeout)
                 .header("Ferry-Transaction-Id", transaction_id(key, record))
                 .json(&record.body)
                 .send()
