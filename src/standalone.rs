@@ -205,6 +205,7 @@ impl Standalone {
 
     /// Host what the manifests define: transports first, so connections find their targets.
     pub async fn apply(&self, loaded: Vec<Loaded>) {
+        self.remove_missing(&loaded).await;
         let (transports, connections): (Vec<Loaded>, Vec<Loaded>) = loaded
             .into_iter()
             .partition(|l| matches!(l.resource, Resource::Transport(_)));
@@ -243,6 +244,33 @@ impl Standalone {
                 }
                 Ok(_) => {}
                 Err(e) => eprintln!("{}: {e}", item.source),
+            }
+        }
+    }
+
+    /// The files are the source of truth: what they no longer define stops being hosted (its
+    /// queue or watermarks stay on disk, should it come back).
+    async fn remove_missing(&self, loaded: &[Loaded]) {
+        let defined: Vec<String> = loaded.iter().map(|l| describe(&l.resource)).collect();
+        for runtime in self.worker.connections() {
+            let object = format!("Connection {}", runtime.key());
+            if !defined.contains(&object) {
+                self.queue().release(runtime.key(), self.now_ms());
+                match self.worker.remove_connection(runtime.key()).await {
+                    Ok(_) => println!("{object}: removed from the manifests, no longer hosted"),
+                    Err(e) => eprintln!("{object}: {e}"),
+                }
+            }
+        }
+        for runtime in self.worker.transports() {
+            let object = format!("Transport {}", runtime.key());
+            if !defined.contains(&object) {
+                match self.worker.remove_transport(runtime.key()).await {
+                    Ok(_) => println!(
+                        "{object}: removed from the manifests, no longer hosted; its queue is kept"
+                    ),
+                    Err(e) => eprintln!("{object}: {e}"),
+                }
             }
         }
     }

@@ -207,6 +207,12 @@ async fn follows_the_manifest_file_and_prints_state_changes() {
         .await
         .unwrap();
     assert_eq!(report["state"], "Suspended");
+
+    // Removing the object from the file stops hosting it.
+    std::fs::write(&file, "# nothing here any more\n").unwrap();
+    standalone.wait_line("Transport default/local: removed from the manifests");
+    let gone = http.get(standalone.url("local")).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
 }
 
 /// "If you start multiple connections one after the other, the connections are queued: the
