@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod connection;
+pub mod operator;
 pub mod sink;
 pub mod source;
 pub mod standalone;

@@ -1,0 +1,553 @@
+//! The Kubernetes objects the operator owns for each Connection and Transport: a StatefulSet
+//! of one `ferry worker` with a volume for its data directory, a Service for its port, and a
+//! Secret with its admin and ingest tokens. Pure: the reconciler applies what these return
+//! with server-side apply.
+//!
+//! The objects are written as JSON (they read like the YAML a person would write) and turned
+//! into the typed k8s-openapi objects, which checks every field name and type.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{ResourceRequirements, Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::api::{
+    Connection, Transport, connection::DEFAULT_STORAGE_BYTES as CONNECTION_STORAGE,
+    storage::ReclaimPolicy, storage::Storage,
+    transport::DEFAULT_STORAGE_BYTES as TRANSPORT_STORAGE,
+};
+
+/// The worker's port, in the pod and on the Service.
+pub const WORKER_PORT: u16 = 8080;
+const DATA_DIR: &str = "/var/lib/ferry";
+const TOKENS_DIR: &str = "/etc/ferry/tokens";
+/// The distroless "nonroot" user.
+const RUN_AS: i64 = 65532;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{kind} {name} has no uid yet; it cannot own objects")]
+    NoUid { kind: &'static str, name: String },
+    #[error("cannot build the {what} of {owner}: {source}")]
+    Object {
+        what: &'static str,
+        owner: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Operator-wide settings for the workers it creates (flags or environment).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerDefaults {
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    pub resources: ResourceRequirements,
+    /// Used when a resource's `spec.storage.storageClassName` is unset; None = the cluster's
+    /// default class.
+    pub storage_class: Option<String>,
+}
+
+impl Default for WorkerDefaults {
+    fn default() -> Self {
+        let quantities = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        k8s_openapi::apimachinery::pkg::api::resource::Quantity(v.to_string()),
+                    )
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        Self {
+            image: format!("ghcr.io/ferry-dev/ferry:{}", env!("CARGO_PKG_VERSION")),
+            image_pull_policy: None,
+            resources: ResourceRequirements {
+                requests: Some(quantities(&[("cpu", "50m"), ("memory", "64Mi")])),
+                limits: Some(quantities(&[("memory", "256Mi")])),
+                ..Default::default()
+            },
+            storage_class: None,
+        }
+    }
+}
+
+/// The admin and ingest tokens of one worker. Generated once and kept in its Secret: the
+/// reconciler reads them back rather than generating new ones on every pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerTokens {
+    pub admin: String,
+    pub ingest: String,
+}
+
+/// What a worker is for: the parts of a Transport or Connection the objects depend on.
+pub struct Owner<'a> {
+    kind: &'static str,
+    /// `tp` or `conn`, in object names.
+    short: &'static str,
+    name: String,
+    namespace: String,
+    owner_reference: OwnerReference,
+    storage: &'a Storage,
+    default_storage_bytes: u64,
+    /// 0 for a stopped connection: its worker is scaled to zero.
+    replicas: i32,
+}
+
+/// The resource as its objects' controlling owner; deleting it in the foreground waits for them.
+fn owner_reference<K: Resource<DynamicType = ()>>(
+    object: &K,
+    kind: &'static str,
+) -> Result<OwnerReference, BuildError> {
+    let mut reference = object
+        .controller_owner_ref(&())
+        .ok_or_else(|| BuildError::NoUid {
+            kind,
+            name: object.meta().name.clone().unwrap_or_default(),
+        })?;
+    reference.block_owner_deletion = Some(true);
+    Ok(reference)
+}
+
+impl<'a> Owner<'a> {
+    pub fn transport(transport: &'a Transport) -> Result<Self, BuildError> {
+        Ok(Self {
+            kind: "Transport",
+            short: "tp",
+            name: transport.name_any(),
+            namespace: transport.namespace().unwrap_or_else(|| "default".into()),
+            owner_reference: owner_reference(transport, "Transport")?,
+            storage: &transport.spec.storage,
+            default_storage_bytes: TRANSPORT_STORAGE,
+            replicas: 1,
+        })
+    }
+
+    pub fn connection(connection: &'a Connection) -> Result<Self, BuildError> {
+        Ok(Self {
+            kind: "Connection",
+            short: "conn",
+            name: connection.name_any(),
+            namespace: connection.namespace().unwrap_or_else(|| "default".into()),
+            owner_reference: owner_reference(connection, "Connection")?,
+            storage: &connection.spec.storage,
+            default_storage_bytes: CONNECTION_STORAGE,
+            replicas: i32::from(connection.spec.started),
+        })
+    }
+
+    /// `ferry-tp-erp`: the StatefulSet, Service and Secret share it. Names that would pass the
+    /// 63 characters of a Service name are cut and given a hash of the whole.
+    pub fn worker_name(&self) -> String {
+        let full = format!("ferry-{}-{}", self.short, self.name);
+        if full.len() <= 63 {
+            return full;
+        }
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        full.hash(&mut hasher);
+        let hash = format!("{:08x}", hasher.finish() as u32);
+        format!("{}-{hash}", full[..54].trim_end_matches(['-', '.']))
+    }
+
+    fn labels(&self) -> Value {
+        json!({
+            "app.kubernetes.io/name": "ferry",
+            "app.kubernetes.io/component": "worker",
+            "app.kubernetes.io/instance": self.worker_name(),
+            "app.kubernetes.io/managed-by": "ferry-operator",
+            "ferry.dev/kind": self.kind.to_lowercase(),
+            "ferry.dev/name": self.name,
+        })
+    }
+
+    fn selector(&self) -> Value {
+        json!({"app.kubernetes.io/name": "ferry", "app.kubernetes.io/instance": self.worker_name()})
+    }
+
+    fn metadata(&self) -> Value {
+        json!({
+            "name": self.worker_name(),
+            "namespace": self.namespace,
+            "labels": self.labels(),
+            "ownerReferences": [self.owner_reference],
+        })
+    }
+
+    /// Where producers (and the operator, in cluster) reach the worker.
+    pub fn service_url(&self) -> String {
+        format!(
+            "http://{}.{}.svc:{WORKER_PORT}",
+            self.worker_name(),
+            self.namespace
+        )
+    }
+
+    fn build<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        value: Value,
+    ) -> Result<T, BuildError> {
+        serde_json::from_value(value).map_err(|source| BuildError::Object {
+            what,
+            owner: format!("{} {}/{}", self.kind, self.namespace, self.name),
+            source,
+        })
+    }
+
+    pub fn secret(&self, tokens: &WorkerTokens) -> Result<Secret, BuildError> {
+        let mut secret: Secret = self.build(
+            "Secret",
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": self.metadata(),
+                "type": "Opaque",
+            }),
+        )?;
+        secret.data = Some(BTreeMap::from([
+            (
+                "admin-token".to_string(),
+                ByteString(tokens.admin.clone().into_bytes()),
+            ),
+            (
+                "ingest-token".to_string(),
+                ByteString(tokens.ingest.clone().into_bytes()),
+            ),
+        ]));
+        Ok(secret)
+    }
+
+    pub fn service(&self) -> Result<Service, BuildError> {
+        self.build("Service", json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": self.metadata(),
+            "spec": {
+                "selector": self.selector(),
+                "ports": [{"name": "http", "port": WORKER_PORT, "targetPort": "http", "protocol": "TCP"}],
+            },
+        }))
+    }
+
+    pub fn stateful_set(&self, defaults: &WorkerDefaults) -> Result<StatefulSet, BuildError> {
+        let size = self.storage.size_or(self.default_storage_bytes);
+        let storage_class = self
+            .storage
+            .storage_class_name
+            .clone()
+            .or_else(|| defaults.storage_class.clone());
+        // reclaimPolicy: Retain keeps the PVC (and the queue in it) when the resource goes.
+        let when_deleted = match self.storage.reclaim_policy {
+            ReclaimPolicy::Retain => "Retain",
+            ReclaimPolicy::Delete => "Delete",
+        };
+        let mut claim_spec = json!({
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": size.to_string()}},
+        });
+        if let Some(class) = storage_class {
+            claim_spec["storageClassName"] = json!(class);
+        }
+        let mut container = json!({
+            "name": "worker",
+            "image": defaults.image,
+            "args": [
+                "worker",
+                "--data-dir", DATA_DIR,
+                "--listen", format!("0.0.0.0:{WORKER_PORT}"),
+                "--admin-token-file", format!("{TOKENS_DIR}/admin-token"),
+                "--ingest-token-file", format!("{TOKENS_DIR}/ingest-token"),
+            ],
+            "env": [
+                {"name": "FERRY_PUBLIC_URL", "value": self.service_url()},
+                {"name": "RUST_LOG", "value": "ferry=info"},
+            ],
+            "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
+            "resources": defaults.resources,
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "runAsNonRoot": true,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": [
+                {"name": "data", "mountPath": DATA_DIR},
+                {"name": "tokens", "mountPath": TOKENS_DIR, "readOnly": true},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        });
+        if let Some(policy) = &defaults.image_pull_policy {
+            container["imagePullPolicy"] = json!(policy);
+        }
+        self.build("StatefulSet", json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": self.metadata(),
+            "spec": {
+                "replicas": self.replicas,
+                "serviceName": self.worker_name(),
+                "selector": {"matchLabels": self.selector()},
+                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": "Retain"},
+                "template": {
+                    "metadata": {"labels": self.labels()},
+                    "spec": {
+                        // The worker never talks to the API server.
+                        "automountServiceAccountToken": false,
+                        "enableServiceLinks": false,
+                        "securityContext": {
+                            "runAsNonRoot": true,
+                            "runAsUser": RUN_AS,
+                            "runAsGroup": RUN_AS,
+                            "fsGroup": RUN_AS,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        // Give the worker time to save its records on SIGTERM.
+                        "terminationGracePeriodSeconds": 30,
+                        "containers": [container],
+                        "volumes": [
+                            {"name": "tokens", "secret": {"secretName": self.worker_name(), "defaultMode": 0o440}},
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+                        ],
+                    },
+                },
+                "volumeClaimTemplates": [{
+                    "metadata": {"name": "data", "labels": self.labels()},
+                    "spec": claim_spec,
+                }],
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ConnectionSpec, TransportSpec};
+    use serde_json::json;
+
+    fn transport(spec: Value) -> Transport {
+        let mut t = Transport::new(
+            "erp",
+            serde_json::from_value::<TransportSpec>(spec).unwrap(),
+        );
+        t.metadata.namespace = Some("plant-a".into());
+        t.metadata.uid = Some("uid-1".into());
+        t
+    }
+
+    #[test]
+    fn a_transport_worker_snapshot() {
+        let t = transport(json!({"host": {"url": "http://erp:8080/ingest"}}));
+        let owner = Owner::transport(&t).unwrap();
+        let sts =
+            serde_json::to_value(owner.stateful_set(&WorkerDefaults::default()).unwrap()).unwrap();
+        let labels = json!({
+            "app.kubernetes.io/component": "worker",
+            "app.kubernetes.io/instance": "ferry-tp-erp",
+            "app.kubernetes.io/managed-by": "ferry-operator",
+            "app.kubernetes.io/name": "ferry",
+            "ferry.dev/kind": "transport",
+            "ferry.dev/name": "erp",
+        });
+        let expected = json!({
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {
+                "name": "ferry-tp-erp",
+                "namespace": "plant-a",
+                "labels": labels,
+                "ownerReferences": [{
+                    "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport", "name": "erp", "uid": "uid-1",
+                    "controller": true, "blockOwnerDeletion": true,
+                }],
+            },
+            "spec": {
+                "replicas": 1,
+                "serviceName": "ferry-tp-erp",
+                "selector": {"matchLabels": {"app.kubernetes.io/instance": "ferry-tp-erp", "app.kubernetes.io/name": "ferry"}},
+                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "automountServiceAccountToken": false,
+                        "enableServiceLinks": false,
+                        "securityContext": {
+                            "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "terminationGracePeriodSeconds": 30,
+                        "containers": [{
+                            "name": "worker",
+                            "image": format!("ghcr.io/ferry-dev/ferry:{}", env!("CARGO_PKG_VERSION")),
+                            "args": ["worker", "--data-dir", "/var/lib/ferry", "--listen", "0.0.0.0:8080",
+                                     "--admin-token-file", "/etc/ferry/tokens/admin-token",
+                                     "--ingest-token-file", "/etc/ferry/tokens/ingest-token"],
+                            "env": [
+                                {"name": "FERRY_PUBLIC_URL", "value": "http://ferry-tp-erp.plant-a.svc:8080"},
+                                {"name": "RUST_LOG", "value": "ferry=info"},
+                            ],
+                            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
+                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "data", "mountPath": "/var/lib/ferry"},
+                                {"name": "tokens", "mountPath": "/etc/ferry/tokens", "readOnly": true},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }],
+                        "volumes": [
+                            {"name": "tokens", "secret": {"secretName": "ferry-tp-erp", "defaultMode": 288}},
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+                        ],
+                    },
+                },
+                "volumeClaimTemplates": [{
+                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": "data", "labels": labels},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2147483648"}}},
+                }],
+            },
+        });
+        assert_eq!(
+            sts,
+            expected,
+            "{}",
+            serde_json::to_string_pretty(&sts).unwrap()
+        );
+    }
+
+    #[test]
+    fn storage_reclaim_policy_and_defaults() {
+        let t = transport(json!({
+            "host": {"url": "http://erp/ingest"},
+            "storage": {"size": "5Gi", "storageClassName": "fast", "reclaimPolicy": "Delete"},
+        }));
+        let defaults = WorkerDefaults {
+            image_pull_policy: Some("IfNotPresent".into()),
+            storage_class: Some("standard".into()),
+            ..Default::default()
+        };
+        let sts = serde_json::to_value(
+            Owner::transport(&t)
+                .unwrap()
+                .stateful_set(&defaults)
+                .unwrap(),
+        )
+        .unwrap();
+        let claim = &sts["spec"]["volumeClaimTemplates"][0]["spec"];
+        assert_eq!(claim["resources"]["requests"]["storage"], "5368709120");
+        assert_eq!(
+            claim["storageClassName"], "fast",
+            "the resource's class wins over the default"
+        );
+        assert_eq!(
+            sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+            "Delete"
+        );
+        assert_eq!(
+            sts["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
+
+        let plain = transport(json!({"host": {"url": "http://erp/ingest"}}));
+        let sts = serde_json::to_value(
+            Owner::transport(&plain)
+                .unwrap()
+                .stateful_set(&defaults)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+            "standard"
+        );
+    }
+
+    #[test]
+    fn a_stopped_connection_is_scaled_to_zero() {
+        let spec: ConnectionSpec = serde_json::from_value(json!({"started": false})).unwrap();
+        let mut c = Connection::new("crm-orders", spec);
+        c.metadata.namespace = Some("plant-a".into());
+        c.metadata.uid = Some("uid-2".into());
+        let owner = Owner::connection(&c).unwrap();
+        assert_eq!(owner.worker_name(), "ferry-conn-crm-orders");
+        let sts =
+            serde_json::to_value(owner.stateful_set(&WorkerDefaults::default()).unwrap()).unwrap();
+        assert_eq!(sts["spec"]["replicas"], 0);
+        assert_eq!(
+            sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+            "104857600"
+        );
+        c.spec.started = true;
+        let sts = Owner::connection(&c)
+            .unwrap()
+            .stateful_set(&WorkerDefaults::default())
+            .unwrap();
+        assert_eq!(sts.spec.and_then(|s| s.replicas), Some(1));
+    }
+
+    #[test]
+    fn service_and_secret() {
+        let t = transport(json!({"host": {"url": "http://erp/ingest"}}));
+        let owner = Owner::transport(&t).unwrap();
+        let service = serde_json::to_value(owner.service().unwrap()).unwrap();
+        assert_eq!(
+            service["spec"]["ports"],
+            json!([{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}])
+        );
+        assert_eq!(
+            service["spec"]["selector"]["app.kubernetes.io/instance"],
+            "ferry-tp-erp"
+        );
+        assert_eq!(
+            service["metadata"]["ownerReferences"][0]["kind"],
+            "Transport"
+        );
+        let secret = owner
+            .secret(&WorkerTokens {
+                admin: "a".into(),
+                ingest: "i".into(),
+            })
+            .unwrap();
+        let data = secret.data.unwrap();
+        assert_eq!(data["admin-token"].0, b"a");
+        assert_eq!(data["ingest-token"].0, b"i");
+    }
+
+    #[test]
+    fn long_names_fit_a_service_name_and_stay_distinct() {
+        let long = "a".repeat(60);
+        let mut t = transport(json!({"host": {"url": "http://erp/ingest"}}));
+        t.metadata.name = Some(long.clone());
+        let a = Owner::transport(&t).unwrap().worker_name();
+        t.metadata.name = Some(format!("{}b", &long[..59]));
+        let b = Owner::transport(&t).unwrap().worker_name();
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn objects_need_an_owner_uid() {
+        let mut t = transport(json!({"host": {"url": "http://erp/ingest"}}));
+        t.metadata.uid = None;
+        assert!(matches!(
+            Owner::transport(&t),
+            Err(BuildError::NoUid { .. })
+        ));
+    }
+}

@@ -1,0 +1,74 @@
+//! The operator's objects for the example manifests, written to `target/tmp/rendered/` so that
+//! `.ci/run` can check them against Kubernetes' own schemas (kubernetes-validate --strict).
+
+use ferry::{
+    api::{
+        manifest::parse_documents,
+        validate::{ManifestValidator, Resource},
+    },
+    operator::builders::{Owner, WorkerDefaults, WorkerTokens},
+};
+
+#[test]
+fn render_the_examples_workers() {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rendered");
+    std::fs::create_dir_all(&out).unwrap();
+    let validator = ManifestValidator::new();
+    let tokens = WorkerTokens {
+        admin: "admin".into(),
+        ingest: "ingest".into(),
+    };
+    let mut rendered = 0;
+    for example in [
+        "transport-erp.yaml",
+        "connection-crm-orders.yaml",
+        "minimal.yaml",
+        "suspended-byte-counts.yaml",
+    ] {
+        let text =
+            std::fs::read_to_string(format!("{}/examples/{example}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+        for doc in parse_documents(&text).unwrap() {
+            let mut resource = validator.validate(&doc).unwrap();
+            let objects = match &mut resource {
+                Resource::Transport(t) => {
+                    t.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
+                    let owner = Owner::transport(t).unwrap();
+                    render(&owner, &tokens)
+                }
+                Resource::Connection(c) => {
+                    c.metadata.uid = Some("00000000-0000-0000-0000-000000000002".into());
+                    let owner = Owner::connection(c).unwrap();
+                    render(&owner, &tokens)
+                }
+            };
+            for (name, yaml) in objects {
+                std::fs::write(out.join(name), yaml).unwrap();
+                rendered += 1;
+            }
+        }
+    }
+    assert_eq!(
+        rendered, 18,
+        "three objects for each of the six example resources"
+    );
+}
+
+fn render(owner: &Owner, tokens: &WorkerTokens) -> Vec<(String, String)> {
+    let name = owner.worker_name();
+    vec![
+        (
+            format!("{name}-statefulset.yaml"),
+            serde_norway::to_string(&owner.stateful_set(&WorkerDefaults::default()).unwrap())
+                .unwrap(),
+        ),
+        (
+            format!("{name}-service.yaml"),
+            serde_norway::to_string(&owner.service().unwrap()).unwrap(),
+        ),
+        (
+            format!("{name}-secret.yaml"),
+            serde_norway::to_string(&owner.secret(tokens).unwrap()).unwrap(),
+        ),
+    ]
+}
