@@ -2,3 +2,4 @@
 //! object builders; the controllers come next (see the README's status of the operator).
 
 pub mod builders;
+pub mod status;

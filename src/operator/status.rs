@@ -1,0 +1,573 @@
+//! What the operator writes into `.status`, from the worker's report or its silence. Pure.
+//!
+//! Conditions follow `metav1.Condition`: `Ready` is true only when the worker answered and the
+//! resource does what its spec asks; `Progressing` while the spec is being applied or the
+//! resource is starting; `Degraded` when something is wrong that the user may need to act on.
+//! A condition keeps its `lastTransitionTime` while its status does not change.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::{
+    api::{ConnectionStatus, ConnectionStatusValue, TransportState, TransportStatus},
+    connection::{
+        runtime::ConnectionReport,
+        status::{self, Inputs, OperatorPhase, SyncSetView, WorkerView},
+    },
+    transport::runtime::TransportReport,
+};
+
+/// A condition to set: type, whether it holds, a PascalCase reason and a message.
+struct Set<'a>(&'a str, bool, &'a str, String);
+
+/// Replace the conditions of the given types, keeping `lastTransitionTime` where the status
+/// did not change, and any other conditions as they were.
+fn set_conditions(
+    previous: &[Condition],
+    wanted: Vec<Set<'_>>,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let mut out: Vec<Condition> = previous
+        .iter()
+        .filter(|c| !wanted.iter().any(|w| w.0 == c.type_))
+        .cloned()
+        .collect();
+    for Set(type_, holds, reason, message) in wanted {
+        let status = if holds { "True" } else { "False" };
+        let since = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        out.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time: since,
+        });
+    }
+    out.sort_by(|a, b| a.type_.cmp(&b.type_));
+    out
+}
+
+fn state_reason(state: TransportState) -> &'static str {
+    match state {
+        TransportState::Up => "Up",
+        TransportState::Down => "Down",
+        TransportState::Suspended => "Suspended",
+        TransportState::SfSuspended => "SfSuspended",
+        TransportState::StoreAndForward => "StoreAndForward",
+    }
+}
+
+/// A transport's status from its worker's report (`Ok`) or why the worker could not be read.
+pub fn transport_status(
+    previous: Option<&TransportStatus>,
+    generation: Option<i64>,
+    suspended: bool,
+    report: Result<&TransportReport, &str>,
+    now: Time,
+) -> TransportStatus {
+    let previous_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    let report = match report {
+        Ok(report) => report,
+        Err(why) => {
+            // The last known state, queue and totals stay; the conditions say they are stale.
+            let mut status = previous.cloned().unwrap_or_default();
+            status.conditions = set_conditions(
+                previous_conditions,
+                vec![
+                    Set(
+                        "Ready",
+                        false,
+                        "WorkerUnreachable",
+                        format!("the worker does not answer: {why}"),
+                    ),
+                    Set(
+                        "Degraded",
+                        true,
+                        "WorkerUnreachable",
+                        format!("the worker does not answer: {why}"),
+                    ),
+                ],
+                generation,
+                &now,
+            );
+            return status;
+        }
+    };
+    let applied = report.observed_generation == generation;
+    let wants_suspension = suspended
+        == matches!(
+            report.state,
+            TransportState::Suspended | TransportState::SfSuspended
+        );
+    let doing_what_asked = applied && wants_suspension;
+    let ready_message = match report.state {
+        TransportState::Up => "connected; transactions are delivered as they come".to_owned(),
+        TransportState::Down => "not connected; it connects with the first transaction".to_owned(),
+        TransportState::Suspended => "suspended by the user".to_owned(),
+        TransportState::SfSuspended => {
+            format!(
+                "suspended by the user; {} transactions queued",
+                report.queue.messages
+            )
+        }
+        TransportState::StoreAndForward => format!(
+            "the host is unreachable; {} transactions queued, reconnecting",
+            report.queue.messages
+        ),
+    };
+    let progressing = if !applied {
+        Set(
+            "Progressing",
+            true,
+            "ApplyingSpec",
+            "the worker has not applied the latest spec yet".into(),
+        )
+    } else if !wants_suspension {
+        let to = if suspended { "suspended" } else { "resumed" };
+        Set("Progressing", true, "Transitioning", format!("being {to}"))
+    } else {
+        Set(
+            "Progressing",
+            false,
+            "Applied",
+            "the worker runs the latest spec".into(),
+        )
+    };
+    let degraded = if report.state == TransportState::StoreAndForward {
+        Set("Degraded", true, "HostUnreachable", ready_message.clone())
+    } else {
+        Set(
+            "Degraded",
+            false,
+            "AsExpected",
+            "nothing needs attention".into(),
+        )
+    };
+    TransportStatus {
+        state: Some(report.state),
+        observed_generation: report.observed_generation,
+        queue: report.queue.clone(),
+        totals: report.totals.clone(),
+        endpoint: Some(report.endpoint.clone()),
+        last_report_time: Some(now.clone()),
+        conditions: set_conditions(
+            previous_conditions,
+            vec![
+                Set(
+                    "Ready",
+                    doing_what_asked,
+                    state_reason(report.state),
+                    ready_message,
+                ),
+                progressing,
+                degraded,
+            ],
+            generation,
+            &now,
+        ),
+    }
+}
+
+/// What the operator adds to a connection's worker report: rule 1 and the startup queue.
+pub struct ConnectionContext {
+    pub generation: Option<i64>,
+    pub started: bool,
+    /// Names of the enabled sync-sets in the spec.
+    pub enabled_sync_sets: Vec<String>,
+    pub phase: OperatorPhase,
+    pub queue_position: Option<u32>,
+    /// A target transport that does not exist, found while resolving.
+    pub config_error: Option<String>,
+}
+
+/// A connection's status, the seven values decided by `connection::status::derive`.
+pub fn connection_status(
+    previous: Option<&ConnectionStatus>,
+    context: &ConnectionContext,
+    report: Result<&ConnectionReport, &str>,
+    now: Time,
+) -> ConnectionStatus {
+    let previous_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    let worker = match report {
+        Ok(report) => WorkerView::Report(
+            context
+                .enabled_sync_sets
+                .iter()
+                .filter_map(|name| report.sync_sets.iter().find(|s| &s.name == name))
+                .map(|s| SyncSetView {
+                    name: s.name.clone(),
+                    last_result: s.last_result,
+                    completed_since_start: s
+                        .last_completed_iteration
+                        .is_some_and(|i| i > report.started_iteration),
+                    last_error: s.last_error.clone(),
+                })
+                .collect(),
+        ),
+        Err(why) => WorkerView::Unreachable(format!("the worker does not answer: {why}")),
+    };
+    let derived = status::derive(&Inputs {
+        operator: context.phase,
+        started: context.started,
+        config_error: context.config_error.clone(),
+        enabled_sync_sets: context.enabled_sync_sets.len(),
+        queue_position: context.queue_position,
+        worker,
+    });
+    use ConnectionStatusValue::*;
+    let ready = match derived.status {
+        Running | Idle => true,
+        Disabled => derived.reason == "Stopped",
+        Failed | Restarting | ServerReinitializing | Unknown => false,
+    };
+    let progressing = matches!(derived.status, Restarting | ServerReinitializing);
+    let degraded =
+        matches!(derived.status, Failed | Unknown) || derived.reason == "InvalidConfiguration";
+    let quiet = |holds: bool, fallback: &'static str| if holds { derived.reason } else { fallback };
+    let conditions = set_conditions(
+        previous_conditions,
+        vec![
+            Set("Ready", ready, derived.reason, derived.message.clone()),
+            Set(
+                "Progressing",
+                progressing,
+                quiet(progressing, "Settled"),
+                derived.message.clone(),
+            ),
+            Set(
+                "Degraded",
+                degraded,
+                quiet(degraded, "AsExpected"),
+                derived.message.clone(),
+            ),
+        ],
+        context.generation,
+        &now,
+    );
+    let mut status = previous.cloned().unwrap_or_default();
+    status.status = Some(derived.status);
+    status.startup_queue_position = context.queue_position;
+    status.conditions = conditions;
+    if let Ok(report) = report {
+        status.observed_generation = report.observed_generation;
+        status.iteration = report.iteration;
+        status.sync_sets = report.sync_sets.to_vec();
+        status.last_report_time = Some(now);
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        connection::{SyncResult, SyncSetStatus},
+        transport::{QueueStatus, Totals},
+    };
+
+    fn at(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn report(state: TransportState, generation: i64) -> TransportReport {
+        TransportReport {
+            state,
+            observed_generation: Some(generation),
+            queue: QueueStatus {
+                messages: 3,
+                ..Default::default()
+            },
+            totals: Totals::default(),
+            endpoint: "http://ferry-tp-erp.plant-a.svc:8080/v1/transports/plant-a/erp/transactions"
+                .into(),
+        }
+    }
+
+    fn condition<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+        conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn transport_ready_only_when_doing_what_the_spec_asks() {
+        let up = transport_status(
+            None,
+            Some(2),
+            false,
+            Ok(&report(TransportState::Up, 2)),
+            at(10),
+        );
+        let ready = condition(&up.conditions, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Up")
+        );
+        assert_eq!(up.state, Some(TransportState::Up));
+        assert_eq!(up.last_report_time, Some(at(10)));
+
+        // The spec says suspended; the worker has not got there yet.
+        let behind = transport_status(
+            Some(&up),
+            Some(3),
+            true,
+            Ok(&report(TransportState::Up, 2)),
+            at(20),
+        );
+        assert_eq!(condition(&behind.conditions, "Ready").status, "False");
+        assert_eq!(
+            condition(&behind.conditions, "Progressing").reason,
+            "ApplyingSpec"
+        );
+
+        let suspended = transport_status(
+            Some(&behind),
+            Some(3),
+            true,
+            Ok(&report(TransportState::SfSuspended, 3)),
+            at(30),
+        );
+        let ready = condition(&suspended.conditions, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "SfSuspended")
+        );
+        assert!(ready.message.contains("3 transactions queued"));
+
+        let sf = transport_status(
+            Some(&suspended),
+            Some(4),
+            false,
+            Ok(&report(TransportState::StoreAndForward, 4)),
+            at(40),
+        );
+        let degraded = condition(&sf.conditions, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "HostUnreachable")
+        );
+    }
+
+    #[test]
+    fn an_unreachable_worker_keeps_the_last_known_state() {
+        let up = transport_status(
+            None,
+            Some(1),
+            false,
+            Ok(&report(TransportState::Up, 1)),
+            at(10),
+        );
+        let lost = transport_status(Some(&up), Some(1), false, Err("connection refused"), at(20));
+        assert_eq!(
+            lost.state,
+            Some(TransportState::Up),
+            "last known state kept"
+        );
+        assert_eq!(
+            lost.last_report_time,
+            Some(at(10)),
+            "the last report's time, not now"
+        );
+        let ready = condition(&lost.conditions, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "WorkerUnreachable")
+        );
+        assert_eq!(ready.last_transition_time, at(20));
+        assert!(ready.message.contains("connection refused"));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_changes() {
+        let first = transport_status(
+            None,
+            Some(1),
+            false,
+            Ok(&report(TransportState::Down, 1)),
+            at(10),
+        );
+        let again = transport_status(
+            Some(&first),
+            Some(1),
+            false,
+            Ok(&report(TransportState::Up, 1)),
+            at(20),
+        );
+        // Ready stayed True (Down and Up are both what the spec asks): its time is kept.
+        assert_eq!(
+            condition(&again.conditions, "Ready").last_transition_time,
+            at(10)
+        );
+        assert_eq!(condition(&again.conditions, "Ready").reason, "Up");
+        let lost = transport_status(Some(&again), Some(1), false, Err("timeout"), at(30));
+        assert_eq!(
+            condition(&lost.conditions, "Ready").last_transition_time,
+            at(30)
+        );
+    }
+
+    fn connection_report(result: Option<SyncResult>, completed: Option<u64>) -> ConnectionReport {
+        ConnectionReport {
+            status: ConnectionStatusValue::Running,
+            reason: String::new(),
+            message: String::new(),
+            observed_generation: Some(1),
+            iteration: 3,
+            startup_queue_position: None,
+            sync_sets: vec![SyncSetStatus {
+                name: "orders".into(),
+                last_result: result,
+                last_completed_iteration: completed,
+                ..Default::default()
+            }],
+            started_iteration: 1,
+        }
+    }
+
+    fn context(phase: OperatorPhase) -> ConnectionContext {
+        ConnectionContext {
+            generation: Some(1),
+            started: true,
+            enabled_sync_sets: vec!["orders".into()],
+            phase,
+            queue_position: None,
+            config_error: None,
+        }
+    }
+
+    #[test]
+    fn connection_values_and_conditions() {
+        let running = connection_report(Some(SyncResult::Success), Some(3));
+        let reinit = connection_status(
+            None,
+            &context(OperatorPhase::Reinitializing),
+            Ok(&running),
+            at(1),
+        );
+        assert_eq!(
+            reinit.status,
+            Some(ConnectionStatusValue::ServerReinitializing)
+        );
+        assert_eq!(condition(&reinit.conditions, "Progressing").status, "True");
+
+        let ok = connection_status(
+            Some(&reinit),
+            &context(OperatorPhase::Pushed),
+            Ok(&running),
+            at(2),
+        );
+        assert_eq!(ok.status, Some(ConnectionStatusValue::Running));
+        assert_eq!(condition(&ok.conditions, "Ready").status, "True");
+        assert_eq!(ok.iteration, 3);
+
+        let failed = connection_report(Some(SyncResult::Failed), Some(3));
+        let bad = connection_status(
+            Some(&ok),
+            &context(OperatorPhase::Pushed),
+            Ok(&failed),
+            at(3),
+        );
+        assert_eq!(bad.status, Some(ConnectionStatusValue::Failed));
+        assert_eq!(
+            condition(&bad.conditions, "Degraded").reason,
+            "SyncSetFailed"
+        );
+
+        let gone = connection_status(
+            Some(&ok),
+            &context(OperatorPhase::Pushed),
+            Err("refused"),
+            at(4),
+        );
+        assert_eq!(gone.status, Some(ConnectionStatusValue::Unknown));
+        assert_eq!(
+            condition(&gone.conditions, "Ready").reason,
+            "WorkerUnreachable"
+        );
+        assert_eq!(gone.iteration, 3, "the last known iteration is kept");
+
+        let mut queued = context(OperatorPhase::Pushed);
+        queued.queue_position = Some(2);
+        let waiting = connection_status(None, &queued, Ok(&connection_report(None, None)), at(5));
+        assert_eq!(
+            (waiting.status, waiting.startup_queue_position),
+            (Some(ConnectionStatusValue::Restarting), Some(2))
+        );
+        assert_eq!(
+            condition(&waiting.conditions, "Progressing").reason,
+            "QueuedForStartup"
+        );
+
+        let mut stopped = context(OperatorPhase::Pushed);
+        stopped.started = false;
+        let off = connection_status(None, &stopped, Err("scaled to zero"), at(6));
+        assert_eq!(off.status, Some(ConnectionStatusValue::Disabled));
+        assert_eq!(
+            condition(&off.conditions, "Ready").status,
+            "True",
+            "stopped as the spec asks"
+        );
+
+        let mut missing = context(OperatorPhase::Pushed);
+        missing.config_error = Some("target transport erp does not exist".into());
+        let broken = connection_status(None, &missing, Ok(&running), at(7));
+        assert_eq!(broken.status, Some(ConnectionStatusValue::Disabled));
+        assert_eq!(
+            condition(&broken.conditions, "Degraded").reason,
+            "InvalidConfiguration"
+        );
+        assert_eq!(condition(&broken.conditions, "Ready").status, "False");
+    }
+
+    /// The API server validates status writes against the CRD too.
+    #[test]
+    fn written_statuses_pass_the_crd_schema() {
+        use crate::api::validate::{ManifestValidator, Resource};
+        let validator = ManifestValidator::new();
+        let up = transport_status(
+            None,
+            Some(1),
+            false,
+            Ok(&report(TransportState::Up, 1)),
+            at(10),
+        );
+        let lost = transport_status(Some(&up), Some(1), false, Err("refused"), at(20));
+        for status in [up, lost] {
+            let doc = serde_json::json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+                "metadata": {"name": "erp", "namespace": "plant-a"},
+                "spec": {"host": {"url": "http://erp/ingest"}},
+                "status": status,
+            });
+            assert!(
+                matches!(validator.validate(&doc), Ok(Resource::Transport(_))),
+                "{doc}"
+            );
+        }
+        let connection = connection_status(
+            None,
+            &context(OperatorPhase::Pushed),
+            Ok(&connection_report(Some(SyncResult::Failed), Some(3))),
+            at(1),
+        );
+        let doc = serde_json::json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Connection",
+            "metadata": {"name": "crm", "namespace": "plant-a"},
+            "spec": {},
+            "status": connection,
+        });
+        assert!(
+            matches!(validator.validate(&doc), Ok(Resource::Connection(_))),
+            "{doc}"
+        );
+    }
+}
