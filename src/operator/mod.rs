@@ -3,3 +3,4 @@
 
 pub mod builders;
 pub mod status;
+pub mod worker_client;

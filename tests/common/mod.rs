@@ -183,6 +183,8 @@ async fn health(State(state): State<Arc<Mutex<HostState>>>) -> StatusCode {
 /// A `ferry worker` process with its own data directory and tokens.
 pub struct WorkerProc {
     pub dir: PathBuf,
+    /// The loopback address it listens on (127.0.0.1, or 127.0.0.N standing in for a pod IP).
+    pub ip: String,
     pub port: u16,
     pub admin: String,
     pub ingest: String,
@@ -196,14 +198,24 @@ impl WorkerProc {
         Self::start_with(dir, &[]).await
     }
 
+    /// Listening on `ip:port`, as a worker pod does on its own IP.
+    pub async fn start_at(dir: &Path, ip: &str, port: u16) -> Self {
+        Self::spawn_new(dir, ip, port, &[]).await
+    }
+
     /// With extra command-line arguments.
     pub async fn start_with(dir: &Path, args: &[&str]) -> Self {
+        Self::spawn_new(dir, "127.0.0.1", free_port(), args).await
+    }
+
+    async fn spawn_new(dir: &Path, ip: &str, port: u16, args: &[&str]) -> Self {
         std::fs::create_dir_all(dir).expect("test dir");
         std::fs::write(dir.join("admin-token"), "admin-secret\n").expect("token");
         std::fs::write(dir.join("ingest-token"), "ingest-secret\n").expect("token");
         let mut worker = Self {
             dir: dir.to_owned(),
-            port: free_port(),
+            ip: ip.to_owned(),
+            port,
             admin: "admin-secret".into(),
             ingest: "ingest-secret".into(),
             child: None,
@@ -215,7 +227,7 @@ impl WorkerProc {
     }
 
     fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.ip, self.port)
     }
 
     async fn spawn(&mut self) {
@@ -225,7 +237,7 @@ impl WorkerProc {
             .open(self.dir.join("worker.log"))
             .expect("log file");
         let child = Command::new(ferry())
-            .args(["worker", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["worker", "--listen", &format!("{}:{}", self.ip, self.port)])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .arg("--admin-token-file")
@@ -362,7 +374,7 @@ impl WorkerProc {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.ip.parse().expect("an IP"), self.port)
     }
 }
 

@@ -1,0 +1,248 @@
+//! How the operator talks to a worker: directly at its pod IP (the default in cluster) or
+//! through the API server's pod proxy (the default out of cluster). The proxy consumes the
+//! `Authorization` header, so the admin token always travels as `Ferry-Token`.
+
+use std::time::Duration;
+
+use http::{Method, Request};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::builders::WORKER_PORT;
+
+/// `--worker-access`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerAccess {
+    /// `http://<pod IP>:8080` — the operator runs in the cluster network.
+    Direct,
+    /// `/api/v1/namespaces/<ns>/pods/<pod>:8080/proxy/...` through the API server.
+    Proxy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerCallError {
+    #[error("the worker pod {pod} has no IP yet")]
+    NoPodIp { pod: String },
+    #[error("the worker {pod} did not answer {path}: {reason}")]
+    Unreachable {
+        pod: String,
+        path: String,
+        reason: String,
+    },
+    #[error("the worker {pod} answered {status} to {path}: {message}")]
+    Refused {
+        pod: String,
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("the worker {pod} answered {path} with something that is not its report: {reason}")]
+    Malformed {
+        pod: String,
+        path: String,
+        reason: String,
+    },
+}
+
+impl WorkerCallError {
+    /// 404 from the worker: it does not host the resource (it restarted on an empty disk, or
+    /// was never given it).
+    pub fn is_not_hosted(&self) -> bool {
+        matches!(self, WorkerCallError::Refused { status: 404, .. })
+    }
+}
+
+/// One worker pod and how to reach it.
+#[derive(Clone, Debug)]
+pub struct WorkerPod {
+    pub namespace: String,
+    pub pod: String,
+    pub pod_ip: Option<String>,
+    pub admin_token: String,
+}
+
+/// Calls the worker API the chosen way.
+#[derive(Clone)]
+pub struct WorkerClient {
+    access: WorkerAccess,
+    http: reqwest::Client,
+    kube: Option<kube::Client>,
+    timeout: Duration,
+}
+
+impl WorkerClient {
+    pub fn direct(timeout: Duration) -> Result<Self, String> {
+        Ok(Self {
+            access: WorkerAccess::Direct,
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .map_err(|e| e.to_string())?,
+            kube: None,
+            timeout,
+        })
+    }
+
+    pub fn proxy(kube: kube::Client, timeout: Duration) -> Self {
+        Self {
+            access: WorkerAccess::Proxy,
+            http: reqwest::Client::new(),
+            kube: Some(kube),
+            timeout,
+        }
+    }
+
+    pub fn access(&self) -> WorkerAccess {
+        self.access
+    }
+
+    /// `PUT` a manifest (with `resolved`, for a connection); answers the report.
+    pub async fn put<R: DeserializeOwned>(
+        &self,
+        worker: &WorkerPod,
+        path: &str,
+        body: &Value,
+    ) -> Result<R, WorkerCallError> {
+        self.call(worker, Method::PUT, path, Some(body)).await
+    }
+
+    /// `GET` the report.
+    pub async fn get<R: DeserializeOwned>(
+        &self,
+        worker: &WorkerPod,
+        path: &str,
+    ) -> Result<R, WorkerCallError> {
+        self.call(worker, Method::GET, path, None).await
+    }
+
+    async fn call<R: DeserializeOwned>(
+        &self,
+        worker: &WorkerPod,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<R, WorkerCallError> {
+        let unreachable = |reason: String| WorkerCallError::Unreachable {
+            pod: worker.pod.clone(),
+            path: path.to_owned(),
+            reason,
+        };
+        let (status, bytes) = match (&self.access, &self.kube) {
+            (WorkerAccess::Proxy, Some(kube)) => {
+                let mut request = Request::builder()
+                    .method(method)
+                    .uri(proxy_path(worker, path))
+                    .header("Ferry-Token", &worker.admin_token);
+                if body.is_some() {
+                    request = request.header("Content-Type", "application/json");
+                }
+                let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+                let request = request.body(body).map_err(|e| unreachable(e.to_string()))?;
+                let call = kube.send(request.map(kube::client::Body::from));
+                let response = tokio::time::timeout(self.timeout, call)
+                    .await
+                    .map_err(|_| unreachable("timed out".into()))?
+                    .map_err(|e| unreachable(crate::error_chain(&e)))?;
+                let status = response.status().as_u16();
+                let bytes = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?
+                    .to_bytes();
+                (status, bytes.to_vec())
+            }
+            _ => {
+                let ip = worker
+                    .pod_ip
+                    .as_deref()
+                    .ok_or_else(|| WorkerCallError::NoPodIp {
+                        pod: worker.pod.clone(),
+                    })?;
+                let mut request = self
+                    .http
+                    .request(method, direct_url(ip, path))
+                    .header("Ferry-Token", &worker.admin_token);
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|e| unreachable(crate::error_chain(&e)))?;
+                let status = response.status().as_u16();
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                (status, bytes.to_vec())
+            }
+        };
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| {
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+                });
+            return Err(WorkerCallError::Refused {
+                pod: worker.pod.clone(),
+                path: path.to_owned(),
+                status,
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| WorkerCallError::Malformed {
+            pod: worker.pod.clone(),
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// `http://10.0.0.7:8080/v1/...`; an IPv6 pod IP goes in brackets.
+pub fn direct_url(pod_ip: &str, path: &str) -> String {
+    if pod_ip.contains(':') {
+        format!("http://[{pod_ip}]:{WORKER_PORT}{path}")
+    } else {
+        format!("http://{pod_ip}:{WORKER_PORT}{path}")
+    }
+}
+
+/// The API server's proxy path to a pod's port.
+pub fn proxy_path(worker: &WorkerPod, path: &str) -> String {
+    format!(
+        "/api/v1/namespaces/{}/pods/{}:{WORKER_PORT}/proxy{path}",
+        worker.namespace, worker.pod
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ip: Option<&str>) -> WorkerPod {
+        WorkerPod {
+            namespace: "plant-a".into(),
+            pod: "ferry-tp-erp-0".into(),
+            pod_ip: ip.map(str::to_owned),
+            admin_token: "t".into(),
+        }
+    }
+
+    #[test]
+    fn urls_for_both_ways() {
+        assert_eq!(direct_url("10.1.2.3", "/v1/x"), "http://10.1.2.3:8080/v1/x");
+        assert_eq!(direct_url("fd00::7", "/v1/x"), "http://[fd00::7]:8080/v1/x");
+        assert_eq!(
+            proxy_path(&pod(None), "/v1/transports/plant-a/erp"),
+            "/api/v1/namespaces/plant-a/pods/ferry-tp-erp-0:8080/proxy/v1/transports/plant-a/erp"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pod_without_an_ip_is_not_called() {
+        crate::install_crypto_provider();
+        let client = WorkerClient::direct(Duration::from_secs(1)).unwrap();
+        let err = client.get::<Value>(&pod(None), "/v1/x").await.unwrap_err();
+        assert!(matches!(err, WorkerCallError::NoPodIp { .. }), "{err}");
+    }
+}

@@ -1,0 +1,68 @@
+//! The operator's worker client against a real worker, reached directly at its "pod IP": a
+//! loopback address of its own on the worker port, as the e2e suite's process kubelet does.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestHost, WorkerProc, spec};
+use ferry::{
+    operator::worker_client::{WorkerCallError, WorkerClient, WorkerPod},
+    transport::runtime::TransportReport,
+};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_access_pushes_and_reads_a_transport() {
+    // A loopback address of its own, like a pod IP; the worker port is fixed (8080).
+    let ip = format!("127.0.{}.{}", std::process::id() % 250 + 2, 17);
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let worker = WorkerProc::start_at(dir.path(), &ip, 8080).await;
+    let client = WorkerClient::direct(Duration::from_secs(5)).unwrap();
+    let pod = WorkerPod {
+        namespace: "default".into(),
+        pod: "ferry-tp-erp-0".into(),
+        pod_ip: Some(ip.clone()),
+        admin_token: worker.admin.clone(),
+    };
+    let manifest = json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+        "metadata": {"name": "erp", "namespace": "default", "generation": 7},
+        "spec": spec(&host),
+    });
+    let path = "/v1/transports/default/erp";
+    let report: TransportReport = client.put(&pod, path, &manifest).await.unwrap();
+    assert_eq!(
+        (report.state.as_str(), report.observed_generation),
+        ("Down", Some(7))
+    );
+    let report: TransportReport = client.get(&pod, path).await.unwrap();
+    assert_eq!(report.observed_generation, Some(7));
+
+    let missing = client
+        .get::<TransportReport>(&pod, "/v1/transports/default/nope")
+        .await
+        .unwrap_err();
+    assert!(missing.is_not_hosted(), "{missing}");
+
+    let wrong = WorkerPod {
+        admin_token: "wrong".into(),
+        ..pod.clone()
+    };
+    let refused = client
+        .get::<TransportReport>(&wrong, path)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, WorkerCallError::Refused { status: 401, .. }),
+        "{refused}"
+    );
+
+    drop(worker);
+    let gone = client.get::<TransportReport>(&pod, path).await.unwrap_err();
+    assert!(
+        matches!(gone, WorkerCallError::Unreachable { .. }),
+        "{gone}"
+    );
+}
