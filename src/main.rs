@@ -206,6 +206,9 @@ async fn run(command: Command) -> ExitCode {
                 Ok(worker) => worker,
                 Err(e) => return fail(e.to_string()),
             };
+            if !listen.ip().is_loopback() && (tokens.admin.is_none() || tokens.ingest.is_none()) {
+                tracing::warn!(%listen, "standalone listens beyond this machine without an admin or ingest token: anyone who can reach it can change or feed its resources; pass --admin-token-file and --ingest-token-file");
+            }
             let ingest_token = tokens.ingest.as_ref().map(|t| t.secret().to_owned());
             let runner = standalone::Standalone::new(
                 worker.clone(),

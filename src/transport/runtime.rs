@@ -242,6 +242,11 @@ impl TransportRuntime {
         self.lock().state
     }
 
+    /// `spec.maxTransactionBytes`, without copying the spec (read on every ingest).
+    pub fn max_transaction_bytes(&self) -> u64 {
+        self.lock().spec.max_transaction_bytes.bytes()
+    }
+
     pub fn spec(&self) -> TransportSpec {
         self.lock().spec.clone()
     }

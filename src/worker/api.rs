@@ -229,7 +229,7 @@ async fn ingest(
         .worker
         .transport(&key)
         .ok_or_else(|| not_hosted(Kind::Transports, &key))?;
-    let limit = runtime.spec().max_transaction_bytes.bytes() as usize;
+    let limit = runtime.max_transaction_bytes() as usize;
     let too_large = || {
         ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
