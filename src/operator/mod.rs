@@ -3,4 +3,5 @@
 
 pub mod builders;
 pub mod status;
+pub mod transport_reconciler;
 pub mod worker_client;

@@ -1,0 +1,626 @@
+//! Reconciling a Transport: dereference → build → apply → push to and read from the worker →
+//! write status (the layout of kube-rs' controller-rs).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{PersistentVolumeClaim, Pod, Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use serde_json::json;
+
+use super::{
+    builders::{BuildError, Owner, WorkerDefaults, WorkerTokens},
+    status::transport_status,
+    worker_client::{WorkerClient, WorkerPod},
+};
+use crate::{
+    api::{Transport, storage::ReclaimPolicy},
+    transport::runtime::TransportReport,
+};
+
+/// The one field manager of everything the operator applies.
+pub const FIELD_MANAGER: &str = "ferry-operator";
+/// Held until the worker's volume has been dealt with as `reclaimPolicy` says.
+pub const FINALIZER: &str = "ferry.dev/worker-storage";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("the API server refused: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Finalizer(String),
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: kube::Client,
+    pub workers: WorkerClient,
+    pub defaults: WorkerDefaults,
+    pub status_interval: Duration,
+    /// What each worker was last given, by resource: (generation, worker pod uid). A new
+    /// generation or a new pod (the worker restarted) means the spec is pushed again. Empty
+    /// after an operator restart, so everything is pushed once more.
+    pushed: Mutex<HashMap<String, (Option<i64>, String)>>,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        workers: WorkerClient,
+        defaults: WorkerDefaults,
+        status_interval: Duration,
+    ) -> Self {
+        Self {
+            client,
+            workers,
+            defaults,
+            status_interval,
+            pushed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn pushed(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<i64>, String)>> {
+        self.pushed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Fresh tokens: 244 random bits each.
+fn generate_tokens() -> WorkerTokens {
+    let token = || {
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    };
+    WorkerTokens {
+        admin: token(),
+        ingest: token(),
+    }
+}
+
+/// The tokens already in the worker's Secret: kept, so workers and producers keep working.
+fn tokens_of(secret: &Secret) -> Option<WorkerTokens> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|t| !t.is_empty())
+    };
+    Some(WorkerTokens {
+        admin: text("admin-token")?,
+        ingest: text("ingest-token")?,
+    })
+}
+
+pub async fn reconcile_transport(
+    transport: Arc<Transport>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let namespace = transport.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Transport> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, transport, |event| async {
+        match event {
+            Finalizer::Apply(transport) => apply(&transport, &namespace, &ctx).await,
+            Finalizer::Cleanup(transport) => cleanup(&transport, &namespace, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| ReconcileError::Finalizer(e.to_string()))
+}
+
+async fn apply(
+    transport: &Transport,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let owner = Owner::transport(transport)?;
+    let worker = owner.worker_name();
+    let client = &ctx.client;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let tokens = secrets
+        .get_opt(&worker)
+        .await?
+        .as_ref()
+        .and_then(tokens_of)
+        .unwrap_or_else(generate_tokens);
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    secrets
+        .patch(&worker, &apply, &Patch::Apply(owner.secret(&tokens)?))
+        .await?;
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .patch(&worker, &apply, &Patch::Apply(owner.service()?))
+        .await?;
+    Api::<StatefulSet>::namespaced(client.clone(), namespace)
+        .patch(
+            &worker,
+            &apply,
+            &Patch::Apply(owner.stateful_set(&ctx.defaults)?),
+        )
+        .await?;
+
+    let report = worker_report(transport, namespace, &worker, &tokens, ctx).await;
+    let status = transport_status(
+        transport.status.as_ref(),
+        transport.metadata.generation,
+        transport.spec.suspended,
+        report.as_ref().map_err(String::as_str),
+        now(),
+    );
+    Api::<Transport>::namespaced(client.clone(), namespace)
+        .patch_status(
+            &transport.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await?;
+    Ok(Action::requeue(ctx.status_interval))
+}
+
+/// Push the spec when the worker has not got this generation (or restarted), then read its
+/// report. `Err` says why the worker could not be read.
+async fn worker_report(
+    transport: &Transport,
+    namespace: &str,
+    worker: &str,
+    tokens: &WorkerTokens,
+    ctx: &Context,
+) -> Result<TransportReport, String> {
+    let pod_name = format!("{worker}-0");
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&pod_name)
+        .await
+        .map_err(|e| format!("cannot read the worker pod {pod_name}: {e}"))?
+        .ok_or_else(|| format!("the worker pod {pod_name} does not exist yet"))?;
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    if !ready {
+        return Err(format!("the worker pod {pod_name} is not ready"));
+    }
+    let target = WorkerPod {
+        namespace: namespace.to_owned(),
+        pod: pod_name,
+        pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        admin_token: tokens.admin.clone(),
+    };
+    let key = format!("Transport {namespace}/{}", transport.name_any());
+    let path = format!("/v1/transports/{namespace}/{}", transport.name_any());
+    let wanted = (
+        transport.metadata.generation,
+        pod.metadata.uid.clone().unwrap_or_default(),
+    );
+    let fresh = ctx.pushed().get(&key) == Some(&wanted);
+    if fresh {
+        match ctx.workers.get::<TransportReport>(&target, &path).await {
+            Ok(report) => return Ok(report),
+            // The worker lost it (a new disk): push again.
+            Err(e) if e.is_not_hosted() => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let manifest = json!({
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "Transport",
+        "metadata": {
+            "name": transport.name_any(),
+            "namespace": namespace,
+            "generation": transport.metadata.generation,
+        },
+        "spec": transport.spec,
+    });
+    let report = ctx
+        .workers
+        .put::<TransportReport>(&target, &path, &manifest)
+        .await
+        .map_err(|e| e.to_string())?;
+    ctx.pushed().insert(key, wanted);
+    Ok(report)
+}
+
+/// Deletion: `reclaimPolicy: Delete` removes the worker's volume (the StatefulSet's own
+/// retention policy does too, where the cluster supports it); `Retain` keeps it, and the
+/// queued transactions in it. The owned objects go with the Transport (owner references).
+async fn cleanup(
+    transport: &Transport,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let owner = Owner::transport(transport)?;
+    ctx.pushed()
+        .remove(&format!("Transport {namespace}/{}", transport.name_any()));
+    if transport.spec.storage.reclaim_policy == ReclaimPolicy::Delete {
+        let claim = format!("data-{}-0", owner.worker_name());
+        match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
+            .delete(&claim, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The controller-rs `ApiServerVerifier` pattern: a mock API server answers each request the
+    //! reconciler makes, in order, and checks it.
+
+    use super::*;
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::Value;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn transport(finalized: bool, reclaim: &str) -> Transport {
+        let mut t: Transport = serde_json::from_value(json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+            "metadata": {"name": "erp", "namespace": "plant-a", "uid": "uid-1", "generation": 2},
+            "spec": {"host": {"url": "http://erp/ingest"}, "storage": {"reclaimPolicy": reclaim}},
+        }))
+        .unwrap();
+        if finalized {
+            t.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        }
+        t
+    }
+
+    fn context(client: kube::Client) -> Arc<Context> {
+        crate::install_crypto_provider();
+        Arc::new(Context::new(
+            client,
+            WorkerClient::direct(Duration::from_secs(1)).unwrap(),
+            WorkerDefaults::default(),
+            Duration::from_secs(5),
+        ))
+    }
+
+    fn respond(status: u16, body: Value) -> Response<Body> {
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    fn not_found() -> Response<Body> {
+        respond(
+            404,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+        )
+    }
+
+    /// The next request: its method, path and JSON body.
+    async fn next(
+        handle: &mut Handle,
+    ) -> (
+        Method,
+        String,
+        Value,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        let (request, send) = handle
+            .next_request()
+            .await
+            .expect("the reconciler made a request");
+        let method = request.method().clone();
+        let path = request.uri().to_string();
+        let bytes = http_body_util::BodyExt::collect(request.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (method, path, body, send)
+    }
+
+    fn mock() -> (kube::Client, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (kube::Client::new(service, "default"), handle)
+    }
+
+    #[tokio::test]
+    async fn a_new_transport_gets_the_finalizer_first() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            let (method, path, body, send) = next(&mut handle).await;
+            assert_eq!(method, Method::PATCH);
+            assert!(
+                path.starts_with("/apis/ferry.dev/v1alpha1/namespaces/plant-a/transports/erp?"),
+                "{path}"
+            );
+            assert!(body.to_string().contains(FINALIZER), "{body}");
+            send.send_response(respond(
+                200,
+                serde_json::to_value(transport(true, "Retain")).unwrap(),
+            ));
+        });
+        let action = reconcile_transport(Arc::new(transport(false, "Retain")), ctx)
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn objects_applied_then_status_written_while_the_worker_starts() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            // The tokens: no Secret yet, so new ones.
+            let (method, path, _, send) = next(&mut handle).await;
+            assert_eq!(
+                (method, path.as_str()),
+                (
+                    Method::GET,
+                    "/api/v1/namespaces/plant-a/secrets/ferry-tp-erp"
+                )
+            );
+            send.send_response(not_found());
+            // Server-side apply with one field manager, forced: Secret, Service, StatefulSet.
+            let mut applied = Vec::new();
+            for _ in 0..3 {
+                let (method, path, body, send) = next(&mut handle).await;
+                assert_eq!(method, Method::PATCH);
+                assert!(
+                    path.contains("fieldManager=ferry-operator") && path.contains("force=true"),
+                    "{path}"
+                );
+                applied.push((
+                    path.split('?').next().unwrap().to_owned(),
+                    body["kind"].as_str().unwrap().to_owned(),
+                ));
+                if body["kind"] == "Secret" {
+                    let admin = body["data"]["admin-token"].as_str().unwrap();
+                    assert!(admin.len() > 40, "a generated token: {admin}");
+                }
+                send.send_response(respond(200, body));
+            }
+            assert_eq!(
+                applied,
+                [
+                    (
+                        "/api/v1/namespaces/plant-a/secrets/ferry-tp-erp".to_string(),
+                        "Secret".to_string()
+                    ),
+                    (
+                        "/api/v1/namespaces/plant-a/services/ferry-tp-erp".to_string(),
+                        "Service".to_string()
+                    ),
+                    (
+                        "/apis/apps/v1/namespaces/plant-a/statefulsets/ferry-tp-erp".to_string(),
+                        "StatefulSet".to_string()
+                    ),
+                ]
+            );
+            // The worker pod does not exist yet.
+            let (method, path, _, send) = next(&mut handle).await;
+            assert_eq!(
+                (method, path.as_str()),
+                (
+                    Method::GET,
+                    "/api/v1/namespaces/plant-a/pods/ferry-tp-erp-0"
+                )
+            );
+            send.send_response(not_found());
+            // Status: not Ready, because the worker cannot be asked, and why.
+            let (method, path, body, send) = next(&mut handle).await;
+            assert_eq!(method, Method::PATCH);
+            assert!(
+                path.starts_with(
+                    "/apis/ferry.dev/v1alpha1/namespaces/plant-a/transports/erp/status"
+                ),
+                "{path}"
+            );
+            let ready = body["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .cloned()
+                .unwrap();
+            assert_eq!(
+                (ready["status"].as_str(), ready["reason"].as_str()),
+                (Some("False"), Some("WorkerUnreachable"))
+            );
+            assert!(
+                ready["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("ferry-tp-erp-0 does not exist yet")
+            );
+            send.send_response(respond(
+                200,
+                serde_json::to_value(transport(true, "Retain")).unwrap(),
+            ));
+        });
+        let action = reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+            .await
+            .unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+        server.await.unwrap();
+    }
+
+    fn deleting(reclaim: &str) -> Transport {
+        let mut t = transport(true, reclaim);
+        t.metadata.deletion_timestamp = Some(now());
+        t
+    }
+
+    #[tokio::test]
+    async fn deletion_with_delete_removes_the_volume() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            let (method, path, _, send) = next(&mut handle).await;
+            assert_eq!(method, Method::DELETE);
+            assert!(
+                path.starts_with(
+                    "/api/v1/namespaces/plant-a/persistentvolumeclaims/data-ferry-tp-erp-0"
+                ),
+                "{path}"
+            );
+            send.send_response(respond(200, json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1", "metadata": {"name": "data-ferry-tp-erp-0"}})));
+            // Then the finalizer is removed.
+            let (method, path, body, send) = next(&mut handle).await;
+            assert_eq!(method, Method::PATCH);
+            assert!(
+                path.starts_with("/apis/ferry.dev/v1alpha1/namespaces/plant-a/transports/erp?"),
+                "{path}"
+            );
+            assert!(body.to_string().contains("remove"), "{body}");
+            send.send_response(respond(
+                200,
+                serde_json::to_value(transport(false, "Delete")).unwrap(),
+            ));
+        });
+        reconcile_transport(Arc::new(deleting("Delete")), ctx)
+            .await
+            .unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn deletion_with_retain_keeps_the_volume() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            // No DELETE of the claim: the only request removes the finalizer.
+            let (method, path, _, send) = next(&mut handle).await;
+            assert_eq!(method, Method::PATCH);
+            assert!(
+                path.starts_with("/apis/ferry.dev/v1alpha1/namespaces/plant-a/transports/erp?"),
+                "{path}"
+            );
+            send.send_response(respond(
+                200,
+                serde_json::to_value(transport(false, "Retain")).unwrap(),
+            ));
+        });
+        reconcile_transport(Arc::new(deleting("Retain")), ctx)
+            .await
+            .unwrap();
+        server.await.unwrap();
+    }
+
+    /// A worker in this process, listening on a loopback address of its own at the worker
+    /// port, standing in for the pod's IP.
+    async fn worker_at(ip: &str, dir: &std::path::Path) -> tokio::task::JoinHandle<()> {
+        use crate::worker::{
+            Worker, WorkerOptions, api,
+            tokens::{Token, Tokens},
+        };
+        let worker = Worker::open(
+            WorkerOptions {
+                data_dir: dir.to_owned(),
+                public_url: format!("http://{ip}:8080"),
+                forward_window: 1,
+            },
+            true,
+        )
+        .await
+        .unwrap();
+        let tokens = Tokens {
+            admin: Some(Token::new("admin-token")),
+            ingest: Some(Token::new("ingest-token")),
+        };
+        let listener = tokio::net::TcpListener::bind((ip, 8080)).await.unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, api::router(worker, tokens))
+                .await
+                .unwrap();
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_spec_is_pushed_to_a_ready_worker_and_its_report_becomes_status() {
+        let ip = format!("127.0.{}.33", std::process::id() % 250 + 2);
+        let dir = tempfile::tempdir().unwrap();
+        let worker = worker_at(&ip, dir.path()).await;
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let pod_ip = ip.clone();
+        let server =
+            tokio::spawn(async move {
+                let (_, path, _, send) = next(&mut handle).await;
+                assert!(path.ends_with("/secrets/ferry-tp-erp"), "{path}");
+                // The Secret exists: its tokens are kept.
+                send.send_response(respond(200, json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ferry-tp-erp"},
+                "data": {"admin-token": "YWRtaW4tdG9rZW4=", "ingest-token": "aW5nZXN0LXRva2Vu"},
+            })));
+                for _ in 0..3 {
+                    let (_, _, body, send) = next(&mut handle).await;
+                    if body["kind"] == "Secret" {
+                        assert_eq!(
+                            body["data"]["admin-token"], "YWRtaW4tdG9rZW4=",
+                            "tokens kept, not regenerated"
+                        );
+                    }
+                    send.send_response(respond(200, body));
+                }
+                let (_, path, _, send) = next(&mut handle).await;
+                assert!(path.ends_with("/pods/ferry-tp-erp-0"), "{path}");
+                send.send_response(respond(200, json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "ferry-tp-erp-0", "uid": "pod-uid-1"},
+                "status": {"podIP": pod_ip, "conditions": [{"type": "Ready", "status": "True"}]},
+            })));
+                let (_, path, body, send) = next(&mut handle).await;
+                assert!(path.contains("/transports/erp/status"), "{path}");
+                send.send_response(respond(
+                    200,
+                    serde_json::to_value(transport(true, "Retain")).unwrap(),
+                ));
+                body
+            });
+        reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+            .await
+            .unwrap();
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(status["state"], "Down", "the worker's own state: {status}");
+        assert_eq!(status["observedGeneration"], 2);
+        assert_eq!(
+            status["endpoint"],
+            format!("http://{ip}:8080/v1/transports/plant-a/erp/transactions")
+        );
+        let ready = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("True"), Some("Down"))
+        );
+        worker.abort();
+    }
+}
