@@ -299,11 +299,16 @@ impl WorkerProc {
             "metadata": {"name": name, "namespace": "default", "generation": 1},
             "spec": spec,
         });
+        self.put_json(&self.transport_url(name), &body).await
+    }
+
+    /// PUT a JSON body with the admin token; answers (status, body).
+    async fn put_json(&self, url: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http
-            .put(self.transport_url(name))
+            .put(url)
             .bearer_auth(&self.admin)
-            .json(&body)
+            .json(body)
             .send()
             .await
             .expect("PUT answered");
@@ -548,16 +553,7 @@ impl WorkerProc {
         if let Some(resolved) = resolved {
             body["resolved"] = resolved;
         }
-        let r = self
-            .http
-            .put(self.connection_url(name))
-            .bearer_auth(&self.admin)
-            .json(&body)
-            .send()
-            .await
-            .expect("PUT answered");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        self.put_json(&self.connection_url(name), &body).await
     }
 
     pub async fn connection(&self, name: &str) -> Value {
