@@ -2,6 +2,7 @@
 //! object builders; the controllers come next (see the README's status of the operator).
 
 pub mod builders;
+pub mod connection_reconciler;
 pub mod status;
 pub mod transport_reconciler;
 pub mod worker_client;

@@ -83,12 +83,12 @@ impl Context {
     }
 }
 
-fn now() -> Time {
+pub(super) fn now() -> Time {
     Time(Timestamp::now())
 }
 
 /// Fresh tokens: 244 random bits each.
-fn generate_tokens() -> WorkerTokens {
+pub(super) fn generate_tokens() -> WorkerTokens {
     let token = || {
         format!(
             "{}{}",
@@ -103,7 +103,7 @@ fn generate_tokens() -> WorkerTokens {
 }
 
 /// The tokens already in the worker's Secret: kept, so workers and producers keep working.
-fn tokens_of(secret: &Secret) -> Option<WorkerTokens> {
+pub(super) fn tokens_of(secret: &Secret) -> Option<WorkerTokens> {
     let data = secret.data.as_ref()?;
     let text = |key: &str| {
         data.get(key)
@@ -255,21 +255,30 @@ async fn cleanup(
     ctx.pushed()
         .remove(&format!("Transport {namespace}/{}", transport.name_any()));
     if transport.spec.storage.reclaim_policy == ReclaimPolicy::Delete {
-        let claim = format!("data-{}-0", owner.worker_name());
-        match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
-            .delete(&claim, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_claim(ctx, namespace, &owner.worker_name()).await?;
     }
     Ok(Action::await_change())
 }
 
+/// Delete a worker's volume claim (`data-<worker>-0`); one already gone is fine.
+pub(super) async fn delete_claim(
+    ctx: &Context,
+    namespace: &str,
+    worker: &str,
+) -> Result<(), ReconcileError> {
+    let claim = format!("data-{worker}-0");
+    match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
+        .delete(&claim, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The controller-rs `ApiServerVerifier` pattern: a mock API server answers each request the
     //! reconciler makes, in order, and checks it.
 
@@ -278,7 +287,7 @@ mod tests {
     use kube::client::Body;
     use serde_json::Value;
 
-    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+    pub(crate) type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
     fn transport(finalized: bool, reclaim: &str) -> Transport {
         let mut t: Transport = serde_json::from_value(json!({
@@ -293,7 +302,7 @@ mod tests {
         t
     }
 
-    fn context(client: kube::Client) -> Arc<Context> {
+    pub(crate) fn context(client: kube::Client) -> Arc<Context> {
         crate::install_crypto_provider();
         Arc::new(Context::new(
             client,
@@ -303,14 +312,14 @@ mod tests {
         ))
     }
 
-    fn respond(status: u16, body: Value) -> Response<Body> {
+    pub(crate) fn respond(status: u16, body: Value) -> Response<Body> {
         Response::builder()
             .status(status)
             .body(Body::from(serde_json::to_vec(&body).unwrap()))
             .unwrap()
     }
 
-    fn not_found() -> Response<Body> {
+    pub(crate) fn not_found() -> Response<Body> {
         respond(
             404,
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
@@ -318,7 +327,7 @@ mod tests {
     }
 
     /// The next request: its method, path and JSON body.
-    async fn next(
+    pub(crate) async fn next(
         handle: &mut Handle,
     ) -> (
         Method,
@@ -340,7 +349,7 @@ mod tests {
         (method, path, body, send)
     }
 
-    fn mock() -> (kube::Client, Handle) {
+    pub(crate) fn mock() -> (kube::Client, Handle) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         (kube::Client::new(service, "default"), handle)
     }
@@ -532,7 +541,7 @@ mod tests {
 
     /// A worker in this process, listening on a loopback address of its own at the worker
     /// port, standing in for the pod's IP.
-    async fn worker_at(ip: &str, dir: &std::path::Path) -> tokio::task::JoinHandle<()> {
+    pub(crate) async fn worker_at(ip: &str, dir: &std::path::Path) -> tokio::task::JoinHandle<()> {
         use crate::worker::{
             Worker, WorkerOptions, api,
             tokens::{Token, Tokens},

@@ -1,0 +1,575 @@
+//! Reconciling a Connection: its worker objects (scaled to zero while stopped), the target
+//! transports resolved to their endpoints and tokens, its place in the startup queue, the
+//! spec pushed to the worker and the status written with the operator's part of the rules
+//! (rule 1, Server Reinitializing; the startup queue).
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    core::v1::{Pod, Secret, Service},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use serde_json::json;
+
+use super::{
+    builders::{Owner, WorkerTokens},
+    status::{ConnectionContext, connection_status},
+    transport_reconciler::{
+        Context, FIELD_MANAGER, FINALIZER, ReconcileError, generate_tokens, now, tokens_of,
+    },
+    worker_client::WorkerPod,
+};
+use crate::{
+    api::{Connection, ConnectionStatusValue, Transport, storage::ReclaimPolicy},
+    connection::{
+        runtime::{ConnectionReport, Resolved, ResolvedTransport, Startup},
+        startup_queue::{Admission, StartupQueue},
+        status::OperatorPhase,
+    },
+};
+
+/// What the connection reconciler keeps across reconciles, besides the shared context.
+pub struct Connections {
+    /// Started connections admitted one after another (`--startup-concurrency`).
+    queue: Mutex<StartupQueue>,
+    /// Connections pushed to their worker since this operator started: until then they are
+    /// `Server Reinitializing` (rule 1).
+    pushed: Mutex<HashSet<String>>,
+    epoch: Instant,
+}
+
+impl Connections {
+    pub fn new(startup_concurrency: usize, startup_timeout: std::time::Duration) -> Self {
+        Self {
+            queue: Mutex::new(StartupQueue::new(
+                startup_concurrency,
+                startup_timeout.as_millis() as u64,
+            )),
+            pushed: Mutex::new(HashSet::new()),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, StartupQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pushed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.pushed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub async fn reconcile_connection(
+    connection: Arc<Connection>,
+    ctx: Arc<Context>,
+    connections: Arc<Connections>,
+) -> Result<Action, ReconcileError> {
+    let namespace = connection.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, connection, |event| async {
+        match event {
+            Finalizer::Apply(c) => apply(&c, &namespace, &ctx, &connections).await,
+            Finalizer::Cleanup(c) => cleanup(&c, &namespace, &ctx, &connections).await,
+        }
+    })
+    .await
+    .map_err(|e| ReconcileError::Finalizer(e.to_string()))
+}
+
+/// Each target transport's ingest endpoint and token; the first missing one is an error that
+/// disables the connection, naming it.
+async fn resolve_targets(
+    connection: &Connection,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Result<BTreeMap<String, ResolvedTransport>, String>, ReconcileError> {
+    let transports: Api<Transport> = Api::namespaced(ctx.client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut resolved = BTreeMap::new();
+    for sync_set in connection.spec.sync_sets.iter().filter(|s| s.enabled) {
+        let Some(target) = &sync_set.target.transport else {
+            continue;
+        };
+        if resolved.contains_key(&target.name) {
+            continue;
+        }
+        let Some(transport) = transports.get_opt(&target.name).await? else {
+            return Ok(Err(format!(
+                "sync-set {}: target transport {namespace}/{} does not exist",
+                sync_set.name, target.name
+            )));
+        };
+        let owner = Owner::transport(&transport)?;
+        let token = secrets
+            .get_opt(&owner.worker_name())
+            .await?
+            .as_ref()
+            .and_then(tokens_of)
+            .map(|t| t.ingest);
+        resolved.insert(
+            target.name.clone(),
+            ResolvedTransport {
+                endpoint: format!(
+                    "{}/v1/transports/{namespace}/{}/transactions",
+                    owner.service_url(),
+                    target.name
+                ),
+                token,
+            },
+        );
+    }
+    Ok(Ok(resolved))
+}
+
+async fn apply(
+    connection: &Connection,
+    namespace: &str,
+    ctx: &Context,
+    connections: &Connections,
+) -> Result<Action, ReconcileError> {
+    let owner = Owner::connection(connection)?;
+    let worker = owner.worker_name();
+    let key = format!("{namespace}/{}", connection.name_any());
+    let client = &ctx.client;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let tokens = secrets
+        .get_opt(&worker)
+        .await?
+        .as_ref()
+        .and_then(tokens_of)
+        .unwrap_or_else(generate_tokens);
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    secrets
+        .patch(&worker, &apply, &Patch::Apply(owner.secret(&tokens)?))
+        .await?;
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .patch(&worker, &apply, &Patch::Apply(owner.service()?))
+        .await?;
+    Api::<StatefulSet>::namespaced(client.clone(), namespace)
+        .patch(
+            &worker,
+            &apply,
+            &Patch::Apply(owner.stateful_set(&ctx.defaults)?),
+        )
+        .await?;
+
+    let targets = resolve_targets(connection, namespace, ctx).await?;
+    let config_error = targets.as_ref().err().cloned();
+    // The startup queue: a started connection that has not finished its startup waits its turn.
+    let admission = {
+        let mut queue = connections.queue();
+        let now = connections.now_ms();
+        if connection.spec.started && config_error.is_none() {
+            let previous = connection.status.as_ref().and_then(|s| s.status);
+            let started_before = matches!(
+                previous,
+                Some(ConnectionStatusValue::Running | ConnectionStatusValue::Failed)
+            );
+            if started_before && queue.admission(&key).is_none() {
+                None
+            } else {
+                Some(queue.request(&key, now))
+            }
+        } else {
+            queue.release(&key, now);
+            None
+        }
+    };
+    let startup = match admission {
+        Some(Admission::Waiting(position)) => Startup {
+            admitted: false,
+            position: Some(position),
+        },
+        _ => Startup::default(),
+    };
+
+    let report = if connection.spec.started {
+        let resolved = Resolved {
+            transports: targets.clone().unwrap_or_default(),
+            startup: startup.clone(),
+        };
+        worker_report(connection, namespace, &worker, &tokens, &resolved, ctx).await
+    } else {
+        Err("the connection is stopped: its worker is scaled to zero".into())
+    };
+    // Rule 1: a connection that had a status before this operator started is Server
+    // Reinitializing until this operator has pushed it (or, stopped, applied its objects).
+    // A new one has nothing to reinitialize.
+    if report.is_ok() || !connection.spec.started {
+        connections.pushed().insert(key.clone());
+    }
+    let existed = connection
+        .status
+        .as_ref()
+        .is_some_and(|s| s.status.is_some());
+    let phase = if existed && !connections.pushed().contains(&key) {
+        OperatorPhase::Reinitializing
+    } else {
+        OperatorPhase::Pushed
+    };
+    let context = ConnectionContext {
+        generation: connection.metadata.generation,
+        started: connection.spec.started,
+        enabled_sync_sets: connection
+            .spec
+            .sync_sets
+            .iter()
+            .filter(|s| s.enabled)
+            .map(|s| s.name.clone())
+            .collect(),
+        phase,
+        queue_position: startup.position,
+        config_error,
+    };
+    let status = connection_status(
+        connection.status.as_ref(),
+        &context,
+        report.as_ref().map_err(String::as_str),
+        now(),
+    );
+    // Its startup is over once it runs, fails or cannot run; not while the operator has yet
+    // to push it (Server Reinitializing) or cannot read its worker (Unknown).
+    use ConnectionStatusValue::*;
+    if matches!(status.status, Some(Running | Failed | Idle | Disabled)) {
+        connections.queue().release(&key, connections.now_ms());
+    }
+    Api::<Connection>::namespaced(client.clone(), namespace)
+        .patch_status(
+            &connection.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await?;
+    Ok(Action::requeue(ctx.status_interval))
+}
+
+/// Push the spec with what was resolved, then read the report.
+async fn worker_report(
+    connection: &Connection,
+    namespace: &str,
+    worker: &str,
+    tokens: &WorkerTokens,
+    resolved: &Resolved,
+    ctx: &Context,
+) -> Result<ConnectionReport, String> {
+    let pod_name = format!("{worker}-0");
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&pod_name)
+        .await
+        .map_err(|e| format!("cannot read the worker pod {pod_name}: {e}"))?
+        .ok_or_else(|| format!("the worker pod {pod_name} does not exist yet"))?;
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    if !ready {
+        return Err(format!("the worker pod {pod_name} is not ready"));
+    }
+    let target = WorkerPod {
+        namespace: namespace.to_owned(),
+        pod: pod_name,
+        pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        admin_token: tokens.admin.clone(),
+    };
+    // Connections are pushed on every reconcile: `resolved` (targets, startup) can change
+    // without the connection's generation changing, and a PUT with the same spec is cheap.
+    let manifest = json!({
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "Connection",
+        "metadata": {
+            "name": connection.name_any(),
+            "namespace": namespace,
+            "generation": connection.metadata.generation,
+        },
+        "spec": connection.spec,
+        "resolved": resolved,
+    });
+    let path = format!("/v1/connections/{namespace}/{}", connection.name_any());
+    ctx.workers
+        .put::<ConnectionReport>(&target, &path, &manifest)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn cleanup(
+    connection: &Connection,
+    namespace: &str,
+    ctx: &Context,
+    connections: &Connections,
+) -> Result<Action, ReconcileError> {
+    let owner = Owner::connection(connection)?;
+    let key = format!("{namespace}/{}", connection.name_any());
+    connections.queue().release(&key, connections.now_ms());
+    connections.pushed().remove(&key);
+    if connection.spec.storage.reclaim_policy == ReclaimPolicy::Delete {
+        super::transport_reconciler::delete_claim(ctx, namespace, &owner.worker_name()).await?;
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::transport_reconciler::tests::{
+        context, mock, next, not_found, respond, worker_at,
+    };
+    use http::Method;
+    use serde_json::Value;
+    use std::time::Duration;
+
+    fn connection(name: &str, started: bool) -> Connection {
+        serde_json::from_value(json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Connection",
+            "metadata": {"name": name, "namespace": "plant-a", "uid": format!("uid-{name}"), "generation": 1,
+                         "finalizers": [FINALIZER]},
+            "spec": {"started": started, "syncSets": [{
+                "name": "orders",
+                "source": {"http": {"url": "http://crm/api/orders"}},
+                "target": {"transport": {"name": "erp"}},
+            }]},
+        }))
+        .unwrap()
+    }
+
+    /// Answer the Secret lookup and the three applies; answers the StatefulSet applied.
+    async fn objects(handle: &mut super::super::transport_reconciler::tests::Handle) -> Value {
+        let (_, path, _, send) = next(handle).await;
+        assert!(path.contains("/secrets/ferry-conn-"), "{path}");
+        send.send_response(not_found());
+        let mut sts = Value::Null;
+        for _ in 0..3 {
+            let (method, _, body, send) = next(handle).await;
+            assert_eq!(method, Method::PATCH);
+            if body["kind"] == "StatefulSet" {
+                sts = body.clone();
+            }
+            send.send_response(respond(200, body));
+        }
+        sts
+    }
+
+    fn condition(status: &Value, type_: &str) -> (String, String, String) {
+        let c = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap();
+        (
+            c["status"].as_str().unwrap().to_owned(),
+            c["reason"].as_str().unwrap().to_owned(),
+            c["message"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_missing_target_transport_disables_the_connection_naming_it() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
+        let server = tokio::spawn(async move {
+            objects(&mut handle).await;
+            let (method, path, _, send) = next(&mut handle).await;
+            assert_eq!(
+                (method, path.as_str()),
+                (
+                    Method::GET,
+                    "/apis/ferry.dev/v1alpha1/namespaces/plant-a/transports/erp"
+                )
+            );
+            send.send_response(not_found());
+            // No worker to ask: the status says why it cannot run.
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/pods/ferry-conn-crm-0"), "{path}");
+            send.send_response(not_found());
+            let (_, path, body, send) = next(&mut handle).await;
+            assert!(path.contains("/connections/crm/status"), "{path}");
+            send.send_response(respond(
+                200,
+                serde_json::to_value(connection("crm", true)).unwrap(),
+            ));
+            body
+        });
+        reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
+            .await
+            .unwrap();
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(status["status"], "Disabled");
+        let (ready, reason, message) = condition(status, "Ready");
+        assert_eq!(
+            (ready.as_str(), reason.as_str()),
+            ("False", "InvalidConfiguration")
+        );
+        assert!(
+            message.contains("target transport plant-a/erp does not exist"),
+            "{message}"
+        );
+    }
+
+    /// Rule 1: after an operator restart, a connection it had already reported on is Server
+    /// Reinitializing until this operator has pushed it again.
+    #[tokio::test]
+    async fn after_an_operator_restart_it_is_server_reinitializing() {
+        let mut known = connection("crm", true);
+        known.status =
+            serde_json::from_value(json!({"status": "Running", "iteration": 9})).unwrap();
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
+        let answer = serde_json::to_value(&known).unwrap();
+        let server = tokio::spawn(async move {
+            objects(&mut handle).await;
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/transports/erp"), "{path}");
+            send.send_response(respond(
+                200,
+                json!({
+                    "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+                    "metadata": {"name": "erp", "namespace": "plant-a", "uid": "uid-erp"},
+                    "spec": {"host": {"url": "http://erp/ingest"}},
+                }),
+            ));
+            let (_, _, _, send) = next(&mut handle).await;
+            send.send_response(not_found());
+            // The worker pod is not ready yet: nothing pushed.
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/pods/ferry-conn-crm-0"), "{path}");
+            send.send_response(respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ferry-conn-crm-0"},
+                "status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+            ));
+            let (_, _, body, send) = next(&mut handle).await;
+            send.send_response(respond(200, answer));
+            body
+        });
+        reconcile_connection(Arc::new(known), ctx, connections)
+            .await
+            .unwrap();
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(status["status"], "Server Reinitializing");
+        assert_eq!(status["iteration"], 9, "the last known iteration stays");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_connection_is_scaled_to_zero_and_disabled() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
+        let server = tokio::spawn(async move {
+            let sts = objects(&mut handle).await;
+            assert_eq!(sts["spec"]["replicas"], 0);
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/transports/erp"), "{path}");
+            send.send_response(not_found());
+            let (_, path, body, send) = next(&mut handle).await;
+            assert!(path.contains("/connections/crm/status"), "{path}");
+            send.send_response(respond(
+                200,
+                serde_json::to_value(connection("crm", false)).unwrap(),
+            ));
+            body
+        });
+        reconcile_connection(Arc::new(connection("crm", false)), ctx, connections)
+            .await
+            .unwrap();
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(status["status"], "Disabled");
+        let (ready, reason, _) = condition(status, "Ready");
+        assert_eq!((ready.as_str(), reason.as_str()), ("True", "Stopped"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_start_waits_in_the_startup_queue() {
+        let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
+        // The first one is in its startup.
+        connections.queue().request("plant-a/first", 0);
+        let ip = format!("127.0.{}.34", std::process::id() % 250 + 2);
+        let dir = tempfile::tempdir().unwrap();
+        let worker = worker_at(&ip, dir.path()).await;
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let pod_ip = ip.clone();
+        let server = tokio::spawn(async move {
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.contains("/secrets/ferry-conn-second"), "{path}");
+            // The worker's tokens ("admin-token"), as the in-process worker expects.
+            send.send_response(respond(
+                200,
+                json!({
+                    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ferry-conn-second"},
+                    "data": {"admin-token": "YWRtaW4tdG9rZW4=", "ingest-token": "aW5nZXN0LXRva2Vu"},
+                }),
+            ));
+            for _ in 0..3 {
+                let (_, _, body, send) = next(&mut handle).await;
+                send.send_response(respond(200, body));
+            }
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/transports/erp"), "{path}");
+            send.send_response(respond(
+                200,
+                json!({
+                    "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+                    "metadata": {"name": "erp", "namespace": "plant-a", "uid": "uid-erp"},
+                    "spec": {"host": {"url": "http://erp/ingest"}},
+                }),
+            ));
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(
+                path.ends_with("/secrets/ferry-tp-erp"),
+                "the target's ingest token: {path}"
+            );
+            send.send_response(respond(
+                200,
+                json!({
+                    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ferry-tp-erp"},
+                    "data": {"admin-token": "YQ==", "ingest-token": "aQ=="},
+                }),
+            ));
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/pods/ferry-conn-second-0"), "{path}");
+            send.send_response(respond(200, json!({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ferry-conn-second-0", "uid": "pod-2"},
+                "status": {"podIP": pod_ip, "conditions": [{"type": "Ready", "status": "True"}]},
+            })));
+            let (_, _, body, send) = next(&mut handle).await;
+            send.send_response(respond(
+                200,
+                serde_json::to_value(connection("second", true)).unwrap(),
+            ));
+            body
+        });
+        reconcile_connection(
+            Arc::new(connection("second", true)),
+            ctx,
+            connections.clone(),
+        )
+        .await
+        .unwrap();
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(status["startupQueuePosition"], 1);
+        assert_eq!(connections.queue().position("plant-a/second"), Some(1));
+        assert_eq!(status["status"], "Restarting", "{status}");
+        let (_, reason, _) = condition(status, "Progressing");
+        assert_eq!(reason, "QueuedForStartup");
+        worker.abort();
+    }
+}
