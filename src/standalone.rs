@@ -20,14 +20,14 @@ use crate::{
     },
     connection::{
         runtime::{ConnectionRuntime, Resolved, ResolvedTransport, Startup},
-        startup_queue::{Admission, StartupQueue},
+        startup_queue::StartupQueue,
     },
     transport::runtime::TransportRuntime,
     worker::{Worker, key},
 };
 
 /// Used when no `--manifests` are given: a transport delivering to `ferry sink`'s default
-/// address.
+/// address, and a connection syncing `ferry source`'s orders into it.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../examples/standalone.yaml");
 
 #[derive(Debug, thiserror::Error)]
@@ -312,10 +312,10 @@ impl Standalone {
             queue.release(key, now);
             Startup::default()
         } else if was_started {
-            startup_of(queue.admission(key))
+            Startup::from(queue.admission(key))
         } else {
             // A start observed: it goes behind the ones before it.
-            startup_of(Some(queue.request(key, now)))
+            Startup::from(Some(queue.request(key, now)))
         };
         Resolved {
             transports,
@@ -341,20 +341,10 @@ impl Standalone {
             queue.advance(now);
             for runtime in &connections {
                 if runtime.spec().started {
-                    runtime.set_startup(startup_of(queue.admission(runtime.key())));
+                    runtime.set_startup(Startup::from(queue.admission(runtime.key())));
                 }
             }
         }
-    }
-}
-
-fn startup_of(admission: Option<Admission>) -> Startup {
-    match admission {
-        Some(Admission::Waiting(position)) => Startup {
-            admitted: false,
-            position: Some(position),
-        },
-        Some(Admission::Starting) | None => Startup::default(),
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::{
 
 use super::{
     driver::{HttpSourceDriver, HttpTargetDriver, Source, Target, TransportTargetDriver},
+    startup_queue::Admission,
     status::{self, Derived, Inputs, OperatorPhase, SyncSetView, WorkerView},
     watermark::{Progress, Watermark},
 };
@@ -59,6 +60,19 @@ pub struct Startup {
     pub admitted: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u32>,
+}
+
+/// Where the startup queue has put a connection (`None`: not in the queue, free to run).
+impl From<Option<Admission>> for Startup {
+    fn from(admission: Option<Admission>) -> Self {
+        match admission {
+            Some(Admission::Waiting(position)) => Self {
+                admitted: false,
+                position: Some(position),
+            },
+            Some(Admission::Starting) | None => Self::default(),
+        }
+    }
 }
 
 impl Default for Startup {

@@ -35,7 +35,7 @@ use crate::{
     api::{Connection, ConnectionStatusValue, Transport, storage::ReclaimPolicy},
     connection::{
         runtime::{ConnectionReport, Resolved, ResolvedTransport, Startup},
-        startup_queue::{Admission, StartupQueue},
+        startup_queue::StartupQueue,
         status::OperatorPhase,
     },
 };
@@ -191,13 +191,7 @@ async fn apply(
             None
         }
     };
-    let startup = match admission {
-        Some(Admission::Waiting(position)) => Startup {
-            admitted: false,
-            position: Some(position),
-        },
-        _ => Startup::default(),
-    };
+    let startup = Startup::from(admission);
 
     let report = if connection.spec.started {
         let resolved = Resolved {
