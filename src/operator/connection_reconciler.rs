@@ -9,10 +9,7 @@ use std::{
     time::Instant,
 };
 
-use k8s_openapi::api::{
-    apps::v1::StatefulSet,
-    core::v1::{Pod, Secret, Service},
-};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -27,9 +24,8 @@ use super::{
     builders::{Owner, WorkerTokens},
     status::{ConnectionContext, connection_status},
     transport_reconciler::{
-        Context, FIELD_MANAGER, FINALIZER, ReconcileError, generate_tokens, now, tokens_of,
+        Context, FINALIZER, ReconcileError, apply_worker_objects, now, ready_worker, tokens_of,
     },
-    worker_client::WorkerPod,
 };
 use crate::{
     api::{Connection, ConnectionStatusValue, Transport, storage::ReclaimPolicy},
@@ -147,27 +143,7 @@ async fn apply(
     let worker = owner.worker_name();
     let key = format!("{namespace}/{}", connection.name_any());
     let client = &ctx.client;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let tokens = secrets
-        .get_opt(&worker)
-        .await?
-        .as_ref()
-        .and_then(tokens_of)
-        .unwrap_or_else(generate_tokens);
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
-    secrets
-        .patch(&worker, &apply, &Patch::Apply(owner.secret(&tokens)?))
-        .await?;
-    Api::<Service>::namespaced(client.clone(), namespace)
-        .patch(&worker, &apply, &Patch::Apply(owner.service()?))
-        .await?;
-    Api::<StatefulSet>::namespaced(client.clone(), namespace)
-        .patch(
-            &worker,
-            &apply,
-            &Patch::Apply(owner.stateful_set(&ctx.defaults)?),
-        )
-        .await?;
+    let tokens = apply_worker_objects(ctx, namespace, &owner).await?;
 
     let targets = resolve_targets(connection, namespace, ctx).await?;
     let config_error = targets.as_ref().err().cloned();
@@ -262,26 +238,7 @@ async fn worker_report(
     resolved: &Resolved,
     ctx: &Context,
 ) -> Result<ConnectionReport, String> {
-    let pod_name = format!("{worker}-0");
-    let pod = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(&pod_name)
-        .await
-        .map_err(|e| format!("cannot read the worker pod {pod_name}: {e}"))?
-        .ok_or_else(|| format!("the worker pod {pod_name} does not exist yet"))?;
-    let ready = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    if !ready {
-        return Err(format!("the worker pod {pod_name} is not ready"));
-    }
-    let target = WorkerPod {
-        namespace: namespace.to_owned(),
-        pod: pod_name,
-        pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
-        admin_token: tokens.admin.clone(),
-    };
+    let (target, _) = ready_worker(ctx, namespace, worker, tokens).await?;
     // Connections are pushed on every reconcile: `resolved` (targets, startup) can change
     // without the connection's generation changing, and a PUT with the same spec is cheap.
     let manifest = json!({

@@ -140,27 +140,7 @@ async fn apply(
     let owner = Owner::transport(transport)?;
     let worker = owner.worker_name();
     let client = &ctx.client;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let tokens = secrets
-        .get_opt(&worker)
-        .await?
-        .as_ref()
-        .and_then(tokens_of)
-        .unwrap_or_else(generate_tokens);
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
-    secrets
-        .patch(&worker, &apply, &Patch::Apply(owner.secret(&tokens)?))
-        .await?;
-    Api::<Service>::namespaced(client.clone(), namespace)
-        .patch(&worker, &apply, &Patch::Apply(owner.service()?))
-        .await?;
-    Api::<StatefulSet>::namespaced(client.clone(), namespace)
-        .patch(
-            &worker,
-            &apply,
-            &Patch::Apply(owner.stateful_set(&ctx.defaults)?),
-        )
-        .await?;
+    let tokens = apply_worker_objects(ctx, namespace, &owner).await?;
 
     let report = worker_report(transport, namespace, &worker, &tokens, ctx).await;
     let status = transport_status(
@@ -189,32 +169,10 @@ async fn worker_report(
     tokens: &WorkerTokens,
     ctx: &Context,
 ) -> Result<TransportReport, String> {
-    let pod_name = format!("{worker}-0");
-    let pod = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(&pod_name)
-        .await
-        .map_err(|e| format!("cannot read the worker pod {pod_name}: {e}"))?
-        .ok_or_else(|| format!("the worker pod {pod_name} does not exist yet"))?;
-    let ready = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    if !ready {
-        return Err(format!("the worker pod {pod_name} is not ready"));
-    }
-    let target = WorkerPod {
-        namespace: namespace.to_owned(),
-        pod: pod_name,
-        pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
-        admin_token: tokens.admin.clone(),
-    };
+    let (target, pod_uid) = ready_worker(ctx, namespace, worker, tokens).await?;
     let key = format!("Transport {namespace}/{}", transport.name_any());
     let path = format!("/v1/transports/{namespace}/{}", transport.name_any());
-    let wanted = (
-        transport.metadata.generation,
-        pod.metadata.uid.clone().unwrap_or_default(),
-    );
+    let wanted = (transport.metadata.generation, pod_uid);
     let fresh = ctx.pushed().get(&key) == Some(&wanted);
     if fresh {
         match ctx.workers.get::<TransportReport>(&target, &path).await {
@@ -258,6 +216,69 @@ async fn cleanup(
         delete_claim(ctx, namespace, &owner.worker_name()).await?;
     }
     Ok(Action::await_change())
+}
+
+/// The worker's Secret (its tokens read back, or generated the first time), Service and
+/// StatefulSet, through server-side apply with one forced field manager. Answers the tokens.
+pub(super) async fn apply_worker_objects(
+    ctx: &Context,
+    namespace: &str,
+    owner: &Owner<'_>,
+) -> Result<WorkerTokens, ReconcileError> {
+    let worker = owner.worker_name();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let tokens = secrets
+        .get_opt(&worker)
+        .await?
+        .as_ref()
+        .and_then(tokens_of)
+        .unwrap_or_else(generate_tokens);
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    secrets
+        .patch(&worker, &apply, &Patch::Apply(owner.secret(&tokens)?))
+        .await?;
+    Api::<Service>::namespaced(ctx.client.clone(), namespace)
+        .patch(&worker, &apply, &Patch::Apply(owner.service()?))
+        .await?;
+    Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
+        .patch(
+            &worker,
+            &apply,
+            &Patch::Apply(owner.stateful_set(&ctx.defaults)?),
+        )
+        .await?;
+    Ok(tokens)
+}
+
+/// The worker's pod, when it is ready to be asked, with its uid (a new uid: the worker
+/// restarted). `Err` says why it cannot be asked.
+pub(super) async fn ready_worker(
+    ctx: &Context,
+    namespace: &str,
+    worker: &str,
+    tokens: &WorkerTokens,
+) -> Result<(WorkerPod, String), String> {
+    let pod_name = format!("{worker}-0");
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&pod_name)
+        .await
+        .map_err(|e| format!("cannot read the worker pod {pod_name}: {e}"))?
+        .ok_or_else(|| format!("the worker pod {pod_name} does not exist yet"))?;
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    if !ready {
+        return Err(format!("the worker pod {pod_name} is not ready"));
+    }
+    let target = WorkerPod {
+        namespace: namespace.to_owned(),
+        pod: pod_name,
+        pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        admin_token: tokens.admin.clone(),
+    };
+    Ok((target, pod.metadata.uid.unwrap_or_default()))
 }
 
 /// Delete a worker's volume claim (`data-<worker>-0`); one already gone is fine.
