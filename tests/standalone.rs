@@ -81,6 +81,10 @@ impl Drop for Standalone {
     }
 }
 
+async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 #[test]
 fn invalid_manifests_are_rejected_naming_object_and_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -151,14 +155,7 @@ async fn runs_the_embedded_default() {
     let standalone = Standalone::start(dir.path(), &[]);
     standalone.wait_line("Transport default/demo: ");
     let http = client();
-    let report: serde_json::Value = http
-        .get(standalone.url("demo"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = get_json(&http, &standalone.url("demo")).await;
     assert!(
         report["endpoint"]
             .as_str()
@@ -198,14 +195,7 @@ async fn follows_the_manifest_file_and_prints_state_changes() {
     // A broken edit changes nothing.
     std::fs::write(&file, manifest(false, "ftp://nowhere")).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let report: serde_json::Value = http
-        .get(standalone.url("local"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = get_json(&http, &standalone.url("local")).await;
     assert_eq!(report["state"], "Suspended");
 
     // Removing the object from the file stops hosting it.
@@ -249,14 +239,7 @@ async fn three_connections_enter_startup_one_at_a_time() {
             standalone.port
         )
     };
-    let c3: serde_json::Value = http
-        .get(url("c3"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c3 = get_json(&http, &url("c3")).await;
     assert_eq!(
         (c3["status"].as_str(), c3["startupQueuePosition"].as_u64()),
         (Some("Restarting"), Some(2)),

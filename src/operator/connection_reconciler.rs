@@ -316,6 +316,15 @@ mod tests {
         sts
     }
 
+    /// The target transport `erp`, as the API server answers it.
+    fn erp() -> Value {
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+            "metadata": {"name": "erp", "namespace": "plant-a", "uid": "uid-erp"},
+            "spec": {"host": {"url": "http://erp/ingest"}},
+        })
+    }
+
     fn condition(status: &Value, type_: &str) -> (String, String, String) {
         let c = status["conditions"]
             .as_array()
@@ -389,14 +398,7 @@ mod tests {
             objects(&mut handle).await;
             let (_, path, _, send) = next(&mut handle).await;
             assert!(path.ends_with("/transports/erp"), "{path}");
-            send.send_response(respond(
-                200,
-                json!({
-                    "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
-                    "metadata": {"name": "erp", "namespace": "plant-a", "uid": "uid-erp"},
-                    "spec": {"host": {"url": "http://erp/ingest"}},
-                }),
-            ));
+            send.send_response(respond(200, erp()));
             let (_, _, _, send) = next(&mut handle).await;
             send.send_response(not_found());
             // The worker pod is not ready yet: nothing pushed.
@@ -475,14 +477,7 @@ mod tests {
             }
             let (_, path, _, send) = next(&mut handle).await;
             assert!(path.ends_with("/transports/erp"), "{path}");
-            send.send_response(respond(
-                200,
-                json!({
-                    "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
-                    "metadata": {"name": "erp", "namespace": "plant-a", "uid": "uid-erp"},
-                    "spec": {"host": {"url": "http://erp/ingest"}},
-                }),
-            ));
+            send.send_response(respond(200, erp()));
             let (_, path, _, send) = next(&mut handle).await;
             assert!(
                 path.ends_with("/secrets/ferry-tp-erp"),
