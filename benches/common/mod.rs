@@ -1,4 +1,6 @@
-//! What both benchmarks need: a release `ferry worker` process and local HTTP servers.
+//! What the benchmarks need: a release `ferry worker` process and local HTTP servers.
+
+#![allow(dead_code)] // each benchmark uses a different part
 
 use std::{
     net::TcpListener as StdListener,
