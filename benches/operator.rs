@@ -64,18 +64,6 @@ async fn api_server(mut handle: tower_test::mock::Handle<Request<Body>, Response
     }
 }
 
-fn rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib / 1024)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if !common::benching() {
@@ -83,7 +71,7 @@ async fn main() {
     }
     ferry::install_crypto_provider();
     let count = common::env_or("FERRY_BENCH_TRANSPORTS", 1000) as usize;
-    let before = rss_mib();
+    let before = common::rss_mib("self");
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(api_server(handle));
     let client = kube::Client::new(service, "bench");
@@ -108,7 +96,7 @@ async fn main() {
         println!(
             "round {round}: {count} reconciles in {seconds:.2} s = {:.0} reconciles/s (6 API calls each); RSS {} MiB (was {before} MiB)",
             count as f64 / seconds,
-            rss_mib()
+            common::rss_mib("self")
         );
     }
 }

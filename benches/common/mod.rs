@@ -29,6 +29,19 @@ pub async fn serve(app: Router) -> u16 {
     port
 }
 
+/// Resident memory of a process (`self`, or a pid), in MiB.
+pub fn rss_mib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
 /// Only run when benching: `cargo test --benches` passes no --bench.
 pub fn benching() -> bool {
     std::env::args().any(|a| a == "--bench")
@@ -115,15 +128,7 @@ impl Worker {
     }
 
     pub fn rss_mib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
-            .map_or(0, |kib| kib / 1024)
+        rss_mib(&self.child.id().to_string())
     }
 }
 

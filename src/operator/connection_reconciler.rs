@@ -279,7 +279,7 @@ async fn cleanup(
 mod tests {
     use super::*;
     use crate::operator::transport_reconciler::tests::{
-        context, mock, next, not_found, respond, worker_at,
+        Handle, context, mock, next, not_found, respond, worker_at,
     };
     use http::Method;
     use serde_json::Value;
@@ -300,7 +300,7 @@ mod tests {
     }
 
     /// Answer the Secret lookup and the three applies; answers the StatefulSet applied.
-    async fn objects(handle: &mut super::super::transport_reconciler::tests::Handle) -> Value {
+    async fn objects(handle: &mut Handle) -> Value {
         let (_, path, _, send) = next(handle).await;
         assert!(path.contains("/secrets/ferry-conn-"), "{path}");
         send.send_response(not_found());
@@ -323,6 +323,17 @@ mod tests {
             "metadata": {"name": "erp", "namespace": "plant-a", "uid": "uid-erp"},
             "spec": {"host": {"url": "http://erp/ingest"}},
         })
+    }
+
+    /// The status write: checked to be the connection's status subresource, answered with the
+    /// connection; answers what was written.
+    async fn status_written(handle: &mut Handle, answer: &Connection) -> Value {
+        let (method, path, body, send) = next(handle).await;
+        assert_eq!(method, Method::PATCH);
+        let expected = format!("/connections/{}/status", answer.name_any());
+        assert!(path.contains(&expected), "{path}");
+        send.send_response(respond(200, serde_json::to_value(answer).unwrap()));
+        body
     }
 
     fn condition(status: &Value, type_: &str) -> (String, String, String) {
@@ -359,13 +370,7 @@ mod tests {
             let (_, path, _, send) = next(&mut handle).await;
             assert!(path.ends_with("/pods/ferry-conn-crm-0"), "{path}");
             send.send_response(not_found());
-            let (_, path, body, send) = next(&mut handle).await;
-            assert!(path.contains("/connections/crm/status"), "{path}");
-            send.send_response(respond(
-                200,
-                serde_json::to_value(connection("crm", true)).unwrap(),
-            ));
-            body
+            status_written(&mut handle, &connection("crm", true)).await
         });
         reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
             .await
@@ -393,7 +398,7 @@ mod tests {
         let (client, mut handle) = mock();
         let ctx = context(client);
         let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
-        let answer = serde_json::to_value(&known).unwrap();
+        let answer = known.clone();
         let server = tokio::spawn(async move {
             objects(&mut handle).await;
             let (_, path, _, send) = next(&mut handle).await;
@@ -409,9 +414,7 @@ mod tests {
                 json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ferry-conn-crm-0"},
                 "status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
             ));
-            let (_, _, body, send) = next(&mut handle).await;
-            send.send_response(respond(200, answer));
-            body
+            status_written(&mut handle, &answer).await
         });
         reconcile_connection(Arc::new(known), ctx, connections)
             .await
@@ -432,13 +435,7 @@ mod tests {
             let (_, path, _, send) = next(&mut handle).await;
             assert!(path.ends_with("/transports/erp"), "{path}");
             send.send_response(not_found());
-            let (_, path, body, send) = next(&mut handle).await;
-            assert!(path.contains("/connections/crm/status"), "{path}");
-            send.send_response(respond(
-                200,
-                serde_json::to_value(connection("crm", false)).unwrap(),
-            ));
-            body
+            status_written(&mut handle, &connection("crm", false)).await
         });
         reconcile_connection(Arc::new(connection("crm", false)), ctx, connections)
             .await
@@ -496,12 +493,7 @@ mod tests {
                 "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ferry-conn-second-0", "uid": "pod-2"},
                 "status": {"podIP": pod_ip, "conditions": [{"type": "Ready", "status": "True"}]},
             })));
-            let (_, _, body, send) = next(&mut handle).await;
-            send.send_response(respond(
-                200,
-                serde_json::to_value(connection("second", true)).unwrap(),
-            ));
-            body
+            status_written(&mut handle, &connection("second", true)).await
         });
         reconcile_connection(
             Arc::new(connection("second", true)),
