@@ -68,6 +68,9 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         startup_concurrency: u16,
     },
+    /// The controller: watches Transports and Connections, runs a worker for each, writes
+    /// their status.
+    Operator(Box<OperatorArgs>),
     /// A sample source for connections: orders that change every few seconds.
     Source {
         #[arg(long, default_value = "127.0.0.1:9091")]
@@ -93,6 +96,112 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct OperatorArgs {
+    /// How many connections may be in their startup at once.
+    #[arg(long, env = "FERRY_STARTUP_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    startup_concurrency: u16,
+    /// A connection in its startup longer than this lets the next one start.
+    #[arg(long, env = "FERRY_STARTUP_TIMEOUT", default_value = "5m")]
+    startup_timeout: ferry::api::duration::Duration,
+    /// How often each worker's report is read into status.
+    #[arg(long, env = "FERRY_STATUS_INTERVAL", default_value = "5s")]
+    status_interval: ferry::api::duration::Duration,
+    /// How workers are reached: at the pod IP (default in a pod) or through the API server's
+    /// pod proxy (default outside the cluster).
+    #[arg(long, env = "FERRY_WORKER_ACCESS", value_enum)]
+    worker_access: Option<ferry::operator::worker_client::WorkerAccess>,
+    /// How long one call to a worker may take.
+    #[arg(long, env = "FERRY_WORKER_TIMEOUT", default_value = "10s")]
+    worker_timeout: ferry::api::duration::Duration,
+    /// The image workers run (this same binary).
+    #[arg(long, env = "FERRY_WORKER_IMAGE")]
+    worker_image: Option<String>,
+    #[arg(long, env = "FERRY_WORKER_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
+    worker_image_pull_policy: Option<String>,
+    /// The storage class of worker volumes whose resource names none (default: the cluster's).
+    #[arg(long, env = "FERRY_WORKER_STORAGE_CLASS")]
+    worker_storage_class: Option<String>,
+    #[arg(long, env = "FERRY_WORKER_CPU_REQUEST", default_value = "50m")]
+    worker_cpu_request: String,
+    #[arg(long, env = "FERRY_WORKER_MEMORY_REQUEST", default_value = "64Mi")]
+    worker_memory_request: String,
+    /// No CPU limit by default (throttling a worker delays deliveries).
+    #[arg(long, env = "FERRY_WORKER_CPU_LIMIT")]
+    worker_cpu_limit: Option<String>,
+    #[arg(long, env = "FERRY_WORKER_MEMORY_LIMIT", default_value = "256Mi")]
+    worker_memory_limit: String,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "FERRY_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Where /healthz, /readyz and /metrics listen.
+    #[arg(long, env = "FERRY_OPERATOR_LISTEN", default_value = "0.0.0.0:8081")]
+    listen: SocketAddr,
+    /// Take part in leader election, so that of several replicas only one writes.
+    #[arg(long, env = "FERRY_LEADER_ELECTION")]
+    leader_election: bool,
+    /// The namespace of the leader Lease (in a pod: its own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-operator")]
+    lease_name: String,
+    /// This replica's name in Events and the Lease (default: the pod name, or host and pid).
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
+}
+
+impl OperatorArgs {
+    fn options(self) -> ferry::operator::run::OperatorOptions {
+        use ferry::operator::{builders::WorkerDefaults, leadership::LeaseOptions};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let instance = self.instance.unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "ferry-operator".into());
+            format!("{host}-{}", std::process::id())
+        });
+        let mut defaults = WorkerDefaults::default();
+        if let Some(image) = self.worker_image {
+            defaults.image = image;
+        }
+        defaults.image_pull_policy = self.worker_image_pull_policy;
+        defaults.storage_class = self.worker_storage_class;
+        let quantities = |pairs: Vec<(&str, Option<String>)>| {
+            pairs
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), Quantity(v?))))
+                .collect()
+        };
+        defaults.resources.requests = Some(quantities(vec![
+            ("cpu", Some(self.worker_cpu_request)),
+            ("memory", Some(self.worker_memory_request)),
+        ]));
+        defaults.resources.limits = Some(quantities(vec![
+            ("cpu", self.worker_cpu_limit),
+            ("memory", Some(self.worker_memory_limit)),
+        ]));
+        ferry::operator::run::OperatorOptions {
+            startup_concurrency: self.startup_concurrency.into(),
+            startup_timeout: self.startup_timeout.as_std(),
+            status_interval: self.status_interval.as_std(),
+            worker_access: self.worker_access,
+            worker_timeout: self.worker_timeout.as_std(),
+            defaults,
+            namespace: self.namespace,
+            listen: self.listen,
+            leader_election: self.leader_election.then(|| LeaseOptions {
+                namespace: self.lease_namespace,
+                name: self.lease_name,
+                identity: instance.clone(),
+            }),
+            instance,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -226,6 +335,10 @@ async fn run(command: Command) -> ExitCode {
             }
             serve(worker, listener, tokens).await
         }
+        Command::Operator(args) => match ferry::operator::run::run(args.options()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(ferry::error_chain(&e)),
+        },
         Command::Source {
             listen,
             orders,

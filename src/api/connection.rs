@@ -241,6 +241,10 @@ pub struct ConnectionStatus {
     /// Position in the startup queue while waiting to start (1 = next).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_queue_position: Option<u32>,
+    /// When the operator admitted it into its startup (cleared once the startup is over): with
+    /// `startupQueuePosition`, the startup queue as it stands, so it survives an operator restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_started_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub sync_sets: Vec<SyncSetStatus>,

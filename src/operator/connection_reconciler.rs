@@ -11,8 +11,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
+    Api, Resource, ResourceExt,
     runtime::{
         controller::Action,
         finalizer::{Event as Finalizer, finalizer},
@@ -22,9 +21,11 @@ use serde_json::json;
 
 use super::{
     builders::{Owner, WorkerTokens},
+    events::connection_event,
     status::{ConnectionContext, connection_status},
     transport_reconciler::{
         Context, FINALIZER, ReconcileError, apply_worker_objects, now, ready_worker, tokens_of,
+        write_status,
     },
 };
 use crate::{
@@ -69,6 +70,87 @@ impl Connections {
     fn pushed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.pushed.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Rebuild the startup queue from the statuses a previous operator wrote: connections it
+    /// had admitted (`startupStartedTime`) are in their startup again, the waiting ones wait in
+    /// the order of their `startupQueuePosition`. Nothing is requeued from the back.
+    pub fn restore(&self, existing: &[Connection]) {
+        let mut starting = Vec::new();
+        let mut waiting = Vec::new();
+        for connection in existing {
+            let Some(status) = &connection.status else {
+                continue;
+            };
+            if !connection.spec.started || connection.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let key = connection_key(connection);
+            if status.startup_started_time.is_some() {
+                starting.push(key);
+            } else if let Some(position) = status.startup_queue_position {
+                waiting.push((position, key));
+            }
+        }
+        waiting.sort();
+        let now = self.now_ms();
+        let mut queue = self.queue();
+        for key in starting
+            .into_iter()
+            .chain(waiting.into_iter().map(|(_, key)| key))
+        {
+            queue.request(&key, now);
+        }
+    }
+}
+
+/// `namespace/name`, the key of the startup queue and of what was pushed.
+fn connection_key(connection: &Connection) -> String {
+    format!(
+        "{}/{}",
+        connection.namespace().unwrap_or_else(|| "default".into()),
+        connection.name_any()
+    )
+}
+
+/// Rule 1 made visible: right after the operator starts, every connection that already has a
+/// status is written `Server Reinitializing` (its last known iteration and sync-sets kept),
+/// before the controller re-pushes it and writes what its worker reports.
+pub async fn announce_reinitializing(
+    ctx: &Context,
+    connections: &Connections,
+    existing: &[Connection],
+) -> Result<(), ReconcileError> {
+    for connection in existing.iter().filter(|c| c.status.is_some()) {
+        let namespace = connection.namespace().unwrap_or_else(|| "default".into());
+        let key = connection_key(connection);
+        let position = connections.queue().position(&key);
+        let context = ConnectionContext {
+            generation: connection.metadata.generation,
+            started: connection.spec.started,
+            enabled_sync_sets: enabled_sync_sets(connection),
+            phase: OperatorPhase::Reinitializing,
+            queue_position: position,
+            config_error: None,
+        };
+        let status = connection_status(
+            connection.status.as_ref(),
+            &context,
+            Err("not asked yet"),
+            now(),
+        );
+        write_status(&ctx.client, connection, &namespace, &status).await?;
+    }
+    Ok(())
+}
+
+fn enabled_sync_sets(connection: &Connection) -> Vec<String> {
+    connection
+        .spec
+        .sync_sets
+        .iter()
+        .filter(|s| s.enabled)
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 pub async fn reconcile_connection(
@@ -141,7 +223,7 @@ async fn apply(
 ) -> Result<Action, ReconcileError> {
     let owner = Owner::connection(connection)?;
     let worker = owner.worker_name();
-    let key = format!("{namespace}/{}", connection.name_any());
+    let key = connection_key(connection);
     let client = &ctx.client;
     let tokens = apply_worker_objects(ctx, namespace, &owner).await?;
 
@@ -196,13 +278,7 @@ async fn apply(
     let context = ConnectionContext {
         generation: connection.metadata.generation,
         started: connection.spec.started,
-        enabled_sync_sets: connection
-            .spec
-            .sync_sets
-            .iter()
-            .filter(|s| s.enabled)
-            .map(|s| s.name.clone())
-            .collect(),
+        enabled_sync_sets: enabled_sync_sets(connection),
         phase,
         queue_position: startup.position,
         config_error,
@@ -216,16 +292,24 @@ async fn apply(
     // Its startup is over once it runs, fails or cannot run; not while the operator has yet
     // to push it (Server Reinitializing) or cannot read its worker (Unknown).
     use ConnectionStatusValue::*;
-    if matches!(status.status, Some(Running | Failed | Idle | Disabled)) {
-        connections.queue().release(&key, connections.now_ms());
+    let mut status = status;
+    {
+        let mut queue = connections.queue();
+        if matches!(status.status, Some(Running | Failed | Idle | Disabled)) {
+            queue.release(&key, connections.now_ms());
+        }
+        // Kept in status so the queue can be rebuilt after an operator restart.
+        status.startup_started_time = if queue.is_starting(&key) {
+            status.startup_started_time.or_else(|| Some(now()))
+        } else {
+            None
+        };
     }
-    Api::<Connection>::namespaced(client.clone(), namespace)
-        .patch_status(
-            &connection.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
+    write_status(client, connection, namespace, &status).await?;
+    if let Some((warning, reason, note)) = connection_event(connection.status.as_ref(), &status) {
+        let reference = connection.object_ref(&());
+        ctx.events.publish(&reference, warning, reason, note).await;
+    }
     Ok(Action::requeue(ctx.status_interval))
 }
 
@@ -266,7 +350,7 @@ async fn cleanup(
     connections: &Connections,
 ) -> Result<Action, ReconcileError> {
     let owner = Owner::connection(connection)?;
-    let key = format!("{namespace}/{}", connection.name_any());
+    let key = connection_key(connection);
     connections.queue().release(&key, connections.now_ms());
     connections.pushed().remove(&key);
     if connection.spec.storage.reclaim_policy == ReclaimPolicy::Delete {

@@ -1,8 +1,12 @@
-//! The operator: what it makes of each Connection and Transport on a cluster. So far the
-//! object builders; the controllers come next (see the README's status of the operator).
+//! The operator: what it makes of each Connection and Transport on a cluster — the worker's
+//! objects (builders), the reconcilers, the status they write, and `ferry operator` (run).
 
 pub mod builders;
 pub mod connection_reconciler;
+pub mod events;
+pub mod leadership;
+pub mod metrics;
+pub mod run;
 pub mod status;
 pub mod transport_reconciler;
 pub mod worker_client;

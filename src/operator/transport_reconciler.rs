@@ -16,7 +16,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
     runtime::{
         controller::Action,
@@ -27,6 +27,7 @@ use serde_json::json;
 
 use super::{
     builders::{BuildError, Owner, WorkerDefaults, WorkerTokens},
+    events::{Events, transport_event},
     status::transport_status,
     worker_client::{WorkerClient, WorkerPod},
 };
@@ -50,12 +51,24 @@ pub enum ReconcileError {
     Finalizer(String),
 }
 
+impl ReconcileError {
+    /// A short label for the errors metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReconcileError::Build(_) => "build",
+            ReconcileError::Kube(_) => "api",
+            ReconcileError::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: kube::Client,
     pub workers: WorkerClient,
     pub defaults: WorkerDefaults,
     pub status_interval: Duration,
+    pub events: Events,
     /// What each worker was last given, by resource: (generation, worker pod uid). A new
     /// generation or a new pod (the worker restarted) means the spec is pushed again. Empty
     /// after an operator restart, so everything is pushed once more.
@@ -74,8 +87,15 @@ impl Context {
             workers,
             defaults,
             status_interval,
+            events: Events::default(),
             pushed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Publish Kubernetes Events for state changes and errors.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
     }
 
     fn pushed(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<i64>, String)>> {
@@ -150,14 +170,42 @@ async fn apply(
         report.as_ref().map_err(String::as_str),
         now(),
     );
-    Api::<Transport>::namespaced(client.clone(), namespace)
+    write_status(client, transport, namespace, &status).await?;
+    if let Some((warning, reason, note)) = transport_event(transport.status.as_ref(), &status) {
+        let reference = transport.object_ref(&());
+        ctx.events.publish(&reference, warning, reason, note).await;
+    }
+    Ok(Action::requeue(ctx.status_interval))
+}
+
+/// Write `.status` by server-side apply as the one field manager: what the operator no longer
+/// sets (a startup queue position, a sync-set's last error) disappears, which a merge patch
+/// would leave behind.
+pub(super) async fn write_status<K>(
+    client: &kube::Client,
+    object: &K,
+    namespace: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), ReconcileError>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    Api::<K>::namespaced(client.clone(), namespace)
         .patch_status(
-            &transport.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
+            &object.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
         )
         .await?;
-    Ok(Action::requeue(ctx.status_interval))
+    Ok(())
 }
 
 /// Push the spec when the worker has not got this generation (or restarted), then read its

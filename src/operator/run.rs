@@ -1,0 +1,494 @@
+//! `ferry operator`: the Transport and Connection controllers, leader election, the startup
+//! queue restored from status, and the operator's own `/healthz`, `/readyz` and `/metrics`.
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::ListParams,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        reflector::{self, ObjectRef},
+        watcher,
+    },
+};
+use tokio::sync::watch;
+
+use super::{
+    builders::WorkerDefaults,
+    connection_reconciler::{Connections, announce_reinitializing, reconcile_connection},
+    events::Events,
+    leadership::{Leadership, LeaseError, LeaseOptions},
+    metrics::{Caches, OperatorMetrics},
+    transport_reconciler::{Context, ReconcileError, reconcile_transport},
+    worker_client::{WorkerAccess, WorkerClient},
+};
+use crate::api::{Connection, Transport};
+
+/// Operator-wide settings (flags or environment).
+#[derive(Clone, Debug)]
+pub struct OperatorOptions {
+    pub startup_concurrency: usize,
+    pub startup_timeout: Duration,
+    pub status_interval: Duration,
+    /// None: direct in cluster, through the API server's pod proxy outside.
+    pub worker_access: Option<WorkerAccess>,
+    /// One call to a worker.
+    pub worker_timeout: Duration,
+    pub defaults: WorkerDefaults,
+    /// Watch only this namespace (None: all namespaces).
+    pub namespace: Option<String>,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
+    pub listen: SocketAddr,
+    pub leader_election: Option<LeaseOptions>,
+    /// This replica's name in Events and the Lease (the pod name in cluster).
+    pub instance: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error(
+        "cannot reach the Kubernetes API (in a pod: its service account; outside: KUBECONFIG or ~/.kube/config): {0}"
+    )]
+    Client(#[source] kube::Error),
+    #[error("cannot listen on {addr} for /healthz, /readyz and /metrics: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the ferry.dev CustomResourceDefinitions are not installed (kubectl apply -f crds/): {0}"
+    )]
+    MissingCrds(#[source] kube::Error),
+    #[error("cannot list {what}: {source}")]
+    List {
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error("the leader election ended before this replica led")]
+    ElectionEnded,
+    #[error("lost the leader lease: stopping so that only the new leader writes")]
+    LostLeadership,
+    #[error("cannot write the Server Reinitializing status: {0}")]
+    Announce(#[source] ReconcileError),
+    #[error("cannot build the worker client: {0}")]
+    WorkerClient(String),
+}
+
+/// What `/readyz` answers.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Starting = 0,
+    /// Waiting for the leader lease: ready to take over.
+    Standby = 1,
+    /// Leading; the controllers' caches are filling.
+    Syncing = 2,
+    Leading = 3,
+}
+
+struct Endpoints {
+    phase: AtomicU8,
+    metrics: Arc<OperatorMetrics>,
+    registry: prometheus_client::registry::Registry,
+}
+
+impl Endpoints {
+    fn set(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
+    match endpoints.phase.load(Ordering::Relaxed) {
+        1 => (StatusCode::OK, "standby: waiting for the leader lease"),
+        3 => (StatusCode::OK, "leading"),
+        2 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leading: the caches are filling",
+        ),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
+    }
+}
+
+async fn serve_metrics(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
+    match crate::worker::metrics::render(&endpoints.registry) {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// A future that completes once `flag` turns true (or its sender is gone).
+fn when(flag: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
+    let mut flag = flag.clone();
+    async move {
+        let _ = flag.wait_for(|set| *set).await;
+    }
+}
+
+/// Reconciles are triggered by what the user changes (generation), by finalizers and by
+/// deletion; not by the operator's own status writes, which would loop. The status is
+/// refreshed by the requeue every `--status-interval`.
+fn spec_or_lifecycle<K: Resource>(object: &K) -> Option<u64> {
+    let meta = object.meta();
+    let mut hasher = DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The resources of one kind, filtered to what should trigger a reconcile, with their cache.
+fn triggers<K>(
+    api: Api<K>,
+) -> (
+    reflector::Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, Default::default());
+    (reader, stream)
+}
+
+/// The workers' StatefulSets, metadata only (their pod templates are not needed in memory):
+/// a change of their ready replicas re-reconciles the owner at once.
+fn worker_sets(
+    client: &Client,
+    namespace: &Option<String>,
+) -> impl Stream<Item = Result<PartialObjectMeta<StatefulSet>, watcher::Error>> + Send + 'static {
+    let config = watcher::Config::default()
+        .labels("app.kubernetes.io/managed-by=ferry-operator,app.kubernetes.io/component=worker");
+    watcher(
+        api::<PartialObjectMeta<StatefulSet>>(client, namespace),
+        config,
+    )
+    .default_backoff()
+    .touched_objects()
+}
+
+/// Run the operator until a shutdown signal (or, with leader election, until the lease is lost).
+pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
+    let client = Client::try_default().await.map_err(OperatorError::Client)?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+
+    let metrics = Arc::new(OperatorMetrics::default());
+    let endpoints = Arc::new(Endpoints {
+        phase: AtomicU8::new(Phase::Starting as u8),
+        registry: metrics.registry(),
+        metrics: metrics.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| OperatorError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    tracing::info!(listen = ?listener.local_addr().ok(), "operator endpoints listening (/healthz, /readyz, /metrics)");
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(serve_metrics))
+        .with_state(endpoints.clone());
+    let served = when(&stopped);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(served)
+            .await
+        {
+            tracing::error!(error = %e, "the operator endpoints stopped");
+        }
+    });
+
+    // Fail early and clearly when the CRDs are missing or the API cannot be reached.
+    api::<Transport>(&client, &options.namespace)
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(|e| match &e {
+            kube::Error::Api(status) if status.code == 404 => OperatorError::MissingCrds(e),
+            _ => OperatorError::List {
+                what: "Transports",
+                source: e,
+            },
+        })?;
+
+    let leadership = match &options.leader_election {
+        Some(lease) => {
+            endpoints.set(Phase::Standby);
+            let mut leadership = Leadership::campaign(client.clone(), lease).await?;
+            tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), identity = %lease.identity, "waiting for the leader lease");
+            tokio::select! {
+                acquired = leadership.acquired() => if !acquired {
+                    return Err(OperatorError::ElectionEnded);
+                },
+                _ = when(&stopped) => {
+                    leadership.release().await;
+                    return Ok(());
+                }
+            }
+            tracing::info!("leading");
+            Some(leadership)
+        }
+        None => None,
+    };
+    endpoints.set(Phase::Syncing);
+    metrics.set_leader(true);
+
+    let outcome = lead(&options, client, &endpoints, &stopped, leadership.as_ref()).await;
+    metrics.set_leader(false);
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
+    outcome
+}
+
+/// The leader's work: restore, announce, then run both controllers until told to stop.
+async fn lead(
+    options: &OperatorOptions,
+    client: Client,
+    endpoints: &Arc<Endpoints>,
+    stopped: &watch::Receiver<bool>,
+    leadership: Option<&Leadership>,
+) -> Result<(), OperatorError> {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let access = options.worker_access.unwrap_or(if in_cluster {
+        WorkerAccess::Direct
+    } else {
+        WorkerAccess::Proxy
+    });
+    let workers = match access {
+        WorkerAccess::Direct => {
+            WorkerClient::direct(options.worker_timeout).map_err(OperatorError::WorkerClient)?
+        }
+        WorkerAccess::Proxy => WorkerClient::proxy(client.clone(), options.worker_timeout),
+    };
+    tracing::info!(?access, "reaching workers");
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            workers,
+            options.defaults.clone(),
+            options.status_interval,
+        )
+        .with_events(Events::new(client.clone(), Some(options.instance.clone()))),
+    );
+    let connections = Arc::new(Connections::new(
+        options.startup_concurrency,
+        options.startup_timeout,
+    ));
+
+    // The startup queue as the previous operator left it, then rule 1 for every connection.
+    let existing = api::<Connection>(&client, &options.namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| OperatorError::List {
+            what: "Connections",
+            source,
+        })?
+        .items;
+    connections.restore(&existing);
+    announce_reinitializing(&ctx, &connections, &existing)
+        .await
+        .map_err(OperatorError::Announce)?;
+    tracing::info!(
+        connections = existing.len(),
+        "startup queue restored; connections are Server Reinitializing until pushed again"
+    );
+
+    // Stop on a signal, or when the lease is lost.
+    let (halt, halted) = watch::channel(false);
+    let mut lost = leadership.map(Leadership::watch);
+    let mut signal = stopped.clone();
+    let halting = tokio::spawn(async move {
+        let lost_lease = async {
+            match &mut lost {
+                Some(leading) => {
+                    let _ = leading.wait_for(|leading| !*leading).await;
+                    true
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let lease_lost = tokio::select! {
+            lease_lost = lost_lease => lease_lost,
+            _ = signal.wait_for(|s| *s) => false,
+        };
+        let _ = halt.send(true);
+        lease_lost
+    });
+
+    let (transports_cache, transport_triggers) =
+        triggers(api::<Transport>(&client, &options.namespace));
+    let (connections_cache, connection_triggers) =
+        triggers(api::<Connection>(&client, &options.namespace));
+    endpoints.metrics.set_caches(Caches {
+        transports: transports_cache.clone(),
+        connections: connections_cache.clone(),
+    });
+
+    let transports = Controller::for_stream(transport_triggers, transports_cache.clone())
+        .owns_stream(worker_sets(&client, &options.namespace))
+        .graceful_shutdown_on(when(&halted))
+        .run(
+            timed("Transport", endpoints.metrics.clone(), reconcile_transport),
+            error_policy::<Transport>,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    // A Transport that appears, changes or goes away re-reconciles the connections that target it.
+    let (_, transport_changes) = triggers(api::<Transport>(&client, &options.namespace));
+    let by_target = connections_cache.clone();
+    let conn_reconcile = timed(
+        "Connection",
+        endpoints.metrics.clone(),
+        move |connection, ctx| reconcile_connection(connection, ctx, connections.clone()),
+    );
+    let connections_run = Controller::for_stream(connection_triggers, connections_cache.clone())
+        .owns_stream(worker_sets(&client, &options.namespace))
+        .watches_stream(transport_changes, move |transport: Transport| {
+            let namespace = transport.namespace();
+            let name = transport.name_any();
+            by_target
+                .state()
+                .into_iter()
+                .filter(|c| c.namespace() == namespace && targets(c, &name))
+                .map(|c| ObjectRef::from_obj(&*c))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(when(&halted))
+        .run(conn_reconcile, error_policy::<Connection>, ctx.clone())
+        .for_each(|_| async {});
+
+    let ready = {
+        let endpoints = endpoints.clone();
+        let (t, c) = (transports_cache.clone(), connections_cache.clone());
+        async move {
+            if t.wait_until_ready().await.is_ok() && c.wait_until_ready().await.is_ok() {
+                endpoints.set(Phase::Leading);
+                tracing::info!("caches filled; reconciling");
+            }
+        }
+    };
+    tokio::join!(transports, connections_run, ready);
+    let lease_lost = halting.await.unwrap_or(false);
+    if lease_lost {
+        return Err(OperatorError::LostLeadership);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Does this connection send to transport `name`?
+fn targets(connection: &Connection, name: &str) -> bool {
+    connection
+        .spec
+        .sync_sets
+        .iter()
+        .any(|s| s.target.transport.as_ref().is_some_and(|t| t.name == name))
+}
+
+/// A reconciler that counts itself in the metrics.
+fn timed<K, F, Fut>(
+    kind: &'static str,
+    metrics: Arc<OperatorMetrics>,
+    reconcile: F,
+) -> impl FnMut(
+    Arc<K>,
+    Arc<Context>,
+) -> futures::future::BoxFuture<'static, Result<Action, ReconcileError>>
+where
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, ReconcileError>> + Send + 'static,
+    K: Send + Sync + 'static,
+{
+    let reconcile = Arc::new(reconcile);
+    move |object, ctx| {
+        let metrics = metrics.clone();
+        let reconcile = reconcile.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = reconcile(object, ctx).await;
+            metrics.reconciled(
+                kind,
+                started.elapsed(),
+                result.as_ref().err().map(ReconcileError::kind),
+            );
+            result
+        })
+    }
+}
+
+/// A failed reconcile: a Warning event on the object, tried again shortly.
+fn error_policy<K>(object: Arc<K>, error: &ReconcileError, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()> + Send + Sync + 'static,
+{
+    let reference = object.object_ref(&());
+    let note = error.to_string();
+    tracing::warn!(object = %format!("{}/{}", reference.namespace.clone().unwrap_or_default(), reference.name.clone().unwrap_or_default()), error = %note, "reconcile failed");
+    tokio::spawn(async move {
+        ctx.events
+            .publish(&reference, true, "ReconcileFailed", note)
+            .await;
+    });
+    Action::requeue(Duration::from_secs(5))
+}
