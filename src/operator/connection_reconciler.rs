@@ -193,6 +193,12 @@ async fn resolve_targets(
                 sync_set.name, target.name
             )));
         };
+        if transport.metadata.deletion_timestamp.is_some() {
+            return Ok(Err(format!(
+                "sync-set {}: target transport {namespace}/{} is being deleted",
+                sync_set.name, target.name
+            )));
+        }
         let owner = Owner::transport(&transport)?;
         let token = secrets
             .get_opt(&owner.worker_name())
@@ -363,7 +369,8 @@ async fn cleanup(
 mod tests {
     use super::*;
     use crate::operator::transport_reconciler::tests::{
-        Handle, context, mock, next, not_found, respond, worker_at,
+        Handle, context, mock, next, not_found, objects_with_known_tokens, ready_pod, respond,
+        test_ip, worker_at,
     };
     use http::Method;
     use serde_json::Value;
@@ -418,6 +425,188 @@ mod tests {
         assert!(path.contains(&expected), "{path}");
         send.send_response(respond(200, serde_json::to_value(answer).unwrap()));
         body
+    }
+
+    /// Answer the lookups of the target transport `erp` and its ingest token.
+    async fn target_resolved(handle: &mut Handle) {
+        let (_, path, _, send) = next(handle).await;
+        assert!(path.ends_with("/transports/erp"), "{path}");
+        send.send_response(respond(200, erp()));
+        let (_, path, _, send) = next(handle).await;
+        assert!(
+            path.ends_with("/secrets/ferry-tp-erp"),
+            "the target's ingest token: {path}"
+        );
+        send.send_response(respond(
+            200,
+            json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ferry-tp-erp"},
+                "data": {"admin-token": "YQ==", "ingest-token": "aQ=="},
+            }),
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_silent_worker_makes_it_unknown() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
+        let ip = test_ip(37);
+        let server = tokio::spawn(async move {
+            objects_with_known_tokens(&mut handle, "ferry-conn-crm").await;
+            target_resolved(&mut handle).await;
+            ready_pod(&mut handle, "ferry-conn-crm", &ip, "pod-1").await;
+            status_written(&mut handle, &connection("crm", true)).await
+        });
+        reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
+            .await
+            .unwrap();
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(status["status"], "Unknown", "{status}");
+        let (ready, reason, message) = condition(status, "Ready");
+        assert_eq!(
+            (ready.as_str(), reason.as_str()),
+            ("False", "WorkerUnreachable")
+        );
+        assert!(message.contains("ferry-conn-crm-0"), "{message}");
+    }
+
+    /// An operator start: every connection with a status is written Server Reinitializing
+    /// first; the first reconcile pushes it and writes what its worker reports.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operator_start_announces_reinitializing_then_the_real_status() {
+        let ip = test_ip(38);
+        let dir = tempfile::tempdir().unwrap();
+        let worker = worker_at(&ip, dir.path()).await;
+        let mut known = connection("crm", true);
+        known.status = serde_json::from_value(
+            json!({"status": "Running", "iteration": 9, "startupQueuePosition": 2}),
+        )
+        .unwrap();
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
+        let answer = known.clone();
+        let pod_ip = ip.clone();
+        let server = tokio::spawn(async move {
+            let announced = status_written(&mut handle, &answer).await;
+            objects_with_known_tokens(&mut handle, "ferry-conn-crm").await;
+            target_resolved(&mut handle).await;
+            ready_pod(&mut handle, "ferry-conn-crm", &pod_ip, "pod-1").await;
+            (announced, status_written(&mut handle, &answer).await)
+        });
+        announce_reinitializing(&ctx, &connections, std::slice::from_ref(&known))
+            .await
+            .unwrap();
+        reconcile_connection(Arc::new(known), ctx, connections)
+            .await
+            .unwrap();
+        let (announced, after) = server.await.unwrap();
+        let announced = &announced["status"];
+        assert_eq!(announced["status"], "Server Reinitializing");
+        assert_eq!(announced["iteration"], 9, "the last known iteration stays");
+        assert!(
+            announced.get("startupQueuePosition").is_none(),
+            "not waiting: the position is gone, not left behind: {announced}"
+        );
+        let after = &after["status"];
+        assert_ne!(after["status"], "Server Reinitializing", "{after}");
+        assert!(after["lastReportTime"].is_string(), "{after}");
+        worker.abort();
+    }
+
+    fn deleting(reclaim: &str) -> Connection {
+        let mut c = connection("crm", true);
+        c.spec.storage.reclaim_policy = serde_json::from_value(json!(reclaim)).unwrap();
+        c.metadata.deletion_timestamp = Some(now());
+        c
+    }
+
+    #[tokio::test]
+    async fn deletion_with_delete_removes_the_volume_and_retain_keeps_it() {
+        for reclaim in ["Delete", "Retain"] {
+            let (client, mut handle) = mock();
+            let ctx = context(client);
+            let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
+            connections.queue().request("plant-a/crm", 0);
+            let server = tokio::spawn(async move {
+                let mut requests = Vec::new();
+                loop {
+                    let (method, path, _, send) = next(&mut handle).await;
+                    let done = method == Method::PATCH;
+                    requests.push(format!("{method} {}", path.split('?').next().unwrap()));
+                    send.send_response(if done {
+                        respond(200, serde_json::to_value(connection("crm", true)).unwrap())
+                    } else {
+                        respond(
+                            200,
+                            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data-ferry-conn-crm-0"}}),
+                        )
+                    });
+                    if done {
+                        return requests;
+                    }
+                }
+            });
+            reconcile_connection(Arc::new(deleting(reclaim)), ctx, connections.clone())
+                .await
+                .unwrap();
+            let requests = server.await.unwrap();
+            let finalizer_removed =
+                "PATCH /apis/ferry.dev/v1alpha1/namespaces/plant-a/connections/crm".to_string();
+            let claim_deleted =
+                "DELETE /api/v1/namespaces/plant-a/persistentvolumeclaims/data-ferry-conn-crm-0"
+                    .to_string();
+            if reclaim == "Delete" {
+                assert_eq!(requests, [claim_deleted, finalizer_removed]);
+            } else {
+                assert_eq!(requests, [finalizer_removed]);
+            }
+            assert!(
+                !connections.queue().is_starting("plant-a/crm"),
+                "its place in the startup queue is freed"
+            );
+        }
+    }
+
+    #[test]
+    fn the_startup_queue_is_rebuilt_from_statuses() {
+        let with = |name: &str, status: Value| {
+            let mut c = connection(name, true);
+            c.status = serde_json::from_value(status).unwrap();
+            c
+        };
+        let existing = [
+            with(
+                "third",
+                json!({"status": "Restarting", "startupQueuePosition": 2}),
+            ),
+            with("running", json!({"status": "Running"})),
+            with(
+                "second",
+                json!({"status": "Restarting", "startupQueuePosition": 1}),
+            ),
+            with(
+                "first",
+                json!({"status": "Restarting", "startupStartedTime": "2026-11-23T10:00:00Z"}),
+            ),
+            {
+                let mut stopped = with(
+                    "stopped",
+                    json!({"status": "Restarting", "startupQueuePosition": 3}),
+                );
+                stopped.spec.started = false;
+                stopped
+            },
+        ];
+        let connections = Connections::new(1, Duration::from_secs(300));
+        connections.restore(&existing);
+        let queue = connections.queue();
+        assert_eq!(queue.starting().collect::<Vec<_>>(), ["plant-a/first"]);
+        assert_eq!(
+            queue.waiting().collect::<Vec<_>>(),
+            ["plant-a/second", "plant-a/third"]
+        );
     }
 
     fn condition(status: &Value, type_: &str) -> (String, String, String) {
@@ -535,48 +724,16 @@ mod tests {
         let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
         // The first one is in its startup.
         connections.queue().request("plant-a/first", 0);
-        let ip = format!("127.0.{}.34", std::process::id() % 250 + 2);
+        let ip = test_ip(34);
         let dir = tempfile::tempdir().unwrap();
         let worker = worker_at(&ip, dir.path()).await;
         let (client, mut handle) = mock();
         let ctx = context(client);
         let pod_ip = ip.clone();
         let server = tokio::spawn(async move {
-            let (_, path, _, send) = next(&mut handle).await;
-            assert!(path.contains("/secrets/ferry-conn-second"), "{path}");
-            // The worker's tokens ("admin-token"), as the in-process worker expects.
-            send.send_response(respond(
-                200,
-                json!({
-                    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ferry-conn-second"},
-                    "data": {"admin-token": "YWRtaW4tdG9rZW4=", "ingest-token": "aW5nZXN0LXRva2Vu"},
-                }),
-            ));
-            for _ in 0..3 {
-                let (_, _, body, send) = next(&mut handle).await;
-                send.send_response(respond(200, body));
-            }
-            let (_, path, _, send) = next(&mut handle).await;
-            assert!(path.ends_with("/transports/erp"), "{path}");
-            send.send_response(respond(200, erp()));
-            let (_, path, _, send) = next(&mut handle).await;
-            assert!(
-                path.ends_with("/secrets/ferry-tp-erp"),
-                "the target's ingest token: {path}"
-            );
-            send.send_response(respond(
-                200,
-                json!({
-                    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ferry-tp-erp"},
-                    "data": {"admin-token": "YQ==", "ingest-token": "aQ=="},
-                }),
-            ));
-            let (_, path, _, send) = next(&mut handle).await;
-            assert!(path.ends_with("/pods/ferry-conn-second-0"), "{path}");
-            send.send_response(respond(200, json!({
-                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ferry-conn-second-0", "uid": "pod-2"},
-                "status": {"podIP": pod_ip, "conditions": [{"type": "Ready", "status": "True"}]},
-            })));
+            objects_with_known_tokens(&mut handle, "ferry-conn-second").await;
+            target_resolved(&mut handle).await;
+            ready_pod(&mut handle, "ferry-conn-second", &pod_ip, "pod-2").await;
             status_written(&mut handle, &connection("second", true)).await
         });
         reconcile_connection(

@@ -423,6 +423,141 @@ pub(super) mod tests {
         (kube::Client::new(service, "default"), handle)
     }
 
+    /// Answer the Secret lookup with the tokens `worker_at` expects, then the three applies.
+    pub(crate) async fn objects_with_known_tokens(handle: &mut Handle, worker: &str) {
+        let (_, path, _, send) = next(handle).await;
+        assert!(path.ends_with(&format!("/secrets/{worker}")), "{path}");
+        send.send_response(respond(
+            200,
+            json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": worker},
+                "data": {"admin-token": "YWRtaW4tdG9rZW4=", "ingest-token": "aW5nZXN0LXRva2Vu"},
+            }),
+        ));
+        for _ in 0..3 {
+            let (method, _, body, send) = next(handle).await;
+            assert_eq!(method, Method::PATCH);
+            if body["kind"] == "Secret" {
+                assert_eq!(
+                    body["data"]["admin-token"], "YWRtaW4tdG9rZW4=",
+                    "tokens kept, not regenerated"
+                );
+            }
+            send.send_response(respond(200, body));
+        }
+    }
+
+    /// Answer the pod lookup: ready, at `ip`, with this uid.
+    pub(crate) async fn ready_pod(handle: &mut Handle, worker: &str, ip: &str, uid: &str) {
+        let (_, path, _, send) = next(handle).await;
+        assert!(path.ends_with(&format!("/pods/{worker}-0")), "{path}");
+        send.send_response(respond(
+            200,
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("{worker}-0"), "uid": uid},
+                "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+            }),
+        ));
+    }
+
+    /// Answer the status write; answers what was written.
+    async fn transport_status_written(handle: &mut Handle) -> Value {
+        let (method, path, body, send) = next(handle).await;
+        assert_eq!(method, Method::PATCH);
+        assert!(path.contains("/transports/erp/status"), "{path}");
+        assert!(
+            path.contains("fieldManager=ferry-operator"),
+            "server-side apply: {path}"
+        );
+        send.send_response(respond(
+            200,
+            serde_json::to_value(transport(true, "Retain")).unwrap(),
+        ));
+        body
+    }
+
+    /// A loopback address of this test's own, so parallel tests do not collide.
+    pub(crate) fn test_ip(last: u8) -> String {
+        format!("127.0.{}.{last}", std::process::id() % 250 + 2)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn suspending_pushes_the_new_generation_to_the_worker() {
+        let ip = test_ip(35);
+        let dir = tempfile::tempdir().unwrap();
+        let worker = worker_at(&ip, dir.path()).await;
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let mut suspended = transport(true, "Retain");
+        suspended.metadata.generation = Some(3);
+        suspended.spec.suspended = true;
+        let pod_ip = ip.clone();
+        let server = tokio::spawn(async move {
+            // Generation 2 first, then generation 3 with `suspended: true`; the same pod.
+            let mut written = Vec::new();
+            for _ in 0..2 {
+                objects_with_known_tokens(&mut handle, "ferry-tp-erp").await;
+                ready_pod(&mut handle, "ferry-tp-erp", &pod_ip, "pod-1").await;
+                written.push(transport_status_written(&mut handle).await);
+            }
+            written
+        });
+        reconcile_transport(Arc::new(transport(true, "Retain")), ctx.clone())
+            .await
+            .unwrap();
+        reconcile_transport(Arc::new(suspended), ctx).await.unwrap();
+        let written = server.await.unwrap();
+        assert_eq!(written[0]["status"]["state"], "Down");
+        assert_eq!(written[1]["status"]["state"], "Suspended");
+        assert_eq!(written[1]["status"]["observedGeneration"], 3);
+        // The worker itself has it.
+        let report: Value = reqwest::Client::new()
+            .get(format!("http://{ip}:8080/v1/transports/plant-a/erp"))
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(report["state"], "Suspended", "{report}");
+        worker.abort();
+    }
+
+    #[tokio::test]
+    async fn a_silent_worker_makes_it_not_ready_and_keeps_the_last_state() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let mut known = transport(true, "Retain");
+        known.status = serde_json::from_value(json!({
+            "state": "Store and Forward", "observedGeneration": 2,
+            "queue": {"messages": 7, "bytes": 70, "oldestAgeSeconds": 3},
+        }))
+        .unwrap();
+        // Nothing listens at this address.
+        let ip = test_ip(36);
+        let server = tokio::spawn(async move {
+            objects_with_known_tokens(&mut handle, "ferry-tp-erp").await;
+            ready_pod(&mut handle, "ferry-tp-erp", &ip, "pod-1").await;
+            transport_status_written(&mut handle).await
+        });
+        reconcile_transport(Arc::new(known), ctx).await.unwrap();
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(status["state"], "Store and Forward", "last known: {status}");
+        assert_eq!(status["queue"]["messages"], 7);
+        let ready = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("WorkerUnreachable"))
+        );
+    }
+
     #[tokio::test]
     async fn a_new_transport_gets_the_finalizer_first() {
         let (client, mut handle) = mock();
@@ -639,46 +774,18 @@ pub(super) mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_spec_is_pushed_to_a_ready_worker_and_its_report_becomes_status() {
-        let ip = format!("127.0.{}.33", std::process::id() % 250 + 2);
+        let ip = test_ip(33);
         let dir = tempfile::tempdir().unwrap();
         let worker = worker_at(&ip, dir.path()).await;
         let (client, mut handle) = mock();
         let ctx = context(client);
         let pod_ip = ip.clone();
-        let server =
-            tokio::spawn(async move {
-                let (_, path, _, send) = next(&mut handle).await;
-                assert!(path.ends_with("/secrets/ferry-tp-erp"), "{path}");
-                // The Secret exists: its tokens are kept.
-                send.send_response(respond(200, json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ferry-tp-erp"},
-                "data": {"admin-token": "YWRtaW4tdG9rZW4=", "ingest-token": "aW5nZXN0LXRva2Vu"},
-            })));
-                for _ in 0..3 {
-                    let (_, _, body, send) = next(&mut handle).await;
-                    if body["kind"] == "Secret" {
-                        assert_eq!(
-                            body["data"]["admin-token"], "YWRtaW4tdG9rZW4=",
-                            "tokens kept, not regenerated"
-                        );
-                    }
-                    send.send_response(respond(200, body));
-                }
-                let (_, path, _, send) = next(&mut handle).await;
-                assert!(path.ends_with("/pods/ferry-tp-erp-0"), "{path}");
-                send.send_response(respond(200, json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "ferry-tp-erp-0", "uid": "pod-uid-1"},
-                "status": {"podIP": pod_ip, "conditions": [{"type": "Ready", "status": "True"}]},
-            })));
-                let (_, path, body, send) = next(&mut handle).await;
-                assert!(path.contains("/transports/erp/status"), "{path}");
-                send.send_response(respond(
-                    200,
-                    serde_json::to_value(transport(true, "Retain")).unwrap(),
-                ));
-                body
-            });
+        let server = tokio::spawn(async move {
+            // The Secret exists: its tokens are kept (the worker expects them).
+            objects_with_known_tokens(&mut handle, "ferry-tp-erp").await;
+            ready_pod(&mut handle, "ferry-tp-erp", &pod_ip, "pod-uid-1").await;
+            transport_status_written(&mut handle).await
+        });
         reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
             .await
             .unwrap();
