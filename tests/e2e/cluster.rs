@@ -1,0 +1,621 @@
+//! What the scenarios need from a cluster: the kubeconfig, kubectl, a namespace of their own,
+//! `ferry operator` as a process, pods running `ferry sink` and `ferry source`, ingest into a
+//! transport's worker, and polling with a limit.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ferry::api::{Connection, Transport};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, Patch, PatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::{Value, json};
+
+use super::kubelet::{NAMESPACE_PREFIX, ProcessKubelet};
+
+/// Long enough for a pod to be scheduled and started on a loaded CI machine.
+pub const WAIT: Duration = Duration::from_secs(180);
+
+/// The scenarios run one at a time: they share the cluster and, with the process kubelet,
+/// its Node.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Printed straight to the terminal: the test harness captures `eprintln!`.
+pub fn say(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+pub struct Env {
+    pub kubeconfig: PathBuf,
+    pub process_kubelet: bool,
+    pub worker_image: String,
+}
+
+/// The environment of the suite, or why this scenario is skipped (printed).
+pub fn env(scenario: &str) -> Option<Env> {
+    let Some(kubeconfig) = std::env::var_os("FERRY_E2E_KUBECONFIG") else {
+        say(&format!(
+            "SKIPPED e2e {scenario}: FERRY_E2E_KUBECONFIG is not set. Point it at the kubeconfig of a \
+             disposable cluster (with FERRY_E2E_PROCESS_KUBELET=1 when it has no kubelet or container runtime)."
+        ));
+        return None;
+    };
+    let process_kubelet = std::env::var("FERRY_E2E_PROCESS_KUBELET").as_deref() == Ok("1");
+    let worker_image = match std::env::var("FERRY_E2E_WORKER_IMAGE") {
+        Ok(image) => image,
+        // The process kubelet runs this build's binary whatever the image says.
+        Err(_) if process_kubelet => "ferry-e2e.invalid/process-kubelet:local".into(),
+        Err(_) => {
+            say(&format!(
+                "SKIPPED e2e {scenario}: on a cluster with kubelets the worker pods run an image: set \
+                 FERRY_E2E_WORKER_IMAGE to the image built from this checkout's Dockerfile."
+            ));
+            return None;
+        }
+    };
+    Some(Env {
+        kubeconfig: PathBuf::from(kubeconfig),
+        process_kubelet,
+        worker_image,
+    })
+}
+
+pub async fn client_from(kubeconfig: &Path) -> Client {
+    ferry::install_crypto_provider();
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("FERRY_E2E_KUBECONFIG is readable");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("a usable kubeconfig");
+    Client::try_from(config).expect("a client")
+}
+
+pub struct Cluster {
+    pub env: Env,
+    pub client: Client,
+    pub namespace: String,
+    pub kubelet: Option<&'static ProcessKubelet>,
+}
+
+impl Cluster {
+    /// Connect, install `crds/`, start the process kubelet if asked, and create a namespace
+    /// for this scenario.
+    pub async fn start(env: Env, scenario: &str) -> Cluster {
+        let client = client_from(&env.kubeconfig).await;
+        let kubelet = env
+            .process_kubelet
+            .then(|| ProcessKubelet::get(&env.kubeconfig));
+        if let Some(kubelet) = kubelet {
+            say(&format!(
+                "e2e {scenario}: pods run as local processes on Node {}",
+                kubelet.node
+            ));
+        }
+        let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+        kubectl(&env, &["apply", "--server-side", "-f", crds], None).expect("crds/ applies");
+        kubectl(
+            &env,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/transports.ferry.dev",
+                "crd/connections.ferry.dev",
+            ],
+            None,
+        )
+        .expect("the CRDs are established");
+        let namespace = format!("{NAMESPACE_PREFIX}{scenario}-{}", std::process::id());
+        kubectl(&env, &["create", "namespace", &namespace], None).expect("a namespace");
+        Cluster {
+            env,
+            client,
+            namespace,
+            kubelet,
+        }
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        let mut all = vec!["-n", self.namespace.as_str()];
+        all.extend_from_slice(args);
+        kubectl(&self.env, &all, None)
+    }
+
+    /// `kubectl apply -f -` of YAML, as a user does.
+    pub fn apply(&self, yaml: &str) {
+        kubectl(
+            &self.env,
+            &["-n", &self.namespace, "apply", "-f", "-"],
+            Some(yaml),
+        )
+        .unwrap_or_else(|e| panic!("kubectl apply failed: {e}\n{yaml}"));
+    }
+
+    /// `kubectl patch` of a spec field, as a user suspends or starts.
+    pub fn patch(&self, what: &str, patch: Value) {
+        self.kubectl(&["patch", what, "--type=merge", "-p", &patch.to_string()])
+            .unwrap_or_else(|e| panic!("kubectl patch {what}: {e}"));
+    }
+
+    pub fn transports(&self) -> Api<Transport> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub fn connections(&self) -> Api<Connection> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// `ferry operator` out of cluster, for this namespace.
+    pub fn operator(&self, extra: &[&str]) -> Operator {
+        Operator::start(self, extra)
+    }
+
+    /// A bare pod running `ferry <args>` and listening on `port`; answers the URL the workers
+    /// reach it at: its Service in a real cluster, its pod IP with the process kubelet (no
+    /// cluster DNS there).
+    pub async fn run_pod(&self, name: &str, args: &[&str], port: u16) -> String {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{
+                    "name": "main", "image": self.env.worker_image, "args": args,
+                    "ports": [{"name": "http", "containerPort": port}],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 1},
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false},
+                }],
+            },
+        });
+        let service = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": port}]},
+        });
+        let apply = PatchParams::apply("ferry-e2e").force();
+        self.api::<Pod>()
+            .patch(name, &apply, &Patch::Apply(pod))
+            .await
+            .expect("pod created");
+        let ready = self.wait_pod_ready(name).await;
+        if self.env.process_kubelet {
+            let ip = ready["status"]["podIP"]
+                .as_str()
+                .expect("pod IP")
+                .to_owned();
+            format!("http://{ip}:{port}")
+        } else {
+            self.api::<k8s_openapi::api::core::v1::Service>()
+                .patch(name, &apply, &Patch::Apply(service))
+                .await
+                .expect("service created");
+            format!("http://{name}.{}.svc:{port}", self.namespace)
+        }
+    }
+
+    /// Delete a pod now (its process stops; nothing answers at its address).
+    pub async fn delete_pod_now(&self, name: &str) {
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        let _ = self.api::<Pod>().delete(name, &now).await;
+        eventually(&format!("pod {name} is gone"), || async {
+            match self.api::<Pod>().get_opt(name).await {
+                Ok(None) => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+    }
+
+    pub async fn wait_pod_ready(&self, name: &str) -> Value {
+        eventually(&format!("pod {name} is Ready"), || async {
+            let pod = self.api::<Pod>().get_opt(name).await.ok()??;
+            let ready = pod
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then(|| serde_json::to_value(&pod).expect("json"))
+        })
+        .await
+    }
+
+    /// SIGKILL a worker: the process kubelet kills its process (the pod stays, the container
+    /// restarts); on a real node the pod is force-deleted, the closest a client gets.
+    pub async fn kill9_worker(&self, pod: &str) {
+        match self.kubelet {
+            Some(kubelet) => assert!(
+                kubelet.kill9(&self.namespace, pod),
+                "pod {pod} runs on the process kubelet"
+            ),
+            None => {
+                self.kubectl(&["delete", "pod", pod, "--grace-period=0", "--force"])
+                    .expect("force delete");
+            }
+        }
+    }
+
+    /// One transaction into a transport's worker, with its ingest token: straight to the pod IP
+    /// with the process kubelet, through the API server's pod proxy otherwise (`Ferry-Token`,
+    /// since the proxy consumes `Authorization`). Answers status and body.
+    pub async fn ingest(&self, transport: &str, payload: &str) -> (u16, Value) {
+        let worker = format!("ferry-tp-{transport}");
+        let secret = self
+            .api::<Secret>()
+            .get(&worker)
+            .await
+            .expect("the worker's Secret");
+        let token = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ingest-token"))
+            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+            .expect("an ingest token");
+        let route = format!("/v1/transports/{}/{transport}/transactions", self.namespace);
+        if self.env.process_kubelet {
+            let pod = self.wait_pod_ready(&format!("{worker}-0")).await;
+            let ip = pod["status"]["podIP"].as_str().expect("pod IP");
+            let response = reqwest::Client::new()
+                .post(format!("http://{ip}:8080{route}"))
+                .header("Ferry-Token", token)
+                .header("Content-Type", "application/json")
+                .body(payload.to_owned())
+                .send()
+                .await
+                .expect("the worker answers");
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or(Value::Null))
+        } else {
+            let path = format!(
+                "/api/v1/namespaces/{}/pods/{worker}-0:8080/proxy{route}",
+                self.namespace
+            );
+            let request = http::Request::post(path)
+                .header("Ferry-Token", token)
+                .header("Content-Type", "application/json")
+                .body(payload.as_bytes().to_vec())
+                .expect("request");
+            let response = self
+                .client
+                .send(request.map(Into::into))
+                .await
+                .expect("proxied");
+            let status = response.status().as_u16();
+            let bytes = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    }
+
+    /// Wait until the transport's status passes `check`; answers the status.
+    pub async fn wait_transport(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(&format!("Transport {name}: {what}"), || async {
+            let transport = self.transports().get_opt(name).await.ok()??;
+            let status = serde_json::to_value(transport.status?).ok()?;
+            check(&status).then_some(status)
+        })
+        .await
+    }
+
+    pub async fn wait_connection(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(&format!("Connection {name}: {what}"), || async {
+            let connection = self.connections().get_opt(name).await.ok()??;
+            let status = serde_json::to_value(connection.status?).ok()?;
+            check(&status).then_some(status)
+        })
+        .await
+    }
+
+    /// Record every status the API server hands out for the namespace's Connections, in order.
+    pub fn record_connections(&self) -> StatusLog {
+        let log: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let seen = log.clone();
+        let stream = watcher(self.connections(), watcher::Config::default()).applied_objects();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(connection)) = stream.next().await {
+                if let Some(status) = &connection.status {
+                    let entry = (
+                        kube::ResourceExt::name_any(&connection),
+                        serde_json::to_value(status).expect("json"),
+                    );
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+                }
+            }
+        });
+        StatusLog { seen: log, task }
+    }
+
+    pub fn pod_log(&self, pod: &str) -> String {
+        match self.kubelet {
+            Some(kubelet) => kubelet.log(&self.namespace, pod),
+            None => self
+                .kubectl(&["logs", pod, "--tail=200"])
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// Remove what the scenario made, even when it failed: the finalizers go first so the
+    /// namespace does not wait for an operator that is no longer running.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let pods = self
+                .kubectl(&["get", "pods", "-o", "name"])
+                .unwrap_or_default();
+            for pod in pods.lines().filter_map(|p| p.strip_prefix("pod/")) {
+                say(&format!("--- pod {pod} log ---\n{}", self.pod_log(pod)));
+            }
+            let _ = self
+                .kubectl(&["get", "transports,connections,pods,pvc", "-o", "yaml"])
+                .map(|all| say(&format!("--- objects ---\n{all}")));
+        }
+        if let Ok(names) = self.kubectl(&["get", "transports,connections", "-o", "name"]) {
+            for name in names.lines().filter(|n| !n.is_empty()) {
+                let _ = self.kubectl(&[
+                    "patch",
+                    name,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ]);
+            }
+        }
+        let _ = kubectl(
+            &self.env,
+            &["delete", "namespace", &self.namespace, "--wait=false"],
+            None,
+        );
+        if let Some(kubelet) = self.kubelet {
+            kubelet.end_namespace(&self.namespace);
+        }
+    }
+}
+
+/// Statuses in the order they were written.
+pub struct StatusLog {
+    seen: Arc<Mutex<Vec<(String, Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StatusLog {
+    pub fn entries(&self) -> Vec<(String, Value)> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The status values of one connection, consecutive repeats folded.
+    pub fn values(&self, name: &str) -> Vec<String> {
+        let mut values: Vec<String> = Vec::new();
+        for (n, status) in self.entries() {
+            let value = status["status"].as_str().unwrap_or("").to_owned();
+            if n == name && values.last() != Some(&value) {
+                values.push(value);
+            }
+        }
+        values
+    }
+}
+
+impl Drop for StatusLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn kubectl(env: &Env, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut command = Command::new("kubectl");
+    command
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|e| format!("kubectl: {e}"))?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Poll `probe` until it answers; panics naming `what` after [`WAIT`].
+pub async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, probe: impl Fn() -> F) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `ferry operator` as a process, as a user runs it out of cluster.
+pub struct Operator {
+    child: Option<Child>,
+    pub listen: SocketAddr,
+    log: PathBuf,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+}
+
+impl Operator {
+    fn start(cluster: &Cluster, extra: &[&str]) -> Operator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut args: Vec<String> = [
+            "operator",
+            "--namespace",
+            &cluster.namespace,
+            "--listen",
+            &listen.to_string(),
+            "--status-interval",
+            "1s",
+            "--worker-image",
+            &cluster.env.worker_image,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        if cluster.env.process_kubelet {
+            // The API server refuses to proxy to loopback pod IPs.
+            args.extend(["--worker-access".into(), "direct".into()]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let log = std::env::temp_dir().join(format!(
+            "ferry-e2e-operator-{}-{port}.log",
+            cluster.namespace
+        ));
+        let mut operator = Operator {
+            child: None,
+            listen,
+            log,
+            args,
+            kubeconfig: cluster.env.kubeconfig.clone(),
+        };
+        operator.spawn();
+        operator
+    }
+
+    fn spawn(&mut self) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(&self.args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "ferry=debug")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::from(out.try_clone().expect("log")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("ferry operator starts");
+        self.child = Some(child);
+    }
+
+    /// What `/readyz` says, if it answers.
+    pub async fn readyz(&self) -> Option<String> {
+        let response = reqwest::get(format!("http://{}/readyz", self.listen))
+            .await
+            .ok()?;
+        response.text().await.ok()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.listen))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// SIGTERM and wait: the lease is released and the controllers stop.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL: nothing of the shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            say(&format!(
+                "--- operator log ({}) ---\n{}",
+                self.log.display(),
+                self.log()
+            ));
+        }
+        self.terminate();
+    }
+}

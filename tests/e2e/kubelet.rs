@@ -1,0 +1,634 @@
+//! The process kubelet (`FERRY_E2E_PROCESS_KUBELET=1`): on a control plane made only of
+//! kube-apiserver, kube-controller-manager and kube-scheduler it stands in for a kubelet and a
+//! volume provisioner, so StatefulSets, PVCs and pods behave as on a real node:
+//!
+//! - registers a Ready Node (status and a `kube-node-lease` Lease, renewed every 10 s);
+//! - binds each pending PVC of a test namespace to a PersistentVolume on a local directory
+//!   (pre-bound through `claimRef`; the scheduler waits for that binding before it places a pod);
+//! - runs each pod scheduled to the Node as a local `ferry` process with the pod's arguments and
+//!   environment, its volume mounts mapped to local directories, its own loopback address
+//!   (127.0.0.N, kept per pod name, so a recreated pod keeps its IP) as pod IP;
+//! - keeps the pod status true: phase, podIP, Ready from the container's readiness probe,
+//!   restarts (a killed process is started again, restartCount + 1), and finishes deletions.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+/// Namespaces the kubelet serves: the suite's own, nothing else on the cluster.
+pub const NAMESPACE_PREFIX: &str = "ferry-e2e-";
+const MANAGER: &str = "ferry-e2e-kubelet";
+
+struct Running {
+    key: String,
+    ip: String,
+    child: Child,
+    /// The command line, to start it again after it exits.
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    restarts: i32,
+    ready: bool,
+    started: Timestamp,
+    readiness: Option<(String, u16)>,
+    container: String,
+    image: String,
+}
+
+#[derive(Default)]
+struct State {
+    running: HashMap<String, Running>,
+    ips: HashMap<String, String>,
+    /// Namespaces whose scenario ended: their pods are stopped and not started again.
+    ended: HashSet<String>,
+}
+
+pub struct ProcessKubelet {
+    pub node: String,
+    state: Arc<Mutex<State>>,
+}
+
+static KUBELET: OnceLock<ProcessKubelet> = OnceLock::new();
+
+impl ProcessKubelet {
+    /// The one kubelet of this test process, started on first use in a thread of its own (the
+    /// tests' runtimes come and go).
+    pub fn get(kubeconfig: &Path) -> &'static ProcessKubelet {
+        KUBELET.get_or_init(|| {
+            let node = std::env::var("FERRY_E2E_NODE").unwrap_or_else(|_| "ferry-e2e-node".into());
+            let dir =
+                std::env::temp_dir().join(format!("ferry-e2e-kubelet-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("kubelet directory");
+            let kubelet = ProcessKubelet {
+                node: node.clone(),
+                state: Arc::new(Mutex::new(State::default())),
+            };
+            let state = kubelet.state.clone();
+            let kubeconfig = kubeconfig.to_owned();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("kubelet runtime");
+                runtime.block_on(async move {
+                    let client = super::cluster::client_from(&kubeconfig).await;
+                    register_node(&client, &node).await;
+                    let _ = ready_tx.send(());
+                    run(client, node, dir, state).await;
+                });
+            });
+            ready_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the process kubelet registered its Node");
+            kubelet
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// SIGKILL the process of pod `namespace/name`; the kubelet starts it again, as a node does
+    /// with a container that died. Answers whether it was running.
+    pub fn kill9(&self, namespace: &str, name: &str) -> bool {
+        let key = format!("{namespace}/{name}");
+        let mut state = self.lock();
+        match state.running.values_mut().find(|r| r.key == key) {
+            Some(running) => {
+                let _ = running.child.kill();
+                let _ = running.child.wait();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The scenario of `namespace` ended: stop its processes (they would outlive the tests).
+    pub fn end_namespace(&self, namespace: &str) {
+        let stopping: Vec<Running> = {
+            let mut state = self.lock();
+            state.ended.insert(namespace.to_owned());
+            let prefix = format!("{namespace}/");
+            let uids: Vec<String> = state
+                .running
+                .iter()
+                .filter(|(_, r)| r.key.starts_with(&prefix))
+                .map(|(uid, _)| uid.clone())
+                .collect();
+            uids.iter()
+                .filter_map(|uid| state.running.remove(uid))
+                .collect()
+        };
+        for mut running in stopping {
+            stop(&mut running.child);
+        }
+    }
+
+    /// The log of pod `namespace/name`'s process, for failure messages.
+    pub fn log(&self, namespace: &str, name: &str) -> String {
+        let key = format!("{namespace}/{name}");
+        let state = self.lock();
+        state
+            .running
+            .values()
+            .find(|r| r.key == key)
+            .and_then(|r| std::fs::read_to_string(&r.log).ok())
+            .unwrap_or_default()
+    }
+}
+
+fn now() -> String {
+    Timestamp::now().to_string()
+}
+
+async fn register_node(client: &Client, node: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let object = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node, "labels": {
+            "kubernetes.io/hostname": node, "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        }},
+    });
+    nodes
+        .patch(
+            node,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .expect("the Node is registered");
+    heartbeat(client, node).await;
+}
+
+/// The Node's status (Ready, capacity, addresses) and its Lease, as a kubelet renews them.
+async fn heartbeat(client: &Client, node: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let now = now();
+    let condition = |type_: &str, status: &str, reason: &str| {
+        json!({"type": type_, "status": status, "reason": reason, "message": "ferry e2e process kubelet",
+               "lastHeartbeatTime": now, "lastTransitionTime": now})
+    };
+    let resources =
+        json!({"cpu": "16", "memory": "64Gi", "pods": "250", "ephemeral-storage": "100Gi"});
+    let status = json!({"status": {
+        "capacity": resources, "allocatable": resources,
+        "conditions": [
+            condition("Ready", "True", "KubeletReady"),
+            condition("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+            condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+            condition("PIDPressure", "False", "KubeletHasSufficientPID"),
+        ],
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": node}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "machineID": "ferry-e2e", "systemUUID": "ferry-e2e", "bootID": "ferry-e2e",
+            "kernelVersion": "", "osImage": "ferry e2e process kubelet", "containerRuntimeVersion": "process://ferry",
+            "kubeletVersion": "v1.33.0", "kubeProxyVersion": "", "operatingSystem": "linux",
+            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        },
+    }});
+    if let Err(e) = nodes
+        .patch_status(node, &PatchParams::default(), &Patch::Merge(status))
+        .await
+    {
+        eprintln!("process kubelet: node status: {e}");
+    }
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let micro = Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": node, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": micro},
+    });
+    if let Err(e) = leases
+        .patch(
+            node,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(lease),
+        )
+        .await
+    {
+        eprintln!("process kubelet: node lease: {e}");
+    }
+}
+
+async fn run(client: Client, node: String, dir: PathBuf, state: Arc<Mutex<State>>) {
+    let mut last_heartbeat = Instant::now();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("probe client");
+    loop {
+        if last_heartbeat.elapsed() > Duration::from_secs(10) {
+            heartbeat(&client, &node).await;
+            last_heartbeat = Instant::now();
+        }
+        if let Err(e) = provision(&client, &dir).await {
+            eprintln!("process kubelet: volumes: {e}");
+        }
+        if let Err(e) = sync_pods(&client, &node, &dir, &state, &http).await {
+            eprintln!("process kubelet: pods: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Pending claims of the suite's namespaces get a pre-bound PersistentVolume on a local
+/// directory; volumes whose claim is gone are deleted with their directory.
+async fn provision(client: &Client, dir: &Path) -> Result<(), kube::Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    for claim in claims.list(&ListParams::default()).await? {
+        let namespace = claim.namespace().unwrap_or_default();
+        let pending = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
+        if !namespace.starts_with(NAMESPACE_PREFIX)
+            || !pending
+            || claim.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let Some(uid) = claim.uid() else { continue };
+        let name = format!("ferry-e2e-{uid}");
+        if volumes.get_opt(&name).await?.is_some() {
+            continue;
+        }
+        let spec = claim.spec.clone().unwrap_or_default();
+        let size = spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone())
+            .unwrap_or_else(|| "1Gi".into());
+        let path = dir.join("volumes").join(&uid);
+        std::fs::create_dir_all(&path).expect("volume directory");
+        let volume = json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": name, "labels": {"ferry.dev/e2e-volume": "true"}},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": spec.access_modes.clone().unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": spec.storage_class_name.clone().unwrap_or_default(),
+                "hostPath": {"path": path.to_string_lossy(), "type": "Directory"},
+                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace,
+                             "name": claim.name_any(), "uid": uid},
+            },
+        });
+        let volume: PersistentVolume = serde_json::from_value(volume).expect("a PersistentVolume");
+        volumes.create(&PostParams::default(), &volume).await?;
+    }
+    let ours = ListParams::default().labels("ferry.dev/e2e-volume=true");
+    for volume in volumes.list(&ours).await? {
+        if volume.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released") {
+            volumes
+                .delete(&volume.name_any(), &DeleteParams::default())
+                .await?;
+            if let Some(path) = volume.spec.as_ref().and_then(|s| s.host_path.as_ref()) {
+                let _ = std::fs::remove_dir_all(&path.path);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn sync_pods(
+    client: &Client,
+    node: &str,
+    dir: &Path,
+    state: &Arc<Mutex<State>>,
+    http: &reqwest::Client,
+) -> Result<(), kube::Error> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let listed = pods.list(&on_node).await?.items;
+    let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+
+    // Processes whose pod is gone (deleted with grace 0 by someone else).
+    {
+        let live: Vec<String> = listed.iter().filter_map(|p| p.uid()).collect();
+        let mut state = lock();
+        let gone: Vec<String> = state
+            .running
+            .keys()
+            .filter(|uid| !live.contains(uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            if let Some(mut running) = state.running.remove(&uid) {
+                stop(&mut running.child);
+            }
+        }
+    }
+
+    for pod in listed {
+        let namespace = pod.namespace().unwrap_or_default();
+        if !namespace.starts_with(NAMESPACE_PREFIX) {
+            continue;
+        }
+        let name = pod.name_any();
+        let Some(uid) = pod.uid() else { continue };
+        let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let ended = lock().ended.contains(&namespace);
+        if pod.metadata.deletion_timestamp.is_some() || ended {
+            let running = lock().running.remove(&uid);
+            if let Some(mut running) = running {
+                stop(&mut running.child);
+            }
+            let gone = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            };
+            match api.delete(&name, &gone).await {
+                Ok(_) | Err(kube::Error::Api(_)) => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        let known = lock().running.contains_key(&uid);
+        if !known {
+            match start(client, &pod, dir, state).await {
+                Ok(running) => {
+                    lock().running.insert(uid.clone(), running);
+                }
+                Err(why) => {
+                    eprintln!("process kubelet: cannot start {namespace}/{name}: {why}");
+                    continue;
+                }
+            }
+            report(&api, &name, state, &uid).await?;
+            continue;
+        }
+        // Restart a process that exited; probe one that is not ready yet.
+        let (changed, probe) = {
+            let mut state = lock();
+            let running = state.running.get_mut(&uid).expect("known");
+            let exited = matches!(running.child.try_wait(), Ok(Some(_)));
+            if exited {
+                running.restarts += 1;
+                running.ready = false;
+                running.started = Timestamp::now();
+                running.child = spawn(&running.command, &running.env, &running.log);
+            }
+            (
+                exited,
+                (!running.ready).then(|| (running.ip.clone(), running.readiness.clone())),
+            )
+        };
+        let mut became_ready = false;
+        if let Some((ip, readiness)) = probe {
+            let ready = match readiness {
+                Some((path, port)) => http
+                    .get(format!("http://{ip}:{port}{path}"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
+                None => true,
+            };
+            if ready {
+                if let Some(running) = lock().running.get_mut(&uid) {
+                    running.ready = true;
+                }
+                became_ready = true;
+            }
+        }
+        if changed || became_ready {
+            report(&api, &name, state, &uid).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Write the pod's status as a kubelet would.
+async fn report(
+    api: &Api<Pod>,
+    name: &str,
+    state: &Arc<Mutex<State>>,
+    uid: &str,
+) -> Result<(), kube::Error> {
+    let status = {
+        let state = state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = state.running.get(uid) else {
+            return Ok(());
+        };
+        let ready = if r.ready { "True" } else { "False" };
+        let since = r.started.to_string();
+        let condition = |type_: &str, status: &str| json!({"type": type_, "status": status, "lastTransitionTime": since});
+        json!({"status": {
+            "phase": "Running",
+            "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
+            "podIP": r.ip, "podIPs": [{"ip": r.ip}],
+            "startTime": since,
+            "conditions": [
+                condition("PodScheduled", "True"), condition("Initialized", "True"),
+                condition("ContainersReady", ready), condition("Ready", ready),
+            ],
+            "containerStatuses": [{
+                "name": r.container, "image": r.image, "imageID": "", "containerID": format!("process://{}", r.child.id()),
+                "ready": r.ready, "started": true, "restartCount": r.restarts,
+                "state": {"running": {"startedAt": since}},
+            }],
+        }})
+    };
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .map(|_| ())
+}
+
+fn spawn(command: &[String], env: &[(String, String)], log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("pod log");
+    Command::new(&command[0])
+        .args(&command[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::from(out.try_clone().expect("log")))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .expect("the pod's process starts")
+}
+
+/// SIGTERM, as a kubelet stops a container, then SIGKILL after a grace period.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Start the pod's first container as a local `ferry` process.
+async fn start(
+    client: &Client,
+    pod: &Pod,
+    dir: &Path,
+    state: &Arc<Mutex<State>>,
+) -> Result<Running, String> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let key = format!("{namespace}/{name}");
+    let spec = pod.spec.as_ref().ok_or("no spec")?;
+    let container = spec.containers.first().ok_or("no container")?;
+    let run_dir = dir.join("pods").join(pod.uid().unwrap_or_default());
+    std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
+
+    // Each volume mount becomes a local directory.
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .ok_or_else(|| format!("volume {} is not declared", mount.name))?;
+        let local = if let Some(claim) = &volume.persistent_volume_claim {
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+            let claim = claims
+                .get(&claim.claim_name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let volume_name = claim
+                .spec
+                .and_then(|s| s.volume_name)
+                .ok_or("the claim is not bound yet")?;
+            let pv = Api::<PersistentVolume>::all(client.clone())
+                .get(&volume_name)
+                .await
+                .map_err(|e| e.to_string())?;
+            PathBuf::from(
+                pv.spec
+                    .and_then(|s| s.host_path)
+                    .ok_or("the volume is not a local directory")?
+                    .path,
+            )
+        } else if let Some(secret) = &volume.secret {
+            let secret_name = secret.secret_name.clone().unwrap_or_default();
+            let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
+                .get(&secret_name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let path = run_dir.join(&volume.name);
+            std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
+            for (key, value) in secret.data.unwrap_or_default() {
+                std::fs::write(path.join(key), value.0).map_err(|e| e.to_string())?;
+            }
+            path
+        } else {
+            let path = run_dir.join(&volume.name);
+            std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
+            path
+        };
+        mounts.push((mount.mount_path.clone(), local));
+    }
+    // Longest mount path first, so /a/b wins over /a.
+    mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+
+    let ip = {
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = state.ips.len();
+        state
+            .ips
+            .entry(key.clone())
+            .or_insert_with(|| format!("127.0.{}.{}", 10 + taken / 250, 2 + taken % 250))
+            .clone()
+    };
+    let rewrite = |arg: &str| -> String {
+        for (path, local) in &mounts {
+            if arg == path {
+                return local.to_string_lossy().into_owned();
+            }
+            if let Some(rest) = arg.strip_prefix(&format!("{path}/")) {
+                return local.join(rest).to_string_lossy().into_owned();
+            }
+        }
+        arg.replace("0.0.0.0:", &format!("{ip}:"))
+    };
+    let mut command = vec![env!("CARGO_BIN_EXE_ferry").to_string()];
+    command.extend(container.args.iter().flatten().map(|a| rewrite(a)));
+
+    let mut env = vec![
+        (
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_default(),
+        ),
+        ("HOSTNAME".to_string(), name.clone()),
+    ];
+    for var in container.env.iter().flatten() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => value.clone(),
+            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                Some("status.podIP") => ip.clone(),
+                Some("metadata.name") => name.clone(),
+                Some("metadata.namespace") => namespace.clone(),
+                _ => continue,
+            },
+            _ => String::new(),
+        };
+        env.push((var.name.clone(), value));
+    }
+    let readiness = container
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .map(|get| {
+            use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+            let port = match &get.port {
+                IntOrString::Int(port) => *port as u16,
+                IntOrString::String(named) => container
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(named))
+                    .map_or(8080, |p| p.container_port as u16),
+            };
+            (get.path.clone().unwrap_or_else(|| "/".into()), port)
+        });
+    let log = run_dir.join("log");
+    let child = spawn(&command, &env, &log);
+    Ok(Running {
+        key,
+        ip,
+        child,
+        command,
+        env,
+        log,
+        restarts: 0,
+        ready: false,
+        started: Timestamp::now(),
+        readiness,
+        container: container.name.clone(),
+        image: container.image.clone().unwrap_or_default(),
+    })
+}

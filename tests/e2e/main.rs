@@ -1,0 +1,518 @@
+//! End to end against a real API server: `FERRY_E2E_KUBECONFIG=<kubeconfig> cargo test --test e2e`.
+//! Without it every scenario prints why it is skipped. On a control plane with no kubelet and
+//! no container runtime add `FERRY_E2E_PROCESS_KUBELET=1` (see `kubelet.rs`); on a cluster
+//! with nodes, `FERRY_E2E_WORKER_IMAGE` names the image built from this checkout.
+//!
+//! The operator runs out of cluster (`ferry operator --namespace <the scenario's>`), and the
+//! resources are driven with the YAML and `kubectl patch` a user would use. The hosts and the
+//! source are pods running `ferry sink` and `ferry source`.
+
+mod cluster;
+mod kubelet;
+
+use std::time::Duration;
+
+use cluster::{Cluster, SERIAL, env, eventually};
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    core::v1::{PersistentVolumeClaim, Pod},
+};
+use serde_json::{Value, json};
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+fn ready(status: &Value) -> &str {
+    condition(status, "Ready")["status"].as_str().unwrap_or("")
+}
+
+fn transport_yaml(name: &str, host: &str, reclaim: &str) -> String {
+    format!(
+        r#"
+apiVersion: ferry.dev/v1alpha1
+kind: Transport
+metadata:
+  name: {name}
+spec:
+  host:
+    url: {host}/ingest
+    timeout: 2s
+  storeAndForward:
+    enabled: true
+    timeToLive: 1h
+    maxMessages: 1000
+  storage:
+    size: 64Mi
+    reclaimPolicy: {reclaim}
+"#
+    )
+}
+
+fn connection_yaml(name: &str, source: &str, target: &str) -> String {
+    format!(
+        r#"
+apiVersion: ferry.dev/v1alpha1
+kind: Connection
+metadata:
+  name: {name}
+spec:
+  started: true
+  frequency: 5s
+  syncSets:
+  - name: orders
+    source:
+      http:
+        url: {source}/records
+        watermarkParam: updatedSince
+        itemsPointer: /items
+        watermarkPointer: /updatedAt
+        idPointer: /id
+    target:
+      {target}
+  storage:
+    size: 16Mi
+    reclaimPolicy: Delete
+"#
+    )
+}
+
+/// The pod's identity and restarts: changes when its worker restarted.
+async fn incarnation(cluster: &Cluster, pod: &str) -> (String, i64) {
+    let pod = cluster.api::<Pod>().get(pod).await.expect("the worker pod");
+    let restarts = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.first().map(|c| i64::from(c.restart_count)))
+        .unwrap_or(0);
+    (pod.metadata.uid.unwrap_or_default(), restarts)
+}
+
+const SINK: [&str; 4] = ["sink", "--listen", "0.0.0.0:9090", "--quiet"];
+const SOURCE: [&str; 7] = [
+    "source",
+    "--listen",
+    "0.0.0.0:9091",
+    "--orders",
+    "5",
+    "--change-every",
+    "2s",
+];
+
+/// Seed 001 on a cluster: Down → Up → Store and Forward → S&F Suspended, a worker `kill -9`
+/// while S&F Suspended, the host back while suspended (nothing delivered), resume (the queue
+/// forwarded, Up), suspend and resume with an empty queue (Suspended → Down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_lifecycle_of_the_seed() {
+    let Some(env) = env("transport_lifecycle_of_the_seed") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "lifecycle").await;
+    let _operator = cluster.operator(&[]);
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    cluster.apply(&transport_yaml("erp", &host, "Retain"));
+
+    // 1. New: Down, and Ready once its worker answers; its objects exist.
+    let status = cluster
+        .wait_transport("erp", "Down and Ready", |s| {
+            s["state"] == "Down" && ready(s) == "True"
+        })
+        .await;
+    assert_eq!(status["observedGeneration"], 1, "{status}");
+    for object in [
+        "statefulset/ferry-tp-erp",
+        "service/ferry-tp-erp",
+        "secret/ferry-tp-erp",
+        "pvc/data-ferry-tp-erp-0",
+    ] {
+        cluster
+            .kubectl(&["get", object])
+            .unwrap_or_else(|e| panic!("{object}: {e}"));
+    }
+
+    // 2. Down + transaction: delivered, Up.
+    let (code, body) = cluster.ingest("erp", r#"{"order":1}"#).await;
+    assert_eq!(
+        (code, body["outcome"].as_str()),
+        (200, Some("delivered")),
+        "{body}"
+    );
+    cluster
+        .wait_transport("erp", "Up with 1 delivered", |s| {
+            s["state"] == "Up" && s["totals"]["delivered"] == 1
+        })
+        .await;
+
+    // 3. The host goes away: stored, Store and Forward.
+    cluster.delete_pod_now("erp-host").await;
+    for order in 2..=4 {
+        let (code, body) = cluster
+            .ingest("erp", &format!(r#"{{"order":{order}}}"#))
+            .await;
+        assert_eq!(
+            (code, body["outcome"].as_str()),
+            (202, Some("stored")),
+            "{body}"
+        );
+    }
+    cluster
+        .wait_transport("erp", "Store and Forward, 3 queued", |s| {
+            s["state"] == "Store and Forward" && s["queue"]["messages"] == 3
+        })
+        .await;
+
+    // 5. Suspend: S&F Suspended.
+    cluster.patch("transport/erp", json!({"spec": {"suspended": true}}));
+    cluster
+        .wait_transport("erp", "S&F Suspended", |s| {
+            s["state"] == "S&F Suspended" && s["observedGeneration"] == 2 && ready(s) == "True"
+        })
+        .await;
+
+    // 8. kill -9 of the worker: S&F Suspended again, with its queue.
+    let before = incarnation(&cluster, "ferry-tp-erp-0").await;
+    cluster.kill9_worker("ferry-tp-erp-0").await;
+    eventually("the worker pod restarted and is Ready", || async {
+        let now = incarnation(&cluster, "ferry-tp-erp-0").await;
+        let ready = cluster.wait_pod_ready("ferry-tp-erp-0").await;
+        (now != before).then_some(ready)
+    })
+    .await;
+    let after_kill = cluster
+        .wait_transport("erp", "S&F Suspended after kill -9", |s| {
+            s["state"] == "S&F Suspended" && s["queue"]["messages"] == 3 && ready(s) == "True"
+        })
+        .await;
+    assert_eq!(after_kill["totals"]["stored"], 3, "{after_kill}");
+
+    // 6. The host is back, but a suspended transport never delivers.
+    let host_again = cluster.run_pod("erp-host", &SINK, 9090).await;
+    assert_eq!(host_again, host, "the host keeps its address");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let still = cluster
+        .wait_transport("erp", "still S&F Suspended", |s| {
+            s["state"] == "S&F Suspended"
+        })
+        .await;
+    assert_eq!(still["queue"]["messages"], 3, "{still}");
+    assert_eq!(still["totals"]["forwarded"], 0, "{still}");
+
+    // 7. Resume: the queue is forwarded, then Up.
+    cluster.patch("transport/erp", json!({"spec": {"suspended": false}}));
+    let drained = cluster
+        .wait_transport("erp", "Up with the queue forwarded", |s| {
+            s["state"] == "Up" && s["queue"]["messages"] == 0 && s["totals"]["forwarded"] == 3
+        })
+        .await;
+    assert_eq!(drained["totals"]["failed"], 0, "{drained}");
+
+    // 5 and 7 with an empty queue: Up → Suspended → Down.
+    cluster.patch("transport/erp", json!({"spec": {"suspended": true}}));
+    cluster
+        .wait_transport("erp", "Suspended", |s| s["state"] == "Suspended")
+        .await;
+    cluster.patch("transport/erp", json!({"spec": {"suspended": false}}));
+    cluster
+        .wait_transport("erp", "Down after resume", |s| {
+            s["state"] == "Down" || s["state"] == "Up"
+        })
+        .await;
+}
+
+/// Three connections started together enter their startup one at a time: each is admitted
+/// only after the one before it is Running; the others wait with a queue position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_connections_start_one_by_one() {
+    let Some(env) = env("three_connections_start_one_by_one") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "startup").await;
+    let source = cluster.run_pod("crm", &SOURCE, 9091).await;
+    let host = cluster.run_pod("warehouse", &SINK, 9090).await;
+    let log = cluster.record_connections();
+    let _operator = cluster.operator(&["--startup-concurrency", "1"]);
+    let target = format!("http: {{url: {host}/orders}}");
+    let yaml: Vec<String> = ["alpha", "bravo", "charlie"]
+        .iter()
+        .map(|name| connection_yaml(name, &source, &target))
+        .collect();
+    cluster.apply(&yaml.join("---\n"));
+
+    for name in ["alpha", "bravo", "charlie"] {
+        cluster
+            .wait_connection(name, "Running", |s| s["status"] == "Running")
+            .await;
+    }
+    let entries = log.entries();
+    let first = |name: &str, holds: &dyn Fn(&Value) -> bool| {
+        entries
+            .iter()
+            .position(|(n, s)| n == name && holds(s))
+            .unwrap_or_else(|| panic!("{name} never showed it: {entries:#?}"))
+    };
+    let mut order: Vec<(usize, usize, &str)> = ["alpha", "bravo", "charlie"]
+        .into_iter()
+        .map(|name| {
+            let admitted = first(name, &|s| {
+                s.get("startupStartedTime").is_some() || s["status"] == "Running"
+            });
+            let running = first(name, &|s| s["status"] == "Running");
+            (admitted, running, name)
+        })
+        .collect();
+    order.sort();
+    for pair in order.windows(2) {
+        let (_, running_before, before) = pair[0];
+        let (admitted, _, next) = pair[1];
+        assert!(
+            admitted > running_before,
+            "{next} entered its startup before {before} was Running: {entries:#?}"
+        );
+    }
+    let waited = entries.iter().any(|(_, s)| {
+        s["startupQueuePosition"] == 2
+            && s["status"] != "Running"
+            && condition(s, "Progressing")["reason"] == "QueuedForStartup"
+    });
+    assert!(waited, "one waited at position 2: {entries:#?}");
+}
+
+/// An operator restart (kill -9) restarts no worker and requeues nothing: the connection
+/// shows Server Reinitializing, then its previous status; the transport keeps its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_restart_reinitializes_without_restarting_workers() {
+    let Some(env) = env("operator_restart_reinitializes_without_restarting_workers") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "restart").await;
+    let source = cluster.run_pod("crm", &SOURCE, 9091).await;
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    let mut operator = cluster.operator(&[]);
+    cluster.apply(&transport_yaml("erp", &host, "Delete"));
+    let target = format!("http: {{url: {host}/orders}}");
+    cluster.apply(&connection_yaml("crm", &source, &target));
+    cluster
+        .wait_transport("erp", "Down and Ready", |s| {
+            s["state"] == "Down" && ready(s) == "True"
+        })
+        .await;
+    let running = cluster
+        .wait_connection("crm", "Running", |s| s["status"] == "Running")
+        .await;
+    let workers = [
+        incarnation(&cluster, "ferry-tp-erp-0").await,
+        incarnation(&cluster, "ferry-conn-crm-0").await,
+    ];
+
+    let log = cluster.record_connections();
+    operator.restart();
+    eventually("Server Reinitializing, then Running again", || async {
+        let values = log.values("crm");
+        let reinit = values.iter().position(|v| v == "Server Reinitializing")?;
+        values[reinit..]
+            .iter()
+            .any(|v| v == "Running")
+            .then_some(())
+    })
+    .await;
+    let after = cluster
+        .wait_connection("crm", "Running", |s| s["status"] == "Running")
+        .await;
+    assert!(
+        after["iteration"].as_u64() >= running["iteration"].as_u64(),
+        "iterations go on: {running} then {after}"
+    );
+    assert!(after.get("startupQueuePosition").is_none(), "{after}");
+    let transport = cluster
+        .wait_transport("erp", "still Down and Ready", |s| {
+            s["state"] == "Down" && ready(s) == "True"
+        })
+        .await;
+    assert_eq!(transport["observedGeneration"], 1, "{transport}");
+    assert_eq!(
+        [
+            incarnation(&cluster, "ferry-tp-erp-0").await,
+            incarnation(&cluster, "ferry-conn-crm-0").await,
+        ],
+        workers,
+        "no worker restarted"
+    );
+    let metrics = operator.metrics().await;
+    assert!(
+        metrics.contains("ferry_operator_reconciles_total{kind=\"Transport\"}"),
+        "{metrics}"
+    );
+}
+
+/// Deletion: `Retain` keeps the claim and the queued transactions in it (a Transport of the
+/// same name finds them again), `Delete` removes it; a connection whose target transport is
+/// deleted shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_under_both_reclaim_policies() {
+    let Some(env) = env("deletion_under_both_reclaim_policies") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "deletion").await;
+    let _operator = cluster.operator(&[]);
+    // Nothing answers there: every transaction is stored.
+    let nowhere = if cluster.env.process_kubelet {
+        "http://127.0.0.1:1".to_string()
+    } else {
+        format!("http://nowhere.{}.svc:9090", cluster.namespace)
+    };
+    cluster.apply(&transport_yaml("keep", &nowhere, "Retain"));
+    cluster.apply(&transport_yaml("drop", &nowhere, "Delete"));
+    cluster.apply(&connection_yaml(
+        "feeder",
+        &nowhere,
+        "transport: {name: drop}",
+    ));
+    for name in ["keep", "drop"] {
+        cluster
+            .wait_transport(name, "Ready", |s| ready(s) == "True")
+            .await;
+        for n in 0..2 {
+            let (code, body) = cluster.ingest(name, &format!(r#"{{"n":{n}}}"#)).await;
+            assert_eq!(code, 202, "{body}");
+        }
+        cluster
+            .wait_transport(name, "2 queued", |s| s["queue"]["messages"] == 2)
+            .await;
+    }
+
+    cluster
+        .kubectl(&["delete", "transport", "keep", "drop", "--timeout=180s"])
+        .expect("deleted");
+    let claims = cluster.api::<PersistentVolumeClaim>();
+    eventually("the claim of `drop` is gone", || async {
+        claims
+            .get_opt("data-ferry-tp-drop-0")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("the StatefulSet of `keep` is gone", || async {
+        cluster
+            .api::<StatefulSet>()
+            .get_opt("ferry-tp-keep")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let kept = claims
+        .get_opt("data-ferry-tp-keep-0")
+        .await
+        .expect("read")
+        .expect("the claim of `keep` is kept");
+    assert!(kept.metadata.deletion_timestamp.is_none());
+
+    let feeder = cluster
+        .wait_connection("feeder", "Disabled: its target is gone", |s| {
+            s["status"] == "Disabled" && condition(s, "Ready")["reason"] == "InvalidConfiguration"
+        })
+        .await;
+    let message = condition(&feeder, "Ready")["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("drop"), "{message}");
+
+    // The kept claim still holds the queue: a Transport of the same name finds it.
+    cluster.apply(&transport_yaml("keep", &nowhere, "Delete"));
+    let back = cluster
+        .wait_transport("keep", "its 2 transactions back", |s| {
+            s["queue"]["messages"] == 2 && ready(s) == "True"
+        })
+        .await;
+    assert_eq!(back["state"], "Store and Forward", "{back}");
+}
+
+/// Two operators with leader election: one leads, the other stands by and takes over when
+/// the leader stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_lets_one_replica_write() {
+    let Some(env) = env("leader_election_lets_one_replica_write") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "leader").await;
+    let lease = [
+        "--leader-election",
+        "--lease-namespace",
+        cluster.namespace.as_str(),
+        "--lease-name",
+        "ferry-e2e",
+    ];
+    let mut first = cluster.operator(&lease);
+    let second = cluster.operator(&lease);
+    let leader_is_first = eventually("one leader, one standby", || async {
+        let (a, b) = (first.readyz().await?, second.readyz().await?);
+        match (
+            a.as_str(),
+            b.starts_with("standby"),
+            a.starts_with("standby"),
+            b.as_str(),
+        ) {
+            ("leading", true, _, _) => Some(true),
+            (_, _, true, "leading") => Some(false),
+            _ => None,
+        }
+    })
+    .await;
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    cluster.apply(&transport_yaml("erp", &host, "Delete"));
+    cluster
+        .wait_transport("erp", "Ready", |s| ready(s) == "True")
+        .await;
+
+    let standby = if leader_is_first {
+        first.terminate();
+        second
+    } else {
+        drop(second);
+        first
+    };
+    eventually("the standby leads", || async {
+        (standby.readyz().await? == "leading").then_some(())
+    })
+    .await;
+    cluster.patch("transport/erp", json!({"spec": {"suspended": true}}));
+    cluster
+        .wait_transport("erp", "Suspended by the new leader", |s| {
+            s["state"] == "Suspended"
+        })
+        .await;
+}
+
+/// Runs everywhere: the YAML the scenarios apply passes the CRDs' schema and rules, so a
+/// scenario never fails on its own input.
+#[test]
+fn the_scenarios_yaml_is_valid() {
+    let validator = ferry::api::validate::ManifestValidator::new();
+    let host = "http://127.0.0.10:9090";
+    let yaml = [
+        transport_yaml("erp", host, "Retain"),
+        transport_yaml("drop", host, "Delete"),
+        connection_yaml("crm", host, &format!("http: {{url: {host}/orders}}")),
+        connection_yaml("feeder", host, "transport: {name: drop}"),
+    ];
+    for text in yaml {
+        for mut doc in ferry::api::manifest::parse_documents(&text).expect("YAML") {
+            // kubectl -n sets the namespace.
+            doc["metadata"]["namespace"] = json!("ferry-e2e-check");
+            if let Err(e) = validator.validate(&doc) {
+                panic!("{e}\n{text}");
+            }
+        }
+    }
+}
