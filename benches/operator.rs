@@ -1,7 +1,13 @@
 //! Operator benchmark: the Transport reconciler against a mock API server (tower-test) that
 //! answers at once, for 1,000 Transports. Prints reconciles/s and the process's RSS; asserts
-//! nothing. The worker pods do not exist, so each reconcile is the API side only: read the
-//! Secret, apply Secret/Service/StatefulSet, look up the pod, write the status.
+//! nothing.
+//!
+//! 1. The worker pods do not exist, so each reconcile is the API side only: read the Secret,
+//!    apply Secret/Service/StatefulSet, look up the pod, write the status.
+//! 2. Spec changes: a real worker (in this process, on a loopback address standing in for the
+//!    pod IP) hosts the transports; each Transport gets a new generation (suspend / resume) and
+//!    the time from the reconcile starting to the worker having answered the `PUT` is measured.
+//!    On a cluster the watch event's delivery comes on top (usually a few milliseconds).
 //!
 //!     cargo bench --bench operator
 
@@ -15,6 +21,10 @@ use ferry::{
         builders::WorkerDefaults,
         transport_reconciler::{Context, FINALIZER, reconcile_transport},
         worker_client::WorkerClient,
+    },
+    worker::{
+        Worker, WorkerOptions, api,
+        tokens::{Token, Tokens},
     },
 };
 use http::{Method, Request, Response};
@@ -38,21 +48,38 @@ fn respond(status: u16, body: &Value) -> Response<Body> {
         .expect("a response")
 }
 
-/// Answers every request the reconciler makes: lookups 404, applies and patches echo.
-async fn api_server(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
+/// Answers every request the reconciler makes: applies and patches echo; lookups 404, or with
+/// `worker` the Secret with its tokens and a ready pod at its address.
+async fn api_server(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    worker: Option<String>,
+) {
     let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"});
     while let Some((request, send)) = handle.next_request().await {
         let method = request.method().clone();
+        let path = request.uri().path().to_owned();
         let bytes = http_body_util::BodyExt::collect(request.into_body())
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let response = if method == Method::GET {
-            respond(404, &not_found)
+            match &worker {
+                Some(ip) if path.contains("/pods/") => respond(
+                    200,
+                    &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "w-0", "uid": "pod-1"},
+                            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}}),
+                ),
+                Some(_) => respond(
+                    200,
+                    &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "w"},
+                            "data": {"admin-token": "YWRtaW4tdG9rZW4=", "ingest-token": "aW5nZXN0LXRva2Vu"}}),
+                ),
+                None => respond(404, &not_found),
+            }
         } else {
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            // A status merge patch: answer a whole object, as the API server does.
-            let body = if body.get("kind").is_none() {
+            // A status patch: answer a whole object, as the API server does.
+            let body = if path.ends_with("/status") || body.get("kind").is_none() {
                 json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport", "metadata": {"name": "x"},
                        "spec": {"host": {"url": "http://erp/ingest"}}})
             } else {
@@ -72,15 +99,7 @@ async fn main() {
     ferry::install_crypto_provider();
     let count = common::env_or("FERRY_BENCH_TRANSPORTS", 1000) as usize;
     let before = common::rss_mib("self");
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    tokio::spawn(api_server(handle));
-    let client = kube::Client::new(service, "bench");
-    let ctx = Arc::new(Context::new(
-        client,
-        WorkerClient::direct(Duration::from_secs(1)).expect("client"),
-        WorkerDefaults::default(),
-        Duration::from_secs(5),
-    ));
+    let ctx = context(None);
     let transports: Vec<Arc<Transport>> = (0..count).map(|i| Arc::new(transport(i))).collect();
     println!(
         "ferry operator benchmark: the Transport reconciler, {count} Transports, mock API server"
@@ -99,4 +118,66 @@ async fn main() {
             common::rss_mib("self")
         );
     }
+
+    // 2. Spec changes reaching a real worker.
+    let changes = count.min(200);
+    let ip = "127.0.0.77";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let worker = Worker::open(
+        WorkerOptions {
+            data_dir: dir.path().to_owned(),
+            public_url: format!("http://{ip}:8080"),
+            forward_window: 1,
+        },
+        true,
+    )
+    .await
+    .expect("worker");
+    let tokens = Tokens {
+        admin: Some(Token::new("admin-token")),
+        ingest: Some(Token::new("ingest-token")),
+    };
+    let listener = tokio::net::TcpListener::bind((ip, 8080))
+        .await
+        .expect("the worker's address");
+    tokio::spawn(async move { axum::serve(listener, api::router(worker, tokens)).await });
+    let ctx = context(Some(ip.to_owned()));
+    let mut latencies = Vec::new();
+    for generation in 1..=3 {
+        for t in transports.iter().take(changes) {
+            let mut changed = (**t).clone();
+            changed.metadata.generation = Some(generation);
+            changed.spec.suspended = generation % 2 == 0;
+            let start = Instant::now();
+            reconcile_transport(Arc::new(changed), ctx.clone())
+                .await
+                .expect("reconciled");
+            // The first generation creates the transport on the worker; count the changes.
+            if generation > 1 {
+                latencies.push(start.elapsed());
+            }
+        }
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
+    println!(
+        "spec change → worker: {} changes (suspend/resume) of {changes} transports hosted by one worker: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (reconcile start → the worker answered the PUT)",
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
+
+/// A reconcile context over a fresh mock API server (see `api_server`).
+fn context(worker: Option<String>) -> Arc<Context> {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(api_server(handle, worker));
+    let client = kube::Client::new(service, "bench");
+    Arc::new(Context::new(
+        client,
+        WorkerClient::direct(Duration::from_secs(5)).expect("client"),
+        WorkerDefaults::default(),
+        Duration::from_secs(5),
+    ))
 }

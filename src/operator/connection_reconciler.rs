@@ -114,33 +114,47 @@ fn connection_key(connection: &Connection) -> String {
 
 /// Rule 1 made visible: right after the operator starts, every connection that already has a
 /// status is written `Server Reinitializing` (its last known iteration and sync-sets kept),
-/// before the controller re-pushes it and writes what its worker reports.
+/// before the controller re-pushes it and writes what its worker reports. Sixteen writes at a
+/// time; one that fails is logged (its first reconcile writes the status anyway). Answers how
+/// many failed.
 pub async fn announce_reinitializing(
     ctx: &Context,
     connections: &Connections,
     existing: &[Connection],
-) -> Result<(), ReconcileError> {
-    for connection in existing.iter().filter(|c| c.status.is_some()) {
-        let namespace = connection.namespace().unwrap_or_else(|| "default".into());
-        let key = connection_key(connection);
-        let position = connections.queue().position(&key);
-        let context = ConnectionContext {
-            generation: connection.metadata.generation,
-            started: connection.spec.started,
-            enabled_sync_sets: enabled_sync_sets(connection),
-            phase: OperatorPhase::Reinitializing,
-            queue_position: position,
-            config_error: None,
-        };
-        let status = connection_status(
-            connection.status.as_ref(),
-            &context,
-            Err("not asked yet"),
-            now(),
-        );
-        write_status(&ctx.client, connection, &namespace, &status).await?;
-    }
-    Ok(())
+) -> usize {
+    use futures::StreamExt;
+    let writes = existing
+        .iter()
+        .filter(|c| c.status.is_some())
+        .map(|connection| async move {
+            let namespace = connection.namespace().unwrap_or_else(|| "default".into());
+            let key = connection_key(connection);
+            let position = connections.queue().position(&key);
+            let context = ConnectionContext {
+                generation: connection.metadata.generation,
+                started: connection.spec.started,
+                enabled_sync_sets: enabled_sync_sets(connection),
+                phase: OperatorPhase::Reinitializing,
+                queue_position: position,
+                config_error: None,
+            };
+            let status = connection_status(
+                connection.status.as_ref(),
+                &context,
+                Err("not asked yet"),
+                now(),
+            );
+            write_status(&ctx.client, connection, &namespace, &status)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(connection = %key, error = %e, "cannot write Server Reinitializing")
+            })
+        });
+    futures::stream::iter(writes)
+        .buffer_unordered(16)
+        .filter(|written| std::future::ready(written.is_err()))
+        .count()
+        .await
 }
 
 fn enabled_sync_sets(connection: &Connection) -> Vec<String> {
@@ -495,9 +509,9 @@ mod tests {
             ready_pod(&mut handle, "ferry-conn-crm", &pod_ip, "pod-1").await;
             (announced, status_written(&mut handle, &answer).await)
         });
-        announce_reinitializing(&ctx, &connections, std::slice::from_ref(&known))
-            .await
-            .unwrap();
+        let failed =
+            announce_reinitializing(&ctx, &connections, std::slice::from_ref(&known)).await;
+        assert_eq!(failed, 0);
         reconcile_connection(Arc::new(known), ctx, connections)
             .await
             .unwrap();

@@ -86,8 +86,6 @@ pub enum OperatorError {
     ElectionEnded,
     #[error("lost the leader lease: stopping so that only the new leader writes")]
     LostLeadership,
-    #[error("cannot write the Server Reinitializing status: {0}")]
-    Announce(#[source] ReconcileError),
     #[error("cannot build the worker client: {0}")]
     WorkerClient(String),
 }
@@ -345,11 +343,10 @@ async fn lead(
         })?
         .items;
     connections.restore(&existing);
-    announce_reinitializing(&ctx, &connections, &existing)
-        .await
-        .map_err(OperatorError::Announce)?;
+    let failed = announce_reinitializing(&ctx, &connections, &existing).await;
     tracing::info!(
         connections = existing.len(),
+        failed,
         "startup queue restored; connections are Server Reinitializing until pushed again"
     );
 

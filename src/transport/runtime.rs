@@ -257,10 +257,17 @@ impl TransportRuntime {
         spec: TransportSpec,
         generation: Option<i64>,
     ) -> Result<(), RuntimeError> {
-        let host = Arc::new(HostClient::new(&spec.host, &self.key)?);
+        // A new client only for a new host: building one (TLS roots) takes milliseconds, and
+        // the operator pushes specs whose host did not change.
+        let host_changed = self.lock().spec.host != spec.host;
+        let host = if host_changed {
+            Some(Arc::new(HostClient::new(&spec.host, &self.key)?))
+        } else {
+            None
+        };
         {
             let mut inner = self.lock();
-            if inner.spec.host != spec.host {
+            if let Some(host) = host {
                 inner.host = host;
             }
             inner.spec = spec.clone();

@@ -80,15 +80,16 @@ spec:
     )
 }
 
-/// The pod's identity and restarts: changes when its worker restarted.
-async fn incarnation(cluster: &Cluster, pod: &str) -> (String, i64) {
-    let pod = cluster.api::<Pod>().get(pod).await.expect("the worker pod");
+/// The pod's identity and restarts: changes when its worker restarted (none while the pod is
+/// being replaced).
+async fn incarnation(cluster: &Cluster, pod: &str) -> Option<(String, i64)> {
+    let pod = cluster.api::<Pod>().get_opt(pod).await.ok()??;
     let restarts = pod
         .status
         .and_then(|s| s.container_statuses)
         .and_then(|c| c.first().map(|c| i64::from(c.restart_count)))
         .unwrap_or(0);
-    (pod.metadata.uid.unwrap_or_default(), restarts)
+    Some((pod.metadata.uid.unwrap_or_default(), restarts))
 }
 
 const SINK: [&str; 4] = ["sink", "--listen", "0.0.0.0:9090", "--quiet"];
@@ -177,9 +178,9 @@ async fn transport_lifecycle_of_the_seed() {
     let before = incarnation(&cluster, "ferry-tp-erp-0").await;
     cluster.kill9_worker("ferry-tp-erp-0").await;
     eventually("the worker pod restarted and is Ready", || async {
-        let now = incarnation(&cluster, "ferry-tp-erp-0").await;
+        let now = incarnation(&cluster, "ferry-tp-erp-0").await?;
         let ready = cluster.wait_pod_ready("ferry-tp-erp-0").await;
-        (now != before).then_some(ready)
+        (Some(now) != before).then_some(ready)
     })
     .await;
     let after_kill = cluster
