@@ -474,11 +474,16 @@ fn spawn(command: &[String], env: &[(String, String)], log: &Path) -> Child {
 
 /// SIGTERM, as a kubelet stops a container, then SIGKILL after a grace period.
 fn stop(child: &mut Child) {
+    terminate(child, Duration::from_secs(10));
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL.
+pub fn terminate(child: &mut Child, grace: Duration) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {
             return;
