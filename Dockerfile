@@ -1,0 +1,29 @@
+# One image for the operator and every worker: `ferry operator`, `ferry worker`, ...
+#   docker build -t ghcr.io/ferry-dev/ferry:0.1.0 .
+# The binary links glibc dynamically (ring's assembly, rustls); the runtime base is
+# distroless cc (glibc, libgcc, CA certificates, no shell) running as its nonroot user 65532,
+# the user the chart and the worker pods ask for.
+
+FROM docker.io/library/rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+# Cargo.toml names the benches; their files must exist for any build.
+COPY benches ./benches
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked --bin ferry \
+    && rm -rf src
+COPY src ./src
+COPY examples ./examples
+# The embedded examples and the lib must be rebuilt, not taken from the placeholder build.
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --bin ferry \
+    && strip target/release/ferry
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/ferry /usr/local/bin/ferry
+USER 65532:65532
+# Worker: 8080 (API); operator: 8081 (/healthz, /readyz, /metrics).
+EXPOSE 8080 8081
+ENTRYPOINT ["/usr/local/bin/ferry"]
+CMD ["--help"]
