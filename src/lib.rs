@@ -3,6 +3,7 @@
 pub mod api;
 pub mod connection;
 pub mod operator;
+pub mod plugin;
 pub mod sink;
 pub mod source;
 pub mod standalone;

@@ -347,7 +347,7 @@ pub(super) async fn delete_claim(
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     //! The controller-rs `ApiServerVerifier` pattern: a mock API server answers each request the
     //! reconciler makes, in order, and checks it.
 

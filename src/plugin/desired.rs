@@ -1,0 +1,311 @@
+//! Suspend / Resume a transport, Start / Stop a connection: one merge patch of the spec field,
+//! then (with `--wait`) polling until the status shows the documented result of seed 000/001.
+
+use std::time::{Duration, Instant};
+
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+use crate::api::{Connection, Transport};
+
+/// The field manager of the plugin's patches (visible in managedFields, so GitOps tools can
+/// tell who changed the field).
+pub const FIELD_MANAGER: &str = "kubectl-ferry";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Suspend,
+    Resume,
+    Start,
+    Stop,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot use the kubeconfig: {0}")]
+    Config(String),
+    #[error("{kind} {namespace}/{name} does not exist")]
+    NotFound {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
+    #[error("the API server refused: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(
+        "{what}, but after {waited:?} {kind} {namespace}/{name} is {seen} (waiting for {wanted}){ready}"
+    )]
+    Timeout {
+        what: String,
+        waited: Duration,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        seen: String,
+        wanted: &'static str,
+        ready: String,
+    },
+    #[error("{kind} {namespace}/{name} was started and is Failed{ready}")]
+    Failed {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        ready: String,
+    },
+}
+
+impl Change {
+    fn kind(self) -> &'static str {
+        match self {
+            Change::Suspend | Change::Resume => "Transport",
+            Change::Start | Change::Stop => "Connection",
+        }
+    }
+
+    fn patch(self) -> Value {
+        match self {
+            Change::Suspend => json!({"spec": {"suspended": true}}),
+            Change::Resume => json!({"spec": {"suspended": false}}),
+            Change::Start => json!({"spec": {"started": true}}),
+            Change::Stop => json!({"spec": {"started": false}}),
+        }
+    }
+
+    fn done(self) -> &'static str {
+        match self {
+            Change::Suspend => "suspended",
+            Change::Resume => "resumed",
+            Change::Start => "started",
+            Change::Stop => "stopped",
+        }
+    }
+
+    /// The documented result, as said in messages.
+    fn wanted(self) -> &'static str {
+        match self {
+            Change::Suspend => "Suspended or S&F Suspended",
+            Change::Resume => "Down, Up or Store and Forward",
+            Change::Start => "Running",
+            Change::Stop => "Disabled",
+        }
+    }
+}
+
+/// What `--wait` looks at: the state or status value, the generation it reflects, and the
+/// Ready condition.
+#[derive(Debug, Default, PartialEq)]
+pub struct Seen {
+    pub value: Option<String>,
+    pub observed_generation: Option<i64>,
+    pub ready: Option<(String, String, String)>,
+}
+
+/// Where a change stands, as `--wait` sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Waiting,
+    Reached,
+    /// It cannot get there any more: a started connection Failed.
+    Failed,
+}
+
+/// Has the change taken effect?
+pub fn reached(change: Change, generation: i64, seen: &Seen) -> Progress {
+    let value = seen.value.as_deref().unwrap_or("");
+    let current = seen.observed_generation.is_some_and(|g| g >= generation);
+    let done = match change {
+        Change::Suspend => matches!(value, "Suspended" | "S&F Suspended"),
+        Change::Resume => matches!(value, "Down" | "Up" | "Store and Forward"),
+        Change::Start if current && value == "Failed" => return Progress::Failed,
+        Change::Start => value == "Running",
+        Change::Stop => value == "Disabled",
+    };
+    if current && done {
+        Progress::Reached
+    } else {
+        Progress::Waiting
+    }
+}
+
+fn ready_text(seen: &Seen) -> String {
+    match &seen.ready {
+        Some((status, reason, message)) => format!("; Ready={status} {reason}: {message}"),
+        None => String::new(),
+    }
+}
+
+fn ready_of(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Option<(String, String, String)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// A transport's state comes from its worker: `status.observedGeneration` says which spec it
+/// reflects. A connection's status may come from the operator alone (Disabled while its worker
+/// is scaled to zero): its Ready condition's `observedGeneration` says which spec was seen.
+async fn look(
+    change: Change,
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Seen, PluginError> {
+    let missing = || PluginError::NotFound {
+        kind: change.kind(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    };
+    if change.kind() == "Transport" {
+        let transport = Api::<Transport>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await?
+            .ok_or_else(missing)?;
+        let status = transport.status.unwrap_or_default();
+        Ok(Seen {
+            value: status.state.map(|s| s.as_str().to_owned()),
+            observed_generation: status.observed_generation,
+            ready: ready_of(&status.conditions),
+        })
+    } else {
+        let connection = Api::<Connection>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await?
+            .ok_or_else(missing)?;
+        let status = connection.status.unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        Ok(Seen {
+            value: status.status.map(|s| s.as_str().to_owned()),
+            observed_generation: ready.and_then(|c| c.observed_generation),
+            ready: ready_of(&status.conditions),
+        })
+    }
+}
+
+/// Patch the spec; with `wait`, poll every `poll` until the result shows or `wait` passes.
+pub async fn apply(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    change: Change,
+    wait: Option<Duration>,
+    poll: Duration,
+) -> Result<String, PluginError> {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let patch = Patch::Merge(change.patch());
+    let not_found = |e: kube::Error| match e {
+        kube::Error::Api(status) if status.code == 404 => PluginError::NotFound {
+            kind: change.kind(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        },
+        e => PluginError::Kube(e),
+    };
+    let generation = if change.kind() == "Transport" {
+        Api::<Transport>::namespaced(client.clone(), namespace)
+            .patch(name, &params, &patch)
+            .await
+            .map_err(not_found)?
+            .metadata
+            .generation
+    } else {
+        Api::<Connection>::namespaced(client.clone(), namespace)
+            .patch(name, &params, &patch)
+            .await
+            .map_err(not_found)?
+            .metadata
+            .generation
+    }
+    .unwrap_or(0);
+    let what = format!(
+        "{} {namespace}/{name} {}",
+        change.kind().to_lowercase(),
+        change.done()
+    );
+    let Some(limit) = wait else {
+        return Ok(what);
+    };
+    let started = Instant::now();
+    loop {
+        let seen = look(change, &client, namespace, name).await?;
+        match reached(change, generation, &seen) {
+            Progress::Reached => {
+                return Ok(format!(
+                    "{what}: {}",
+                    seen.value.as_deref().unwrap_or_default()
+                ));
+            }
+            Progress::Waiting => {}
+            Progress::Failed => {
+                return Err(PluginError::Failed {
+                    kind: change.kind(),
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    ready: ready_text(&seen),
+                });
+            }
+        }
+        if started.elapsed() >= limit {
+            return Err(PluginError::Timeout {
+                what,
+                waited: limit,
+                kind: change.kind(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                seen: seen.value.unwrap_or_else(|| "without a status".into()),
+                wanted: change.wanted(),
+                ready: ready_text(&Seen {
+                    ready: seen.ready,
+                    ..Seen::default()
+                }),
+            });
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(value: &str, generation: i64) -> Seen {
+        Seen {
+            value: Some(value.into()),
+            observed_generation: Some(generation),
+            ready: None,
+        }
+    }
+
+    #[test]
+    fn the_documented_results() {
+        use Change::*;
+        let rows = [
+            (Suspend, seen("Suspended", 3), Progress::Reached),
+            (Suspend, seen("S&F Suspended", 3), Progress::Reached),
+            (Suspend, seen("Store and Forward", 3), Progress::Waiting),
+            // The worker has not got generation 3 yet.
+            (Suspend, seen("Suspended", 2), Progress::Waiting),
+            (Resume, seen("Down", 3), Progress::Reached),
+            (Resume, seen("Up", 3), Progress::Reached),
+            (Resume, seen("Store and Forward", 3), Progress::Reached),
+            (Resume, seen("S&F Suspended", 3), Progress::Waiting),
+            (Start, seen("Restarting", 3), Progress::Waiting),
+            (Start, seen("Server Reinitializing", 3), Progress::Waiting),
+            (Start, seen("Running", 3), Progress::Reached),
+            (Start, seen("Failed", 3), Progress::Failed),
+            (Start, seen("Failed", 2), Progress::Waiting),
+            (Stop, seen("Disabled", 3), Progress::Reached),
+            (Stop, seen("Running", 3), Progress::Waiting),
+        ];
+        for (change, seen, expected) in rows {
+            assert_eq!(reached(change, 3, &seen), expected, "{change:?} {seen:?}");
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! `kubectl ferry`: suspend/resume transports, start/stop connections (optionally waiting for
+//! the documented result) and a status table — against the current kubeconfig context and
+//! namespace, as kubectl does. The binary is `src/bin/kubectl-ferry.rs`; on the PATH, kubectl
+//! finds it as a plugin.
+
+pub mod desired;
+pub mod table;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+pub use desired::{Change, PluginError};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kubectl ferry",
+    bin_name = "kubectl ferry",
+    version,
+    about = "Suspend and resume Transports, start and stop Connections, and see their status"
+)]
+pub struct Cli {
+    /// The namespace (default: the current context's, as kubectl).
+    #[arg(short, long, global = true)]
+    pub namespace: Option<String>,
+    /// The kubeconfig context to use (default: the current one).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Suspend a transport: it disconnects and keeps what arrives in its queue.
+    Suspend(TransportArgs),
+    /// Resume a transport: it connects again and forwards its queue.
+    Resume(TransportArgs),
+    /// Start a connection (it goes through the startup queue).
+    Start(ConnectionArgs),
+    /// Stop a connection (its worker is scaled to zero).
+    Stop(ConnectionArgs),
+    /// A table of every Transport and Connection: state, queue depth, last report, Ready.
+    Status {
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TransportArgs {
+    pub kind: TransportKind,
+    pub name: String,
+    #[command(flatten)]
+    pub wait: Wait,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConnectionArgs {
+    pub kind: ConnectionKind,
+    pub name: String,
+    #[command(flatten)]
+    pub wait: Wait,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum TransportKind {
+    #[value(alias = "transports", alias = "tp")]
+    Transport,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ConnectionKind {
+    #[value(alias = "connections", alias = "conn")]
+    Connection,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Wait {
+    /// Return only when the status shows the documented result.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "2m")]
+    pub timeout: crate::api::duration::Duration,
+}
+
+impl Wait {
+    fn limit(&self) -> Option<Duration> {
+        self.wait.then(|| self.timeout.as_std())
+    }
+}
+
+/// A client for the current (or given) context, and the namespace to use.
+pub async fn connect(cli: &Cli) -> Result<(kube::Client, String), PluginError> {
+    let options = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = match Kubeconfig::read() {
+        Ok(kubeconfig) => kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| PluginError::Config(e.to_string()))?,
+        // In a pod: the service account.
+        Err(_) => kube::Config::infer()
+            .await
+            .map_err(|e| PluginError::Config(e.to_string()))?,
+    };
+    let namespace = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = kube::Client::try_from(config).map_err(|e| PluginError::Config(e.to_string()))?;
+    Ok((client, namespace))
+}
+
+/// Carry out one command; answers what to print.
+pub async fn run(
+    cli: &Cli,
+    client: kube::Client,
+    namespace: &str,
+    poll: Duration,
+) -> Result<String, PluginError> {
+    let (change, name, wait) = match &cli.command {
+        Command::Status { all_namespaces } => {
+            let namespace = (!all_namespaces).then_some(namespace);
+            return table::status(client, namespace).await;
+        }
+        Command::Suspend(a) => (Change::Suspend, &a.name, &a.wait),
+        Command::Resume(a) => (Change::Resume, &a.name, &a.wait),
+        Command::Start(a) => (Change::Start, &a.name, &a.wait),
+        Command::Stop(a) => (Change::Stop, &a.name, &a.wait),
+    };
+    desired::apply(client, namespace, name, change, wait.limit(), poll).await
+}
+
+#[cfg(test)]
+mod tests {
+    //! The plugin's commands against the mock API server (the reconcilers' helpers).
+
+    use super::*;
+    use crate::operator::transport_reconciler::tests::{mock, next, not_found, respond};
+    use http::Method;
+    use serde_json::{Value, json};
+
+    fn cli(line: &str) -> Cli {
+        Cli::try_parse_from(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    fn object(kind: &str, name: &str, generation: i64, status: Value) -> Value {
+        let plural = if kind == "Transport" {
+            "host"
+        } else {
+            "syncSets"
+        };
+        let spec = if plural == "host" {
+            json!({"host": {"url": "http://erp/ingest"}})
+        } else {
+            json!({"syncSets": []})
+        };
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": kind,
+            "metadata": {"name": name, "namespace": "plant-a", "generation": generation},
+            "spec": spec, "status": status,
+        })
+    }
+
+    fn ready(status: &str, reason: &str, message: &str, generation: i64) -> Value {
+        json!([{"type": "Ready", "status": status, "reason": reason, "message": message,
+                "observedGeneration": generation, "lastTransitionTime": "2026-11-23T10:00:00Z"}])
+    }
+
+    #[tokio::test]
+    async fn suspend_waits_for_the_documented_state() {
+        let (client, mut handle) = mock();
+        let server = tokio::spawn(async move {
+            let (method, path, body, send) = next(&mut handle).await;
+            assert_eq!(method, Method::PATCH);
+            assert!(
+                path.starts_with("/apis/ferry.dev/v1alpha1/namespaces/plant-a/transports/erp?")
+                    && path.contains("fieldManager=kubectl-ferry"),
+                "{path}"
+            );
+            assert_eq!(body, json!({"spec": {"suspended": true}}));
+            send.send_response(respond(200, object("Transport", "erp", 3, json!({}))));
+            // The worker has not got generation 3 yet, then it has.
+            for (state, generation) in [("Store and Forward", 2), ("S&F Suspended", 3)] {
+                let (method, _, _, send) = next(&mut handle).await;
+                assert_eq!(method, Method::GET);
+                send.send_response(respond(
+                    200,
+                    object(
+                        "Transport",
+                        "erp",
+                        3,
+                        json!({"state": state, "observedGeneration": generation}),
+                    ),
+                ));
+            }
+        });
+        let command = cli("kubectl-ferry suspend transport erp --wait --timeout 10s");
+        let out = run(&command, client, "plant-a", Duration::from_millis(1))
+            .await
+            .unwrap();
+        assert_eq!(out, "transport plant-a/erp suspended: S&F Suspended");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_times_out_says_what_it_saw() {
+        let (client, mut handle) = mock();
+        let server = tokio::spawn(async move {
+            let (_, path, body, send) = next(&mut handle).await;
+            assert!(path.contains("/connections/crm?"), "{path}");
+            assert_eq!(body, json!({"spec": {"started": true}}));
+            send.send_response(respond(200, object("Connection", "crm", 5, json!({}))));
+            while let Some((_, send)) = handle.next_request().await {
+                send.send_response(respond(
+                    200,
+                    object(
+                        "Connection",
+                        "crm",
+                        5,
+                        json!({"status": "Restarting", "startupQueuePosition": 2,
+                               "conditions": ready("False", "QueuedForStartup", "waiting at position 2", 5)}),
+                    ),
+                ));
+            }
+        });
+        let command = cli("kubectl-ferry -n plant-a start conn crm --wait --timeout 50ms");
+        let error = run(&command, client, "plant-a", Duration::from_millis(10))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "connection plant-a/crm started, but after 50ms Connection plant-a/crm is Restarting \
+             (waiting for Running); Ready=False QueuedForStartup: waiting at position 2"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_started_connection_that_fails_is_reported_at_once() {
+        let (client, mut handle) = mock();
+        tokio::spawn(async move {
+            let (_, _, _, send) = next(&mut handle).await;
+            send.send_response(respond(200, object("Connection", "crm", 2, json!({}))));
+            let (_, _, _, send) = next(&mut handle).await;
+            send.send_response(respond(
+                200,
+                object(
+                    "Connection",
+                    "crm",
+                    2,
+                    json!({"status": "Failed", "conditions": ready("False", "SyncSetFailed", "orders: source answered 500", 2)}),
+                ),
+            ));
+        });
+        let error = run(
+            &cli("kubectl-ferry start connection crm --wait"),
+            client,
+            "plant-a",
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("is Failed; Ready=False SyncSetFailed: orders: source answered 500"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_resource_is_named() {
+        let (client, mut handle) = mock();
+        tokio::spawn(async move {
+            let (_, _, _, send) = next(&mut handle).await;
+            send.send_response(not_found());
+        });
+        let error = run(
+            &cli("kubectl-ferry stop connection nope"),
+            client,
+            "plant-a",
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert_eq!(error, "Connection plant-a/nope does not exist");
+    }
+
+    #[tokio::test]
+    async fn status_lists_every_transport_and_connection() {
+        let (client, mut handle) = mock();
+        tokio::spawn(async move {
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(
+                path.starts_with("/apis/ferry.dev/v1alpha1/transports"),
+                "{path}"
+            );
+            send.send_response(respond(200, json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "TransportList", "metadata": {},
+                "items": [object("Transport", "erp", 1, json!({"state": "Store and Forward", "queue": {"messages": 42, "bytes": 1, "oldestAgeSeconds": 3},
+                    "conditions": ready("True", "StoreAndForward", "the host does not answer: connection refused", 1)}))]})));
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(
+                path.starts_with("/apis/ferry.dev/v1alpha1/connections"),
+                "{path}"
+            );
+            send.send_response(respond(
+                200,
+                json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectionList", "metadata": {},
+                "items": [object("Connection", "crm", 1, json!({}))]}),
+            ));
+        });
+        let out = run(
+            &cli("kubectl-ferry status -A"),
+            client,
+            "default",
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("NAMESPACE   KIND"), "{out}");
+        // By namespace, kind and name, as kubectl sorts.
+        assert!(lines[1].contains("Connection   crm    Pending"), "{out}");
+        assert!(lines[1].contains("never"), "{out}");
+        assert!(
+            lines[2].contains("Transport    erp    Store and Forward   42"),
+            "{out}"
+        );
+        assert!(
+            lines[2].ends_with("the host does not answer: connection refused"),
+            "{out}"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! `kubectl ferry status`: one line per Transport and Connection — state, queue depth, how
+//! long ago the worker last reported, and the Ready condition with its message.
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::{Api, ResourceExt, api::ListParams};
+
+use super::PluginError;
+use crate::api::{Connection, Transport};
+
+/// One line of the table.
+#[derive(Debug, PartialEq)]
+pub struct Row {
+    pub namespace: String,
+    pub kind: &'static str,
+    pub name: String,
+    pub state: String,
+    pub queue: String,
+    pub last_report: String,
+    pub ready: String,
+    pub message: String,
+}
+
+/// `5s`, `3m`, `2h`, `4d`, as kubectl shows ages; `never` without a report.
+pub fn age(since: Option<&Time>, now: Timestamp) -> String {
+    let Some(since) = since else {
+        return "never".into();
+    };
+    let seconds = now.as_second().saturating_sub(since.0.as_second()).max(0);
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn ready(conditions: &[Condition]) -> (String, String) {
+    conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map_or(("Unknown".into(), String::new()), |c| {
+            (c.status.clone(), c.message.clone())
+        })
+}
+
+pub fn transport_row(t: &Transport, now: Timestamp) -> Row {
+    let status = t.status.clone().unwrap_or_default();
+    let (ready, message) = ready(&status.conditions);
+    Row {
+        namespace: t.namespace().unwrap_or_default(),
+        kind: "Transport",
+        name: t.name_any(),
+        state: status
+            .state
+            .map_or_else(|| "Pending".into(), |s| s.as_str().to_owned()),
+        queue: status.queue.messages.to_string(),
+        last_report: age(status.last_report_time.as_ref(), now),
+        ready,
+        message,
+    }
+}
+
+pub fn connection_row(c: &Connection, now: Timestamp) -> Row {
+    let status = c.status.clone().unwrap_or_default();
+    let (ready, message) = ready(&status.conditions);
+    Row {
+        namespace: c.namespace().unwrap_or_default(),
+        kind: "Connection",
+        name: c.name_any(),
+        state: status
+            .status
+            .map_or_else(|| "Pending".into(), |s| s.as_str().to_owned()),
+        queue: "-".into(),
+        last_report: age(status.last_report_time.as_ref(), now),
+        ready,
+        message,
+    }
+}
+
+/// Columns padded to their widest cell, as kubectl prints; NAMESPACE only across namespaces.
+pub fn render(rows: &[Row], with_namespace: bool) -> String {
+    let header = [
+        "NAMESPACE",
+        "KIND",
+        "NAME",
+        "STATE",
+        "QUEUE",
+        "LAST REPORT",
+        "READY",
+        "MESSAGE",
+    ];
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for r in rows {
+        lines.push(vec![
+            r.namespace.clone(),
+            r.kind.to_string(),
+            r.name.clone(),
+            r.state.clone(),
+            r.queue.clone(),
+            r.last_report.clone(),
+            r.ready.clone(),
+            r.message.clone(),
+        ]);
+    }
+    let skip = usize::from(!with_namespace);
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in &lines {
+        let cells: Vec<String> = line
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .map(|(i, cell)| {
+                if i + 1 == line.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<width$}", width = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// List and render; `namespace` None = every namespace.
+pub async fn status(client: kube::Client, namespace: Option<&str>) -> Result<String, PluginError> {
+    let (transports, connections): (Api<Transport>, Api<Connection>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let now = Timestamp::now();
+    let mut rows: Vec<Row> = transports
+        .list(&ListParams::default())
+        .await?
+        .iter()
+        .map(|t| transport_row(t, now))
+        .collect();
+    rows.extend(
+        connections
+            .list(&ListParams::default())
+            .await?
+            .iter()
+            .map(|c| connection_row(c, now)),
+    );
+    if rows.is_empty() {
+        return Ok(match namespace {
+            Some(ns) => format!("No Transports or Connections in namespace {ns}.\n"),
+            None => "No Transports or Connections.\n".into(),
+        });
+    }
+    rows.sort_by(|a, b| (&a.namespace, a.kind, &a.name).cmp(&(&b.namespace, b.kind, &b.name)));
+    Ok(render(&rows, namespace.is_none()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_like_kubectl() {
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let at = |s: i64| Time(Timestamp::from_second(1_000_000 - s).unwrap());
+        assert_eq!(age(None, now), "never");
+        assert_eq!(age(Some(&at(5)), now), "5s");
+        assert_eq!(age(Some(&at(600)), now), "10m");
+        assert_eq!(age(Some(&at(3 * 3600)), now), "3h");
+        assert_eq!(age(Some(&at(3 * 86400)), now), "3d");
+    }
+
+    #[test]
+    fn a_table_with_and_without_namespaces() {
+        let row = |kind, name: &str, state: &str, queue: &str| Row {
+            namespace: "plant-a".into(),
+            kind,
+            name: name.into(),
+            state: state.into(),
+            queue: queue.into(),
+            last_report: "3s".into(),
+            ready: "True".into(),
+            message: "".into(),
+        };
+        let rows = [
+            row("Transport", "erp", "S&F Suspended", "120"),
+            row("Connection", "crm-orders", "Running", "-"),
+        ];
+        assert_eq!(
+            render(&rows, false),
+            "KIND         NAME         STATE           QUEUE   LAST REPORT   READY   MESSAGE\n\
+             Transport    erp          S&F Suspended   120     3s            True\n\
+             Connection   crm-orders   Running         -       3s            True\n"
+        );
+        assert!(render(&rows, true).starts_with("NAMESPACE   KIND"));
+    }
+}
