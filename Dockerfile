@@ -10,7 +10,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 # Cargo.toml names the benches; their files must exist for any build.
 COPY benches ./benches
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir -p src/bin && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > src/bin/kubectl-ferry.rs \
     && cargo build --release --locked --bin ferry \
     && rm -rf src
 COPY src ./src

@@ -144,11 +144,11 @@ pub async fn announce_reinitializing(
                 Err("not asked yet"),
                 now(),
             );
-            write_status(&ctx.client, connection, &namespace, &status)
-            .await
-            .inspect_err(|e| {
-                tracing::warn!(connection = %key, error = %e, "cannot write Server Reinitializing")
-            })
+            let written = write_status(&ctx.client, connection, &namespace, &status).await;
+            if let Err(e) = &written {
+                tracing::warn!(connection = %key, error = %e, "cannot write its status");
+            }
+            written
         });
     futures::stream::iter(writes)
         .buffer_unordered(16)
@@ -249,20 +249,21 @@ async fn apply(
 
     let targets = resolve_targets(connection, namespace, ctx).await?;
     let config_error = targets.as_ref().err().cloned();
-    // The startup queue: a started connection that has not finished its startup waits its turn.
+    // The startup queue: a start is observed when a connection without a status, or one that
+    // was Disabled (stopped, or unable to run), is started; it waits its turn until its startup
+    // is over. Any other status means it was running already: a spec change, an unreachable
+    // worker or an operator restart (Server Reinitializing; the queue itself was restored from
+    // status) requeues nothing.
     let admission = {
         let mut queue = connections.queue();
         let now = connections.now_ms();
         if connection.spec.started && config_error.is_none() {
             let previous = connection.status.as_ref().and_then(|s| s.status);
-            let started_before = matches!(
-                previous,
-                Some(ConnectionStatusValue::Running | ConnectionStatusValue::Failed)
-            );
-            if started_before && queue.admission(&key).is_none() {
-                None
-            } else {
+            let start_observed = matches!(previous, None | Some(ConnectionStatusValue::Disabled));
+            if start_observed || queue.admission(&key).is_some() {
                 Some(queue.request(&key, now))
+            } else {
+                None
             }
         } else {
             queue.release(&key, now);
@@ -512,9 +513,19 @@ mod tests {
         let failed =
             announce_reinitializing(&ctx, &connections, std::slice::from_ref(&known)).await;
         assert_eq!(failed, 0);
-        reconcile_connection(Arc::new(known), ctx, connections)
+        // The controller then sees the connection as announced.
+        let mut reinitializing = known.clone();
+        reinitializing.status =
+            serde_json::from_value(json!({"status": "Server Reinitializing", "iteration": 9}))
+                .unwrap();
+        reconcile_connection(Arc::new(reinitializing), ctx, connections.clone())
             .await
             .unwrap();
+        assert_eq!(
+            connections.queue().admission("plant-a/crm"),
+            None,
+            "an operator restart requeues nothing"
+        );
         let (announced, after) = server.await.unwrap();
         let announced = &announced["status"];
         assert_eq!(announced["status"], "Server Reinitializing");

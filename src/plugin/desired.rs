@@ -253,6 +253,7 @@ pub async fn apply(
             }
         }
         if started.elapsed() >= limit {
+            let ready = ready_text(&seen);
             return Err(PluginError::Timeout {
                 what,
                 waited: limit,
@@ -261,10 +262,7 @@ pub async fn apply(
                 name: name.to_owned(),
                 seen: seen.value.unwrap_or_else(|| "without a status".into()),
                 wanted: change.wanted(),
-                ready: ready_text(&Seen {
-                    ready: seen.ready,
-                    ..Seen::default()
-                }),
+                ready,
             });
         }
         tokio::time::sleep(poll).await;

@@ -150,12 +150,7 @@ mod tests {
     }
 
     fn object(kind: &str, name: &str, generation: i64, status: Value) -> Value {
-        let plural = if kind == "Transport" {
-            "host"
-        } else {
-            "syncSets"
-        };
-        let spec = if plural == "host" {
+        let spec = if kind == "Transport" {
             json!({"host": {"url": "http://erp/ingest"}})
         } else {
             json!({"syncSets": []})
