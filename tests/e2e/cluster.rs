@@ -102,7 +102,12 @@ impl Cluster {
             ));
         }
         let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-        kubectl(&env, &["apply", "--server-side", "-f", crds], None).expect("crds/ applies");
+        kubectl(
+            &env,
+            &["apply", "--server-side", "--force-conflicts", "-f", crds],
+            None,
+        )
+        .expect("crds/ applies");
         kubectl(
             &env,
             &[
@@ -190,10 +195,15 @@ impl Cluster {
             "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": port}]},
         });
         let apply = PatchParams::apply("ferry-e2e").force();
-        self.api::<Pod>()
-            .patch(name, &apply, &Patch::Apply(pod))
-            .await
-            .expect("pod created");
+        // A new namespace's `default` ServiceAccount may not exist yet: admission refuses the
+        // pod until the controller has made it.
+        eventually(&format!("pod {name} is accepted"), || async {
+            self.api::<Pod>()
+                .patch(name, &apply, &Patch::Apply(pod.clone()))
+                .await
+                .ok()
+        })
+        .await;
         let ready = self.wait_pod_ready(name).await;
         if self.env.process_kubelet {
             let ip = ready["status"]["podIP"]
