@@ -456,7 +456,7 @@ async fn report(
         .map(|_| ())
 }
 
-fn spawn(command: &[String], env: &[(String, String)], log: &Path) -> Child {
+pub fn spawn(command: &[String], env: &[(String, String)], log: &Path) -> Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -557,9 +557,6 @@ async fn start(
         };
         mounts.push((mount.mount_path.clone(), local));
     }
-    // Longest mount path first, so /a/b wins over /a.
-    mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
-
     let ip = {
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let taken = state.ips.len();
@@ -569,57 +566,8 @@ async fn start(
             .or_insert_with(|| format!("127.0.{}.{}", 10 + taken / 250, 2 + taken % 250))
             .clone()
     };
-    let rewrite = |arg: &str| -> String {
-        for (path, local) in &mounts {
-            if arg == path {
-                return local.to_string_lossy().into_owned();
-            }
-            if let Some(rest) = arg.strip_prefix(&format!("{path}/")) {
-                return local.join(rest).to_string_lossy().into_owned();
-            }
-        }
-        arg.replace("0.0.0.0:", &format!("{ip}:"))
-    };
-    let mut command = vec![env!("CARGO_BIN_EXE_ferry").to_string()];
-    command.extend(container.args.iter().flatten().map(|a| rewrite(a)));
-
-    let mut env = vec![
-        (
-            "PATH".to_string(),
-            std::env::var("PATH").unwrap_or_default(),
-        ),
-        ("HOSTNAME".to_string(), name.clone()),
-    ];
-    for var in container.env.iter().flatten() {
-        let value = match (&var.value, &var.value_from) {
-            (Some(value), _) => value.clone(),
-            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                Some("status.podIP") => ip.clone(),
-                Some("metadata.name") => name.clone(),
-                Some("metadata.namespace") => namespace.clone(),
-                _ => continue,
-            },
-            _ => String::new(),
-        };
-        env.push((var.name.clone(), value));
-    }
-    let readiness = container
-        .readiness_probe
-        .as_ref()
-        .and_then(|p| p.http_get.as_ref())
-        .map(|get| {
-            use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-            let port = match &get.port {
-                IntOrString::Int(port) => *port as u16,
-                IntOrString::String(named) => container
-                    .ports
-                    .iter()
-                    .flatten()
-                    .find(|p| p.name.as_deref() == Some(named))
-                    .map_or(8080, |p| p.container_port as u16),
-            };
-            (get.path.clone().unwrap_or_else(|| "/".into()), port)
-        });
+    let local = LocalContainer::of(container, &mounts, &ip, &namespace, &name);
+    let (command, env, readiness) = (local.command, local.env, local.readiness);
     let log = run_dir.join("log");
     let child = spawn(&command, &env, &log);
     Ok(Running {
@@ -636,4 +584,86 @@ async fn start(
         container: container.name.clone(),
         image: container.image.clone().unwrap_or_default(),
     })
+}
+
+/// A pod's container as a local process: its command line, environment and readiness probe.
+pub struct LocalContainer {
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// (path, port) of the readiness probe's httpGet.
+    pub readiness: Option<(String, u16)>,
+}
+
+impl LocalContainer {
+    /// Pure: the container's arguments with each mount path replaced by its local directory
+    /// and `0.0.0.0:` by the pod's own address; its environment with the downward API filled.
+    pub fn of(
+        container: &k8s_openapi::api::core::v1::Container,
+        mounts: &[(String, PathBuf)],
+        ip: &str,
+        namespace: &str,
+        name: &str,
+    ) -> LocalContainer {
+        let mut mounts = mounts.to_vec();
+        // Longest mount path first, so /a/b wins over /a.
+        mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        let rewrite = |arg: &str| -> String {
+            for (path, local) in &mounts {
+                if arg == path {
+                    return local.to_string_lossy().into_owned();
+                }
+                if let Some(rest) = arg.strip_prefix(&format!("{path}/")) {
+                    return local.join(rest).to_string_lossy().into_owned();
+                }
+            }
+            arg.replace("0.0.0.0:", &format!("{ip}:"))
+        };
+        let mut command = vec![env!("CARGO_BIN_EXE_ferry").to_string()];
+        command.extend(container.args.iter().flatten().map(|a| rewrite(a)));
+
+        let mut env = vec![
+            (
+                "PATH".to_string(),
+                std::env::var("PATH").unwrap_or_default(),
+            ),
+            ("HOSTNAME".to_string(), name.to_owned()),
+        ];
+        for var in container.env.iter().flatten() {
+            let value = match (&var.value, &var.value_from) {
+                (Some(value), _) => value.clone(),
+                (None, Some(from)) => {
+                    match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                        Some("status.podIP") => ip.to_owned(),
+                        Some("metadata.name") => name.to_owned(),
+                        Some("metadata.namespace") => namespace.to_owned(),
+                        _ => continue,
+                    }
+                }
+                _ => String::new(),
+            };
+            env.push((var.name.clone(), value));
+        }
+        let readiness = container
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .map(|get| {
+                use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+                let port = match &get.port {
+                    IntOrString::Int(port) => *port as u16,
+                    IntOrString::String(named) => container
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|p| p.name.as_deref() == Some(named))
+                        .map_or(8080, |p| p.container_port as u16),
+                };
+                (get.path.clone().unwrap_or_else(|| "/".into()), port)
+            });
+        LocalContainer {
+            command,
+            env,
+            readiness,
+        }
+    }
 }

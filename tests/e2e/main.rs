@@ -517,3 +517,92 @@ fn the_scenarios_yaml_is_valid() {
         }
     }
 }
+
+/// Runs everywhere: the process kubelet turns the pod the operator builds for a Transport into
+/// a `ferry worker` that starts, becomes ready on the pod's own address and takes the spec —
+/// the translation the process-kubelet mode depends on, checked without a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_kubelet_runs_the_operators_worker_pod() {
+    use ferry::operator::builders::{Owner, WorkerDefaults, WorkerTokens};
+    ferry::install_crypto_provider();
+    let transport: ferry::api::Transport = serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+        "metadata": {"name": "erp", "namespace": "plant-a", "uid": "uid-erp", "generation": 1},
+        "spec": {"host": {"url": "http://127.0.0.1:1/ingest"}},
+    }))
+    .expect("a transport");
+    let owner = Owner::transport(&transport).expect("owner");
+    let set = owner
+        .stateful_set(&WorkerDefaults::default())
+        .expect("the StatefulSet");
+    let pod = set
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("a pod template");
+    let container = &pod.containers[0];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = WorkerTokens {
+        admin: "admin-secret".into(),
+        ingest: "ingest-secret".into(),
+    };
+    // The mounts as the kubelet maps them: the claim, the Secret written out, the emptyDir.
+    let mut mounts = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let local = dir.path().join(&mount.name);
+        std::fs::create_dir_all(&local).expect("mount dir");
+        if mount.name == "tokens" {
+            let secret = owner.secret(&tokens).expect("the Secret");
+            for (key, value) in secret.data.unwrap_or_default() {
+                std::fs::write(local.join(key), value.0).expect("token file");
+            }
+        }
+        mounts.push((mount.mount_path.clone(), local));
+    }
+    let ip = format!("127.0.{}.99", std::process::id() % 250 + 2);
+    let local = kubelet::LocalContainer::of(container, &mounts, &ip, "plant-a", "ferry-tp-erp-0");
+    assert_eq!(local.command[1], "worker", "{:?}", local.command);
+    assert!(
+        local.command.iter().any(|a| a == &format!("{ip}:8080")),
+        "{:?}",
+        local.command
+    );
+    let (path, port) = local.readiness.clone().expect("a readiness probe");
+    let log = dir.path().join("log");
+    let mut child = kubelet::spawn(&local.command, &local.env, &log);
+    let http = reqwest::Client::new();
+    eventually("the worker is ready on the pod's address", || async {
+        let response = http
+            .get(format!("http://{ip}:{port}{path}"))
+            .send()
+            .await
+            .ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    let put = http
+        .put(format!("http://{ip}:{port}/v1/transports/plant-a/erp"))
+        .header("Ferry-Token", "admin-secret")
+        .json(&json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+            "metadata": {"name": "erp", "namespace": "plant-a", "generation": 1},
+            "spec": transport.spec,
+        }))
+        .send()
+        .await
+        .expect("the worker answers");
+    let status = put.status();
+    let report: Value = put.json().await.unwrap_or(Value::Null);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        status.is_success(),
+        "{status} {report}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(report["state"], "Down", "{report}");
+    // The public URL the operator set (the Service) is what the worker reports.
+    assert_eq!(
+        report["endpoint"],
+        "http://ferry-tp-erp.plant-a.svc:8080/v1/transports/plant-a/erp/transactions"
+    );
+}
