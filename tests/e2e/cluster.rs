@@ -176,24 +176,7 @@ impl Cluster {
     /// reach it at: its Service in a real cluster, its pod IP with the process kubelet (no
     /// cluster DNS there).
     pub async fn run_pod(&self, name: &str, args: &[&str], port: u16) -> String {
-        let pod = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": name}},
-            "spec": {
-                "terminationGracePeriodSeconds": 1,
-                "containers": [{
-                    "name": "main", "image": self.env.worker_image, "args": args,
-                    "ports": [{"name": "http", "containerPort": port}],
-                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 1},
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false},
-                }],
-            },
-        });
-        let service = json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name},
-            "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": port}]},
-        });
+        let (pod, service) = tool_pod(name, &self.env.worker_image, args, port);
         let apply = PatchParams::apply("ferry-e2e").force();
         // A new namespace's `default` ServiceAccount may not exist yet: admission refuses the
         // pod until the controller has made it.
@@ -447,6 +430,29 @@ impl Drop for StatusLog {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A pod running `ferry <args>` (sink, source) listening on `port`, and its Service.
+pub fn tool_pod(name: &str, image: &str, args: &[&str], port: u16) -> (Value, Value) {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "main", "image": image, "args": args,
+                "ports": [{"name": "http", "containerPort": port}],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 1},
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false},
+            }],
+        },
+    });
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": port}]},
+    });
+    (pod, service)
 }
 
 pub fn kubectl(env: &Env, args: &[&str], stdin: Option<&str>) -> Result<String, String> {

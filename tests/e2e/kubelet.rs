@@ -30,7 +30,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Namespaces the kubelet serves: the suite's own, nothing else on the cluster.
 pub const NAMESPACE_PREFIX: &str = "ferry-e2e-";
@@ -159,37 +159,31 @@ fn now() -> String {
     Timestamp::now().to_string()
 }
 
-async fn register_node(client: &Client, node: &str) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let object = json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": node, "labels": {
-            "kubernetes.io/hostname": node, "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
-        }},
-    });
-    nodes
-        .patch(
-            node,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(object),
-        )
-        .await
-        .expect("the Node is registered");
-    heartbeat(client, node).await;
+fn arch() -> String {
+    std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64")
 }
 
-/// The Node's status (Ready, capacity, addresses) and its Lease, as a kubelet renews them.
-async fn heartbeat(client: &Client, node: &str) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let now = now();
+/// The Node as registered (metadata only; the status is written by `node_status`).
+pub fn node_object(node: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node, "labels": {
+            "kubernetes.io/hostname": node, "kubernetes.io/os": "linux", "kubernetes.io/arch": arch(),
+        }},
+    })
+}
+
+/// The Node's status as a kubelet reports it: Ready, no pressure, capacity, addresses.
+pub fn node_status(node: &str, now: &str) -> Value {
     let condition = |type_: &str, status: &str, reason: &str| {
         json!({"type": type_, "status": status, "reason": reason, "message": "ferry e2e process kubelet",
                "lastHeartbeatTime": now, "lastTransitionTime": now})
     };
     let resources =
         json!({"cpu": "16", "memory": "64Gi", "pods": "250", "ephemeral-storage": "100Gi"});
-    let status = json!({"status": {
+    json!({
         "capacity": resources, "allocatable": resources,
         "conditions": [
             condition("Ready", "True", "KubeletReady"),
@@ -203,9 +197,37 @@ async fn heartbeat(client: &Client, node: &str) {
             "machineID": "ferry-e2e", "systemUUID": "ferry-e2e", "bootID": "ferry-e2e",
             "kernelVersion": "", "osImage": "ferry e2e process kubelet", "containerRuntimeVersion": "process://ferry",
             "kubeletVersion": "v1.33.0", "kubeProxyVersion": "", "operatingSystem": "linux",
-            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "architecture": arch(),
         },
-    }});
+    })
+}
+
+/// The node's heartbeat Lease in `kube-node-lease`.
+pub fn node_lease(node: &str, renew: &str) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": node, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": renew},
+    })
+}
+
+async fn register_node(client: &Client, node: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            node,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(node_object(node)),
+        )
+        .await
+        .expect("the Node is registered");
+    heartbeat(client, node).await;
+}
+
+/// The Node's status and its Lease, as a kubelet renews them.
+async fn heartbeat(client: &Client, node: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let status = json!({"status": node_status(node, &now())});
     if let Err(e) = nodes
         .patch_status(node, &PatchParams::default(), &Patch::Merge(status))
         .await
@@ -216,16 +238,11 @@ async fn heartbeat(client: &Client, node: &str) {
     let micro = Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string();
-    let lease = json!({
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": node, "namespace": "kube-node-lease"},
-        "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": micro},
-    });
     if let Err(e) = leases
         .patch(
             node,
             &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(lease),
+            &Patch::Apply(node_lease(node, &micro)),
         )
         .await
     {
@@ -252,6 +269,25 @@ async fn run(client: Client, node: String, dir: PathBuf, state: Arc<Mutex<State>
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// A PersistentVolume on a local directory, bound in advance to `claim` (its size, access
+/// modes and class).
+pub fn local_volume(name: &str, claim: &PersistentVolumeClaim, size: &str, path: &Path) -> Value {
+    let spec = claim.spec.clone().unwrap_or_default();
+    json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name, "labels": {"ferry.dev/e2e-volume": "true"}},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": spec.access_modes.unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": spec.storage_class_name.unwrap_or_default(),
+            "hostPath": {"path": path.to_string_lossy(), "type": "Directory"},
+            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                         "namespace": claim.namespace(), "name": claim.name_any(), "uid": claim.uid()},
+        },
+    })
 }
 
 /// Pending claims of the suite's namespaces get a pre-bound PersistentVolume on a local
@@ -283,19 +319,7 @@ async fn provision(client: &Client, dir: &Path) -> Result<(), kube::Error> {
             .unwrap_or_else(|| "1Gi".into());
         let path = dir.join("volumes").join(&uid);
         std::fs::create_dir_all(&path).expect("volume directory");
-        let volume = json!({
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": name, "labels": {"ferry.dev/e2e-volume": "true"}},
-            "spec": {
-                "capacity": {"storage": size},
-                "accessModes": spec.access_modes.clone().unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": spec.storage_class_name.clone().unwrap_or_default(),
-                "hostPath": {"path": path.to_string_lossy(), "type": "Directory"},
-                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace,
-                             "name": claim.name_any(), "uid": uid},
-            },
-        });
+        let volume = local_volume(&name, &claim, &size, &path);
         let volume: PersistentVolume = serde_json::from_value(volume).expect("a PersistentVolume");
         volumes.create(&PostParams::default(), &volume).await?;
     }
@@ -420,6 +444,38 @@ async fn sync_pods(
     Ok(())
 }
 
+/// What a pod's status says of its process.
+pub struct PodProcess<'a> {
+    pub ip: &'a str,
+    pub ready: bool,
+    pub since: &'a str,
+    pub restarts: i32,
+    pub container: &'a str,
+    pub image: &'a str,
+    pub pid: u32,
+}
+
+/// A running pod's status, as a kubelet writes it.
+pub fn pod_status(p: &PodProcess<'_>) -> Value {
+    let ready = if p.ready { "True" } else { "False" };
+    let condition = |type_: &str, status: &str| json!({"type": type_, "status": status, "lastTransitionTime": p.since});
+    json!({
+        "phase": "Running",
+        "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
+        "podIP": p.ip, "podIPs": [{"ip": p.ip}],
+        "startTime": p.since,
+        "conditions": [
+            condition("PodScheduled", "True"), condition("Initialized", "True"),
+            condition("ContainersReady", ready), condition("Ready", ready),
+        ],
+        "containerStatuses": [{
+            "name": p.container, "image": p.image, "imageID": "", "containerID": format!("process://{}", p.pid),
+            "ready": p.ready, "started": true, "restartCount": p.restarts,
+            "state": {"running": {"startedAt": p.since}},
+        }],
+    })
+}
+
 /// Write the pod's status as a kubelet would.
 async fn report(
     api: &Api<Pod>,
@@ -432,24 +488,15 @@ async fn report(
         let Some(r) = state.running.get(uid) else {
             return Ok(());
         };
-        let ready = if r.ready { "True" } else { "False" };
-        let since = r.started.to_string();
-        let condition = |type_: &str, status: &str| json!({"type": type_, "status": status, "lastTransitionTime": since});
-        json!({"status": {
-            "phase": "Running",
-            "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
-            "podIP": r.ip, "podIPs": [{"ip": r.ip}],
-            "startTime": since,
-            "conditions": [
-                condition("PodScheduled", "True"), condition("Initialized", "True"),
-                condition("ContainersReady", ready), condition("Ready", ready),
-            ],
-            "containerStatuses": [{
-                "name": r.container, "image": r.image, "imageID": "", "containerID": format!("process://{}", r.child.id()),
-                "ready": r.ready, "started": true, "restartCount": r.restarts,
-                "state": {"running": {"startedAt": since}},
-            }],
-        }})
+        json!({"status": pod_status(&PodProcess {
+            ip: &r.ip,
+            ready: r.ready,
+            since: &r.started.to_string(),
+            restarts: r.restarts,
+            container: &r.container,
+            image: &r.image,
+            pid: r.child.id(),
+        })})
     };
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
         .await

@@ -606,3 +606,67 @@ async fn the_process_kubelet_runs_the_operators_worker_pod() {
         "http://ferry-tp-erp.plant-a.svc:8080/v1/transports/plant-a/erp/transactions"
     );
 }
+
+/// Runs everywhere: what the suite writes to the API server — the process kubelet's Node,
+/// Lease, PersistentVolume and pod status, the sink/source pods and Services — rendered to
+/// `target/tmp/rendered/`, where .ci/run validates them with kubernetes-validate --strict (a
+/// misspelt field would otherwise only show on a real cluster).
+#[test]
+fn the_objects_the_suite_writes_are_rendered_for_validation() {
+    use ferry::operator::builders::{Owner, WorkerDefaults};
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim as Claim;
+    let transport: ferry::api::Transport = serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+        "metadata": {"name": "erp", "namespace": "ferry-e2e-x", "uid": "uid-erp"},
+        "spec": {"host": {"url": "http://127.0.0.1:1/ingest"}},
+    }))
+    .expect("a transport");
+    let set = Owner::transport(&transport)
+        .expect("owner")
+        .stateful_set(&WorkerDefaults::default())
+        .expect("the StatefulSet");
+    let set = set.spec.expect("spec");
+    // The claim and the pod as the StatefulSet controller makes them.
+    let template = &set.volume_claim_templates.as_ref().expect("claims")[0];
+    let claim: Claim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data-ferry-tp-erp-0", "namespace": "ferry-e2e-x", "uid": "uid-claim"},
+        "spec": template.spec,
+    }))
+    .expect("a claim");
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "ferry-tp-erp-0", "namespace": "ferry-e2e-x"},
+        "spec": set.template.spec,
+        "status": kubelet::pod_status(&kubelet::PodProcess {
+            ip: "127.0.10.2", ready: true, since: "2026-11-23T10:00:00Z", restarts: 1,
+            container: "worker", image: "ghcr.io/ferry-dev/ferry:0.1.0", pid: 4242,
+        }),
+    });
+    pod["spec"]["nodeName"] = json!("ferry-e2e-node");
+    let mut node = kubelet::node_object("ferry-e2e-node");
+    node["status"] = kubelet::node_status("ferry-e2e-node", "2026-11-23T10:00:00Z");
+    let (sink, sink_service) =
+        cluster::tool_pod("erp-host", "ghcr.io/ferry-dev/ferry:0.1.0", &SINK, 9090);
+    let objects = [
+        node,
+        kubelet::node_lease("ferry-e2e-node", "2026-11-23T10:00:00.000000Z"),
+        kubelet::local_volume(
+            "ferry-e2e-uid-claim",
+            &claim,
+            "64Mi",
+            std::path::Path::new("/tmp/ferry-e2e/volumes/uid-claim"),
+        ),
+        pod,
+        sink,
+        sink_service,
+    ];
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rendered");
+    std::fs::create_dir_all(&out).expect("rendered dir");
+    // JSON documents (JSON is YAML): quoted timestamps stay strings for the validator.
+    let yaml: Vec<String> = objects
+        .iter()
+        .map(|o| serde_json::to_string_pretty(o).expect("JSON") + "\n")
+        .collect();
+    std::fs::write(out.join("e2e-process-kubelet.yaml"), yaml.join("---\n")).expect("written");
+}
