@@ -489,3 +489,40 @@ where
     });
     Action::requeue(Duration::from_secs(5))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn transport(generation: i64, status: serde_json::Value) -> Transport {
+        serde_json::from_value(json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+            "metadata": {"name": "erp", "namespace": "plant-a", "generation": generation,
+                         "resourceVersion": format!("{}", generation * 100 + status.to_string().len() as i64)},
+            "spec": {"host": {"url": "http://erp/ingest"}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    /// The operator's own status writes must not trigger reconciles (they would loop); what the
+    /// user changes, finalizers and deletion must.
+    #[test]
+    fn reconciles_follow_the_spec_and_the_lifecycle_not_the_status() {
+        let base = transport(2, json!({}));
+        let written = transport(2, json!({"state": "Up", "observedGeneration": 2}));
+        assert_eq!(spec_or_lifecycle(&base), spec_or_lifecycle(&written));
+        let changed = transport(3, json!({}));
+        assert_ne!(spec_or_lifecycle(&base), spec_or_lifecycle(&changed));
+        let mut finalized = base.clone();
+        finalized.metadata.finalizers = Some(vec!["ferry.dev/worker-storage".into()]);
+        assert_ne!(spec_or_lifecycle(&base), spec_or_lifecycle(&finalized));
+        let mut deleting = finalized.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert_ne!(spec_or_lifecycle(&finalized), spec_or_lifecycle(&deleting));
+    }
+}
