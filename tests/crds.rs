@@ -151,7 +151,45 @@ fn cel_rules_compile_within_the_cost_budget() {
         );
         assert!(problems.is_empty(), "{kind}: {problems:#?}");
     }
-    assert_eq!(rules, 5, "every CEL rule of the types was visited");
+    assert_eq!(rules, 7, "every CEL rule of the types was visited");
+}
+
+/// The storage transition rule, as the API server runs it on an update: size and class are
+/// fixed, reclaimPolicy is not; on create (no old object) it does not apply.
+#[test]
+fn storage_size_and_class_are_fixed_once_created() {
+    use kube::core::cel::Validator;
+    let compiled = compile_schema(&schema_of("Transport"));
+    let validator = Validator::new();
+    let transport = |storage: Value| {
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+            "metadata": {"name": "erp", "namespace": "plant-a"},
+            "spec": {"host": {"url": "http://erp/ingest"}, "storage": storage},
+        })
+    };
+    let old = transport(json!({"size": "2Gi", "reclaimPolicy": "Retain"}));
+    let check = |new: Value| validator.validate_compiled(&compiled, &new, Some(&old));
+    assert!(check(transport(json!({"size": "2Gi", "reclaimPolicy": "Delete"}))).is_ok());
+    assert!(
+        check(transport(json!({"size": "2048Mi", "reclaimPolicy": "Retain"}))).is_ok(),
+        "the same quantity written differently"
+    );
+    for changed in [
+        json!({"size": "4Gi"}),
+        json!({"size": "2Gi", "storageClassName": "fast"}),
+        json!({"reclaimPolicy": "Retain"}),
+    ] {
+        let errors = check(transport(changed.clone())).expect_err("refused");
+        let text = format!("{errors:?}");
+        assert!(text.contains("cannot change once the worker"), "{changed}: {text}");
+    }
+    assert!(
+        validator
+            .validate_compiled(&compiled, &transport(json!({"size": "4Gi"})), None)
+            .is_ok(),
+        "a create has no old object"
+    );
 }
 
 #[test]

@@ -18,8 +18,15 @@ pub enum ReclaimPolicy {
 }
 
 /// The worker's data directory: a PersistentVolumeClaim in Kubernetes.
+///
+/// Size and class are fixed once created (a transition rule: the API server refuses the
+/// change at `kubectl apply`, rather than the StatefulSet's immutable claim template failing
+/// every reconcile); `reclaimPolicy` may change.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.size) == has(oldSelf.size) && (!has(self.size) || quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) == 0) && has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)"
+).message("size and storageClassName cannot change once the worker's volume exists (reclaimPolicy can)"))]
 pub struct Storage {
     /// Size of the volume; the default depends on the kind (Transport 2Gi, Connection 100Mi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
