@@ -172,7 +172,10 @@ fn storage_size_and_class_are_fixed_once_created() {
     let check = |new: Value| validator.validate_compiled(&compiled, &new, Some(&old));
     assert!(check(transport(json!({"size": "2Gi", "reclaimPolicy": "Delete"}))).is_ok());
     assert!(
-        check(transport(json!({"size": "2048Mi", "reclaimPolicy": "Retain"}))).is_ok(),
+        check(transport(
+            json!({"size": "2048Mi", "reclaimPolicy": "Retain"})
+        ))
+        .is_ok(),
         "the same quantity written differently"
     );
     for changed in [
@@ -182,7 +185,10 @@ fn storage_size_and_class_are_fixed_once_created() {
     ] {
         let errors = check(transport(changed.clone())).expect_err("refused");
         let text = format!("{errors:?}");
-        assert!(text.contains("cannot change once the worker"), "{changed}: {text}");
+        assert!(
+            text.contains("cannot change once the worker"),
+            "{changed}: {text}"
+        );
     }
     assert!(
         validator

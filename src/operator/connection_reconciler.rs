@@ -24,7 +24,7 @@ use super::{
     events::connection_event,
     status::{ConnectionContext, connection_status},
     transport_reconciler::{
-        Context, FINALIZER, ReconcileError, apply_worker_objects, now, ready_worker, tokens_of,
+        Context, FINALIZER, ReconcileError, apply_or_report, now, ready_worker, tokens_of,
         write_status,
     },
 };
@@ -245,7 +245,14 @@ async fn apply(
     let worker = owner.worker_name();
     let key = connection_key(connection);
     let client = &ctx.client;
-    let tokens = apply_worker_objects(ctx, namespace, &owner).await?;
+    let tokens = apply_or_report(
+        ctx,
+        namespace,
+        &owner,
+        connection,
+        connection.status.as_ref(),
+    )
+    .await?;
 
     let targets = resolve_targets(connection, namespace, ctx).await?;
     let config_error = targets.as_ref().err().cloned();

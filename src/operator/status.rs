@@ -61,6 +61,43 @@ fn state_reason(state: TransportState) -> &'static str {
     }
 }
 
+/// A status with conditions (both kinds').
+pub trait WithConditions: Clone + Default + serde::Serialize {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+impl WithConditions for TransportStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+impl WithConditions for ConnectionStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+/// The API server refused the worker's objects (an invalid change, a quota, an admission
+/// webhook): `Ready` and `Degraded` say why; the last known state stays.
+pub fn objects_refused(
+    previous: &[Condition],
+    generation: Option<i64>,
+    why: &str,
+    now: Time,
+) -> Vec<Condition> {
+    let message = format!("the API server refused the worker's objects: {why}");
+    set_conditions(
+        previous,
+        vec![
+            Set("Ready", false, "WorkerObjectsRefused", message.clone()),
+            Set("Degraded", true, "WorkerObjectsRefused", message),
+        ],
+        generation,
+        &now,
+    )
+}
+
 /// A transport's status from its worker's report (`Ok`) or why the worker could not be read.
 pub fn transport_status(
     previous: Option<&TransportStatus>,

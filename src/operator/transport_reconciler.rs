@@ -28,7 +28,7 @@ use serde_json::json;
 use super::{
     builders::{BuildError, Owner, WorkerDefaults, WorkerTokens},
     events::{Events, transport_event},
-    status::transport_status,
+    status::{WithConditions, objects_refused, transport_status},
     worker_client::{WorkerClient, WorkerPod},
 };
 use crate::{
@@ -160,7 +160,8 @@ async fn apply(
     let owner = Owner::transport(transport)?;
     let worker = owner.worker_name();
     let client = &ctx.client;
-    let tokens = apply_worker_objects(ctx, namespace, &owner).await?;
+    let tokens =
+        apply_or_report(ctx, namespace, &owner, transport, transport.status.as_ref()).await?;
 
     let report = worker_report(transport, namespace, &worker, &tokens, ctx).await;
     let status = transport_status(
@@ -264,6 +265,39 @@ async fn cleanup(
         delete_claim(ctx, namespace, &owner.worker_name()).await?;
     }
     Ok(Action::await_change())
+}
+
+/// Apply the worker's objects; when the API server refuses them, say so in the resource's
+/// conditions (its last known state kept) before the reconcile fails.
+pub(super) async fn apply_or_report<K, S>(
+    ctx: &Context,
+    namespace: &str,
+    owner: &Owner<'_>,
+    object: &K,
+    status: Option<&S>,
+) -> Result<WorkerTokens, ReconcileError>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: WithConditions,
+{
+    match apply_worker_objects(ctx, namespace, owner).await {
+        Ok(tokens) => Ok(tokens),
+        Err(e) => {
+            let mut status = status.cloned().unwrap_or_default();
+            let conditions = objects_refused(
+                status.conditions_mut(),
+                object.meta().generation,
+                &e.to_string(),
+                now(),
+            );
+            *status.conditions_mut() = conditions;
+            write_status(&ctx.client, object, namespace, &status).await?;
+            Err(e)
+        }
+    }
 }
 
 /// The worker's Secret (its tokens read back, or generated the first time), Service and
@@ -559,6 +593,40 @@ pub(crate) mod tests {
             ready["status"].as_str().unwrap_or(""),
             ready["reason"].as_str().unwrap_or(""),
         )
+    }
+
+    #[tokio::test]
+    async fn refused_worker_objects_show_in_the_status() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let mut known = transport(true, "Retain");
+        known.status =
+            serde_json::from_value(json!({"state": "Up", "observedGeneration": 2})).unwrap();
+        let server = tokio::spawn(async move {
+            let (_, _, _, send) = next(&mut handle).await;
+            send.send_response(not_found());
+            // Secret and Service applied; the StatefulSet refused by admission.
+            for _ in 0..2 {
+                let (_, _, body, send) = next(&mut handle).await;
+                send.send_response(respond(200, body));
+            }
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.contains("/statefulsets/ferry-tp-erp"), "{path}");
+            send.send_response(respond(
+                403,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                       "message": "exceeded quota: compute, requested: requests.memory=64Mi"}),
+            ));
+            transport_status_written(&mut handle).await
+        });
+        let error = reconcile_transport(Arc::new(known), ctx).await.unwrap_err();
+        assert!(error.to_string().contains("exceeded quota"), "{error}");
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(
+            status["state"], "Up",
+            "the last known state stays: {status}"
+        );
+        assert_eq!(ready_condition(status), ("False", "WorkerObjectsRefused"));
     }
 
     #[tokio::test]
