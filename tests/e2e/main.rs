@@ -670,3 +670,57 @@ fn the_objects_the_suite_writes_are_rendered_for_validation() {
         .collect();
     std::fs::write(out.join("e2e-process-kubelet.yaml"), yaml.join("---\n")).expect("written");
 }
+
+/// Stop and start with the plugin, as the README shows: `kubectl ferry stop connection --wait`
+/// returns when it is Disabled with its worker scaled to zero; `start --wait` when it runs
+/// again; `kubectl ferry status` lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_stops_and_starts_a_connection() {
+    let Some(env) = env("the_plugin_stops_and_starts_a_connection") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "plugin").await;
+    let source = cluster.run_pod("crm", &SOURCE, 9091).await;
+    let host = cluster.run_pod("warehouse", &SINK, 9090).await;
+    let _operator = cluster.operator(&[]);
+    let target = format!("http: {{url: {host}/orders}}");
+    cluster.apply(&connection_yaml("crm", &source, &target));
+    cluster
+        .wait_connection("crm", "Running", |s| s["status"] == "Running")
+        .await;
+
+    let plugin = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+            .args(["-n", cluster.namespace.as_str()])
+            .args(args)
+            .env("KUBECONFIG", &cluster.env.kubeconfig)
+            .output()
+            .expect("kubectl-ferry runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "kubectl ferry {args:?}: {text}");
+        text
+    };
+    let stopped = plugin(&["stop", "connection", "crm", "--wait", "--timeout", "3m"]);
+    assert!(stopped.contains("stopped: Disabled"), "{stopped}");
+    let set = cluster
+        .api::<StatefulSet>()
+        .get("ferry-conn-crm")
+        .await
+        .expect("its StatefulSet");
+    assert_eq!(set.spec.and_then(|s| s.replicas), Some(0));
+
+    let started = plugin(&["start", "connection", "crm", "--wait", "--timeout", "3m"]);
+    assert!(started.contains("started: Running"), "{started}");
+    let table = plugin(&["status"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("Connection") && l.contains("crm") && l.contains("Running")),
+        "{table}"
+    );
+}
