@@ -391,8 +391,8 @@ async fn cleanup(
 mod tests {
     use super::*;
     use crate::operator::transport_reconciler::tests::{
-        Handle, context, mock, next, not_found, objects_with_known_tokens, ready_pod, respond,
-        test_ip, worker_at,
+        Handle, condition, context, mock, next, not_found, objects_with_known_tokens, ready_pod,
+        respond, test_ip, worker_at,
     };
     use http::Method;
     use serde_json::Value;
@@ -639,20 +639,6 @@ mod tests {
             queue.waiting().collect::<Vec<_>>(),
             ["plant-a/second", "plant-a/third"]
         );
-    }
-
-    fn condition(status: &Value, type_: &str) -> (String, String, String) {
-        let c = status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == type_)
-            .unwrap();
-        (
-            c["status"].as_str().unwrap().to_owned(),
-            c["reason"].as_str().unwrap().to_owned(),
-            c["message"].as_str().unwrap().to_owned(),
-        )
     }
 
     #[tokio::test]

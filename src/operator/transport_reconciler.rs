@@ -580,18 +580,25 @@ pub(crate) mod tests {
         let status = &server.await.unwrap()["status"];
         assert_eq!(status["state"], "Store and Forward", "last known: {status}");
         assert_eq!(status["queue"]["messages"], 7);
-        assert_eq!(ready_condition(status), ("False", "WorkerUnreachable"));
+        let (ready, reason, _) = condition(status, "Ready");
+        assert_eq!(
+            (ready.as_str(), reason.as_str()),
+            ("False", "WorkerUnreachable")
+        );
     }
 
-    /// The Ready condition's status and reason in a written status.
-    fn ready_condition(status: &Value) -> (&str, &str) {
-        let ready = status["conditions"]
+    /// A condition of a written status: its status, reason and message.
+    pub(crate) fn condition(status: &Value, type_: &str) -> (String, String, String) {
+        let c = status["conditions"]
             .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-            .expect("a Ready condition");
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap();
         (
-            ready["status"].as_str().unwrap_or(""),
-            ready["reason"].as_str().unwrap_or(""),
+            c["status"].as_str().unwrap().to_owned(),
+            c["reason"].as_str().unwrap().to_owned(),
+            c["message"].as_str().unwrap().to_owned(),
         )
     }
 
@@ -626,7 +633,11 @@ pub(crate) mod tests {
             status["state"], "Up",
             "the last known state stays: {status}"
         );
-        assert_eq!(ready_condition(status), ("False", "WorkerObjectsRefused"));
+        let (ready, reason, _) = condition(status, "Ready");
+        assert_eq!(
+            (ready.as_str(), reason.as_str()),
+            ("False", "WorkerObjectsRefused")
+        );
     }
 
     #[tokio::test]
@@ -723,23 +734,12 @@ pub(crate) mod tests {
                 ),
                 "{path}"
             );
-            let ready = body["status"]["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["type"] == "Ready")
-                .cloned()
-                .unwrap();
+            let (ready, reason, message) = condition(&body["status"], "Ready");
             assert_eq!(
-                (ready["status"].as_str(), ready["reason"].as_str()),
-                (Some("False"), Some("WorkerUnreachable"))
+                (ready.as_str(), reason.as_str()),
+                ("False", "WorkerUnreachable")
             );
-            assert!(
-                ready["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("ferry-tp-erp-0 does not exist yet")
-            );
+            assert!(message.contains("ferry-tp-erp-0 does not exist yet"));
             send.send_response(respond(
                 200,
                 serde_json::to_value(transport(true, "Retain")).unwrap(),
@@ -867,7 +867,8 @@ pub(crate) mod tests {
             status["endpoint"],
             format!("http://{ip}:8080/v1/transports/plant-a/erp/transactions")
         );
-        assert_eq!(ready_condition(status), ("True", "Down"));
+        let (ready, reason, _) = condition(status, "Ready");
+        assert_eq!((ready.as_str(), reason.as_str()), ("True", "Down"));
         worker.abort();
     }
 }

@@ -146,6 +146,43 @@ fn ready_of(
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
+fn not_found(change: Change, namespace: &str, name: &str) -> PluginError {
+    PluginError::NotFound {
+        kind: change.kind(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+/// Merge-patch the spec; answers the generation the change got.
+async fn patch_spec<K>(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    change: Change,
+) -> Result<Option<i64>, PluginError>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    match Api::<K>::namespaced(client.clone(), namespace)
+        .patch(name, &params, &Patch::Merge(change.patch()))
+        .await
+    {
+        Ok(object) => Ok(object.meta().generation),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            Err(not_found(change, namespace, name))
+        }
+        Err(e) => Err(PluginError::Kube(e)),
+    }
+}
+
 /// A transport's state comes from its worker: `status.observedGeneration` says which spec it
 /// reflects. A connection's status may come from the operator alone (Disabled while its worker
 /// is scaled to zero): its Ready condition's `observedGeneration` says which spec was seen.
@@ -155,11 +192,7 @@ async fn look(
     namespace: &str,
     name: &str,
 ) -> Result<Seen, PluginError> {
-    let missing = || PluginError::NotFound {
-        kind: change.kind(),
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    };
+    let missing = || not_found(change, namespace, name);
     if change.kind() == "Transport" {
         let transport = Api::<Transport>::namespaced(client.clone(), namespace)
             .get_opt(name)
@@ -195,33 +228,10 @@ pub async fn apply(
     wait: Option<Duration>,
     poll: Duration,
 ) -> Result<String, PluginError> {
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    let patch = Patch::Merge(change.patch());
-    let not_found = |e: kube::Error| match e {
-        kube::Error::Api(status) if status.code == 404 => PluginError::NotFound {
-            kind: change.kind(),
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        },
-        e => PluginError::Kube(e),
-    };
     let generation = if change.kind() == "Transport" {
-        Api::<Transport>::namespaced(client.clone(), namespace)
-            .patch(name, &params, &patch)
-            .await
-            .map_err(not_found)?
-            .metadata
-            .generation
+        patch_spec::<Transport>(&client, namespace, name, change).await?
     } else {
-        Api::<Connection>::namespaced(client.clone(), namespace)
-            .patch(name, &params, &patch)
-            .await
-            .map_err(not_found)?
-            .metadata
-            .generation
+        patch_spec::<Connection>(&client, namespace, name, change).await?
     }
     .unwrap_or(0);
     let what = format!(

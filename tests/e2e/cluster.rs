@@ -313,12 +313,7 @@ impl Cluster {
         what: &str,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        eventually(&format!("Transport {name}: {what}"), || async {
-            let transport = self.transports().get_opt(name).await.ok()??;
-            let status = serde_json::to_value(transport.status?).ok()?;
-            check(&status).then_some(status)
-        })
-        .await
+        self.wait_status(self.transports(), name, what, check).await
     }
 
     pub async fn wait_connection(
@@ -327,10 +322,28 @@ impl Cluster {
         what: &str,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        eventually(&format!("Connection {name}: {what}"), || async {
-            let connection = self.connections().get_opt(name).await.ok()??;
-            let status = serde_json::to_value(connection.status?).ok()?;
-            check(&status).then_some(status)
+        self.wait_status(self.connections(), name, what, check)
+            .await
+    }
+
+    async fn wait_status<K>(
+        &self,
+        api: Api<K>,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        eventually(&format!("{} {name}: {what}", K::kind(&())), || async {
+            let object = api.get_opt(name).await.ok()??;
+            let status = serde_json::to_value(object).ok()?["status"].take();
+            (!status.is_null() && check(&status)).then_some(status)
         })
         .await
     }
