@@ -470,4 +470,23 @@ mod tests {
             ["apiVersion", "kind", "metadata.name"]
         );
     }
+
+    #[test]
+    fn durations_past_go_limit_name_their_field_and_never_panic() {
+        let v = ManifestValidator::new();
+        for ttl in ["99999999999999999999h", "9999999h9999999h", "2562048h"] {
+            let doc = transport(
+                json!({"host": {"url": "http://h"}, "storeAndForward": {"timeToLive": ttl}}),
+            );
+            assert_eq!(
+                fields(v.validate(&doc)),
+                ["spec.storeAndForward.timeToLive"],
+                "{ttl}"
+            );
+        }
+        let doc = transport(
+            json!({"host": {"url": "http://h"}, "storeAndForward": {"timeToLive": "2562047h"}}),
+        );
+        assert!(v.validate(&doc).is_ok());
+    }
 }
