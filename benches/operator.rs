@@ -128,6 +128,7 @@ async fn main() {
             data_dir: dir.path().to_owned(),
             public_url: format!("http://{ip}:8080"),
             forward_window: 1,
+            memory_budget: ferry::worker::budget::DEFAULT_BYTES,
         },
         true,
     )

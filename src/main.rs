@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use ferry::{
     standalone,
     worker::{
-        Worker, WorkerOptions, api,
+        Worker, WorkerOptions, api, server,
         tokens::{Token, Tokens},
     },
 };
@@ -211,6 +211,32 @@ struct Forwarding {
     /// queue's order exactly; more is faster but the host may see neighbours reordered.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     forward_window: u16,
+    /// Bytes of transactions held in memory at once across all producers; over it a producer
+    /// is answered 503 with Retry-After. The operator sets a quarter of the pod's memory limit.
+    #[arg(long, env = "FERRY_MEMORY_BUDGET", default_value = "64Mi")]
+    memory_budget: ferry::api::quantity::ByteQuantity,
+    /// Connections served at once (more wait in the listen backlog).
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = server::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// How long a request may take to send its head; also how long an idle keep-alive
+    /// connection stays open.
+    #[arg(long, env = "FERRY_HEADER_READ_TIMEOUT", default_value = "30s")]
+    header_read_timeout: ferry::api::duration::Duration,
+    /// On SIGTERM, how long requests already in their handlers may take to answer before the
+    /// connections are closed and the records saved (keep it well below the pod's
+    /// terminationGracePeriodSeconds).
+    #[arg(long, env = "FERRY_SHUTDOWN_TIMEOUT", default_value = "10s")]
+    shutdown_timeout: ferry::api::duration::Duration,
+}
+
+impl Forwarding {
+    fn limits(&self) -> server::ServerLimits {
+        server::ServerLimits {
+            header_read_timeout: self.header_read_timeout.as_std(),
+            max_connections: self.max_connections as usize,
+            shutdown_timeout: self.shutdown_timeout.as_std(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -273,13 +299,14 @@ async fn run(command: Command) -> ExitCode {
                 data_dir,
                 public_url,
                 forward_window: forwarding.forward_window.into(),
+                memory_budget: forwarding.memory_budget.bytes(),
             };
             let listener = match bind(listen).await {
                 Ok(l) => l,
                 Err(code) => return code,
             };
             match Worker::open(options, true).await {
-                Ok(worker) => serve(worker, listener, tokens).await,
+                Ok(worker) => serve(worker, listener, tokens, forwarding.limits()).await,
                 Err(e) => fail(e.to_string()),
             }
         }
@@ -305,6 +332,7 @@ async fn run(command: Command) -> ExitCode {
                 data_dir,
                 public_url: format!("http://{listen}"),
                 forward_window: forwarding.forward_window.into(),
+                memory_budget: forwarding.memory_budget.bytes(),
             };
             // Listening before anything is hosted: the endpoints printed next answer at once.
             let listener = match bind(listen).await {
@@ -333,7 +361,7 @@ async fn run(command: Command) -> ExitCode {
                     errors.len()
                 ));
             }
-            serve(worker, listener, tokens).await
+            serve(worker, listener, tokens, forwarding.limits()).await
         }
         Command::Operator(args) => match ferry::operator::run::run(args.options()).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -370,14 +398,24 @@ async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, ExitCode> {
         .map_err(|e| fail(format!("cannot listen on {listen}: {e}")))
 }
 
-async fn serve(worker: Arc<Worker>, listener: tokio::net::TcpListener, tokens: Tokens) -> ExitCode {
+async fn serve(
+    worker: Arc<Worker>,
+    listener: tokio::net::TcpListener,
+    tokens: Tokens,
+    limits: server::ServerLimits,
+) -> ExitCode {
     tracing::info!(listen = ?listener.local_addr().ok(), "worker API listening");
-    let served = axum::serve(listener, api::router(worker.clone(), tokens))
-        .with_graceful_shutdown(ferry::shutdown_signal())
-        .await;
+    let router = api::router(worker.clone(), tokens);
+    let stopping = worker.clone();
+    server::serve(
+        listener,
+        router,
+        limits,
+        ferry::shutdown_signal(),
+        move || stopping.begin_stop(),
+    )
+    .await;
     worker.shutdown().await;
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(format!("the API server stopped: {e}")),
-    }
+    tracing::info!("records saved; stopped");
+    ExitCode::SUCCESS
 }

@@ -826,6 +826,7 @@ pub(crate) mod tests {
                 data_dir: dir.to_owned(),
                 public_url: format!("http://{ip}:8080"),
                 forward_window: 1,
+                memory_budget: crate::worker::budget::DEFAULT_BYTES,
             },
             true,
         )

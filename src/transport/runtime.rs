@@ -28,8 +28,11 @@ use crate::api::{
     transport::{QueueStatus, Totals},
 };
 
-/// Forwarding reads this many queued transactions at a time.
+/// Forwarding reads at most this many queued transactions at a time ...
 const FORWARD_BATCH: usize = 256;
+/// ... and at most this many payload bytes (but always one transaction, however large), so a
+/// long outage with large transactions costs a few MiB per retry, not the queue's size.
+const FORWARD_BATCH_BYTES: u64 = 4 << 20;
 /// Reconnect backoff: doubles from the first delay up to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
@@ -56,9 +59,13 @@ fn yes() -> bool {
 
 /// The totals of what never entered the queue. Saved with the record every
 /// housekeeping tick (and durably at shutdown); the queue's own totals are exact.
+///
+/// `received` is not kept: it is the sum of the outcomes (these two, the queue's `stored`)
+/// and the transactions still on their way to one, so the totals are a ledger that adds up at
+/// every moment and after kill -9 (records written before this carry a `received` that is
+/// ignored).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectTotals {
-    pub received: u64,
     pub delivered: u64,
     /// Failed without being stored (suspended or unreachable without S&F, rejected by the
     /// host, not storable).
@@ -110,6 +117,8 @@ struct Inner {
     state: TransportState,
     host: Arc<HostClient>,
     totals: DirectTotals,
+    /// Transactions received whose outcome is not decided yet (counted in `received`).
+    in_flight: u64,
     /// Transactions decided `Store` whose append has not committed yet: the queue is not
     /// "drained" while any is on its way.
     pending_stores: u64,
@@ -193,6 +202,7 @@ impl TransportRuntime {
                 state: TransportState::Down,
                 host,
                 totals: record.map(|r| r.totals).unwrap_or_default(),
+                in_flight: 0,
                 pending_stores: 0,
                 dirty: true,
                 connecting: false,
@@ -326,16 +336,18 @@ impl TransportRuntime {
         actions
     }
 
-    /// One transaction from a producer.
+    /// One transaction from a producer. It ends in exactly one outcome, counted under the
+    /// same lock that takes it out of `in_flight`; callers that must not lose it to a
+    /// cancelled request run this in a task of its own (the ingest route does).
     pub async fn ingest(
         self: &Arc<Self>,
         id: String,
         content_type: Option<String>,
-        payload: Bytes,
+        txn: NewTxn,
     ) -> IngestResult {
         let (action, host) = {
             let mut inner = self.lock();
-            inner.totals.received += 1;
+            inner.in_flight += 1;
             inner.dirty = true;
             let actions = self.transition(&mut inner, Event::Arrived);
             let action = actions.first().copied();
@@ -345,8 +357,8 @@ impl TransportRuntime {
             (action, inner.host.clone())
         };
         match action {
-            Some(Action::Deliver) => self.deliver_direct(&host, id, content_type, payload).await,
-            Some(Action::Store) => self.store(id, content_type, payload).await,
+            Some(Action::Deliver) => self.deliver_direct(&host, id, content_type, txn).await,
+            Some(Action::Store) => self.store(id, txn).await,
             Some(Action::Fail(reason)) => self.fail(id, reason.message().into()),
             _ => self.fail(id, "the transport could not decide what to do".into()),
         }
@@ -357,14 +369,15 @@ impl TransportRuntime {
         host: &HostClient,
         id: String,
         content_type: Option<String>,
-        payload: Bytes,
+        txn: NewTxn,
     ) -> IngestResult {
         match host
-            .deliver(&id, content_type.as_deref(), payload.clone())
+            .deliver(&id, content_type.as_deref(), txn.payload())
             .await
         {
             Delivery::Delivered => {
                 let mut inner = self.lock();
+                inner.in_flight -= 1;
                 inner.totals.delivered += 1;
                 inner.dirty = true;
                 self.transition(&mut inner, Event::Delivered);
@@ -388,7 +401,7 @@ impl TransportRuntime {
                     action
                 };
                 match action {
-                    Some(Action::Store) => self.store(id, content_type, payload).await,
+                    Some(Action::Store) => self.store(id, txn).await,
                     Some(Action::Fail(reason)) => {
                         self.fail(id, format!("{why}; {}", reason.message()))
                     }
@@ -399,21 +412,11 @@ impl TransportRuntime {
     }
 
     /// Append to the queue (fsync'd before the answer); `pending_stores` was counted.
-    async fn store(
-        &self,
-        id: String,
-        content_type: Option<String>,
-        payload: Bytes,
-    ) -> IngestResult {
+    async fn store(&self, id: String, txn: NewTxn) -> IngestResult {
         let limits = self.lock().limits();
-        let txn = NewTxn {
-            id: id.clone(),
-            content_type,
-            received_ms: now_ms(),
-            payload: payload.to_vec(),
-        };
         let appended = self.store.append(&self.queue, txn, limits).await;
         let mut inner = self.lock();
+        inner.in_flight -= 1;
         inner.pending_stores -= 1;
         inner.dirty = true;
         self.forward.notify_one();
@@ -445,6 +448,7 @@ impl TransportRuntime {
 
     fn fail(&self, id: String, reason: String) -> IngestResult {
         let mut inner = self.lock();
+        inner.in_flight -= 1;
         inner.totals.failed += 1;
         inner.dirty = true;
         tracing::info!(transport = %self.key, %id, %reason, "transaction failed");
@@ -552,9 +556,11 @@ impl TransportRuntime {
     async fn read_head(&self) -> Result<Vec<QueuedTxn>, StoreError> {
         let store = self.store.clone();
         let queue = self.queue.clone();
-        tokio::task::spawn_blocking(move || store.read_head(&queue, None, FORWARD_BATCH))
-            .await
-            .map_err(|e| StoreError::Disk(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            store.read_head(&queue, None, FORWARD_BATCH, FORWARD_BATCH_BYTES)
+        })
+        .await
+        .map_err(|e| StoreError::Disk(e.to_string()))?
     }
 
     /// The queue is empty and nothing is on its way into it: leave Store and Forward.
@@ -687,7 +693,10 @@ impl TransportRuntime {
                     .map_or(0, |oldest| now_ms().saturating_sub(oldest) / 1000),
             },
             totals: Totals {
-                received: inner.totals.received,
+                received: inner.totals.delivered
+                    + inner.totals.failed
+                    + info.stored
+                    + inner.in_flight,
                 delivered: inner.totals.delivered,
                 stored: info.stored,
                 forwarded: info.forwarded,

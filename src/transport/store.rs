@@ -75,17 +75,26 @@ pub struct QueuedTxn {
     pub payload: Vec<u8>,
 }
 
-/// A queued transaction's bytes: received time, id, content type, payload.
-fn encode(received_ms: u64, id: &str, content_type: Option<&str>, payload: &[u8]) -> Vec<u8> {
+/// The longest transaction id and content type a queued transaction can carry (their lengths
+/// are written in two bytes).
+pub const MAX_HEADER_FIELD: usize = u16::MAX as usize;
+
+/// The bytes in front of a queued transaction's payload: received time, id, content type.
+/// `id` and `content_type` must be at most [`MAX_HEADER_FIELD`] bytes (the ingest route
+/// refuses longer ones).
+pub fn encode_header(received_ms: u64, id: &str, content_type: Option<&str>, out: &mut Vec<u8>) {
     let ct = content_type.unwrap_or("");
-    let mut out = Vec::with_capacity(12 + id.len() + ct.len() + payload.len());
     out.extend_from_slice(&received_ms.to_le_bytes());
-    out.extend_from_slice(&(id.len() as u16).to_le_bytes());
-    out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(&(ct.len() as u16).to_le_bytes());
-    out.extend_from_slice(ct.as_bytes());
-    out.extend_from_slice(payload);
-    out
+    out.extend_from_slice(&(id.len().min(MAX_HEADER_FIELD) as u16).to_le_bytes());
+    out.extend_from_slice(&id.as_bytes()[..id.len().min(MAX_HEADER_FIELD)]);
+    out.extend_from_slice(&(ct.len().min(MAX_HEADER_FIELD) as u16).to_le_bytes());
+    out.extend_from_slice(&ct.as_bytes()[..ct.len().min(MAX_HEADER_FIELD)]);
+}
+
+/// The size of [`encode_header`]'s output.
+pub fn header_len(id: &str, content_type: Option<&str>) -> usize {
+    12 + id.len().min(MAX_HEADER_FIELD)
+        + content_type.map_or(0, |ct| ct.len().min(MAX_HEADER_FIELD))
 }
 
 impl QueuedTxn {
@@ -194,13 +203,40 @@ pub struct Limits {
     pub when_full: WhenFull,
 }
 
-/// A transaction to append.
+/// A transaction to append, already in its queued form (header and payload in one buffer):
+/// ingest reads the body straight into it, so a payload is held once, and delivering it
+/// directly uses a slice of the same buffer.
 #[derive(Clone, Debug)]
 pub struct NewTxn {
-    pub id: String,
-    pub content_type: Option<String>,
-    pub received_ms: u64,
-    pub payload: Vec<u8>,
+    encoded: bytes::Bytes,
+    payload_at: usize,
+}
+
+impl NewTxn {
+    /// `encoded` must start with [`encode_header`]'s output of `header_len` bytes.
+    pub fn from_encoded(encoded: bytes::Bytes, header_len: usize) -> Self {
+        Self {
+            payload_at: header_len.min(encoded.len()),
+            encoded,
+        }
+    }
+
+    pub fn new(id: &str, content_type: Option<&str>, received_ms: u64, payload: &[u8]) -> Self {
+        let mut encoded = Vec::with_capacity(header_len(id, content_type) + payload.len());
+        encode_header(received_ms, id, content_type, &mut encoded);
+        let at = encoded.len();
+        encoded.extend_from_slice(payload);
+        Self::from_encoded(encoded.into(), at)
+    }
+
+    /// The payload, without a copy.
+    pub fn payload(&self) -> bytes::Bytes {
+        self.encoded.slice(self.payload_at..)
+    }
+
+    fn received_ms(&self) -> u64 {
+        QueuedTxn::header(&self.encoded).0
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -432,12 +468,15 @@ impl Store {
         Ok(queue)
     }
 
-    /// Up to `max` transactions from the head of the queue, in order, starting after `after`.
+    /// Transactions from the head of the queue, in order, starting after `after`: at most
+    /// `max` of them and `max_bytes` of payload, but always the first one however large it
+    /// is (so a transaction larger than a batch still moves).
     pub fn read_head(
         &self,
         queue: &Queue,
         after: Option<u64>,
         max: usize,
+        max_bytes: u64,
     ) -> Result<Vec<QueuedTxn>, StoreError> {
         let read = self.shared.db()?.begin_read().map_err(StoreError::disk)?;
         let definition = TableDefinition::<u64, &[u8]>::new(&queue.table);
@@ -448,8 +487,14 @@ impl Store {
         };
         let start = after.map_or(0, |a| a.saturating_add(1));
         let mut out = Vec::with_capacity(max.min(1024));
+        let mut bytes = 0u64;
         for entry in table.range(start..).map_err(StoreError::disk)?.take(max) {
             let (k, v) = entry.map_err(StoreError::disk)?;
+            let size = QueuedTxn::header(v.value()).1;
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
             out.push(QueuedTxn::decode(k.value(), v.value())?);
         }
         Ok(out)
@@ -735,7 +780,7 @@ fn append(
     txn: &NewTxn,
     limits: Limits,
 ) -> Result<Appended, StoreError> {
-    let size = txn.payload.len() as u64;
+    let size = (txn.encoded.len() - txn.payload_at) as u64;
     if size > limits.max_bytes {
         return Err(StoreError::LargerThanQueue {
             size,
@@ -757,21 +802,15 @@ fn append(
         dropped = drop_until_fits(table, info, &fits)?;
     }
     let seq = info.next_seq;
-    let encoded = encode(
-        txn.received_ms,
-        &txn.id,
-        txn.content_type.as_deref(),
-        &txn.payload,
-    );
     table
-        .insert(seq, encoded.as_slice())
+        .insert(seq, &txn.encoded[..])
         .map_err(StoreError::disk)?;
     info.next_seq += 1;
     info.messages += 1;
     info.bytes += size;
     info.stored += 1;
     info.dropped += dropped;
-    info.oldest_ms.get_or_insert(txn.received_ms);
+    info.oldest_ms.get_or_insert(txn.received_ms());
     Ok(Appended { seq, dropped })
 }
 
@@ -851,12 +890,7 @@ mod tests {
     use super::*;
 
     fn txn(id: &str, size: usize, received_ms: u64) -> NewTxn {
-        NewTxn {
-            id: id.into(),
-            content_type: Some("application/json".into()),
-            received_ms,
-            payload: vec![b'x'; size],
-        }
+        NewTxn::new(id, Some("application/json"), received_ms, &vec![b'x'; size])
     }
 
     const ROOMY: Limits = Limits {
@@ -867,7 +901,7 @@ mod tests {
 
     fn ids(store: &Store, queue: &Queue) -> Vec<String> {
         store
-            .read_head(queue, None, 100)
+            .read_head(queue, None, 100, u64::MAX)
             .unwrap()
             .into_iter()
             .map(|t| t.id)
@@ -903,7 +937,7 @@ mod tests {
         assert_eq!((info.messages, info.bytes, info.next_seq), (1, 10, 3));
         assert_eq!((info.stored, info.forwarded, info.rejected), (3, 1, 1));
         assert_eq!(info.oldest_ms, Some(102));
-        let head = store.read_head(&q, None, 10).unwrap();
+        let head = store.read_head(&q, None, 10, u64::MAX).unwrap();
         assert_eq!(head[0].id, "c");
         assert_eq!(head[0].content_type.as_deref(), Some("application/json"));
         let records = |kind| store.records(kind).unwrap();
@@ -1019,9 +1053,36 @@ mod tests {
             received_ms: 123,
             payload: b"payload".to_vec(),
         };
-        let raw = encode(t.received_ms, &t.id, t.content_type.as_deref(), &t.payload);
+        let new = NewTxn::new(&t.id, t.content_type.as_deref(), t.received_ms, &t.payload);
+        assert_eq!(&new.payload()[..], b"payload");
+        let raw = new.encoded.to_vec();
         assert_eq!(QueuedTxn::decode(7, &raw).unwrap(), t);
         assert_eq!(QueuedTxn::header(&raw), (123, 7));
         assert!(QueuedTxn::decode(7, &raw[..5]).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_head_is_read_in_batches_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let q = store.queue("ns/b").unwrap();
+        for (id, size) in [
+            ("a", 400),
+            ("b", 400),
+            ("c", 400),
+            ("huge", 5000),
+            ("d", 10),
+        ] {
+            store.append(&q, txn(id, size, 0), ROOMY).await.unwrap();
+        }
+        let batch = |after, max_bytes| -> Vec<String> {
+            let head = store.read_head(&q, after, 100, max_bytes).unwrap();
+            head.into_iter().map(|t| t.id).collect()
+        };
+        assert_eq!(batch(None, 1000), ["a", "b"]);
+        assert_eq!(batch(Some(1), 1000), ["c"]);
+        // One transaction larger than the batch is read alone: the queue still moves.
+        assert_eq!(batch(Some(2), 1000), ["huge"]);
+        assert_eq!(batch(Some(3), 1000), ["d"]);
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    body::{Body, Bytes, to_bytes},
+    body::{Body, to_bytes},
     extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -14,15 +14,22 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 use super::{
-    Worker, WorkerError, key, metrics,
+    Worker, WorkerError,
+    budget::{BudgetError, MemoryBudget, Reservation},
+    key, metrics,
     tokens::{Tokens, allowed},
 };
-use crate::transport::runtime::Outcome;
+use crate::transport::{
+    runtime::Outcome,
+    store::{self, NewTxn},
+};
 
-/// The largest body any route reads: the largest `maxTransactionBytes` the CRD allows, and
-/// generous room for a manifest.
-const MAX_BODY: usize = 64 << 20;
+/// The largest manifest a PUT takes: what the API server takes for an object (3 MiB).
+const MAX_MANIFEST: usize = 3 << 20;
 const MAX_ID_LEN: usize = 128;
+const MAX_CONTENT_TYPE_LEN: usize = 256;
+/// A body that sends nothing for this long is answered 408 and its connection closed.
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone)]
 struct App {
@@ -36,7 +43,15 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"message": self.1}))).into_response()
+        let mut response = (self.0, Json(json!({"message": self.1}))).into_response();
+        // Only refusals are answered 503 by ApiError (a failed transaction carries its own
+        // body): the producer may retry the same transaction shortly.
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -133,14 +148,30 @@ fn not_hosted(kind: Kind, key: &str) -> ApiError {
     )
 }
 
-/// The JSON body of a PUT.
-async fn manifest(body: Body) -> Result<Value, ApiError> {
-    let body = to_bytes(body, MAX_BODY).await.map_err(|e| {
+/// The JSON body of a PUT: at most [`MAX_MANIFEST`] bytes, refused at once when its
+/// Content-Length says more.
+async fn manifest(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let too_large = || {
         ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("cannot read the body: {e}"),
+            format!("a manifest may be at most {MAX_MANIFEST} bytes (as on the API server)"),
         )
-    })?;
+    };
+    if declared_length(headers)?.is_some_and(|n| n > MAX_MANIFEST as u64) {
+        return Err(too_large());
+    }
+    let body = tokio::time::timeout(BODY_IDLE_TIMEOUT, to_bytes(body, MAX_MANIFEST))
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {}s",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+        .map_err(|_| too_large())?;
     serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -169,7 +200,7 @@ async fn put_resource(
 ) -> Answer {
     admin(&app, &headers)?;
     let (kind, key) = resource(path)?;
-    let doc = manifest(body).await?;
+    let doc = manifest(&headers, body).await?;
     let (body, created) = match kind {
         Kind::Transports => {
             let (runtime, created) = app.worker.apply_transport(&doc, Some(&key)).await?;
@@ -229,7 +260,107 @@ async fn ingest(
         .worker
         .transport(&key)
         .ok_or_else(|| not_hosted(Kind::Transports, &key))?;
-    let limit = runtime.max_transaction_bytes() as usize;
+    let id = match headers.get("ferry-transaction-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|id| valid_id(id))
+            .ok_or_else(|| {
+                bad_request(format!(
+                    "Ferry-Transaction-Id must be 1 to {MAX_ID_LEN} visible ASCII characters"
+                ))
+            })?
+            .to_owned(),
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|ct| ct.len() <= MAX_CONTENT_TYPE_LEN)
+                .ok_or_else(|| {
+                    bad_request(format!(
+                        "Content-Type must be at most {MAX_CONTENT_TYPE_LEN} visible ASCII characters"
+                    ))
+                })?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let limit = runtime.max_transaction_bytes();
+    let declared = declared_length(&headers)?;
+    let budget = app.worker.budget();
+    let read = read_transaction(
+        body,
+        declared,
+        limit,
+        &key,
+        &budget,
+        &id,
+        content_type.as_deref(),
+    );
+    // A body still arriving when the worker stops is refused: nothing of it was received.
+    let txn = tokio::select! {
+        read = read => read?,
+        () = app.worker.stopping() => return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the worker is shutting down; send the transaction again".into(),
+        )),
+    };
+    // The transaction is received: it runs to its outcome in a task of its own, so a producer
+    // that hangs up now cannot leave it half-done and outside the totals.
+    let (txn, reservation) = txn;
+    let result = tokio::spawn(async move {
+        let result = runtime.ingest(id, content_type, txn).await;
+        drop(reservation);
+        result
+    })
+    .await
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the ingest task ended without an answer: {e}"),
+        )
+    })?;
+    let status = match result.outcome {
+        Outcome::Delivered => StatusCode::OK,
+        Outcome::Stored => StatusCode::ACCEPTED,
+        Outcome::Failed => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    Ok((status, Json(result)).into_response())
+}
+
+fn bad_request(message: String) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message)
+}
+
+/// The Content-Length header, when there is one.
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad_request("Content-Length is not a number".into()))
+        })
+        .transpose()
+}
+
+/// Read an ingest body straight into its queued form (one copy of the payload), under the
+/// transport's size limit and the worker's memory budget, each frame within
+/// [`BODY_IDLE_TIMEOUT`]. Over the budget the producer hears 503 with `Retry-After` before
+/// anything is received.
+async fn read_transaction(
+    mut body: Body,
+    declared: Option<u64>,
+    limit: u64,
+    key: &str,
+    budget: &MemoryBudget,
+    id: &str,
+    content_type: Option<&str>,
+) -> Result<(NewTxn, Reservation), ApiError> {
+    use http_body_util::BodyExt;
     let too_large = || {
         ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -238,39 +369,61 @@ async fn ingest(
             ),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let payload: Bytes = to_bytes(body, limit).await.map_err(|_| too_large())?;
-    let id = match headers.get("ferry-transaction-id") {
-        Some(v) => {
-            let id = v.to_str().ok().filter(|id| valid_id(id)).ok_or_else(|| {
+    let mut reservation = budget.empty();
+    budget
+        .grow(&mut reservation, declared.unwrap_or(0))
+        .map_err(over_budget)?;
+    let header_len = store::header_len(id, content_type);
+    let capacity = header_len + declared.unwrap_or(0) as usize;
+    let mut encoded = Vec::with_capacity(capacity);
+    store::encode_header(now_ms(), id, content_type, &mut encoded);
+    loop {
+        let frame = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame())
+            .await
+            .map_err(|_| {
                 ApiError(
-                    StatusCode::BAD_REQUEST,
+                    StatusCode::REQUEST_TIMEOUT,
                     format!(
-                        "Ferry-Transaction-Id must be 1 to {MAX_ID_LEN} visible ASCII characters"
+                        "no byte of the body arrived for {}s",
+                        BODY_IDLE_TIMEOUT.as_secs()
                     ),
                 )
             })?;
-            id.to_owned()
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| bad_request(format!("cannot read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let size = (encoded.len() - header_len + data.len()) as u64;
+        if size > limit {
+            return Err(too_large());
         }
-        None => uuid::Uuid::now_v7().to_string(),
-    };
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let result = runtime.ingest(id, content_type, payload).await;
-    let status = match result.outcome {
-        Outcome::Delivered => StatusCode::OK,
-        Outcome::Stored => StatusCode::ACCEPTED,
-        Outcome::Failed => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    Ok((status, Json(result)).into_response())
+        let more = size.saturating_sub(reservation.bytes());
+        budget.grow(&mut reservation, more).map_err(over_budget)?;
+        encoded.extend_from_slice(&data);
+    }
+    Ok((
+        NewTxn::from_encoded(encoded.into(), header_len),
+        reservation,
+    ))
+}
+
+fn over_budget(e: BudgetError) -> ApiError {
+    match e {
+        BudgetError::LargerThanBudget { .. } => {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        BudgetError::Exhausted { .. } => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn valid_id(id: &str) -> bool {

@@ -1,7 +1,9 @@
 //! The worker: hosts transports, owns the store, serves the HTTP API of DESIGN.md.
 
 pub mod api;
+pub mod budget;
 pub mod metrics;
+pub mod server;
 pub mod tokens;
 
 use std::{
@@ -60,12 +62,17 @@ pub struct WorkerOptions {
     pub public_url: String,
     /// Deliveries in flight while forwarding a queue (1 keeps the host's order exact).
     pub forward_window: usize,
+    /// Bytes of transactions ingest may hold in memory at once, across all requests.
+    pub memory_budget: u64,
 }
 
 pub struct Worker {
     store: Store,
     public_url: String,
     forward_window: usize,
+    budget: budget::MemoryBudget,
+    /// Set when the HTTP server begins to stop: bodies still arriving are refused.
+    stopping: tokio::sync::watch::Sender<bool>,
     transports: RwLock<BTreeMap<String, Arc<TransportRuntime>>>,
     connections: RwLock<BTreeMap<String, Arc<ConnectionRuntime>>>,
     validator: Mutex<ManifestValidator>,
@@ -85,6 +92,8 @@ impl Worker {
             store,
             public_url: options.public_url.trim_end_matches('/').to_owned(),
             forward_window: options.forward_window,
+            budget: budget::MemoryBudget::new(options.memory_budget),
+            stopping: tokio::sync::watch::channel(false).0,
             transports: RwLock::new(BTreeMap::new()),
             connections: RwLock::new(BTreeMap::new()),
             validator: Mutex::new(ManifestValidator::new()),
@@ -121,6 +130,22 @@ impl Worker {
             }
         }
         Ok(worker)
+    }
+
+    /// The budget for transaction bytes in memory (shared by every ingest).
+    pub fn budget(&self) -> budget::MemoryBudget {
+        self.budget.clone()
+    }
+
+    /// The HTTP server is stopping: no new transaction is received from now on.
+    pub fn begin_stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`Worker::begin_stop`] was called.
+    pub async fn stopping(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
     }
 
     pub fn store(&self) -> &Store {

@@ -1,0 +1,157 @@
+//! The worker's HTTP server: the API router behind limits a hostile or broken client cannot
+//! get around.
+//!
+//! - the request head must arrive within `header_read_timeout` of a connection being ready
+//!   for it, which also closes a keep-alive connection idle that long (hyper's timer);
+//! - a body that stops sending is answered 408 by the routes ([`super::api::BODY_IDLE_TIMEOUT`]);
+//! - at most `max_connections` connections are served; more wait in the listen backlog;
+//! - on shutdown: nothing new is accepted, connections without a request in a handler (idle,
+//!   or a head still arriving) close at once, bodies still arriving are refused with 503, and
+//!   requests in their handlers get `shutdown_timeout` to answer. Then every connection is
+//!   closed and the caller saves the records, well within the pod's termination grace period.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::Router;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+
+/// Defaults, also written into the worker pods the operator builds.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_CONNECTIONS: usize = 1024;
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+/// Counts a connection's requests inside the router while alive.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves, then stop as the module docs say.
+/// `on_stop` runs when the shutdown begins (the worker tells its handlers).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+    on_stop: impl FnOnce(),
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (close, closing) = tokio::sync::watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let service = {
+            let busy = busy.clone();
+            let inner = TowerToHyperService::new(router.clone());
+            hyper::service::service_fn(move |request| {
+                let guard = Busy::enter(&busy);
+                let answer = hyper::service::Service::call(&inner, request);
+                async move {
+                    let answer = answer.await;
+                    drop(guard);
+                    answer
+                }
+            })
+        };
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let mut closing = closing.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = async { let _ = closing.wait_for(|closing| *closing).await; } => {
+                    // Nothing of ours runs on this connection: close it now.
+                    if busy.load(Ordering::SeqCst) > 0 {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let open = connections.len();
+    on_stop();
+    let _ = close.send(true);
+    let drained = tokio::time::timeout(limits.shutdown_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            timeout = ?limits.shutdown_timeout,
+            "requests still running at the shutdown deadline; closing their connections"
+        );
+    } else {
+        tracing::info!(closed = open, "connections closed");
+    }
+    connections.shutdown().await;
+}
