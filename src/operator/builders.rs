@@ -31,6 +31,25 @@ const DATA_DIR: &str = "/var/lib/ferry";
 const TOKENS_DIR: &str = "/etc/ferry/tokens";
 /// The distroless "nonroot" user.
 const RUN_AS: i64 = 65532;
+/// The worker pod's grace period on deletion. The worker's own shutdown deadline
+/// (`--shutdown-timeout`, [`WORKER_SHUTDOWN_SECS`]) is a third of it, so the records are
+/// saved long before the kubelet's SIGKILL.
+pub const TERMINATION_GRACE_SECS: u64 = 30;
+pub const WORKER_SHUTDOWN_SECS: u64 = TERMINATION_GRACE_SECS / 3;
+
+/// The worker's `--memory-budget` for a pod memory limit: the share the worker's budget
+/// module documents, or the worker's default when the limit is unset or not whole bytes.
+pub fn memory_budget(resources: &ResourceRequirements) -> u64 {
+    use crate::worker::budget::{DEFAULT_BYTES, SHARE_OF_MEMORY_LIMIT};
+    resources
+        .limits
+        .as_ref()
+        .and_then(|limits| limits.get("memory"))
+        .and_then(|q| q.0.parse::<crate::api::quantity::ByteQuantity>().ok())
+        .map_or(DEFAULT_BYTES, |limit| {
+            (limit.bytes() / SHARE_OF_MEMORY_LIMIT).max(1 << 20)
+        })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -266,6 +285,8 @@ impl<'a> Owner<'a> {
                 "--listen", format!("0.0.0.0:{WORKER_PORT}"),
                 "--admin-token-file", format!("{TOKENS_DIR}/admin-token"),
                 "--ingest-token-file", format!("{TOKENS_DIR}/ingest-token"),
+                "--memory-budget", memory_budget(&defaults.resources).to_string(),
+                "--shutdown-timeout", format!("{WORKER_SHUTDOWN_SECS}s"),
             ],
             "env": [
                 {"name": "FERRY_PUBLIC_URL", "value": self.service_url()},
@@ -312,7 +333,7 @@ impl<'a> Owner<'a> {
                             "seccompProfile": {"type": "RuntimeDefault"},
                         },
                         // Give the worker time to save its records on SIGTERM.
-                        "terminationGracePeriodSeconds": 30,
+                        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECS,
                         "containers": [container],
                         "volumes": [
                             {"name": "tokens", "secret": {"secretName": self.worker_name(), "defaultMode": 0o440}},
@@ -391,7 +412,8 @@ mod tests {
                             "image": format!("ghcr.io/ferry-dev/ferry:{}", env!("CARGO_PKG_VERSION")),
                             "args": ["worker", "--data-dir", "/var/lib/ferry", "--listen", "0.0.0.0:8080",
                                      "--admin-token-file", "/etc/ferry/tokens/admin-token",
-                                     "--ingest-token-file", "/etc/ferry/tokens/ingest-token"],
+                                     "--ingest-token-file", "/etc/ferry/tokens/ingest-token",
+                                     "--memory-budget", "67108864", "--shutdown-timeout", "10s"],
                             "env": [
                                 {"name": "FERRY_PUBLIC_URL", "value": "http://ferry-tp-erp.plant-a.svc:8080"},
                                 {"name": "RUST_LOG", "value": "ferry=info"},
@@ -549,5 +571,22 @@ mod tests {
             Owner::transport(&t),
             Err(BuildError::NoUid { .. })
         ));
+    }
+
+    #[test]
+    fn the_worker_budget_follows_the_pod_memory_limit() {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let limit = |q: &str| ResourceRequirements {
+            limits: Some([("memory".to_string(), Quantity(q.into()))].into()),
+            ..Default::default()
+        };
+        assert_eq!(memory_budget(&limit("512Mi")), 128 << 20);
+        assert_eq!(memory_budget(&limit("1G")), 250_000_000);
+        // Not whole bytes, or no limit at all: the worker's own default.
+        let default = crate::worker::budget::DEFAULT_BYTES;
+        assert_eq!(memory_budget(&limit("0.5Gi")), default);
+        assert_eq!(memory_budget(&ResourceRequirements::default()), default);
+        // The worker stops (and saves) well before the kubelet kills it.
+        assert!(WORKER_SHUTDOWN_SECS * 2 < TERMINATION_GRACE_SECS);
     }
 }

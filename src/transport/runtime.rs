@@ -538,8 +538,13 @@ impl TransportRuntime {
                 }
                 continue;
             }
-            match self.forward_batch(&host, batch).await {
-                Ok(()) => delay = BACKOFF_FIRST,
+            let (moved, result) = self.forward_batch(&host, batch).await;
+            if moved {
+                // The host took some: it is back, so the next pause starts short again.
+                delay = BACKOFF_FIRST;
+            }
+            match result {
+                Ok(()) => {}
                 Err(why) => {
                     if delay == BACKOFF_FIRST {
                         tracing::warn!(transport = %self.key, reason = %why, "forwarding paused: the host is unreachable; retrying with backoff");
@@ -580,7 +585,12 @@ impl TransportRuntime {
     /// answered the previous one, so the host sees the queue's order exactly. A larger window
     /// keeps that many requests in flight: faster, but the host may see neighbours in another
     /// order, and a retry after a failure may follow transactions sent after it.
-    async fn forward_batch(&self, host: &HostClient, batch: Vec<QueuedTxn>) -> Result<(), String> {
+    /// Answers whether any transaction left the queue, and why forwarding stopped early.
+    async fn forward_batch(
+        &self,
+        host: &HostClient,
+        batch: Vec<QueuedTxn>,
+    ) -> (bool, Result<(), String>) {
         let mut delivered = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
         let mut stopped = None;
@@ -610,12 +620,11 @@ impl TransportRuntime {
             }
         }
         drop(answers);
-        if (!delivered.is_empty() || !rejected.is_empty())
-            && let Err(e) = self.store.remove(&self.queue, delivered, rejected).await
-        {
-            return Err(e.to_string());
+        let moved = !delivered.is_empty() || !rejected.is_empty();
+        if moved && let Err(e) = self.store.remove(&self.queue, delivered, rejected).await {
+            return (false, Err(e.to_string()));
         }
-        stopped.map_or(Ok(()), Err)
+        (moved, stopped.map_or(Ok(()), Err))
     }
 
     /// Time to live, and saving the record.

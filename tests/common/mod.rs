@@ -283,6 +283,40 @@ impl WorkerProc {
         }
     }
 
+    /// SIGTERM, as the kubelet sends it; answers the exit status and how long the process
+    /// took to exit (for the benchmarks' figures; tests never assert it).
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().expect("the worker runs");
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM runs");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = started + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, started.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the worker did not stop on SIGTERM: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The process id (for measuring its memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Start again on the same data directory and port, after a SIGTERM or kill -9.
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+
     /// Start again on the same data directory and port.
     pub async fn restart(&mut self) {
         self.kill9();

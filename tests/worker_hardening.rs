@@ -1,0 +1,352 @@
+//! The worker under outage, load and hostile clients (real processes over real HTTP): the
+//! memory budget, body limits, server timeouts, shutdown, and totals that add up.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, http::StatusCode, routing::post};
+use common::{TestHost, WorkerProc, spec};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// The request line and headers of an ingest of `length` bytes, without the body.
+fn ingest_head(worker: &WorkerProc, name: &str, length: usize) -> String {
+    format!(
+        "POST /v1/transports/default/{name}/transactions HTTP/1.1\r\nHost: {}\r\n\
+         Authorization: Bearer {}\r\nContent-Length: {length}\r\n\r\n",
+        worker.addr(),
+        worker.ingest
+    )
+}
+
+/// Read what the worker answers on a raw connection, up to the end of the headers.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(common::WAIT, stream.read(&mut buf))
+            .await
+            .expect("the worker answers")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// received = delivered + forwarded + failed + expired + dropped + queued: every transaction
+/// the worker received is in exactly one outcome (or still queued).
+fn assert_ledger(report: &Value) {
+    let t = &report["totals"];
+    let n = |v: &Value| {
+        v.as_u64()
+            .unwrap_or_else(|| panic!("not a count: {report}"))
+    };
+    let outcomes = n(&t["delivered"])
+        + n(&t["forwarded"])
+        + n(&t["failed"])
+        + n(&t["expired"])
+        + n(&t["dropped"])
+        + n(&report["queue"]["messages"]);
+    assert_eq!(
+        n(&t["received"]),
+        outcomes,
+        "the totals do not add up: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_budget_refuses_with_retry_after_and_nothing_is_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let worker = WorkerProc::start_with(dir.path(), &["--memory-budget", "1Mi"]).await;
+    let mut body = spec(&host);
+    body["maxTransactionBytes"] = json!("2Mi");
+    worker.apply("big", body).await;
+
+    // A producer holds 700 KB of the budget with a body it has not finished sending.
+    let mut holder = TcpStream::connect(worker.addr()).await.unwrap();
+    let head = ingest_head(&worker, "big", 700_000);
+    holder.write_all(head.as_bytes()).await.unwrap();
+    holder.write_all(&[b'x'; 1000]).await.unwrap();
+    // Wait until the worker has read the head and reserved the bytes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A second one of 700 KB does not fit: 503 with Retry-After, before its body is read.
+    let answer = worker
+        .http()
+        .post(format!("{}/transactions", worker.transport_url("big")))
+        .bearer_auth(&worker.ingest)
+        .body(vec![b'y'; 700_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        answer
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let message = answer.json::<Value>().await.unwrap()["message"].to_string();
+    assert!(message.contains("--memory-budget"), "{message}");
+    // One larger than the whole budget can never fit: 413, naming the flag.
+    let (status, body) = worker.send("big", &"z".repeat(1_500_000), None).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["message"].to_string().contains("--memory-budget"),
+        "{body}"
+    );
+
+    // The holder hangs up: its bytes return to the budget, and it was never received.
+    drop(holder);
+    let report = worker.report("big").await;
+    assert_eq!(report["totals"]["received"], 0, "{report}");
+    let mut sent = false;
+    for _ in 0..100 {
+        let (status, _) = worker.send("big", &"y".repeat(700_000), None).await;
+        if status == 200 {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sent, "the budget never came back");
+    let report = worker.report("big").await;
+    assert_eq!(report["totals"]["received"], 1, "{report}");
+    assert_ledger(&report);
+    assert_eq!(host.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_admin_requests_are_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let worker = WorkerProc::start(dir.path()).await;
+
+    // A 60 MB PUT is refused from its Content-Length, before the body is read.
+    let mut stream = TcpStream::connect(worker.addr()).await.unwrap();
+    let head = format!(
+        "PUT /v1/transports/default/huge HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 60000000\r\n\r\n[",
+        worker.addr(),
+        worker.admin
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_head(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // Durations past Kubernetes' limit name their field; the worker keeps running.
+    for ttl in ["99999999999999999999h", "9999999h9999999h"] {
+        let mut body = spec(&host);
+        body["storeAndForward"] = json!({"timeToLive": ttl});
+        let (status, answer) = worker.put_transport("ttl", body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["message"]
+                .to_string()
+                .contains("spec.storeAndForward.timeToLive"),
+            "{answer}"
+        );
+    }
+    // A content type longer than the queue can keep is refused, not cut.
+    let answer = worker
+        .http()
+        .post(format!("{}/transactions", worker.transport_url("ttl")))
+        .bearer_auth(&worker.ingest)
+        .header("content-type", "x".repeat(300))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND); // no such transport yet
+    worker.apply("ct", spec(&host)).await;
+    let answer = worker
+        .http()
+        .post(format!("{}/transactions", worker.transport_url("ct")))
+        .bearer_auth(&worker.ingest)
+        .header("content-type", "x".repeat(300))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    worker.report("ct").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_never_finishes_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = WorkerProc::start_with(dir.path(), &["--header-read-timeout", "1s"]).await;
+    let mut stream = TcpStream::connect(worker.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    // The worker closes the connection (with or without a 408) instead of waiting forever.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(common::WAIT, stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_with_idle_and_half_sent_connections_and_saves_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = TestHost::start().await;
+    let mut worker = WorkerProc::start(dir.path()).await;
+    worker.apply("t", spec(&host)).await;
+    host.down().await;
+    let (status, _) = worker.send("t", "queued", None).await;
+    assert_eq!(status, 202);
+
+    let mut open = Vec::new();
+    for i in 0..60 {
+        let mut stream = TcpStream::connect(worker.addr()).await.unwrap();
+        match i % 3 {
+            0 => {} // idle
+            1 => stream
+                .write_all(b"POST /v1/transports/default/t/trans")
+                .await
+                .unwrap(),
+            _ => {
+                // The head is complete, the body never comes.
+                let head = ingest_head(&worker, "t", 10_000);
+                stream.write_all(head.as_bytes()).await.unwrap();
+                stream.write_all(b"half").await.unwrap();
+            }
+        }
+        open.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _took) = worker.terminate();
+    assert!(status.success(), "exit status {status}: {}", worker.log());
+    assert!(worker.log().contains("records saved"), "{}", worker.log());
+    drop(open);
+
+    // Nothing half-sent was received; the queued transaction is still there.
+    worker.start_again().await;
+    let report = worker.wait_state("t", "Store and Forward").await;
+    assert_eq!(report["totals"]["received"], 1, "{report}");
+    assert_eq!(report["queue"]["messages"], 1, "{report}");
+    assert_ledger(&report);
+}
+
+/// A host that answers after a random delay: mostly 200, sometimes 503 (the transport goes
+/// to Store and Forward) or 400 (rejected).
+async fn unsteady_host() -> String {
+    let counter = Arc::new(AtomicU64::new(0));
+    let app = Router::new().route(
+        "/ingest",
+        post(move || {
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            async move {
+                tokio::time::sleep(Duration::from_millis(n % 7)).await;
+                match n % 40 {
+                    0 => StatusCode::SERVICE_UNAVAILABLE,
+                    1 => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::OK,
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// Producers that give up after a few milliseconds, whatever the worker was doing.
+async fn impatient_load(worker: &WorkerProc, name: &str, producers: u64, each: u64) {
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let url = format!("{}/transactions", worker.transport_url(name));
+        let token = worker.ingest.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 0..each {
+                let request = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .timeout(Duration::from_millis(1 + (p * 7 + i) % 9))
+                    .body(format!("{{\"p\":{p},\"i\":{i}}}"));
+                let _ = request.send().await;
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totals_add_up_after_producers_hang_up_and_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = unsteady_host().await;
+    let mut worker = WorkerProc::start(dir.path()).await;
+    worker
+        .apply("ledger", json!({"host": {"url": url, "timeout": "2s"}}))
+        .await;
+
+    impatient_load(&worker, "ledger", 8, 60).await;
+    // Every transaction received reaches its outcome, also those whose producer left.
+    let report = worker
+        .wait_for("ledger", "an empty queue and nothing in flight", |r| {
+            r["queue"]["messages"] == 0 && r["state"] == "Up"
+        })
+        .await;
+    assert!(
+        report["totals"]["received"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let settled = worker
+        .wait_for("ledger", "the totals to add up", |r| {
+            let t = &r["totals"];
+            let n = |k: &str| t[k].as_u64().unwrap_or(0);
+            n("received")
+                == n("delivered")
+                    + n("forwarded")
+                    + n("failed")
+                    + n("expired")
+                    + n("dropped")
+                    + r["queue"]["messages"].as_u64().unwrap_or(0)
+        })
+        .await;
+    assert_ledger(&settled);
+
+    // kill -9 in the middle of a load, then the totals as the restarted worker has them.
+    let load = {
+        let url = format!("{}/transactions", worker.transport_url("ledger"));
+        let token = worker.ingest.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 0..2000 {
+                let _ = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .timeout(Duration::from_secs(2))
+                    .body(format!("{{\"k\":{i}}}"))
+                    .send()
+                    .await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    worker.kill9();
+    load.abort();
+    worker.start_again().await;
+    let report = worker.report("ledger").await;
+    assert_ledger(&report);
+}
