@@ -36,6 +36,8 @@ const RUN_AS: i64 = 65532;
 /// saved long before the kubelet's SIGKILL.
 pub const TERMINATION_GRACE_SECS: u64 = 30;
 pub const WORKER_SHUTDOWN_SECS: u64 = TERMINATION_GRACE_SECS / 3;
+// The worker stops (and saves) well before the kubelet kills it.
+const _: () = assert!(WORKER_SHUTDOWN_SECS * 2 < TERMINATION_GRACE_SECS);
 
 /// The worker's `--memory-budget` for a pod memory limit: the share the worker's budget
 /// module documents, or the worker's default when the limit is unset or not whole bytes.
@@ -586,7 +588,5 @@ mod tests {
         let default = crate::worker::budget::DEFAULT_BYTES;
         assert_eq!(memory_budget(&limit("0.5Gi")), default);
         assert_eq!(memory_budget(&ResourceRequirements::default()), default);
-        // The worker stops (and saves) well before the kubelet kills it.
-        assert!(WORKER_SHUTDOWN_SECS * 2 < TERMINATION_GRACE_SECS);
     }
 }
