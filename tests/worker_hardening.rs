@@ -350,3 +350,59 @@ async fn totals_add_up_after_producers_hang_up_and_after_kill_9() {
     let report = worker.report("ledger").await;
     assert_ledger(&report);
 }
+
+/// `ferry worker` on `dir`'s data directory, expected to refuse to start: its exit status and
+/// what it printed.
+fn start_expecting_refusal(worker: &WorkerProc) -> (std::process::ExitStatus, String) {
+    let output = std::process::Command::new(common::ferry())
+        .args(["worker", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(worker.dir.join("data"))
+        .arg("--admin-token-file")
+        .arg(worker.dir.join("admin-token"))
+        .arg("--ingest-token-file")
+        .arg(worker.dir.join("ingest-token"))
+        .output()
+        .expect("ferry runs");
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    (output.status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_or_emptied_store_stops_the_worker_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = TestHost::start().await;
+    let mut worker = WorkerProc::start(dir.path()).await;
+    worker.apply("t", spec(&host)).await;
+    host.down().await;
+    for i in 0..40 {
+        let (status, _) = worker.send("t", &format!("{i:0>20000}"), None).await;
+        assert_eq!(status, 202);
+    }
+    worker.terminate();
+    let file = worker.dir.join("data").join("ferry.redb");
+    let full = std::fs::read(&file).unwrap();
+
+    std::fs::write(&file, &full[..full.len() / 2]).unwrap();
+    let (status, text) = start_expecting_refusal(&worker);
+    assert!(
+        !status.success() && status.code().is_some(),
+        "{status}: {text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(
+        text.contains("is damaged") && text.contains("ferry.redb"),
+        "{text}"
+    );
+
+    std::fs::write(&file, b"").unwrap();
+    let (status, text) = start_expecting_refusal(&worker);
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("the file is empty"), "{text}");
+
+    std::fs::write(&file, &full).unwrap();
+    worker.start_again().await;
+    let report = worker.wait_state("t", "Store and Forward").await;
+    assert_eq!(report["queue"]["messages"], 40, "{report}");
+}

@@ -19,6 +19,15 @@ use tokio::sync::oneshot;
 use crate::api::transport::WhenFull;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The store's file in the data directory.
+pub const FILE: &str = "ferry.redb";
+/// Written beside the file once it exists: a directory with the marker and no file lost it.
+const MARKER: &str = "ferry.redb.created";
+/// The layout of the tables and values below (docs/: the on-disk format). A store with a
+/// higher version is refused at open; one without a version (written before versions) is
+/// version 1.
+pub const FORMAT_VERSION: u64 = 1;
+const FORMAT_KEY: &str = "format-version";
 /// Groups larger than this are split, so one commit never holds the writer for long.
 const MAX_GROUP: usize = 4096;
 /// redb's page cache; the default (1 GiB) would dominate the worker's memory.
@@ -28,6 +37,18 @@ const CACHE_BYTES: usize = 16 << 20;
 pub enum StoreError {
     #[error("cannot open the store {path}: {message}")]
     Open { path: PathBuf, message: String },
+    #[error(
+        "the store {path} is damaged ({reason}); ferry does not start on it, so nothing queued in it is overwritten. Restore the file from a backup, or move it away to start with an empty store (what it held is then lost)"
+    )]
+    Damaged { path: PathBuf, reason: String },
+    #[error(
+        "the store {path} is missing, but {marker} says this directory held one (a volume not mounted, or a file deleted?). Mount the right volume; if its queue is truly gone, delete {marker} to start with an empty store"
+    )]
+    Missing { path: PathBuf, marker: PathBuf },
+    #[error(
+        "the store {path} has format version {found}, written by a newer ferry; this one reads version {FORMAT_VERSION} and does not start on it (run the newer ferry again)"
+    )]
+    NewerFormat { path: PathBuf, found: u64 },
     #[error(
         "the Store and Forward queue is full ({messages} messages, {bytes} bytes) and whenFull is RejectNew"
     )]
@@ -423,15 +444,41 @@ impl Drop for Writer {
 }
 
 impl Store {
-    /// Open (or create) `dir/ferry.redb` and start the writer thread.
+    /// Open (or create) `dir/ferry.redb` and start the writer thread. A damaged, empty or
+    /// missing file where a store was, or a newer format, is an error that says what to do:
+    /// never a panic, never a silent new store.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let path = dir.join("ferry.redb");
+        let path = dir.join(FILE);
+        let marker = dir.join(MARKER);
         let open_err = |message: String| StoreError::Open {
             path: path.clone(),
             message,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = Shared::open(&path).map_err(open_err)?;
+        let db = match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() == 0 => {
+                return Err(StoreError::Damaged {
+                    path,
+                    reason: "the file is empty".into(),
+                });
+            }
+            Ok(_) => {
+                let db = open_existing(&path)?;
+                if !marker.exists() {
+                    // A store from before the marker.
+                    write_marker(&marker).map_err(open_err)?;
+                }
+                db
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if marker.exists() {
+                    return Err(StoreError::Missing { path, marker });
+                }
+                create_new(&path, &marker).map_err(open_err)?
+            }
+            Err(e) => return Err(open_err(e.to_string())),
+        };
+        check_format(&db, &path)?;
         let shared = Arc::new(Shared {
             path: path.clone(),
             db: RwLock::new(Some(Arc::new(db))),
@@ -607,6 +654,91 @@ impl Store {
         ops.send((work, waiter(reply)))
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Open an existing file. redb panics on some damage (a truncated file fails an assertion), so
+/// the panic is caught and reported as damage, without the panic's own message.
+fn open_existing(path: &Path) -> Result<Database, StoreError> {
+    let damaged = |reason: String| StoreError::Damaged {
+        path: path.to_owned(),
+        reason,
+    };
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| Shared::open(path));
+    std::panic::set_hook(hook);
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(message)) => Err(damaged(message)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unreadable");
+            Err(damaged(format!("the database cannot be read: {what}")))
+        }
+    }
+}
+
+/// Create a store: written under a temporary name and renamed once complete, so a crash while
+/// creating never leaves a half-made file under the real name; then the marker.
+fn create_new(path: &Path, marker: &Path) -> Result<Database, String> {
+    let partial = path.with_extension("redb.partial");
+    let _ = std::fs::remove_file(&partial);
+    let db = Shared::open(&partial)?;
+    write_format(&db).map_err(|e| e.to_string())?;
+    std::fs::rename(&partial, path).map_err(|e| e.to_string())?;
+    write_marker(marker)?;
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        // The rename and the marker survive a power loss.
+        let _ = dir.sync_all();
+    }
+    Ok(db)
+}
+
+fn write_marker(marker: &Path) -> Result<(), String> {
+    std::fs::write(marker, b"ferry store: this directory holds ferry.redb\n")
+        .map_err(|e| format!("cannot write {}: {e}", marker.display()))
+}
+
+fn write_format(db: &Database) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(StoreError::disk)?;
+    {
+        let mut meta = tx.open_table(META).map_err(StoreError::disk)?;
+        meta.insert(FORMAT_KEY, FORMAT_VERSION.to_le_bytes().as_slice())
+            .map_err(StoreError::disk)?;
+    }
+    tx.commit().map_err(StoreError::disk)
+}
+
+/// Refuse a newer format; mark a store from before versions as version 1.
+fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let found = {
+        let read = db.begin_read().map_err(StoreError::disk)?;
+        match read.open_table(META) {
+            Ok(meta) => meta
+                .get(FORMAT_KEY)
+                .map_err(StoreError::disk)?
+                .map(|v| v.value().try_into().map_or(u64::MAX, u64::from_le_bytes)),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(StoreError::disk(e)),
+        }
+    };
+    match found {
+        Some(FORMAT_VERSION) => Ok(()),
+        Some(found) if found > FORMAT_VERSION => Err(StoreError::NewerFormat {
+            path: path.to_owned(),
+            found,
+        }),
+        Some(found) => Err(StoreError::Damaged {
+            path: path.to_owned(),
+            reason: format!("it names format version {found}, which no ferry writes"),
+        }),
+        None => write_format(db),
     }
 }
 
@@ -1084,5 +1216,86 @@ mod tests {
         // One transaction larger than the batch is read alone: the queue still moves.
         assert_eq!(batch(Some(2), 1000), ["huge"]);
         assert_eq!(batch(Some(3), 1000), ["d"]);
+    }
+
+    /// A store with a few queued transactions, closed; answers its file.
+    async fn written_store(dir: &Path) -> PathBuf {
+        let store = Store::open(dir).unwrap();
+        let q = store.queue("ns/d").unwrap();
+        for i in 0..50 {
+            store
+                .append(&q, txn(&format!("t{i}"), 20_000, 0), ROOMY)
+                .await
+                .unwrap();
+        }
+        drop(q);
+        drop(store);
+        dir.join(FILE)
+    }
+
+    fn refusal(dir: &Path) -> String {
+        match Store::open(dir) {
+            Ok(_) => panic!("the store opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_empty_or_missing_store_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = written_store(dir.path()).await;
+        let full = std::fs::read(&file).unwrap();
+
+        // Truncated to half: redb's own assertion is caught and reported.
+        std::fs::write(&file, &full[..full.len() / 2]).unwrap();
+        let message = refusal(dir.path());
+        assert!(message.contains("is damaged"), "{message}");
+        assert!(message.contains(&file.display().to_string()), "{message}");
+        assert!(message.contains("move it away"), "{message}");
+
+        std::fs::write(&file, b"").unwrap();
+        let message = refusal(dir.path());
+        assert!(message.contains("the file is empty"), "{message}");
+
+        std::fs::remove_file(&file).unwrap();
+        let message = refusal(dir.path());
+        assert!(message.contains("is missing"), "{message}");
+        assert!(message.contains(MARKER), "{message}");
+
+        // Put back whole, it opens with everything in it.
+        std::fs::write(&file, &full).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.queue("ns/d").unwrap().info().messages, 50);
+    }
+
+    #[tokio::test]
+    async fn the_format_version_is_written_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = written_store(dir.path()).await;
+        {
+            let db = Database::create(&file).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut meta = tx.open_table(META).unwrap();
+                assert_eq!(
+                    meta.get(FORMAT_KEY).unwrap().unwrap().value(),
+                    FORMAT_VERSION.to_le_bytes()
+                );
+                meta.insert(FORMAT_KEY, 2u64.to_le_bytes().as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let message = refusal(dir.path());
+        assert!(message.contains("format version 2"), "{message}");
+        // A store from before versions (no key) is version 1 from now on.
+        {
+            let db = Database::create(&file).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META).unwrap().remove(FORMAT_KEY).unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.queue("ns/d").unwrap().info().messages, 50);
     }
 }
