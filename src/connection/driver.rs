@@ -12,6 +12,15 @@ use crate::api::connection::{HttpMethod, HttpSource, HttpTarget};
 
 /// Most pages one fetch follows (a source that links to itself must not loop forever).
 const MAX_PAGES: usize = 1000;
+/// The largest page body read from a source; a larger one is refused.
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
+/// A fetch stops following `next` links once it holds this many records or page bytes; the
+/// held records are sent and the next iteration asks from the new watermark (see
+/// `Fetched::complete`).
+pub const MAX_HELD_RECORDS: usize = 10_000;
+pub const MAX_HELD_BYTES: usize = 16 << 20;
+/// Redirects followed for one request (to the same origin only).
+const MAX_REDIRECTS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -21,12 +30,20 @@ pub enum DriverError {
     Target(String),
 }
 
+/// What one fetch read.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub records: Vec<SourceRecord>,
+    /// False when the fetch stopped at the cap on records held with more pages to go.
+    pub complete: bool,
+}
+
 /// Reads the records changed since a watermark.
 pub trait Source: Send + Sync {
     fn fetch<'a>(
         &'a self,
         since: Option<&'a Watermark>,
-    ) -> BoxFuture<'a, Result<Vec<SourceRecord>, DriverError>>;
+    ) -> BoxFuture<'a, Result<Fetched, DriverError>>;
 }
 
 /// Takes one record; `Ok` means accepted.
@@ -45,13 +62,37 @@ fn client() -> Result<Client, String> {
     static SHARED: std::sync::OnceLock<Result<Client, String>> = std::sync::OnceLock::new();
     SHARED
         .get_or_init(|| {
+            // reqwest panics when no TLS provider is installed yet.
+            crate::install_crypto_provider();
             Client::builder()
-                .redirect(reqwest::redirect::Policy::limited(5))
+                .redirect(same_origin_redirects())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build()
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))
         })
         .clone()
+}
+
+/// Redirects are followed only within the origin (scheme, host, port) of the URL the request
+/// was made to: a source or target cannot send ferry's requests, and the tokens they carry, to
+/// another host.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.follow();
+        };
+        if first.origin() != attempt.url().origin() {
+            let refusal = format!(
+                "a redirect to {} leaves the origin of {first}; ferry follows redirects only within one origin",
+                attempt.url()
+            );
+            return attempt.error(refusal);
+        }
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        attempt.follow()
+    })
 }
 
 pub struct HttpSourceDriver {
@@ -70,11 +111,11 @@ impl HttpSourceDriver {
         })
     }
 
-    /// The records of one page, and the next page's URL when the source says there is more
-    /// (an RFC 8288 `Link: <...>; rel="next"` header).
-    async fn page(&self, url: Url) -> Result<(Vec<SourceRecord>, Option<Url>), DriverError> {
+    /// The records of one page, its size in bytes, and the next page's URL when the source
+    /// says there is more (an RFC 8288 `Link: <...>; rel="next"` header).
+    async fn page(&self, url: Url) -> Result<(Vec<SourceRecord>, usize, Option<Url>), DriverError> {
         let fail = |m: String| DriverError::Source(format!("source {url}: {m}"));
-        let response = self
+        let mut response = self
             .client
             .get(url.clone())
             .timeout(self.timeout)
@@ -87,12 +128,40 @@ impl HttpSourceDriver {
             return Err(fail(format!("answered {status}")));
         }
         let next = next_link(&url, response.headers().get_all(header::LINK));
-        let body: Value = response
-            .json()
+        if let Some(next) = &next
+            && next.origin() != url.origin()
+        {
+            return Err(fail(format!(
+                "its next link {next} leaves the source's origin; ferry follows next links only within one origin"
+            )));
+        }
+        let too_large = || {
+            fail(format!(
+                "the page is larger than {MAX_PAGE_BYTES} bytes, the most ferry reads of one page; ask the source for smaller pages"
+            ))
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_PAGE_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
+            .map_err(|e| fail(crate::error_chain(&e)))?
+        {
+            if body.len() + chunk.len() > MAX_PAGE_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let size = body.len();
+        let body: Value = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("the body is not JSON: {e}")))?;
-        let records = extract(&body, &self.config).map_err(fail)?;
-        Ok((records, next))
+        let records = extract(body, &self.config).map_err(fail)?;
+        Ok((records, size, next))
     }
 }
 
@@ -100,7 +169,7 @@ impl Source for HttpSourceDriver {
     fn fetch<'a>(
         &'a self,
         since: Option<&'a Watermark>,
-    ) -> BoxFuture<'a, Result<Vec<SourceRecord>, DriverError>> {
+    ) -> BoxFuture<'a, Result<Fetched, DriverError>> {
         Box::pin(async move {
             let mut url =
                 Url::parse(&self.config.url).map_err(|e| DriverError::Source(e.to_string()))?;
@@ -108,21 +177,29 @@ impl Source for HttpSourceDriver {
                 url.query_pairs_mut()
                     .append_pair(&self.config.watermark_param, &since.as_param());
             }
-            let mut records = Vec::new();
+            let mut fetched = Fetched::default();
+            let mut held_bytes = 0;
             let mut next = Some(url);
             let mut pages = 0;
             while let Some(url) = next.take() {
+                if fetched.records.len() >= MAX_HELD_RECORDS || held_bytes >= MAX_HELD_BYTES {
+                    tracing::info!(source = %self.config.url, records = fetched.records.len(),
+                        bytes = held_bytes, "holding as many records as one fetch may; sending them before reading further pages");
+                    return Ok(fetched);
+                }
                 pages += 1;
                 if pages > MAX_PAGES {
                     return Err(DriverError::Source(format!(
                         "the source links more than {MAX_PAGES} pages"
                     )));
                 }
-                let (page, following) = self.page(url).await?;
-                records.extend(page);
+                let (page, size, following) = self.page(url).await?;
+                fetched.records.extend(page);
+                held_bytes += size;
                 next = following;
             }
-            Ok(records)
+            fetched.complete = true;
+            Ok(fetched)
         })
     }
 }
@@ -150,12 +227,14 @@ fn next_link<'a>(
     None
 }
 
-/// The records in a source's JSON body, by the configured pointers.
-pub fn extract(body: &Value, config: &HttpSource) -> Result<Vec<SourceRecord>, String> {
+/// The records in a source's JSON body, by the configured pointers. The items are moved out
+/// of the body, not copied.
+pub fn extract(mut body: Value, config: &HttpSource) -> Result<Vec<SourceRecord>, String> {
     let items = body
-        .pointer(&config.items_pointer)
+        .pointer_mut(&config.items_pointer)
         .ok_or_else(|| format!("nothing at itemsPointer {:?}", config.items_pointer))?
-        .as_array()
+        .as_array_mut()
+        .map(std::mem::take)
         .ok_or_else(|| {
             format!(
                 "the value at itemsPointer {:?} is not an array",
@@ -163,7 +242,7 @@ pub fn extract(body: &Value, config: &HttpSource) -> Result<Vec<SourceRecord>, S
             )
         })?;
     items
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, item)| {
             let id = match item.pointer(&config.id_pointer) {
@@ -188,7 +267,7 @@ pub fn extract(body: &Value, config: &HttpSource) -> Result<Vec<SourceRecord>, S
             Ok(SourceRecord {
                 id,
                 watermark,
-                body: item.clone(),
+                body: item,
             })
         })
         .collect()
@@ -348,17 +427,17 @@ mod tests {
     #[test]
     fn extracts_by_pointers() {
         let body = json!({"items": [{"id": 7, "updatedAt": "t1"}, {"id": "x", "updatedAt": 5}]});
-        let records = extract(&body, &source("/items")).unwrap();
+        let records = extract(body, &source("/items")).unwrap();
         assert_eq!(records[0].id, "7");
         assert_eq!(records[1].watermark, Watermark::Number(5.0));
         let bare = json!([{"id": 1, "updatedAt": "t"}]);
-        assert_eq!(extract(&bare, &source("")).unwrap().len(), 1);
-        let err = extract(&json!({"items": [{"id": 1}]}), &source("/items")).unwrap_err();
+        assert_eq!(extract(bare, &source("")).unwrap().len(), 1);
+        let err = extract(json!({"items": [{"id": 1}]}), &source("/items")).unwrap_err();
         assert!(
             err.contains("record 1 has nothing at watermarkPointer"),
             "{err}"
         );
-        assert!(extract(&json!({"items": 3}), &source("/items")).is_err());
+        assert!(extract(json!({"items": 3}), &source("/items")).is_err());
     }
 
     #[test]
@@ -392,5 +471,86 @@ mod tests {
         };
         let id = transaction_id("k", &long);
         assert!(id.len() <= 128 && id == transaction_id("k", &long));
+    }
+
+    /// A source on 127.0.0.1 whose pages test each refusal; `other` is another origin.
+    async fn hostile_source() -> (String, String) {
+        use axum::{
+            Router,
+            http::{HeaderMap, StatusCode, header::HeaderValue},
+            routing::get,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let other = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+        let page = |n: usize, from: usize| {
+            let items: Vec<Value> = (from..from + n)
+                .map(|i| json!({"id": i, "updatedAt": i}))
+                .collect();
+            json!({ "items": items }).to_string()
+        };
+        let link = |to: String| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::LINK,
+                HeaderValue::from_str(&format!("<{to}>; rel=\"next\"")).unwrap(),
+            );
+            headers
+        };
+        let (o1, o2, b1, b2) = (other.clone(), other.clone(), base.clone(), base.clone());
+        let app =
+            Router::new()
+                .route(
+                    "/leaves",
+                    get(move || async move { (link(format!("{o1}/p")), page(1, 0)) }),
+                )
+                .route(
+                    "/redirects",
+                    get(move || async move {
+                        (StatusCode::FOUND, [(header::LOCATION, format!("{o2}/p"))])
+                    }),
+                )
+                .route(
+                    "/redirects-home",
+                    get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/p")]) }),
+                )
+                .route("/p", get(move || async move { page(2, 0) }))
+                .route("/huge", get(|| async { "x".repeat(MAX_PAGE_BYTES + 1) }))
+                .route(
+                    "/many/1",
+                    get(move || async move { (link(format!("{b1}/many/2")), page(6000, 0)) }),
+                )
+                .route(
+                    "/many/2",
+                    get(move || async move { (link(format!("{b2}/many/3")), page(6000, 6000)) }),
+                )
+                .route("/many/3", get(move || async move { page(1, 12000) }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, other)
+    }
+
+    async fn fetch(url: String) -> Result<Fetched, String> {
+        let config = HttpSource {
+            url,
+            ..source("/items")
+        };
+        let driver = HttpSourceDriver::new(&config, Duration::from_secs(10)).unwrap();
+        driver.fetch(None).await.map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_source_cannot_lead_ferry_elsewhere_or_flood_it() {
+        let (base, _other) = hostile_source().await;
+        let refused = fetch(format!("{base}/leaves")).await.unwrap_err();
+        assert!(refused.contains("leaves the source's origin"), "{refused}");
+        let refused = fetch(format!("{base}/redirects")).await.unwrap_err();
+        assert!(refused.contains("leaves the origin"), "{refused}");
+        let home = fetch(format!("{base}/redirects-home")).await.unwrap();
+        assert_eq!((home.records.len(), home.complete), (2, true));
+        let refused = fetch(format!("{base}/huge")).await.unwrap_err();
+        assert!(refused.contains("larger than"), "{refused}");
+        // Two pages of 6,000 pass the cap of records held: the third waits for the next fetch.
+        let many = fetch(format!("{base}/many/1")).await.unwrap();
+        assert_eq!((many.records.len(), many.complete), (12_000, false));
     }
 }

@@ -454,7 +454,12 @@ impl ConnectionRuntime {
             .fetch(progress.watermark.as_ref())
             .await
             .map_err(|e| e.to_string())?;
-        let pending = progress.pending(fetched).map_err(|e| e.to_string())?;
+        let mut pending = progress
+            .pending(fetched.records)
+            .map_err(|e| e.to_string())?;
+        if !fetched.complete {
+            pending = Progress::complete_prefix(pending);
+        }
         let mut synced = 0;
         let mut result = Ok(());
         for record in &pending {

@@ -106,6 +106,25 @@ impl Progress {
         Ok(out)
     }
 
+    /// The records of a fetch that stopped before its last page (`pending` order): those at
+    /// the highest watermark held are left for the next fetch, because a later page may hold
+    /// more records at that same watermark and a source that answers "since" exclusively
+    /// would never return them once the watermark reached it. When every record held shares
+    /// one watermark nothing smaller exists to stop at, and all are kept.
+    pub fn complete_prefix(mut pending: Vec<SourceRecord>) -> Vec<SourceRecord> {
+        let Some(last) = pending.last().map(|r| r.watermark.clone()) else {
+            return pending;
+        };
+        let keep = pending
+            .iter()
+            .position(|r| r.watermark.compare(&last) == Ok(Ordering::Equal))
+            .unwrap_or(pending.len());
+        if keep > 0 {
+            pending.truncate(keep);
+        }
+        pending
+    }
+
     /// The target accepted `record`: the watermark moves up to it. Call in `pending` order
     /// and stop at the first refusal, so the watermark never passes a refused record.
     pub fn accept(&mut self, record: &SourceRecord) {
@@ -217,6 +236,30 @@ mod tests {
                 p.accept(r);
             }
             prop_assert!(p.pending(records).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_partial_fetch_leaves_the_highest_watermark_for_the_next() {
+        let record = |id: &str, w: f64| SourceRecord {
+            id: id.into(),
+            watermark: Watermark::Number(w),
+            body: Value::Null,
+        };
+        let ids = |records: Vec<SourceRecord>| -> Vec<String> {
+            records.into_iter().map(|r| r.id).collect()
+        };
+        for (held, kept) in [
+            (
+                vec![("a", 1.0), ("b", 2.0), ("c", 3.0), ("d", 3.0)],
+                vec!["a", "b"],
+            ),
+            (vec![("a", 1.0), ("b", 2.0)], vec!["a"]),
+            (vec![("a", 5.0), ("b", 5.0)], vec!["a", "b"]),
+            (vec![], vec![]),
+        ] {
+            let held = held.into_iter().map(|(id, w)| record(id, w)).collect();
+            assert_eq!(ids(Progress::complete_prefix(held)), kept);
         }
     }
 }

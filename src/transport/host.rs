@@ -8,6 +8,9 @@ use reqwest::{Client, Url, header};
 
 use crate::api::transport::Host;
 
+/// The most of a host's answer body that is read (a rejection's reason shows its start).
+const MAX_ANSWER_BYTES: usize = 64 << 10;
+
 /// How the host answered one delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -68,6 +71,8 @@ impl HostClient {
             .map(|path| url.join(path).map_err(|e| bad(e.to_string())))
             .transpose()?;
         let timeout = host.timeout.as_std();
+        // reqwest panics when no TLS provider is installed yet.
+        crate::install_crypto_provider();
         let client = Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -125,10 +130,17 @@ impl HostClient {
             request = request.header(header::CONTENT_TYPE, ct);
         }
         match request.send().await {
-            Ok(response) => {
+            Ok(mut response) => {
                 let status = response.status();
-                // Read the body so the connection goes back to the pool.
-                let body = response.bytes().await.unwrap_or_default();
+                // Read the body so the connection goes back to the pool, but no more than
+                // what a reason needs: a host's answer does not get to fill the worker.
+                let mut body = Vec::new();
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
                 match classify(status.as_u16()) {
                     Delivery::Rejected(reason) => Delivery::Rejected(with_body(reason, &body)),
                     other => other,
