@@ -31,15 +31,7 @@ pub async fn serve(app: Router) -> u16 {
 
 /// Resident memory of a process (`self`, or a pid), in MiB.
 pub fn rss_mib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib / 1024)
+    status_kib(pid, "VmRSS:") / 1024
 }
 
 /// Only run when benching: `cargo test --benches` passes no --bench.
@@ -130,6 +122,39 @@ impl Worker {
     pub fn rss_mib(&self) -> u64 {
         rss_mib(&self.child.id().to_string())
     }
+
+    /// The peak resident memory of the process so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> u64 {
+        status_kib(&self.child.id().to_string(), "VmHWM:") / 1024
+    }
+
+    /// SIGTERM; answers how long the process took to exit (at most a minute, then kill -9).
+    pub fn terminate(&mut self) -> Duration {
+        let started = std::time::Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        started.elapsed()
+    }
+}
+
+/// A `/proc/{pid}/status` line's value in KiB.
+fn status_kib(pid: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
 }
 
 impl Drop for Worker {

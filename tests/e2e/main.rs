@@ -224,6 +224,67 @@ async fn transport_lifecycle_of_the_seed() {
         .await;
 }
 
+/// The worker's limits as the operator sets them (memory budget from the pod's memory limit,
+/// a shutdown deadline inside the grace period), and a graceful pod deletion that saves the
+/// record and keeps the queue, with totals that add up afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_limits_and_a_graceful_restart_keep_the_ledger() {
+    let Some(env) = env("worker_limits_and_a_graceful_restart_keep_the_ledger") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "limits").await;
+    let _operator = cluster.operator(&["--worker-memory-limit", "192Mi"]);
+    // A host that never answers: every transaction is stored.
+    let nowhere = format!("http://nowhere.{}.svc:9090", cluster.namespace);
+    cluster.apply(&transport_yaml("outage", &nowhere, "Delete"));
+    cluster
+        .wait_transport("outage", "Ready", |s| ready(s) == "True")
+        .await;
+    let sts: StatefulSet = cluster
+        .api()
+        .get("ferry-tp-outage")
+        .await
+        .expect("the worker's StatefulSet");
+    let pod = sts.spec.expect("spec").template.spec.expect("pod spec");
+    assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    let args = pod.containers[0].args.clone().unwrap_or_default().join(" ");
+    assert!(args.contains("--memory-budget 50331648"), "{args}");
+    assert!(args.contains("--shutdown-timeout 10s"), "{args}");
+
+    for n in 0..3 {
+        let (code, body) = cluster.ingest("outage", &format!(r#"{{"n":{n}}}"#)).await;
+        assert_eq!(code, 202, "{body}");
+    }
+    let before = incarnation(&cluster, "ferry-tp-outage-0").await;
+    cluster
+        .kubectl(&["delete", "pod", "ferry-tp-outage-0", "--wait=false"])
+        .expect("graceful delete");
+    eventually("the worker pod is back and Ready", || async {
+        let now = incarnation(&cluster, "ferry-tp-outage-0").await?;
+        let ready = cluster.wait_pod_ready("ferry-tp-outage-0").await;
+        (Some(now) != before).then_some(ready)
+    })
+    .await;
+    let status = cluster
+        .wait_transport("outage", "its queue after the restart", |s| {
+            s["queue"]["messages"] == 3 && s["state"] == "Store and Forward"
+        })
+        .await;
+    let t = &status["totals"];
+    let n = |v: &Value| v.as_u64().unwrap_or(u64::MAX);
+    assert_eq!(
+        n(&t["received"]),
+        n(&t["delivered"])
+            + n(&t["forwarded"])
+            + n(&t["failed"])
+            + n(&t["expired"])
+            + n(&t["dropped"])
+            + n(&status["queue"]["messages"]),
+        "{status}"
+    );
+}
+
 /// Three connections started together enter their startup one at a time: each is admitted
 /// only after the one before it is Running; the others wait with a queue position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
