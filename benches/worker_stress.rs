@@ -4,8 +4,8 @@
 //!
 //!     cargo bench --bench worker_stress
 //!
-//! 1. host down with 300 transactions of 1 MB queued: a restarted worker's peak across 10
-//!    forward retries (the chart's default memory limit is 256 MiB);
+//! 1. host down with 300 transactions of 1 MB (and 9 of 60 MB) queued: a restarted worker's
+//!    peak across 10 forward retries (the chart's default memory limit is 256 MiB);
 //! 2. 8 concurrent 60 MB ingests (stored: the host is down): peak, and how many were
 //!    stored or refused by the memory budget;
 //! 3. a 60 MB PUT to the admin route: time to the answer, peak;
@@ -60,15 +60,22 @@ async fn ingest(worker: &Worker, payload: bytes::Bytes) -> u16 {
         .map_or(0, |r| r.status().as_u16())
 }
 
-async fn outage_with_large_transactions(host: &str, attempts: &AtomicU64) {
+/// `count` transactions of `size` bytes queued while the host is down, then a restarted worker
+/// retries forwarding them: its peak memory over 10 retries.
+async fn outage_with_large_transactions(
+    host: &str,
+    attempts: &AtomicU64,
+    count: usize,
+    size: usize,
+) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let spec = json!({"host": {"url": host, "timeout": "5s"},
+    let spec = json!({"host": {"url": host, "timeout": "5s"}, "maxTransactionBytes": "64Mi",
                       "storeAndForward": {"maxBytes": "2Gi"}});
     let worker = Worker::start(dir.path(), &[]).await;
     worker.put("transports", "stress", &transport(spec)).await;
-    let payload = bytes::Bytes::from(vec![b'x'; 1_000_000]);
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
     let mut stored = 0;
-    for _ in 0..300 {
+    for _ in 0..count {
         if ingest(&worker, payload.clone()).await == 202 {
             stored += 1;
         }
@@ -83,7 +90,8 @@ async fn outage_with_large_transactions(host: &str, attempts: &AtomicU64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "host down, {stored} x 1 MB queued: peak RSS {} MiB across {} forward retries after a restart ({} MiB while storing them)",
+        "host down, {stored} x {} MB queued: peak RSS {} MiB across {} forward retries after a restart ({} MiB while storing them)",
+        size / 1_000_000,
         worker.peak_rss_mib(),
         attempts.load(Ordering::Relaxed) - before,
         ingest_peak
@@ -182,7 +190,8 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let (host, attempts) = down_host().await;
-    outage_with_large_transactions(&host, &attempts).await;
+    outage_with_large_transactions(&host, &attempts, 300, 1_000_000).await;
+    outage_with_large_transactions(&host, &attempts, 9, 60_000_000).await;
     concurrent_large_ingests(&host).await;
     large_put().await;
     sigterm_with_slow_clients().await;

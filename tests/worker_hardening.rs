@@ -129,6 +129,17 @@ async fn the_memory_budget_refuses_with_retry_after_and_nothing_is_received() {
     assert_eq!(report["totals"]["received"], 1, "{report}");
     assert_ledger(&report);
     assert_eq!(host.received().len(), 1);
+    let metrics = worker.metrics().await;
+    assert!(
+        metrics.contains("ferry_worker_memory_budget_bytes 1048576"),
+        "{metrics}"
+    );
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_worker_ingest_refused_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no refusal counter: {metrics}"));
+    assert!(refused >= 2, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,10 +60,10 @@ fn yes() -> bool {
 /// The totals of what never entered the queue. Saved with the record every
 /// housekeeping tick (and durably at shutdown); the queue's own totals are exact.
 ///
-/// `received` is not kept: it is the sum of the outcomes (these two, the queue's `stored`)
-/// and the transactions still on their way to one, so the totals are a ledger that adds up at
-/// every moment and after kill -9 (records written before this carry a `received` that is
-/// ignored).
+/// `received` is not kept: it is the sum of the outcomes (these two and the queue's exact
+/// `stored`), so the totals are a ledger that adds up after kill -9 too, and every total only
+/// grows (a Prometheus counter). A transaction is counted as received once it has its outcome.
+/// (Records written before this carry a `received`, which is ignored.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectTotals {
     pub delivered: u64,
@@ -117,8 +117,6 @@ struct Inner {
     state: TransportState,
     host: Arc<HostClient>,
     totals: DirectTotals,
-    /// Transactions received whose outcome is not decided yet (counted in `received`).
-    in_flight: u64,
     /// Transactions decided `Store` whose append has not committed yet: the queue is not
     /// "drained" while any is on its way.
     pending_stores: u64,
@@ -202,7 +200,6 @@ impl TransportRuntime {
                 state: TransportState::Down,
                 host,
                 totals: record.map(|r| r.totals).unwrap_or_default(),
-                in_flight: 0,
                 pending_stores: 0,
                 dirty: true,
                 connecting: false,
@@ -336,9 +333,8 @@ impl TransportRuntime {
         actions
     }
 
-    /// One transaction from a producer. It ends in exactly one outcome, counted under the
-    /// same lock that takes it out of `in_flight`; callers that must not lose it to a
-    /// cancelled request run this in a task of its own (the ingest route does).
+    /// One transaction from a producer. It ends in exactly one outcome; callers that must not
+    /// lose it to a cancelled request run this in a task of its own (the ingest route does).
     pub async fn ingest(
         self: &Arc<Self>,
         id: String,
@@ -347,7 +343,6 @@ impl TransportRuntime {
     ) -> IngestResult {
         let (action, host) = {
             let mut inner = self.lock();
-            inner.in_flight += 1;
             inner.dirty = true;
             let actions = self.transition(&mut inner, Event::Arrived);
             let action = actions.first().copied();
@@ -377,7 +372,6 @@ impl TransportRuntime {
         {
             Delivery::Delivered => {
                 let mut inner = self.lock();
-                inner.in_flight -= 1;
                 inner.totals.delivered += 1;
                 inner.dirty = true;
                 self.transition(&mut inner, Event::Delivered);
@@ -416,7 +410,6 @@ impl TransportRuntime {
         let limits = self.lock().limits();
         let appended = self.store.append(&self.queue, txn, limits).await;
         let mut inner = self.lock();
-        inner.in_flight -= 1;
         inner.pending_stores -= 1;
         inner.dirty = true;
         self.forward.notify_one();
@@ -448,7 +441,6 @@ impl TransportRuntime {
 
     fn fail(&self, id: String, reason: String) -> IngestResult {
         let mut inner = self.lock();
-        inner.in_flight -= 1;
         inner.totals.failed += 1;
         inner.dirty = true;
         tracing::info!(transport = %self.key, %id, %reason, "transaction failed");
@@ -702,10 +694,7 @@ impl TransportRuntime {
                     .map_or(0, |oldest| now_ms().saturating_sub(oldest) / 1000),
             },
             totals: Totals {
-                received: inner.totals.delivered
-                    + inner.totals.failed
-                    + info.stored
-                    + inner.in_flight,
+                received: inner.totals.delivered + inner.totals.failed + info.stored,
                 delivered: inner.totals.delivered,
                 stored: info.stored,
                 forwarded: info.forwarded,

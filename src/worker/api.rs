@@ -46,10 +46,22 @@ impl IntoResponse for ApiError {
         let mut response = (self.0, Json(json!({"message": self.1}))).into_response();
         // Only refusals are answered 503 by ApiError (a failed transaction carries its own
         // body): the producer may retry the same transaction shortly.
+        let headers = response.headers_mut();
         if self.0 == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        // These may answer before the body was read: the connection cannot carry another
+        // request, and saying so keeps clients from reusing it.
+        if matches!(
+            self.0,
+            StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::REQUEST_TIMEOUT
+        ) {
+            headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         response
     }

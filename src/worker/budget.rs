@@ -7,7 +7,10 @@
 //! default fits the operator's default worker memory limit (a quarter of it: a payload is held
 //! once by ingest and once more by the store's write while it commits).
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -33,6 +36,8 @@ pub enum BudgetError {
 pub struct MemoryBudget {
     permits: Arc<Semaphore>,
     total: u64,
+    /// Ingests refused because they did not fit (for the metrics).
+    refused: Arc<AtomicU64>,
 }
 
 /// Bytes held until dropped.
@@ -48,11 +53,16 @@ impl MemoryBudget {
         Self {
             permits: Arc::new(Semaphore::new(total as usize)),
             total,
+            refused: Arc::new(AtomicU64::new(0)),
         }
     }
 
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     pub fn in_use(&self) -> u64 {
@@ -69,6 +79,14 @@ impl MemoryBudget {
 
     /// Reserve `bytes` more for `reservation`, at once or not at all.
     pub fn grow(&self, reservation: &mut Reservation, bytes: u64) -> Result<(), BudgetError> {
+        let grown = self.try_grow(reservation, bytes);
+        if grown.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        grown
+    }
+
+    fn try_grow(&self, reservation: &mut Reservation, bytes: u64) -> Result<(), BudgetError> {
         if bytes == 0 {
             return Ok(());
         }
@@ -133,5 +151,6 @@ mod tests {
         ));
         drop(b);
         assert_eq!(budget.in_use(), 0);
+        assert_eq!(budget.refused(), 2);
     }
 }

@@ -107,6 +107,36 @@ impl Collector for TransportCollector {
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
+        drop(family);
+
+        let budget = self.0.budget();
+        for (metric, help, value) in [
+            (
+                "ferry_worker_memory_budget_bytes",
+                "Transaction bytes ingest may hold in memory at once (--memory-budget)",
+                budget.total(),
+            ),
+            (
+                "ferry_worker_memory_in_use_bytes",
+                "Transaction bytes ingest holds in memory now",
+                budget.in_use(),
+            ),
+        ] {
+            let family = encoder.encode_descriptor(
+                metric,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            ConstGauge::new(value as i64).encode(family)?;
+        }
+        let family = encoder.encode_descriptor(
+            "ferry_worker_ingest_refused",
+            "Transactions refused before they were received because the memory budget was full (503) or too small for them (413)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        ConstCounter::new(budget.refused()).encode(family)?;
         Ok(())
     }
 }
