@@ -82,32 +82,33 @@ impl Collector for TransportCollector {
             }
         }
 
-        let mut family = encoder.encode_descriptor(
+        {
+            let mut family = encoder.encode_descriptor(
             "ferry_transport_transactions",
             "Transactions by outcome: received, delivered, stored, forwarded, failed, expired, dropped",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
-        for ((ns, name), report) in &reports {
-            let t = &report.totals;
-            for (outcome, value) in [
-                ("received", t.received),
-                ("delivered", t.delivered),
-                ("stored", t.stored),
-                ("forwarded", t.forwarded),
-                ("failed", t.failed),
-                ("expired", t.expired),
-                ("dropped", t.dropped),
-            ] {
-                let labels = [
-                    ("namespace", ns.as_str()),
-                    ("name", name.as_str()),
-                    ("outcome", outcome),
-                ];
-                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            for ((ns, name), report) in &reports {
+                let t = &report.totals;
+                for (outcome, value) in [
+                    ("received", t.received),
+                    ("delivered", t.delivered),
+                    ("stored", t.stored),
+                    ("forwarded", t.forwarded),
+                    ("failed", t.failed),
+                    ("expired", t.expired),
+                    ("dropped", t.dropped),
+                ] {
+                    let labels = [
+                        ("namespace", ns.as_str()),
+                        ("name", name.as_str()),
+                        ("outcome", outcome),
+                    ];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
-        drop(family);
 
         let budget = self.0.budget();
         for (metric, help, value) in [
