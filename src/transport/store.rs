@@ -786,7 +786,7 @@ fn writer(shared: &Shared, ops: &mpsc::Receiver<Op>) {
                 continue;
             }
         };
-        match commit_group(&db, &works) {
+        match commit_group(&db, works) {
             Ok(answers) => {
                 for (waiter, answer) in waiters.into_iter().zip(answers) {
                     waiter.answer(answer);
@@ -804,10 +804,11 @@ fn writer(shared: &Shared, ops: &mpsc::Receiver<Op>) {
 }
 
 /// Carry out a group of writes in one redb transaction. Each write's own result (a full queue
-/// is a result, not a failure of the group) is answered only if the group commits.
+/// is a result, not a failure of the group) is answered only if the group commits. Each write
+/// is dropped once applied: a large payload is not held beside redb's copy during the commit.
 fn commit_group(
     db: &Database,
-    works: &[Work],
+    works: Vec<Work>,
 ) -> Result<Vec<Result<Answer, StoreError>>, StoreError> {
     let durable = works.iter().any(Work::durable);
     // The numbers each touched queue will have once the group commits.
@@ -823,7 +824,7 @@ fn commit_group(
     {
         let mut meta = tx.open_table(META).map_err(StoreError::disk)?;
         for work in works {
-            answers.push(apply(&tx, &mut meta, work, &mut pending)?);
+            answers.push(apply(&tx, &mut meta, &work, &mut pending)?);
         }
         for (queue, info) in &pending {
             meta.insert(queue.meta_key.as_str(), info.to_bytes().as_slice())
