@@ -10,7 +10,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -587,7 +586,7 @@ impl TransportRuntime {
         let mut rejected = Vec::new();
         let mut stopped = None;
         let mut answers = futures::stream::iter(batch.into_iter().map(|txn| async move {
-            let payload = Bytes::from(txn.payload);
+            let payload = txn.payload;
             let delivery = host
                 .deliver(&txn.id, txn.content_type.as_deref(), payload)
                 .await;

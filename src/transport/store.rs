@@ -93,7 +93,7 @@ pub struct QueuedTxn {
     pub content_type: Option<String>,
     /// When the worker received it, milliseconds since the Unix epoch.
     pub received_ms: u64,
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
 }
 
 /// The longest transaction id and content type a queued transaction can carry (their lengths
@@ -119,7 +119,17 @@ pub fn header_len(id: &str, content_type: Option<&str>) -> usize {
 }
 
 impl QueuedTxn {
+    /// Decode a value read from the store. The payload is copied out of redb's buffer: redb
+    /// requires every page a reader holds to be released before a writer frees it (a debug
+    /// assertion guards it), so nothing read may outlive its read transaction.
     fn decode(seq: u64, raw: &[u8]) -> Result<Self, StoreError> {
+        let (mut txn, at) = Self::decode_header(seq, raw)?;
+        txn.payload = bytes::Bytes::copy_from_slice(&raw[at..]);
+        Ok(txn)
+    }
+
+    /// Everything but the payload (left empty), and where the payload starts.
+    fn decode_header(seq: u64, raw: &[u8]) -> Result<(Self, usize), StoreError> {
         let corrupt = || StoreError::Disk(format!("queued transaction {seq} is corrupt"));
         let take = |at: usize, n: usize| raw.get(at..at + n).ok_or_else(corrupt);
         let received_ms = u64::from_le_bytes(take(0, 8)?.try_into().map_err(|_| corrupt())?);
@@ -128,13 +138,14 @@ impl QueuedTxn {
         let at = 10 + id_len;
         let ct_len = u16::from_le_bytes(take(at, 2)?.try_into().map_err(|_| corrupt())?) as usize;
         let ct = String::from_utf8(take(at + 2, ct_len)?.to_vec()).map_err(|_| corrupt())?;
-        Ok(Self {
+        let txn = Self {
             seq,
             id,
             content_type: (!ct.is_empty()).then_some(ct),
             received_ms,
-            payload: raw[at + 2 + ct_len..].to_vec(),
-        })
+            payload: bytes::Bytes::new(),
+        };
+        Ok((txn, at + 2 + ct_len))
     }
 
     /// The received time and payload size, without copying the payload.
@@ -488,7 +499,16 @@ impl Store {
         let writer_shared = shared.clone();
         let thread = thread::Builder::new()
             .name("ferry-store-writer".into())
-            .spawn(move || writer(&writer_shared, &rx))
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| writer(&writer_shared, &rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    // Without its writer the store refuses every write from now on: better to
+                    // stop, so the pod restarts on the last commit, than to fail every
+                    // transaction while looking alive.
+                    tracing::error!("the store's writer failed; stopping the process");
+                    std::process::exit(70);
+                }
+            })
             .map_err(|e| open_err(e.to_string()))?;
         let writer = Arc::new(Writer {
             ops: Some(ops),
@@ -1184,7 +1204,7 @@ mod tests {
             id: "id-1".into(),
             content_type: None,
             received_ms: 123,
-            payload: b"payload".to_vec(),
+            payload: bytes::Bytes::from_static(b"payload"),
         };
         let new = NewTxn::new(&t.id, t.content_type.as_deref(), t.received_ms, &t.payload);
         assert_eq!(&new.payload()[..], b"payload");
