@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, env = "FERRY_PUBLIC_URL")]
         public_url: Option<String>,
         #[command(flatten)]
-        forwarding: Forwarding,
+        flags: WorkerFlags,
     },
     /// Run Transport manifests locally, without Kubernetes (the embedded default when no
     /// --manifests are given).
@@ -63,7 +63,7 @@ enum Command {
         #[arg(long)]
         ingest_token_file: Option<PathBuf>,
         #[command(flatten)]
-        forwarding: Forwarding,
+        flags: WorkerFlags,
         /// How many connections may be in their startup at once.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         startup_concurrency: u16,
@@ -204,8 +204,9 @@ impl OperatorArgs {
     }
 }
 
+/// What `ferry worker` and `ferry standalone` share: forwarding and the limits of the server.
 #[derive(clap::Args)]
-struct Forwarding {
+struct WorkerFlags {
     /// Deliveries in flight while a Store and Forward queue is forwarded. 1 (the default)
     /// sends each transaction after the host answered the previous one, so the host sees the
     /// queue's order exactly; more is faster but the host may see neighbours reordered.
@@ -229,7 +230,7 @@ struct Forwarding {
     shutdown_timeout: ferry::api::duration::Duration,
 }
 
-impl Forwarding {
+impl WorkerFlags {
     fn limits(&self) -> server::ServerLimits {
         server::ServerLimits {
             header_read_timeout: self.header_read_timeout.as_std(),
@@ -282,7 +283,7 @@ async fn run(command: Command) -> ExitCode {
             admin_token_file,
             ingest_token_file,
             public_url,
-            forwarding,
+            flags,
         } => {
             let tokens = match (
                 Token::read("admin", &admin_token_file),
@@ -298,15 +299,15 @@ async fn run(command: Command) -> ExitCode {
             let options = WorkerOptions {
                 data_dir,
                 public_url,
-                forward_window: forwarding.forward_window.into(),
-                memory_budget: forwarding.memory_budget.bytes(),
+                forward_window: flags.forward_window.into(),
+                memory_budget: flags.memory_budget.bytes(),
             };
             let listener = match bind(listen).await {
                 Ok(l) => l,
                 Err(code) => return code,
             };
             match Worker::open(options, true).await {
-                Ok(worker) => serve(worker, listener, tokens, forwarding.limits()).await,
+                Ok(worker) => serve(worker, listener, tokens, flags.limits()).await,
                 Err(e) => fail(e.to_string()),
             }
         }
@@ -316,7 +317,7 @@ async fn run(command: Command) -> ExitCode {
             listen,
             admin_token_file,
             ingest_token_file,
-            forwarding,
+            flags,
             startup_concurrency,
         } => {
             let read =
@@ -331,8 +332,8 @@ async fn run(command: Command) -> ExitCode {
             let options = WorkerOptions {
                 data_dir,
                 public_url: format!("http://{listen}"),
-                forward_window: forwarding.forward_window.into(),
-                memory_budget: forwarding.memory_budget.bytes(),
+                forward_window: flags.forward_window.into(),
+                memory_budget: flags.memory_budget.bytes(),
             };
             // Listening before anything is hosted: the endpoints printed next answer at once.
             let listener = match bind(listen).await {
@@ -361,7 +362,7 @@ async fn run(command: Command) -> ExitCode {
                     errors.len()
                 ));
             }
-            serve(worker, listener, tokens, forwarding.limits()).await
+            serve(worker, listener, tokens, flags.limits()).await
         }
         Command::Operator(args) => match ferry::operator::run::run(args.options()).await {
             Ok(()) => ExitCode::SUCCESS,
