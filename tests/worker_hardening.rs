@@ -174,27 +174,22 @@ async fn hostile_admin_requests_are_refused_with_a_message() {
         );
     }
     // A content type longer than the queue can keep is refused, not cut.
-    let answer = worker
-        .http()
-        .post(format!("{}/transactions", worker.transport_url("ttl")))
-        .bearer_auth(&worker.ingest)
-        .header("content-type", "x".repeat(300))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::NOT_FOUND); // no such transport yet
     worker.apply("ct", spec(&host)).await;
-    let answer = worker
-        .http()
-        .post(format!("{}/transactions", worker.transport_url("ct")))
-        .bearer_auth(&worker.ingest)
-        .header("content-type", "x".repeat(300))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    for (name, refusal) in [
+        ("none", StatusCode::NOT_FOUND),
+        ("ct", StatusCode::BAD_REQUEST),
+    ] {
+        let answer = worker
+            .http()
+            .post(format!("{}/transactions", worker.transport_url(name)))
+            .bearer_auth(&worker.ingest)
+            .header("content-type", "x".repeat(300))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), refusal, "{name}");
+    }
     worker.report("ct").await;
 }
 
@@ -362,19 +357,10 @@ async fn totals_add_up_after_producers_hang_up_and_after_kill_9() {
     assert_ledger(&report);
 }
 
-/// `ferry worker` on `dir`'s data directory, expected to refuse to start: its exit status and
-/// what it printed.
+/// `ferry worker` on the worker's data directory, expected to refuse to start: its exit
+/// status and what it printed.
 fn start_expecting_refusal(worker: &WorkerProc) -> (std::process::ExitStatus, String) {
-    let output = std::process::Command::new(common::ferry())
-        .args(["worker", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(worker.dir.join("data"))
-        .arg("--admin-token-file")
-        .arg(worker.dir.join("admin-token"))
-        .arg("--ingest-token-file")
-        .arg(worker.dir.join("ingest-token"))
-        .output()
-        .expect("ferry runs");
+    let output = worker.command().output().expect("ferry runs");
     let text = String::from_utf8_lossy(&output.stderr).into_owned()
         + &String::from_utf8_lossy(&output.stdout);
     (output.status, text)

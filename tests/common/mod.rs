@@ -226,6 +226,22 @@ impl WorkerProc {
         worker
     }
 
+    /// The `ferry worker` command line of this worker (its address, data directory, tokens
+    /// and extra arguments).
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(ferry());
+        command
+            .args(["worker", "--listen", &format!("{}:{}", self.ip, self.port)])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--admin-token-file")
+            .arg(self.dir.join("admin-token"))
+            .arg("--ingest-token-file")
+            .arg(self.dir.join("ingest-token"))
+            .args(&self.args);
+        command
+    }
+
     fn base(&self) -> String {
         format!("http://{}:{}", self.ip, self.port)
     }
@@ -236,15 +252,8 @@ impl WorkerProc {
             .append(true)
             .open(self.dir.join("worker.log"))
             .expect("log file");
-        let child = Command::new(ferry())
-            .args(["worker", "--listen", &format!("{}:{}", self.ip, self.port)])
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .arg("--admin-token-file")
-            .arg(self.dir.join("admin-token"))
-            .arg("--ingest-token-file")
-            .arg(self.dir.join("ingest-token"))
-            .args(&self.args)
+        let child = self
+            .command()
             .env("RUST_LOG", "ferry=debug")
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))

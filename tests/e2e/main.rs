@@ -103,6 +103,16 @@ const SOURCE: [&str; 7] = [
     "2s",
 ];
 
+/// Wait until `pod` runs as another incarnation than `before` and is Ready.
+async fn restarted_and_ready(cluster: &Cluster, pod: &str, before: Option<(String, i64)>) {
+    eventually(&format!("pod {pod} restarted and is Ready"), || async {
+        let now = incarnation(cluster, pod).await?;
+        let ready = cluster.wait_pod_ready(pod).await;
+        (Some(now) != before).then_some(ready)
+    })
+    .await;
+}
+
 /// Seed 001 on a cluster: Down → Up → Store and Forward → S&F Suspended, a worker `kill -9`
 /// while S&F Suspended, the host back while suspended (nothing delivered), resume (the queue
 /// forwarded, Up), suspend and resume with an empty queue (Suspended → Down).
@@ -177,12 +187,7 @@ async fn transport_lifecycle_of_the_seed() {
     // 8. kill -9 of the worker: S&F Suspended again, with its queue.
     let before = incarnation(&cluster, "ferry-tp-erp-0").await;
     cluster.kill9_worker("ferry-tp-erp-0").await;
-    eventually("the worker pod restarted and is Ready", || async {
-        let now = incarnation(&cluster, "ferry-tp-erp-0").await?;
-        let ready = cluster.wait_pod_ready("ferry-tp-erp-0").await;
-        (Some(now) != before).then_some(ready)
-    })
-    .await;
+    restarted_and_ready(&cluster, "ferry-tp-erp-0", before).await;
     let after_kill = cluster
         .wait_transport("erp", "S&F Suspended after kill -9", |s| {
             s["state"] == "S&F Suspended" && s["queue"]["messages"] == 3 && ready(s) == "True"
@@ -260,12 +265,7 @@ async fn worker_limits_and_a_graceful_restart_keep_the_ledger() {
     cluster
         .kubectl(&["delete", "pod", "ferry-tp-outage-0", "--wait=false"])
         .expect("graceful delete");
-    eventually("the worker pod is back and Ready", || async {
-        let now = incarnation(&cluster, "ferry-tp-outage-0").await?;
-        let ready = cluster.wait_pod_ready("ferry-tp-outage-0").await;
-        (Some(now) != before).then_some(ready)
-    })
-    .await;
+    restarted_and_ready(&cluster, "ferry-tp-outage-0", before).await;
     let status = cluster
         .wait_transport("outage", "its queue after the restart", |s| {
             s["queue"]["messages"] == 3 && s["state"] == "Store and Forward"
