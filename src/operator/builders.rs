@@ -66,6 +66,36 @@ pub enum BuildError {
     },
 }
 
+/// The longest worker name: the StatefulSet controller names its pods `<name>-0` (a hostname,
+/// at most 63) and labels them `controller-revision-hash: <name>-<10 characters>` (a label
+/// value, at most 63).
+pub const MAX_WORKER_NAME: usize = 52;
+
+/// The name of a resource's worker objects: `ferry-<short>-<name>` when that is at most
+/// [`MAX_WORKER_NAME`] characters and has no dot (a Service name is a DNS label). Any other
+/// name is cut, its dots made dashes, and ends with the first 8 hex digits of the SHA-256 of
+/// `ferry-<short>-<name>`: every name the API server accepts gives a name Kubernetes can run,
+/// distinct names stay distinct (`a.b` and `a-b` too), and the result never changes (a fixed
+/// hash, pinned by a golden test), so a worker keeps its volume across ferry versions.
+pub fn worker_name(short: &str, name: &str) -> String {
+    let full = format!("ferry-{short}-{name}");
+    if full.len() <= MAX_WORKER_NAME && !full.contains('.') {
+        return full;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, full.as_bytes());
+    let hash: String = digest.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let keep = MAX_WORKER_NAME - 1 - hash.len();
+    let cut: String = full
+        .chars()
+        .take(keep)
+        .map(|c| if c == '.' { '-' } else { c })
+        .collect();
+    format!("{}-{hash}", cut.trim_end_matches('-'))
+}
+
 /// Operator-wide settings for the workers it creates (flags or environment).
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerDefaults {
@@ -167,18 +197,9 @@ impl<'a> Owner<'a> {
         })
     }
 
-    /// `ferry-tp-erp`: the StatefulSet, Service and Secret share it. Names that would pass the
-    /// 63 characters of a Service name are cut and given a hash of the whole.
+    /// `ferry-tp-erp`: the StatefulSet, Service and Secret share it. See [`worker_name`].
     pub fn worker_name(&self) -> String {
-        let full = format!("ferry-{}-{}", self.short, self.name);
-        if full.len() <= 63 {
-            return full;
-        }
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        full.hash(&mut hasher);
-        let hash = format!("{:08x}", hasher.finish() as u32);
-        format!("{}-{hash}", full[..54].trim_end_matches(['-', '.']))
+        worker_name(self.short, &self.name)
     }
 
     fn labels(&self) -> Value {
@@ -188,7 +209,9 @@ impl<'a> Owner<'a> {
             "app.kubernetes.io/instance": self.worker_name(),
             "app.kubernetes.io/managed-by": "ferry-operator",
             "ferry.dev/kind": self.kind.to_lowercase(),
-            "ferry.dev/name": self.name,
+            // A resource name is a valid label value up to 63 characters; a longer one is
+            // found through the owner reference (and the instance label) instead.
+            "ferry.dev/name": (self.name.len() <= 63).then_some(&self.name),
         })
     }
 
@@ -553,16 +576,59 @@ mod tests {
         assert_eq!(data["ingest-token"].0, b"i");
     }
 
+    /// Pinned forever: a change here renames running workers and orphans their volumes. The
+    /// hashes were computed apart from ferry (Python's hashlib.sha256).
     #[test]
-    fn long_names_fit_a_service_name_and_stay_distinct() {
-        let long = "a".repeat(60);
-        let mut t = transport(json!({"host": {"url": "http://erp/ingest"}}));
-        t.metadata.name = Some(long.clone());
-        let a = Owner::transport(&t).unwrap().worker_name();
-        t.metadata.name = Some(format!("{}b", &long[..59]));
-        let b = Owner::transport(&t).unwrap().worker_name();
-        assert!(a.len() <= 63 && b.len() <= 63);
-        assert_ne!(a, b);
+    fn worker_names_are_golden() {
+        for (short, name, expected) in [
+            ("tp", "erp", "ferry-tp-erp"),
+            ("conn", "crm", "ferry-conn-crm"),
+            // 52 characters exactly: kept.
+            (
+                "tp",
+                &"a".repeat(43),
+                &format!("ferry-tp-{}", "a".repeat(43)),
+            ),
+            (
+                "tp",
+                "a-rather-long-transport-name-for-plant-a-erp-orders-x",
+                "ferry-tp-a-rather-long-transport-name-for-p-33f2352d",
+            ),
+            ("tp", "orders.plant-a", "ferry-tp-orders-plant-a-0cdf81e9"),
+            ("tp", "orders-plant-a", "ferry-tp-orders-plant-a"),
+            (
+                "conn",
+                "x.".repeat(126).trim_end_matches('.'),
+                "ferry-conn-x-x-x-x-x-x-x-x-x-x-x-x-x-x-x-x-1495e086",
+            ),
+        ] {
+            assert_eq!(worker_name(short, name), expected, "{name}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Every name the API server accepts for a resource (a DNS subdomain) gives a worker
+        /// name that is a DNS label of at most 52 characters; different names, different
+        /// worker names.
+        #[test]
+        fn every_accepted_name_gives_a_runnable_worker_name(
+            a in "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?){0,3}",
+            b in "[a-z0-9]([-a-z0-9.]{0,200}[a-z0-9])?",
+        ) {
+            for name in [&a, &b] {
+                let worker = worker_name("conn", name);
+                proptest::prop_assert!(worker.len() <= MAX_WORKER_NAME, "{worker}");
+                proptest::prop_assert!(
+                    worker.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                        && worker.starts_with("ferry-")
+                        && !worker.ends_with('-'),
+                    "{worker}"
+                );
+            }
+            if a != b {
+                proptest::prop_assert_ne!(worker_name("tp", &a), worker_name("tp", &b));
+            }
+        }
     }
 
     #[test]
