@@ -197,6 +197,24 @@ impl<'a> Owner<'a> {
         })
     }
 
+    /// Whether `meta` (an existing object of the worker's name) is controlled by this resource:
+    /// an owner reference with `controller: true` and the resource's uid. Anything else is
+    /// somebody else's object, which the operator must not overwrite or adopt.
+    pub fn controls(
+        &self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> bool {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && r.uid == self.owner_reference.uid)
+    }
+
+    /// `Transport plant-a/erp`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} {}/{}", self.kind, self.namespace, self.name)
+    }
+
     /// `ferry-tp-erp`: the StatefulSet, Service and Secret share it. See [`worker_name`].
     pub fn worker_name(&self) -> String {
         worker_name(self.short, &self.name)

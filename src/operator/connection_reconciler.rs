@@ -181,7 +181,7 @@ pub async fn reconcile_connection(
         }
     })
     .await
-    .map_err(|e| ReconcileError::Finalizer(e.to_string()))
+    .map_err(ReconcileError::from_finalizer)
 }
 
 /// Each target transport's ingest endpoint and token; the first missing one is an error that
@@ -214,12 +214,20 @@ async fn resolve_targets(
             )));
         }
         let owner = Owner::transport(&transport)?;
-        let token = secrets
-            .get_opt(&owner.worker_name())
-            .await?
+        let secret = secrets.get_opt(&owner.worker_name()).await?;
+        if secret
             .as_ref()
-            .and_then(tokens_of)
-            .map(|t| t.ingest);
+            .is_some_and(|s| !owner.controls(&s.metadata))
+        {
+            // Tokens come only from the transport's own Secret.
+            return Ok(Err(format!(
+                "sync-set {}: the Secret {} is not controlled by target transport {namespace}/{}; its token is not used",
+                sync_set.name,
+                owner.worker_name(),
+                target.name
+            )));
+        }
+        let token = secret.as_ref().and_then(tokens_of).map(|t| t.ingest);
         resolved.insert(
             target.name.clone(),
             ResolvedTransport {
@@ -391,8 +399,9 @@ async fn cleanup(
 mod tests {
     use super::*;
     use crate::operator::transport_reconciler::tests::{
-        Handle, condition, context, mock, next, not_found, objects_with_known_tokens, ready_pod,
-        respond, test_ip, worker_at,
+        Handle, condition, context, controlled_by, mock, next, not_found,
+        objects_with_known_tokens, ready_pod, respond, service_and_stateful_set_absent, test_ip,
+        worker_at,
     };
     use http::Method;
     use serde_json::Value;
@@ -416,7 +425,9 @@ mod tests {
     async fn objects(handle: &mut Handle) -> Value {
         let (_, path, _, send) = next(handle).await;
         assert!(path.contains("/secrets/ferry-conn-"), "{path}");
+        let worker = path.rsplit('/').next().unwrap().to_owned();
         send.send_response(not_found());
+        service_and_stateful_set_absent(handle, &worker).await;
         let mut sts = Value::Null;
         for _ in 0..3 {
             let (method, _, body, send) = next(handle).await;
@@ -462,7 +473,8 @@ mod tests {
         send.send_response(respond(
             200,
             json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ferry-tp-erp"},
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "ferry-tp-erp", "ownerReferences": controlled_by("uid-erp")},
                 "data": {"admin-token": "YQ==", "ingest-token": "aQ=="},
             }),
         ));
@@ -475,7 +487,7 @@ mod tests {
         let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
         let ip = test_ip(37);
         let server = tokio::spawn(async move {
-            objects_with_known_tokens(&mut handle, "ferry-conn-crm").await;
+            objects_with_known_tokens(&mut handle, "ferry-conn-crm", "uid-crm").await;
             target_resolved(&mut handle).await;
             ready_pod(&mut handle, "ferry-conn-crm", &ip, "pod-1").await;
             status_written(&mut handle, &connection("crm", true)).await
@@ -512,7 +524,7 @@ mod tests {
         let pod_ip = ip.clone();
         let server = tokio::spawn(async move {
             let announced = status_written(&mut handle, &answer).await;
-            objects_with_known_tokens(&mut handle, "ferry-conn-crm").await;
+            objects_with_known_tokens(&mut handle, "ferry-conn-crm", "uid-crm").await;
             target_resolved(&mut handle).await;
             ready_pod(&mut handle, "ferry-conn-crm", &pod_ip, "pod-1").await;
             (announced, status_written(&mut handle, &answer).await)
@@ -749,7 +761,7 @@ mod tests {
         let ctx = context(client);
         let pod_ip = ip.clone();
         let server = tokio::spawn(async move {
-            objects_with_known_tokens(&mut handle, "ferry-conn-second").await;
+            objects_with_known_tokens(&mut handle, "ferry-conn-second", "uid-second").await;
             target_resolved(&mut handle).await;
             ready_pod(&mut handle, "ferry-conn-second", &pod_ip, "pod-2").await;
             status_written(&mut handle, &connection("second", true)).await

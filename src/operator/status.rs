@@ -87,11 +87,32 @@ pub fn objects_refused(
     now: Time,
 ) -> Vec<Condition> {
     let message = format!("the API server refused the worker's objects: {why}");
+    not_applied(previous, generation, "WorkerObjectsRefused", message, now)
+}
+
+/// An object of the worker's name exists and belongs to somebody else: nothing was applied,
+/// and `Ready`/`Degraded` name the object.
+pub fn name_conflict(
+    previous: &[Condition],
+    generation: Option<i64>,
+    why: &str,
+    now: Time,
+) -> Vec<Condition> {
+    not_applied(previous, generation, "NameConflict", why.to_owned(), now)
+}
+
+fn not_applied(
+    previous: &[Condition],
+    generation: Option<i64>,
+    reason: &str,
+    message: String,
+    now: Time,
+) -> Vec<Condition> {
     set_conditions(
         previous,
         vec![
-            Set("Ready", false, "WorkerObjectsRefused", message.clone()),
-            Set("Degraded", true, "WorkerObjectsRefused", message),
+            Set("Ready", false, reason, message.clone()),
+            Set("Degraded", true, reason, message),
         ],
         generation,
         &now,

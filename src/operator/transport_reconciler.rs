@@ -28,7 +28,7 @@ use serde_json::json;
 use super::{
     builders::{BuildError, Owner, WorkerDefaults, WorkerTokens},
     events::{Events, transport_event},
-    status::{WithConditions, objects_refused, transport_status},
+    status::{WithConditions, name_conflict, objects_refused, transport_status},
     worker_client::{WorkerClient, WorkerPod},
 };
 use crate::{
@@ -49,15 +49,35 @@ pub enum ReconcileError {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Finalizer(String),
+    #[error(
+        "a {kind} named {name} already exists in namespace {namespace} and is not controlled by {owner}; ferry leaves it as it is: delete or rename it, or rename the resource"
+    )]
+    NameConflict {
+        kind: &'static str,
+        name: String,
+        namespace: String,
+        owner: String,
+    },
 }
 
 impl ReconcileError {
+    /// The step's own error when it failed inside the finalizer's apply or cleanup (so the
+    /// metric and the Event name it); the finalizer's own failures otherwise.
+    pub fn from_finalizer(e: kube::runtime::finalizer::Error<ReconcileError>) -> Self {
+        use kube::runtime::finalizer::Error;
+        match e {
+            Error::ApplyFailed(inner) | Error::CleanupFailed(inner) => inner,
+            other => ReconcileError::Finalizer(other.to_string()),
+        }
+    }
+
     /// A short label for the errors metric.
     pub fn kind(&self) -> &'static str {
         match self {
             ReconcileError::Build(_) => "build",
             ReconcileError::Kube(_) => "api",
             ReconcileError::Finalizer(_) => "finalizer",
+            ReconcileError::NameConflict { .. } => "conflict",
         }
     }
 }
@@ -149,7 +169,7 @@ pub async fn reconcile_transport(
         }
     })
     .await
-    .map_err(|e| ReconcileError::Finalizer(e.to_string()))
+    .map_err(ReconcileError::from_finalizer)
 }
 
 async fn apply(
@@ -287,7 +307,10 @@ where
         Ok(tokens) => Ok(tokens),
         Err(e) => {
             let mut status = status.cloned().unwrap_or_default();
-            let conditions = objects_refused(
+            let conditions = match &e {
+                ReconcileError::NameConflict { .. } => name_conflict,
+                _ => objects_refused,
+            }(
                 status.conditions_mut(),
                 object.meta().generation,
                 &e.to_string(),
@@ -309,9 +332,34 @@ pub(super) async fn apply_worker_objects(
 ) -> Result<WorkerTokens, ReconcileError> {
     let worker = owner.worker_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let tokens = secrets
-        .get_opt(&worker)
-        .await?
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    // Only objects this resource controls are applied (the apply is forced) and only its own
+    // Secret gives the tokens: an unrelated object of the same name is never taken over.
+    let conflict = |kind| ReconcileError::NameConflict {
+        kind,
+        name: worker.clone(),
+        namespace: namespace.to_owned(),
+        owner: owner.describe(),
+    };
+    let secret = secrets.get_opt(&worker).await?;
+    if secret
+        .as_ref()
+        .is_some_and(|s| !owner.controls(&s.metadata))
+    {
+        return Err(conflict("Secret"));
+    }
+    if let Some(service) = services.get_metadata_opt(&worker).await?
+        && !owner.controls(&service.metadata)
+    {
+        return Err(conflict("Service"));
+    }
+    if let Some(set) = stateful_sets.get_metadata_opt(&worker).await?
+        && !owner.controls(&set.metadata)
+    {
+        return Err(conflict("StatefulSet"));
+    }
+    let tokens = secret
         .as_ref()
         .and_then(tokens_of)
         .unwrap_or_else(generate_tokens);
@@ -319,10 +367,10 @@ pub(super) async fn apply_worker_objects(
     secrets
         .patch(&worker, &apply, &Patch::Apply(owner.secret(&tokens)?))
         .await?;
-    Api::<Service>::namespaced(ctx.client.clone(), namespace)
+    services
         .patch(&worker, &apply, &Patch::Apply(owner.service()?))
         .await?;
-    Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
+    stateful_sets
         .patch(
             &worker,
             &apply,
@@ -457,17 +505,36 @@ pub(crate) mod tests {
         (kube::Client::new(service, "default"), handle)
     }
 
-    /// Answer the Secret lookup with the tokens `worker_at` expects, then the three applies.
-    pub(crate) async fn objects_with_known_tokens(handle: &mut Handle, worker: &str) {
+    /// `metadata.ownerReferences` naming `uid` as the controller.
+    pub(crate) fn controlled_by(uid: &str) -> Value {
+        json!([{"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport", "name": "x",
+                "uid": uid, "controller": true}])
+    }
+
+    /// Answer the ownership lookups of the worker's Service and StatefulSet: none exists yet.
+    pub(crate) async fn service_and_stateful_set_absent(handle: &mut Handle, worker: &str) {
+        for kind in ["services", "statefulsets"] {
+            let (method, path, _, send) = next(handle).await;
+            assert_eq!(method, Method::GET);
+            assert!(path.contains(&format!("/{kind}/{worker}")), "{path}");
+            send.send_response(not_found());
+        }
+    }
+
+    /// Answer the Secret lookup with the tokens `worker_at` expects (a Secret controlled by
+    /// `uid`), the ownership lookups, then the three applies.
+    pub(crate) async fn objects_with_known_tokens(handle: &mut Handle, worker: &str, uid: &str) {
         let (_, path, _, send) = next(handle).await;
         assert!(path.ends_with(&format!("/secrets/{worker}")), "{path}");
         send.send_response(respond(
             200,
             json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": worker},
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": worker, "ownerReferences": controlled_by(uid)},
                 "data": {"admin-token": "YWRtaW4tdG9rZW4=", "ingest-token": "aW5nZXN0LXRva2Vu"},
             }),
         ));
+        service_and_stateful_set_absent(handle, worker).await;
         for _ in 0..3 {
             let (method, _, body, send) = next(handle).await;
             assert_eq!(method, Method::PATCH);
@@ -531,7 +598,7 @@ pub(crate) mod tests {
             // Generation 2 first, then generation 3 with `suspended: true`; the same pod.
             let mut written = Vec::new();
             for _ in 0..2 {
-                objects_with_known_tokens(&mut handle, "ferry-tp-erp").await;
+                objects_with_known_tokens(&mut handle, "ferry-tp-erp", "uid-1").await;
                 ready_pod(&mut handle, "ferry-tp-erp", &pod_ip, "pod-1").await;
                 written.push(transport_status_written(&mut handle).await);
             }
@@ -572,7 +639,7 @@ pub(crate) mod tests {
         // Nothing listens at this address.
         let ip = test_ip(36);
         let server = tokio::spawn(async move {
-            objects_with_known_tokens(&mut handle, "ferry-tp-erp").await;
+            objects_with_known_tokens(&mut handle, "ferry-tp-erp", "uid-1").await;
             ready_pod(&mut handle, "ferry-tp-erp", &ip, "pod-1").await;
             transport_status_written(&mut handle).await
         });
@@ -612,6 +679,7 @@ pub(crate) mod tests {
         let server = tokio::spawn(async move {
             let (_, _, _, send) = next(&mut handle).await;
             send.send_response(not_found());
+            service_and_stateful_set_absent(&mut handle, "ferry-tp-erp").await;
             // Secret and Service applied; the StatefulSet refused by admission.
             for _ in 0..2 {
                 let (_, _, body, send) = next(&mut handle).await;
@@ -638,6 +706,47 @@ pub(crate) mod tests {
             (ready.as_str(), reason.as_str()),
             ("False", "WorkerObjectsRefused")
         );
+    }
+
+    /// An unrelated Secret, Service or StatefulSet of the worker's name is never applied over
+    /// (nor its tokens read): Ready=False NameConflict names it.
+    #[tokio::test]
+    async fn a_foreign_object_of_the_worker_name_is_left_alone() {
+        for foreign in ["secrets", "services", "statefulsets"] {
+            let (client, mut handle) = mock();
+            let ctx = context(client);
+            let server = tokio::spawn(async move {
+                for kind in ["secrets", "services", "statefulsets"] {
+                    let (method, path, _, send) = next(&mut handle).await;
+                    assert_eq!(method, Method::GET, "nothing is applied before the checks");
+                    assert!(path.contains(&format!("/{kind}/ferry-tp-erp")), "{path}");
+                    if kind != foreign {
+                        send.send_response(not_found());
+                        continue;
+                    }
+                    // Somebody else's object: owned by another uid, or by nobody.
+                    send.send_response(respond(
+                        200,
+                        json!({"apiVersion": "v1", "kind": "Secret",
+                               "metadata": {"name": "ferry-tp-erp", "ownerReferences": controlled_by("someone-else")},
+                               "data": {"admin-token": "c3RvbGVu", "ingest-token": "c3RvbGVu"}}),
+                    ));
+                    break;
+                }
+                transport_status_written(&mut handle).await
+            });
+            let error = reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), "conflict");
+            let status = &server.await.unwrap()["status"];
+            let (ready, reason, message) = condition(status, "Ready");
+            assert_eq!((ready.as_str(), reason.as_str()), ("False", "NameConflict"));
+            assert!(
+                message.contains("ferry-tp-erp") && message.contains("Transport plant-a/erp"),
+                "{message}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -679,6 +788,7 @@ pub(crate) mod tests {
                 )
             );
             send.send_response(not_found());
+            service_and_stateful_set_absent(&mut handle, "ferry-tp-erp").await;
             // Server-side apply with one field manager, forced: Secret, Service, StatefulSet.
             let mut applied = Vec::new();
             for _ in 0..3 {
@@ -854,7 +964,7 @@ pub(crate) mod tests {
         let pod_ip = ip.clone();
         let server = tokio::spawn(async move {
             // The Secret exists: its tokens are kept (the worker expects them).
-            objects_with_known_tokens(&mut handle, "ferry-tp-erp").await;
+            objects_with_known_tokens(&mut handle, "ferry-tp-erp", "uid-1").await;
             ready_pod(&mut handle, "ferry-tp-erp", &pod_ip, "pod-uid-1").await;
             transport_status_written(&mut handle).await
         });
