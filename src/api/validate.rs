@@ -236,8 +236,18 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// Kubernetes' `IsDNS1123Subdomain`: at most 253 characters, dot-separated parts of lowercase
+/// letters, digits and '-' that start and end with a letter or digit. Unlike a label, a part
+/// has no limit of its own (the API server accepts a 100-character name without dots).
 fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !p.starts_with('-')
+            && !p.ends_with('-')
+    };
+    s.len() <= 253 && s.split('.').all(part)
 }
 
 /// The OpenAPI v3 schema of a CRD as plain JSON Schema: `nullable` and int-or-string become
@@ -488,5 +498,32 @@ mod tests {
             json!({"host": {"url": "http://h"}, "storeAndForward": {"timeToLive": "2562047h"}}),
         );
         assert!(v.validate(&doc).is_ok());
+    }
+
+    /// The names the API server takes for a resource: its DNS-subdomain rule, not a label's.
+    #[test]
+    fn names_follow_the_api_servers_subdomain_rule() {
+        let v = ManifestValidator::new();
+        let named = |name: &str| {
+            let mut doc = transport(json!({"host": {"url": "http://h"}}));
+            doc["metadata"]["name"] = json!(name);
+            v.validate(&doc)
+        };
+        for ok in [
+            "a".repeat(100),
+            format!("{}.b", "a".repeat(251)),
+            "orders.plant-a".into(),
+        ] {
+            assert!(named(&ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "a".repeat(254),
+            "a..b".into(),
+            "-a".into(),
+            "a.-b".into(),
+            "A".into(),
+        ] {
+            assert_eq!(fields(named(&bad)), ["metadata.name"], "{bad}");
+        }
     }
 }

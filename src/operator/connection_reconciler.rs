@@ -691,6 +691,45 @@ mod tests {
         );
     }
 
+    /// A Secret named like the target's worker but not controlled by the target transport
+    /// gives no token: the connection says so instead of sending with a stranger's token.
+    #[tokio::test]
+    async fn a_target_secret_the_transport_does_not_control_gives_no_token() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
+        let server = tokio::spawn(async move {
+            objects(&mut handle).await;
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/transports/erp"), "{path}");
+            send.send_response(respond(200, erp()));
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/secrets/ferry-tp-erp"), "{path}");
+            send.send_response(respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ferry-tp-erp"},
+                       "data": {"admin-token": "YQ==", "ingest-token": "aQ=="}}),
+            ));
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/pods/ferry-conn-crm-0"), "{path}");
+            send.send_response(not_found());
+            status_written(&mut handle, &connection("crm", true)).await
+        });
+        reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
+            .await
+            .unwrap();
+        let status = &server.await.unwrap()["status"];
+        let (ready, reason, message) = condition(status, "Ready");
+        assert_eq!(
+            (ready.as_str(), reason.as_str()),
+            ("False", "InvalidConfiguration")
+        );
+        assert!(
+            message.contains("is not controlled by target transport plant-a/erp"),
+            "{message}"
+        );
+    }
+
     /// Rule 1: after an operator restart, a connection it had already reported on is Server
     /// Reinitializing until this operator has pushed it again.
     #[tokio::test]

@@ -253,7 +253,7 @@ impl Cluster {
     /// with the process kubelet, through the API server's pod proxy otherwise (`Ferry-Token`,
     /// since the proxy consumes `Authorization`). Answers status and body.
     pub async fn ingest(&self, transport: &str, payload: &str) -> (u16, Value) {
-        let worker = format!("ferry-tp-{transport}");
+        let worker = ferry::operator::builders::worker_name("tp", transport);
         let secret = self
             .api::<Secret>()
             .get(&worker)

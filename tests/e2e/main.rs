@@ -285,6 +285,85 @@ async fn worker_limits_and_a_graceful_restart_keep_the_ledger() {
     );
 }
 
+/// Names the API server accepts always run: a Transport and a Connection named past 63
+/// characters and with a dot reach Up and Running. A pre-existing Secret of a worker's name
+/// that the Transport does not control is left alone: Ready=False NameConflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_dotted_names_run_and_foreign_objects_are_left_alone() {
+    let Some(env) = env("long_and_dotted_names_run_and_foreign_objects_are_left_alone") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "names").await;
+    let host = cluster.run_pod("names-host", &SINK, 9090).await;
+    let source = cluster.run_pod("names-source", &SOURCE, 9091).await;
+    let _operator = cluster.operator(&[]);
+
+    cluster
+        .kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "ferry-tp-taken",
+            "--from-literal=admin-token=theirs",
+            "--from-literal=ingest-token=theirs",
+        ])
+        .expect("a foreign Secret");
+    let long = format!("orders-for-plant-a-{}", "x".repeat(60));
+    let dotted = "orders.plant-a";
+    let yaml = [
+        transport_yaml("taken", &host, "Delete"),
+        transport_yaml(&long, &host, "Delete"),
+        transport_yaml(dotted, &host, "Delete"),
+        connection_yaml(
+            &format!("crm-{}", "y".repeat(70)),
+            &source,
+            &format!("transport: {{name: {long}}}"),
+        ),
+        connection_yaml(
+            "crm.plant-a",
+            &source,
+            &format!("transport: {{name: {dotted}}}"),
+        ),
+    ];
+    cluster.apply(&yaml.join("---\n"));
+
+    let status = cluster
+        .wait_transport("taken", "NameConflict", |s| {
+            condition(s, "Ready")["reason"] == "NameConflict"
+        })
+        .await;
+    assert!(
+        condition(&status, "Ready")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ferry-tp-taken")),
+        "{status}"
+    );
+    let secret = cluster
+        .kubectl(&[
+            "get",
+            "secret",
+            "ferry-tp-taken",
+            "-o",
+            "jsonpath={.data.admin-token}",
+        ])
+        .expect("the foreign Secret");
+    assert_eq!(secret.trim(), "dGhlaXJz", "the foreign Secret is unchanged");
+
+    for name in [long.as_str(), dotted] {
+        let (code, body) = cluster.ingest(name, r#"{"order":1}"#).await;
+        assert_eq!(code, 200, "{name}: {body}");
+        cluster
+            .wait_transport(name, "Up", |s| s["state"] == "Up" && ready(s) == "True")
+            .await;
+    }
+    for name in [format!("crm-{}", "y".repeat(70)), "crm.plant-a".to_owned()] {
+        cluster
+            .wait_connection(&name, "Running", |s| s["status"] == "Running")
+            .await;
+    }
+}
+
 /// Three connections started together enter their startup one at a time: each is admitted
 /// only after the one before it is Running; the others wait with a queue position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,6 +646,12 @@ fn the_scenarios_yaml_is_valid() {
         transport_yaml("drop", host, "Delete"),
         connection_yaml("crm", host, &format!("http: {{url: {host}/orders}}")),
         connection_yaml("feeder", host, "transport: {name: drop}"),
+        transport_yaml(
+            &format!("orders-for-plant-a-{}", "x".repeat(60)),
+            host,
+            "Delete",
+        ),
+        connection_yaml("crm.plant-a", host, "transport: {name: orders.plant-a}"),
     ];
     for text in yaml {
         for mut doc in ferry::api::manifest::parse_documents(&text).expect("YAML") {
