@@ -151,7 +151,7 @@ fn cel_rules_compile_within_the_cost_budget() {
         );
         assert!(problems.is_empty(), "{kind}: {problems:#?}");
     }
-    assert_eq!(rules, 7, "every CEL rule of the types was visited");
+    assert_eq!(rules, 10, "every CEL rule of the types was visited");
 }
 
 /// The storage transition rule, as the API server runs it on an update: size and class are

@@ -30,6 +30,7 @@ pub enum ReclaimPolicy {
 pub struct Storage {
     /// Size of the volume; the default depends on the kind (Transport 2Gi, Connection 100Mi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("quantity(string(self)).compareTo(quantity('1Pi')) <= 0").message("must be at most 1Pi"))]
     pub size: Option<ByteQuantity>,
     /// StorageClass of the volume; unset uses the cluster's default class.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -96,6 +96,7 @@ pub struct StoreAndForward {
     pub max_messages: u64,
     /// Max Storage by bytes; whichever limit is reached first applies.
     #[serde(default = "default_max_bytes")]
+    #[x_kube(validation = Rule::new("quantity(string(self)).compareTo(quantity('1Pi')) <= 0").message("must be at most 1Pi"))]
     pub max_bytes: ByteQuantity,
     /// What a full queue does with a new transaction.
     #[serde(default)]

@@ -113,6 +113,25 @@ impl ManifestValidator {
 
     /// Every check of the module docs; `Ok` only when all pass.
     pub fn validate(&self, doc: &Value) -> Result<Resource, InvalidManifest> {
+        let kind = self.check(doc)?;
+        let resource = match kind {
+            "Transport" => deserialize(doc).map(|t| Resource::Transport(Box::new(t))),
+            _ => deserialize(doc).map(|c| Resource::Connection(Box::new(c))),
+        };
+        resource.map_err(|p| InvalidManifest {
+            object: describe(doc),
+            problems: vec![p],
+        })
+    }
+
+    /// Whether the API server would accept `doc`: every check but reading it into ferry's
+    /// types (so a test can hold that whatever the schema accepts, ferry reads).
+    pub fn schema_accepts(&self, doc: &Value) -> bool {
+        self.check(doc).is_ok()
+    }
+
+    /// The checks of the schema (identity, structure, CEL, list-map keys); answers the kind.
+    fn check(&self, doc: &Value) -> Result<&'static str, InvalidManifest> {
         let object = describe(doc);
         let fail = |problems: Vec<Problem>| InvalidManifest {
             object: object.clone(),
@@ -131,6 +150,7 @@ impl ManifestValidator {
         };
 
         problems.extend(schema.structural.iter_errors(doc).map(schema_problem));
+        scalar_problems(&schema.schema, doc, "", &mut problems);
         if !problems.is_empty() {
             // CEL rules assume a structurally valid object, as on the API server.
             return Err(fail(problems));
@@ -142,12 +162,7 @@ impl ManifestValidator {
         if !problems.is_empty() {
             return Err(fail(problems));
         }
-
-        let resource = match schema.kind {
-            "Transport" => deserialize(doc).map(|t| Resource::Transport(Box::new(t))),
-            _ => deserialize(doc).map(|c| Resource::Connection(Box::new(c))),
-        };
-        resource.map_err(|p| fail(vec![p]))
+        Ok(schema.kind)
     }
 }
 
@@ -399,6 +414,65 @@ fn list_map_problems(schema: &Value, value: &Value, at: &str, problems: &mut Vec
     }
 }
 
+/// Durations and quantities the CEL rules would take to `duration()` and `quantity()`, checked
+/// first: the API server's `duration()` is Go's ParseDuration, which fails past its limit
+/// (kube's evaluator does not), and kube's `quantity()` overflows on what Go's arbitrary
+/// precision handles (every quantity field has a rule bounding it far below 64 bits, so the
+/// API server refuses these too).
+fn scalar_problems(schema: &Value, value: &Value, at: &str, problems: &mut Vec<Problem>) {
+    let child = |name: &str| {
+        if at.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{at}.{name}")
+        }
+    };
+    match value {
+        Value::Object(fields) => {
+            let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+                return;
+            };
+            for (name, field) in fields {
+                if let Some(sub) = props.get(name) {
+                    scalar_problems(sub, field, &child(name), problems);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    scalar_problems(item_schema, item, &format!("{at}[{i}]"), problems);
+                }
+            }
+        }
+        Value::String(text) => match schema.get("pattern").and_then(Value::as_str) {
+            Some(super::duration::PATTERN) => {
+                if let Err(why) = super::duration::parse_go_duration(text) {
+                    problems.push(problem(at, &format!("{text:?} is not a duration: {why}")));
+                }
+            }
+            Some(super::quantity::PATTERN) => {
+                if let Err(e) = text.parse::<super::quantity::ByteQuantity>() {
+                    problems.push(problem(at, &e.to_string()));
+                }
+            }
+            _ => {}
+        },
+        Value::Number(n)
+            if schema.get("pattern").and_then(Value::as_str) == Some(super::quantity::PATTERN)
+                && n.as_u64().is_none() =>
+        {
+            problems.push(problem(
+                at,
+                &format!(
+                    "{n} is not a byte size: write a whole number of bytes that fits in 64 bits"
+                ),
+            ));
+        }
+        _ => {}
+    }
+}
+
 fn deserialize<T: DeserializeOwned>(doc: &Value) -> Result<T, Problem> {
     serde_path_to_error::deserialize(doc).map_err(|e| {
         let field = e.path().to_string();
@@ -524,6 +598,32 @@ mod tests {
             "A".into(),
         ] {
             assert_eq!(fields(named(&bad)), ["metadata.name"], "{bad}");
+        }
+    }
+
+    /// Values kube's CEL evaluator cannot take (it overflows where the API server's arbitrary
+    /// precision refuses by the rule's bound) are refused before CEL runs, naming the field.
+    #[test]
+    fn huge_quantities_are_refused_before_cel_without_a_panic() {
+        let v = ManifestValidator::new();
+        for (field, value) in [
+            ("maxTransactionBytes", json!("99999999999999999999Ei")),
+            ("maxTransactionBytes", json!(1e30)),
+            (
+                "storeAndForward",
+                json!({"maxBytes": "99999999999999999999"}),
+            ),
+            ("storage", json!({"size": "18446744073709551616"})),
+        ] {
+            let mut spec = json!({"host": {"url": "http://h"}});
+            spec[field] = value.clone();
+            let refused = fields(v.validate(&transport(spec)));
+            assert!(
+                refused
+                    .iter()
+                    .any(|f| f.starts_with(&format!("spec.{field}"))),
+                "{field} {value}: {refused:?}"
+            );
         }
     }
 }
