@@ -203,7 +203,21 @@ impl Cluster {
         }
     }
 
-    /// Delete a pod now (its process stops; nothing answers at its address).
+    /// Delete a pod now and wait until nothing answers at `address` any more: a force-deleted
+    /// pod's object goes at once, but its process (on a real kubelet too) stops only later.
+    pub async fn delete_pod_now_and_wait(&self, name: &str, address: &str) {
+        self.delete_pod_now(name).await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .expect("client");
+        eventually(&format!("{address} stops answering"), || async {
+            http.get(address).send().await.is_err().then_some(())
+        })
+        .await;
+    }
+
+    /// Delete a pod now (its object at once; its process soon after).
     pub async fn delete_pod_now(&self, name: &str) {
         let now = DeleteParams {
             grace_period_seconds: Some(0),
@@ -222,6 +236,19 @@ impl Cluster {
     pub async fn wait_pod_ready(&self, name: &str) -> Value {
         eventually(&format!("pod {name} is Ready"), || async {
             let pod = self.api::<Pod>().get_opt(name).await.ok()??;
+            // Another Ready node (a previous run's, another harness's) took the pod: it will
+            // never start here, so say so now instead of after the whole wait.
+            if let (Some(kubelet), Some(bound)) = (
+                self.kubelet,
+                pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            ) {
+                assert_eq!(
+                    bound, kubelet.node,
+                    "pod {name} was bound to node {bound}, not to the process kubelet's node {}: \
+                     delete that node (kubectl delete node {bound}) or cordon it",
+                    kubelet.node
+                );
+            }
             let ready = pod
                 .status
                 .as_ref()?

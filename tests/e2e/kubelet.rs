@@ -234,6 +234,7 @@ async fn heartbeat(client: &Client, node: &str) {
     {
         eprintln!("process kubelet: node status: {e}");
     }
+    lift_not_ready_taint(&nodes, node).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let micro = Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
@@ -247,6 +248,32 @@ async fn heartbeat(client: &Client, node: &str) {
         .await
     {
         eprintln!("process kubelet: node lease: {e}");
+    }
+}
+
+/// Admission gives a new Node the `node.kubernetes.io/not-ready` taint and the node lifecycle
+/// controller lifts it once the Node is Ready; a controller-manager without that controller
+/// never does, and every pod would stay Pending. The process kubelet's Node is Ready, so it
+/// lifts the taint itself.
+async fn lift_not_ready_taint(nodes: &Api<Node>, node: &str) {
+    let Ok(current) = nodes.get(node).await else {
+        return;
+    };
+    let taints = current.spec.and_then(|s| s.taints).unwrap_or_default();
+    let kept: Vec<_> = taints
+        .iter()
+        .filter(|t| t.key != "node.kubernetes.io/not-ready")
+        .cloned()
+        .collect();
+    if kept.len() == taints.len() {
+        return;
+    }
+    let patch = json!({"spec": {"taints": kept}});
+    if let Err(e) = nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        eprintln!("process kubelet: lifting the not-ready taint: {e}");
     }
 }
 

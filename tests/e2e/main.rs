@@ -159,7 +159,7 @@ async fn transport_lifecycle_of_the_seed() {
         .await;
 
     // 3. The host goes away: stored, Store and Forward.
-    cluster.delete_pod_now("erp-host").await;
+    cluster.delete_pod_now_and_wait("erp-host", &host).await;
     for order in 2..=4 {
         let (code, body) = cluster
             .ingest("erp", &format!(r#"{{"order":{order}}}"#))
