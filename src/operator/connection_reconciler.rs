@@ -399,7 +399,7 @@ async fn cleanup(
 mod tests {
     use super::*;
     use crate::operator::transport_reconciler::tests::{
-        Handle, condition, context, controlled_by, mock, next, not_found,
+        Handle, condition, context, controlled_by, creation_events, mock, next, not_found,
         objects_with_known_tokens, ready_pod, respond, service_and_stateful_set_absent, test_ip,
         worker_at,
     };
@@ -673,6 +673,7 @@ mod tests {
             let (_, path, _, send) = next(&mut handle).await;
             assert!(path.ends_with("/pods/ferry-conn-crm-0"), "{path}");
             send.send_response(not_found());
+            creation_events(&mut handle, "ferry-conn-crm", None).await;
             status_written(&mut handle, &connection("crm", true)).await
         });
         reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
@@ -713,6 +714,7 @@ mod tests {
             let (_, path, _, send) = next(&mut handle).await;
             assert!(path.ends_with("/pods/ferry-conn-crm-0"), "{path}");
             send.send_response(not_found());
+            creation_events(&mut handle, "ferry-conn-crm", None).await;
             status_written(&mut handle, &connection("crm", true)).await
         });
         reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)

@@ -78,6 +78,40 @@ impl WithConditions for ConnectionStatus {
     }
 }
 
+/// Why a worker pod that exists is not ready, as `kubectl describe` would show it: a container
+/// waiting (ImagePullBackOff, CrashLoopBackOff, ...), or the pod not scheduled.
+pub fn pod_not_ready_reason(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let waiting = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .find_map(|w| {
+            let reason = w.reason.as_deref()?;
+            Some(match w.message.as_deref() {
+                Some(message) => format!("{reason}: {message}"),
+                None => reason.to_owned(),
+            })
+        });
+    waiting.or_else(|| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            .map(|c| {
+                format!(
+                    "not scheduled: {}",
+                    c.message
+                        .as_deref()
+                        .or(c.reason.as_deref())
+                        .unwrap_or("no reason given")
+                )
+            })
+    })
+}
+
 /// The API server refused the worker's objects (an invalid change, a quota, an admission
 /// webhook): `Ready` and `Degraded` say why; the last known state stays.
 pub fn objects_refused(
@@ -627,5 +661,31 @@ mod tests {
             matches!(validator.validate(&doc), Ok(Resource::Connection(_))),
             "{doc}"
         );
+    }
+
+    #[test]
+    fn a_pod_that_is_not_ready_says_why() {
+        let pod = |status: serde_json::Value| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "w-0"}, "status": status}),
+            )
+            .unwrap()
+        };
+        let pulling = pod(serde_json::json!({"containerStatuses": [{
+            "name": "worker", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"x\""}}}]}));
+        assert_eq!(
+            pod_not_ready_reason(&pulling).as_deref(),
+            Some("ImagePullBackOff: Back-off pulling image \"x\"")
+        );
+        let pending = pod(
+            serde_json::json!({"conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/3 nodes are available: insufficient memory"}]}),
+        );
+        assert_eq!(
+            pod_not_ready_reason(&pending).as_deref(),
+            Some("not scheduled: 0/3 nodes are available: insufficient memory")
+        );
+        assert_eq!(pod_not_ready_reason(&pod(serde_json::json!({}))), None);
     }
 }

@@ -392,15 +392,23 @@ pub(super) async fn ready_worker(
     let pod = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
         .get_opt(&pod_name)
         .await
-        .map_err(|e| format!("cannot read the worker pod {pod_name}: {e}"))?
-        .ok_or_else(|| format!("the worker pod {pod_name} does not exist yet"))?;
+        .map_err(|e| format!("cannot read the worker pod {pod_name}: {e}"))?;
+    let Some(pod) = pod else {
+        return Err(match creation_failure(ctx, namespace, worker).await {
+            Some(why) => format!("the worker pod {pod_name} cannot be created: {why}"),
+            None => format!("the worker pod {pod_name} does not exist yet"),
+        });
+    };
     let ready = pod
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     if !ready {
-        return Err(format!("the worker pod {pod_name} is not ready"));
+        return Err(match super::status::pod_not_ready_reason(&pod) {
+            Some(why) => format!("the worker pod {pod_name} is not ready: {why}"),
+            None => format!("the worker pod {pod_name} is not ready"),
+        });
     }
     let target = WorkerPod {
         namespace: namespace.to_owned(),
@@ -409,6 +417,28 @@ pub(super) async fn ready_worker(
         admin_token: tokens.admin.clone(),
     };
     Ok((target, pod.metadata.uid.unwrap_or_default()))
+}
+
+/// Why the StatefulSet controller cannot create the worker's pod (quota, admission, an invalid
+/// pod), from its latest `FailedCreate` Event; None when there is none or it cannot be read.
+async fn creation_failure(ctx: &Context, namespace: &str, worker: &str) -> Option<String> {
+    use k8s_openapi::api::core::v1::Event;
+    let selector =
+        format!("involvedObject.kind=StatefulSet,involvedObject.name={worker},reason=FailedCreate");
+    let events = Api::<Event>::namespaced(ctx.client.clone(), namespace)
+        .list(&kube::api::ListParams::default().fields(&selector))
+        .await
+        .ok()?;
+    events
+        .items
+        .into_iter()
+        .max_by_key(|e| {
+            e.last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or_else(|| e.event_time.as_ref().map(|t| t.0))
+        })
+        .and_then(|e| e.message)
 }
 
 /// Delete a worker's volume claim (`data-<worker>-0`); one already gone is fine.
@@ -546,6 +576,30 @@ pub(crate) mod tests {
             }
             send.send_response(respond(200, body));
         }
+    }
+
+    /// Answer the lookup of the StatefulSet's FailedCreate Events (made when its pod is missing)
+    /// with one carrying `message`, or none.
+    pub(crate) async fn creation_events(handle: &mut Handle, worker: &str, message: Option<&str>) {
+        let (method, path, _, send) = next(handle).await;
+        assert_eq!(method, Method::GET);
+        assert!(
+            path.contains("/events?") && path.contains(worker) && path.contains("FailedCreate"),
+            "{path}"
+        );
+        let items: Vec<Value> = message
+            .map(|m| {
+                json!({"metadata": {"name": format!("{worker}.1")},
+                       "involvedObject": {"kind": "StatefulSet", "name": worker},
+                       "reason": "FailedCreate", "message": m,
+                       "lastTimestamp": "2026-11-28T06:00:00Z"})
+            })
+            .into_iter()
+            .collect();
+        send.send_response(respond(
+            200,
+            json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items}),
+        ));
     }
 
     /// Answer the pod lookup: ready, at `ip`, with this uid.
@@ -835,6 +889,7 @@ pub(crate) mod tests {
                 )
             );
             send.send_response(not_found());
+            creation_events(&mut handle, "ferry-tp-erp", None).await;
             // Status: not Ready, because the worker cannot be asked, and why.
             let (method, path, body, send) = next(&mut handle).await;
             assert_eq!(method, Method::PATCH);
@@ -860,6 +915,38 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(action, Action::requeue(Duration::from_secs(5)));
         server.await.unwrap();
+    }
+
+    /// A worker pod the StatefulSet controller cannot create (quota, admission, an invalid
+    /// pod) shows why in the status, from the controller's FailedCreate Event.
+    #[tokio::test]
+    async fn a_pod_that_cannot_be_created_says_why() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            objects_with_known_tokens(&mut handle, "ferry-tp-erp", "uid-1").await;
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/pods/ferry-tp-erp-0"), "{path}");
+            send.send_response(not_found());
+            creation_events(
+                &mut handle,
+                "ferry-tp-erp",
+                Some("create Pod ferry-tp-erp-0 in StatefulSet ferry-tp-erp failed error: pods \"ferry-tp-erp-0\" is forbidden: exceeded quota: compute"),
+            )
+            .await;
+            transport_status_written(&mut handle).await
+        });
+        reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+            .await
+            .unwrap();
+        let status = &server.await.unwrap()["status"];
+        let (ready, _, message) = condition(status, "Ready");
+        assert_eq!(ready, "False");
+        assert!(
+            message.contains("ferry-tp-erp-0 cannot be created")
+                && message.contains("exceeded quota"),
+            "{message}"
+        );
     }
 
     fn deleting(reclaim: &str) -> Transport {
