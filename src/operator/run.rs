@@ -106,12 +106,52 @@ struct Endpoints {
     phase: AtomicU8,
     metrics: Arc<OperatorMetrics>,
     registry: prometheus_client::registry::Registry,
+    /// The last error of each kind's watch, until it lists or watches again.
+    watch_errors: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 impl Endpoints {
     fn set(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
     }
+
+    /// A watch of `kind` failed: logged at warn once per distinct error (the watcher retries
+    /// every few seconds, and an unreadable list can carry a whole body), shown by `/readyz`.
+    fn watch_failed(&self, kind: &'static str, error: &watcher::Error) {
+        let text = shorten(&crate::error_chain(error), 400);
+        let mut errors = self.watch_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.get(kind) != Some(&text) {
+            tracing::warn!(kind, error = %text, "cannot list or watch; retrying with backoff");
+            errors.insert(kind, text);
+        }
+    }
+
+    fn watch_recovered(&self, kind: &'static str) {
+        let mut errors = self.watch_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.remove(kind).is_some() {
+            tracing::info!(kind, "listing and watching again");
+        }
+    }
+
+    fn watch_error(&self) -> Option<String> {
+        let errors = self.watch_errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors
+            .iter()
+            .next()
+            .map(|(kind, error)| format!("the {kind} cache cannot fill: {error}"))
+    }
+}
+
+/// At most `max` bytes of `text` (on a character boundary), marked when cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 async fn healthz() -> &'static str {
@@ -120,13 +160,19 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
     match endpoints.phase.load(Ordering::Relaxed) {
-        1 => (StatusCode::OK, "standby: waiting for the leader lease"),
-        3 => (StatusCode::OK, "leading"),
+        1 => (
+            StatusCode::OK,
+            "standby: waiting for the leader lease".to_owned(),
+        ),
+        3 => (StatusCode::OK, "leading".to_owned()),
         2 => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "leading: the caches are filling",
+            match endpoints.watch_error() {
+                Some(error) => format!("leading: {error}"),
+                None => "leading: the caches are filling".to_owned(),
+            },
         ),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "starting".to_owned()),
     }
 }
 
@@ -179,8 +225,11 @@ where
 }
 
 /// The resources of one kind, filtered to what should trigger a reconcile, with their cache.
+/// The watch's failures and recoveries go to `endpoints` under `kind`.
 fn triggers<K>(
     api: Api<K>,
+    kind: &'static str,
+    endpoints: Arc<Endpoints>,
 ) -> (
     reflector::Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -196,6 +245,10 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().any_semantic())
+        .inspect(move |event| match event {
+            Err(e) => endpoints.watch_failed(kind, e),
+            Ok(_) => endpoints.watch_recovered(kind),
+        })
         .default_backoff()
         .reflect(writer)
         .applied_objects()
@@ -233,6 +286,7 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
         phase: AtomicU8::new(Phase::Starting as u8),
         registry: metrics.registry(),
         metrics: metrics.clone(),
+        watch_errors: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -372,10 +426,16 @@ async fn lead(
         lease_lost
     });
 
-    let (transports_cache, transport_triggers) =
-        triggers(api::<Transport>(&client, &options.namespace));
-    let (connections_cache, connection_triggers) =
-        triggers(api::<Connection>(&client, &options.namespace));
+    let (transports_cache, transport_triggers) = triggers(
+        api::<Transport>(&client, &options.namespace),
+        "Transport",
+        endpoints.clone(),
+    );
+    let (connections_cache, connection_triggers) = triggers(
+        api::<Connection>(&client, &options.namespace),
+        "Connection",
+        endpoints.clone(),
+    );
     endpoints.metrics.set_caches(Caches {
         transports: transports_cache.clone(),
         connections: connections_cache.clone(),
@@ -392,7 +452,11 @@ async fn lead(
         .for_each(|_| async {});
 
     // A Transport that appears, changes or goes away re-reconciles the connections that target it.
-    let (_, transport_changes) = triggers(api::<Transport>(&client, &options.namespace));
+    let (_, transport_changes) = triggers(
+        api::<Transport>(&client, &options.namespace),
+        "Transport",
+        endpoints.clone(),
+    );
     let by_target = connections_cache.clone();
     let conn_reconcile = timed(
         "Connection",
@@ -418,10 +482,18 @@ async fn lead(
     let ready = {
         let endpoints = endpoints.clone();
         let (t, c) = (transports_cache.clone(), connections_cache.clone());
+        let halted = when(&halted);
         async move {
-            if t.wait_until_ready().await.is_ok() && c.wait_until_ready().await.is_ok() {
-                endpoints.set(Phase::Leading);
-                tracing::info!("caches filled; reconciling");
+            let filled =
+                async { t.wait_until_ready().await.is_ok() && c.wait_until_ready().await.is_ok() };
+            // Caches that never fill (an unreadable list) must not keep a stopping operator
+            // alive: this waits only until the controllers are told to stop.
+            tokio::select! {
+                filled = filled => if filled {
+                    endpoints.set(Phase::Leading);
+                    tracing::info!("caches filled; reconciling");
+                },
+                () = halted => {}
             }
         }
     };
@@ -524,5 +596,39 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
         assert_ne!(spec_or_lifecycle(&finalized), spec_or_lifecycle(&deleting));
+    }
+
+    /// While a kind's list cannot be read, `/readyz` says which and why (shortened), and a
+    /// recovery clears it.
+    #[tokio::test]
+    async fn readyz_names_the_kind_whose_cache_cannot_fill() {
+        let metrics = Arc::new(OperatorMetrics::default());
+        let endpoints = Arc::new(Endpoints {
+            phase: AtomicU8::new(Phase::Syncing as u8),
+            registry: metrics.registry(),
+            metrics,
+            watch_errors: Default::default(),
+        });
+        let unreadable = || {
+            let body = format!("\"{}\" is too large", "9".repeat(2000));
+            watcher::Error::InitialListFailed(kube::Error::SerdeError(
+                serde_json::from_str::<u8>(&body).unwrap_err(),
+            ))
+        };
+        endpoints.watch_failed("Transport", &unreadable());
+        endpoints.watch_failed("Transport", &unreadable());
+        let answer = readyz(State(endpoints.clone())).await.into_response();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let text = axum::body::to_bytes(answer.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.starts_with("leading: the Transport cache cannot fill: "),
+            "{text}"
+        );
+        assert!(text.len() < 600, "shortened: {text}");
+        endpoints.watch_recovered("Transport");
+        assert_eq!(endpoints.watch_error(), None);
     }
 }
