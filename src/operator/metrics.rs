@@ -38,9 +38,10 @@ pub struct OperatorMetrics {
 
 /// The controllers' caches, known once the controllers are built.
 #[derive(Clone)]
+/// The controllers' caches (unreadable objects in them are counted nowhere).
 pub struct Caches {
-    pub transports: Store<Transport>,
-    pub connections: Store<Connection>,
+    pub transports: Store<kube::core::DeserializeGuard<Transport>>,
+    pub connections: Store<kube::core::DeserializeGuard<Connection>>,
 }
 
 impl fmt::Debug for Caches {
@@ -154,8 +155,8 @@ impl Collector for LiveCollector {
         let Some(caches) = self.caches.get() else {
             return Ok(());
         };
-        let transports = caches.transports.state();
-        let connections = caches.connections.state();
+        let transports = super::guard::readable(&caches.transports.state());
+        let connections = super::guard::readable(&caches.connections.state());
         let rows = [
             (
                 "Transport",

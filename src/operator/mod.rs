@@ -4,6 +4,7 @@
 pub mod builders;
 pub mod connection_reconciler;
 pub mod events;
+pub mod guard;
 pub mod leadership;
 pub mod metrics;
 pub mod run;

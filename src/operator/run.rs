@@ -31,6 +31,7 @@ use super::{
     builders::WorkerDefaults,
     connection_reconciler::{Connections, announce_reinitializing, reconcile_connection},
     events::Events,
+    guard::reconcile_guarded,
     leadership::{Leadership, LeaseError, LeaseOptions},
     metrics::{Caches, OperatorMetrics},
     transport_reconciler::{Context, ReconcileError, reconcile_transport},
@@ -311,7 +312,7 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
     });
 
     // Fail early and clearly when the CRDs are missing or the API cannot be reached.
-    api::<Transport>(&client, &options.namespace)
+    api::<Guarded<Transport>>(&client, &options.namespace)
         .list(&ListParams::default().limit(1))
         .await
         .map_err(|e| match &e {
@@ -388,7 +389,8 @@ async fn lead(
     ));
 
     // The startup queue as the previous operator left it, then rule 1 for every connection.
-    let existing = api::<Connection>(&client, &options.namespace)
+    // Guarded: an unreadable Connection is left out here and reported by its reconcile.
+    let listed = api::<Guarded<Connection>>(&client, &options.namespace)
         .list(&ListParams::default())
         .await
         .map_err(|source| OperatorError::List {
@@ -396,6 +398,7 @@ async fn lead(
             source,
         })?
         .items;
+    let existing: Vec<Connection> = listed.into_iter().filter_map(|g| g.0.ok()).collect();
     connections.restore(&existing);
     let failed = announce_reinitializing(&ctx, &connections, &existing).await;
     tracing::info!(
@@ -427,12 +430,12 @@ async fn lead(
     });
 
     let (transports_cache, transport_triggers) = triggers(
-        api::<Transport>(&client, &options.namespace),
+        api::<Guarded<Transport>>(&client, &options.namespace),
         "Transport",
         endpoints.clone(),
     );
     let (connections_cache, connection_triggers) = triggers(
-        api::<Connection>(&client, &options.namespace),
+        api::<Guarded<Connection>>(&client, &options.namespace),
         "Connection",
         endpoints.clone(),
     );
@@ -445,15 +448,17 @@ async fn lead(
         .owns_stream(worker_sets(&client, &options.namespace))
         .graceful_shutdown_on(when(&halted))
         .run(
-            timed("Transport", endpoints.metrics.clone(), reconcile_transport),
-            error_policy::<Transport>,
+            timed("Transport", endpoints.metrics.clone(), |guarded, ctx| {
+                reconcile_guarded(guarded, ctx, reconcile_transport)
+            }),
+            error_policy::<Guarded<Transport>>,
             ctx.clone(),
         )
         .for_each(|_| async {});
 
     // A Transport that appears, changes or goes away re-reconciles the connections that target it.
     let (_, transport_changes) = triggers(
-        api::<Transport>(&client, &options.namespace),
+        api::<Guarded<Transport>>(&client, &options.namespace),
         "Transport",
         endpoints.clone(),
     );
@@ -461,22 +466,33 @@ async fn lead(
     let conn_reconcile = timed(
         "Connection",
         endpoints.metrics.clone(),
-        move |connection, ctx| reconcile_connection(connection, ctx, connections.clone()),
+        move |guarded, ctx| {
+            let connections = connections.clone();
+            reconcile_guarded(guarded, ctx, move |connection, ctx| {
+                reconcile_connection(connection, ctx, connections)
+            })
+        },
     );
     let connections_run = Controller::for_stream(connection_triggers, connections_cache.clone())
         .owns_stream(worker_sets(&client, &options.namespace))
-        .watches_stream(transport_changes, move |transport: Transport| {
+        .watches_stream(transport_changes, move |transport: Guarded<Transport>| {
             let namespace = transport.namespace();
             let name = transport.name_any();
             by_target
                 .state()
                 .into_iter()
-                .filter(|c| c.namespace() == namespace && targets(c, &name))
+                .filter(|c| {
+                    c.namespace() == namespace && c.0.as_ref().is_ok_and(|c| targets(c, &name))
+                })
                 .map(|c| ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(when(&halted))
-        .run(conn_reconcile, error_policy::<Connection>, ctx.clone())
+        .run(
+            conn_reconcile,
+            error_policy::<Guarded<Connection>>,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
 
     let ready = {
@@ -505,6 +521,9 @@ async fn lead(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// An object as the controllers watch it: read, or kept with its metadata when unreadable.
+type Guarded<K> = kube::core::DeserializeGuard<K>;
 
 /// Does this connection send to transport `name`?
 fn targets(connection: &Connection, name: &str) -> bool {

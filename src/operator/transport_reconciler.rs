@@ -123,7 +123,7 @@ impl Context {
     }
 }
 
-pub(super) fn now() -> Time {
+pub(crate) fn now() -> Time {
     Time(Timestamp::now())
 }
 

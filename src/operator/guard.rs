@@ -1,0 +1,235 @@
+//! Objects the API server accepted but ferry cannot read (a poison object).
+//!
+//! The controllers watch `DeserializeGuard<K>` (kube's error boundary), so one unreadable
+//! object never fails a list or a watch: the others keep reconciling. An unreadable object is
+//! checked against ferry's own manifest validator, to name the field, and gets `Ready=False`
+//! reason `InvalidSpec` with that message (the rest of its status kept) and a Warning Event.
+//! It is not requeued: the next change of it is reconciled again.
+
+use std::sync::{Arc, OnceLock};
+
+use kube::{
+    Api, Resource,
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    core::{DeserializeGuard, error_boundary::InvalidObject},
+    runtime::controller::Action,
+};
+use serde_json::{Value, json};
+
+use super::transport_reconciler::{Context, FIELD_MANAGER, ReconcileError, now};
+use crate::api::validate::ManifestValidator;
+
+/// The reason of the Ready condition of an unreadable object.
+pub const REASON: &str = "InvalidSpec";
+
+/// Reconcile a readable object with `reconcile`; report an unreadable one.
+pub async fn reconcile_guarded<K, F, Fut>(
+    guarded: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+    reconcile: F,
+) -> Result<Action, ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, ReconcileError>>,
+{
+    match &guarded.0 {
+        Ok(object) => reconcile(Arc::new(object.clone()), ctx).await,
+        Err(invalid) => report_invalid::<K>(invalid, &ctx).await,
+    }
+}
+
+fn validator() -> &'static ManifestValidator {
+    static VALIDATOR: OnceLock<ManifestValidator> = OnceLock::new();
+    VALIDATOR.get_or_init(ManifestValidator::new)
+}
+
+/// What is wrong with the object, naming the field when ferry's validator can.
+fn diagnosis(raw: Option<&Value>, invalid: &InvalidObject) -> String {
+    raw.and_then(|raw| validator().validate(raw).err())
+        .map_or_else(
+            || format!("ferry cannot read the object: {}", invalid.error),
+            |e| e.to_string(),
+        )
+}
+
+/// The object's status with its Ready condition replaced by `InvalidSpec` (other conditions
+/// and the last known state kept).
+fn invalid_status(raw: Option<&Value>, generation: Option<i64>, message: &str) -> Value {
+    let mut status = raw
+        .and_then(|r| r.get("status"))
+        .filter(|s| s.is_object())
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let mut conditions: Vec<Value> = status["conditions"]
+        .as_array()
+        .map(|c| c.iter().filter(|c| c["type"] != "Ready").cloned().collect())
+        .unwrap_or_default();
+    let mut ready = json!({
+        "type": "Ready", "status": "False", "reason": REASON, "message": message,
+        "lastTransitionTime": now(),
+    });
+    if let Some(generation) = generation {
+        ready["observedGeneration"] = json!(generation);
+    }
+    conditions.push(ready);
+    status["conditions"] = Value::Array(conditions);
+    status
+}
+
+async fn report_invalid<K>(invalid: &InvalidObject, ctx: &Context) -> Result<Action, ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let meta = &invalid.metadata;
+    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = meta.name.clone().unwrap_or_default();
+    let resource = ApiResource::erase::<K>(&());
+    let raw = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &namespace, &resource)
+        .get_opt(&name)
+        .await?
+        .and_then(|object| serde_json::to_value(object).ok());
+    let message = diagnosis(raw.as_ref(), invalid);
+    tracing::warn!(object = %format!("{} {namespace}/{name}", K::kind(&())), error = %message, "the object cannot be read; its status says why");
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": invalid_status(raw.as_ref(), meta.generation, &message),
+    });
+    Api::<DeserializeGuard<K>>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        name: Some(name),
+        namespace: Some(namespace),
+        uid: meta.uid.clone(),
+        ..Default::default()
+    };
+    ctx.events.publish(&reference, true, REASON, message).await;
+    Ok(Action::await_change())
+}
+
+/// The readable objects of a guarded cache or list.
+pub fn readable<K: Clone>(guarded: &[Arc<DeserializeGuard<K>>]) -> Vec<K> {
+    guarded
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Transport;
+    use crate::operator::transport_reconciler::tests::{context, mock, next, respond};
+    use kube::ResourceExt;
+
+    fn poison() -> Value {
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+               "metadata": {"name": "poison", "namespace": "plant-a", "uid": "uid-p", "generation": 4},
+               "spec": {"host": {"url": "http://erp/ingest"},
+                        "storeAndForward": {"maxBytes": "99999999999999999999"}},
+               "status": {"state": "Up", "conditions": [{"type": "Ready", "status": "True",
+                          "reason": "WorkerReady", "message": "", "lastTransitionTime": "2026-11-28T05:00:00Z"}]}})
+    }
+
+    /// A list that mixes a readable and an unreadable Transport is read whole: the readable
+    /// one as it is, the unreadable one as an error with its metadata.
+    #[test]
+    fn a_list_with_a_poison_object_is_read_whole() {
+        let good = json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+                          "metadata": {"name": "erp", "namespace": "plant-a"},
+                          "spec": {"host": {"url": "http://erp/ingest"}}});
+        let list = json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "TransportList",
+                          "metadata": {}, "items": [good, poison(), {"metadata": {"name": "null-bytes", "namespace": "plant-a"},
+                          "spec": {"host": {"url": "http://h"}, "maxTransactionBytes": null}}]});
+        let read: kube::core::ObjectList<DeserializeGuard<Transport>> =
+            serde_json::from_value(list).expect("the list is read whole");
+        let names: Vec<(String, bool)> = read
+            .items
+            .iter()
+            .map(|g| (g.name_any(), g.0.is_ok()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("erp".into(), true),
+                ("poison".into(), false),
+                ("null-bytes".into(), false)
+            ]
+        );
+    }
+
+    /// The unreadable object gets Ready=False InvalidSpec naming the field (its last state
+    /// kept) and a Warning Event; it is not requeued.
+    #[tokio::test]
+    async fn a_poison_object_is_told_why_and_left_until_it_changes() {
+        let (client, mut handle) = mock();
+        let ctx = Arc::new(
+            Arc::into_inner(context(client.clone()))
+                .expect("one context")
+                .with_events(crate::operator::events::Events::new(client, None)),
+        );
+        let guarded: DeserializeGuard<Transport> =
+            serde_json::from_value(poison()).expect("a guard always reads");
+        let server = tokio::spawn(async move {
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/transports/poison"), "{path}");
+            send.send_response(respond(200, poison()));
+            let (method, path, body, send) = next(&mut handle).await;
+            assert_eq!(method, http::Method::PATCH);
+            assert!(path.contains("/transports/poison/status"), "{path}");
+            send.send_response(respond(200, poison()));
+            let (_, path, event, send) = next(&mut handle).await;
+            assert!(path.contains("/events"), "{path}");
+            send.send_response(respond(200, event.clone()));
+            (body, event)
+        });
+        let action = reconcile_guarded(Arc::new(guarded), ctx, |_: Arc<Transport>, _| async {
+            panic!("an unreadable object is not reconciled")
+        })
+        .await
+        .unwrap();
+        assert_eq!(action, Action::await_change());
+        let (body, event) = server.await.unwrap();
+        let status = &body["status"];
+        assert_eq!(
+            status["state"], "Up",
+            "the last known state stays: {status}"
+        );
+        let ready = &status["conditions"][0];
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some(REASON))
+        );
+        assert!(
+            ready["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("spec.storeAndForward.maxBytes")),
+            "{ready}"
+        );
+        assert_eq!(ready["observedGeneration"], 4);
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some(REASON))
+        );
+    }
+}
