@@ -146,6 +146,18 @@ impl Cluster {
         .unwrap_or_else(|e| panic!("kubectl apply failed: {e}\n{yaml}"));
     }
 
+    /// `kubectl apply -f -` that must fail: answers what kubectl said.
+    pub fn apply_refused(&self, yaml: &str) -> String {
+        match kubectl(
+            &self.env,
+            &["-n", &self.namespace, "apply", "-f", "-"],
+            Some(yaml),
+        ) {
+            Ok(out) => panic!("kubectl apply should have been refused: {out}\n{yaml}"),
+            Err(e) => e,
+        }
+    }
+
     /// `kubectl patch` of a spec field, as a user suspends or starts.
     pub fn patch(&self, what: &str, patch: Value) {
         self.kubectl(&["patch", what, "--type=merge", "-p", &patch.to_string()])

@@ -364,6 +364,44 @@ async fn long_and_dotted_names_run_and_foreign_objects_are_left_alone() {
     }
 }
 
+/// A manifest ferry could not read is refused by the API server, naming the field (the CRD's
+/// bounds); the good objects beside it run, also after an operator restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_ferry_cannot_read_is_refused_and_the_others_run() {
+    let Some(env) = env("a_manifest_ferry_cannot_read_is_refused_and_the_others_run") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "poison").await;
+    let host = cluster.run_pod("poison-host", &SINK, 9090).await;
+    let mut operator = cluster.operator(&[]);
+    cluster.apply(&transport_yaml("before", &host, "Delete"));
+    for (field, value) in [
+        ("maxBytes", "\"99999999999999999999\""),
+        ("maxBytes", "null"),
+        ("timeToLive", "9999999h9999999h"),
+    ] {
+        let poison = transport_yaml("poison", &host, "Delete").replace(
+            "    enabled: true\n",
+            &format!("    enabled: true\n    {field}: {value}\n"),
+        );
+        let refused = cluster.apply_refused(&poison);
+        assert!(refused.contains(field), "{field}: {refused}");
+    }
+    cluster
+        .wait_transport("before", "Ready", |s| ready(s) == "True")
+        .await;
+    operator.restart();
+    cluster.apply(&transport_yaml("after", &host, "Delete"));
+    for name in ["before", "after"] {
+        let (code, body) = cluster.ingest(name, r#"{"order":1}"#).await;
+        assert_eq!(code, 200, "{name}: {body}");
+        cluster
+            .wait_transport(name, "Up", |s| s["state"] == "Up" && ready(s) == "True")
+            .await;
+    }
+}
+
 /// Three connections started together enter their startup one at a time: each is admitted
 /// only after the one before it is Running; the others wait with a queue position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
