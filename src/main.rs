@@ -106,6 +106,15 @@ struct OperatorArgs {
     /// A connection in its startup longer than this lets the next one start.
     #[arg(long, env = "FERRY_STARTUP_TIMEOUT", default_value = "5m")]
     startup_timeout: ferry::api::duration::Duration,
+    /// Who shares the startup places: every connection of the cluster, or each namespace on
+    /// its own (one team's connections that never come up then delay no other team's).
+    #[arg(
+        long,
+        env = "FERRY_STARTUP_QUEUE_SCOPE",
+        value_enum,
+        default_value = "cluster"
+    )]
+    startup_queue_scope: ferry::connection::startup_queue::Scope,
     /// How often each worker's report is read into status.
     #[arg(long, env = "FERRY_STATUS_INTERVAL", default_value = "5s")]
     status_interval: ferry::api::duration::Duration,
@@ -188,6 +197,7 @@ impl OperatorArgs {
         ferry::operator::run::OperatorOptions {
             startup_concurrency: self.startup_concurrency.into(),
             startup_timeout: self.startup_timeout.as_std(),
+            startup_queue_scope: self.startup_queue_scope,
             status_interval: self.status_interval.as_std(),
             worker_access: self.worker_access,
             worker_timeout: self.worker_timeout.as_std(),

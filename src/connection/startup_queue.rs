@@ -18,11 +18,25 @@ pub enum Admission {
     Waiting(u32),
 }
 
+/// Who shares the startup places.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "camelCase")]
+pub enum Scope {
+    /// Every connection of the operator waits in one queue.
+    #[default]
+    Cluster,
+    /// Each namespace has its own queue and its own places: one team's connections that do
+    /// not come up never delay another team's.
+    Namespace,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartupQueue {
-    /// How many connections may be in startup at once (at least 1).
+    /// How many connections may be in startup at once (at least 1), per scope.
     concurrency: usize,
+    #[serde(default)]
+    scope: Scope,
     /// A connection in startup longer than this no longer holds its place.
     timeout_ms: u64,
     /// In startup, with when each was admitted.
@@ -35,10 +49,32 @@ impl StartupQueue {
     pub fn new(concurrency: usize, timeout_ms: u64) -> Self {
         Self {
             concurrency: concurrency.max(1),
+            scope: Scope::Cluster,
             timeout_ms,
             starting: Vec::new(),
             waiting: VecDeque::new(),
         }
+    }
+
+    /// The same queue with places shared by `scope`.
+    pub fn scoped(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// The group a connection (`namespace/name`) shares its places with.
+    fn group<'k>(&self, key: &'k str) -> &'k str {
+        match self.scope {
+            Scope::Cluster => "",
+            Scope::Namespace => key.split_once('/').map_or("", |(ns, _)| ns),
+        }
+    }
+
+    fn starting_in(&self, group: &str) -> usize {
+        self.starting
+            .iter()
+            .filter(|(k, _)| self.group(k) == group)
+            .count()
     }
 
     /// A start was observed (a new connection with `started: true`, or `started` turned on).
@@ -65,13 +101,19 @@ impl StartupQueue {
         let timeout = self.timeout_ms;
         self.starting
             .retain(|(_, since)| now_ms.saturating_sub(*since) < timeout);
+        // First come, first served within each group; a full group does not hold up others.
         let mut admitted = Vec::new();
-        while self.starting.len() < self.concurrency {
-            let Some(next) = self.waiting.pop_front() else {
-                break;
-            };
-            self.starting.push((next.clone(), now_ms));
-            admitted.push(next);
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let group = self.group(&self.waiting[i]).to_owned();
+            if self.starting_in(&group) < self.concurrency {
+                if let Some(next) = self.waiting.remove(i) {
+                    self.starting.push((next.clone(), now_ms));
+                    admitted.push(next);
+                }
+            } else {
+                i += 1;
+            }
         }
         admitted
     }
@@ -83,10 +125,12 @@ impl StartupQueue {
         self.position(key).map(Admission::Waiting)
     }
 
-    /// 1-based position among the waiting.
+    /// 1-based position among the waiting of its group.
     pub fn position(&self, key: &str) -> Option<u32> {
+        let group = self.group(key);
         self.waiting
             .iter()
+            .filter(|k| self.group(k) == group)
             .position(|k| k == key)
             .map(|i| i as u32 + 1)
     }
@@ -222,6 +266,55 @@ mod tests {
                 q.advance(now);
             }
             prop_assert_eq!(q.waiting().count(), 0);
+        }
+    }
+
+    #[test]
+    fn with_namespace_scope_one_team_does_not_wait_for_another() {
+        let mut q = StartupQueue::new(1, 300_000).scoped(Scope::Namespace);
+        assert_eq!(q.request("team-a/broken", 0), Admission::Starting);
+        assert_eq!(q.request("team-a/next", 0), Admission::Waiting(1));
+        // team-b has its own place, though team-a's is held by a connection that never runs.
+        assert_eq!(q.request("team-b/crm", 0), Admission::Starting);
+        assert_eq!(q.request("team-b/erp", 0), Admission::Waiting(1));
+        q.release("team-b/crm", 1);
+        assert_eq!(q.admission("team-b/erp"), Some(Admission::Starting));
+        assert_eq!(q.admission("team-a/next"), Some(Admission::Waiting(1)));
+        // The cluster scope is one queue.
+        let mut q = StartupQueue::new(1, 300_000);
+        q.request("team-a/broken", 0);
+        assert_eq!(q.request("team-b/crm", 0), Admission::Waiting(1));
+    }
+
+    proptest! {
+        /// Per namespace: never more than n in startup, first come first served, a place is
+        /// never left empty while someone of that namespace waits.
+        #[test]
+        fn namespace_scope_keeps_each_namespace_fair(
+            ops in proptest::collection::vec((0u8..2, op()), 1..60),
+            concurrency in 1usize..3,
+        ) {
+            let mut q = StartupQueue::new(concurrency, 1_000).scoped(Scope::Namespace);
+            let mut now = 0;
+            for (ns, op) in ops {
+                let key = |k: &u8| format!("ns{ns}/c{k}");
+                match &op {
+                    Op::Request(k) => { q.request(&key(k), now); }
+                    Op::Release(k) => q.release(&key(k), now),
+                    Op::Tick(dt) => { now += dt; q.advance(now); }
+                }
+                for group in ["ns0", "ns1"] {
+                    let starting = q.starting().filter(|k| k.starts_with(group)).count();
+                    let waiting: Vec<&str> = q.waiting().filter(|k| k.starts_with(group)).collect();
+                    prop_assert!(starting <= concurrency);
+                    if !waiting.is_empty() {
+                        prop_assert_eq!(starting, concurrency);
+                    }
+                    for (i, key) in waiting.iter().enumerate() {
+                        prop_assert_eq!(q.position(key), Some(i as u32 + 1));
+                    }
+                }
+            }
         }
     }
 }

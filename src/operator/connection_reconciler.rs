@@ -59,6 +59,15 @@ impl Connections {
         }
     }
 
+    /// Startup places shared per `scope` (`--startup-queue-scope`).
+    pub fn scoped(self, scope: crate::connection::startup_queue::Scope) -> Self {
+        let queue = self.queue.into_inner().unwrap_or_else(|e| e.into_inner());
+        Self {
+            queue: Mutex::new(queue.scoped(scope)),
+            ..self
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }

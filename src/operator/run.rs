@@ -44,6 +44,8 @@ use crate::api::{Connection, Transport};
 pub struct OperatorOptions {
     pub startup_concurrency: usize,
     pub startup_timeout: Duration,
+    /// Whether startup places are shared by the whole cluster or per namespace.
+    pub startup_queue_scope: crate::connection::startup_queue::Scope,
     pub status_interval: Duration,
     /// None: direct in cluster, through the API server's pod proxy outside.
     pub worker_access: Option<WorkerAccess>,
@@ -383,10 +385,10 @@ async fn lead(
         )
         .with_events(Events::new(client.clone(), Some(options.instance.clone()))),
     );
-    let connections = Arc::new(Connections::new(
-        options.startup_concurrency,
-        options.startup_timeout,
-    ));
+    let connections = Arc::new(
+        Connections::new(options.startup_concurrency, options.startup_timeout)
+            .scoped(options.startup_queue_scope),
+    );
 
     // The startup queue as the previous operator left it, then rule 1 for every connection.
     // Guarded: an unreadable Connection is left out here and reported by its reconcile.
