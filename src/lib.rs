@@ -48,6 +48,17 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The first `bytes` bytes of the SHA-256 of `text`, in hex: a hash that is the same in
+/// every build of ferry (std's `DefaultHasher` may change between Rust releases), for names
+/// and ids that must never change.
+pub fn stable_hash_hex(text: &str, bytes: usize) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref()[..bytes.min(32)]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// TLS for outgoing HTTPS uses rustls with ring, the provider kube uses too.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -357,9 +357,11 @@ fn pointer_to_field(pointer: &str) -> String {
     out
 }
 
-/// `x-kubernetes-list-type: map` lists must not repeat a key (the API server checks this;
-/// JSON Schema cannot express it).
-fn list_map_problems(schema: &Value, value: &Value, at: &str, problems: &mut Vec<Problem>) {
+/// Visit every node of `value` with the schema that describes it and its path
+/// (`spec.syncSets[0].name`), parents before children. Fields the schema does not describe are
+/// not visited (the structural check reports them).
+fn visit(schema: &Value, value: &Value, at: &str, f: &mut dyn FnMut(&Value, &Value, &str)) {
+    f(schema, value, at);
     match value {
         Value::Object(fields) => {
             let Some(props) = schema.get("properties").and_then(Value::as_object) else {
@@ -372,46 +374,54 @@ fn list_map_problems(schema: &Value, value: &Value, at: &str, problems: &mut Vec
                     } else {
                         format!("{at}.{name}")
                     };
-                    list_map_problems(sub, field, &path, problems);
+                    visit(sub, field, &path, f);
                 }
             }
         }
         Value::Array(items) => {
-            let Some(item_schema) = schema.get("items") else {
-                return;
-            };
-            if schema.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("map") {
-                let keys: Vec<&str> = schema
-                    .get("x-kubernetes-list-map-keys")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                let mut seen = Vec::new();
+            if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
-                    let key: Vec<&Value> = keys.iter().map(|k| &item[*k]).collect();
-                    if seen.contains(&key) {
-                        let shown: Vec<String> = key.iter().map(|v| v.to_string()).collect();
-                        problems.push(problem(
-                            &format!("{at}[{i}]"),
-                            &format!(
-                                "duplicate entry: {} {} is already used by an earlier item",
-                                keys.join(", "),
-                                shown.join(", ")
-                            ),
-                        ));
-                    } else {
-                        seen.push(key);
-                    }
+                    visit(item_schema, item, &format!("{at}[{i}]"), f);
                 }
-            }
-            for (i, item) in items.iter().enumerate() {
-                list_map_problems(item_schema, item, &format!("{at}[{i}]"), problems);
             }
         }
         _ => {}
     }
+}
+
+/// `x-kubernetes-list-type: map` lists must not repeat a key (the API server checks this;
+/// JSON Schema cannot express it).
+fn list_map_problems(schema: &Value, value: &Value, at: &str, problems: &mut Vec<Problem>) {
+    visit(schema, value, at, &mut |schema, value, at| {
+        let Value::Array(items) = value else { return };
+        if schema.get("x-kubernetes-list-type").and_then(Value::as_str) != Some("map") {
+            return;
+        }
+        let keys: Vec<&str> = schema
+            .get("x-kubernetes-list-map-keys")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut seen = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let key: Vec<&Value> = keys.iter().map(|k| &item[*k]).collect();
+            if seen.contains(&key) {
+                let shown: Vec<String> = key.iter().map(|v| v.to_string()).collect();
+                problems.push(problem(
+                    &format!("{at}[{i}]"),
+                    &format!(
+                        "duplicate entry: {} {} is already used by an earlier item",
+                        keys.join(", "),
+                        shown.join(", ")
+                    ),
+                ));
+            } else {
+                seen.push(key);
+            }
+        }
+    });
 }
 
 /// Durations and quantities the CEL rules would take to `duration()` and `quantity()`, checked
@@ -420,57 +430,30 @@ fn list_map_problems(schema: &Value, value: &Value, at: &str, problems: &mut Vec
 /// precision handles (every quantity field has a rule bounding it far below 64 bits, so the
 /// API server refuses these too).
 fn scalar_problems(schema: &Value, value: &Value, at: &str, problems: &mut Vec<Problem>) {
-    let child = |name: &str| {
-        if at.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{at}.{name}")
-        }
-    };
-    match value {
-        Value::Object(fields) => {
-            let Some(props) = schema.get("properties").and_then(Value::as_object) else {
-                return;
-            };
-            for (name, field) in fields {
-                if let Some(sub) = props.get(name) {
-                    scalar_problems(sub, field, &child(name), problems);
-                }
-            }
-        }
-        Value::Array(items) => {
-            if let Some(item_schema) = schema.get("items") {
-                for (i, item) in items.iter().enumerate() {
-                    scalar_problems(item_schema, item, &format!("{at}[{i}]"), problems);
-                }
-            }
-        }
-        Value::String(text) => match schema.get("pattern").and_then(Value::as_str) {
-            Some(super::duration::PATTERN) => {
+    visit(schema, value, at, &mut |schema, value, at| {
+        let pattern = schema.get("pattern").and_then(Value::as_str);
+        match (value, pattern) {
+            (Value::String(text), Some(super::duration::PATTERN)) => {
                 if let Err(why) = super::duration::parse_go_duration(text) {
                     problems.push(problem(at, &format!("{text:?} is not a duration: {why}")));
                 }
             }
-            Some(super::quantity::PATTERN) => {
+            (Value::String(text), Some(super::quantity::PATTERN)) => {
                 if let Err(e) = text.parse::<super::quantity::ByteQuantity>() {
                     problems.push(problem(at, &e.to_string()));
                 }
             }
+            (Value::Number(n), Some(super::quantity::PATTERN)) if n.as_u64().is_none() => {
+                problems.push(problem(
+                    at,
+                    &format!(
+                        "{n} is not a byte size: write a whole number of bytes that fits in 64 bits"
+                    ),
+                ));
+            }
             _ => {}
-        },
-        Value::Number(n)
-            if schema.get("pattern").and_then(Value::as_str) == Some(super::quantity::PATTERN)
-                && n.as_u64().is_none() =>
-        {
-            problems.push(problem(
-                at,
-                &format!(
-                    "{n} is not a byte size: write a whole number of bytes that fits in 64 bits"
-                ),
-            ));
         }
-        _ => {}
-    }
+    });
 }
 
 fn deserialize<T: DeserializeOwned>(doc: &Value) -> Result<T, Problem> {

@@ -286,12 +286,7 @@ pub fn transaction_id(key: &str, record: &SourceRecord) -> String {
     }
     // Too long for the header: keep the start and add a hash of the whole (SHA-256, so the id
     // is the same with every build of ferry and a host's duplicate check keeps working).
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    let hash: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{}~{hash}", &clean[..100])
+    format!("{}~{}", &clean[..100], crate::stable_hash_hex(&text, 8))
 }
 
 /// A Transport hosted by a worker: its ingest endpoint and token. "stored" counts as accepted.

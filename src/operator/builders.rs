@@ -82,11 +82,7 @@ pub fn worker_name(short: &str, name: &str) -> String {
     if full.len() <= MAX_WORKER_NAME && !full.contains('.') {
         return full;
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, full.as_bytes());
-    let hash: String = digest.as_ref()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = crate::stable_hash_hex(&full, 4);
     let keep = MAX_WORKER_NAME - 1 - hash.len();
     let cut: String = full
         .chars()
