@@ -203,7 +203,12 @@ impl<'a> Owner<'a> {
         meta.owner_references
             .iter()
             .flatten()
-            .any(|r| r.controller == Some(true) && r.uid == self.owner_reference.uid)
+            .any(|r| r.controller == Some(true) && r.uid == self.uid())
+    }
+
+    /// The resource's uid.
+    pub fn uid(&self) -> &str {
+        &self.owner_reference.uid
     }
 
     /// `Transport plant-a/erp`, for messages.

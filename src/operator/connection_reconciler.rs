@@ -398,6 +398,7 @@ async fn cleanup(
     let key = connection_key(connection);
     connections.queue().release(&key, connections.now_ms());
     connections.pushed().remove(&key);
+    ctx.owned().remove(owner.uid());
     if connection.spec.storage.reclaim_policy == ReclaimPolicy::Delete {
         super::transport_reconciler::delete_claim(ctx, namespace, &owner.worker_name()).await?;
     }

@@ -93,6 +93,10 @@ pub struct Context {
     /// generation or a new pod (the worker restarted) means the spec is pushed again. Empty
     /// after an operator restart, so everything is pushed once more.
     pushed: Mutex<HashMap<String, (Option<i64>, String)>>,
+    /// Resources (by uid) whose Service and StatefulSet this operator found to be their own
+    /// and applied: their ownership is not read again on every status refresh. Empty after an
+    /// operator restart, so each is checked once more.
+    owned: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -109,6 +113,7 @@ impl Context {
             status_interval,
             events: Events::default(),
             pushed: Mutex::new(HashMap::new()),
+            owned: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -120,6 +125,10 @@ impl Context {
 
     fn pushed(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<i64>, String)>> {
         self.pushed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn owned(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.owned.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -281,6 +290,7 @@ async fn cleanup(
     let owner = Owner::transport(transport)?;
     ctx.pushed()
         .remove(&format!("Transport {namespace}/{}", transport.name_any()));
+    ctx.owned().remove(owner.uid());
     if transport.spec.storage.reclaim_policy == ReclaimPolicy::Delete {
         delete_claim(ctx, namespace, &owner.worker_name()).await?;
     }
@@ -349,15 +359,19 @@ pub(super) async fn apply_worker_objects(
     {
         return Err(conflict("Secret"));
     }
-    if let Some(service) = services.get_metadata_opt(&worker).await?
-        && !owner.controls(&service.metadata)
-    {
-        return Err(conflict("Service"));
-    }
-    if let Some(set) = stateful_sets.get_metadata_opt(&worker).await?
-        && !owner.controls(&set.metadata)
-    {
-        return Err(conflict("StatefulSet"));
+    // The Service and StatefulSet are read only until this operator has applied them once: a
+    // name cannot be taken by someone else while our object holds it.
+    if !ctx.owned().contains(owner.uid()) {
+        if let Some(service) = services.get_metadata_opt(&worker).await?
+            && !owner.controls(&service.metadata)
+        {
+            return Err(conflict("Service"));
+        }
+        if let Some(set) = stateful_sets.get_metadata_opt(&worker).await?
+            && !owner.controls(&set.metadata)
+        {
+            return Err(conflict("StatefulSet"));
+        }
     }
     let tokens = secret
         .as_ref()
@@ -377,6 +391,7 @@ pub(super) async fn apply_worker_objects(
             &Patch::Apply(owner.stateful_set(&ctx.defaults)?),
         )
         .await?;
+    ctx.owned().insert(owner.uid().to_owned());
     Ok(tokens)
 }
 
@@ -554,6 +569,17 @@ pub(crate) mod tests {
     /// Answer the Secret lookup with the tokens `worker_at` expects (a Secret controlled by
     /// `uid`), the ownership lookups, then the three applies.
     pub(crate) async fn objects_with_known_tokens(handle: &mut Handle, worker: &str, uid: &str) {
+        objects_with_known_tokens_and(handle, worker, uid, true).await;
+    }
+
+    /// The same, when the Service's and StatefulSet's ownership is read (`checked`) or already
+    /// known from an earlier reconcile of this operator.
+    pub(crate) async fn objects_with_known_tokens_and(
+        handle: &mut Handle,
+        worker: &str,
+        uid: &str,
+        checked: bool,
+    ) {
         let (_, path, _, send) = next(handle).await;
         assert!(path.ends_with(&format!("/secrets/{worker}")), "{path}");
         send.send_response(respond(
@@ -564,10 +590,16 @@ pub(crate) mod tests {
                 "data": {"admin-token": "YWRtaW4tdG9rZW4=", "ingest-token": "aW5nZXN0LXRva2Vu"},
             }),
         ));
-        service_and_stateful_set_absent(handle, worker).await;
+        if checked {
+            service_and_stateful_set_absent(handle, worker).await;
+        }
         for _ in 0..3 {
             let (method, _, body, send) = next(handle).await;
-            assert_eq!(method, Method::PATCH);
+            assert_eq!(
+                method,
+                Method::PATCH,
+                "ownership is read once, not on every reconcile"
+            );
             if body["kind"] == "Secret" {
                 assert_eq!(
                     body["data"]["admin-token"], "YWRtaW4tdG9rZW4=",
@@ -651,8 +683,8 @@ pub(crate) mod tests {
         let server = tokio::spawn(async move {
             // Generation 2 first, then generation 3 with `suspended: true`; the same pod.
             let mut written = Vec::new();
-            for _ in 0..2 {
-                objects_with_known_tokens(&mut handle, "ferry-tp-erp", "uid-1").await;
+            for checked in [true, false] {
+                objects_with_known_tokens_and(&mut handle, "ferry-tp-erp", "uid-1", checked).await;
                 ready_pod(&mut handle, "ferry-tp-erp", &pod_ip, "pod-1").await;
                 written.push(transport_status_written(&mut handle).await);
             }
