@@ -9,14 +9,17 @@
 use std::sync::{Arc, OnceLock};
 
 use kube::{
-    Api, Resource,
+    Api,
     api::{ApiResource, DynamicObject, Patch, PatchParams},
     core::{DeserializeGuard, error_boundary::InvalidObject},
     runtime::controller::Action,
 };
 use serde_json::{Value, json};
 
-use super::transport_reconciler::{Context, FIELD_MANAGER, ReconcileError, now};
+use super::{
+    NamespacedObject,
+    transport_reconciler::{Context, FIELD_MANAGER, ReconcileError, now},
+};
 use crate::api::validate::ManifestValidator;
 
 /// The reason of the Ready condition of an unreadable object.
@@ -29,13 +32,7 @@ pub async fn reconcile_guarded<K, F, Fut>(
     reconcile: F,
 ) -> Result<Action, ReconcileError>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: NamespacedObject,
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
     Fut: Future<Output = Result<Action, ReconcileError>>,
 {
@@ -85,13 +82,7 @@ fn invalid_status(raw: Option<&Value>, generation: Option<i64>, message: &str) -
 
 async fn report_invalid<K>(invalid: &InvalidObject, ctx: &Context) -> Result<Action, ReconcileError>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: NamespacedObject,
 {
     let meta = &invalid.metadata;
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());

@@ -11,3 +11,27 @@ pub mod run;
 pub mod status;
 pub mod transport_reconciler;
 pub mod worker_client;
+
+/// A namespaced kind the operator reads, writes and watches (Transport, Connection, and
+/// their `DeserializeGuard`s): one name for the bounds its generic steps share.
+pub trait NamespacedObject:
+    kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> NamespacedObject for K where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}

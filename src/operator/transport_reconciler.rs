@@ -218,10 +218,7 @@ pub(super) async fn write_status<K>(
     status: &impl serde::Serialize,
 ) -> Result<(), ReconcileError>
 where
-    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: super::NamespacedObject,
 {
     let patch = json!({
         "apiVersion": K::api_version(&()),
@@ -307,10 +304,7 @@ pub(super) async fn apply_or_report<K, S>(
     status: Option<&S>,
 ) -> Result<WorkerTokens, ReconcileError>
 where
-    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: super::NamespacedObject,
     S: WithConditions,
 {
     match apply_worker_objects(ctx, namespace, owner).await {
