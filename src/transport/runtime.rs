@@ -158,7 +158,8 @@ pub struct TransportRuntime {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the Unix epoch (what queued transactions record).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -20,7 +20,7 @@ use super::{
     tokens::{Tokens, allowed},
 };
 use crate::transport::{
-    runtime::Outcome,
+    runtime::{Outcome, now_ms},
     store::{self, NewTxn},
 };
 
@@ -430,12 +430,6 @@ fn over_budget(e: BudgetError) -> ApiError {
         }
         BudgetError::Exhausted { .. } => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn valid_id(id: &str) -> bool {
