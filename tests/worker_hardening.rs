@@ -46,25 +46,24 @@ async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// received = delivered + forwarded + failed + expired + dropped + queued: every transaction
-/// the worker received is in exactly one outcome (or still queued).
-fn assert_ledger(report: &Value) {
+/// (received, delivered + forwarded + failed + expired + dropped + queued) of a report; None
+/// when a count is missing.
+fn ledger(report: &Value) -> Option<(u64, u64)> {
     let t = &report["totals"];
-    let n = |v: &Value| {
-        v.as_u64()
-            .unwrap_or_else(|| panic!("not a count: {report}"))
-    };
-    let outcomes = n(&t["delivered"])
-        + n(&t["forwarded"])
-        + n(&t["failed"])
-        + n(&t["expired"])
-        + n(&t["dropped"])
-        + n(&report["queue"]["messages"]);
-    assert_eq!(
-        n(&t["received"]),
-        outcomes,
-        "the totals do not add up: {report}"
-    );
+    let n = |v: &Value| v.as_u64();
+    let outcomes = n(&t["delivered"])?
+        + n(&t["forwarded"])?
+        + n(&t["failed"])?
+        + n(&t["expired"])?
+        + n(&t["dropped"])?
+        + n(&report["queue"]["messages"])?;
+    Some((n(&t["received"])?, outcomes))
+}
+
+/// Every transaction the worker received is in exactly one outcome (or still queued).
+fn assert_ledger(report: &Value) {
+    let (received, outcomes) = ledger(report).unwrap_or_else(|| panic!("not counts: {report}"));
+    assert_eq!(received, outcomes, "the totals do not add up: {report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,15 +318,7 @@ async fn totals_add_up_after_producers_hang_up_and_after_kill_9() {
     );
     let settled = worker
         .wait_for("ledger", "the totals to add up", |r| {
-            let t = &r["totals"];
-            let n = |k: &str| t[k].as_u64().unwrap_or(0);
-            n("received")
-                == n("delivered")
-                    + n("forwarded")
-                    + n("failed")
-                    + n("expired")
-                    + n("dropped")
-                    + r["queue"]["messages"].as_u64().unwrap_or(0)
+            ledger(r).is_some_and(|(received, outcomes)| received == outcomes)
         })
         .await;
     assert_ledger(&settled);
