@@ -409,9 +409,9 @@ async fn cleanup(
 mod tests {
     use super::*;
     use crate::operator::transport_reconciler::tests::{
-        Handle, condition, context, controlled_by, creation_events, mock, next, not_found,
+        Handle, condition, context, controlled_by, mock, next, not_found,
         objects_with_known_tokens, ready_pod, respond, service_and_stateful_set_absent, test_ip,
-        worker_at,
+        worker_at, worker_pod_absent,
     };
     use http::Method;
     use serde_json::Value;
@@ -472,6 +472,11 @@ mod tests {
 
     /// Answer the lookups of the target transport `erp` and its ingest token.
     async fn target_resolved(handle: &mut Handle) {
+        target_with_secret_owned_by(handle, controlled_by("uid-erp")).await;
+    }
+
+    /// The same, with the Secret's `ownerReferences` as given.
+    async fn target_with_secret_owned_by(handle: &mut Handle, owners: Value) {
         let (_, path, _, send) = next(handle).await;
         assert!(path.ends_with("/transports/erp"), "{path}");
         send.send_response(respond(200, erp()));
@@ -484,7 +489,7 @@ mod tests {
             200,
             json!({
                 "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "ferry-tp-erp", "ownerReferences": controlled_by("uid-erp")},
+                "metadata": {"name": "ferry-tp-erp", "ownerReferences": owners},
                 "data": {"admin-token": "YQ==", "ingest-token": "aQ=="},
             }),
         ));
@@ -680,10 +685,7 @@ mod tests {
             );
             send.send_response(not_found());
             // No worker to ask: the status says why it cannot run.
-            let (_, path, _, send) = next(&mut handle).await;
-            assert!(path.ends_with("/pods/ferry-conn-crm-0"), "{path}");
-            send.send_response(not_found());
-            creation_events(&mut handle, "ferry-conn-crm", None).await;
+            worker_pod_absent(&mut handle, "ferry-conn-crm").await;
             status_written(&mut handle, &connection("crm", true)).await
         });
         reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
@@ -711,20 +713,9 @@ mod tests {
         let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
         let server = tokio::spawn(async move {
             objects(&mut handle).await;
-            let (_, path, _, send) = next(&mut handle).await;
-            assert!(path.ends_with("/transports/erp"), "{path}");
-            send.send_response(respond(200, erp()));
-            let (_, path, _, send) = next(&mut handle).await;
-            assert!(path.ends_with("/secrets/ferry-tp-erp"), "{path}");
-            send.send_response(respond(
-                200,
-                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ferry-tp-erp"},
-                       "data": {"admin-token": "YQ==", "ingest-token": "aQ=="}}),
-            ));
-            let (_, path, _, send) = next(&mut handle).await;
-            assert!(path.ends_with("/pods/ferry-conn-crm-0"), "{path}");
-            send.send_response(not_found());
-            creation_events(&mut handle, "ferry-conn-crm", None).await;
+            // A Secret nobody controls.
+            target_with_secret_owned_by(&mut handle, json!([])).await;
+            worker_pod_absent(&mut handle, "ferry-conn-crm").await;
             status_written(&mut handle, &connection("crm", true)).await
         });
         reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)

@@ -628,6 +628,21 @@ pub(crate) mod tests {
         ));
     }
 
+    /// Answer the pod lookup (in `plant-a`, every test's namespace): no such pod, and no
+    /// FailedCreate Event to say why.
+    pub(crate) async fn worker_pod_absent(handle: &mut Handle, worker: &str) {
+        let (method, path, _, send) = next(handle).await;
+        assert_eq!(
+            (method, path),
+            (
+                Method::GET,
+                format!("/api/v1/namespaces/plant-a/pods/{worker}-0")
+            )
+        );
+        send.send_response(not_found());
+        creation_events(handle, worker, None).await;
+    }
+
     /// Answer the pod lookup: ready, at `ip`, with this uid.
     pub(crate) async fn ready_pod(handle: &mut Handle, worker: &str, ip: &str, uid: &str) {
         let (_, path, _, send) = next(handle).await;
@@ -906,16 +921,7 @@ pub(crate) mod tests {
                 ]
             );
             // The worker pod does not exist yet.
-            let (method, path, _, send) = next(&mut handle).await;
-            assert_eq!(
-                (method, path.as_str()),
-                (
-                    Method::GET,
-                    "/api/v1/namespaces/plant-a/pods/ferry-tp-erp-0"
-                )
-            );
-            send.send_response(not_found());
-            creation_events(&mut handle, "ferry-tp-erp", None).await;
+            worker_pod_absent(&mut handle, "ferry-tp-erp").await;
             // Status: not Ready, because the worker cannot be asked, and why.
             let (method, path, body, send) = next(&mut handle).await;
             assert_eq!(method, Method::PATCH);
