@@ -5,7 +5,7 @@
 //! Pure: time comes in as milliseconds, and the whole queue serializes, so the operator can
 //! keep it across restarts.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,10 +39,35 @@ pub struct StartupQueue {
     scope: Scope,
     /// A connection in startup longer than this no longer holds its place.
     timeout_ms: u64,
-    /// In startup, with when each was admitted.
-    starting: Vec<(String, u64)>,
-    /// Waiting, in the order their starts were observed.
-    waiting: VecDeque<String>,
+    /// In startup.
+    starting: Vec<Started>,
+    /// Waiting, in the order their starts were observed (ascending tickets).
+    waiting: VecDeque<Ticket>,
+    /// The next ticket handed out: a start observed later always gets a higher one.
+    #[serde(default)]
+    next_ticket: u64,
+    /// Connections whose worker cannot run them now (its pod is missing or not ready): they
+    /// keep their turn but hold no place, so one that never comes up delays nobody.
+    #[serde(default)]
+    not_ready: BTreeSet<String>,
+}
+
+/// A connection's turn: `ticket` orders the waiting by when their start was observed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Ticket {
+    key: String,
+    ticket: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Started {
+    key: String,
+    /// Kept so a connection whose worker stops being ready goes back to its own turn.
+    ticket: u64,
+    /// When it was admitted.
+    since_ms: u64,
 }
 
 impl StartupQueue {
@@ -53,6 +78,8 @@ impl StartupQueue {
             timeout_ms,
             starting: Vec::new(),
             waiting: VecDeque::new(),
+            next_ticket: 0,
+            not_ready: BTreeSet::new(),
         }
     }
 
@@ -73,43 +100,83 @@ impl StartupQueue {
     fn starting_in(&self, group: &str) -> usize {
         self.starting
             .iter()
-            .filter(|(k, _)| self.group(k) == group)
+            .filter(|s| self.group(&s.key) == group)
             .count()
     }
 
     /// A start was observed (a new connection with `started: true`, or `started` turned on).
     /// Asking again changes nothing.
     pub fn request(&mut self, key: &str, now_ms: u64) -> Admission {
-        if !self.is_starting(key) && !self.waiting.iter().any(|k| k == key) {
-            self.waiting.push_back(key.to_owned());
+        if self.admission(key).is_none() {
+            let ticket = self.next_ticket;
+            self.next_ticket += 1;
+            self.waiting.push_back(Ticket {
+                key: key.to_owned(),
+                ticket,
+            });
         }
         self.advance(now_ms);
         self.admission(key).unwrap_or(Admission::Starting)
     }
 
-    /// The connection left startup: it is Running or Failed, was stopped or deleted. A
-    /// waiting connection that is stopped leaves the queue.
-    pub fn release(&mut self, key: &str, now_ms: u64) {
-        self.starting.retain(|(k, _)| k != key);
-        self.waiting.retain(|k| k != key);
+    /// Whether the connection's worker can run it now. A connection whose worker is not
+    /// ready is not in its startup: it gives its place up and waits, keeping its turn, until
+    /// its worker is ready again.
+    pub fn set_worker_ready(&mut self, key: &str, ready: bool, now_ms: u64) {
+        if ready {
+            self.not_ready.remove(key);
+        } else {
+            self.not_ready.insert(key.to_owned());
+            if let Some(i) = self.starting.iter().position(|s| s.key == key) {
+                let started = self.starting.remove(i);
+                let at = self.waiting.partition_point(|t| t.ticket < started.ticket);
+                self.waiting.insert(
+                    at,
+                    Ticket {
+                        key: started.key,
+                        ticket: started.ticket,
+                    },
+                );
+            }
+        }
         self.advance(now_ms);
     }
 
-    /// Let startups past the timeout go, and admit waiting connections into free places.
-    /// Answers the connections admitted now, in order.
+    /// Whether the connection waits for its worker rather than for a place.
+    pub fn waits_for_worker(&self, key: &str) -> bool {
+        self.not_ready.contains(key) && self.waiting.iter().any(|t| t.key == key)
+    }
+
+    /// The connection left startup: it is Running or Failed, was stopped or deleted. A
+    /// waiting connection that is stopped leaves the queue.
+    pub fn release(&mut self, key: &str, now_ms: u64) {
+        self.starting.retain(|s| s.key != key);
+        self.waiting.retain(|t| t.key != key);
+        self.not_ready.remove(key);
+        self.advance(now_ms);
+    }
+
+    /// Let startups past the timeout go, and admit waiting connections whose worker is ready
+    /// into free places. Answers the connections admitted now, in order.
     pub fn advance(&mut self, now_ms: u64) -> Vec<String> {
         let timeout = self.timeout_ms;
         self.starting
-            .retain(|(_, since)| now_ms.saturating_sub(*since) < timeout);
-        // First come, first served within each group; a full group does not hold up others.
+            .retain(|s| now_ms.saturating_sub(s.since_ms) < timeout);
+        // First come, first served within each group; a full group does not hold up others,
+        // and a connection waiting for its worker does not hold up the ones behind it.
         let mut admitted = Vec::new();
         let mut i = 0;
         while i < self.waiting.len() {
-            let group = self.group(&self.waiting[i]).to_owned();
-            if self.starting_in(&group) < self.concurrency {
+            let key = &self.waiting[i].key;
+            let group = self.group(key).to_owned();
+            if !self.not_ready.contains(key) && self.starting_in(&group) < self.concurrency {
                 if let Some(next) = self.waiting.remove(i) {
-                    self.starting.push((next.clone(), now_ms));
-                    admitted.push(next);
+                    admitted.push(next.key.clone());
+                    self.starting.push(Started {
+                        key: next.key,
+                        ticket: next.ticket,
+                        since_ms: now_ms,
+                    });
                 }
             } else {
                 i += 1;
@@ -130,21 +197,21 @@ impl StartupQueue {
         let group = self.group(key);
         self.waiting
             .iter()
-            .filter(|k| self.group(k) == group)
-            .position(|k| k == key)
+            .filter(|t| self.group(&t.key) == group)
+            .position(|t| t.key == key)
             .map(|i| i as u32 + 1)
     }
 
     pub fn is_starting(&self, key: &str) -> bool {
-        self.starting.iter().any(|(k, _)| k == key)
+        self.starting.iter().any(|s| s.key == key)
     }
 
     pub fn starting(&self) -> impl Iterator<Item = &str> {
-        self.starting.iter().map(|(k, _)| k.as_str())
+        self.starting.iter().map(|s| s.key.as_str())
     }
 
     pub fn waiting(&self) -> impl Iterator<Item = &str> {
-        self.waiting.iter().map(String::as_str)
+        self.waiting.iter().map(|t| t.key.as_str())
     }
 }
 
@@ -201,6 +268,8 @@ mod tests {
         Request(u8),
         Release(u8),
         Tick(u64),
+        /// Its worker pod is (not) ready.
+        WorkerReady(u8, bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -208,6 +277,7 @@ mod tests {
             3 => (0u8..6).prop_map(Op::Request),
             2 => (0u8..6).prop_map(Op::Release),
             1 => (0u64..2_000).prop_map(Op::Tick),
+            2 => (0u8..6, any::<bool>()).prop_map(|(k, ready)| Op::WorkerReady(k, ready)),
         ]
     }
 
@@ -223,6 +293,7 @@ mod tests {
             // When each key joined the waiting list (a counter), while it is there.
             let mut joined: std::collections::HashMap<String, u64> = Default::default();
             let mut counter = 0;
+            let mut not_ready = std::collections::BTreeSet::new();
             for op in ops {
                 let waiting_before: Vec<String> = q.waiting().map(str::to_owned).collect();
                 match &op {
@@ -234,39 +305,103 @@ mod tests {
                         }
                         q.request(&key, now);
                     }
-                    Op::Release(k) => q.release(&format!("c{k}"), now),
+                    Op::Release(k) => {
+                        q.release(&format!("c{k}"), now);
+                        not_ready.remove(&format!("c{k}"));
+                    }
                     Op::Tick(dt) => {
                         now += dt;
                         q.advance(now);
                     }
+                    Op::WorkerReady(k, ready) => {
+                        let key = format!("c{k}");
+                        q.set_worker_ready(&key, *ready, now);
+                        if *ready { not_ready.remove(&key); } else { not_ready.insert(key); }
+                    }
                 }
                 prop_assert!(q.starting().count() <= concurrency);
+                // A connection whose worker is not ready holds no place.
+                for key in &not_ready {
+                    prop_assert!(!q.is_starting(key), "{} holds a place", key);
+                }
                 // The waiting list keeps the order in which keys joined it ...
                 let order: Vec<u64> = q.waiting().map(|k| joined[k]).collect();
                 prop_assert!(order.windows(2).all(|w| w[0] < w[1]), "{:?}", order);
-                // ... and whoever was admitted now had joined before everyone still waiting.
-                let still_waiting = order.first().copied().unwrap_or(u64::MAX);
+                // ... and whoever was admitted now had joined before everyone still waiting
+                // with a ready worker.
+                let still_waiting = q
+                    .waiting()
+                    .filter(|k| !not_ready.contains(*k))
+                    .map(|k| joined[k])
+                    .next()
+                    .unwrap_or(u64::MAX);
                 for key in &waiting_before {
                     if q.is_starting(key) {
                         prop_assert!(joined[key] < still_waiting);
                     }
                 }
-                // A place is never left empty while someone waits.
-                if q.waiting().count() > 0 {
+                // A place is never left empty while a connection whose worker is ready waits.
+                if q.waiting().any(|k| !not_ready.contains(k)) {
                     prop_assert_eq!(q.starting().count(), concurrency);
                 }
                 for (i, key) in q.waiting().enumerate() {
                     prop_assert_eq!(q.position(key), Some(i as u32 + 1));
+                    prop_assert_eq!(q.waits_for_worker(key), not_ready.contains(key));
                 }
             }
             // No connection waits forever when the ones ahead never finish: time frees them.
+            // Only those still waiting for their worker are left.
             let waiting = q.waiting().count();
+            for _ in 0..=waiting {
+                now += timeout;
+                q.advance(now);
+            }
+            prop_assert!(q.waiting().all(|k| not_ready.contains(k)));
+            // Once their workers are ready, they get their places in turn too.
+            for key in std::mem::take(&mut not_ready) {
+                q.set_worker_ready(&key, true, now);
+            }
             for _ in 0..=waiting {
                 now += timeout;
                 q.advance(now);
             }
             prop_assert_eq!(q.waiting().count(), 0);
         }
+    }
+
+    #[test]
+    fn a_connection_whose_worker_is_not_ready_gives_its_place_up_and_keeps_its_turn() {
+        let mut q = StartupQueue::new(1, 300_000);
+        // `broken` is admitted first, then its pod turns out not to be ready.
+        assert_eq!(q.request("broken", 0), Admission::Starting);
+        assert_eq!(q.request("crm", 1), Admission::Waiting(1));
+        assert_eq!(q.request("erp", 2), Admission::Waiting(2));
+        q.set_worker_ready("broken", false, 3);
+        assert_eq!(
+            q.admission("crm"),
+            Some(Admission::Starting),
+            "crm need not wait"
+        );
+        assert_eq!(
+            q.admission("broken"),
+            Some(Admission::Waiting(1)),
+            "its turn is kept"
+        );
+        assert!(q.waits_for_worker("broken"));
+        // Its worker is ready again: it is next once crm's startup is over, before erp.
+        q.set_worker_ready("broken", true, 4);
+        assert_eq!(q.admission("broken"), Some(Admission::Waiting(1)));
+        q.release("crm", 5);
+        assert_eq!(q.admission("broken"), Some(Admission::Starting));
+        assert_eq!(q.admission("erp"), Some(Admission::Waiting(1)));
+        // A start observed while its worker is not ready yet waits without a place.
+        let mut q = StartupQueue::new(1, 300_000);
+        q.set_worker_ready("new", false, 0);
+        assert_eq!(q.request("new", 0), Admission::Waiting(1));
+        assert_eq!(q.request("other", 0), Admission::Starting);
+        // Leaving the queue forgets it.
+        q.release("new", 1);
+        assert!(!q.waits_for_worker("new"));
     }
 
     #[test]
@@ -302,12 +437,13 @@ mod tests {
                     Op::Request(k) => { q.request(&key(k), now); }
                     Op::Release(k) => q.release(&key(k), now),
                     Op::Tick(dt) => { now += dt; q.advance(now); }
+                    Op::WorkerReady(k, ready) => q.set_worker_ready(&key(k), *ready, now),
                 }
                 for group in ["ns0", "ns1"] {
                     let starting = q.starting().filter(|k| k.starts_with(group)).count();
                     let waiting: Vec<&str> = q.waiting().filter(|k| k.starts_with(group)).collect();
                     prop_assert!(starting <= concurrency);
-                    if !waiting.is_empty() {
+                    if waiting.iter().any(|k| !q.waits_for_worker(k)) {
                         prop_assert_eq!(starting, concurrency);
                     }
                     for (i, key) in waiting.iter().enumerate() {

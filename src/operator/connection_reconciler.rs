@@ -20,13 +20,14 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    builders::{Owner, WorkerTokens},
+    builders::Owner,
     events::connection_event,
     status::{ConnectionContext, connection_status},
     transport_reconciler::{
-        Context, FINALIZER, ReconcileError, apply_or_report, now, ready_worker, tokens_of,
-        write_status,
+        Context, FINALIZER, ReconcileError, WorkerPodUnavailable, apply_or_report, now,
+        ready_worker, tokens_of, write_status,
     },
+    worker_client::WorkerPod,
 };
 use crate::{
     api::{Connection, ConnectionStatusValue, Transport, storage::ReclaimPolicy},
@@ -273,15 +274,23 @@ async fn apply(
 
     let targets = resolve_targets(connection, namespace, ctx).await?;
     let config_error = targets.as_ref().err().cloned();
+    let pod = if connection.spec.started {
+        Some(ready_worker(ctx, namespace, &worker, &tokens).await)
+    } else {
+        None
+    };
     // The startup queue: a start is observed when a connection without a status, or one that
     // was Disabled (stopped, or unable to run), is started; it waits its turn until its startup
     // is over. Any other status means it was running already: a spec change, an unreachable
     // worker or an operator restart (Server Reinitializing; the queue itself was restored from
-    // status) requeues nothing.
-    let admission = {
+    // status) requeues nothing. A connection whose worker pod is not running is not in its
+    // startup: it holds no place until the pod is ready, and keeps its turn.
+    let (admission, waits_for_worker) = {
         let mut queue = connections.queue();
         let now = connections.now_ms();
-        if connection.spec.started && config_error.is_none() {
+        let worker_ready = !matches!(pod, Some(Err(WorkerPodUnavailable::NotRunning(_))));
+        queue.set_worker_ready(&key, worker_ready, now);
+        let admission = if connection.spec.started && config_error.is_none() {
             let previous = connection.status.as_ref().and_then(|s| s.status);
             let start_observed = matches!(previous, None | Some(ConnectionStatusValue::Disabled));
             if start_observed || queue.admission(&key).is_some() {
@@ -292,18 +301,26 @@ async fn apply(
         } else {
             queue.release(&key, now);
             None
-        }
+        };
+        (admission, queue.waits_for_worker(&key))
     };
     let startup = Startup::from(admission);
 
-    let report = if connection.spec.started {
-        let resolved = Resolved {
-            transports: targets.clone().unwrap_or_default(),
-            startup: startup.clone(),
-        };
-        worker_report(connection, namespace, &worker, &tokens, &resolved, ctx).await
-    } else {
-        Err("the connection is stopped: its worker is scaled to zero".into())
+    let report = match pod {
+        Some(Ok((target, _))) => {
+            let resolved = Resolved {
+                transports: targets.clone().unwrap_or_default(),
+                startup: startup.clone(),
+            };
+            worker_report(connection, namespace, &target, &resolved, ctx).await
+        }
+        Some(Err(unavailable)) if waits_for_worker => Err(format!(
+            "{unavailable}; it holds no place in the startup queue until it is ready \
+             (position {} while it waits)",
+            startup.position.unwrap_or(1)
+        )),
+        Some(Err(unavailable)) => Err(unavailable.to_string()),
+        None => Err("the connection is stopped: its worker is scaled to zero".into()),
     };
     // Rule 1: a connection that had a status before this operator started is Server
     // Reinitializing until this operator has pushed it (or, stopped, applied its objects).
@@ -362,12 +379,10 @@ async fn apply(
 async fn worker_report(
     connection: &Connection,
     namespace: &str,
-    worker: &str,
-    tokens: &WorkerTokens,
+    target: &WorkerPod,
     resolved: &Resolved,
     ctx: &Context,
 ) -> Result<ConnectionReport, String> {
-    let (target, _) = ready_worker(ctx, namespace, worker, tokens).await?;
     // Connections are pushed on every reconcile: `resolved` (targets, startup) can change
     // without the connection's generation changing, and a PUT with the same spec is cheap.
     let manifest = json!({
@@ -383,7 +398,7 @@ async fn worker_report(
     });
     let path = format!("/v1/connections/{namespace}/{}", connection.name_any());
     ctx.workers
-        .put::<ConnectionReport>(&target, &path, &manifest)
+        .put::<ConnectionReport>(target, &path, &manifest)
         .await
         .map_err(|e| e.to_string())
 }
@@ -822,5 +837,73 @@ mod tests {
         let (_, reason, _) = condition(status, "Progressing");
         assert_eq!(reason, "QueuedForStartup");
         worker.abort();
+    }
+
+    /// A connection whose worker pod cannot run (here: its image cannot be pulled) is not in
+    /// its startup: the next connection gets its place, and its status says why it waits.
+    #[tokio::test]
+    async fn a_worker_pod_that_is_not_ready_gives_the_startup_place_up() {
+        let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
+        connections.queue().request("plant-a/broken", 0);
+        connections.queue().request("plant-a/next", 0);
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            objects_with_known_tokens(&mut handle, "ferry-conn-broken", "uid-broken").await;
+            target_resolved(&mut handle).await;
+            let (_, path, _, send) = next(&mut handle).await;
+            assert!(path.ends_with("/pods/ferry-conn-broken-0"), "{path}");
+            send.send_response(respond(
+                200,
+                json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "ferry-conn-broken-0", "uid": "pod-1"},
+                    "status": {
+                        "phase": "Pending",
+                        "conditions": [{"type": "Ready", "status": "False"}],
+                        "containerStatuses": [{
+                            "name": "worker", "image": "ferry:typo", "imageID": "", "ready": false,
+                            "restartCount": 0,
+                            "state": {"waiting": {"reason": "ImagePullBackOff",
+                                                  "message": "Back-off pulling image \"ferry:typo\""}},
+                        }],
+                    },
+                }),
+            ));
+            status_written(&mut handle, &connection("broken", true)).await
+        });
+        reconcile_connection(
+            Arc::new(connection("broken", true)),
+            ctx,
+            connections.clone(),
+        )
+        .await
+        .unwrap();
+        let status = &server.await.unwrap()["status"];
+        {
+            let queue = connections.queue();
+            assert!(
+                queue.is_starting("plant-a/next"),
+                "the next one is admitted"
+            );
+            assert!(!queue.is_starting("plant-a/broken"));
+            assert_eq!(
+                queue.position("plant-a/broken"),
+                Some(1),
+                "it keeps its turn"
+            );
+        }
+        let (ready, _, message) = condition(status, "Ready");
+        assert_eq!(ready, "False");
+        assert!(
+            message.contains("ImagePullBackOff")
+                && message.contains("holds no place in the startup queue"),
+            "{message}"
+        );
+        assert!(
+            status.get("startupStartedTime").is_none(),
+            "after an operator restart it is not put back into its startup: {status}"
+        );
+        assert_eq!(status["startupQueuePosition"], 1);
     }
 }

@@ -244,7 +244,9 @@ async fn worker_report(
     tokens: &WorkerTokens,
     ctx: &Context,
 ) -> Result<TransportReport, String> {
-    let (target, pod_uid) = ready_worker(ctx, namespace, worker, tokens).await?;
+    let (target, pod_uid) = ready_worker(ctx, namespace, worker, tokens)
+        .await
+        .map_err(|e| e.to_string())?;
     let key = format!("Transport {namespace}/{}", transport.name_any());
     let path = format!("/v1/transports/{namespace}/{}", transport.name_any());
     let wanted = (transport.metadata.generation, pod_uid);
@@ -396,17 +398,21 @@ pub(super) async fn ready_worker(
     namespace: &str,
     worker: &str,
     tokens: &WorkerTokens,
-) -> Result<(WorkerPod, String), String> {
+) -> Result<(WorkerPod, String), WorkerPodUnavailable> {
     let pod_name = format!("{worker}-0");
     let pod = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
         .get_opt(&pod_name)
         .await
-        .map_err(|e| format!("cannot read the worker pod {pod_name}: {e}"))?;
+        .map_err(|e| {
+            WorkerPodUnavailable::Unreadable(format!("cannot read the worker pod {pod_name}: {e}"))
+        })?;
     let Some(pod) = pod else {
-        return Err(match creation_failure(ctx, namespace, worker).await {
-            Some(why) => format!("the worker pod {pod_name} cannot be created: {why}"),
-            None => format!("the worker pod {pod_name} does not exist yet"),
-        });
+        return Err(WorkerPodUnavailable::NotRunning(
+            match creation_failure(ctx, namespace, worker).await {
+                Some(why) => format!("the worker pod {pod_name} cannot be created: {why}"),
+                None => format!("the worker pod {pod_name} does not exist yet"),
+            },
+        ));
     };
     let ready = pod
         .status
@@ -414,10 +420,12 @@ pub(super) async fn ready_worker(
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     if !ready {
-        return Err(match super::status::pod_not_ready_reason(&pod) {
-            Some(why) => format!("the worker pod {pod_name} is not ready: {why}"),
-            None => format!("the worker pod {pod_name} is not ready"),
-        });
+        return Err(WorkerPodUnavailable::NotRunning(
+            match super::status::pod_not_ready_reason(&pod) {
+                Some(why) => format!("the worker pod {pod_name} is not ready: {why}"),
+                None => format!("the worker pod {pod_name} is not ready"),
+            },
+        ));
     }
     let target = WorkerPod {
         namespace: namespace.to_owned(),
@@ -426,6 +434,16 @@ pub(super) async fn ready_worker(
         admin_token: tokens.admin.clone(),
     };
     Ok((target, pod.metadata.uid.unwrap_or_default()))
+}
+
+/// Why a worker cannot be asked: its pod could not be read (the API server), or it is not
+/// running (missing, pending, not ready). The message says which pod and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum WorkerPodUnavailable {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("{0}")]
+    NotRunning(String),
 }
 
 /// Why the StatefulSet controller cannot create the worker's pod (quota, admission, an invalid
