@@ -96,6 +96,7 @@ impl Cluster {
             .process_kubelet
             .then(|| ProcessKubelet::get(&env.kubeconfig));
         if let Some(kubelet) = kubelet {
+            kubelet.attach();
             say(&format!(
                 "e2e {scenario}: pods run as local processes on Node {}",
                 kubelet.node
@@ -450,6 +451,7 @@ impl Drop for Cluster {
         );
         if let Some(kubelet) = self.kubelet {
             kubelet.end_namespace(&self.namespace);
+            kubelet.detach(&self.namespace);
         }
     }
 }

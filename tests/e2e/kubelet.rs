@@ -2,9 +2,11 @@
 //! kube-apiserver, kube-controller-manager and kube-scheduler it stands in for a kubelet and a
 //! volume provisioner, so StatefulSets, PVCs and pods behave as on a real node:
 //!
-//! - registers a Ready Node (status and a `kube-node-lease` Lease, renewed every 10 s);
+//! - registers a Ready Node (status and a `kube-node-lease` Lease, renewed every 10 s) while a
+//!   scenario runs, and deletes it with its Lease and the scenario's volumes when it ends;
 //! - binds each pending PVC of a test namespace to a PersistentVolume on a local directory
-//!   (pre-bound through `claimRef`; the scheduler waits for that binding before it places a pod);
+//!   (pre-bound through `claimRef`; the scheduler waits for that binding before it places a pod),
+//!   unless it names a StorageClass the cluster does not have;
 //! - runs each pod scheduled to the Node as a local `ferry` process with the pod's arguments and
 //!   environment, its volume mounts mapped to local directories, its own loopback address
 //!   (127.0.0.N, kept per pod name, so a recreated pod keeps its IP) as pod IP;
@@ -23,6 +25,7 @@ use k8s_openapi::{
     api::{
         coordination::v1::Lease,
         core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret},
+        storage::v1::StorageClass,
     },
     jiff::Timestamp,
 };
@@ -63,6 +66,16 @@ struct State {
 pub struct ProcessKubelet {
     pub node: String,
     state: Arc<Mutex<State>>,
+    requests: tokio::sync::mpsc::UnboundedSender<Request>,
+}
+
+/// Asked of the kubelet's own thread, which answers when it is done.
+enum Request {
+    /// Register the Node again if a scenario's end removed it.
+    Attach(std::sync::mpsc::Sender<()>),
+    /// A scenario ended: remove its pods, its volumes, and the Node with its Lease, so no
+    /// Ready Node of this suite is left to attract another run's pods.
+    Detach(String, std::sync::mpsc::Sender<()>),
 }
 
 static KUBELET: OnceLock<ProcessKubelet> = OnceLock::new();
@@ -76,9 +89,11 @@ impl ProcessKubelet {
             let dir =
                 std::env::temp_dir().join(format!("ferry-e2e-kubelet-{}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("kubelet directory");
+            let (requests, received) = tokio::sync::mpsc::unbounded_channel();
             let kubelet = ProcessKubelet {
                 node: node.clone(),
                 state: Arc::new(Mutex::new(State::default())),
+                requests,
             };
             let state = kubelet.state.clone();
             let kubeconfig = kubeconfig.to_owned();
@@ -92,7 +107,7 @@ impl ProcessKubelet {
                     let client = super::cluster::client_from(&kubeconfig).await;
                     register_node(&client, &node).await;
                     let _ = ready_tx.send(());
-                    run(client, node, dir, state).await;
+                    run(client, node, dir, state, received).await;
                 });
             });
             ready_rx
@@ -139,6 +154,26 @@ impl ProcessKubelet {
         };
         for mut running in stopping {
             stop(&mut running.child);
+        }
+    }
+
+    /// Make sure the Node is registered (the previous scenario's end removed it).
+    pub fn attach(&self) {
+        self.ask(Request::Attach);
+    }
+
+    /// After `end_namespace`: remove the scenario's pods and volumes, and the Node.
+    pub fn detach(&self, namespace: &str) {
+        let namespace = namespace.to_owned();
+        self.ask(|done| Request::Detach(namespace, done));
+    }
+
+    fn ask(&self, request: impl FnOnce(std::sync::mpsc::Sender<()>) -> Request) {
+        let (done, finished) = std::sync::mpsc::channel();
+        if self.requests.send(request(done)).is_ok()
+            && finished.recv_timeout(Duration::from_secs(60)).is_err()
+        {
+            eprintln!("process kubelet: no answer within 60 s");
         }
     }
 
@@ -277,14 +312,45 @@ async fn lift_not_ready_taint(nodes: &Api<Node>, node: &str) {
     }
 }
 
-async fn run(client: Client, node: String, dir: PathBuf, state: Arc<Mutex<State>>) {
+async fn run(
+    client: Client,
+    node: String,
+    dir: PathBuf,
+    state: Arc<Mutex<State>>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<Request>,
+) {
     let mut last_heartbeat = Instant::now();
+    let mut attached = true;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .expect("probe client");
     loop {
-        if last_heartbeat.elapsed() > Duration::from_secs(10) {
+        while let Ok(request) = requests.try_recv() {
+            match request {
+                Request::Attach(done) => {
+                    if !attached {
+                        register_node(&client, &node).await;
+                        last_heartbeat = Instant::now();
+                        attached = true;
+                    }
+                    let _ = done.send(());
+                }
+                Request::Detach(namespace, done) => {
+                    // The ended namespace's pods go first (sync_pods deletes them).
+                    if let Err(e) = sync_pods(&client, &node, &dir, &state, &http).await {
+                        eprintln!("process kubelet: pods: {e}");
+                    }
+                    if let Err(e) = remove_volumes(&client, &namespace).await {
+                        eprintln!("process kubelet: volumes of {namespace}: {e}");
+                    }
+                    remove_node(&client, &node).await;
+                    attached = false;
+                    let _ = done.send(());
+                }
+            }
+        }
+        if attached && last_heartbeat.elapsed() > Duration::from_secs(10) {
             heartbeat(&client, &node).await;
             last_heartbeat = Instant::now();
         }
@@ -296,6 +362,51 @@ async fn run(client: Client, node: String, dir: PathBuf, state: Arc<Mutex<State>
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// The Node and its heartbeat Lease are deleted; a missing one is no error.
+async fn remove_node(client: &Client, node: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    for deleted in [
+        nodes
+            .delete(node, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+        leases
+            .delete(node, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    ] {
+        match deleted {
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => eprintln!("process kubelet: removing Node {node}: {e}"),
+        }
+    }
+}
+
+/// The volumes provisioned for `namespace`'s claims, with their directories: they would
+/// outlive the test process, which deletes released volumes only while it runs.
+async fn remove_volumes(client: &Client, namespace: &str) -> Result<(), kube::Error> {
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let ours = ListParams::default().labels("ferry.dev/e2e-volume=true");
+    for volume in volumes.list(&ours).await? {
+        let spec = volume.spec.as_ref();
+        let claimed_by = spec
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|c| c.namespace.as_deref());
+        if claimed_by != Some(namespace) {
+            continue;
+        }
+        volumes
+            .delete(&volume.name_any(), &DeleteParams::default())
+            .await?;
+        if let Some(path) = spec.and_then(|s| s.host_path.as_ref()) {
+            let _ = std::fs::remove_dir_all(&path.path);
+        }
+    }
+    Ok(())
 }
 
 /// A PersistentVolume on a local directory, bound in advance to `claim` (its size, access
@@ -322,6 +433,7 @@ pub fn local_volume(name: &str, claim: &PersistentVolumeClaim, size: &str, path:
 async fn provision(client: &Client, dir: &Path) -> Result<(), kube::Error> {
     let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let classes: Api<StorageClass> = Api::all(client.clone());
     for claim in claims.list(&ListParams::default()).await? {
         let namespace = claim.namespace().unwrap_or_default();
         let pending = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
@@ -337,6 +449,13 @@ async fn provision(client: &Client, dir: &Path) -> Result<(), kube::Error> {
             continue;
         }
         let spec = claim.spec.clone().unwrap_or_default();
+        // As a real provisioner: a claim of a class the cluster does not have stays Pending
+        // (and so does its pod).
+        if let Some(class) = spec.storage_class_name.as_deref().filter(|c| !c.is_empty())
+            && classes.get_opt(class).await?.is_none()
+        {
+            continue;
+        }
         let size = spec
             .resources
             .as_ref()

@@ -461,6 +461,51 @@ async fn three_connections_start_one_by_one() {
     assert!(waited, "one waited at position 2: {entries:#?}");
 }
 
+/// A connection whose worker pod cannot run (its claim names a storage class the cluster does
+/// not have, so the pod stays Pending) is not in its startup: a connection started after it
+/// reaches Running long before `--startup-timeout`, and the stuck one says why it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_worker_cannot_run_holds_no_startup_place() {
+    let Some(env) = env("a_connection_whose_worker_cannot_run_holds_no_startup_place") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "stuck").await;
+    let source = cluster.run_pod("crm", &SOURCE, 9091).await;
+    let host = cluster.run_pod("warehouse", &SINK, 9090).await;
+    // Far longer than the wait below: only giving the place up lets the second one start.
+    let _operator = cluster.operator(&["--startup-concurrency", "1", "--startup-timeout", "1h"]);
+    let target = format!("http: {{url: {host}/orders}}");
+    let stuck = connection_yaml("stuck", &source, &target).replace(
+        "    reclaimPolicy: Delete",
+        "    reclaimPolicy: Delete\n    storageClassName: ferry-e2e-no-such-class",
+    );
+    cluster.apply(&stuck);
+    let waiting = cluster
+        .wait_connection("stuck", "waiting for its worker without a place", |s| {
+            condition(s, "Ready")["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("holds no place in the startup queue"))
+        })
+        .await;
+    let message = condition(&waiting, "Ready")["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(message.contains("ferry-conn-stuck-0"), "{message}");
+    cluster.apply(&connection_yaml("flowing", &source, &target));
+    cluster
+        .wait_connection("flowing", "Running", |s| s["status"] == "Running")
+        .await;
+    let stuck = cluster
+        .wait_connection("stuck", "still waiting", |s| s["status"] != "Running")
+        .await;
+    assert_eq!(
+        stuck["startupQueuePosition"], 1,
+        "it keeps its turn: {stuck}"
+    );
+}
+
 /// An operator restart (kill -9) restarts no worker and requeues nothing: the connection
 /// shows Server Reinitializing, then its previous status; the transport keeps its state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
