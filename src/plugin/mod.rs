@@ -299,7 +299,13 @@ mod tests {
             );
             send.send_response(respond(200, json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "TransportList", "metadata": {},
                 "items": [object("Transport", "erp", 1, json!({"state": "Store and Forward", "queue": {"messages": 42, "bytes": 1, "oldestAgeSeconds": 3},
-                    "conditions": ready("True", "StoreAndForward", "the host does not answer: connection refused", 1)}))]})));
+                    "conditions": ready("True", "StoreAndForward", "the host does not answer: connection refused", 1)})),
+                    // Stored before the CRD had a bound: listed, not an error hiding the rest.
+                    {"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+                     "metadata": {"name": "huge", "namespace": "plant-a"},
+                     "spec": {"host": {"url": "http://erp/ingest"},
+                              "storeAndForward": {"maxBytes": "99999999999999999999"}},
+                     "status": {"conditions": ready("False", "InvalidSpec", "spec.storeAndForward.maxBytes: too large", 1)}}]})));
             let (_, path, _, send) = next(&mut handle).await;
             assert!(
                 path.starts_with("/apis/ferry.dev/v1alpha1/connections"),
@@ -308,7 +314,11 @@ mod tests {
             send.send_response(respond(
                 200,
                 json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectionList", "metadata": {},
-                "items": [object("Connection", "crm", 1, json!({}))]}),
+                "items": [object("Connection", "crm", 1, json!({})),
+                    // Not seen by the operator yet: the reader's own error.
+                    {"apiVersion": "ferry.dev/v1alpha1", "kind": "Connection",
+                     "metadata": {"name": "odd", "namespace": "plant-a"},
+                     "spec": {"frequency": "forever"}}]}),
             ));
         });
         let out = run(
@@ -320,17 +330,27 @@ mod tests {
         .await
         .unwrap();
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(lines.len(), 5, "{out}");
         assert!(lines[0].starts_with("NAMESPACE   KIND"), "{out}");
         // By namespace, kind and name, as kubectl sorts.
         assert!(lines[1].contains("Connection   crm    Pending"), "{out}");
         assert!(lines[1].contains("never"), "{out}");
         assert!(
-            lines[2].contains("Transport    erp    Store and Forward   42"),
+            lines[3].contains("Transport    erp    Store and Forward   42"),
             "{out}"
         );
         assert!(
-            lines[2].ends_with("the host does not answer: connection refused"),
+            lines[3].ends_with("the host does not answer: connection refused"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("Connection   odd    Unreadable")
+                && lines[2].contains("ferry cannot read it:"),
+            "{out}"
+        );
+        assert!(
+            lines[4].contains("Transport    huge   Unreadable")
+                && lines[4].ends_with("spec.storeAndForward.maxBytes: too large"),
             "{out}"
         );
     }

@@ -5,7 +5,11 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
-use kube::{Api, ResourceExt, api::ListParams};
+use kube::{
+    Api, ResourceExt,
+    api::{ApiResource, DynamicObject, ListParams},
+};
+use serde_json::Value;
 
 use super::PluginError;
 use crate::api::{Connection, Transport};
@@ -135,37 +139,81 @@ pub fn render(rows: &[Row], with_namespace: bool) -> String {
     out
 }
 
-/// List and render; `namespace` None = every namespace.
-pub async fn status(client: kube::Client, namespace: Option<&str>) -> Result<String, PluginError> {
-    let (transports, connections): (Api<Transport>, Api<Connection>) = match namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
+/// The row of an object ferry cannot read (stored before a CRD bound existed): listed, not an
+/// error that hides the others. The message is the operator's (its Ready condition, naming the
+/// field) or, before the operator has seen it, the reader's.
+pub fn unreadable_row(kind: &'static str, raw: &Value, error: &serde_json::Error) -> Row {
+    let text = |pointer: &str| {
+        raw.pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     };
-    let now = Timestamp::now();
-    let mut rows: Vec<Row> = transports
+    let operator_says = raw
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready" && c["reason"] == crate::operator::guard::REASON)
+        .and_then(|c| c["message"].as_str());
+    Row {
+        namespace: text("/metadata/namespace").to_owned(),
+        kind,
+        name: text("/metadata/name").to_owned(),
+        state: "Unreadable".into(),
+        queue: "-".into(),
+        last_report: "-".into(),
+        ready: "False".into(),
+        message: operator_says
+            .map_or_else(|| format!("ferry cannot read it: {error}"), str::to_owned),
+    }
+}
+
+/// Every object of kind `K` in `namespace` (None: all), each read on its own.
+async fn rows<K>(
+    client: kube::Client,
+    namespace: Option<&str>,
+    kind: &'static str,
+    row: impl Fn(&K) -> Row,
+) -> Result<Vec<Row>, PluginError>
+where
+    K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+{
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &resource),
+        None => Api::all_with(client, &resource),
+    };
+    Ok(api
         .list(&ListParams::default())
         .await?
-        .iter()
-        .map(|t| transport_row(t, now))
-        .collect();
-    rows.extend(
-        connections
-            .list(&ListParams::default())
-            .await?
-            .iter()
-            .map(|c| connection_row(c, now)),
-    );
-    if rows.is_empty() {
+        .items
+        .into_iter()
+        .map(|object| {
+            let raw = serde_json::to_value(object).unwrap_or_default();
+            match serde_json::from_value::<K>(raw.clone()) {
+                Ok(object) => row(&object),
+                Err(error) => unreadable_row(kind, &raw, &error),
+            }
+        })
+        .collect())
+}
+
+/// List and render; `namespace` None = every namespace.
+pub async fn status(client: kube::Client, namespace: Option<&str>) -> Result<String, PluginError> {
+    let now = Timestamp::now();
+    let mut listed = rows(client.clone(), namespace, "Transport", |t| {
+        transport_row(t, now)
+    })
+    .await?;
+    listed.extend(rows(client, namespace, "Connection", |c| connection_row(c, now)).await?);
+    if listed.is_empty() {
         return Ok(match namespace {
             Some(ns) => format!("No Transports or Connections in namespace {ns}.\n"),
             None => "No Transports or Connections.\n".into(),
         });
     }
-    rows.sort_by(|a, b| (&a.namespace, a.kind, &a.name).cmp(&(&b.namespace, b.kind, &b.name)));
-    Ok(render(&rows, namespace.is_none()))
+    listed.sort_by(|a, b| (&a.namespace, a.kind, &a.name).cmp(&(&b.namespace, b.kind, &b.name)));
+    Ok(render(&listed, namespace.is_none()))
 }
 
 #[cfg(test)]
