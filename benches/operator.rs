@@ -19,7 +19,8 @@ use ferry::{
     api::Transport,
     operator::{
         builders::WorkerDefaults,
-        transport_reconciler::{Context, FINALIZER, reconcile_transport},
+        context::{Context, FINALIZER},
+        transport::reconcile_transport,
         worker_client::WorkerClient,
     },
     worker::{

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use super::{
     NamespacedObject,
-    transport_reconciler::{Context, FIELD_MANAGER, ReconcileError, now},
+    context::{Context, FIELD_MANAGER, now},
+    error::ReconcileError,
 };
 use crate::api::validate::ManifestValidator;
 
@@ -90,7 +91,11 @@ where
     let resource = ApiResource::erase::<K>(&());
     let raw = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &namespace, &resource)
         .get_opt(&name)
-        .await?
+        .await
+        .map_err(|source| ReconcileError::Dereference {
+            what: format!("{} {namespace}/{name} as stored", K::kind(&())),
+            source,
+        })?
         .and_then(|object| serde_json::to_value(object).ok());
     let message = diagnosis(raw.as_ref(), invalid);
     tracing::warn!(object = %format!("{} {namespace}/{name}", K::kind(&())), error = %message, "the object cannot be read; its status says why");
@@ -105,7 +110,8 @@ where
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(patch),
         )
-        .await?;
+        .await
+        .map_err(|source| ReconcileError::Status { source })?;
     let reference = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some(K::api_version(&()).into_owned()),
         kind: Some(K::kind(&()).into_owned()),
@@ -130,7 +136,7 @@ pub fn readable<K: Clone>(guarded: &[Arc<DeserializeGuard<K>>]) -> Vec<K> {
 mod tests {
     use super::*;
     use crate::api::Transport;
-    use crate::operator::transport_reconciler::tests::{context, mock, next, respond};
+    use crate::operator::fixtures::{context, mock, respond};
     use kube::ResourceExt;
 
     fn poison() -> Value {
@@ -182,14 +188,14 @@ mod tests {
         let guarded: DeserializeGuard<Transport> =
             serde_json::from_value(poison()).expect("a guard always reads");
         let server = tokio::spawn(async move {
-            let (_, path, _, send) = next(&mut handle).await;
+            let (_, path, _, send) = handle.next().await;
             assert!(path.ends_with("/transports/poison"), "{path}");
             send.send_response(respond(200, poison()));
-            let (method, path, body, send) = next(&mut handle).await;
+            let (method, path, body, send) = handle.next().await;
             assert_eq!(method, http::Method::PATCH);
             assert!(path.contains("/transports/poison/status"), "{path}");
             send.send_response(respond(200, poison()));
-            let (_, path, event, send) = next(&mut handle).await;
+            let (_, path, event, send) = handle.next().await;
             assert!(path.contains("/events"), "{path}");
             send.send_response(respond(200, event.clone()));
             (body, event)

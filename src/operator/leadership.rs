@@ -42,7 +42,7 @@ impl Leadership {
             .with_identity(&options.identity)
             .with_duration(LEASE_SECONDS)
             .with_grace(RENEW_BEFORE_SECONDS)
-            .with_field_manager(super::transport_reconciler::FIELD_MANAGER)
+            .with_field_manager(super::context::FIELD_MANAGER)
             .build()
             .await
             .map_err(|source| LeaseError {

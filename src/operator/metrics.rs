@@ -226,12 +226,12 @@ mod tests {
     fn reconciles_errors_and_durations_are_exposed() {
         let metrics = Arc::new(OperatorMetrics::default());
         metrics.reconciled("Transport", Duration::from_millis(3), None);
-        metrics.reconciled("Transport", Duration::from_millis(5), Some("api"));
+        metrics.reconciled("Transport", Duration::from_millis(5), Some("apply"));
         metrics.set_leader(true);
         let text = crate::worker::metrics::render(&metrics.registry()).unwrap();
         for line in [
             "ferry_operator_reconciles_total{kind=\"Transport\"} 2",
-            "ferry_operator_reconcile_errors_total{kind=\"Transport\",error=\"api\"} 1",
+            "ferry_operator_reconcile_errors_total{kind=\"Transport\",error=\"apply\"} 1",
             "ferry_operator_reconcile_duration_seconds_count{kind=\"Transport\"} 2",
             "ferry_operator_leader 1",
         ] {

@@ -1,16 +1,25 @@
 //! The operator: what it makes of each Connection and Transport on a cluster — the worker's
-//! objects (builders), the reconcilers, the status they write, and `ferry operator` (run).
+//! objects (builders), the one reconcile skeleton both kinds run (reconcile) with what each
+//! kind supplies (transport, connection), the status they write, and `ferry operator` (run).
 
 pub mod builders;
-pub mod connection_reconciler;
+pub mod connection;
+pub mod context;
+pub mod error;
 pub mod events;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod guard;
 pub mod leadership;
 pub mod metrics;
+pub mod reconcile;
 pub mod run;
 pub mod status;
-pub mod transport_reconciler;
+mod status_writer;
+pub mod transport;
 pub mod worker_client;
+mod worker_objects;
+pub mod worker_pod;
 
 /// A namespaced kind the operator reads, writes and watches (Transport, Connection, and
 /// their `DeserializeGuard`s): one name for the bounds its generic steps share.

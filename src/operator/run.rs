@@ -29,12 +29,14 @@ use tokio::sync::watch;
 
 use super::{
     builders::WorkerDefaults,
-    connection_reconciler::{Connections, announce_reinitializing, reconcile_connection},
+    connection::{Connections, announce_reinitializing, reconcile_connection},
+    context::Context,
+    error::ReconcileError,
     events::Events,
     guard::reconcile_guarded,
     leadership::{Leadership, LeaseError, LeaseOptions},
     metrics::{Caches, OperatorMetrics},
-    transport_reconciler::{Context, ReconcileError, reconcile_transport},
+    transport::reconcile_transport,
     worker_client::{WorkerAccess, WorkerClient},
 };
 use crate::api::{Connection, Transport};
@@ -554,7 +556,7 @@ where
             metrics.reconciled(
                 kind,
                 started.elapsed(),
-                result.as_ref().err().map(ReconcileError::kind),
+                result.as_ref().err().map(ReconcileError::category),
             );
             result
         })
@@ -567,8 +569,9 @@ where
     K: Resource<DynamicType = ()> + Send + Sync + 'static,
 {
     let reference = object.object_ref(&());
-    let note = error.to_string();
-    tracing::warn!(object = %format!("{}/{}", reference.namespace.clone().unwrap_or_default(), reference.name.clone().unwrap_or_default()), error = %note, "reconcile failed");
+    // The step first, so `kubectl describe` says where it failed.
+    let note = format!("{} step: {error}", error.category());
+    tracing::warn!(object = %format!("{}/{}", reference.namespace.clone().unwrap_or_default(), reference.name.clone().unwrap_or_default()), step = error.category(), error = %error, "reconcile failed");
     tokio::spawn(async move {
         ctx.events
             .publish(&reference, true, "ReconcileFailed", note)

@@ -141,7 +141,7 @@ mod tests {
     //! The plugin's commands against the mock API server (the reconcilers' helpers).
 
     use super::*;
-    use crate::operator::transport_reconciler::tests::{mock, next, not_found, respond};
+    use crate::operator::fixtures::{mock, not_found, respond};
     use http::Method;
     use serde_json::{Value, json};
 
@@ -171,7 +171,7 @@ mod tests {
     async fn suspend_waits_for_the_documented_state() {
         let (client, mut handle) = mock();
         let server = tokio::spawn(async move {
-            let (method, path, body, send) = next(&mut handle).await;
+            let (method, path, body, send) = handle.next().await;
             assert_eq!(method, Method::PATCH);
             assert!(
                 path.starts_with("/apis/ferry.dev/v1alpha1/namespaces/plant-a/transports/erp?")
@@ -182,7 +182,7 @@ mod tests {
             send.send_response(respond(200, object("Transport", "erp", 3, json!({}))));
             // The worker has not got generation 3 yet, then it has.
             for (state, generation) in [("Store and Forward", 2), ("S&F Suspended", 3)] {
-                let (method, _, _, send) = next(&mut handle).await;
+                let (method, _, _, send) = handle.next().await;
                 assert_eq!(method, Method::GET);
                 send.send_response(respond(
                     200,
@@ -207,7 +207,7 @@ mod tests {
     async fn a_wait_that_times_out_says_what_it_saw() {
         let (client, mut handle) = mock();
         let server = tokio::spawn(async move {
-            let (_, path, body, send) = next(&mut handle).await;
+            let (_, path, body, send) = handle.next().await;
             assert!(path.contains("/connections/crm?"), "{path}");
             assert_eq!(body, json!({"spec": {"started": true}}));
             send.send_response(respond(200, object("Connection", "crm", 5, json!({}))));
@@ -241,9 +241,9 @@ mod tests {
     async fn a_started_connection_that_fails_is_reported_at_once() {
         let (client, mut handle) = mock();
         tokio::spawn(async move {
-            let (_, _, _, send) = next(&mut handle).await;
+            let (_, _, _, send) = handle.next().await;
             send.send_response(respond(200, object("Connection", "crm", 2, json!({}))));
-            let (_, _, _, send) = next(&mut handle).await;
+            let (_, _, _, send) = handle.next().await;
             send.send_response(respond(
                 200,
                 object(
@@ -273,7 +273,7 @@ mod tests {
     async fn an_unknown_resource_is_named() {
         let (client, mut handle) = mock();
         tokio::spawn(async move {
-            let (_, _, _, send) = next(&mut handle).await;
+            let (_, _, _, send) = handle.next().await;
             send.send_response(not_found());
         });
         let error = run(
@@ -292,7 +292,7 @@ mod tests {
     async fn status_lists_every_transport_and_connection() {
         let (client, mut handle) = mock();
         tokio::spawn(async move {
-            let (_, path, _, send) = next(&mut handle).await;
+            let (_, path, _, send) = handle.next().await;
             assert!(
                 path.starts_with("/apis/ferry.dev/v1alpha1/transports"),
                 "{path}"
@@ -306,7 +306,7 @@ mod tests {
                      "spec": {"host": {"url": "http://erp/ingest"},
                               "storeAndForward": {"maxBytes": "99999999999999999999"}},
                      "status": {"conditions": ready("False", "InvalidSpec", "spec.storeAndForward.maxBytes: too large", 1)}}]})));
-            let (_, path, _, send) = next(&mut handle).await;
+            let (_, path, _, send) = handle.next().await;
             assert!(
                 path.starts_with("/apis/ferry.dev/v1alpha1/connections"),
                 "{path}"

@@ -1,7 +1,7 @@
-//! Reconciling a Connection: its worker objects (scaled to zero while stopped), the target
-//! transports resolved to their endpoints and tokens, its place in the startup queue, the
-//! spec pushed to the worker and the status written with the operator's part of the rules
-//! (rule 1, Server Reinitializing; the startup queue).
+//! A Connection in the reconcile skeleton: its target transports are dereferenced to their
+//! endpoints and tokens; its worker is scaled to zero while it is stopped; it takes its place
+//! in the startup queue; the spec is pushed with what was resolved, and the status written
+//! with the operator's part of the rules (rule 1, Server Reinitializing; the startup queue).
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -10,27 +10,23 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    Api, Resource, ResourceExt,
-    runtime::{
-        controller::Action,
-        finalizer::{Event as Finalizer, finalizer},
-    },
-};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 use serde_json::json;
 
 use super::{
-    builders::Owner,
+    builders::{BuildError, Owner},
+    context::{Context, now},
+    error::ReconcileError,
     events::connection_event,
+    reconcile::{Observed, WorkerResource, reconcile},
     status::{ConnectionContext, connection_status},
-    transport_reconciler::{
-        Context, FINALIZER, ReconcileError, WorkerPodUnavailable, apply_or_report, now,
-        ready_worker, tokens_of, write_status,
-    },
+    status_writer::write_status,
     worker_client::WorkerPod,
+    worker_objects::tokens_of,
+    worker_pod::{ReadyWorker, WorkerPodUnavailable},
 };
 use crate::{
-    api::{Connection, ConnectionStatusValue, Transport, storage::ReclaimPolicy},
+    api::{Connection, ConnectionStatus, ConnectionStatusValue, Transport, storage::ReclaimPolicy},
     connection::{
         runtime::{ConnectionReport, Resolved, ResolvedTransport, Startup},
         startup_queue::StartupQueue,
@@ -79,6 +75,56 @@ impl Connections {
 
     fn pushed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.pushed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection's place in the startup queue. A start is observed when a connection
+    /// without a status, or one that was Disabled (stopped, or unable to run), is started; it
+    /// waits its turn until its startup is over. Any other status means it was running
+    /// already: a spec change, an unreachable worker or an operator restart (Server
+    /// Reinitializing; the queue itself was restored from status) requeues nothing. A
+    /// connection whose worker pod is not running is not in its startup: it holds no place
+    /// until the pod is ready, and keeps its turn. Answers the startup to push, and whether it
+    /// waits for its worker.
+    fn admit(
+        &self,
+        connection: &Connection,
+        key: &str,
+        can_run: bool,
+        worker: Option<&Result<ReadyWorker, WorkerPodUnavailable>>,
+    ) -> (Startup, bool) {
+        let mut queue = self.queue();
+        let now = self.now_ms();
+        let worker_ready = !matches!(worker, Some(Err(WorkerPodUnavailable::NotRunning(_))));
+        queue.set_worker_ready(key, worker_ready, now);
+        let admission = if connection.spec.started && can_run {
+            let previous = connection.status.as_ref().and_then(|s| s.status);
+            let start_observed = matches!(previous, None | Some(ConnectionStatusValue::Disabled));
+            if start_observed || queue.admission(key).is_some() {
+                Some(queue.request(key, now))
+            } else {
+                None
+            }
+        } else {
+            queue.release(key, now);
+            None
+        };
+        (Startup::from(admission), queue.waits_for_worker(key))
+    }
+
+    /// Its startup is over once it runs, fails or cannot run; not while the operator has yet
+    /// to push it (Server Reinitializing) or cannot read its worker (Unknown). Whether it is
+    /// in its startup is kept in `status`, so the queue can be rebuilt after a restart.
+    fn settle_startup(&self, key: &str, status: &mut ConnectionStatus) {
+        use ConnectionStatusValue::*;
+        let mut queue = self.queue();
+        if matches!(status.status, Some(Running | Failed | Idle | Disabled)) {
+            queue.release(key, self.now_ms());
+        }
+        status.startup_started_time = if queue.is_starting(key) {
+            status.startup_started_time.take().or_else(|| Some(now()))
+        } else {
+            None
+        };
     }
 
     /// Rebuild the startup queue from the statuses a previous operator wrote: connections it
@@ -182,16 +228,54 @@ pub async fn reconcile_connection(
     ctx: Arc<Context>,
     connections: Arc<Connections>,
 ) -> Result<Action, ReconcileError> {
-    let namespace = connection.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, connection, |event| async {
-        match event {
-            Finalizer::Apply(c) => apply(&c, &namespace, &ctx, &connections).await,
-            Finalizer::Cleanup(c) => cleanup(&c, &namespace, &ctx, &connections).await,
-        }
-    })
-    .await
-    .map_err(ReconcileError::from_finalizer)
+    reconcile(connection, ctx, connections).await
+}
+
+/// What dereferencing a connection found: each target transport's endpoint and token, or
+/// why a target cannot be used (the connection is then Disabled, naming it).
+type Targets = Result<BTreeMap<String, ResolvedTransport>, String>;
+
+impl WorkerResource for Connection {
+    type Status = ConnectionStatus;
+    type Memory = Connections;
+    type Refs = Targets;
+
+    fn owner(&self) -> Result<Owner<'_>, BuildError> {
+        Owner::connection(self)
+    }
+
+    fn status(&self) -> Option<&ConnectionStatus> {
+        self.status.as_ref()
+    }
+
+    fn reclaim_policy(&self) -> ReclaimPolicy {
+        self.spec.storage.reclaim_policy
+    }
+
+    fn runs(&self) -> bool {
+        self.spec.started
+    }
+
+    async fn dereference(&self, namespace: &str, ctx: &Context) -> Result<Targets, ReconcileError> {
+        resolve_targets(self, namespace, ctx).await
+    }
+
+    async fn observe(&self, observed: Observed<'_, Self>) -> ConnectionStatus {
+        observe(self, observed).await
+    }
+
+    fn event(
+        before: Option<&ConnectionStatus>,
+        after: &ConnectionStatus,
+    ) -> Option<(bool, &'static str, String)> {
+        connection_event(before, after)
+    }
+
+    fn forget(&self, _: &str, _: &Context, connections: &Connections) {
+        let key = connection_key(self);
+        connections.queue().release(&key, connections.now_ms());
+        connections.pushed().remove(&key);
+    }
 }
 
 /// Each target transport's ingest endpoint and token; the first missing one is an error that
@@ -200,7 +284,7 @@ async fn resolve_targets(
     connection: &Connection,
     namespace: &str,
     ctx: &Context,
-) -> Result<Result<BTreeMap<String, ResolvedTransport>, String>, ReconcileError> {
+) -> Result<Targets, ReconcileError> {
     let transports: Api<Transport> = Api::namespaced(ctx.client.clone(), namespace);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let mut resolved = BTreeMap::new();
@@ -211,7 +295,15 @@ async fn resolve_targets(
         if resolved.contains_key(&target.name) {
             continue;
         }
-        let Some(transport) = transports.get_opt(&target.name).await? else {
+        let lookup = |what: String| move |source| ReconcileError::Dereference { what, source };
+        let Some(transport) = transports
+            .get_opt(&target.name)
+            .await
+            .map_err(lookup(format!(
+                "target transport {namespace}/{}",
+                target.name
+            )))?
+        else {
             return Ok(Err(format!(
                 "sync-set {}: target transport {namespace}/{} does not exist",
                 sync_set.name, target.name
@@ -224,7 +316,13 @@ async fn resolve_targets(
             )));
         }
         let owner = Owner::transport(&transport)?;
-        let secret = secrets.get_opt(&owner.worker_name()).await?;
+        let secret = secrets
+            .get_opt(&owner.worker_name())
+            .await
+            .map_err(lookup(format!(
+                "Secret {namespace}/{}",
+                owner.worker_name()
+            )))?;
         if secret
             .as_ref()
             .is_some_and(|s| !owner.controls(&s.metadata))
@@ -253,66 +351,28 @@ async fn resolve_targets(
     Ok(Ok(resolved))
 }
 
-async fn apply(
-    connection: &Connection,
-    namespace: &str,
-    ctx: &Context,
-    connections: &Connections,
-) -> Result<Action, ReconcileError> {
-    let owner = Owner::connection(connection)?;
-    let worker = owner.worker_name();
-    let key = connection_key(connection);
-    let client = &ctx.client;
-    let tokens = apply_or_report(
-        ctx,
+/// The startup queue, the push and the status, from what the worker's pod and the
+/// dereferenced targets say.
+async fn observe(connection: &Connection, observed: Observed<'_, Connection>) -> ConnectionStatus {
+    let Observed {
         namespace,
-        &owner,
-        connection,
-        connection.status.as_ref(),
-    )
-    .await?;
-
-    let targets = resolve_targets(connection, namespace, ctx).await?;
+        ctx,
+        memory: connections,
+        worker,
+        refs: targets,
+    } = observed;
+    let key = connection_key(connection);
     let config_error = targets.as_ref().err().cloned();
-    let pod = if connection.spec.started {
-        Some(ready_worker(ctx, namespace, &worker, &tokens).await)
-    } else {
-        None
-    };
-    // The startup queue: a start is observed when a connection without a status, or one that
-    // was Disabled (stopped, or unable to run), is started; it waits its turn until its startup
-    // is over. Any other status means it was running already: a spec change, an unreachable
-    // worker or an operator restart (Server Reinitializing; the queue itself was restored from
-    // status) requeues nothing. A connection whose worker pod is not running is not in its
-    // startup: it holds no place until the pod is ready, and keeps its turn.
-    let (admission, waits_for_worker) = {
-        let mut queue = connections.queue();
-        let now = connections.now_ms();
-        let worker_ready = !matches!(pod, Some(Err(WorkerPodUnavailable::NotRunning(_))));
-        queue.set_worker_ready(&key, worker_ready, now);
-        let admission = if connection.spec.started && config_error.is_none() {
-            let previous = connection.status.as_ref().and_then(|s| s.status);
-            let start_observed = matches!(previous, None | Some(ConnectionStatusValue::Disabled));
-            if start_observed || queue.admission(&key).is_some() {
-                Some(queue.request(&key, now))
-            } else {
-                None
-            }
-        } else {
-            queue.release(&key, now);
-            None
-        };
-        (admission, queue.waits_for_worker(&key))
-    };
-    let startup = Startup::from(admission);
+    let (startup, waits_for_worker) =
+        connections.admit(connection, &key, config_error.is_none(), worker.as_ref());
 
-    let report = match pod {
+    let report = match worker {
         Some(Ok((target, _))) => {
             let resolved = Resolved {
                 transports: targets.clone().unwrap_or_default(),
                 startup: startup.clone(),
             };
-            worker_report(connection, namespace, &target, &resolved, ctx).await
+            push(connection, namespace, &target, &resolved, ctx).await
         }
         Some(Err(unavailable)) if waits_for_worker => Err(format!(
             "{unavailable}; it holds no place in the startup queue until it is ready \
@@ -345,38 +405,18 @@ async fn apply(
         queue_position: startup.position,
         config_error,
     };
-    let status = connection_status(
+    let mut status = connection_status(
         connection.status.as_ref(),
         &context,
         report.as_ref().map_err(String::as_str),
         now(),
     );
-    // Its startup is over once it runs, fails or cannot run; not while the operator has yet
-    // to push it (Server Reinitializing) or cannot read its worker (Unknown).
-    use ConnectionStatusValue::*;
-    let mut status = status;
-    {
-        let mut queue = connections.queue();
-        if matches!(status.status, Some(Running | Failed | Idle | Disabled)) {
-            queue.release(&key, connections.now_ms());
-        }
-        // Kept in status so the queue can be rebuilt after an operator restart.
-        status.startup_started_time = if queue.is_starting(&key) {
-            status.startup_started_time.or_else(|| Some(now()))
-        } else {
-            None
-        };
-    }
-    write_status(client, connection, namespace, &status).await?;
-    if let Some((warning, reason, note)) = connection_event(connection.status.as_ref(), &status) {
-        let reference = connection.object_ref(&());
-        ctx.events.publish(&reference, warning, reason, note).await;
-    }
-    Ok(Action::requeue(ctx.status_interval))
+    connections.settle_startup(&key, &mut status);
+    status
 }
 
 /// Push the spec with what was resolved, then read the report.
-async fn worker_report(
+async fn push(
     connection: &Connection,
     namespace: &str,
     target: &WorkerPod,
@@ -403,59 +443,27 @@ async fn worker_report(
         .map_err(|e| e.to_string())
 }
 
-async fn cleanup(
-    connection: &Connection,
-    namespace: &str,
-    ctx: &Context,
-    connections: &Connections,
-) -> Result<Action, ReconcileError> {
-    let owner = Owner::connection(connection)?;
-    let key = connection_key(connection);
-    connections.queue().release(&key, connections.now_ms());
-    connections.pushed().remove(&key);
-    ctx.owned().remove(owner.uid());
-    if connection.spec.storage.reclaim_policy == ReclaimPolicy::Delete {
-        super::transport_reconciler::delete_claim(ctx, namespace, &owner.worker_name()).await?;
-    }
-    Ok(Action::await_change())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::transport_reconciler::tests::{
-        Handle, condition, context, controlled_by, mock, next, not_found,
-        objects_with_known_tokens, ready_pod, respond, service_and_stateful_set_absent, test_ip,
-        worker_at, worker_pod_absent,
+    use crate::operator::fixtures::{
+        ApiServerVerifier, condition, connection, context, controlled_by, mock, not_found, respond,
+        test_ip, waiting_pod, worker_at,
     };
     use http::Method;
     use serde_json::Value;
     use std::time::Duration;
 
-    fn connection(name: &str, started: bool) -> Connection {
-        serde_json::from_value(json!({
-            "apiVersion": "ferry.dev/v1alpha1", "kind": "Connection",
-            "metadata": {"name": name, "namespace": "plant-a", "uid": format!("uid-{name}"), "generation": 1,
-                         "finalizers": [FINALIZER]},
-            "spec": {"started": started, "syncSets": [{
-                "name": "orders",
-                "source": {"http": {"url": "http://crm/api/orders"}},
-                "target": {"transport": {"name": "erp"}},
-            }]},
-        }))
-        .unwrap()
-    }
-
     /// Answer the Secret lookup and the three applies; answers the StatefulSet applied.
-    async fn objects(handle: &mut Handle) -> Value {
-        let (_, path, _, send) = next(handle).await;
+    async fn objects(handle: &mut ApiServerVerifier) -> Value {
+        let (_, path, _, send) = handle.next().await;
         assert!(path.contains("/secrets/ferry-conn-"), "{path}");
         let worker = path.rsplit('/').next().unwrap().to_owned();
         send.send_response(not_found());
-        service_and_stateful_set_absent(handle, &worker).await;
+        handle.service_and_stateful_set_absent(&worker).await;
         let mut sts = Value::Null;
         for _ in 0..3 {
-            let (method, _, body, send) = next(handle).await;
+            let (method, _, body, send) = handle.next().await;
             assert_eq!(method, Method::PATCH);
             if body["kind"] == "StatefulSet" {
                 sts = body.clone();
@@ -476,8 +484,8 @@ mod tests {
 
     /// The status write: checked to be the connection's status subresource, answered with the
     /// connection; answers what was written.
-    async fn status_written(handle: &mut Handle, answer: &Connection) -> Value {
-        let (method, path, body, send) = next(handle).await;
+    async fn status_written(handle: &mut ApiServerVerifier, answer: &Connection) -> Value {
+        let (method, path, body, send) = handle.next().await;
         assert_eq!(method, Method::PATCH);
         let expected = format!("/connections/{}/status", answer.name_any());
         assert!(path.contains(&expected), "{path}");
@@ -486,16 +494,16 @@ mod tests {
     }
 
     /// Answer the lookups of the target transport `erp` and its ingest token.
-    async fn target_resolved(handle: &mut Handle) {
+    async fn target_resolved(handle: &mut ApiServerVerifier) {
         target_with_secret_owned_by(handle, controlled_by("uid-erp")).await;
     }
 
     /// The same, with the Secret's `ownerReferences` as given.
-    async fn target_with_secret_owned_by(handle: &mut Handle, owners: Value) {
-        let (_, path, _, send) = next(handle).await;
+    async fn target_with_secret_owned_by(handle: &mut ApiServerVerifier, owners: Value) {
+        let (_, path, _, send) = handle.next().await;
         assert!(path.ends_with("/transports/erp"), "{path}");
         send.send_response(respond(200, erp()));
-        let (_, path, _, send) = next(handle).await;
+        let (_, path, _, send) = handle.next().await;
         assert!(
             path.ends_with("/secrets/ferry-tp-erp"),
             "the target's ingest token: {path}"
@@ -517,9 +525,11 @@ mod tests {
         let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
         let ip = test_ip(37);
         let server = tokio::spawn(async move {
-            objects_with_known_tokens(&mut handle, "ferry-conn-crm", "uid-crm").await;
             target_resolved(&mut handle).await;
-            ready_pod(&mut handle, "ferry-conn-crm", &ip, "pod-1").await;
+            handle
+                .objects_with_known_tokens("ferry-conn-crm", "uid-crm")
+                .await;
+            handle.ready_pod("ferry-conn-crm", &ip, "pod-1").await;
             status_written(&mut handle, &connection("crm", true)).await
         });
         reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
@@ -554,9 +564,11 @@ mod tests {
         let pod_ip = ip.clone();
         let server = tokio::spawn(async move {
             let announced = status_written(&mut handle, &answer).await;
-            objects_with_known_tokens(&mut handle, "ferry-conn-crm", "uid-crm").await;
             target_resolved(&mut handle).await;
-            ready_pod(&mut handle, "ferry-conn-crm", &pod_ip, "pod-1").await;
+            handle
+                .objects_with_known_tokens("ferry-conn-crm", "uid-crm")
+                .await;
+            handle.ready_pod("ferry-conn-crm", &pod_ip, "pod-1").await;
             (announced, status_written(&mut handle, &answer).await)
         });
         let failed =
@@ -606,7 +618,7 @@ mod tests {
             let server = tokio::spawn(async move {
                 let mut requests = Vec::new();
                 loop {
-                    let (method, path, _, send) = next(&mut handle).await;
+                    let (method, path, _, send) = handle.next().await;
                     let done = method == Method::PATCH;
                     requests.push(format!("{method} {}", path.split('?').next().unwrap()));
                     send.send_response(if done {
@@ -689,8 +701,7 @@ mod tests {
         let ctx = context(client);
         let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
         let server = tokio::spawn(async move {
-            objects(&mut handle).await;
-            let (method, path, _, send) = next(&mut handle).await;
+            let (method, path, _, send) = handle.next().await;
             assert_eq!(
                 (method, path.as_str()),
                 (
@@ -699,8 +710,9 @@ mod tests {
                 )
             );
             send.send_response(not_found());
+            objects(&mut handle).await;
             // No worker to ask: the status says why it cannot run.
-            worker_pod_absent(&mut handle, "ferry-conn-crm").await;
+            handle.worker_pod_absent("ferry-conn-crm").await;
             status_written(&mut handle, &connection("crm", true)).await
         });
         reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
@@ -727,10 +739,10 @@ mod tests {
         let ctx = context(client);
         let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
         let server = tokio::spawn(async move {
-            objects(&mut handle).await;
             // A Secret nobody controls.
             target_with_secret_owned_by(&mut handle, json!([])).await;
-            worker_pod_absent(&mut handle, "ferry-conn-crm").await;
+            objects(&mut handle).await;
+            handle.worker_pod_absent("ferry-conn-crm").await;
             status_written(&mut handle, &connection("crm", true)).await
         });
         reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
@@ -760,14 +772,14 @@ mod tests {
         let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
         let answer = known.clone();
         let server = tokio::spawn(async move {
-            objects(&mut handle).await;
-            let (_, path, _, send) = next(&mut handle).await;
+            let (_, path, _, send) = handle.next().await;
             assert!(path.ends_with("/transports/erp"), "{path}");
             send.send_response(respond(200, erp()));
-            let (_, _, _, send) = next(&mut handle).await;
+            let (_, _, _, send) = handle.next().await;
             send.send_response(not_found());
+            objects(&mut handle).await;
             // The worker pod is not ready yet: nothing pushed.
-            let (_, path, _, send) = next(&mut handle).await;
+            let (_, path, _, send) = handle.next().await;
             assert!(path.ends_with("/pods/ferry-conn-crm-0"), "{path}");
             send.send_response(respond(
                 200,
@@ -790,11 +802,11 @@ mod tests {
         let ctx = context(client);
         let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
         let server = tokio::spawn(async move {
-            let sts = objects(&mut handle).await;
-            assert_eq!(sts["spec"]["replicas"], 0);
-            let (_, path, _, send) = next(&mut handle).await;
+            let (_, path, _, send) = handle.next().await;
             assert!(path.ends_with("/transports/erp"), "{path}");
             send.send_response(not_found());
+            let sts = objects(&mut handle).await;
+            assert_eq!(sts["spec"]["replicas"], 0);
             status_written(&mut handle, &connection("crm", false)).await
         });
         reconcile_connection(Arc::new(connection("crm", false)), ctx, connections)
@@ -818,9 +830,13 @@ mod tests {
         let ctx = context(client);
         let pod_ip = ip.clone();
         let server = tokio::spawn(async move {
-            objects_with_known_tokens(&mut handle, "ferry-conn-second", "uid-second").await;
             target_resolved(&mut handle).await;
-            ready_pod(&mut handle, "ferry-conn-second", &pod_ip, "pod-2").await;
+            handle
+                .objects_with_known_tokens("ferry-conn-second", "uid-second")
+                .await;
+            handle
+                .ready_pod("ferry-conn-second", &pod_ip, "pod-2")
+                .await;
             status_written(&mut handle, &connection("second", true)).await
         });
         reconcile_connection(
@@ -849,27 +865,20 @@ mod tests {
         let (client, mut handle) = mock();
         let ctx = context(client);
         let server = tokio::spawn(async move {
-            objects_with_known_tokens(&mut handle, "ferry-conn-broken", "uid-broken").await;
             target_resolved(&mut handle).await;
-            let (_, path, _, send) = next(&mut handle).await;
-            assert!(path.ends_with("/pods/ferry-conn-broken-0"), "{path}");
-            send.send_response(respond(
-                200,
-                json!({
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": "ferry-conn-broken-0", "uid": "pod-1"},
-                    "status": {
-                        "phase": "Pending",
-                        "conditions": [{"type": "Ready", "status": "False"}],
-                        "containerStatuses": [{
-                            "name": "worker", "image": "ferry:typo", "imageID": "", "ready": false,
-                            "restartCount": 0,
-                            "state": {"waiting": {"reason": "ImagePullBackOff",
-                                                  "message": "Back-off pulling image \"ferry:typo\""}},
-                        }],
-                    },
-                }),
-            ));
+            handle
+                .objects_with_known_tokens("ferry-conn-broken", "uid-broken")
+                .await;
+            handle
+                .pod(
+                    "ferry-conn-broken",
+                    waiting_pod(
+                        "ferry-conn-broken",
+                        "ImagePullBackOff",
+                        "Back-off pulling image \"ferry:typo\"",
+                    ),
+                )
+                .await;
             status_written(&mut handle, &connection("broken", true)).await
         });
         reconcile_connection(

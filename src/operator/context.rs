@@ -1,0 +1,74 @@
+//! What every reconcile shares: the API client, the way to reach workers, the worker
+//! defaults, the Events publisher, and what this operator remembers of each resource until it
+//! restarts.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+use super::{builders::WorkerDefaults, events::Events, worker_client::WorkerClient};
+
+/// The one field manager of everything the operator applies.
+pub const FIELD_MANAGER: &str = "ferry-operator";
+/// Held until the worker's volume has been dealt with as `reclaimPolicy` says.
+pub const FINALIZER: &str = "ferry.dev/worker-storage";
+
+/// What the worker of a resource was last given: (generation, worker pod uid).
+pub(super) type Pushed = (Option<i64>, String);
+
+pub struct Context {
+    pub client: kube::Client,
+    pub workers: WorkerClient,
+    pub defaults: WorkerDefaults,
+    pub status_interval: Duration,
+    pub events: Events,
+    /// What each worker was last given, by resource. A new generation or a new pod (the
+    /// worker restarted) means the spec is pushed again. Empty after an operator restart, so
+    /// everything is pushed once more.
+    pushed: Mutex<HashMap<String, Pushed>>,
+    /// Resources (by uid) whose Service and StatefulSet this operator found to be their own
+    /// and applied: their ownership is not read again on every status refresh. Empty after an
+    /// operator restart, so each is checked once more.
+    owned: Mutex<HashSet<String>>,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        workers: WorkerClient,
+        defaults: WorkerDefaults,
+        status_interval: Duration,
+    ) -> Self {
+        Self {
+            client,
+            workers,
+            defaults,
+            status_interval,
+            events: Events::default(),
+            pushed: Mutex::new(HashMap::new()),
+            owned: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Publish Kubernetes Events for state changes and errors.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    pub(super) fn pushed(&self) -> MutexGuard<'_, HashMap<String, Pushed>> {
+        self.pushed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn owned(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.owned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(crate) fn now() -> Time {
+    Time(Timestamp::now())
+}

@@ -1,0 +1,85 @@
+//! Why a reconcile failed: one variant per step of the skeleton in `reconcile.rs`, each
+//! keeping its source. `category()` names the step for the errors metric and the
+//! `ReconcileFailed` Event.
+
+use super::{builders::BuildError, context::FINALIZER};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("cannot {action} the finalizer {FINALIZER}: {source}")]
+    Finalizer {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the object has no name or an invalid finalizer list; it cannot be reconciled")]
+    Unreconcilable,
+    #[error("cannot read {what}: {source}")]
+    Dereference {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("cannot apply the {object}: {source}")]
+    Apply {
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "a {kind} named {name} already exists in namespace {namespace} and is not controlled by {owner}; ferry leaves it as it is: delete or rename it, or rename the resource"
+    )]
+    NameConflict {
+        kind: &'static str,
+        name: String,
+        namespace: String,
+        owner: String,
+    },
+    #[error("cannot write the status: {source}")]
+    Status {
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot delete the volume claim {claim}: {source}")]
+    Cleanup {
+        claim: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ReconcileError {
+    /// The step's own error when it failed inside the finalizer's apply or cleanup; the
+    /// finalizer's own failures otherwise.
+    pub fn from_finalizer(e: kube::runtime::finalizer::Error<ReconcileError>) -> Self {
+        use kube::runtime::finalizer::Error;
+        match e {
+            Error::ApplyFailed(inner) | Error::CleanupFailed(inner) => inner,
+            Error::AddFinalizer(source) => ReconcileError::Finalizer {
+                action: "add",
+                source,
+            },
+            Error::RemoveFinalizer(source) => ReconcileError::Finalizer {
+                action: "remove",
+                source,
+            },
+            Error::UnnamedObject | Error::InvalidFinalizer => ReconcileError::Unreconcilable,
+        }
+    }
+
+    /// The step that failed: the `error` label of `ferry_operator_reconcile_errors_total` and
+    /// the start of the `ReconcileFailed` Event's note.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Finalizer { .. } | ReconcileError::Unreconcilable => "finalizer",
+            ReconcileError::Dereference { .. } => "dereference",
+            ReconcileError::Build(_) => "build",
+            ReconcileError::Apply { .. } => "apply",
+            ReconcileError::NameConflict { .. } => "conflict",
+            ReconcileError::Status { .. } => "status",
+            ReconcileError::Cleanup { .. } => "cleanup",
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Test fixtures of the operator: builders of the objects the reconcilers read, a worker in
+//! this process, and the controller-rs `ApiServerVerifier`: a mock API server that answers
+//! each request a reconcile makes, in order, through named steps that check it.
+
+use std::{sync::Arc, time::Duration};
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::{
+    builders::WorkerDefaults,
+    context::{Context, FINALIZER},
+    worker_client::WorkerClient,
+};
+use crate::api::{Connection, Transport};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// The mock API server's side: each named step answers the next requests and checks them.
+pub struct ApiServerVerifier(Handle);
+
+impl ApiServerVerifier {
+    /// The next request as it came, if the client made one (for tests that answer every
+    /// request alike).
+    pub async fn next_request(
+        &mut self,
+    ) -> Option<(
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    )> {
+        self.0.next_request().await
+    }
+
+    /// The next request: its method, path and JSON body.
+    pub async fn next(
+        &mut self,
+    ) -> (
+        Method,
+        String,
+        Value,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        let (request, send) = self
+            .0
+            .next_request()
+            .await
+            .expect("the reconciler made a request");
+        let method = request.method().clone();
+        let path = request.uri().to_string();
+        let bytes = http_body_util::BodyExt::collect(request.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (method, path, body, send)
+    }
+
+    /// Answer the ownership lookups of the worker's Service and StatefulSet: none exists yet.
+    pub async fn service_and_stateful_set_absent(&mut self, worker: &str) {
+        for kind in ["services", "statefulsets"] {
+            let (method, path, _, send) = self.next().await;
+            assert_eq!(method, Method::GET);
+            assert!(path.contains(&format!("/{kind}/{worker}")), "{path}");
+            send.send_response(not_found());
+        }
+    }
+
+    /// Answer the Secret lookup with the tokens `worker_at` expects (a Secret controlled by
+    /// `uid`), the ownership lookups, then the three applies.
+    pub async fn objects_with_known_tokens(&mut self, worker: &str, uid: &str) {
+        self.objects_with_known_tokens_and(worker, uid, true).await;
+    }
+
+    /// The same, when the Service's and StatefulSet's ownership is read (`checked`) or already
+    /// known from an earlier reconcile of this operator.
+    pub async fn objects_with_known_tokens_and(&mut self, worker: &str, uid: &str, checked: bool) {
+        let (_, path, _, send) = self.next().await;
+        assert!(path.ends_with(&format!("/secrets/{worker}")), "{path}");
+        send.send_response(respond(
+            200,
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": worker, "ownerReferences": controlled_by(uid)},
+                "data": {"admin-token": "YWRtaW4tdG9rZW4=", "ingest-token": "aW5nZXN0LXRva2Vu"},
+            }),
+        ));
+        if checked {
+            self.service_and_stateful_set_absent(worker).await;
+        }
+        for _ in 0..3 {
+            let (method, _, body, send) = self.next().await;
+            assert_eq!(
+                method,
+                Method::PATCH,
+                "ownership is read once, not on every reconcile"
+            );
+            if body["kind"] == "Secret" {
+                assert_eq!(
+                    body["data"]["admin-token"], "YWRtaW4tdG9rZW4=",
+                    "tokens kept, not regenerated"
+                );
+            }
+            send.send_response(respond(200, body));
+        }
+    }
+
+    /// Answer the lookup of the StatefulSet's FailedCreate Events (made when its pod is missing)
+    /// with one carrying `message`, or none.
+    pub async fn creation_events(&mut self, worker: &str, message: Option<&str>) {
+        let (method, path, _, send) = self.next().await;
+        assert_eq!(method, Method::GET);
+        assert!(
+            path.contains("/events?") && path.contains(worker) && path.contains("FailedCreate"),
+            "{path}"
+        );
+        let items: Vec<Value> = message
+            .map(|m| {
+                json!({"metadata": {"name": format!("{worker}.1")},
+                       "involvedObject": {"kind": "StatefulSet", "name": worker},
+                       "reason": "FailedCreate", "message": m,
+                       "lastTimestamp": "2026-11-28T06:00:00Z"})
+            })
+            .into_iter()
+            .collect();
+        send.send_response(respond(
+            200,
+            json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items}),
+        ));
+    }
+
+    /// Answer the pod lookup (in `plant-a`, every test's namespace): no such pod, and no
+    /// FailedCreate Event to say why.
+    pub async fn worker_pod_absent(&mut self, worker: &str) {
+        let (method, path, _, send) = self.next().await;
+        assert_eq!(
+            (method, path),
+            (
+                Method::GET,
+                format!("/api/v1/namespaces/plant-a/pods/{worker}-0")
+            )
+        );
+        send.send_response(not_found());
+        self.creation_events(worker, None).await;
+    }
+
+    /// Answer the pod lookup: ready, at `ip`, with this uid.
+    pub async fn ready_pod(&mut self, worker: &str, ip: &str, uid: &str) {
+        self.pod(worker, ready_pod(worker, ip, uid)).await;
+    }
+
+    /// Answer the pod lookup with `pod`.
+    pub async fn pod(&mut self, worker: &str, pod: Value) {
+        let (_, path, _, send) = self.next().await;
+        assert!(path.ends_with(&format!("/pods/{worker}-0")), "{path}");
+        send.send_response(respond(200, pod));
+    }
+}
+
+/// A started or stopped connection `name` in `plant-a` syncing `orders` into transport `erp`,
+/// with the finalizer.
+pub fn connection(name: &str, started: bool) -> Connection {
+    serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "Connection",
+        "metadata": {"name": name, "namespace": "plant-a", "uid": format!("uid-{name}"), "generation": 1,
+                     "finalizers": [FINALIZER]},
+        "spec": {"started": started, "syncSets": [{
+            "name": "orders",
+            "source": {"http": {"url": "http://crm/api/orders"}},
+            "target": {"transport": {"name": "erp"}},
+        }]},
+    }))
+    .unwrap()
+}
+
+/// A worker pod that is ready, at `ip`, with this uid.
+pub fn ready_pod(worker: &str, ip: &str, uid: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{worker}-0"), "uid": uid},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+/// A worker pod that is Pending: its container waits with `reason` and `message`.
+pub fn waiting_pod(worker: &str, reason: &str, message: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{worker}-0"), "uid": "pod-waiting"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{
+                "name": "worker", "image": "ferry", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": message}},
+            }],
+        },
+    })
+}
+
+pub fn transport(finalized: bool, reclaim: &str) -> Transport {
+    let mut t: Transport = serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+        "metadata": {"name": "erp", "namespace": "plant-a", "uid": "uid-1", "generation": 2},
+        "spec": {"host": {"url": "http://erp/ingest"}, "storage": {"reclaimPolicy": reclaim}},
+    }))
+    .unwrap();
+    if finalized {
+        t.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    }
+    t
+}
+
+pub fn context(client: kube::Client) -> Arc<Context> {
+    crate::install_crypto_provider();
+    Arc::new(Context::new(
+        client,
+        WorkerClient::direct(Duration::from_secs(1)).unwrap(),
+        WorkerDefaults::default(),
+        Duration::from_secs(5),
+    ))
+}
+
+pub fn respond(status: u16, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
+pub fn not_found() -> Response<Body> {
+    respond(
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+    )
+}
+
+pub fn mock() -> (kube::Client, ApiServerVerifier) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (
+        kube::Client::new(service, "default"),
+        ApiServerVerifier(handle),
+    )
+}
+
+/// `metadata.ownerReferences` naming `uid` as the controller.
+pub fn controlled_by(uid: &str) -> Value {
+    json!([{"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport", "name": "x",
+            "uid": uid, "controller": true}])
+}
+
+/// A loopback address of this test's own, so parallel tests do not collide.
+pub fn test_ip(last: u8) -> String {
+    format!("127.0.{}.{last}", std::process::id() % 250 + 2)
+}
+
+/// A condition of a written status: its status, reason and message.
+pub fn condition(status: &Value, type_: &str) -> (String, String, String) {
+    let c = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap();
+    (
+        c["status"].as_str().unwrap().to_owned(),
+        c["reason"].as_str().unwrap().to_owned(),
+        c["message"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A worker in this process, listening on a loopback address of its own at the worker
+/// port, standing in for the pod's IP.
+pub async fn worker_at(ip: &str, dir: &std::path::Path) -> tokio::task::JoinHandle<()> {
+    use crate::worker::{
+        Worker, WorkerOptions, api,
+        tokens::{Token, Tokens},
+    };
+    let worker = Worker::open(
+        WorkerOptions {
+            data_dir: dir.to_owned(),
+            public_url: format!("http://{ip}:8080"),
+            forward_window: 1,
+            memory_budget: crate::worker::budget::DEFAULT_BYTES,
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let tokens = Tokens {
+        admin: Some(Token::new("admin-token")),
+        ingest: Some(Token::new("ingest-token")),
+    };
+    let listener = tokio::net::TcpListener::bind((ip, 8080)).await.unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, api::router(worker, tokens))
+            .await
+            .unwrap();
+    })
+}

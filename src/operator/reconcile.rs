@@ -1,0 +1,145 @@
+//! The one reconcile of both kinds, in steps (the layout of kube-rs' controller-rs and
+//! Stackable's operators):
+//!
+//! finalizer → dereference → build → apply → push → status → events
+//!
+//! Each kind supplies only what differs through [`WorkerResource`]: what it looks up
+//! (dereference), what it pushes to its worker and how the report becomes its status
+//! (observe), and which Event a status change calls for. Deletion runs the cleanup step: the
+//! kind forgets what it remembered, and the volume goes when `reclaimPolicy: Delete`.
+
+use std::sync::Arc;
+
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        controller::Action,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+
+use super::{
+    NamespacedObject,
+    builders::{BuildError, Owner},
+    context::{Context, FINALIZER},
+    error::ReconcileError,
+    status::WithConditions,
+    status_writer::write_status,
+    worker_objects::{apply_or_report, delete_claim},
+    worker_pod::{ReadyWorker, WorkerPodUnavailable, ready_worker},
+};
+use crate::api::storage::ReclaimPolicy;
+
+/// A resource that runs in a worker of its own.
+pub trait WorkerResource: NamespacedObject + serde::Serialize {
+    type Status: WithConditions + Send + Sync;
+    /// What this kind keeps across reconciles, besides the shared context.
+    type Memory: Send + Sync + 'static;
+    /// What dereferencing found, for the push.
+    type Refs: Send;
+
+    /// The resource as the owner of its worker's objects.
+    fn owner(&self) -> Result<Owner<'_>, BuildError>;
+    fn status(&self) -> Option<&Self::Status>;
+    fn reclaim_policy(&self) -> ReclaimPolicy;
+    /// Whether its worker should be running (a stopped connection's is scaled to zero, and
+    /// is not asked).
+    fn runs(&self) -> bool {
+        true
+    }
+
+    /// Look up what the worker needs besides the spec. An error of the lookup itself fails
+    /// the reconcile; what the lookup finds wrong belongs in `Refs`, for the status.
+    fn dereference(
+        &self,
+        namespace: &str,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<Self::Refs, ReconcileError>> + Send;
+
+    /// Push to the worker (when it can be asked) and derive the new status from its report.
+    fn observe(&self, observed: Observed<'_, Self>) -> impl Future<Output = Self::Status> + Send;
+
+    /// The Event a status change calls for: (warning, reason, note).
+    fn event(
+        before: Option<&Self::Status>,
+        after: &Self::Status,
+    ) -> Option<(bool, &'static str, String)>;
+
+    /// The resource is going away: forget what this kind remembered of it.
+    fn forget(&self, namespace: &str, ctx: &Context, memory: &Self::Memory);
+}
+
+/// What the observe step works with.
+pub struct Observed<'a, R: WorkerResource> {
+    pub namespace: &'a str,
+    pub ctx: &'a Context,
+    pub memory: &'a R::Memory,
+    /// The worker's pod; `None` when the resource's worker does not run.
+    pub worker: Option<Result<ReadyWorker, WorkerPodUnavailable>>,
+    pub refs: R::Refs,
+}
+
+pub async fn reconcile<R: WorkerResource>(
+    object: Arc<R>,
+    ctx: Arc<Context>,
+    memory: Arc<R::Memory>,
+) -> Result<Action, ReconcileError> {
+    let namespace = object.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<R> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, object, |event| async {
+        match event {
+            Finalizer::Apply(object) => apply(&*object, &namespace, &ctx, &memory).await,
+            Finalizer::Cleanup(object) => cleanup(&*object, &namespace, &ctx, &memory).await,
+        }
+    })
+    .await
+    .map_err(ReconcileError::from_finalizer)
+}
+
+async fn apply<R: WorkerResource>(
+    object: &R,
+    namespace: &str,
+    ctx: &Context,
+    memory: &R::Memory,
+) -> Result<Action, ReconcileError> {
+    let refs = object.dereference(namespace, ctx).await?;
+    let owner = object.owner()?;
+    let tokens = apply_or_report(ctx, namespace, &owner, object, object.status()).await?;
+    let worker = if object.runs() {
+        Some(ready_worker(ctx, namespace, &owner.worker_name(), &tokens).await)
+    } else {
+        None
+    };
+    let observed = Observed {
+        namespace,
+        ctx,
+        memory,
+        worker,
+        refs,
+    };
+    let status = object.observe(observed).await;
+    write_status(&ctx.client, object, namespace, &status).await?;
+    if let Some((warning, reason, note)) = R::event(object.status(), &status) {
+        let reference = object.object_ref(&());
+        ctx.events.publish(&reference, warning, reason, note).await;
+    }
+    Ok(Action::requeue(ctx.status_interval))
+}
+
+/// Deletion: `reclaimPolicy: Delete` removes the worker's volume (the StatefulSet's own
+/// retention policy does too, where the cluster supports it); `Retain` keeps it, and what is
+/// queued in it. The owned objects go with the resource (owner references).
+async fn cleanup<R: WorkerResource>(
+    object: &R,
+    namespace: &str,
+    ctx: &Context,
+    memory: &R::Memory,
+) -> Result<Action, ReconcileError> {
+    let owner = object.owner()?;
+    object.forget(namespace, ctx, memory);
+    ctx.owned().remove(owner.uid());
+    if object.reclaim_policy() == ReclaimPolicy::Delete {
+        delete_claim(ctx, namespace, &owner.worker_name()).await?;
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,536 @@
+//! A Transport in the reconcile skeleton: it needs nothing looked up; its spec is pushed
+//! when the worker has not got this generation (or restarted), and the worker's report
+//! becomes its status.
+
+use std::sync::Arc;
+
+use kube::{ResourceExt, runtime::controller::Action};
+use serde_json::json;
+
+use super::{
+    builders::{BuildError, Owner},
+    context::Context,
+    error::ReconcileError,
+    events::transport_event,
+    reconcile::{Observed, WorkerResource, reconcile},
+    status::transport_status,
+    worker_pod::ReadyWorker,
+};
+use crate::{
+    api::{Transport, TransportStatus, storage::ReclaimPolicy},
+    transport::runtime::TransportReport,
+};
+
+pub async fn reconcile_transport(
+    transport: Arc<Transport>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    reconcile(transport, ctx, Arc::new(())).await
+}
+
+impl WorkerResource for Transport {
+    type Status = TransportStatus;
+    type Memory = ();
+    type Refs = ();
+
+    fn owner(&self) -> Result<Owner<'_>, BuildError> {
+        Owner::transport(self)
+    }
+
+    fn status(&self) -> Option<&TransportStatus> {
+        self.status.as_ref()
+    }
+
+    fn reclaim_policy(&self) -> ReclaimPolicy {
+        self.spec.storage.reclaim_policy
+    }
+
+    async fn dereference(&self, _: &str, _: &Context) -> Result<(), ReconcileError> {
+        Ok(())
+    }
+
+    async fn observe(&self, observed: Observed<'_, Self>) -> TransportStatus {
+        let report = match observed.worker {
+            Some(Ok(worker)) => push(self, observed.namespace, worker, observed.ctx).await,
+            Some(Err(unavailable)) => Err(unavailable.to_string()),
+            None => Err("the worker does not run".into()),
+        };
+        transport_status(
+            self.status.as_ref(),
+            self.metadata.generation,
+            self.spec.suspended,
+            report.as_ref().map_err(String::as_str),
+            super::context::now(),
+        )
+    }
+
+    fn event(
+        before: Option<&TransportStatus>,
+        after: &TransportStatus,
+    ) -> Option<(bool, &'static str, String)> {
+        transport_event(before, after)
+    }
+
+    fn forget(&self, namespace: &str, ctx: &Context, _: &()) {
+        ctx.pushed().remove(&pushed_key(namespace, self));
+    }
+}
+
+fn pushed_key(namespace: &str, transport: &Transport) -> String {
+    format!("Transport {namespace}/{}", transport.name_any())
+}
+
+/// Push the spec when the worker has not got this generation (or restarted), then read its
+/// report. `Err` says why the worker could not be read.
+async fn push(
+    transport: &Transport,
+    namespace: &str,
+    (target, pod_uid): ReadyWorker,
+    ctx: &Context,
+) -> Result<TransportReport, String> {
+    let key = pushed_key(namespace, transport);
+    let path = format!("/v1/transports/{namespace}/{}", transport.name_any());
+    let wanted = (transport.metadata.generation, pod_uid);
+    let fresh = ctx.pushed().get(&key) == Some(&wanted);
+    if fresh {
+        match ctx.workers.get::<TransportReport>(&target, &path).await {
+            Ok(report) => return Ok(report),
+            // The worker lost it (a new disk): push again.
+            Err(e) if e.is_not_hosted() => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let manifest = json!({
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "Transport",
+        "metadata": {
+            "name": transport.name_any(),
+            "namespace": namespace,
+            "generation": transport.metadata.generation,
+        },
+        "spec": transport.spec,
+    });
+    let report = ctx
+        .workers
+        .put::<TransportReport>(&target, &path, &manifest)
+        .await
+        .map_err(|e| e.to_string())?;
+    ctx.pushed().insert(key, wanted);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::{
+        context::{FINALIZER, now},
+        fixtures::{
+            ApiServerVerifier, condition, context, controlled_by, mock, not_found, respond,
+            test_ip, transport, worker_at,
+        },
+    };
+    use http::Method;
+    use serde_json::Value;
+    use std::time::Duration;
+
+    /// Answer the status write; answers what was written.
+    async fn transport_status_written(handle: &mut ApiServerVerifier) -> Value {
+        let (method, path, body, send) = handle.next().await;
+        assert_eq!(method, Method::PATCH);
+        assert!(path.contains("/transports/erp/status"), "{path}");
+        assert!(
+            path.contains("fieldManager=ferry-operator"),
+            "server-side apply: {path}"
+        );
+        send.send_response(respond(
+            200,
+            serde_json::to_value(transport(true, "Retain")).unwrap(),
+        ));
+        body
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn suspending_pushes_the_new_generation_to_the_worker() {
+        let ip = test_ip(35);
+        let dir = tempfile::tempdir().unwrap();
+        let worker = worker_at(&ip, dir.path()).await;
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let mut suspended = transport(true, "Retain");
+        suspended.metadata.generation = Some(3);
+        suspended.spec.suspended = true;
+        let pod_ip = ip.clone();
+        let server = tokio::spawn(async move {
+            // Generation 2 first, then generation 3 with `suspended: true`; the same pod.
+            let mut written = Vec::new();
+            for checked in [true, false] {
+                handle
+                    .objects_with_known_tokens_and("ferry-tp-erp", "uid-1", checked)
+                    .await;
+                handle.ready_pod("ferry-tp-erp", &pod_ip, "pod-1").await;
+                written.push(transport_status_written(&mut handle).await);
+            }
+            written
+        });
+        reconcile_transport(Arc::new(transport(true, "Retain")), ctx.clone())
+            .await
+            .unwrap();
+        reconcile_transport(Arc::new(suspended), ctx).await.unwrap();
+        let written = server.await.unwrap();
+        assert_eq!(written[0]["status"]["state"], "Down");
+        assert_eq!(written[1]["status"]["state"], "Suspended");
+        assert_eq!(written[1]["status"]["observedGeneration"], 3);
+        // The worker itself has it.
+        let report: Value = reqwest::Client::new()
+            .get(format!("http://{ip}:8080/v1/transports/plant-a/erp"))
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(report["state"], "Suspended", "{report}");
+        worker.abort();
+    }
+
+    #[tokio::test]
+    async fn a_silent_worker_makes_it_not_ready_and_keeps_the_last_state() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let mut known = transport(true, "Retain");
+        known.status = serde_json::from_value(json!({
+            "state": "Store and Forward", "observedGeneration": 2,
+            "queue": {"messages": 7, "bytes": 70, "oldestAgeSeconds": 3},
+        }))
+        .unwrap();
+        // Nothing listens at this address.
+        let ip = test_ip(36);
+        let server = tokio::spawn(async move {
+            handle
+                .objects_with_known_tokens("ferry-tp-erp", "uid-1")
+                .await;
+            handle.ready_pod("ferry-tp-erp", &ip, "pod-1").await;
+            transport_status_written(&mut handle).await
+        });
+        reconcile_transport(Arc::new(known), ctx).await.unwrap();
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(status["state"], "Store and Forward", "last known: {status}");
+        assert_eq!(status["queue"]["messages"], 7);
+        let (ready, reason, _) = condition(status, "Ready");
+        assert_eq!(
+            (ready.as_str(), reason.as_str()),
+            ("False", "WorkerUnreachable")
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_worker_objects_show_in_the_status() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let mut known = transport(true, "Retain");
+        known.status =
+            serde_json::from_value(json!({"state": "Up", "observedGeneration": 2})).unwrap();
+        let server = tokio::spawn(async move {
+            let (_, _, _, send) = handle.next().await;
+            send.send_response(not_found());
+            handle.service_and_stateful_set_absent("ferry-tp-erp").await;
+            // Secret and Service applied; the StatefulSet refused by admission.
+            for _ in 0..2 {
+                let (_, _, body, send) = handle.next().await;
+                send.send_response(respond(200, body));
+            }
+            let (_, path, _, send) = handle.next().await;
+            assert!(path.contains("/statefulsets/ferry-tp-erp"), "{path}");
+            send.send_response(respond(
+                403,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                       "message": "exceeded quota: compute, requested: requests.memory=64Mi"}),
+            ));
+            transport_status_written(&mut handle).await
+        });
+        let error = reconcile_transport(Arc::new(known), ctx).await.unwrap_err();
+        assert!(error.to_string().contains("exceeded quota"), "{error}");
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(
+            status["state"], "Up",
+            "the last known state stays: {status}"
+        );
+        let (ready, reason, _) = condition(status, "Ready");
+        assert_eq!(
+            (ready.as_str(), reason.as_str()),
+            ("False", "WorkerObjectsRefused")
+        );
+    }
+
+    /// An unrelated Secret, Service or StatefulSet of the worker's name is never applied over
+    /// (nor its tokens read): Ready=False NameConflict names it.
+    #[tokio::test]
+    async fn a_foreign_object_of_the_worker_name_is_left_alone() {
+        for foreign in ["secrets", "services", "statefulsets"] {
+            let (client, mut handle) = mock();
+            let ctx = context(client);
+            let server = tokio::spawn(async move {
+                for kind in ["secrets", "services", "statefulsets"] {
+                    let (method, path, _, send) = handle.next().await;
+                    assert_eq!(method, Method::GET, "nothing is applied before the checks");
+                    assert!(path.contains(&format!("/{kind}/ferry-tp-erp")), "{path}");
+                    if kind != foreign {
+                        send.send_response(not_found());
+                        continue;
+                    }
+                    // Somebody else's object: owned by another uid, or by nobody.
+                    send.send_response(respond(
+                        200,
+                        json!({"apiVersion": "v1", "kind": "Secret",
+                               "metadata": {"name": "ferry-tp-erp", "ownerReferences": controlled_by("someone-else")},
+                               "data": {"admin-token": "c3RvbGVu", "ingest-token": "c3RvbGVu"}}),
+                    ));
+                    break;
+                }
+                transport_status_written(&mut handle).await
+            });
+            let error = reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+                .await
+                .unwrap_err();
+            assert_eq!(error.category(), "conflict");
+            let status = &server.await.unwrap()["status"];
+            let (ready, reason, message) = condition(status, "Ready");
+            assert_eq!((ready.as_str(), reason.as_str()), ("False", "NameConflict"));
+            assert!(
+                message.contains("ferry-tp-erp") && message.contains("Transport plant-a/erp"),
+                "{message}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_transport_gets_the_finalizer_first() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            let (method, path, body, send) = handle.next().await;
+            assert_eq!(method, Method::PATCH);
+            assert!(
+                path.starts_with("/apis/ferry.dev/v1alpha1/namespaces/plant-a/transports/erp?"),
+                "{path}"
+            );
+            assert!(body.to_string().contains(FINALIZER), "{body}");
+            send.send_response(respond(
+                200,
+                serde_json::to_value(transport(true, "Retain")).unwrap(),
+            ));
+        });
+        let action = reconcile_transport(Arc::new(transport(false, "Retain")), ctx)
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn objects_applied_then_status_written_while_the_worker_starts() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            // The tokens: no Secret yet, so new ones.
+            let (method, path, _, send) = handle.next().await;
+            assert_eq!(
+                (method, path.as_str()),
+                (
+                    Method::GET,
+                    "/api/v1/namespaces/plant-a/secrets/ferry-tp-erp"
+                )
+            );
+            send.send_response(not_found());
+            handle.service_and_stateful_set_absent("ferry-tp-erp").await;
+            // Server-side apply with one field manager, forced: Secret, Service, StatefulSet.
+            let mut applied = Vec::new();
+            for _ in 0..3 {
+                let (method, path, body, send) = handle.next().await;
+                assert_eq!(method, Method::PATCH);
+                assert!(
+                    path.contains("fieldManager=ferry-operator") && path.contains("force=true"),
+                    "{path}"
+                );
+                applied.push((
+                    path.split('?').next().unwrap().to_owned(),
+                    body["kind"].as_str().unwrap().to_owned(),
+                ));
+                if body["kind"] == "Secret" {
+                    let admin = body["data"]["admin-token"].as_str().unwrap();
+                    assert!(admin.len() > 40, "a generated token: {admin}");
+                }
+                send.send_response(respond(200, body));
+            }
+            assert_eq!(
+                applied,
+                [
+                    (
+                        "/api/v1/namespaces/plant-a/secrets/ferry-tp-erp".to_string(),
+                        "Secret".to_string()
+                    ),
+                    (
+                        "/api/v1/namespaces/plant-a/services/ferry-tp-erp".to_string(),
+                        "Service".to_string()
+                    ),
+                    (
+                        "/apis/apps/v1/namespaces/plant-a/statefulsets/ferry-tp-erp".to_string(),
+                        "StatefulSet".to_string()
+                    ),
+                ]
+            );
+            // The worker pod does not exist yet.
+            handle.worker_pod_absent("ferry-tp-erp").await;
+            // Status: not Ready, because the worker cannot be asked, and why.
+            let (method, path, body, send) = handle.next().await;
+            assert_eq!(method, Method::PATCH);
+            assert!(
+                path.starts_with(
+                    "/apis/ferry.dev/v1alpha1/namespaces/plant-a/transports/erp/status"
+                ),
+                "{path}"
+            );
+            let (ready, reason, message) = condition(&body["status"], "Ready");
+            assert_eq!(
+                (ready.as_str(), reason.as_str()),
+                ("False", "WorkerUnreachable")
+            );
+            assert!(message.contains("ferry-tp-erp-0 does not exist yet"));
+            send.send_response(respond(
+                200,
+                serde_json::to_value(transport(true, "Retain")).unwrap(),
+            ));
+        });
+        let action = reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+            .await
+            .unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+        server.await.unwrap();
+    }
+
+    /// A worker pod the StatefulSet controller cannot create (quota, admission, an invalid
+    /// pod) shows why in the status, from the controller's FailedCreate Event.
+    #[tokio::test]
+    async fn a_pod_that_cannot_be_created_says_why() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            handle
+                .objects_with_known_tokens("ferry-tp-erp", "uid-1")
+                .await;
+            let (_, path, _, send) = handle.next().await;
+            assert!(path.ends_with("/pods/ferry-tp-erp-0"), "{path}");
+            send.send_response(not_found());
+            handle.creation_events("ferry-tp-erp",
+                Some("create Pod ferry-tp-erp-0 in StatefulSet ferry-tp-erp failed error: pods \"ferry-tp-erp-0\" is forbidden: exceeded quota: compute"),
+            )
+            .await;
+            transport_status_written(&mut handle).await
+        });
+        reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+            .await
+            .unwrap();
+        let status = &server.await.unwrap()["status"];
+        let (ready, _, message) = condition(status, "Ready");
+        assert_eq!(ready, "False");
+        assert!(
+            message.contains("ferry-tp-erp-0 cannot be created")
+                && message.contains("exceeded quota"),
+            "{message}"
+        );
+    }
+
+    fn deleting(reclaim: &str) -> Transport {
+        let mut t = transport(true, reclaim);
+        t.metadata.deletion_timestamp = Some(now());
+        t
+    }
+
+    #[tokio::test]
+    async fn deletion_with_delete_removes_the_volume() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            let (method, path, _, send) = handle.next().await;
+            assert_eq!(method, Method::DELETE);
+            assert!(
+                path.starts_with(
+                    "/api/v1/namespaces/plant-a/persistentvolumeclaims/data-ferry-tp-erp-0"
+                ),
+                "{path}"
+            );
+            send.send_response(respond(200, json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1", "metadata": {"name": "data-ferry-tp-erp-0"}})));
+            // Then the finalizer is removed.
+            let (method, path, body, send) = handle.next().await;
+            assert_eq!(method, Method::PATCH);
+            assert!(
+                path.starts_with("/apis/ferry.dev/v1alpha1/namespaces/plant-a/transports/erp?"),
+                "{path}"
+            );
+            assert!(body.to_string().contains("remove"), "{body}");
+            send.send_response(respond(
+                200,
+                serde_json::to_value(transport(false, "Delete")).unwrap(),
+            ));
+        });
+        reconcile_transport(Arc::new(deleting("Delete")), ctx)
+            .await
+            .unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn deletion_with_retain_keeps_the_volume() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            // No DELETE of the claim: the only request removes the finalizer.
+            let (method, path, _, send) = handle.next().await;
+            assert_eq!(method, Method::PATCH);
+            assert!(
+                path.starts_with("/apis/ferry.dev/v1alpha1/namespaces/plant-a/transports/erp?"),
+                "{path}"
+            );
+            send.send_response(respond(
+                200,
+                serde_json::to_value(transport(false, "Retain")).unwrap(),
+            ));
+        });
+        reconcile_transport(Arc::new(deleting("Retain")), ctx)
+            .await
+            .unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_spec_is_pushed_to_a_ready_worker_and_its_report_becomes_status() {
+        let ip = test_ip(33);
+        let dir = tempfile::tempdir().unwrap();
+        let worker = worker_at(&ip, dir.path()).await;
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let pod_ip = ip.clone();
+        let server = tokio::spawn(async move {
+            // The Secret exists: its tokens are kept (the worker expects them).
+            handle
+                .objects_with_known_tokens("ferry-tp-erp", "uid-1")
+                .await;
+            handle.ready_pod("ferry-tp-erp", &pod_ip, "pod-uid-1").await;
+            transport_status_written(&mut handle).await
+        });
+        reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+            .await
+            .unwrap();
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(status["state"], "Down", "the worker's own state: {status}");
+        assert_eq!(status["observedGeneration"], 2);
+        assert_eq!(
+            status["endpoint"],
+            format!("http://{ip}:8080/v1/transports/plant-a/erp/transactions")
+        );
+        let (ready, reason, _) = condition(status, "Ready");
+        assert_eq!((ready.as_str(), reason.as_str()), ("True", "Down"));
+        worker.abort();
+    }
+}

@@ -1,0 +1,86 @@
+//! The worker's pod: ready to be asked, or why not (missing and why it cannot be created,
+//! pending, not ready).
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+
+use super::{builders::WorkerTokens, context::Context, worker_client::WorkerPod};
+
+/// Why a worker cannot be asked: its pod could not be read (the API server), or it is not
+/// running (missing, pending, not ready). The message says which pod and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerPodUnavailable {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("{0}")]
+    NotRunning(String),
+}
+
+/// A ready worker pod to ask, with its uid (a new uid: the worker restarted).
+pub type ReadyWorker = (WorkerPod, String);
+
+/// The worker's pod, when it is ready to be asked. `Err` says why it cannot be asked.
+pub(super) async fn ready_worker(
+    ctx: &Context,
+    namespace: &str,
+    worker: &str,
+    tokens: &WorkerTokens,
+) -> Result<ReadyWorker, WorkerPodUnavailable> {
+    let pod_name = format!("{worker}-0");
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&pod_name)
+        .await
+        .map_err(|e| {
+            WorkerPodUnavailable::Unreadable(format!("cannot read the worker pod {pod_name}: {e}"))
+        })?;
+    let Some(pod) = pod else {
+        return Err(WorkerPodUnavailable::NotRunning(
+            match creation_failure(ctx, namespace, worker).await {
+                Some(why) => format!("the worker pod {pod_name} cannot be created: {why}"),
+                None => format!("the worker pod {pod_name} does not exist yet"),
+            },
+        ));
+    };
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    if !ready {
+        return Err(WorkerPodUnavailable::NotRunning(
+            match super::status::pod_not_ready_reason(&pod) {
+                Some(why) => format!("the worker pod {pod_name} is not ready: {why}"),
+                None => format!("the worker pod {pod_name} is not ready"),
+            },
+        ));
+    }
+    let target = WorkerPod {
+        namespace: namespace.to_owned(),
+        pod: pod_name,
+        pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        admin_token: tokens.admin.clone(),
+    };
+    Ok((target, pod.metadata.uid.unwrap_or_default()))
+}
+
+/// Why the StatefulSet controller cannot create the worker's pod (quota, admission, an invalid
+/// pod), from its latest `FailedCreate` Event; None when there is none or it cannot be read.
+async fn creation_failure(ctx: &Context, namespace: &str, worker: &str) -> Option<String> {
+    use k8s_openapi::api::core::v1::Event;
+    let selector =
+        format!("involvedObject.kind=StatefulSet,involvedObject.name={worker},reason=FailedCreate");
+    let events = Api::<Event>::namespaced(ctx.client.clone(), namespace)
+        .list(&kube::api::ListParams::default().fields(&selector))
+        .await
+        .ok()?;
+    events
+        .items
+        .into_iter()
+        .max_by_key(|e| {
+            e.last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or_else(|| e.event_time.as_ref().map(|t| t.0))
+        })
+        .and_then(|e| e.message)
+}
