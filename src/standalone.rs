@@ -14,13 +14,13 @@ use tokio::sync::watch;
 
 use crate::{
     api::{
-        Connection, ConnectionStatusValue,
+        Connection,
         manifest::parse_documents,
         validate::{ManifestValidator, Resource},
     },
     connection::{
         runtime::{ConnectionRuntime, Resolved, ResolvedTransport, Startup},
-        startup_queue::StartupQueue,
+        startup_queue::{Look, StartupQueue},
     },
     transport::runtime::TransportRuntime,
     worker::{Worker, key},
@@ -302,21 +302,21 @@ impl Standalone {
                 );
             }
         }
-        let was_started = self
-            .worker
-            .connection(key)
-            .is_some_and(|c| c.spec().started);
-        let now = self.now_ms();
-        let mut queue = self.queue();
-        let startup = if !connection.spec.started {
-            queue.release(key, now);
-            Startup::default()
-        } else if was_started {
-            Startup::from(queue.admission(key))
-        } else {
-            // A start observed: it goes behind the ones before it.
-            Startup::from(Some(queue.request(key, now)))
+        // Every enabled sync-set that names a transport finds it hosted.
+        let can_run = connection
+            .spec
+            .sync_sets
+            .iter()
+            .filter(|s| s.enabled)
+            .filter_map(|s| s.target.transport.as_ref())
+            .all(|t| transports.contains_key(&t.name));
+        let look = Look {
+            started: connection.spec.started,
+            can_run,
+            previous: self.worker.connection(key).map(|c| c.derived().status),
+            worker_ready: true,
         };
+        let startup = Startup::from(self.queue().observe(key, look, self.now_ms()));
         Resolved {
             transports,
             startup,
@@ -331,12 +331,7 @@ impl Standalone {
             let connections = self.worker.connections();
             let mut queue = self.queue();
             for runtime in &connections {
-                // Running, Failed, stopped or unable to run: its startup is over.
-                if queue.is_starting(runtime.key())
-                    && runtime.derived().status != ConnectionStatusValue::Restarting
-                {
-                    queue.release(runtime.key(), now);
-                }
+                queue.settle(runtime.key(), runtime.derived().status, now);
             }
             queue.advance(now);
             for runtime in &connections {

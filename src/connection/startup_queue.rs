@@ -1,13 +1,17 @@
-//! The startup queue of shared/seeds/000: "if you start multiple connections one after the
-//! other, the connections are queued: The second connection will enter its startup process
-//! only after the first connection is running."
+//! The startup queue (docs/connection-status.md, "Startup queue"): connections started one
+//! after another enter their startup one at a time, each after the one before it runs.
 //!
-//! Pure: time comes in as milliseconds, and the whole queue serializes, so the operator can
-//! keep it across restarts.
+//! One admission policy for the operator and `ferry standalone`: each look at a connection
+//! goes through [`StartupQueue::observe`] (is this a start, may it go now) and each status it
+//! reaches through [`StartupQueue::settle`] (is its startup over).
+//!
+//! Pure: time comes in as milliseconds, and the whole queue serializes.
 
 use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
+
+use crate::api::ConnectionStatusValue;
 
 /// Where a connection stands after its start was observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +20,33 @@ pub enum Admission {
     Starting,
     /// Waiting at this position (1 = next).
     Waiting(u32),
+}
+
+/// One look at a connection, as the operator or standalone sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Look {
+    /// `spec.started`.
+    pub started: bool,
+    /// Its configuration lets it run (every target it names exists).
+    pub can_run: bool,
+    /// Its status before this look; `None` for a connection seen for the first time.
+    pub previous: Option<ConnectionStatusValue>,
+    /// Its worker can run it now (in standalone, always).
+    pub worker_ready: bool,
+}
+
+/// A start is observed when a started connection was not running before: it is new, or its
+/// last status was Disabled (stopped, or unable to run). Any other status means it was running
+/// already: a spec change, an unreachable worker or an operator restart requeues nothing.
+pub fn is_a_start(previous: Option<ConnectionStatusValue>) -> bool {
+    matches!(previous, None | Some(ConnectionStatusValue::Disabled))
+}
+
+/// A startup is over once the connection runs, fails or cannot run; not while it is still
+/// starting, being reinitialized, or its worker cannot be read.
+pub fn ends_startup(status: ConnectionStatusValue) -> bool {
+    use ConnectionStatusValue::*;
+    matches!(status, Running | Failed | Idle | Disabled)
 }
 
 /// Who shares the startup places.
@@ -117,6 +148,29 @@ impl StartupQueue {
         }
         self.advance(now_ms);
         self.admission(key).unwrap_or(Admission::Starting)
+    }
+
+    /// The policy, at each look at a connection: a started connection that can run joins the
+    /// queue when this is a start (or keeps its place); one that is stopped or cannot run
+    /// leaves it. Answers where it stands; `None`: not in the queue, free to run.
+    pub fn observe(&mut self, key: &str, look: Look, now_ms: u64) -> Option<Admission> {
+        self.set_worker_ready(key, look.worker_ready, now_ms);
+        if !(look.started && look.can_run) {
+            self.release(key, now_ms);
+            return None;
+        }
+        if is_a_start(look.previous) || self.admission(key).is_some() {
+            Some(self.request(key, now_ms))
+        } else {
+            None
+        }
+    }
+
+    /// The connection reached `status`: a startup that is over gives its place up.
+    pub fn settle(&mut self, key: &str, status: ConnectionStatusValue, now_ms: u64) {
+        if ends_startup(status) {
+            self.release(key, now_ms);
+        }
     }
 
     /// Whether the connection's worker can run it now. A connection whose worker is not
@@ -450,6 +504,88 @@ mod tests {
                         prop_assert_eq!(q.position(key), Some(i as u32 + 1));
                     }
                 }
+            }
+        }
+    }
+
+    fn status() -> impl Strategy<Value = ConnectionStatusValue> {
+        use ConnectionStatusValue::*;
+        prop_oneof![
+            Just(Disabled),
+            Just(Failed),
+            Just(Idle),
+            Just(Restarting),
+            Just(Running),
+            Just(ServerReinitializing),
+            Just(Unknown),
+        ]
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// A look at connection k with this spec, configuration and worker.
+        Look(u8, bool, bool, bool),
+        /// Connection k reached a status.
+        Reached(u8, ConnectionStatusValue),
+        Tick(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0u8..5, any::<bool>(), any::<bool>(), any::<bool>())
+                .prop_map(|(k, started, can_run, ready)| Step::Look(k, started, can_run, ready)),
+            3 => (0u8..5, status()).prop_map(|(k, s)| Step::Reached(k, s)),
+            1 => (0u64..500).prop_map(Step::Tick),
+        ]
+    }
+
+    proptest! {
+        /// The policy as both the operator and standalone apply it, against what it promises:
+        /// a stopped connection or one that cannot run is never in the queue; one that was
+        /// running is never queued again by a look; a settled startup holds no place; a
+        /// connection admitted never waits behind one that started later.
+        #[test]
+        fn the_admission_policy_keeps_its_promises(
+            steps in proptest::collection::vec(step(), 1..80),
+            concurrency in 1usize..3,
+        ) {
+            let mut q = StartupQueue::new(concurrency, 1_000);
+            let mut now = 0;
+            let mut last: std::collections::HashMap<String, ConnectionStatusValue> = Default::default();
+            for step in steps {
+                match step {
+                    Step::Look(k, started, can_run, worker_ready) => {
+                        let key = format!("c{k}");
+                        let previous = last.get(&key).copied();
+                        let queued_before = q.admission(&key).is_some();
+                        let look = Look { started, can_run, previous, worker_ready };
+                        let admission = q.observe(&key, look, now);
+                        prop_assert_eq!(admission, q.admission(&key));
+                        if !(started && can_run) {
+                            prop_assert!(admission.is_none(), "{} stopped yet queued", key);
+                        } else if !is_a_start(previous) && !queued_before {
+                            prop_assert!(admission.is_none(), "{} was running yet queued", key);
+                        } else {
+                            prop_assert!(admission.is_some(), "{} started yet not queued", key);
+                        }
+                        if !worker_ready {
+                            prop_assert!(!q.is_starting(&key), "{} holds a place without a worker", key);
+                        }
+                    }
+                    Step::Reached(k, status) => {
+                        let key = format!("c{k}");
+                        q.settle(&key, status, now);
+                        last.insert(key.clone(), status);
+                        if ends_startup(status) {
+                            prop_assert!(q.admission(&key).is_none());
+                        }
+                    }
+                    Step::Tick(dt) => {
+                        now += dt;
+                        q.advance(now);
+                    }
+                }
+                prop_assert!(q.starting().count() <= concurrency);
             }
         }
     }

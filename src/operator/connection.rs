@@ -26,10 +26,10 @@ use super::{
     worker_pod::{ReadyWorker, WorkerPodUnavailable},
 };
 use crate::{
-    api::{Connection, ConnectionStatus, ConnectionStatusValue, Transport, storage::ReclaimPolicy},
+    api::{Connection, ConnectionStatus, Transport, storage::ReclaimPolicy},
     connection::{
         runtime::{ConnectionReport, Resolved, ResolvedTransport, Startup},
-        startup_queue::StartupQueue,
+        startup_queue::{Look, StartupQueue},
         status::OperatorPhase,
     },
 };
@@ -77,14 +77,9 @@ impl Connections {
         self.pushed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The connection's place in the startup queue. A start is observed when a connection
-    /// without a status, or one that was Disabled (stopped, or unable to run), is started; it
-    /// waits its turn until its startup is over. Any other status means it was running
-    /// already: a spec change, an unreachable worker or an operator restart (Server
-    /// Reinitializing; the queue itself was restored from status) requeues nothing. A
-    /// connection whose worker pod is not running is not in its startup: it holds no place
-    /// until the pod is ready, and keeps its turn. Answers the startup to push, and whether it
-    /// waits for its worker.
+    /// The connection's place in the startup queue, by the one admission policy
+    /// (`StartupQueue::observe`): a worker pod that is not running holds no place. Answers the
+    /// startup to push, and whether it waits for its worker.
     fn admit(
         &self,
         connection: &Connection,
@@ -92,33 +87,23 @@ impl Connections {
         can_run: bool,
         worker: Option<&Result<ReadyWorker, WorkerPodUnavailable>>,
     ) -> (Startup, bool) {
-        let mut queue = self.queue();
-        let now = self.now_ms();
-        let worker_ready = !matches!(worker, Some(Err(WorkerPodUnavailable::NotRunning(_))));
-        queue.set_worker_ready(key, worker_ready, now);
-        let admission = if connection.spec.started && can_run {
-            let previous = connection.status.as_ref().and_then(|s| s.status);
-            let start_observed = matches!(previous, None | Some(ConnectionStatusValue::Disabled));
-            if start_observed || queue.admission(key).is_some() {
-                Some(queue.request(key, now))
-            } else {
-                None
-            }
-        } else {
-            queue.release(key, now);
-            None
+        let look = Look {
+            started: connection.spec.started,
+            can_run,
+            previous: connection.status.as_ref().and_then(|s| s.status),
+            worker_ready: !matches!(worker, Some(Err(WorkerPodUnavailable::NotRunning(_)))),
         };
+        let mut queue = self.queue();
+        let admission = queue.observe(key, look, self.now_ms());
         (Startup::from(admission), queue.waits_for_worker(key))
     }
 
-    /// Its startup is over once it runs, fails or cannot run; not while the operator has yet
-    /// to push it (Server Reinitializing) or cannot read its worker (Unknown). Whether it is
-    /// in its startup is kept in `status`, so the queue can be rebuilt after a restart.
+    /// The status reached settles the startup (`StartupQueue::settle`); whether it is still in
+    /// its startup is kept in `status`, so the queue can be rebuilt after a restart.
     fn settle_startup(&self, key: &str, status: &mut ConnectionStatus) {
-        use ConnectionStatusValue::*;
         let mut queue = self.queue();
-        if matches!(status.status, Some(Running | Failed | Idle | Disabled)) {
-            queue.release(key, self.now_ms());
+        if let Some(value) = status.status {
+            queue.settle(key, value, self.now_ms());
         }
         status.startup_started_time = if queue.is_starting(key) {
             status.startup_started_time.take().or_else(|| Some(now()))
