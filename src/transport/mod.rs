@@ -4,4 +4,3 @@
 pub mod host;
 pub mod machine;
 pub mod runtime;
-pub mod store;

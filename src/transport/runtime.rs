@@ -20,12 +20,12 @@ use tokio::{
 use super::{
     host::{Delivery, HostClient, HostError},
     machine::{self, Action, Config, Event},
-    store::{Limits, NewTxn, Queue, QueuedTxn, RecordKind, Store, StoreError},
 };
 use crate::api::{
     TransportSpec, TransportState,
     transport::{QueueStatus, Totals},
 };
+use crate::worker::store::{Limits, NewTxn, Queue, QueuedTxn, RecordKind, Store, StoreError};
 
 /// Forwarding reads at most this many queued transactions at a time ...
 const FORWARD_BATCH: usize = 256;

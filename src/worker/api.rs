@@ -13,16 +13,14 @@ use axum::{
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
+use super::store::{self, NewTxn};
 use super::{
     Worker, WorkerError,
     budget::{BudgetError, MemoryBudget, Reservation},
     key, metrics,
     tokens::{Tokens, allowed},
 };
-use crate::transport::{
-    runtime::{Outcome, now_ms},
-    store::{self, NewTxn},
-};
+use crate::transport::runtime::{Outcome, now_ms};
 
 /// The largest manifest a PUT takes: what the API server takes for an object (3 MiB).
 const MAX_MANIFEST: usize = 3 << 20;

@@ -4,6 +4,7 @@ pub mod api;
 pub mod budget;
 pub mod metrics;
 pub mod server;
+pub mod store;
 pub mod tokens;
 
 use std::{
@@ -20,11 +21,9 @@ use crate::{
         validate::{InvalidManifest, ManifestValidator, Resource},
     },
     connection::runtime::{ConnectionError, ConnectionRecord, ConnectionRuntime, Resolved},
-    transport::{
-        runtime::{Record, RuntimeError, TransportRuntime},
-        store::{RecordKind, Store, StoreError},
-    },
+    transport::runtime::{Record, RuntimeError, TransportRuntime},
 };
+use store::{RecordKind, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

@@ -1,5 +1,6 @@
-//! The worker's durable store: every hosted transport's Store and Forward queue and its
-//! saved record (desired state, state, totals) in one redb file.
+//! The worker's durable store: every hosted transport's Store and Forward queue and the saved
+//! records of its transports and connections (desired state, state, totals, watermarks) in
+//! one redb file, laid out as `layout` says.
 //!
 //! All writes go through one writer thread that puts every write waiting at that moment into
 //! a single redb transaction: concurrent producers share one fsync (group commit), and a
@@ -18,16 +19,14 @@ use tokio::sync::oneshot;
 
 use crate::api::transport::WhenFull;
 
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// The store's file in the data directory.
-pub const FILE: &str = "ferry.redb";
-/// Written beside the file once it exists: a directory with the marker and no file lost it.
-const MARKER: &str = "ferry.redb.created";
-/// The layout of the tables and values below (docs/: the on-disk format). A store with a
-/// higher version is refused at open; one without a version (written before versions) is
-/// version 1.
-pub const FORMAT_VERSION: u64 = 1;
-const FORMAT_KEY: &str = "format-version";
+mod layout;
+
+pub use layout::{
+    FILE, FORMAT_VERSION, MAX_HEADER_FIELD, QueueInfo, QueuedTxn, RecordKind, encode_header,
+    header_len,
+};
+use layout::{FORMAT_KEY, Header, MARKER, META};
+
 /// Groups larger than this are split, so one commit never holds the writer for long.
 const MAX_GROUP: usize = 4096;
 /// redb's page cache; the default (1 GiB) would dominate the worker's memory.
@@ -66,164 +65,6 @@ pub enum StoreError {
 impl StoreError {
     fn disk(e: impl std::fmt::Display) -> Self {
         Self::Disk(e.to_string())
-    }
-}
-
-/// Whose record: transports and connections are kept apart in the meta table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordKind {
-    Transport,
-    Connection,
-}
-
-impl RecordKind {
-    fn prefix(self) -> &'static str {
-        match self {
-            Self::Transport => "record/",
-            Self::Connection => "connection/",
-        }
-    }
-}
-
-/// A transaction as it is kept in the queue.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueuedTxn {
-    pub seq: u64,
-    pub id: String,
-    pub content_type: Option<String>,
-    /// When the worker received it, milliseconds since the Unix epoch.
-    pub received_ms: u64,
-    pub payload: bytes::Bytes,
-}
-
-/// The longest transaction id and content type a queued transaction can carry (their lengths
-/// are written in two bytes).
-pub const MAX_HEADER_FIELD: usize = u16::MAX as usize;
-
-/// The bytes in front of a queued transaction's payload: received time, id, content type.
-/// `id` and `content_type` must be at most [`MAX_HEADER_FIELD`] bytes (the ingest route
-/// refuses longer ones).
-pub fn encode_header(received_ms: u64, id: &str, content_type: Option<&str>, out: &mut Vec<u8>) {
-    let ct = content_type.unwrap_or("");
-    out.extend_from_slice(&received_ms.to_le_bytes());
-    out.extend_from_slice(&(id.len().min(MAX_HEADER_FIELD) as u16).to_le_bytes());
-    out.extend_from_slice(&id.as_bytes()[..id.len().min(MAX_HEADER_FIELD)]);
-    out.extend_from_slice(&(ct.len().min(MAX_HEADER_FIELD) as u16).to_le_bytes());
-    out.extend_from_slice(&ct.as_bytes()[..ct.len().min(MAX_HEADER_FIELD)]);
-}
-
-/// The size of [`encode_header`]'s output.
-pub fn header_len(id: &str, content_type: Option<&str>) -> usize {
-    12 + id.len().min(MAX_HEADER_FIELD)
-        + content_type.map_or(0, |ct| ct.len().min(MAX_HEADER_FIELD))
-}
-
-impl QueuedTxn {
-    /// Decode a value read from the store. The payload is copied out of redb's buffer: redb
-    /// requires every page a reader holds to be released before a writer frees it (a debug
-    /// assertion guards it), so nothing read may outlive its read transaction.
-    fn decode(seq: u64, raw: &[u8]) -> Result<Self, StoreError> {
-        let (mut txn, at) = Self::decode_header(seq, raw)?;
-        txn.payload = bytes::Bytes::copy_from_slice(&raw[at..]);
-        Ok(txn)
-    }
-
-    /// Everything but the payload (left empty), and where the payload starts.
-    fn decode_header(seq: u64, raw: &[u8]) -> Result<(Self, usize), StoreError> {
-        let corrupt = || StoreError::Disk(format!("queued transaction {seq} is corrupt"));
-        let take = |at: usize, n: usize| raw.get(at..at + n).ok_or_else(corrupt);
-        let received_ms = u64::from_le_bytes(take(0, 8)?.try_into().map_err(|_| corrupt())?);
-        let id_len = u16::from_le_bytes(take(8, 2)?.try_into().map_err(|_| corrupt())?) as usize;
-        let id = String::from_utf8(take(10, id_len)?.to_vec()).map_err(|_| corrupt())?;
-        let at = 10 + id_len;
-        let ct_len = u16::from_le_bytes(take(at, 2)?.try_into().map_err(|_| corrupt())?) as usize;
-        let ct = String::from_utf8(take(at + 2, ct_len)?.to_vec()).map_err(|_| corrupt())?;
-        let txn = Self {
-            seq,
-            id,
-            content_type: (!ct.is_empty()).then_some(ct),
-            received_ms,
-            payload: bytes::Bytes::new(),
-        };
-        Ok((txn, at + 2 + ct_len))
-    }
-
-    /// The received time and payload size, without copying the payload.
-    fn header(raw: &[u8]) -> (u64, u64) {
-        let received_ms = raw
-            .get(0..8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_le_bytes);
-        let id_len = raw
-            .get(8..10)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u16::from_le_bytes) as usize;
-        let ct_len = raw
-            .get(10 + id_len..12 + id_len)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u16::from_le_bytes) as usize;
-        let payload = raw.len().saturating_sub(12 + id_len + ct_len);
-        (received_ms, payload as u64)
-    }
-}
-
-/// What a queue holds, and what became of everything that entered it. Kept by the writer in
-/// the same redb transaction as the change it counts, so it is exact after any crash.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueInfo {
-    pub messages: u64,
-    /// Payload bytes.
-    pub bytes: u64,
-    /// The sequence number the next transaction gets.
-    pub next_seq: u64,
-    /// Totals: appended, forwarded (delivered from the queue), expired (time to live),
-    /// dropped (DropOldest), rejected (a 4xx from the host while forwarding).
-    pub stored: u64,
-    pub forwarded: u64,
-    pub expired: u64,
-    pub dropped: u64,
-    pub rejected: u64,
-    /// When the oldest queued transaction was received (ms since the epoch); not saved.
-    pub oldest_ms: Option<u64>,
-}
-
-const INFO_WORDS: usize = 8;
-
-impl QueueInfo {
-    fn words(&self) -> [u64; INFO_WORDS] {
-        [
-            self.messages,
-            self.bytes,
-            self.next_seq,
-            self.stored,
-            self.forwarded,
-            self.expired,
-            self.dropped,
-            self.rejected,
-        ]
-    }
-
-    fn to_bytes(self) -> Vec<u8> {
-        self.words().iter().flat_map(|w| w.to_le_bytes()).collect()
-    }
-
-    fn from_bytes(raw: &[u8]) -> Self {
-        let word = |i: usize| {
-            raw.get(i * 8..i * 8 + 8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes)
-        };
-        Self {
-            messages: word(0),
-            bytes: word(1),
-            next_seq: word(2),
-            stored: word(3),
-            forwarded: word(4),
-            expired: word(5),
-            dropped: word(6),
-            rejected: word(7),
-            oldest_ms: None,
-        }
     }
 }
 
@@ -267,7 +108,7 @@ impl NewTxn {
     }
 
     fn received_ms(&self) -> u64 {
-        QueuedTxn::header(&self.encoded).0
+        Header::time_and_size(&self.encoded).0
     }
 }
 
@@ -519,8 +360,8 @@ impl Store {
 
     /// The queue of a transport (`namespace/name`), with its numbers read from disk.
     pub fn queue(&self, key: &str) -> Result<Arc<Queue>, StoreError> {
-        let table = format!("queue/{key}");
-        let meta_key = format!("queue-info/{key}");
+        let table = layout::queue_table(key);
+        let meta_key = layout::queue_info_key(key);
         let info = read_info(&*self.shared.db()?, &table, &meta_key)?;
         let queue = Arc::new(Queue {
             table,
@@ -557,12 +398,14 @@ impl Store {
         let mut bytes = 0u64;
         for entry in table.range(start..).map_err(StoreError::disk)?.take(max) {
             let (k, v) = entry.map_err(StoreError::disk)?;
-            let size = QueuedTxn::header(v.value()).1;
+            let size = Header::time_and_size(v.value()).1;
             if !out.is_empty() && bytes + size > max_bytes {
                 break;
             }
             bytes += size;
-            out.push(QueuedTxn::decode(k.value(), v.value())?);
+            out.push(QueuedTxn::decode(k.value(), v.value()).ok_or_else(|| {
+                StoreError::Disk(format!("queued transaction {} is corrupt", k.value()))
+            })?);
         }
         Ok(out)
     }
@@ -591,7 +434,7 @@ impl Store {
         let read = self.shared.db()?.begin_read().map_err(StoreError::disk)?;
         match read.open_table(META) {
             Ok(meta) => Ok(meta
-                .get(format!("{}{key}", kind.prefix()).as_str())
+                .get(kind.meta_key(key).as_str())
                 .map_err(StoreError::disk)?
                 .map(|v| v.value().to_vec())),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
@@ -656,7 +499,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.call(
             Work::SaveRecord {
-                key: format!("{}{key}", kind.prefix()),
+                key: kind.meta_key(key),
                 value,
             },
             Waiter::Saved,
@@ -779,7 +622,7 @@ fn read_info(db: &Database, table: &str, meta_key: &str) -> Result<QueueInfo, St
             info.oldest_ms = t
                 .first()
                 .map_err(StoreError::disk)?
-                .map(|(_, v)| QueuedTxn::header(v.value()).0);
+                .map(|(_, v)| Header::time_and_size(v.value()).0);
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(StoreError::disk(e)),
@@ -977,7 +820,7 @@ fn drop_until_fits(
         let Some((_, v)) = table.pop_first().map_err(StoreError::disk)? else {
             break;
         };
-        let (_, size) = QueuedTxn::header(v.value());
+        let (_, size) = Header::time_and_size(v.value());
         info.messages = info.messages.saturating_sub(1);
         info.bytes = info.bytes.saturating_sub(size);
         dropped += 1;
@@ -997,7 +840,7 @@ fn pop_while(
         let head = table
             .first()
             .map_err(StoreError::disk)?
-            .map(|(k, v)| (k.value(), QueuedTxn::header(v.value())));
+            .map(|(k, v)| (k.value(), Header::time_and_size(v.value())));
         let Some((seq, (received_ms, size))) = head else {
             break;
         };
@@ -1022,7 +865,7 @@ fn remove_seqs(
     let mut removed = 0;
     for seq in seqs {
         if let Some(v) = table.remove(*seq).map_err(StoreError::disk)? {
-            let (_, size) = QueuedTxn::header(v.value());
+            let (_, size) = Header::time_and_size(v.value());
             info.messages = info.messages.saturating_sub(1);
             info.bytes = info.bytes.saturating_sub(size);
             removed += 1;
@@ -1035,7 +878,7 @@ fn oldest(table: &redb::Table<u64, &[u8]>) -> Result<Option<u64>, StoreError> {
     Ok(table
         .first()
         .map_err(StoreError::disk)?
-        .map(|(_, v)| QueuedTxn::header(v.value()).0))
+        .map(|(_, v)| Header::time_and_size(v.value()).0))
 }
 
 #[cfg(test)]
@@ -1210,8 +1053,8 @@ mod tests {
         assert_eq!(&new.payload()[..], b"payload");
         let raw = new.encoded.to_vec();
         assert_eq!(QueuedTxn::decode(7, &raw).unwrap(), t);
-        assert_eq!(QueuedTxn::header(&raw), (123, 7));
-        assert!(QueuedTxn::decode(7, &raw[..5]).is_err());
+        assert_eq!(Header::time_and_size(&raw), (123, 7));
+        assert!(QueuedTxn::decode(7, &raw[..5]).is_none());
     }
 
     #[tokio::test]
