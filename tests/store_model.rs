@@ -51,10 +51,15 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A queued transaction as the model keeps it: sequence number, received time, payload.
+type Txn = (u64, u64, Vec<u8>);
+/// What the store holds: its numbers and every queued transaction.
+type Held = (QueueInfo, Vec<Txn>);
+
 /// The queue as a list, and its numbers.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Model {
-    queue: Vec<(u64, u64, Vec<u8>)>,
+    queue: Vec<Txn>,
     next_seq: u64,
     stored: u64,
     forwarded: u64,
@@ -129,7 +134,7 @@ impl Model {
             .map_or(self.next_seq + 7, |(seq, _, _)| *seq)
     }
 
-    fn head(&self, after: Option<u64>, max: usize, max_bytes: u64) -> Vec<(u64, u64, Vec<u8>)> {
+    fn head(&self, after: Option<u64>, max: usize, max_bytes: u64) -> Vec<Txn> {
         let mut out = Vec::new();
         let mut bytes = 0;
         for txn in self
@@ -175,21 +180,21 @@ fn limits(reject_new: bool) -> Limits {
     }
 }
 
-fn as_model(txns: Vec<QueuedTxn>) -> Vec<(u64, u64, Vec<u8>)> {
+fn as_model(txns: Vec<QueuedTxn>) -> Vec<Txn> {
     txns.into_iter()
         .map(|t| (t.seq, t.received_ms, t.payload.to_vec()))
         .collect()
 }
 
 /// What the store holds, all of it.
-fn held(store: &Store, queue: &Queue) -> (QueueInfo, Vec<(u64, u64, Vec<u8>)>) {
+fn held(store: &Store, queue: &Queue) -> Held {
     let all = store
         .read_head(queue, None, usize::MAX, u64::MAX)
         .expect("readable");
     (queue.info(), as_model(all))
 }
 
-fn matches(model: &Model, held: &(QueueInfo, Vec<(u64, u64, Vec<u8>)>)) -> bool {
+fn matches(model: &Model, held: &Held) -> bool {
     held.0 == model.info() && held.1 == model.queue
 }
 
