@@ -1,6 +1,9 @@
 //! The operator's objects for the example manifests, written to `target/tmp/rendered/` so that
 //! `.ci/run` can check them against Kubernetes' own schemas (kubernetes-validate --strict).
 
+// Helpers outside #[test] functions unwrap too: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use ferry::{
     api::{
         manifest::parse_documents,

@@ -12,6 +12,10 @@ use ferry::{
 };
 use serde_json::json;
 
+#[cfg_attr(
+    target_os = "macos",
+    ignore = "binds a 127.0.X.Y address on the worker port; macOS has only 127.0.0.1 unless aliased"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_access_pushes_and_reads_a_transport() {
     // A loopback address of its own, like a pod IP; the worker port is fixed (8080).

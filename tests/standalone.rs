@@ -1,5 +1,8 @@
 //! `ferry standalone` as a user runs it: manifests from files, a real process, real HTTP.
 
+// Helpers outside #[test] functions unwrap too: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{

@@ -2,6 +2,9 @@
 //! JSON or headers a client sends, the worker answers (no panic) and a refusal is a 4xx whose
 //! JSON body carries a `message`.
 
+// Helpers outside #[test] functions unwrap too: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, OnceLock};
 
 use axum::{

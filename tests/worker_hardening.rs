@@ -1,6 +1,9 @@
 //! The worker under outage, load and hostile clients (real processes over real HTTP): the
 //! memory budget, body limits, server timeouts, shutdown, and totals that add up.
 
+// Helpers outside #[test] functions unwrap too: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{

@@ -532,6 +532,10 @@ mod tests {
 
     /// An operator start: every connection with a status is written Server Reinitializing
     /// first; the first reconcile pushes it and writes what its worker reports.
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "binds a 127.0.X.Y address on the worker port; macOS has only 127.0.0.1 unless aliased"
+    )]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn operator_start_announces_reinitializing_then_the_real_status() {
         let ip = test_ip(38);
@@ -803,6 +807,10 @@ mod tests {
         assert_eq!((ready.as_str(), reason.as_str()), ("True", "Stopped"));
     }
 
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "binds a 127.0.X.Y address on the worker port; macOS has only 127.0.0.1 unless aliased"
+    )]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_second_start_waits_in_the_startup_queue() {
         let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));

@@ -250,7 +250,9 @@ pub fn controlled_by(uid: &str) -> Value {
             "uid": uid, "controller": true}])
 }
 
-/// A loopback address of this test's own, so parallel tests do not collide.
+/// A loopback address of this test's own, so parallel tests do not collide. Linux routes all
+/// of 127.0.0.0/8 to the loopback; macOS only 127.0.0.1, so the tests that bind one are
+/// ignored there (`cfg_attr(target_os = "macos", ignore)`).
 pub fn test_ip(last: u8) -> String {
     format!("127.0.{}.{last}", std::process::id() % 250 + 2)
 }

@@ -149,6 +149,10 @@ mod tests {
         body
     }
 
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "binds a 127.0.X.Y address on the worker port; macOS has only 127.0.0.1 unless aliased"
+    )]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn suspending_pushes_the_new_generation_to_the_worker() {
         let ip = test_ip(35);
@@ -503,6 +507,10 @@ mod tests {
         server.await.unwrap();
     }
 
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "binds a 127.0.X.Y address on the worker port; macOS has only 127.0.0.1 unless aliased"
+    )]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_spec_is_pushed_to_a_ready_worker_and_its_report_becomes_status() {
         let ip = test_ip(33);

@@ -1,6 +1,8 @@
 //! Test harness: a real `ferry` process, and a host server the test controls.
 //! Waits poll with generous limits; nothing here asserts how long anything takes.
 
+// Helpers outside #[test] functions unwrap too: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::{
