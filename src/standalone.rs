@@ -166,7 +166,7 @@ fn read_sources(files: &[PathBuf]) -> Result<Vec<(String, String)>, ManifestsErr
         .collect()
 }
 
-/// A local worker fed from manifest files, with the startup queue of seed 000.
+/// A local worker fed from manifest files, with the startup queue (docs/connection.md, Q1–Q6).
 pub struct Standalone {
     worker: Arc<Worker>,
     queue: Mutex<StartupQueue>,

@@ -101,7 +101,7 @@ async fn kill_9_while_sending_loses_nothing_acknowledged() {
     }
 }
 
-/// Rule 8: Suspended and S&F Suspended come back as they were after kill -9, and stay
+/// T8: Suspended and S&F Suspended come back as they were after kill -9, and stay
 /// suspended (no delivery) until resumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspended_states_survive_kill_9() {
@@ -161,7 +161,7 @@ async fn time_to_live_and_max_storage_are_counted() {
         "{metrics}"
     );
 
-    // Rule 9 while suspended: the queue expires and S&F Suspended becomes Suspended.
+    // T9 while suspended: the queue expires and S&F Suspended becomes Suspended.
     let mut short_suspended = spec(&host);
     short_suspended["suspended"] = json!(true);
     short_suspended["storeAndForward"] = json!({"timeToLive": "1s"});

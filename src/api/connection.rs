@@ -1,5 +1,5 @@
 //! The Connection resource: synchronizes records from a source into a target in
-//! iterations of its sync-sets. Semantics: shared/seeds/000 (start/stop, the seven values).
+//! iterations of its sync-sets. Semantics: docs/connection.md (W1–W4, C1–C6, Q1–Q6).
 
 use std::fmt;
 

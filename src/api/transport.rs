@@ -1,5 +1,5 @@
 //! The Transport resource: delivers transactions to a host, with Store and Forward.
-//! Semantics: shared/seeds/001 (suspend/resume, S&F, the five states).
+//! Semantics: docs/transport.md (the five states, T1–T9, H1–H3).
 
 use std::fmt;
 

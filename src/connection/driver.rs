@@ -1,5 +1,5 @@
 //! Sources and targets behind two small traits, so more can be added: the HTTP source of
-//! DESIGN.md, and the `transport` and `http` targets.
+//! docs/connection.md (W2), and the `transport` and `http` targets (W3).
 
 use std::time::Duration;
 

@@ -116,7 +116,7 @@ fn yes() -> bool {
     true
 }
 
-/// The runtime report: the status value the worker derives on its own (all but rule 1) and
+/// The runtime report: the status value the worker derives on its own (C2–C6: all but C1) and
 /// the fields of the resource's status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -353,8 +353,8 @@ impl ConnectionRuntime {
             && !inner.drivers.is_empty()
     }
 
-    /// Iterations: every enabled sync-set once; the next starts `frequency` after this one
-    /// started, or at once if this one took longer.
+    /// W1: iterations run every enabled sync-set once; the next starts `frequency` after this
+    /// one started, or at once if this one took longer.
     async fn iterate(self: Arc<Self>) {
         loop {
             if !self.runnable() {
@@ -488,6 +488,7 @@ impl ConnectionRuntime {
         inner.dirty = true;
     }
 
+    /// W4: the watermarks and accepted ids go to the store, so a restart goes on from them.
     async fn save(&self) -> Result<(), StoreError> {
         let value = {
             let mut inner = self.lock();

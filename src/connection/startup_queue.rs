@@ -1,5 +1,5 @@
-//! The startup queue (docs/connection-status.md, "Startup queue"): connections started one
-//! after another enter their startup one at a time, each after the one before it runs.
+//! The startup queue (docs/connection.md, Q1–Q6). Q1: connections started one after another
+//! enter their startup one at a time, each after the one before it runs.
 //!
 //! One admission policy for the operator and `ferry standalone`: each look at a connection
 //! goes through [`StartupQueue::observe`] (is this a start, may it go now) and each status it
@@ -35,7 +35,7 @@ pub struct Look {
     pub worker_ready: bool,
 }
 
-/// A start is observed when a started connection was not running before: it is new, or its
+/// Q2: a start is observed when a started connection was not running before: it is new, or its
 /// last status was Disabled (stopped, or unable to run). Any other status means it was running
 /// already: a spec change, an unreachable worker or an operator restart requeues nothing.
 pub fn is_a_start(previous: Option<ConnectionStatusValue>) -> bool {
@@ -150,7 +150,7 @@ impl StartupQueue {
         self.admission(key).unwrap_or(Admission::Starting)
     }
 
-    /// The policy, at each look at a connection: a started connection that can run joins the
+    /// Q2 and Q5, at each look at a connection: a started connection that can run joins the
     /// queue when this is a start (or keeps its place); one that is stopped or cannot run
     /// leaves it. Answers where it stands; `None`: not in the queue, free to run.
     pub fn observe(&mut self, key: &str, look: Look, now_ms: u64) -> Option<Admission> {
@@ -166,14 +166,14 @@ impl StartupQueue {
         }
     }
 
-    /// The connection reached `status`: a startup that is over gives its place up.
+    /// Q4: the connection reached `status`; a startup that is over gives its place up.
     pub fn settle(&mut self, key: &str, status: ConnectionStatusValue, now_ms: u64) {
         if ends_startup(status) {
             self.release(key, now_ms);
         }
     }
 
-    /// Whether the connection's worker can run it now. A connection whose worker is not
+    /// Q5: whether the connection's worker can run it now. A connection whose worker is not
     /// ready is not in its startup: it gives its place up and waits, keeping its turn, until
     /// its worker is ready again.
     pub fn set_worker_ready(&mut self, key: &str, ready: bool, now_ms: u64) {
@@ -210,8 +210,8 @@ impl StartupQueue {
         self.advance(now_ms);
     }
 
-    /// Let startups past the timeout go, and admit waiting connections whose worker is ready
-    /// into free places. Answers the connections admitted now, in order.
+    /// Q4 and Q3: let startups past the timeout go, and admit waiting connections whose worker
+    /// is ready into free places, first come first served. Answers the connections admitted now, in order.
     pub fn advance(&mut self, now_ms: u64) -> Vec<String> {
         let timeout = self.timeout_ms;
         self.starting

@@ -1,9 +1,9 @@
-//! The seven connection status values of shared/seeds/000, derived in DESIGN.md's order as a
-//! pure function of the desired spec, the operator's phase and the worker's report.
+//! The seven connection status values, picked by rules C1–C6 of docs/connection.md in order,
+//! as a pure function of the desired spec, the operator's phase and the worker's report.
 
 use crate::api::{ConnectionStatusValue, connection::SyncResult};
 
-/// Rule 1 belongs to the operator: whether it has re-pushed this connection since it
+/// C1 belongs to the operator: whether it has re-pushed this connection since it
 /// (re)started or its global configuration changed. A worker deriving on its own passes
 /// `Pushed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,11 +68,10 @@ fn derived(
     }
 }
 
-/// DESIGN.md's connection status rules 1 to 6, in order.
+/// Rules C1 to C6, in order: the first that applies decides.
 pub fn derive(inputs: &Inputs) -> Derived {
     use ConnectionStatusValue::*;
-    // 1. "This status is displayed for all connections until the application has restarted
-    //    the configuration and created the associated sync-sets."
+    // C1: not yet pushed again since the operator (re)started, stopped connections too.
     if inputs.operator == OperatorPhase::Reinitializing {
         return derived(
             ServerReinitializing,
@@ -80,8 +79,7 @@ pub fn derive(inputs: &Inputs) -> Derived {
             "the operator is pushing the configuration to the worker again",
         );
     }
-    // 2. "The connection is disabled and not active ... or an error was detected that caused
-    //    Micro Focus Connect to disable the connection."
+    // C2: stopped, or unable to run.
     if !inputs.started {
         return derived(
             Disabled,
@@ -92,17 +90,17 @@ pub fn derive(inputs: &Inputs) -> Derived {
     if let Some(error) = &inputs.config_error {
         return derived(Disabled, "InvalidConfiguration", error.clone());
     }
-    // 3. "There are no projects to synchronize or the projectMaps are disabled."
+    // C3: nothing enabled to synchronize.
     if inputs.enabled_sync_sets == 0 {
         return derived(Idle, "NoSyncSetEnabled", "no sync-set is enabled");
     }
-    // 4. "The synchronization status is not known to the application. There is an error."
+    // C4: the worker cannot be asked, so the status is not known.
     let sync_sets = match &inputs.worker {
         WorkerView::Unreachable(why) => return derived(Unknown, "WorkerUnreachable", why.clone()),
         WorkerView::Report(sync_sets) => sync_sets,
     };
-    // 5. "the user started the Connection. When the sync is complete, the status changes to
-    //    Running or Failed." Waiting in the startup queue counts as starting.
+    // C5: started (or changed, or restarted) and not every sync-set has completed since;
+    //     waiting in the startup queue counts as starting.
     if let Some(position) = inputs.queue_position {
         return derived(
             Restarting,
@@ -125,8 +123,8 @@ pub fn derive(inputs: &Inputs) -> Derived {
             ),
         );
     }
-    // 6. "Running when the last available status for all sync-sets is Success"; "Failed: one
-    //    or more sync-sets ... have failed and no subsequent iterations have succeeded."
+    // C6: the last completed result of every enabled sync-set: any Failed is Failed, all
+    //     Success is Running.
     let failed: Vec<&SyncSetView> = sync_sets
         .iter()
         .filter(|s| s.last_result == Some(SyncResult::Failed))
@@ -180,28 +178,26 @@ mod tests {
     const S: Option<SyncResult> = Some(SyncResult::Success);
     const F: Option<SyncResult> = Some(SyncResult::Failed);
 
-    /// The seed's three cases, verbatim. Each sync-set carries its *last completed* result;
-    /// an ongoing iteration leaves it as it was.
+    /// The three cases of C6 (docs/connection.md). Each sync-set carries its *last completed*
+    /// result; an ongoing iteration leaves it as it was.
     #[test]
-    fn the_three_cases_of_the_seed() {
-        // Case 1 RUNNING: Iteration 2: ss1=success, ss2=success, ss3=success
-        //                 Iteration 3: ss1=ongoing
+    fn the_three_cases_of_c6() {
+        // Case 1: iteration 2 all succeeded; iteration 3 has ss1 ongoing -> Running.
         let case1 = running(vec![
             ss("ss1", S, true),
             ss("ss2", S, true),
             ss("ss3", S, true),
         ]);
         assert_eq!(derive(&case1).status, Running);
-        // Case 2 FAILED:  Iteration 2: ss1=failed, ss2=success, ss3=success
-        //                 Iteration 3: ss1=ongoing
+        // Case 2: iteration 2 had ss1 failed; iteration 3 has ss1 ongoing -> Failed.
         let case2 = running(vec![
             ss("ss1", F, true),
             ss("ss2", S, true),
             ss("ss3", S, true),
         ]);
         assert_eq!(derive(&case2).status, Failed);
-        // Case 3 RUNNING: Iteration 2: ss1=failed, ss2=success, ss3=success
-        //                 Iteration 3: ss1=success, ss2=ongoing
+        // Case 3: iteration 2 had ss1 failed; iteration 3 completed ss1 with success and has
+        // ss2 ongoing -> Running.
         let case3 = running(vec![
             ss("ss1", S, true),
             ss("ss2", S, true),
@@ -216,7 +212,7 @@ mod tests {
         let base = running(ok.clone());
         let rows: Vec<(&str, Inputs, ConnectionStatusValue, &str)> = vec![
             (
-                "1 reinitializing beats everything",
+                "C1 reinitializing beats everything",
                 Inputs {
                     operator: OperatorPhase::Reinitializing,
                     started: false,
@@ -226,7 +222,7 @@ mod tests {
                 "ServerReinitializing",
             ),
             (
-                "2 stopped",
+                "C2 stopped",
                 Inputs {
                     started: false,
                     ..base.clone()
@@ -235,7 +231,7 @@ mod tests {
                 "Stopped",
             ),
             (
-                "2 stopped and unreachable",
+                "C2 stopped and unreachable",
                 Inputs {
                     started: false,
                     worker: WorkerView::Unreachable("x".into()),
@@ -245,7 +241,7 @@ mod tests {
                 "Stopped",
             ),
             (
-                "2 missing target",
+                "C2 missing target",
                 Inputs {
                     config_error: Some("target transport plant-a/erp does not exist".into()),
                     ..base.clone()
@@ -254,7 +250,7 @@ mod tests {
                 "InvalidConfiguration",
             ),
             (
-                "3 nothing enabled",
+                "C3 nothing enabled",
                 Inputs {
                     enabled_sync_sets: 0,
                     worker: WorkerView::Report(vec![]),
@@ -264,7 +260,7 @@ mod tests {
                 "NoSyncSetEnabled",
             ),
             (
-                "4 worker unreachable",
+                "C4 worker unreachable",
                 Inputs {
                     worker: WorkerView::Unreachable("connection refused".into()),
                     ..base.clone()
@@ -273,7 +269,7 @@ mod tests {
                 "WorkerUnreachable",
             ),
             (
-                "5 in the startup queue",
+                "C5 in the startup queue",
                 Inputs {
                     queue_position: Some(2),
                     ..base.clone()
@@ -282,19 +278,19 @@ mod tests {
                 "QueuedForStartup",
             ),
             (
-                "5 not yet completed since start",
+                "C5 not yet completed since start",
                 running(vec![ss("a", S, true), ss("b", S, false)]),
                 Restarting,
                 "Starting",
             ),
             (
-                "5 never ran",
+                "C5 never ran",
                 running(vec![ss("a", None, false)]),
                 Restarting,
                 "Starting",
             ),
             (
-                "5 report lacks an enabled sync-set",
+                "C5 report lacks an enabled sync-set",
                 Inputs {
                     enabled_sync_sets: 2,
                     ..base.clone()
@@ -302,9 +298,9 @@ mod tests {
                 Restarting,
                 "Starting",
             ),
-            ("6 all success", base.clone(), Running, "Synchronizing"),
+            ("C6 all success", base.clone(), Running, "Synchronizing"),
             (
-                "6 one failed",
+                "C6 one failed",
                 running(vec![ss("a", S, true), ss("b", F, true)]),
                 Failed,
                 "SyncSetFailed",
@@ -351,7 +347,7 @@ mod tests {
 
         /// An ongoing iteration never changes Running/Failed: the derivation reads only last
         /// completed results, so starting another iteration (which changes nothing the
-        /// inputs carry) leaves the value as it was; and Running/Failed follow rule 6 exactly.
+        /// inputs carry) leaves the value as it was; and Running/Failed follow C6 exactly.
         #[test]
         fn running_or_failed_follows_the_last_completed_results(results in proptest::collection::vec(prop_oneof![Just(S), Just(F)], 1..6)) {
             let views: Vec<SyncSetView> = results.iter().map(|r| ss("s", *r, true)).collect();

@@ -125,8 +125,8 @@ impl Progress {
         pending
     }
 
-    /// The target accepted `record`: the watermark moves up to it. Call in `pending` order
-    /// and stop at the first refusal, so the watermark never passes a refused record.
+    /// W3: the target accepted `record`, so the watermark moves up to it. Call in `pending`
+    /// order and stop at the first refusal, so the watermark never passes a refused record.
     pub fn accept(&mut self, record: &SourceRecord) {
         let newer = match &self.watermark {
             None => true,

@@ -1,7 +1,7 @@
 //! A Connection in the reconcile skeleton: its target transports are dereferenced to their
 //! endpoints and tokens; its worker is scaled to zero while it is stopped; it takes its place
 //! in the startup queue; the spec is pushed with what was resolved, and the status written
-//! with the operator's part of the rules (rule 1, Server Reinitializing; the startup queue).
+//! with the operator's part of the rules (C1, Server Reinitializing; the startup queue Q1–Q6).
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -39,7 +39,7 @@ pub struct Connections {
     /// Started connections admitted one after another (`--startup-concurrency`).
     queue: Mutex<StartupQueue>,
     /// Connections pushed to their worker since this operator started: until then they are
-    /// `Server Reinitializing` (rule 1).
+    /// `Server Reinitializing` (C1).
     pushed: Mutex<HashSet<String>>,
     epoch: Instant,
 }
@@ -112,7 +112,7 @@ impl Connections {
         };
     }
 
-    /// Rebuild the startup queue from the statuses a previous operator wrote: connections it
+    /// Q6: rebuild the startup queue from the statuses a previous operator wrote: connections it
     /// had admitted (`startupStartedTime`) are in their startup again, the waiting ones wait in
     /// the order of their `startupQueuePosition`. Nothing is requeued from the back.
     pub fn restore(&self, existing: &[Connection]) {
@@ -153,7 +153,7 @@ fn connection_key(connection: &Connection) -> String {
     )
 }
 
-/// Rule 1 made visible: right after the operator starts, every connection that already has a
+/// C1 made visible: right after the operator starts, every connection that already has a
 /// status is written `Server Reinitializing` (its last known iteration and sync-sets kept),
 /// before the controller re-pushes it and writes what its worker reports. Sixteen writes at a
 /// time; one that fails is logged (its first reconcile writes the status anyway). Answers how
@@ -367,7 +367,7 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
         Some(Err(unavailable)) => Err(unavailable.to_string()),
         None => Err("the connection is stopped: its worker is scaled to zero".into()),
     };
-    // Rule 1: a connection that had a status before this operator started is Server
+    // C1: a connection that had a status before this operator started is Server
     // Reinitializing until this operator has pushed it (or, stopped, applied its objects).
     // A new one has nothing to reinitialize.
     if report.is_ok() || !connection.spec.started {
@@ -749,7 +749,7 @@ mod tests {
         );
     }
 
-    /// Rule 1: after an operator restart, a connection it had already reported on is Server
+    /// C1: after an operator restart, a connection it had already reported on is Server
     /// Reinitializing until this operator has pushed it again.
     #[tokio::test]
     async fn after_an_operator_restart_it_is_server_reinitializing() {

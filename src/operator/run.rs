@@ -386,7 +386,7 @@ async fn lead(
             .scoped(options.startup_queue_scope),
     );
 
-    // The startup queue as the previous operator left it, then rule 1 for every connection.
+    // The startup queue as the previous operator left it, then C1 for every connection.
     // Guarded: an unreadable Connection is left out here and reported by its reconcile.
     let listed = api::<Guarded<Connection>>(&client, &options.namespace)
         .list(&ListParams::default())

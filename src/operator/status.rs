@@ -266,7 +266,7 @@ pub fn transport_status(
     }
 }
 
-/// What the operator adds to a connection's worker report: rule 1 and the startup queue.
+/// What the operator adds to a connection's worker report: C1 and the startup queue.
 pub struct ConnectionContext {
     pub generation: Option<i64>,
     pub started: bool,

@@ -1,5 +1,5 @@
 //! Suspend / Resume a transport, Start / Stop a connection: one merge patch of the spec field,
-//! then (with `--wait`) polling until the status shows the documented result of seed 000/001.
+//! then (with `--wait`) polling until the status shows the documented result (docs/transport.md, docs/connection.md).
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,5 @@
 //! The host a transport delivers to: keep-alive connections, "connect", and the response
-//! classification of DESIGN.md.
+//! classification of docs/transport.md (H1–H3).
 
 use std::time::Duration;
 
@@ -17,13 +17,13 @@ pub enum Delivery {
     /// 2xx.
     Delivered,
     /// Refused, timed out, 408, 429, 5xx (or a redirect, which ferry does not follow): the
-    /// transaction is kept (rule 3).
+    /// transaction is kept (H2, T3).
     Unreachable(String),
     /// Any other 4xx: the host refused this one transaction.
     Rejected(String),
 }
 
-/// The classification of an HTTP status (DESIGN.md, "A transaction is delivered when ...").
+/// The classification of an HTTP status (H1–H3).
 pub fn classify(status: u16) -> Delivery {
     match status {
         200..=299 => Delivery::Delivered,

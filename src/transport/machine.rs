@@ -1,8 +1,6 @@
-//! The transport state machine of shared/seeds/001, as a pure function:
+//! The transport state machine (docs/transport.md, rules T1–T9), as a pure function:
 //! `(state, event) -> (state, actions)`. All I/O (delivering, storing, connecting) is done by
 //! the runtime, which feeds the outcomes back in as events.
-//!
-//! The rule numbers are those of DESIGN.md's "Transitions" list.
 
 use crate::api::TransportState::{self, Down, SfSuspended, StoreAndForward, Suspended, Up};
 
@@ -47,8 +45,7 @@ pub enum Event {
 /// Why a transaction fails instead of being delivered or stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailReason {
-    /// Suspended, and Store and Forward is disabled (seed: "suspending it will cause it to
-    /// fail all transactions coming in").
+    /// Suspended, and Store and Forward is disabled (T6).
     SuspendedWithoutStore,
     /// The host is unreachable and Store and Forward is disabled.
     UnreachableWithoutStore,
@@ -85,8 +82,8 @@ pub enum Action {
 
 pub type Transition = (TransportState, Vec<Action>);
 
-/// Apply one event. Every (state, event) pair has an answer; pairs the seed does not mention
-/// leave the state as it is.
+/// Apply one event. Every (state, event) pair has an answer; pairs no rule mentions leave the
+/// state as it is.
 pub fn step(state: TransportState, event: Event, config: Config) -> Transition {
     use Action::*;
     let sf = config.store_and_forward;
@@ -99,7 +96,7 @@ pub fn step(state: TransportState, event: Event, config: Config) -> Transition {
     };
 
     match (state, event) {
-        // Rule 8: Suspended and S&F Suspended are restored as they were (a queue emptied by
+        // T8: Suspended and S&F Suspended are restored as they were (a queue emptied by
         // time to live while the worker was down leaves Suspended). A started transport is
         // initialized and connected again; one with a queue forwards it.
         (_, Event::Start { restored, queued }) => match restored {
@@ -107,12 +104,12 @@ pub fn step(state: TransportState, event: Event, config: Config) -> Transition {
             Some(Suspended | SfSuspended) => (Suspended, vec![]),
             _ if queued => (StoreAndForward, vec![Forward]),
             Some(Up | StoreAndForward) => (Down, vec![Connect]),
-            // Rule 1: a new transport is Down until its first transaction, or connects at
+            // T1: a new transport is Down until its first transaction, or connects at
             // start-up with loadAtInit.
             Some(Down) | None => (Down, connect_if_loading),
         },
 
-        // Rule 5: suspending disconnects; a transport in S&F stops trying to connect. (One
+        // T5: suspending disconnects; a transport in S&F stops trying to connect. (One
         // whose queue all expired has nothing stored: it is plainly Suspended.)
         (Up, Event::Suspend { .. }) => (Suspended, vec![Disconnect]),
         (Down, Event::Suspend { .. }) => (Suspended, vec![]),
@@ -120,30 +117,30 @@ pub fn step(state: TransportState, event: Event, config: Config) -> Transition {
         (StoreAndForward, Event::Suspend { queued: false }) => (Suspended, vec![Disconnect]),
         (Suspended | SfSuspended, Event::Suspend { .. }) => (state, vec![]),
 
-        // Rule 7: resume returns to Down (Up once connected, with loadAtInit); a queue is
+        // T7: resume returns to Down (Up once connected, with loadAtInit); a queue is
         // forwarded, and the host being unreachable leaves Store and Forward.
         (Suspended, Event::Resume) => (Down, connect_if_loading),
         (SfSuspended, Event::Resume) => (StoreAndForward, vec![Forward]),
         (Up | Down | StoreAndForward, Event::Resume) => (state, vec![]),
 
-        // Rules 2 and 3: deliver while Up or Down.
+        // T2 and T3: deliver while Up or Down.
         (Up | Down, Event::Arrived) => (state, vec![Deliver]),
-        // Rule 4: behind the queue while in Store and Forward (order is kept).
+        // T4: behind the queue while in Store and Forward (order is kept).
         (StoreAndForward, Event::Arrived) => (
             state,
             vec![keep_or_fail(FailReason::UnreachableWithoutStore)],
         ),
-        // Rule 6: a suspended transport never delivers; it stores or fails.
+        // T6: a suspended transport never delivers; it stores or fails.
         (Suspended, Event::Arrived) if sf => (SfSuspended, vec![Store]),
         (Suspended | SfSuspended, Event::Arrived) => {
             (state, vec![keep_or_fail(FailReason::SuspendedWithoutStore)])
         }
 
-        // Rule 2: the first delivery connects the transport.
+        // T2: the first delivery connects the transport.
         (Down, Event::Delivered | Event::Connected) => (Up, vec![]),
         (_, Event::Delivered | Event::Connected) => (state, vec![]),
 
-        // Rules 2 and 3: the host is unreachable.
+        // T2 and T3: the host is unreachable.
         (Up | Down, Event::Unreachable) if sf => (StoreAndForward, vec![Store, Forward]),
         (Up | Down, Event::Unreachable) => (Down, vec![Fail(FailReason::UnreachableWithoutStore)]),
         // A delivery that was under way when the state changed: keep it behind the queue.
@@ -156,11 +153,11 @@ pub fn step(state: TransportState, event: Event, config: Config) -> Transition {
             vec![keep_or_fail(FailReason::UnreachableWithoutStore)],
         ),
 
-        // Rule 1: loadAtInit keeps retrying with backoff while the host is unreachable.
+        // T1: loadAtInit keeps retrying with backoff while the host is unreachable.
         (Down, Event::ConnectFailed) if config.load_at_init => (Down, vec![Connect]),
         (_, Event::ConnectFailed) => (state, vec![]),
 
-        // Rule 4: once the queue is forwarded the transport is Up.
+        // T4: once the queue is forwarded the transport is Up.
         (StoreAndForward, Event::Drained) => (Up, vec![]),
         (SfSuspended, Event::Drained | Event::QueueEmptied) => (Suspended, vec![]),
         (_, Event::Drained | Event::QueueEmptied) => (state, vec![]),
@@ -196,7 +193,7 @@ mod tests {
         Start { restored, queued }
     }
 
-    /// (rule, from, event, config, to, actions)
+    /// (rule and case, from, event, config, to, actions)
     type Row = (
         &'static str,
         TransportState,
@@ -206,57 +203,54 @@ mod tests {
         &'static [Action],
     );
 
-    /// One row per sentence of the seed (and per DESIGN rule); the comment quotes it.
+    /// One row per case of each rule; the first column names the rule (docs/transport.md).
     #[test]
-    fn every_rule_of_the_seed() {
+    fn every_transport_rule() {
         let rows: &[Row] = &[
-            // "By default, a transport is down until it processes a transport map."
-            ("1 new", Down, start(None, false), SF, Down, &[]),
-            // "If you checked Load transport at initialization ... a connection to the host
-            // is attempted as soon as the node boots up"
+            // T1: Down until the first transaction ...
+            ("T1 new", Down, start(None, false), SF, Down, &[]),
+            // ... or, with loadAtInit, connecting at start-up and retrying while Down.
             (
-                "1 loadAtInit",
+                "T1 loadAtInit",
                 Down,
                 start(None, false),
                 SF_LOAD,
                 Down,
                 &[Connect],
             ),
-            ("1 connected", Down, Connected, SF_LOAD, Up, &[]),
-            ("1 retry", Down, ConnectFailed, SF_LOAD, Down, &[Connect]),
+            ("T1 connected", Down, Connected, SF_LOAD, Up, &[]),
+            ("T1 retry", Down, ConnectFailed, SF_LOAD, Down, &[Connect]),
             (
-                "1 no retry without loadAtInit",
+                "T1 no retry without loadAtInit",
                 Down,
                 ConnectFailed,
                 SF,
                 Down,
                 &[],
             ),
-            // "the first transaction that comes through the transport will switch the state
-            // from Down to Up"
-            ("2 deliver", Down, Arrived, SF, Down, &[Deliver]),
-            ("2 delivered", Down, Delivered, SF, Up, &[]),
+            // T2: the first transaction connects; delivered means Up.
+            ("T2 deliver", Down, Arrived, SF, Down, &[Deliver]),
+            ("T2 delivered", Down, Delivered, SF, Up, &[]),
             (
-                "2 unreachable, S&F",
+                "T2 unreachable, S&F",
                 Down,
                 Unreachable,
                 SF,
                 StoreAndForward,
                 &[Store, Forward],
             ),
-            // "If the host is not available and store and forward is disabled, the
-            // transaction will be counted as a failure, and the state ... will remain at Down."
+            // T2: unreachable without S&F fails the transaction and stays Down.
             (
-                "2 unreachable, no S&F",
+                "T2 unreachable, no S&F",
                 Down,
                 Unreachable,
                 NO_SF,
                 Down,
                 &[Fail(UnreachableWithoutStore)],
             ),
-            ("3 up delivers", Up, Arrived, SF, Up, &[Deliver]),
+            ("T3 up delivers", Up, Arrived, SF, Up, &[Deliver]),
             (
-                "3 up unreachable, S&F",
+                "T3 up unreachable, S&F",
                 Up,
                 Unreachable,
                 SF,
@@ -264,39 +258,37 @@ mod tests {
                 &[Store, Forward],
             ),
             (
-                "3 up unreachable, no S&F",
+                "T3 up unreachable, no S&F",
                 Up,
                 Unreachable,
                 NO_SF,
                 Down,
                 &[Fail(UnreachableWithoutStore)],
             ),
-            // S&F: "transactions are being saved in a store and forward queue"
+            // T4: behind the queue while in Store and Forward; Up once drained.
             (
-                "4 behind the queue",
+                "T4 behind the queue",
                 StoreAndForward,
                 Arrived,
                 SF,
                 StoreAndForward,
                 &[Store],
             ),
-            ("4 drained", StoreAndForward, Drained, SF, Up, &[]),
+            ("T4 drained", StoreAndForward, Drained, SF, Up, &[]),
             (
-                "4 in-flight failure",
+                "T4 in-flight failure",
                 StoreAndForward,
                 Unreachable,
                 SF,
                 StoreAndForward,
                 &[Store],
             ),
-            // "When a transport with an Up state is suspended, the transport will disconnect
-            // from the host. Its status ... is changed to Suspended."
-            ("5 suspend up", Up, SUSPEND, SF, Suspended, &[Disconnect]),
-            ("5 suspend down", Down, SUSPEND, SF, Suspended, &[]),
-            // "When a transport with a Store and Forward state is suspended its status changes
-            // to S&F Suspended. The transport will no longer attempt to connect to the host."
+            // T5: suspending Up disconnects; Down becomes Suspended too.
+            ("T5 suspend up", Up, SUSPEND, SF, Suspended, &[Disconnect]),
+            ("T5 suspend down", Down, SUSPEND, SF, Suspended, &[]),
+            // T5: suspending Store and Forward gives S&F Suspended and stops reconnecting.
             (
-                "5 suspend S&F",
+                "T5 suspend S&F",
                 StoreAndForward,
                 SUSPEND_QUEUED,
                 SF,
@@ -304,19 +296,17 @@ mod tests {
                 &[Disconnect],
             ),
             (
-                "5 suspend S&F, queue all expired",
+                "T5 suspend S&F, queue all expired",
                 StoreAndForward,
                 SUSPEND,
                 SF,
                 Suspended,
                 &[Disconnect],
             ),
-            ("5 suspend twice", Suspended, SUSPEND, SF, Suspended, &[]),
-            // "if the transport has store and forward enabled, then the transaction will be
-            // saved into a store and forward queue and the transport state updated from
-            // Suspended to S&F Suspended."
+            ("T5 suspend twice", Suspended, SUSPEND, SF, Suspended, &[]),
+            // T6: suspended with S&F queues the transaction (Suspended -> S&F Suspended).
             (
-                "6 suspended stores",
+                "T6 suspended stores",
                 Suspended,
                 Arrived,
                 SF,
@@ -324,27 +314,25 @@ mod tests {
                 &[Store],
             ),
             (
-                "6 S&F suspended stores",
+                "T6 S&F suspended stores",
                 SfSuspended,
                 Arrived,
                 SF,
                 SfSuspended,
                 &[Store],
             ),
-            // "the first transaction that comes through the transport will be counted as a
-            // failure — if the transport does not have store and forward capability"
+            // T6: suspended without S&F fails it.
             (
-                "6 suspended fails",
+                "T6 suspended fails",
                 Suspended,
                 Arrived,
                 NO_SF,
                 Suspended,
                 &[Fail(SuspendedWithoutStore)],
             ),
-            // "If the host becomes available, the transport will remain in a S&F Suspended
-            // state until it is resumed."
+            // T5/T6: a host that comes back changes nothing until resumed.
             (
-                "6 host back while suspended",
+                "T6 host back while suspended",
                 SfSuspended,
                 Connected,
                 SF,
@@ -352,18 +340,17 @@ mod tests {
                 &[],
             ),
             (
-                "6 late delivery stored",
+                "T6 late delivery stored",
                 Suspended,
                 Unreachable,
                 SF,
                 SfSuspended,
                 &[Store],
             ),
-            // "The transport is returned to a Down state, unless you checked the Load
-            // transport at Initialization option ... and the host is available"
-            ("7 resume", Suspended, Resume, SF, Down, &[]),
+            // T7: resume gives Down, connecting at once with loadAtInit; a queue is forwarded.
+            ("T7 resume", Suspended, Resume, SF, Down, &[]),
             (
-                "7 resume loadAtInit",
+                "T7 resume loadAtInit",
                 Suspended,
                 Resume,
                 SF_LOAD,
@@ -371,18 +358,17 @@ mod tests {
                 &[Connect],
             ),
             (
-                "7 resume S&F suspended",
+                "T7 resume S&F suspended",
                 SfSuspended,
                 Resume,
                 SF,
                 StoreAndForward,
                 &[Forward],
             ),
-            ("7 resume when running", Up, Resume, SF, Up, &[]),
-            // "If the node is rebooted, the transport state will be restored to Suspended or
-            // S&F Suspended depending on the state it was"
+            ("T7 resume when running", Up, Resume, SF, Up, &[]),
+            // T8: the suspended states come back as they were ...
             (
-                "8 reboot suspended",
+                "T8 reboot suspended",
                 Down,
                 start(Some(Suspended), false),
                 SF,
@@ -390,7 +376,7 @@ mod tests {
                 &[],
             ),
             (
-                "8 reboot S&F suspended",
+                "T8 reboot S&F suspended",
                 Down,
                 start(Some(SfSuspended), true),
                 SF,
@@ -398,17 +384,16 @@ mod tests {
                 &[],
             ),
             (
-                "8 reboot S&F suspended, all expired",
+                "T8 reboot S&F suspended, all expired",
                 Down,
                 start(Some(SfSuspended), false),
                 SF,
                 Suspended,
                 &[],
             ),
-            // "a started transport will be automatically initialized and connected to the host
-            // when the device comes back up."
+            // T8: ... and a started transport is set up and connected again.
             (
-                "8 reboot up",
+                "T8 reboot up",
                 Down,
                 start(Some(Up), false),
                 SF,
@@ -416,7 +401,7 @@ mod tests {
                 &[Connect],
             ),
             (
-                "8 reboot S&F",
+                "T8 reboot S&F",
                 Down,
                 start(Some(StoreAndForward), true),
                 SF,
@@ -424,17 +409,16 @@ mod tests {
                 &[Forward],
             ),
             (
-                "8 reboot down",
+                "T8 reboot down",
                 Down,
                 start(Some(Down), false),
                 SF,
                 Down,
                 &[],
             ),
-            // "The transactions will stay in the store and forward queue until their time to
-            // live expires" — an emptied queue leaves a suspended transport Suspended.
+            // T9: a queue emptied by time to live leaves a suspended transport Suspended.
             (
-                "9 expired while suspended",
+                "T9 expired while suspended",
                 SfSuspended,
                 QueueEmptied,
                 SF,
@@ -442,7 +426,7 @@ mod tests {
                 &[],
             ),
             (
-                "9 expired in S&F keeps reconnecting",
+                "T9 expired in S&F keeps reconnecting",
                 StoreAndForward,
                 QueueEmptied,
                 SF,
@@ -666,7 +650,7 @@ mod tests {
                     // Every transaction ends in exactly one place.
                     let ended = sim.delivered.len() as u64 + sim.failed + sim.expired + sim.dropped + sim.queue.len() as u64;
                     prop_assert_eq!(ended, sim.next_id);
-                    // The states mean what the seed says about the queue.
+                    // The states mean what docs/transport.md says about the queue.
                     match sim.state {
                         Up | Down | Suspended => prop_assert!(sim.queue.is_empty(), "{} with a queue", sim.state),
                         SfSuspended => prop_assert!(!sim.queue.is_empty(), "S&F Suspended with an empty queue"),

@@ -166,7 +166,7 @@ pub fn now_ms() -> u64 {
 }
 
 impl TransportRuntime {
-    /// Host a transport: restore its record and queue from the store (rule 8), apply the
+    /// Host a transport: restore its record and queue from the store (T8), apply the
     /// spec's desired state, and start its background tasks.
     pub async fn start(
         store: Store,
@@ -632,6 +632,7 @@ impl TransportRuntime {
         }
     }
 
+    /// T9: time to live, in every state.
     async fn expire(self: &Arc<Self>) {
         let ttl = self.lock().spec.store_and_forward.time_to_live.as_std();
         let cutoff = now_ms().saturating_sub(ttl.as_millis() as u64);
@@ -693,6 +694,7 @@ impl TransportRuntime {
                     .oldest_ms
                     .map_or(0, |oldest| now_ms().saturating_sub(oldest) / 1000),
             },
+            // L1: every transaction received has exactly one outcome.
             totals: Totals {
                 received: inner.totals.delivered + inner.totals.failed + info.stored,
                 delivered: inner.totals.delivered,

@@ -1,4 +1,4 @@
-//! The worker's HTTP API (DESIGN.md, "Worker HTTP API").
+//! The worker's HTTP API (docs/worker-api.md).
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! The worker: hosts transports, owns the store, serves the HTTP API of DESIGN.md.
+//! The worker: hosts transports, owns the store, serves the HTTP API of docs/worker-api.md.
 
 pub mod api;
 pub mod budget;
@@ -84,7 +84,7 @@ pub fn key(namespace: &str, name: &str) -> String {
 
 impl Worker {
     /// Open the store. With `rehost`, every transport the store was hosting before the
-    /// restart is hosted again at once (rule 8), before any desired state arrives.
+    /// restart is hosted again at once (T8), before any desired state arrives.
     pub async fn open(options: WorkerOptions, rehost: bool) -> Result<Arc<Self>, WorkerError> {
         let store = Store::open(&options.data_dir)?;
         let worker = Arc::new(Self {

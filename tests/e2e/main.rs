@@ -113,12 +113,12 @@ async fn restarted_and_ready(cluster: &Cluster, pod: &str, before: Option<(Strin
     .await;
 }
 
-/// Seed 001 on a cluster: Down → Up → Store and Forward → S&F Suspended, a worker `kill -9`
+/// T1–T8 on a cluster: Down → Up → Store and Forward → S&F Suspended, a worker `kill -9`
 /// while S&F Suspended, the host back while suspended (nothing delivered), resume (the queue
 /// forwarded, Up), suspend and resume with an empty queue (Suspended → Down).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transport_lifecycle_of_the_seed() {
-    let Some(env) = env("transport_lifecycle_of_the_seed") else {
+async fn transport_lifecycle_of_the_rules() {
+    let Some(env) = env("transport_lifecycle_of_the_rules") else {
         return;
     };
     let _serial = SERIAL.lock().await;

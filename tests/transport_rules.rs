@@ -1,4 +1,4 @@
-//! Every transition of shared/seeds/001, driven through a real worker's HTTP API against a
+//! Every transport rule (docs/transport.md, T1–T7), driven through a real worker's HTTP API against a
 //! host the test controls.
 
 mod common;
@@ -14,7 +14,7 @@ async fn up_down_store_and_forward_suspend_resume() {
     let mut host = TestHost::start().await;
     let worker = WorkerProc::start(dir.path()).await;
 
-    // Rule 1: a new transport is Down until its first transaction.
+    // T1: a new transport is Down until its first transaction.
     let report = worker.apply("erp", spec(&host)).await;
     assert_eq!(report["state"], "Down");
     assert!(
@@ -24,7 +24,7 @@ async fn up_down_store_and_forward_suspend_resume() {
             .ends_with("/v1/transports/default/erp/transactions")
     );
 
-    // Rule 2: Down + transaction -> delivered, Up. The payload and its type pass as they are.
+    // T2: Down + transaction -> delivered, Up. The payload and its type pass as they are.
     let (status, body) = worker.send("erp", "t1", Some("t1")).await;
     assert_eq!(
         (status, &body["outcome"], &body["state"]),
@@ -41,14 +41,14 @@ async fn up_down_store_and_forward_suspend_resume() {
     );
     assert_eq!(first.content_type.as_deref(), Some("text/plain"));
 
-    // Rule 3: Up + host answering 5xx -> stored, Store and Forward.
+    // T3: Up + host answering 5xx -> stored, Store and Forward.
     host.answer(503);
     let (status, body) = worker.send("erp", "t2", Some("t2")).await;
     assert_eq!(
         (status, &body["outcome"], &body["state"]),
         (202, &json!("stored"), &json!("Store and Forward"))
     );
-    // Rule 4: new transactions go behind the queue.
+    // T4: new transactions go behind the queue.
     let (status, _) = worker.send("erp", "t3", Some("t3")).await;
     assert_eq!(status, 202);
     // ... forwarded in order once the host answers again, then Up.
@@ -58,14 +58,14 @@ async fn up_down_store_and_forward_suspend_resume() {
     assert_eq!(report["queue"]["messages"], 0);
     assert_eq!(report["totals"]["forwarded"], 2);
 
-    // Rule 5: suspending an Up transport -> Suspended.
+    // T5: suspending an Up transport -> Suspended.
     let mut suspended = spec(&host);
     suspended["suspended"] = json!(true);
     assert_eq!(
         worker.apply("erp", suspended.clone()).await["state"],
         "Suspended"
     );
-    // Rule 6: a suspended transport stores (S&F enabled) and never delivers, even to a
+    // T6: a suspended transport stores (S&F enabled) and never delivers, even to a
     // reachable host.
     let (status, body) = worker.send("erp", "t4", Some("t4")).await;
     assert_eq!((status, &body["state"]), (202, &json!("S&F Suspended")));
@@ -77,7 +77,7 @@ async fn up_down_store_and_forward_suspend_resume() {
     );
     assert_eq!(worker.report("erp").await["state"], "S&F Suspended");
 
-    // Rule 7: resume S&F Suspended -> forward the queue -> Up.
+    // T7: resume S&F Suspended -> forward the queue -> Up.
     worker.apply("erp", spec(&host)).await;
     worker.wait_state("erp", "Up").await;
     assert_eq!(host.received_ids(), ["t1", "t2", "t3", "t4"]);
@@ -123,7 +123,7 @@ async fn without_store_and_forward_transactions_fail() {
     no_sf["storeAndForward"] = json!({"enabled": false});
     worker.apply("plain", no_sf.clone()).await;
 
-    // Rule 2: host unreachable, S&F disabled -> failed (counted), stays Down.
+    // T2: host unreachable, S&F disabled -> failed (counted), stays Down.
     host.down().await;
     let (status, body) = worker.send("plain", "x", None).await;
     assert_eq!(
@@ -138,7 +138,7 @@ async fn without_store_and_forward_transactions_fail() {
         "{body}"
     );
 
-    // Rule 3: Up + unreachable, S&F disabled -> failed, Down.
+    // T3: Up + unreachable, S&F disabled -> failed, Down.
     host.up().await;
     assert_eq!(worker.send("plain", "y", None).await.1["state"], "Up");
     host.answer(500);
@@ -146,7 +146,7 @@ async fn without_store_and_forward_transactions_fail() {
     assert_eq!((status, &body["state"]), (503, &json!("Down")));
     host.answer(200);
 
-    // Rule 6: suspended without S&F: "suspending it will cause it to fail all transactions".
+    // T6: suspended without S&F: every transaction fails.
     no_sf["suspended"] = json!(true);
     worker.apply("plain", no_sf).await;
     let (status, body) = worker.send("plain", "w", None).await;
@@ -171,14 +171,14 @@ async fn load_at_init_connects_at_start_and_on_resume() {
     eager["loadAtInit"] = json!(true);
     eager["host"]["healthCheckPath"] = json!("/healthz");
 
-    // Rule 1: connects at start-up; while the host is unreachable it stays Down and retries.
+    // T1: connects at start-up; while the host is unreachable it stays Down and retries.
     assert_eq!(worker.apply("eager", eager.clone()).await["state"], "Down");
     host.up().await;
     worker.wait_state("eager", "Up").await;
     assert!(host.health_checks() > 0, "connecting used the health check");
     assert!(host.received().is_empty(), "Up without any transaction");
 
-    // Rule 7: resume with loadAtInit and a reachable host -> Up.
+    // T7: resume with loadAtInit and a reachable host -> Up.
     eager["suspended"] = json!(true);
     assert_eq!(
         worker.apply("eager", eager.clone()).await["state"],
