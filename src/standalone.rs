@@ -32,8 +32,12 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../examples/standalone.yaml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestsError {
-    #[error("cannot read {path}: {reason}")]
-    Read { path: String, reason: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
     #[error("{path}: {object} is defined twice (also in {first})")]
@@ -54,9 +58,9 @@ pub struct Loaded {
 pub fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ManifestsError> {
     let mut files = Vec::new();
     for path in paths {
-        let read_err = |e: std::io::Error| ManifestsError::Read {
+        let read_err = |source: std::io::Error| ManifestsError::Read {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source,
         };
         if path.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(path)
@@ -158,9 +162,9 @@ fn read_sources(files: &[PathBuf]) -> Result<Vec<(String, String)>, ManifestsErr
         .map(|f| {
             std::fs::read_to_string(f)
                 .map(|text| (f.display().to_string(), text))
-                .map_err(|e| ManifestsError::Read {
+                .map_err(|source| ManifestsError::Read {
                     path: f.display().to_string(),
-                    reason: e.to_string(),
+                    source,
                 })
         })
         .collect()

@@ -137,8 +137,12 @@ pub struct ConnectionReport {
 pub enum ConnectionError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the saved record of connection {key} cannot be read: {reason}")]
-    Record { key: String, reason: String },
+    #[error("the saved record of connection {key} cannot be read: {source}")]
+    Record {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 struct Drivers {
@@ -221,14 +225,12 @@ impl ConnectionRuntime {
     ) -> Result<Arc<Self>, ConnectionError> {
         let saved: Option<ConnectionRecord> =
             match store.load_record(RecordKind::Connection, &key)? {
-                Some(raw) => {
-                    Some(
-                        serde_json::from_slice(&raw).map_err(|e| ConnectionError::Record {
-                            key: key.clone(),
-                            reason: e.to_string(),
-                        })?,
-                    )
-                }
+                Some(raw) => Some(serde_json::from_slice(&raw).map_err(|source| {
+                    ConnectionError::Record {
+                        key: key.clone(),
+                        source,
+                    }
+                })?),
                 None => None,
             };
         let (iteration, sync_sets) =
@@ -496,7 +498,7 @@ impl ConnectionRuntime {
                 return Ok(());
             }
             inner.dirty = false;
-            serde_json::to_vec(&inner.record).map_err(|e| StoreError::Disk(e.to_string()))?
+            serde_json::to_vec(&inner.record).map_err(StoreError::encode)?
         };
         self.store
             .save_record(RecordKind::Connection, &self.key, value)

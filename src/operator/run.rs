@@ -92,7 +92,7 @@ pub enum OperatorError {
     #[error("lost the leader lease: stopping so that only the new leader writes")]
     LostLeadership,
     #[error("cannot build the worker client: {0}")]
-    WorkerClient(String),
+    WorkerClient(#[source] reqwest::Error),
 }
 
 /// What `/readyz` answers.

@@ -71,13 +71,10 @@ pub struct WorkerClient {
 }
 
 impl WorkerClient {
-    pub fn direct(timeout: Duration) -> Result<Self, String> {
+    pub fn direct(timeout: Duration) -> Result<Self, reqwest::Error> {
         Ok(Self {
             access: WorkerAccess::Direct,
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .map_err(|e| e.to_string())?,
+            http: reqwest::Client::builder().timeout(timeout).build()?,
             kube: None,
             timeout,
         })

@@ -8,10 +8,15 @@ use super::{builders::WorkerTokens, context::Context, worker_client::WorkerPod};
 
 /// Why a worker cannot be asked: its pod could not be read (the API server), or it is not
 /// running (missing, pending, not ready). The message says which pod and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum WorkerPodUnavailable {
-    #[error("{0}")]
-    Unreadable(String),
+    #[error("cannot read the worker pod {pod}: {source}")]
+    Unreadable {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// What is known of why it does not run, for the status.
     #[error("{0}")]
     NotRunning(String),
 }
@@ -30,8 +35,9 @@ pub(super) async fn ready_worker(
     let pod = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
         .get_opt(&pod_name)
         .await
-        .map_err(|e| {
-            WorkerPodUnavailable::Unreadable(format!("cannot read the worker pod {pod_name}: {e}"))
+        .map_err(|source| WorkerPodUnavailable::Unreadable {
+            pod: pod_name.clone(),
+            source,
         })?;
     let Some(pod) = pod else {
         return Err(WorkerPodUnavailable::NotRunning(

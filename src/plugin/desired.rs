@@ -26,7 +26,7 @@ pub enum Change {
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     #[error("cannot use the kubeconfig: {0}")]
-    Config(String),
+    Config(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{kind} {namespace}/{name} does not exist")]
     NotFound {
         kind: &'static str,

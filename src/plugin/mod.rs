@@ -102,17 +102,17 @@ pub async fn connect(cli: &Cli) -> Result<(kube::Client, String), PluginError> {
     let config = match Kubeconfig::read() {
         Ok(kubeconfig) => kube::Config::from_custom_kubeconfig(kubeconfig, &options)
             .await
-            .map_err(|e| PluginError::Config(e.to_string()))?,
+            .map_err(|e| PluginError::Config(e.into()))?,
         // In a pod: the service account.
         Err(_) => kube::Config::infer()
             .await
-            .map_err(|e| PluginError::Config(e.to_string()))?,
+            .map_err(|e| PluginError::Config(e.into()))?,
     };
     let namespace = cli
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
-    let client = kube::Client::try_from(config).map_err(|e| PluginError::Config(e.to_string()))?;
+    let client = kube::Client::try_from(config).map_err(|e| PluginError::Config(e.into()))?;
     Ok((client, namespace))
 }
 

@@ -42,7 +42,7 @@ pub enum HostError {
     #[error("spec.host.url {url:?} is not a usable URL: {reason}")]
     BadUrl { url: String, reason: String },
     #[error("cannot build the HTTP client: {0}")]
-    Client(String),
+    Client(#[source] reqwest::Error),
 }
 
 /// A client for one transport's host. Dropping it closes its pooled connections.
@@ -81,7 +81,7 @@ impl HostClient {
             .pool_max_idle_per_host(128)
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| HostError::Client(e.to_string()))?;
+            .map_err(HostError::Client)?;
         Ok(Self {
             client,
             url,

@@ -106,8 +106,12 @@ pub enum RuntimeError {
     Host(#[from] HostError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the saved record of {key} cannot be read: {reason}")]
-    Record { key: String, reason: String },
+    #[error("the saved record of {key} cannot be read: {source}")]
+    Record {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 struct Inner {
@@ -177,12 +181,14 @@ impl TransportRuntime {
         forward_window: usize,
     ) -> Result<Arc<Self>, RuntimeError> {
         let record: Option<Record> = match store.load_record(RecordKind::Transport, &key)? {
-            Some(raw) => Some(
-                serde_json::from_slice(&raw).map_err(|e| RuntimeError::Record {
-                    key: key.clone(),
-                    reason: e.to_string(),
-                })?,
-            ),
+            Some(raw) => {
+                Some(
+                    serde_json::from_slice(&raw).map_err(|source| RuntimeError::Record {
+                        key: key.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         let queue = store.queue(&key)?;
@@ -557,7 +563,7 @@ impl TransportRuntime {
             store.read_head(&queue, None, FORWARD_BATCH, FORWARD_BATCH_BYTES)
         })
         .await
-        .map_err(|e| StoreError::Disk(e.to_string()))?
+        .map_err(|e| StoreError::ReadTask(std::sync::Arc::new(e)))?
     }
 
     /// The queue is empty and nothing is on its way into it: leave Store and Forward.
@@ -675,7 +681,7 @@ impl TransportRuntime {
                 hosted: inner.hosted,
             }
         };
-        let value = serde_json::to_vec(&record).map_err(|e| StoreError::Disk(e.to_string()))?;
+        let value = serde_json::to_vec(&record).map_err(StoreError::encode)?;
         self.store
             .save_record(RecordKind::Transport, &self.key, value)
             .await

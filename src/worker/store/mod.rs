@@ -34,8 +34,12 @@ const CACHE_BYTES: usize = 16 << 20;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store {path}: {message}")]
-    Open { path: PathBuf, message: String },
+    #[error("cannot open the store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Arc<redb::Error>,
+    },
     #[error(
         "the store {path} is damaged ({reason}); ferry does not start on it, so nothing queued in it is overwritten. Restore the file from a backup, or move it away to start with an empty store (what it held is then lost)"
     )]
@@ -57,14 +61,28 @@ pub enum StoreError {
     )]
     LargerThanQueue { size: u64, max_bytes: u64 },
     #[error("the store could not write to disk: {0}")]
-    Disk(String),
+    Disk(#[source] Arc<redb::Error>),
+    #[error("queued transaction {seq} is corrupt: its bytes do not hold the header they claim")]
+    Corrupt { seq: u64 },
+    #[error("cannot encode the record to save: {0}")]
+    Encode(#[source] Arc<serde_json::Error>),
+    #[error("the store is being reopened after a disk error; try again")]
+    Reopening,
+    #[error("a read of the store did not finish: {0}")]
+    ReadTask(#[source] Arc<tokio::task::JoinError>),
     #[error("the store has shut down")]
     Closed,
 }
 
 impl StoreError {
-    fn disk(e: impl std::fmt::Display) -> Self {
-        Self::Disk(e.to_string())
+    fn disk(e: impl Into<redb::Error>) -> Self {
+        Self::Disk(Arc::new(e.into()))
+    }
+
+    /// A record that cannot be turned into JSON (kept for completeness: ferry's records always
+    /// can).
+    pub fn encode(e: serde_json::Error) -> Self {
+        Self::Encode(Arc::new(e))
     }
 }
 
@@ -184,8 +202,8 @@ enum Waiter {
 
 impl Waiter {
     fn answer(self, result: Result<Answer, StoreError>) {
-        let mismatch =
-            || StoreError::Disk("the store answered with the wrong kind of result".into());
+        // Each waiter is answered by the work it sent; another answer cannot happen.
+        let mismatch = || StoreError::Closed;
         // A caller that stopped waiting is not an error: the sends' results are dropped.
         match self {
             Waiter::Appended(r) => drop(r.send(result.and_then(|a| match a {
@@ -221,16 +239,11 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| {
-                StoreError::Disk("the store is being reopened after a disk error".into())
-            })
+            .ok_or(StoreError::Reopening)
     }
 
-    fn open(path: &Path) -> Result<Database, String> {
-        Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| e.to_string())
+    fn open(path: &Path) -> Result<Database, redb::DatabaseError> {
+        Database::builder().set_cache_size(CACHE_BYTES).create(path)
     }
 
     /// redb refuses all work after an I/O error until the file is closed and opened again
@@ -302,11 +315,11 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(FILE);
         let marker = dir.join(MARKER);
-        let open_err = |message: String| StoreError::Open {
+        let open_err = |e: redb::Error| StoreError::Open {
             path: path.clone(),
-            message,
+            source: Arc::new(e),
         };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
         let db = match std::fs::metadata(&path) {
             Ok(meta) if meta.len() == 0 => {
                 return Err(StoreError::Damaged {
@@ -318,7 +331,7 @@ impl Store {
                 let db = open_existing(&path)?;
                 if !marker.exists() {
                     // A store from before the marker.
-                    write_marker(&marker).map_err(open_err)?;
+                    write_marker(&marker).map_err(|e| open_err(e.into()))?;
                 }
                 db
             }
@@ -328,7 +341,7 @@ impl Store {
                 }
                 create_new(&path, &marker).map_err(open_err)?
             }
-            Err(e) => return Err(open_err(e.to_string())),
+            Err(e) => return Err(open_err(e.into())),
         };
         check_format(&db, &path)?;
         let shared = Arc::new(Shared {
@@ -350,7 +363,7 @@ impl Store {
                     std::process::exit(70);
                 }
             })
-            .map_err(|e| open_err(e.to_string()))?;
+            .map_err(|e| open_err(e.into()))?;
         let writer = Arc::new(Writer {
             ops: Some(ops),
             thread: Some(thread),
@@ -403,9 +416,8 @@ impl Store {
                 break;
             }
             bytes += size;
-            out.push(QueuedTxn::decode(k.value(), v.value()).ok_or_else(|| {
-                StoreError::Disk(format!("queued transaction {} is corrupt", k.value()))
-            })?);
+            let seq = k.value();
+            out.push(QueuedTxn::decode(seq, v.value()).ok_or(StoreError::Corrupt { seq })?);
         }
         Ok(out)
     }
@@ -533,7 +545,7 @@ fn open_existing(path: &Path) -> Result<Database, StoreError> {
     std::panic::set_hook(hook);
     match opened {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(message)) => Err(damaged(message)),
+        Ok(Err(e)) => Err(damaged(e.to_string())),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<String>()
@@ -547,12 +559,12 @@ fn open_existing(path: &Path) -> Result<Database, StoreError> {
 
 /// Create a store: written under a temporary name and renamed once complete, so a crash while
 /// creating never leaves a half-made file under the real name; then the marker.
-fn create_new(path: &Path, marker: &Path) -> Result<Database, String> {
+fn create_new(path: &Path, marker: &Path) -> Result<Database, redb::Error> {
     let partial = path.with_extension("redb.partial");
     let _ = std::fs::remove_file(&partial);
     let db = Shared::open(&partial)?;
-    write_format(&db).map_err(|e| e.to_string())?;
-    std::fs::rename(&partial, path).map_err(|e| e.to_string())?;
+    write_format(&db)?;
+    std::fs::rename(&partial, path)?;
     write_marker(marker)?;
     if let Some(dir) = path.parent()
         && let Ok(dir) = std::fs::File::open(dir)
@@ -563,19 +575,17 @@ fn create_new(path: &Path, marker: &Path) -> Result<Database, String> {
     Ok(db)
 }
 
-fn write_marker(marker: &Path) -> Result<(), String> {
+fn write_marker(marker: &Path) -> Result<(), std::io::Error> {
     std::fs::write(marker, b"ferry store: this directory holds ferry.redb\n")
-        .map_err(|e| format!("cannot write {}: {e}", marker.display()))
 }
 
-fn write_format(db: &Database) -> Result<(), StoreError> {
-    let tx = db.begin_write().map_err(StoreError::disk)?;
+fn write_format(db: &Database) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
     {
-        let mut meta = tx.open_table(META).map_err(StoreError::disk)?;
-        meta.insert(FORMAT_KEY, FORMAT_VERSION.to_le_bytes().as_slice())
-            .map_err(StoreError::disk)?;
+        let mut meta = tx.open_table(META)?;
+        meta.insert(FORMAT_KEY, FORMAT_VERSION.to_le_bytes().as_slice())?;
     }
-    tx.commit().map_err(StoreError::disk)
+    Ok(tx.commit()?)
 }
 
 /// Refuse a newer format; mark a store from before versions as version 1.
@@ -601,7 +611,7 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
             path: path.to_owned(),
             reason: format!("it names format version {found}, which no ferry writes"),
         }),
-        None => write_format(db),
+        None => write_format(db).map_err(StoreError::disk),
     }
 }
 
