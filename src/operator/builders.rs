@@ -207,6 +207,11 @@ impl<'a> Owner<'a> {
     }
 
     /// The resource's uid.
+    /// What becomes of the worker's volume when the resource is deleted.
+    pub fn reclaim_policy(&self) -> ReclaimPolicy {
+        self.storage.reclaim_policy
+    }
+
     pub fn uid(&self) -> &str {
         &self.owner_reference.uid
     }

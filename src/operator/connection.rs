@@ -26,7 +26,7 @@ use super::{
     worker_pod::{ReadyWorker, WorkerPodUnavailable},
 };
 use crate::{
-    api::{Connection, ConnectionStatus, Transport, storage::ReclaimPolicy},
+    api::{Connection, ConnectionStatus, Transport},
     connection::{
         runtime::{ConnectionReport, Resolved, ResolvedTransport, Startup},
         startup_queue::{Look, StartupQueue},
@@ -231,10 +231,6 @@ impl WorkerResource for Connection {
 
     fn status(&self) -> Option<&ConnectionStatus> {
         self.status.as_ref()
-    }
-
-    fn reclaim_policy(&self) -> ReclaimPolicy {
-        self.spec.storage.reclaim_policy
     }
 
     fn runs(&self) -> bool {

@@ -41,7 +41,6 @@ pub trait WorkerResource: NamespacedObject + serde::Serialize {
     /// The resource as the owner of its worker's objects.
     fn owner(&self) -> Result<Owner<'_>, BuildError>;
     fn status(&self) -> Option<&Self::Status>;
-    fn reclaim_policy(&self) -> ReclaimPolicy;
     /// Whether its worker should be running (a stopped connection's is scaled to zero, and
     /// is not asked).
     fn runs(&self) -> bool {
@@ -138,7 +137,7 @@ async fn cleanup<R: WorkerResource>(
     let owner = object.owner()?;
     object.forget(namespace, ctx, memory);
     ctx.owned().remove(owner.uid());
-    if object.reclaim_policy() == ReclaimPolicy::Delete {
+    if owner.reclaim_policy() == ReclaimPolicy::Delete {
         delete_claim(ctx, namespace, &owner.worker_name()).await?;
     }
     Ok(Action::await_change())

@@ -17,7 +17,7 @@ use super::{
     worker_pod::ReadyWorker,
 };
 use crate::{
-    api::{Transport, TransportStatus, storage::ReclaimPolicy},
+    api::{Transport, TransportStatus},
     transport::runtime::TransportReport,
 };
 
@@ -39,10 +39,6 @@ impl WorkerResource for Transport {
 
     fn status(&self) -> Option<&TransportStatus> {
         self.status.as_ref()
-    }
-
-    fn reclaim_policy(&self) -> ReclaimPolicy {
-        self.spec.storage.reclaim_policy
     }
 
     async fn dereference(&self, _: &str, _: &Context) -> Result<(), ReconcileError> {
