@@ -173,6 +173,44 @@ pub fn connection(name: &str, started: bool) -> Connection {
     .unwrap()
 }
 
+/// A Transport or Connection `name` in `plant-a` as the API server lists it, with a minimal
+/// spec and this status.
+pub fn resource(kind: &str, name: &str, generation: i64, status: Value) -> Value {
+    let spec = if kind == "Transport" {
+        json!({"host": {"url": "http://erp/ingest"}})
+    } else {
+        json!({"syncSets": []})
+    };
+    json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": kind,
+        "metadata": {"name": name, "namespace": "plant-a", "generation": generation},
+        "spec": spec, "status": status,
+    })
+}
+
+/// `status.conditions` holding just a Ready condition.
+pub fn ready_condition(status: &str, reason: &str, message: &str, generation: i64) -> Value {
+    json!([{"type": "Ready", "status": status, "reason": reason, "message": message,
+            "observedGeneration": generation, "lastTransitionTime": "2026-11-23T10:00:00Z"}])
+}
+
+/// An object of the worker's name with these `ownerReferences`, as the API server answers a
+/// GET of `kind` (`secrets`, `services`, `statefulsets`).
+pub fn worker_object(kind: &str, worker: &str, owners: Value) -> Value {
+    let metadata = json!({"name": worker, "namespace": "plant-a", "ownerReferences": owners});
+    match kind {
+        "secrets" => json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata,
+                            "data": {"admin-token": "c3RvbGVu", "ingest-token": "c3RvbGVu"}}),
+        "services" => json!({"apiVersion": "v1", "kind": "Service", "metadata": metadata,
+                             "spec": {"ports": [{"port": 8080}]}}),
+        _ => json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata,
+                    "spec": {"replicas": 1, "serviceName": worker,
+                             "selector": {"matchLabels": {"app": worker}},
+                             "template": {"metadata": {"labels": {"app": worker}},
+                                          "spec": {"containers": [{"name": "app", "image": "someone-else"}]}}}}),
+    }
+}
+
 /// A worker pod that is ready, at `ip`, with this uid.
 pub fn ready_pod(worker: &str, ip: &str, uid: &str) -> Value {
     json!({

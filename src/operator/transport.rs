@@ -122,7 +122,7 @@ mod tests {
         context::{FINALIZER, now},
         fixtures::{
             ApiServerVerifier, condition, context, controlled_by, mock, not_found, respond,
-            test_ip, transport, worker_at,
+            test_ip, transport, worker_at, worker_object,
         },
     };
     use http::Method;
@@ -279,12 +279,10 @@ mod tests {
                         send.send_response(not_found());
                         continue;
                     }
-                    // Somebody else's object: owned by another uid, or by nobody.
+                    // Somebody else's object.
                     send.send_response(respond(
                         200,
-                        json!({"apiVersion": "v1", "kind": "Secret",
-                               "metadata": {"name": "ferry-tp-erp", "ownerReferences": controlled_by("someone-else")},
-                               "data": {"admin-token": "c3RvbGVu", "ingest-token": "c3RvbGVu"}}),
+                        worker_object(kind, "ferry-tp-erp", controlled_by("someone-else")),
                     ));
                     break;
                 }

@@ -141,30 +141,12 @@ mod tests {
     //! The plugin's commands against the mock API server (the reconcilers' helpers).
 
     use super::*;
-    use crate::operator::fixtures::{mock, not_found, respond};
+    use crate::operator::fixtures::{mock, not_found, ready_condition, resource, respond};
     use http::Method;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     fn cli(line: &str) -> Cli {
         Cli::try_parse_from(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}"))
-    }
-
-    fn object(kind: &str, name: &str, generation: i64, status: Value) -> Value {
-        let spec = if kind == "Transport" {
-            json!({"host": {"url": "http://erp/ingest"}})
-        } else {
-            json!({"syncSets": []})
-        };
-        json!({
-            "apiVersion": "ferry.dev/v1alpha1", "kind": kind,
-            "metadata": {"name": name, "namespace": "plant-a", "generation": generation},
-            "spec": spec, "status": status,
-        })
-    }
-
-    fn ready(status: &str, reason: &str, message: &str, generation: i64) -> Value {
-        json!([{"type": "Ready", "status": status, "reason": reason, "message": message,
-                "observedGeneration": generation, "lastTransitionTime": "2026-11-23T10:00:00Z"}])
     }
 
     #[tokio::test]
@@ -179,14 +161,14 @@ mod tests {
                 "{path}"
             );
             assert_eq!(body, json!({"spec": {"suspended": true}}));
-            send.send_response(respond(200, object("Transport", "erp", 3, json!({}))));
+            send.send_response(respond(200, resource("Transport", "erp", 3, json!({}))));
             // The worker has not got generation 3 yet, then it has.
             for (state, generation) in [("Store and Forward", 2), ("S&F Suspended", 3)] {
                 let (method, _, _, send) = handle.next().await;
                 assert_eq!(method, Method::GET);
                 send.send_response(respond(
                     200,
-                    object(
+                    resource(
                         "Transport",
                         "erp",
                         3,
@@ -210,16 +192,16 @@ mod tests {
             let (_, path, body, send) = handle.next().await;
             assert!(path.contains("/connections/crm?"), "{path}");
             assert_eq!(body, json!({"spec": {"started": true}}));
-            send.send_response(respond(200, object("Connection", "crm", 5, json!({}))));
+            send.send_response(respond(200, resource("Connection", "crm", 5, json!({}))));
             while let Some((_, send)) = handle.next_request().await {
                 send.send_response(respond(
                     200,
-                    object(
+                    resource(
                         "Connection",
                         "crm",
                         5,
                         json!({"status": "Restarting", "startupQueuePosition": 2,
-                               "conditions": ready("False", "QueuedForStartup", "waiting at position 2", 5)}),
+                               "conditions": ready_condition("False", "QueuedForStartup", "waiting at position 2", 5)}),
                     ),
                 ));
             }
@@ -242,15 +224,15 @@ mod tests {
         let (client, mut handle) = mock();
         tokio::spawn(async move {
             let (_, _, _, send) = handle.next().await;
-            send.send_response(respond(200, object("Connection", "crm", 2, json!({}))));
+            send.send_response(respond(200, resource("Connection", "crm", 2, json!({}))));
             let (_, _, _, send) = handle.next().await;
             send.send_response(respond(
                 200,
-                object(
+                resource(
                     "Connection",
                     "crm",
                     2,
-                    json!({"status": "Failed", "conditions": ready("False", "SyncSetFailed", "orders: source answered 500", 2)}),
+                    json!({"status": "Failed", "conditions": ready_condition("False", "SyncSetFailed", "orders: source answered 500", 2)}),
                 ),
             ));
         });
@@ -298,14 +280,14 @@ mod tests {
                 "{path}"
             );
             send.send_response(respond(200, json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "TransportList", "metadata": {},
-                "items": [object("Transport", "erp", 1, json!({"state": "Store and Forward", "queue": {"messages": 42, "bytes": 1, "oldestAgeSeconds": 3},
-                    "conditions": ready("True", "StoreAndForward", "the host does not answer: connection refused", 1)})),
+                "items": [resource("Transport", "erp", 1, json!({"state": "Store and Forward", "queue": {"messages": 42, "bytes": 1, "oldestAgeSeconds": 3},
+                    "conditions": ready_condition("True", "StoreAndForward", "the host does not answer: connection refused", 1)})),
                     // Stored before the CRD had a bound: listed, not an error hiding the rest.
                     {"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
                      "metadata": {"name": "huge", "namespace": "plant-a"},
                      "spec": {"host": {"url": "http://erp/ingest"},
                               "storeAndForward": {"maxBytes": "99999999999999999999"}},
-                     "status": {"conditions": ready("False", "InvalidSpec", "spec.storeAndForward.maxBytes: too large", 1)}}]})));
+                     "status": {"conditions": ready_condition("False", "InvalidSpec", "spec.storeAndForward.maxBytes: too large", 1)}}]})));
             let (_, path, _, send) = handle.next().await;
             assert!(
                 path.starts_with("/apis/ferry.dev/v1alpha1/connections"),
@@ -314,7 +296,7 @@ mod tests {
             send.send_response(respond(
                 200,
                 json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "ConnectionList", "metadata": {},
-                "items": [object("Connection", "crm", 1, json!({})),
+                "items": [resource("Connection", "crm", 1, json!({})),
                     // Not seen by the operator yet: the reader's own error.
                     {"apiVersion": "ferry.dev/v1alpha1", "kind": "Connection",
                      "metadata": {"name": "odd", "namespace": "plant-a"},
