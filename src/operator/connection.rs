@@ -428,8 +428,8 @@ async fn push(
 mod tests {
     use super::*;
     use crate::operator::fixtures::{
-        ApiServerVerifier, condition, connection, context, controlled_by, mock, not_found, respond,
-        test_ip, waiting_pod, worker_at,
+        ApiServerVerifier, assert_ready, condition, connection, context, controlled_by, mock,
+        not_found, respond, test_ip, waiting_pod, worker_at,
     };
     use http::Method;
     use serde_json::Value;
@@ -518,12 +518,7 @@ mod tests {
             .unwrap();
         let status = &server.await.unwrap()["status"];
         assert_eq!(status["status"], "Unknown", "{status}");
-        let (ready, reason, message) = condition(status, "Ready");
-        assert_eq!(
-            (ready.as_str(), reason.as_str()),
-            ("False", "WorkerUnreachable")
-        );
-        assert!(message.contains("ferry-conn-crm-0"), "{message}");
+        assert_ready(status, "False", "WorkerUnreachable", &["ferry-conn-crm-0"]);
     }
 
     /// An operator start: every connection with a status is written Server Reinitializing
@@ -705,14 +700,11 @@ mod tests {
             .unwrap();
         let status = &server.await.unwrap()["status"];
         assert_eq!(status["status"], "Disabled");
-        let (ready, reason, message) = condition(status, "Ready");
-        assert_eq!(
-            (ready.as_str(), reason.as_str()),
-            ("False", "InvalidConfiguration")
-        );
-        assert!(
-            message.contains("target transport plant-a/erp does not exist"),
-            "{message}"
+        assert_ready(
+            status,
+            "False",
+            "InvalidConfiguration",
+            &["target transport plant-a/erp does not exist"],
         );
     }
 
@@ -734,14 +726,11 @@ mod tests {
             .await
             .unwrap();
         let status = &server.await.unwrap()["status"];
-        let (ready, reason, message) = condition(status, "Ready");
-        assert_eq!(
-            (ready.as_str(), reason.as_str()),
-            ("False", "InvalidConfiguration")
-        );
-        assert!(
-            message.contains("is not controlled by target transport plant-a/erp"),
-            "{message}"
+        assert_ready(
+            status,
+            "False",
+            "InvalidConfiguration",
+            &["is not controlled by target transport plant-a/erp"],
         );
     }
 

@@ -288,6 +288,16 @@ pub fn controlled_by(uid: &str) -> Value {
             "uid": uid, "controller": true}])
 }
 
+/// The written status's Ready condition is `ready` with `reason`, and its message holds each
+/// of `needles`.
+pub fn assert_ready(status: &Value, ready: &str, reason: &str, needles: &[&str]) {
+    let (is, why, message) = condition(status, "Ready");
+    assert_eq!((is.as_str(), why.as_str()), (ready, reason), "{message}");
+    for needle in needles {
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+}
+
 /// A loopback address of this test's own, so parallel tests do not collide. Linux routes all
 /// of 127.0.0.0/8 to the loopback; macOS only 127.0.0.1, so the tests that bind one are
 /// ignored there (`cfg_attr(target_os = "macos", ignore)`).

@@ -121,8 +121,8 @@ mod tests {
     use crate::operator::{
         context::{FINALIZER, now},
         fixtures::{
-            ApiServerVerifier, condition, context, controlled_by, mock, not_found, respond,
-            test_ip, transport, worker_at, worker_object,
+            ApiServerVerifier, assert_ready, condition, context, controlled_by, mock, not_found,
+            respond, test_ip, transport, worker_at, worker_object,
         },
     };
     use http::Method;
@@ -293,11 +293,11 @@ mod tests {
                 .unwrap_err();
             assert_eq!(error.category(), "conflict");
             let status = &server.await.unwrap()["status"];
-            let (ready, reason, message) = condition(status, "Ready");
-            assert_eq!((ready.as_str(), reason.as_str()), ("False", "NameConflict"));
-            assert!(
-                message.contains("ferry-tp-erp") && message.contains("Transport plant-a/erp"),
-                "{message}"
+            assert_ready(
+                status,
+                "False",
+                "NameConflict",
+                &["ferry-tp-erp", "Transport plant-a/erp"],
             );
         }
     }
