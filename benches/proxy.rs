@@ -44,9 +44,9 @@ fn ensure_tools() -> Result<(), String> {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !install(&["install", "-y", "nginx-light", "wrk"])
-        && !(install(&["update"]) && install(&["install", "-y", "nginx-light", "wrk"]))
-    {
+    let installed = install(&["install", "-y", "nginx-light", "wrk"])
+        || (install(&["update"]) && install(&["install", "-y", "nginx-light", "wrk"]));
+    if !installed {
         return Err("cannot install nginx-light and wrk (apt-get as root); install them and run again".into());
     }
     Ok(())
