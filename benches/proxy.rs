@@ -24,7 +24,10 @@ const PAYLOAD: usize = 1024;
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
-        .args(["-c", &format!("command -v {tool} || test -x /usr/sbin/{tool}")])
+        .args([
+            "-c",
+            &format!("command -v {tool} || test -x /usr/sbin/{tool}"),
+        ])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
@@ -47,7 +50,10 @@ fn ensure_tools() -> Result<(), String> {
     let installed = install(&["install", "-y", "nginx-light", "wrk"])
         || (install(&["update"]) && install(&["install", "-y", "nginx-light", "wrk"]));
     if !installed {
-        return Err("cannot install nginx-light and wrk (apt-get as root); install them and run again".into());
+        return Err(
+            "cannot install nginx-light and wrk (apt-get as root); install them and run again"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -114,7 +120,8 @@ struct Run {
 
 /// `1.23ms`, `456.00us`, `1.01s` in milliseconds.
 fn millis(text: &str) -> f64 {
-    let (number, unit) = text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
+    let (number, unit) =
+        text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
     let value: f64 = number.parse().unwrap_or(f64::NAN);
     match unit {
         "us" => value / 1000.0,
@@ -127,7 +134,13 @@ fn millis(text: &str) -> f64 {
 
 fn wrk(url: &str, connections: u32, seconds: u64, script: &Path) -> Run {
     let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
         .arg(script)
         .arg(url)
         .output()
@@ -234,7 +247,10 @@ async fn main() {
                 nginx_run.requests_per_second,
                 nginx_run.p50_ms,
                 if ferry.errors + nginx_run.errors > 0 {
-                    format!("  (non-2xx: ferry {}, nginx {})", ferry.errors, nginx_run.errors)
+                    format!(
+                        "  (non-2xx: ferry {}, nginx {})",
+                        ferry.errors, nginx_run.errors
+                    )
                 } else {
                     String::new()
                 }

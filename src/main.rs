@@ -419,11 +419,11 @@ async fn serve(
     limits: server::ServerLimits,
 ) -> ExitCode {
     tracing::info!(listen = ?listener.local_addr().ok(), "worker API listening");
-    let router = api::router(worker.clone(), tokens);
+    let service = api::service(worker.clone(), tokens);
     let stopping = worker.clone();
     server::serve(
         listener,
-        router,
+        service,
         limits,
         ferry::shutdown_signal(),
         move || stopping.begin_stop(),

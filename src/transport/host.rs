@@ -173,7 +173,11 @@ impl HostClient {
         request: Request<Full<Bytes>>,
     ) -> Result<(http::StatusCode, Bytes), String> {
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| describe(&e))?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| describe(&e))?;
             let status = response.status();
             // Read to the end so the connection goes back to the pool; an answer larger than
             // a reason needs does not get to fill the worker: its start is kept and the

@@ -83,12 +83,71 @@ impl From<WorkerError> for ApiError {
 type Answer = Result<Response, ApiError>;
 
 pub fn router(worker: Arc<Worker>, tokens: Tokens) -> Router {
+    routes(app(worker, tokens))
+}
+
+fn app(worker: Arc<Worker>, tokens: Tokens) -> App {
     let registry = Arc::new(metrics::registry(worker.clone()));
-    let app = App {
+    App {
         worker,
         tokens,
         registry,
-    };
+    }
+}
+
+/// The worker's HTTP service as the server runs it: a transaction POST goes straight to
+/// `ingest` — the hot path of what is in effect a reverse proxy, so no routing and no copies
+/// of the headers for extractors — and every other request through the router, which also
+/// routes ingest (the same handler) for anything the fast path does not recognise.
+#[derive(Clone)]
+pub struct WorkerService {
+    app: App,
+    router: hyper_util::service::TowerToHyperService<Router>,
+}
+
+pub fn service(worker: Arc<Worker>, tokens: Tokens) -> WorkerService {
+    let app = app(worker, tokens);
+    WorkerService {
+        router: hyper_util::service::TowerToHyperService::new(routes(app.clone())),
+        app,
+    }
+}
+
+/// `(namespace, name)` of `POST /v1/transports/{namespace}/{name}/transactions`, when the path
+/// needs no decoding; anything else is the router's.
+fn ingest_path<B>(request: &http::Request<B>) -> Option<(String, String)> {
+    if request.method() != http::Method::POST {
+        return None;
+    }
+    let rest = request.uri().path().strip_prefix("/v1/transports/")?;
+    let rest = rest.strip_suffix("/transactions")?;
+    let (namespace, name) = rest.split_once('/')?;
+    let plain = |s: &str| !s.is_empty() && !s.contains(['/', '%']);
+    (plain(namespace) && plain(name)).then(|| (namespace.to_owned(), name.to_owned()))
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WorkerService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Self::Error>>;
+
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let Some((namespace, name)) = ingest_path(&request) else {
+            return Box::pin(self.router.call(request));
+        };
+        let app = self.app.clone();
+        let (parts, body) = request.into_parts();
+        Box::pin(async move {
+            Ok(
+                ingest_transaction(&app, &namespace, &name, &parts.headers, Body::new(body))
+                    .await
+                    .into_response(),
+            )
+        })
+    }
+}
+
+fn routes(app: App) -> Router {
     Router::new()
         .route(
             "/v1/{kind}/{namespace}/{name}",
@@ -262,10 +321,20 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Answer {
-    if !allowed(app.tokens.ingest.as_ref(), &headers) {
+    ingest_transaction(&app, &namespace, &name, &headers, body).await
+}
+
+async fn ingest_transaction(
+    app: &App,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Answer {
+    if !allowed(app.tokens.ingest.as_ref(), headers) {
         return Err(unauthorized("ingest"));
     }
-    let key = key(&namespace, &name);
+    let key = key(namespace, name);
     let runtime = app
         .worker
         .transport(&key)
@@ -298,7 +367,7 @@ async fn ingest(
         None => None,
     };
     let limit = runtime.max_transaction_bytes();
-    let declared = declared_length(&headers)?;
+    let declared = declared_length(headers)?;
     let budget = app.worker.budget();
     let read = read_transaction(
         body,
@@ -460,4 +529,37 @@ async fn serve_metrics(State(app): State<App>) -> Answer {
         text,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path_of(method: &str, path: &str) -> Option<(String, String)> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        ingest_path(&request)
+    }
+
+    /// The fast path takes exactly the transaction POSTs it can read without decoding; the
+    /// router, with the same handler, takes everything else.
+    #[test]
+    fn the_fast_path_recognises_only_plain_transaction_posts() {
+        let plain = Some(("plant-a".to_string(), "erp".to_string()));
+        assert_eq!(path_of("POST", "/v1/transports/plant-a/erp/transactions"), plain);
+        assert_eq!(path_of("POST", "/v1/transports/plant-a/erp/transactions?x=1"), plain);
+        for (method, path) in [
+            ("GET", "/v1/transports/plant-a/erp/transactions"),
+            ("POST", "/v1/transports/plant-a/erp"),
+            ("POST", "/v1/transports/plant%2Da/erp/transactions"),
+            ("POST", "/v1/transports/plant-a/a/b/transactions"),
+            ("POST", "/v1/transports//erp/transactions"),
+            ("POST", "/v1/connections/plant-a/erp/transactions"),
+        ] {
+            assert_eq!(path_of(method, path), None, "{method} {path}");
+        }
+    }
 }

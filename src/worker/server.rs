@@ -19,11 +19,8 @@ use std::{
     time::Duration,
 };
 
-use axum::Router;
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    service::TowerToHyperService,
-};
+use hyper::{Request, body::Incoming, service::Service};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 
 /// Defaults, also written into the worker pods the operator builds.
@@ -64,15 +61,24 @@ impl Drop for Busy {
     }
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves, then stop as the module docs say.
+/// Serve `service` on `listener` until `shutdown` resolves, then stop as the module docs say.
 /// `on_stop` runs when the shutdown begins (the worker tells its handlers).
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
     on_stop: impl FnOnce(),
-) {
+) where
+    S: Service<
+            Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -108,10 +114,10 @@ pub async fn serve(
         let busy = Arc::new(AtomicUsize::new(0));
         let service = {
             let busy = busy.clone();
-            let inner = TowerToHyperService::new(router.clone());
+            let inner = service.clone();
             hyper::service::service_fn(move |request| {
                 let guard = Busy::enter(&busy);
-                let answer = hyper::service::Service::call(&inner, request);
+                let answer = inner.call(request);
                 async move {
                     let answer = answer.await;
                     drop(guard);
