@@ -66,18 +66,24 @@ pub struct SourceRecord {
 }
 
 /// How far a sync-set got: the watermark of the newest accepted change, and the ids accepted
-/// at exactly that watermark.
+/// at exactly that watermark. With a window of sends in flight, records the target accepted
+/// after one it refused are remembered too (`accepted_ahead`, at most a window's worth): the
+/// watermark stops before the refused record, and those are not sent again.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
     pub watermark: Option<Watermark>,
     #[serde(default)]
     pub accepted_at_watermark: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_ahead: Vec<(String, Watermark)>,
 }
 
 impl Progress {
-    /// The records still to send, in change order (stable for equal watermarks). Records older
-    /// than the watermark, or accepted at it already, are left out.
+    /// The records still to settle, in change order (stable for equal watermarks). Records
+    /// older than the watermark, or accepted at it already, are left out; records accepted
+    /// ahead of a refused one stay in (in order, so the watermark can move over them) but are
+    /// not sent again ([`Progress::accepted_already`]).
     pub fn pending(
         &self,
         mut records: Vec<SourceRecord>,
@@ -92,15 +98,18 @@ impl Progress {
         if let Some(e) = error {
             return Err(e);
         }
-        let Some(current) = &self.watermark else {
-            return Ok(records);
-        };
         let mut out = Vec::with_capacity(records.len());
         for record in records {
-            match record.watermark.compare(current)? {
-                Ordering::Less => {}
-                Ordering::Equal if self.accepted_at_watermark.contains(&record.id) => {}
-                _ => out.push(record),
+            let sent = match &self.watermark {
+                None => false,
+                Some(current) => match record.watermark.compare(current)? {
+                    Ordering::Less => true,
+                    Ordering::Equal => self.accepted_at_watermark.contains(&record.id),
+                    Ordering::Greater => false,
+                },
+            };
+            if !sent {
+                out.push(record);
             }
         }
         Ok(out)
@@ -128,15 +137,80 @@ impl Progress {
     /// W3: the target accepted `record`, so the watermark moves up to it. Call in `pending`
     /// order and stop at the first refusal, so the watermark never passes a refused record.
     pub fn accept(&mut self, record: &SourceRecord) {
-        let newer = match &self.watermark {
-            None => true,
-            Some(current) => record.watermark.compare(current) == Ok(Ordering::Greater),
+        let place = match &self.watermark {
+            None => Ok(Ordering::Greater),
+            Some(current) => record.watermark.compare(current),
         };
-        if newer {
-            self.watermark = Some(record.watermark.clone());
-            self.accepted_at_watermark.clear();
+        match place {
+            Ok(Ordering::Greater) => {
+                self.watermark = Some(record.watermark.clone());
+                self.accepted_at_watermark.clear();
+                self.accepted_at_watermark.insert(record.id.clone());
+            }
+            Ok(Ordering::Equal) => {
+                self.accepted_at_watermark.insert(record.id.clone());
+            }
+            // Behind the watermark already: nothing to remember.
+            Ok(Ordering::Less) | Err(_) => {}
         }
-        self.accepted_at_watermark.insert(record.id.clone());
+        // What was accepted ahead and is now behind the watermark needs no memory of its own.
+        if let Some(current) = self.watermark.clone() {
+            let mut kept = Vec::new();
+            for (id, watermark) in std::mem::take(&mut self.accepted_ahead) {
+                match watermark.compare(&current) {
+                    Ok(Ordering::Greater) => kept.push((id, watermark)),
+                    Ok(Ordering::Equal) => {
+                        self.accepted_at_watermark.insert(id);
+                    }
+                    Ok(Ordering::Less) | Err(_) => {}
+                }
+            }
+            self.accepted_ahead = kept;
+        }
+    }
+
+    /// W3 with a window of sends in flight: the outcome of one send, taken in `pending`
+    /// order. Until a record is refused, accepted ones move the watermark; after the first
+    /// refusal (`refused_earlier`) the watermark stays before it, and an accepted record is
+    /// remembered so the next fetch does not send it again.
+    pub fn settle(&mut self, record: &SourceRecord, accepted: bool, refused_earlier: bool) {
+        match (accepted, refused_earlier) {
+            (true, false) => self.accept(record),
+            (true, true) => {
+                if !self.accepted_already(record) {
+                    self.accepted_ahead
+                        .push((record.id.clone(), record.watermark.clone()));
+                }
+            }
+            (false, _) => {}
+        }
+    }
+
+    /// How many sends may be in flight: `full`, or one at a time while records accepted
+    /// behind a refused one are remembered — so that memory never holds more than a window's
+    /// worth, however long a record stays refused.
+    pub fn window(&self, full: usize) -> usize {
+        if self.accepted_ahead.is_empty() {
+            full.max(1)
+        } else {
+            1
+        }
+    }
+
+    /// Accepted already — ahead of a refused record, or since `pending` was computed (the
+    /// watermark moved over it with the records before it): settled without being sent again.
+    pub fn accepted_already(&self, record: &SourceRecord) -> bool {
+        let behind = self.watermark.as_ref().is_some_and(|current| {
+            match record.watermark.compare(current) {
+                Ok(Ordering::Less) => true,
+                Ok(Ordering::Equal) => self.accepted_at_watermark.contains(&record.id),
+                Ok(Ordering::Greater) | Err(_) => false,
+            }
+        });
+        behind
+            || self.accepted_ahead.iter().any(|(id, watermark)| {
+                id == &record.id && watermark.compare(&record.watermark) == Ok(Ordering::Equal)
+            })
     }
 }
 
@@ -260,6 +334,99 @@ mod tests {
         ] {
             let held = held.into_iter().map(|(id, w)| record(id, w)).collect();
             assert_eq!(ids(Progress::complete_prefix(held)), kept);
+        }
+    }
+
+    /// Send `pending` as the runtime does (`Progress::window` in flight, outcomes taken in
+    /// order, nothing new after a refusal), the target answering `accepted[i]` for the i-th.
+    /// Answers the indices sent.
+    fn send_in_window(
+        progress: &mut Progress,
+        pending: &[SourceRecord],
+        accepted: &[bool],
+        window: usize,
+    ) -> Vec<usize> {
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut next = 0;
+        let mut sent = Vec::new();
+        let mut refused = false;
+        loop {
+            while !refused && in_flight.len() < progress.window(window) && next < pending.len() {
+                // Accepted ahead earlier: settled without being sent again.
+                let again = progress.accepted_already(&pending[next]);
+                if !again {
+                    sent.push(next);
+                }
+                in_flight.push_back((next, again || accepted[next]));
+                next += 1;
+            }
+            let Some((i, ok)) = in_flight.pop_front() else {
+                break;
+            };
+            progress.settle(&pending[i], ok, refused);
+            refused |= !ok;
+        }
+        sent
+    }
+
+    proptest! {
+        /// A window never moves the watermark past a record the target refused, and every
+        /// change is sent exactly once: what was accepted (even after the refusal, while in
+        /// flight) is never pending again; what was refused or never sent still is.
+        #[test]
+        fn a_window_never_passes_a_refused_record(
+            watermarks in proptest::collection::vec(0u8..8, 1..40),
+            accepted in proptest::collection::vec(proptest::bool::weighted(0.85), 40),
+            window in 1usize..8,
+            rounds in 1usize..4,
+        ) {
+            let records: Vec<SourceRecord> = watermarks
+                .iter()
+                .enumerate()
+                .map(|(i, w)| SourceRecord {
+                    id: format!("r{i}"),
+                    watermark: Watermark::Number(f64::from(*w)),
+                    body: Value::Null,
+                })
+                .collect();
+            let mut progress = Progress::default();
+            let mut delivered: std::collections::HashMap<String, usize> = Default::default();
+            let mut answers = accepted.iter().copied().cycle();
+            for _ in 0..rounds {
+                let pending = progress.pending(records.clone()).unwrap();
+                let outcome: Vec<bool> = pending.iter().map(|_| answers.next().unwrap_or(true)).collect();
+                let sent = send_in_window(&mut progress, &pending, &outcome, window);
+                for &i in &sent {
+                    if outcome[i] {
+                        *delivered.entry(pending[i].id.clone()).or_default() += 1;
+                    }
+                }
+                let again: Vec<String> = progress
+                    .pending(records.clone())
+                    .unwrap()
+                    .into_iter()
+                    .filter(|r| !progress.accepted_already(r))
+                    .map(|r| r.id)
+                    .collect();
+                // What is still to send is exactly what no send has delivered yet.
+                for record in &records {
+                    prop_assert_eq!(
+                        again.contains(&record.id),
+                        !delivered.contains_key(&record.id),
+                        "{} delivered {:?} times; still to send: {:?}",
+                        &record.id, delivered.get(&record.id), &again
+                    );
+                }
+                prop_assert!(progress.accepted_ahead.len() < window.max(1));
+            }
+            // Exactly once: no change reached the target twice.
+            prop_assert!(delivered.values().all(|&n| n == 1), "{:?}", delivered);
+            // And with a target that accepts everything, the rest goes through.
+            let pending = progress.pending(records.clone()).unwrap();
+            let all = vec![true; pending.len()];
+            send_in_window(&mut progress, &pending, &all, window);
+            prop_assert!(progress.pending(records).unwrap().is_empty());
+            prop_assert!(progress.accepted_ahead.is_empty());
         }
     }
 }

@@ -549,8 +549,14 @@ mod tests {
     #[test]
     fn the_fast_path_recognises_only_plain_transaction_posts() {
         let plain = Some(("plant-a".to_string(), "erp".to_string()));
-        assert_eq!(path_of("POST", "/v1/transports/plant-a/erp/transactions"), plain);
-        assert_eq!(path_of("POST", "/v1/transports/plant-a/erp/transactions?x=1"), plain);
+        assert_eq!(
+            path_of("POST", "/v1/transports/plant-a/erp/transactions"),
+            plain
+        );
+        assert_eq!(
+            path_of("POST", "/v1/transports/plant-a/erp/transactions?x=1"),
+            plain
+        );
         for (method, path) in [
             ("GET", "/v1/transports/plant-a/erp/transactions"),
             ("POST", "/v1/transports/plant-a/erp"),
