@@ -394,13 +394,17 @@ impl ConnectionRuntime {
                 )
             };
             self.publish();
+            let mut behind = false;
             for (name, drivers) in plan {
                 if !self.runnable() {
                     break;
                 }
-                self.run_sync_set(iteration, &name, &drivers).await;
+                behind |= self.run_sync_set(iteration, &name, &drivers).await;
             }
-            let next = started + frequency;
+            // A sync-set that read only part of what changed (more pages than one fetch holds)
+            // is behind its source: the next iteration starts at once (W1: at most
+            // `frequency` apart), not a whole interval later.
+            let next = if behind { Instant::now() } else { started + frequency };
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = self.wake.notified() => {}
@@ -410,7 +414,9 @@ impl ConnectionRuntime {
 
     /// One sync-set, once: fetch what changed since its watermark, hand each record to the
     /// target in change order, advance the watermark only past accepted records.
-    async fn run_sync_set(&self, iteration: u64, name: &str, drivers: &Drivers) {
+    /// Answers whether the sync-set is behind its source (its fetch stopped at the cap with
+    /// more pages to go, and its watermark moved).
+    async fn run_sync_set(&self, iteration: u64, name: &str, drivers: &Drivers) -> bool {
         let progress = {
             let mut inner = self.lock();
             inner.ongoing = Some(name.to_owned());
@@ -425,6 +431,8 @@ impl ConnectionRuntime {
         self.publish();
         let key = format!("{}/{name}", self.key);
         let outcome = self.sync(&key, name, progress, drivers).await;
+        let behind = outcome == Ok(false);
+        let outcome = outcome.map(|_| ());
         {
             let mut inner = self.lock();
             inner.ongoing = None;
@@ -447,6 +455,7 @@ impl ConnectionRuntime {
         if let Err(e) = self.save().await {
             tracing::error!(connection = %self.key, error = %e, "cannot save the connection's progress");
         }
+        behind
     }
 
     async fn sync(
@@ -455,7 +464,7 @@ impl ConnectionRuntime {
         name: &str,
         mut progress: Progress,
         drivers: &Drivers,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let fetched = drivers
             .source
             .fetch(progress.watermark.as_ref())
@@ -464,9 +473,11 @@ impl ConnectionRuntime {
         let mut pending = progress
             .pending(fetched.records)
             .map_err(|e| e.to_string())?;
-        if !fetched.complete {
+        let complete = fetched.complete;
+        if !complete {
             pending = Progress::complete_prefix(pending);
         }
+        let started_at = progress.watermark.clone();
         // W3: up to SYNC_WINDOW records in flight, their outcomes taken in change order: the
         // watermark moves over the accepted prefix only. After a refusal nothing new is sent;
         // what is in flight finishes, and what of it was accepted is remembered, not resent.
@@ -503,7 +514,10 @@ impl ConnectionRuntime {
             }
         }
         self.record_progress(name, &progress, unsaved);
-        result
+        // Caught up, unless the fetch stopped at its cap and the watermark moved (so asking
+        // again at once makes progress rather than spinning on the same records).
+        let moved = progress.watermark != started_at;
+        result.map(|()| complete || !moved)
     }
 
     fn record_progress(&self, name: &str, progress: &Progress, newly_synced: u64) {
