@@ -510,16 +510,30 @@ impl TransportRuntime {
     /// order, one transaction at a time so the host sees them in queue order.
     async fn forwarder(self: Arc<Self>) {
         let mut delay = BACKOFF_FIRST;
+        // The next batch, read while the current one is forwarded (so the queue's reads do not
+        // add to the drain's round trips); dropped whenever the current one did not go through.
+        let mut read_ahead: Option<tokio::task::JoinHandle<Result<Vec<QueuedTxn>, StoreError>>> =
+            None;
         loop {
             let (state, host) = {
                 let inner = self.lock();
                 (inner.state, inner.host.clone())
             };
             if state != TransportState::StoreAndForward {
+                read_ahead = None;
                 self.forward.notified().await;
                 continue;
             }
-            let batch = match self.read_head().await {
+            let next = match read_ahead.take() {
+                Some(read) => match read.await {
+                    Ok(Ok(batch)) if !batch.is_empty() => Ok(batch),
+                    // Nothing read ahead (the end, or a transaction too large to read ahead):
+                    // read from the head.
+                    _ => self.read_head(None).await,
+                },
+                None => self.read_head(None).await,
+            };
+            let batch = match next {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(transport = %self.key, error = %e, "cannot read the queue");
@@ -536,7 +550,13 @@ impl TransportRuntime {
                 }
                 continue;
             }
-            let (moved, result) = self.forward_batch(&host, batch).await;
+            let last = batch.last().map(|t| t.seq);
+            let count = batch.len();
+            read_ahead = Some(self.read_ahead(last));
+            let (moved, result, forwarded) = self.forward_batch(&host, batch).await;
+            if forwarded < count {
+                read_ahead = None;
+            }
             if moved {
                 // The host took some: it is back, so the next pause starts short again.
                 delay = BACKOFF_FIRST;
@@ -556,14 +576,26 @@ impl TransportRuntime {
         }
     }
 
-    async fn read_head(&self) -> Result<Vec<QueuedTxn>, StoreError> {
+    async fn read_head(&self, after: Option<u64>) -> Result<Vec<QueuedTxn>, StoreError> {
         let store = self.store.clone();
         let queue = self.queue.clone();
         tokio::task::spawn_blocking(move || {
-            store.read_head(&queue, None, FORWARD_BATCH, FORWARD_BATCH_BYTES)
+            store.read_head(&queue, after, FORWARD_BATCH, FORWARD_BATCH_BYTES)
         })
         .await
         .map_err(|e| StoreError::ReadTask(std::sync::Arc::new(e)))?
+    }
+
+    /// Start reading the batch after `last`, within the batch's byte bound.
+    fn read_ahead(
+        &self,
+        last: Option<u64>,
+    ) -> tokio::task::JoinHandle<Result<Vec<QueuedTxn>, StoreError>> {
+        let store = self.store.clone();
+        let queue = self.queue.clone();
+        tokio::task::spawn_blocking(move || {
+            store.read_head_within(&queue, last, FORWARD_BATCH, FORWARD_BATCH_BYTES)
+        })
     }
 
     /// The queue is empty and nothing is on its way into it: leave Store and Forward.
@@ -588,7 +620,7 @@ impl TransportRuntime {
         &self,
         host: &HostClient,
         batch: Vec<QueuedTxn>,
-    ) -> (bool, Result<(), String>) {
+    ) -> (bool, Result<(), String>, usize) {
         let mut delivered = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
         let mut stopped = None;
@@ -618,11 +650,12 @@ impl TransportRuntime {
             }
         }
         drop(answers);
-        let moved = !delivered.is_empty() || !rejected.is_empty();
+        let forwarded = delivered.len() + rejected.len();
+        let moved = forwarded > 0;
         if moved && let Err(e) = self.store.remove(&self.queue, delivered, rejected).await {
-            return (false, Err(e.to_string()));
+            return (false, Err(e.to_string()), 0);
         }
-        (moved, stopped.map_or(Ok(()), Err))
+        (moved, stopped.map_or(Ok(()), Err), forwarded)
     }
 
     /// Time to live, and saving the record.

@@ -399,6 +399,30 @@ impl Store {
         max: usize,
         max_bytes: u64,
     ) -> Result<Vec<QueuedTxn>, StoreError> {
+        self.read(queue, after, max, max_bytes, true)
+    }
+
+    /// The same, but never more than `max_bytes` of payload: a first transaction larger than
+    /// that is left unread (for a read ahead, which must not double what a large transaction
+    /// costs in memory).
+    pub fn read_head_within(
+        &self,
+        queue: &Queue,
+        after: Option<u64>,
+        max: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<QueuedTxn>, StoreError> {
+        self.read(queue, after, max, max_bytes, false)
+    }
+
+    fn read(
+        &self,
+        queue: &Queue,
+        after: Option<u64>,
+        max: usize,
+        max_bytes: u64,
+        oversized_first: bool,
+    ) -> Result<Vec<QueuedTxn>, StoreError> {
         let read = self.shared.db()?.begin_read().map_err(StoreError::disk)?;
         let definition = TableDefinition::<u64, &[u8]>::new(&queue.table);
         let table = match read.open_table(definition) {
@@ -412,7 +436,7 @@ impl Store {
         for entry in table.range(start..).map_err(StoreError::disk)?.take(max) {
             let (k, v) = entry.map_err(StoreError::disk)?;
             let size = Header::time_and_size(v.value()).1;
-            if !out.is_empty() && bytes + size > max_bytes {
+            if (!out.is_empty() || !oversized_first) && bytes + size > max_bytes {
                 break;
             }
             bytes += size;
