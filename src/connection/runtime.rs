@@ -404,7 +404,11 @@ impl ConnectionRuntime {
             // A sync-set that read only part of what changed (more pages than one fetch holds)
             // is behind its source: the next iteration starts at once (W1: at most
             // `frequency` apart), not a whole interval later.
-            let next = if behind { Instant::now() } else { started + frequency };
+            let next = if behind {
+                Instant::now()
+            } else {
+                started + frequency
+            };
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = self.wake.notified() => {}

@@ -28,7 +28,7 @@ use crate::api::{
 use crate::worker::store::{Limits, NewTxn, Queue, QueuedTxn, RecordKind, Store, StoreError};
 
 /// Forwarding reads at most this many queued transactions at a time ...
-const FORWARD_BATCH: usize = 256;
+const FORWARD_BATCH: usize = 1024;
 /// ... and at most this many payload bytes (but always one transaction, however large), so a
 /// long outage with large transactions costs a few MiB per retry, not the queue's size.
 const FORWARD_BATCH_BYTES: u64 = 4 << 20;
@@ -510,10 +510,13 @@ impl TransportRuntime {
     /// order, one transaction at a time so the host sees them in queue order.
     async fn forwarder(self: Arc<Self>) {
         let mut delay = BACKOFF_FIRST;
-        // The next batch, read while the current one is forwarded (so the queue's reads do not
-        // add to the drain's round trips); dropped whenever the current one did not go through.
+        // The next batch, read while the current one is forwarded, and the removal of the last
+        // one, committed while the next is forwarded: the queue's own work does not add to the
+        // drain's round trips. A read ahead is dropped whenever the current batch did not all
+        // go through; a removal is waited for before the queue is read from its head again.
         let mut read_ahead: Option<tokio::task::JoinHandle<Result<Vec<QueuedTxn>, StoreError>>> =
             None;
+        let mut removing: Option<tokio::task::JoinHandle<Result<(u64, u64), StoreError>>> = None;
         loop {
             let (state, host) = {
                 let inner = self.lock();
@@ -521,17 +524,24 @@ impl TransportRuntime {
             };
             if state != TransportState::StoreAndForward {
                 read_ahead = None;
+                self.removed(&mut removing).await;
                 self.forward.notified().await;
                 continue;
             }
-            let next = match read_ahead.take() {
+            let ahead = match read_ahead.take() {
                 Some(read) => match read.await {
-                    Ok(Ok(batch)) if !batch.is_empty() => Ok(batch),
-                    // Nothing read ahead (the end, or a transaction too large to read ahead):
-                    // read from the head.
-                    _ => self.read_head(None).await,
+                    Ok(Ok(batch)) if !batch.is_empty() => Some(batch),
+                    // Nothing read ahead (the end, or a transaction too large to read ahead).
+                    _ => None,
                 },
-                None => self.read_head(None).await,
+                None => None,
+            };
+            let next = match ahead {
+                Some(batch) => Ok(batch),
+                None => {
+                    self.removed(&mut removing).await;
+                    self.read_head(None).await
+                }
             };
             let batch = match next {
                 Ok(batch) => batch,
@@ -553,24 +563,47 @@ impl TransportRuntime {
             let last = batch.last().map(|t| t.seq);
             let count = batch.len();
             read_ahead = Some(self.read_ahead(last));
-            let (moved, result, forwarded) = self.forward_batch(&host, batch).await;
-            if forwarded < count {
+            let (delivered, rejected, stopped) = self.forward_batch(&host, batch).await;
+            if delivered.len() + rejected.len() < count {
                 read_ahead = None;
             }
-            if moved {
+            // One removal at a time, in order: the previous one had a whole batch to commit.
+            self.removed(&mut removing).await;
+            if !delivered.is_empty() || !rejected.is_empty() {
                 // The host took some: it is back, so the next pause starts short again.
                 delay = BACKOFF_FIRST;
+                let (store, queue) = (self.store.clone(), self.queue.clone());
+                removing = Some(tokio::spawn(async move {
+                    store.remove(&queue, delivered, rejected).await
+                }));
             }
-            match result {
-                Ok(()) => {}
-                Err(why) => {
-                    if delay == BACKOFF_FIRST {
-                        tracing::warn!(transport = %self.key, reason = %why, "forwarding paused: the host is unreachable; retrying with backoff");
-                    } else {
-                        tracing::debug!(transport = %self.key, reason = %why, retry_in = ?delay, "forwarding paused");
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(BACKOFF_CAP);
+            if let Some(why) = stopped {
+                read_ahead = None;
+                if delay == BACKOFF_FIRST {
+                    tracing::warn!(transport = %self.key, reason = %why, "forwarding paused: the host is unreachable; retrying with backoff");
+                } else {
+                    tracing::debug!(transport = %self.key, reason = %why, retry_in = ?delay, "forwarding paused");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(BACKOFF_CAP);
+            }
+        }
+    }
+
+    /// Wait for the removal of the last forwarded batch. A removal that fails leaves those
+    /// transactions queued: they are forwarded again (at least once).
+    async fn removed(
+        &self,
+        removing: &mut Option<tokio::task::JoinHandle<Result<(u64, u64), StoreError>>>,
+    ) {
+        if let Some(removal) = removing.take() {
+            match removal.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(transport = %self.key, error = %e, "cannot remove forwarded transactions; they will be forwarded again")
+                }
+                Err(e) => {
+                    tracing::error!(transport = %self.key, error = %e, "the removal of forwarded transactions did not finish; they will be forwarded again")
                 }
             }
         }
@@ -609,7 +642,8 @@ impl TransportRuntime {
     }
 
     /// Deliver a batch in queue order; stop at the first unreachable answer or a state change.
-    /// Delivered and rejected transactions leave the queue; the rest stay for the next try.
+    /// Answers what was delivered and rejected (the caller removes them from the queue) and why
+    /// it stopped, if it did; the rest stay for the next try.
     ///
     /// With a window of 1 (the default) the next transaction is sent only once the host has
     /// answered the previous one, so the host sees the queue's order exactly. A larger window
@@ -620,7 +654,7 @@ impl TransportRuntime {
         &self,
         host: &HostClient,
         batch: Vec<QueuedTxn>,
-    ) -> (bool, Result<(), String>, usize) {
+    ) -> (Vec<u64>, Vec<u64>, Option<String>) {
         let mut delivered = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
         let mut stopped = None;
@@ -650,12 +684,7 @@ impl TransportRuntime {
             }
         }
         drop(answers);
-        let forwarded = delivered.len() + rejected.len();
-        let moved = forwarded > 0;
-        if moved && let Err(e) = self.store.remove(&self.queue, delivered, rejected).await {
-            return (false, Err(e.to_string()), 0);
-        }
-        (moved, stopped.map_or(Ok(()), Err), forwarded)
+        (delivered, rejected, stopped)
     }
 
     /// Time to live, and saving the record.
