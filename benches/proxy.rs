@@ -277,6 +277,9 @@ async fn main() {
         report["totals"]["failed"],
         worker.rss_mib()
     );
-    let _ = nginx.kill();
+    // SIGTERM: nginx's master stops its workers too (SIGKILL would leave them running).
+    let _ = Command::new("kill")
+        .args(["-TERM", &nginx.id().to_string()])
+        .status();
     let _ = nginx.wait();
 }

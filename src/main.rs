@@ -267,6 +267,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ferry=info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: a file or a pod's log gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     ferry::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
