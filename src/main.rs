@@ -21,6 +21,15 @@ use ferry::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log as plain text (colour only on a terminal) or as one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: ferry::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -162,7 +171,10 @@ struct OperatorArgs {
 }
 
 impl OperatorArgs {
-    fn options(self) -> ferry::operator::run::OperatorOptions {
+    fn options(
+        self,
+        log_format: ferry::logging::LogFormat,
+    ) -> ferry::operator::run::OperatorOptions {
         use ferry::operator::{builders::WorkerDefaults, leadership::LeaseOptions};
         use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
         let instance = self.instance.unwrap_or_else(|| {
@@ -180,6 +192,8 @@ impl OperatorArgs {
         }
         defaults.image_pull_policy = self.worker_image_pull_policy;
         defaults.storage_class = self.worker_storage_class;
+        // Workers log the way their operator does.
+        defaults.log_format = log_format;
         let quantities = |pairs: Vec<(&str, Option<String>)>| {
             pairs
                 .into_iter()
@@ -261,15 +275,7 @@ fn main() -> ExitCode {
             Err(e) => fail(format!("cannot render the CRDs: {e}")),
         };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ferry=info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: a file or a pod's log gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    ferry::logging::init(cli.log_format);
     ferry::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -278,7 +284,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
-    runtime.block_on(run(cli.command))
+    runtime.block_on(run(cli.command, cli.log_format))
 }
 
 fn fail(message: String) -> ExitCode {
@@ -286,7 +292,7 @@ fn fail(message: String) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn run(command: Command) -> ExitCode {
+async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCode {
     match command {
         Command::Crds => ExitCode::SUCCESS,
         Command::Worker {
@@ -376,10 +382,12 @@ async fn run(command: Command) -> ExitCode {
             }
             serve(worker, listener, tokens, flags.limits()).await
         }
-        Command::Operator(args) => match ferry::operator::run::run(args.options()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(ferry::error_chain(&e)),
-        },
+        Command::Operator(args) => {
+            match ferry::operator::run::run(args.options(log_format)).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(ferry::error_chain(&e)),
+            }
+        }
         Command::Source {
             listen,
             orders,

@@ -101,6 +101,8 @@ pub struct WorkerDefaults {
     /// Used when a resource's `spec.storage.storageClassName` is unset; None = the cluster's
     /// default class.
     pub storage_class: Option<String>,
+    /// The workers' `FERRY_LOG_FORMAT`: the operator's own.
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl Default for WorkerDefaults {
@@ -125,6 +127,7 @@ impl Default for WorkerDefaults {
                 ..Default::default()
             },
             storage_class: None,
+            log_format: crate::logging::LogFormat::default(),
         }
     }
 }
@@ -340,6 +343,7 @@ impl<'a> Owner<'a> {
             "env": [
                 {"name": "FERRY_PUBLIC_URL", "value": self.service_url()},
                 {"name": "RUST_LOG", "value": "ferry=info"},
+                {"name": "FERRY_LOG_FORMAT", "value": defaults.log_format.as_str()},
             ],
             "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
             "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
@@ -466,6 +470,7 @@ mod tests {
                             "env": [
                                 {"name": "FERRY_PUBLIC_URL", "value": "http://ferry-tp-erp.plant-a.svc:8080"},
                                 {"name": "RUST_LOG", "value": "ferry=info"},
+                                {"name": "FERRY_LOG_FORMAT", "value": "text"},
                             ],
                             "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
                             "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
