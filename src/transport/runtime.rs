@@ -32,6 +32,8 @@ const FORWARD_BATCH: usize = 1024;
 /// ... and at most this many payload bytes (but always one transaction, however large), so a
 /// long outage with large transactions costs a few MiB per retry, not the queue's size.
 const FORWARD_BATCH_BYTES: u64 = 4 << 20;
+/// A read of the queue running on the blocking pool.
+type ReadTask = tokio::task::JoinHandle<Result<Vec<QueuedTxn>, StoreError>>;
 /// Reconnect backoff: doubles from the first delay up to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
@@ -514,8 +516,7 @@ impl TransportRuntime {
         // one, committed while the next is forwarded: the queue's own work does not add to the
         // drain's round trips. A read ahead is dropped whenever the current batch did not all
         // go through; a removal is waited for before the queue is read from its head again.
-        let mut read_ahead: Option<tokio::task::JoinHandle<Result<Vec<QueuedTxn>, StoreError>>> =
-            None;
+        let mut read_ahead: Option<ReadTask> = None;
         let mut removing: Option<tokio::task::JoinHandle<Result<(u64, u64), StoreError>>> = None;
         loop {
             let (state, host) = {
@@ -540,7 +541,7 @@ impl TransportRuntime {
                 Some(batch) => Ok(batch),
                 None => {
                     self.removed(&mut removing).await;
-                    self.read_head(None).await
+                    self.read_head().await
                 }
             };
             let batch = match next {
@@ -609,25 +610,30 @@ impl TransportRuntime {
         }
     }
 
-    async fn read_head(&self, after: Option<u64>) -> Result<Vec<QueuedTxn>, StoreError> {
-        let store = self.store.clone();
-        let queue = self.queue.clone();
-        tokio::task::spawn_blocking(move || {
-            store.read_head(&queue, after, FORWARD_BATCH, FORWARD_BATCH_BYTES)
-        })
-        .await
-        .map_err(|e| StoreError::ReadTask(std::sync::Arc::new(e)))?
+    /// The batch at the head of the queue.
+    async fn read_head(&self) -> Result<Vec<QueuedTxn>, StoreError> {
+        self.read_batch(None, false)
+            .await
+            .map_err(|e| StoreError::ReadTask(std::sync::Arc::new(e)))?
     }
 
     /// Start reading the batch after `last`, within the batch's byte bound.
-    fn read_ahead(
-        &self,
-        last: Option<u64>,
-    ) -> tokio::task::JoinHandle<Result<Vec<QueuedTxn>, StoreError>> {
+    fn read_ahead(&self, last: Option<u64>) -> ReadTask {
+        self.read_batch(last, true)
+    }
+
+    /// Read a batch on the blocking pool: after `after` (None: from the head), at most
+    /// `FORWARD_BATCH` transactions and `FORWARD_BATCH_BYTES`; `within` never lets one larger
+    /// transaction through (a read ahead).
+    fn read_batch(&self, after: Option<u64>, within: bool) -> ReadTask {
         let store = self.store.clone();
         let queue = self.queue.clone();
         tokio::task::spawn_blocking(move || {
-            store.read_head_within(&queue, last, FORWARD_BATCH, FORWARD_BATCH_BYTES)
+            if within {
+                store.read_head_within(&queue, after, FORWARD_BATCH, FORWARD_BATCH_BYTES)
+            } else {
+                store.read_head(&queue, after, FORWARD_BATCH, FORWARD_BATCH_BYTES)
+            }
         })
     }
 
