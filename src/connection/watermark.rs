@@ -100,15 +100,7 @@ impl Progress {
         }
         let mut out = Vec::with_capacity(records.len());
         for record in records {
-            let sent = match &self.watermark {
-                None => false,
-                Some(current) => match record.watermark.compare(current)? {
-                    Ordering::Less => true,
-                    Ordering::Equal => self.accepted_at_watermark.contains(&record.id),
-                    Ordering::Greater => false,
-                },
-            };
-            if !sent {
+            if !self.behind_watermark(&record)? {
                 out.push(record);
             }
         }
@@ -197,17 +189,22 @@ impl Progress {
         }
     }
 
+    /// Whether `record` is behind the watermark: older than it, or at it and accepted there.
+    fn behind_watermark(&self, record: &SourceRecord) -> Result<bool, WatermarkError> {
+        let Some(current) = &self.watermark else {
+            return Ok(false);
+        };
+        Ok(match record.watermark.compare(current)? {
+            Ordering::Less => true,
+            Ordering::Equal => self.accepted_at_watermark.contains(&record.id),
+            Ordering::Greater => false,
+        })
+    }
+
     /// Accepted already — ahead of a refused record, or since `pending` was computed (the
     /// watermark moved over it with the records before it): settled without being sent again.
     pub fn accepted_already(&self, record: &SourceRecord) -> bool {
-        let behind = self.watermark.as_ref().is_some_and(|current| {
-            match record.watermark.compare(current) {
-                Ok(Ordering::Less) => true,
-                Ok(Ordering::Equal) => self.accepted_at_watermark.contains(&record.id),
-                Ok(Ordering::Greater) | Err(_) => false,
-            }
-        });
-        behind
+        self.behind_watermark(record).unwrap_or(false)
             || self.accepted_ahead.iter().any(|(id, watermark)| {
                 id == &record.id && watermark.compare(&record.watermark) == Ok(Ordering::Equal)
             })
