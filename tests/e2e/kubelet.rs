@@ -389,20 +389,35 @@ async fn remove_node(client: &Client, node: &str) {
 /// The volumes provisioned for `namespace`'s claims, with their directories: they would
 /// outlive the test process, which deletes released volumes only while it runs.
 async fn remove_volumes(client: &Client, namespace: &str) -> Result<(), kube::Error> {
+    delete_volumes_where(client, |volume| {
+        volume
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|c| c.namespace.as_deref())
+            == Some(namespace)
+    })
+    .await
+}
+
+/// Delete the suite's volumes that `doomed` picks, with their local directories.
+async fn delete_volumes_where(
+    client: &Client,
+    doomed: impl Fn(&PersistentVolume) -> bool,
+) -> Result<(), kube::Error> {
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
     let ours = ListParams::default().labels("ferry.dev/e2e-volume=true");
-    for volume in volumes.list(&ours).await? {
-        let spec = volume.spec.as_ref();
-        let claimed_by = spec
-            .and_then(|s| s.claim_ref.as_ref())
-            .and_then(|c| c.namespace.as_deref());
-        if claimed_by != Some(namespace) {
-            continue;
-        }
+    for volume in volumes
+        .list(&ours)
+        .await?
+        .items
+        .iter()
+        .filter(|v| doomed(v))
+    {
         volumes
             .delete(&volume.name_any(), &DeleteParams::default())
             .await?;
-        if let Some(path) = spec.and_then(|s| s.host_path.as_ref()) {
+        if let Some(path) = volume.spec.as_ref().and_then(|s| s.host_path.as_ref()) {
             let _ = std::fs::remove_dir_all(&path.path);
         }
     }
@@ -469,18 +484,10 @@ async fn provision(client: &Client, dir: &Path) -> Result<(), kube::Error> {
         let volume: PersistentVolume = serde_json::from_value(volume).expect("a PersistentVolume");
         volumes.create(&PostParams::default(), &volume).await?;
     }
-    let ours = ListParams::default().labels("ferry.dev/e2e-volume=true");
-    for volume in volumes.list(&ours).await? {
-        if volume.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released") {
-            volumes
-                .delete(&volume.name_any(), &DeleteParams::default())
-                .await?;
-            if let Some(path) = volume.spec.as_ref().and_then(|s| s.host_path.as_ref()) {
-                let _ = std::fs::remove_dir_all(&path.path);
-            }
-        }
-    }
-    Ok(())
+    delete_volumes_where(client, |volume| {
+        volume.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released")
+    })
+    .await
 }
 
 async fn sync_pods(
