@@ -8,6 +8,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{
     Api,
     api::{ApiResource, DynamicObject, Patch, PatchParams},
@@ -20,6 +21,7 @@ use super::{
     NamespacedObject,
     context::{Context, FIELD_MANAGER, now},
     error::ReconcileError,
+    status,
 };
 use crate::api::validate::ManifestValidator;
 
@@ -57,27 +59,25 @@ fn diagnosis(raw: Option<&Value>, invalid: &InvalidObject) -> String {
         )
 }
 
-/// The object's status with its Ready condition replaced by `InvalidSpec` (other conditions
-/// and the last known state kept).
+/// The object's status with `Ready`, `Degraded` and the kstatus conditions saying
+/// `InvalidSpec` (other conditions and the last known state kept).
 fn invalid_status(raw: Option<&Value>, generation: Option<i64>, message: &str) -> Value {
     let mut status = raw
         .and_then(|r| r.get("status"))
         .filter(|s| s.is_object())
         .cloned()
         .unwrap_or_else(|| json!({}));
-    let mut conditions: Vec<Value> = status["conditions"]
+    // Conditions that cannot be read (as malformed as the rest) are replaced, not kept.
+    let previous: Vec<Condition> = status["conditions"]
         .as_array()
-        .map(|c| c.iter().filter(|c| c["type"] != "Ready").cloned().collect())
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| serde_json::from_value(c.clone()).ok())
+                .collect()
+        })
         .unwrap_or_default();
-    let mut ready = json!({
-        "type": "Ready", "status": "False", "reason": REASON, "message": message,
-        "lastTransitionTime": now(),
-    });
-    if let Some(generation) = generation {
-        ready["observedGeneration"] = json!(generation);
-    }
-    conditions.push(ready);
-    status["conditions"] = Value::Array(conditions);
+    let conditions = status::invalid_spec(&previous, generation, message, now());
+    status["conditions"] = serde_json::to_value(conditions).unwrap_or_else(|_| json!([]));
     status
 }
 
@@ -212,7 +212,14 @@ mod tests {
             status["state"], "Up",
             "the last known state stays: {status}"
         );
-        let ready = &status["conditions"][0];
+        let condition = |type_: &str| {
+            status["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == type_))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let ready = &condition("Ready");
         assert_eq!(
             (ready["status"].as_str(), ready["reason"].as_str()),
             (Some("False"), Some(REASON))
@@ -224,6 +231,13 @@ mod tests {
             "{ready}"
         );
         assert_eq!(ready["observedGeneration"], 4);
+        for (type_, holds) in [
+            ("Stalled", "True"),
+            ("Reconciling", "False"),
+            ("Degraded", "True"),
+        ] {
+            assert_eq!(condition(type_)["status"], holds, "{type_} in {status}");
+        }
         assert_eq!(
             (event["type"].as_str(), event["reason"].as_str()),
             (Some("Warning"), Some(REASON))

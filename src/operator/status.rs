@@ -4,6 +4,10 @@
 //! resource does what its spec asks; `Progressing` while the spec is being applied or the
 //! resource is starting; `Degraded` when something is wrong that the user may need to act on.
 //! A condition keeps its `lastTransitionTime` while its status does not change.
+//!
+//! `Reconciling` and `Stalled` are for kstatus (Flux's health checks, kpt, cli-utils): they are
+//! derived from `Ready` wherever `Ready` is set, so the three never disagree (docs/operator.md,
+//! "Conditions").
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -27,6 +31,7 @@ fn set_conditions(
     generation: Option<i64>,
     now: &Time,
 ) -> Vec<Condition> {
+    let wanted = with_kstatus(wanted);
     let mut out: Vec<Condition> = previous
         .iter()
         .filter(|c| !wanted.iter().any(|w| w.0 == c.type_))
@@ -49,6 +54,46 @@ fn set_conditions(
     }
     out.sort_by(|a, b| a.type_.cmp(&b.type_));
     out
+}
+
+/// Ready reasons that no retry by ferry can turn into Ready: the user must change something
+/// (the object, a name, a quota, a missing target, the source or target a sync-set failed on).
+/// kstatus reads `Stalled=True` as Failed; every other not-ready resource is `Reconciling`.
+pub const STALLED_REASONS: [&str; 5] = [
+    super::guard::REASON,
+    "NameConflict",
+    "WorkerObjectsRefused",
+    "InvalidConfiguration",
+    "SyncSetFailed",
+];
+
+/// `Reconciling` and `Stalled` from the `Ready` being set: ready → neither; not ready for a
+/// reason in [`STALLED_REASONS`] → Stalled; otherwise → Reconciling (applying, starting,
+/// being suspended or resumed, a worker not answering yet).
+fn with_kstatus(mut wanted: Vec<Set<'_>>) -> Vec<Set<'_>> {
+    let Some(Set(_, ready, reason, message)) = wanted.iter().find(|s| s.0 == "Ready") else {
+        return wanted;
+    };
+    let (ready, reason, message) = (*ready, *reason, message.clone());
+    let stalled = !ready && STALLED_REASONS.contains(&reason);
+    let reconciling = !ready && !stalled;
+    let settled = if ready {
+        "the resource does what its spec asks".to_owned()
+    } else {
+        message.clone()
+    };
+    wanted.push(if reconciling {
+        Set("Reconciling", true, reason, message.clone())
+    } else {
+        let why = if stalled { "Stalled" } else { "Reconciled" };
+        Set("Reconciling", false, why, settled.clone())
+    });
+    wanted.push(if stalled {
+        Set("Stalled", true, reason, message)
+    } else {
+        Set("Stalled", false, "AsExpected", settled)
+    });
+    wanted
 }
 
 fn state_reason(state: TransportState) -> &'static str {
@@ -133,6 +178,22 @@ pub fn name_conflict(
     now: Time,
 ) -> Vec<Condition> {
     not_applied(previous, generation, "NameConflict", why.to_owned(), now)
+}
+
+/// The object cannot be read (`guard`): `Ready`/`Degraded` say which field, and it is stalled.
+pub fn invalid_spec(
+    previous: &[Condition],
+    generation: Option<i64>,
+    why: &str,
+    now: Time,
+) -> Vec<Condition> {
+    not_applied(
+        previous,
+        generation,
+        super::guard::REASON,
+        why.to_owned(),
+        now,
+    )
 }
 
 fn not_applied(
@@ -687,5 +748,200 @@ mod tests {
             Some("not scheduled: 0/3 nodes are available: insufficient memory")
         );
         assert_eq!(pod_not_ready_reason(&pod(serde_json::json!({}))), None);
+    }
+
+    /// kstatus (sigs.k8s.io/cli-utils/pkg/kstatus, used by Flux and kpt) for a custom resource,
+    /// as documented, in its order: deleting → Terminating; `status.observedGeneration` behind
+    /// `metadata.generation` → InProgress; `Reconciling=True` → InProgress; `Stalled=True` →
+    /// Failed; anything else → Current.
+    fn kstatus(object: &serde_json::Value) -> &'static str {
+        if object["metadata"]["deletionTimestamp"].is_string() {
+            return "Terminating";
+        }
+        let generation = object["metadata"]["generation"].as_i64();
+        let observed = object["status"]["observedGeneration"].as_i64();
+        if let (Some(generation), Some(observed)) = (generation, observed)
+            && generation != observed
+        {
+            return "InProgress";
+        }
+        let holds = |type_: &str| {
+            object["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == type_ && c["status"] == "True")
+        };
+        if holds("Reconciling") {
+            return "InProgress";
+        }
+        if holds("Stalled") {
+            return "Failed";
+        }
+        "Current"
+    }
+
+    fn object(generation: i64, status: impl serde::Serialize) -> serde_json::Value {
+        serde_json::json!({"metadata": {"name": "erp", "generation": generation},
+                           "status": status})
+    }
+
+    /// Every situation ferry writes, read by kstatus's rules: Flux waits while a resource is
+    /// InProgress, fails a health check on Failed, and passes on Current.
+    #[test]
+    fn kstatus_reads_every_status_as_documented() {
+        fn transport(suspended: bool, report: Result<TransportReport, &str>) -> TransportStatus {
+            transport_status(
+                None,
+                Some(2),
+                suspended,
+                report.as_ref().map_err(|e| *e),
+                at(1),
+            )
+        }
+        let up = transport(false, Ok(report(TransportState::Up, 2)));
+        let sf = transport(false, Ok(report(TransportState::StoreAndForward, 2)));
+        let conflict = TransportStatus {
+            conditions: name_conflict(&[], Some(2), "Service ferry-tp-erp is not ours", at(1)),
+            ..Default::default()
+        };
+        let refused = TransportStatus {
+            conditions: objects_refused(&up.conditions, Some(2), "exceeded quota", at(1)),
+            ..up.clone()
+        };
+        let invalid = TransportStatus {
+            conditions: invalid_spec(&[], Some(2), "spec.maxBytes: too large", at(1)),
+            ..Default::default()
+        };
+        let transports: [(&str, TransportStatus, &str); 9] = [
+            ("Up as asked", up.clone(), "Current"),
+            (
+                "Suspended as asked",
+                transport(true, Ok(report(TransportState::Suspended, 2))),
+                "Current",
+            ),
+            ("Store and Forward: queueing as designed", sf, "Current"),
+            (
+                "the worker has generation 1 of 2",
+                transport(false, Ok(report(TransportState::Up, 1))),
+                "InProgress",
+            ),
+            (
+                "being suspended",
+                transport(true, Ok(report(TransportState::Up, 2))),
+                "InProgress",
+            ),
+            (
+                "new, the worker not answering yet",
+                transport(false, Err("pod not ready")),
+                "InProgress",
+            ),
+            ("a name taken by another object", conflict, "Failed"),
+            (
+                "the API server refuses the worker's objects",
+                refused,
+                "Failed",
+            ),
+            ("an object ferry cannot read", invalid, "Failed"),
+        ];
+        for (case, status, expected) in transports {
+            assert_eq!(kstatus(&object(2, &status)), expected, "transport: {case}");
+        }
+        let mut deleting = object(2, &up);
+        deleting["metadata"]["deletionTimestamp"] = "2026-11-28T10:00:00Z".into();
+        assert_eq!(kstatus(&deleting), "Terminating");
+
+        let pushed = || context(OperatorPhase::Pushed);
+        let running = connection_report(Some(SyncResult::Success), Some(3));
+        let stopped = ConnectionContext {
+            started: false,
+            ..pushed()
+        };
+        let queued = ConnectionContext {
+            queue_position: Some(2),
+            ..pushed()
+        };
+        let missing = ConnectionContext {
+            config_error: Some("target transport erp does not exist".into()),
+            ..pushed()
+        };
+        let idle = ConnectionContext {
+            enabled_sync_sets: vec![],
+            ..pushed()
+        };
+        let connections: [(
+            &str,
+            ConnectionContext,
+            Result<&ConnectionReport, &str>,
+            &str,
+        ); 8] = [
+            ("Running", pushed(), Ok(&running), "Current"),
+            ("Idle", idle, Ok(&running), "Current"),
+            (
+                "Disabled: stopped as asked",
+                stopped,
+                Ok(&running),
+                "Current",
+            ),
+            (
+                "Server Reinitializing",
+                context(OperatorPhase::Reinitializing),
+                Ok(&running),
+                "InProgress",
+            ),
+            (
+                "Restarting: queued for startup",
+                queued,
+                Ok(&running),
+                "InProgress",
+            ),
+            (
+                "Unknown: the worker does not answer",
+                pushed(),
+                Err("refused"),
+                "InProgress",
+            ),
+            (
+                "Failed",
+                pushed(),
+                Ok(&connection_report(Some(SyncResult::Failed), Some(3))),
+                "Failed",
+            ),
+            (
+                "Disabled: a missing target",
+                missing,
+                Ok(&running),
+                "Failed",
+            ),
+        ];
+        for (case, context, report, expected) in connections {
+            let status = connection_status(None, &context, report, at(1));
+            assert_eq!(kstatus(&object(1, &status)), expected, "connection: {case}");
+        }
+    }
+
+    /// Reconciling and Stalled never both hold, and neither holds when Ready does.
+    #[test]
+    fn kstatus_conditions_agree_with_ready() {
+        let holds =
+            |conditions: &[Condition], type_: &str| condition(conditions, type_).status == "True";
+        for state in TransportState::ALL {
+            for (suspended, generation) in [(false, 1), (true, 1), (false, 2)] {
+                let status = transport_status(
+                    None,
+                    Some(2),
+                    suspended,
+                    Ok(&report(state, generation)),
+                    at(1),
+                );
+                let c = &status.conditions;
+                assert!(!(holds(c, "Reconciling") && holds(c, "Stalled")), "{c:?}");
+                assert_eq!(
+                    holds(c, "Ready"),
+                    !holds(c, "Reconciling") && !holds(c, "Stalled"),
+                    "{c:?}"
+                );
+            }
+        }
     }
 }
