@@ -81,6 +81,21 @@ pub struct StartupQueue {
     /// keep their turn but hold no place, so one that never comes up delays nobody.
     #[serde(default)]
     not_ready: BTreeSet<String>,
+    /// Admissions into startup so far (for the operator's metrics).
+    #[serde(default)]
+    admitted: u64,
+}
+
+/// How the queue stands, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub starting: usize,
+    /// Waiting for a place, their worker ready.
+    pub waiting: usize,
+    /// Keeping their turn while their worker is not ready.
+    pub waiting_for_worker: usize,
+    /// Admissions into startup so far.
+    pub admitted: u64,
 }
 
 /// A connection's turn: `ticket` orders the waiting by when their start was observed.
@@ -111,6 +126,21 @@ impl StartupQueue {
             waiting: VecDeque::new(),
             next_ticket: 0,
             not_ready: BTreeSet::new(),
+            admitted: 0,
+        }
+    }
+
+    pub fn counts(&self) -> QueueCounts {
+        let for_worker = self
+            .waiting
+            .iter()
+            .filter(|t| self.not_ready.contains(&t.key))
+            .count();
+        QueueCounts {
+            starting: self.starting.len(),
+            waiting: self.waiting.len() - for_worker,
+            waiting_for_worker: for_worker,
+            admitted: self.admitted,
         }
     }
 
@@ -225,6 +255,7 @@ impl StartupQueue {
             let group = self.group(key).to_owned();
             if !self.not_ready.contains(key) && self.starting_in(&group) < self.concurrency {
                 if let Some(next) = self.waiting.remove(i) {
+                    self.admitted += 1;
                     admitted.push(next.key.clone());
                     self.starting.push(Started {
                         key: next.key,

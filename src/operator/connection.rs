@@ -252,9 +252,12 @@ impl WorkerResource for Connection {
         connection_event(before, after)
     }
 
-    fn forget(&self, _: &str, _: &Context, connections: &Connections) {
+    fn forget(&self, _: &str, ctx: &Context, connections: &Connections) {
         let key = connection_key(self);
-        connections.queue().release(&key, connections.now_ms());
+        let mut queue = connections.queue();
+        queue.release(&key, connections.now_ms());
+        ctx.metrics.set_startup_queue(queue.counts());
+        drop(queue);
         connections.pushed().remove(&key);
     }
 }
@@ -393,6 +396,7 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
         now(),
     );
     connections.settle_startup(&key, &mut status);
+    ctx.metrics.set_startup_queue(connections.queue().counts());
     status
 }
 

@@ -10,7 +10,9 @@ use std::{
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
-use super::{builders::WorkerDefaults, events::Events, worker_client::WorkerClient};
+use super::{
+    builders::WorkerDefaults, events::Events, metrics::OperatorMetrics, worker_client::WorkerClient,
+};
 
 /// The one field manager of everything the operator applies.
 pub const FIELD_MANAGER: &str = "ferry-operator";
@@ -26,6 +28,8 @@ pub struct Context {
     pub defaults: WorkerDefaults,
     pub status_interval: Duration,
     pub events: Events,
+    /// The operator's `/metrics`: reconciles add the startup queue and worker restarts.
+    pub metrics: std::sync::Arc<OperatorMetrics>,
     /// What each worker was last given, by resource. A new generation or a new pod (the
     /// worker restarted) means the spec is pushed again. Empty after an operator restart, so
     /// everything is pushed once more.
@@ -49,6 +53,7 @@ impl Context {
             defaults,
             status_interval,
             events: Events::default(),
+            metrics: Default::default(),
             pushed: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashSet::new()),
         }
@@ -57,6 +62,12 @@ impl Context {
     /// Publish Kubernetes Events for state changes and errors.
     pub fn with_events(mut self, events: Events) -> Self {
         self.events = events;
+        self
+    }
+
+    /// Count into these metrics (the ones `/metrics` serves).
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<OperatorMetrics>) -> Self {
+        self.metrics = metrics;
         self
     }
 

@@ -1,11 +1,12 @@
 //! The operator's own `/metrics`: reconciles and their errors and durations by kind, the
-//! resources by state (read from the controllers' caches at scrape time), and whether this
-//! replica leads.
+//! resources by state (read from the controllers' caches at scrape time), whether this
+//! replica leads, the startup queue, and how often each worker's container restarted.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -16,12 +17,19 @@ use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{
-        MetricType, counter::Counter, family::Family, gauge::ConstGauge, histogram::Histogram,
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::Histogram,
     },
     registry::Registry,
 };
 
-use crate::api::{Connection, ConnectionStatusValue, Transport, TransportState};
+use crate::{
+    api::{Connection, ConnectionStatusValue, Transport, TransportState},
+    connection::startup_queue::QueueCounts,
+};
 
 type KindLabel = [(&'static str, &'static str); 1];
 type ErrorLabels = [(&'static str, &'static str); 2];
@@ -32,8 +40,18 @@ pub struct OperatorMetrics {
     reconciles: Family<KindLabel, Counter>,
     errors: Family<ErrorLabels, Counter>,
     durations: Family<KindLabel, Histogram>,
-    leader: Arc<AtomicBool>,
-    caches: Arc<OnceLock<Caches>>,
+    live: Arc<Live>,
+}
+
+/// What is read at scrape time.
+#[derive(Debug, Default)]
+struct Live {
+    leader: AtomicBool,
+    caches: OnceLock<Caches>,
+    /// The startup queue as the connection reconciler last left it.
+    startup: Mutex<QueueCounts>,
+    /// Container restarts of each worker pod (`namespace`, `pod`) as last read.
+    restarts: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 /// The controllers' caches, known once the controllers are built.
@@ -61,8 +79,7 @@ impl Default for OperatorMetrics {
                     0.001, 2.0, 15,
                 ))
             }),
-            leader: Arc::new(AtomicBool::new(false)),
-            caches: Arc::new(OnceLock::new()),
+            live: Arc::default(),
         }
     }
 }
@@ -82,11 +99,26 @@ impl OperatorMetrics {
     }
 
     pub fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Ordering::Relaxed);
+        self.live.leader.store(leader, Ordering::Relaxed);
     }
 
     pub fn set_caches(&self, caches: Caches) {
-        let _ = self.caches.set(caches);
+        let _ = self.live.caches.set(caches);
+    }
+
+    /// The startup queue after a connection was looked at.
+    pub fn set_startup_queue(&self, counts: QueueCounts) {
+        *lock(&self.live.startup) = counts;
+    }
+
+    /// A worker pod was read: its containers' restarts so far.
+    pub fn worker_restarts(&self, namespace: &str, pod: &str, restarts: u64) {
+        lock(&self.live.restarts).insert((namespace.to_owned(), pod.to_owned()), restarts);
+    }
+
+    /// The resource is gone: its worker's series goes too.
+    pub fn forget_worker(&self, namespace: &str, pod: &str) {
+        lock(&self.live.restarts).remove(&(namespace.to_owned(), pod.to_owned()));
     }
 
     /// The registry served at `/metrics`.
@@ -99,7 +131,7 @@ impl OperatorMetrics {
         );
         registry.register(
             "reconcile_errors",
-            "Reconciles that failed, by kind and error (api, build, finalizer)",
+            "Reconciles that failed, by kind and the step that failed (finalizer, dereference, build, apply, conflict, status, cleanup)",
             self.errors.clone(),
         );
         registry.register(
@@ -107,20 +139,18 @@ impl OperatorMetrics {
             "How long reconciles took, by kind",
             self.durations.clone(),
         );
-        registry.register_collector(Box::new(LiveCollector {
-            leader: self.leader.clone(),
-            caches: self.caches.clone(),
-        }));
+        registry.register_collector(Box::new(LiveCollector(self.live.clone())));
         registry
     }
 }
 
-/// Read at scrape time: resources by state and leadership.
-#[derive(Debug)]
-struct LiveCollector {
-    leader: Arc<AtomicBool>,
-    caches: Arc<OnceLock<Caches>>,
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Read at scrape time: leadership, the startup queue, worker restarts, resources by state.
+#[derive(Debug)]
+struct LiveCollector(Arc<Live>);
 
 /// Resources of one kind by state: every documented state, then `Pending` for those without a
 /// status yet.
@@ -144,7 +174,8 @@ fn by_state<'a>(
 
 impl Collector for LiveCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        ConstGauge::new(i64::from(self.leader.load(Ordering::Relaxed))).encode(
+        let live = &self.0;
+        ConstGauge::new(i64::from(live.leader.load(Ordering::Relaxed))).encode(
             encoder.encode_descriptor(
                 "ferry_operator_leader",
                 "1 while this replica holds the leader lease (or runs without leader election)",
@@ -152,37 +183,55 @@ impl Collector for LiveCollector {
                 MetricType::Gauge,
             )?,
         )?;
-        let Some(caches) = self.caches.get() else {
-            return Ok(());
-        };
-        let transports = super::guard::readable(&caches.transports.state());
-        let connections = super::guard::readable(&caches.connections.state());
-        let rows = [
+
+        let startup = *lock(&live.startup);
+        for (name, help, value) in [
             (
-                "Transport",
-                by_state(
-                    TransportState::ALL.map(TransportState::as_str),
-                    transports.iter().map(|t| {
-                        t.status
-                            .as_ref()
-                            .and_then(|s| s.state)
-                            .map(TransportState::as_str)
-                    }),
-                ),
+                "ferry_operator_startup_queue_starting",
+                "Connections in their startup now (at most --startup-concurrency per scope)",
+                startup.starting,
             ),
             (
-                "Connection",
-                by_state(
-                    ConnectionStatusValue::ALL.map(ConnectionStatusValue::as_str),
-                    connections.iter().map(|c| {
-                        c.status
-                            .as_ref()
-                            .and_then(|s| s.status)
-                            .map(ConnectionStatusValue::as_str)
-                    }),
-                ),
+                "ferry_operator_startup_queue_waiting",
+                "Connections waiting for a startup place whose worker is ready to run them",
+                startup.waiting,
             ),
-        ];
+            (
+                "ferry_operator_startup_queue_waiting_for_worker",
+                "Connections keeping their turn in the startup queue while their worker pod is not ready",
+                startup.waiting_for_worker,
+            ),
+        ] {
+            ConstGauge::new(startup_gauge(value)).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        ConstCounter::new(startup.admitted).encode(encoder.encode_descriptor(
+            "ferry_operator_startup_admissions",
+            "Connections admitted into their startup by this replica",
+            None,
+            MetricType::Counter,
+        )?)?;
+
+        {
+            let mut family = encoder.encode_descriptor(
+                "ferry_operator_worker_restarts",
+                "Container restarts of each worker pod, as last read (resets when the pod is recreated)",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((namespace, pod), restarts) in lock(&live.restarts).iter() {
+                ConstCounter::new(*restarts).encode(
+                    family.encode_family(&[("namespace", namespace.as_str()), ("pod", pod)])?,
+                )?;
+            }
+        }
+
+        // Before the caches exist the family is described, with no series.
+        let rows = live.caches.get().map(resource_rows).unwrap_or_default();
         let mut family = encoder.encode_descriptor(
             "ferry_operator_resources",
             "Transports by state and Connections by status, as last written (Pending: no status yet)",
@@ -197,6 +246,42 @@ impl Collector for LiveCollector {
         }
         Ok(())
     }
+}
+
+/// Transports by state and Connections by status, from the caches.
+fn resource_rows(caches: &Caches) -> Vec<(&'static str, Vec<(&'static str, i64)>)> {
+    let transports = super::guard::readable(&caches.transports.state());
+    let connections = super::guard::readable(&caches.connections.state());
+    vec![
+        (
+            "Transport",
+            by_state(
+                TransportState::ALL.map(TransportState::as_str),
+                transports.iter().map(|t| {
+                    t.status
+                        .as_ref()
+                        .and_then(|s| s.state)
+                        .map(TransportState::as_str)
+                }),
+            ),
+        ),
+        (
+            "Connection",
+            by_state(
+                ConnectionStatusValue::ALL.map(ConnectionStatusValue::as_str),
+                connections.iter().map(|c| {
+                    c.status
+                        .as_ref()
+                        .and_then(|s| s.status)
+                        .map(ConnectionStatusValue::as_str)
+                }),
+            ),
+        ),
+    ]
+}
+
+fn startup_gauge(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -137,6 +137,10 @@ async fn cleanup<R: WorkerResource>(
     let owner = object.owner()?;
     object.forget(namespace, ctx, memory);
     ctx.owned().remove(owner.uid());
+    ctx.metrics.forget_worker(
+        namespace,
+        &super::worker_pod::pod_name(&owner.worker_name()),
+    );
     if owner.reclaim_policy() == ReclaimPolicy::Delete {
         delete_claim(ctx, namespace, &owner.worker_name()).await?;
     }

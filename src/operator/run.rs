@@ -379,7 +379,8 @@ async fn lead(
             options.defaults.clone(),
             options.status_interval,
         )
-        .with_events(Events::new(client.clone(), Some(options.instance.clone()))),
+        .with_events(Events::new(client.clone(), Some(options.instance.clone())))
+        .with_metrics(endpoints.metrics.clone()),
     );
     let connections = Arc::new(
         Connections::new(options.startup_concurrency, options.startup_timeout)

@@ -31,7 +31,7 @@ pub(super) async fn ready_worker(
     worker: &str,
     tokens: &WorkerTokens,
 ) -> Result<ReadyWorker, WorkerPodUnavailable> {
-    let pod_name = format!("{worker}-0");
+    let pod_name = pod_name(worker);
     let pod = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
         .get_opt(&pod_name)
         .await
@@ -47,6 +47,8 @@ pub(super) async fn ready_worker(
             },
         ));
     };
+    ctx.metrics
+        .worker_restarts(namespace, &pod_name, restart_count(&pod));
     let ready = pod
         .status
         .as_ref()
@@ -67,6 +69,21 @@ pub(super) async fn ready_worker(
         admin_token: tokens.admin.clone(),
     };
     Ok((target, pod.metadata.uid.unwrap_or_default()))
+}
+
+/// Restarts of the pod's containers so far (a crash-looping worker is never ready, so this is
+/// read before readiness).
+fn restart_count(pod: &Pod) -> u64 {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| u64::try_from(c.restart_count).unwrap_or(0))
+        .sum()
+}
+
+/// The worker's one pod of the StatefulSet.
+pub fn pod_name(worker: &str) -> String {
+    format!("{worker}-0")
 }
 
 /// Why the StatefulSet controller cannot create the worker's pod (quota, admission, an invalid

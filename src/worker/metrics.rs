@@ -110,6 +110,8 @@ impl Collector for TransportCollector {
             }
         }
 
+        encode_connections(&self.0, &mut encoder)?;
+
         let budget = self.0.budget();
         for (metric, help, value) in [
             (
@@ -140,6 +142,69 @@ impl Collector for TransportCollector {
         ConstCounter::new(budget.refused()).encode(family)?;
         Ok(())
     }
+}
+
+/// Every hosted connection's iteration, and per sync-set the records synced and whether the
+/// last completed iteration failed.
+fn encode_connections(worker: &Worker, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    use prometheus_client::metrics::MetricType;
+    let reports: Vec<_> = worker
+        .connections()
+        .into_iter()
+        .map(|c| {
+            let (ns, name) = c.key().split_once('/').unwrap_or(("default", c.key()));
+            (ns.to_owned(), name.to_owned(), c.report())
+        })
+        .collect();
+    {
+        let mut family = encoder.encode_descriptor(
+            "ferry_connection_iteration",
+            "The connection's current iteration number",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (ns, name, report) in &reports {
+            let labels = [("namespace", ns.as_str()), ("name", name.as_str())];
+            ConstGauge::new(i64::try_from(report.iteration).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&labels)?)?;
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "ferry_connection_records_synced",
+            "Records a sync-set delivered to its target",
+            None,
+            MetricType::Counter,
+        )?;
+        for (ns, name, report) in &reports {
+            for set in &report.sync_sets {
+                let labels = [
+                    ("namespace", ns.as_str()),
+                    ("name", name.as_str()),
+                    ("sync_set", set.name.as_str()),
+                ];
+                ConstCounter::new(set.records_synced).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "ferry_connection_sync_set_failed",
+        "1 when the sync-set's last completed iteration failed, 0 otherwise",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (ns, name, report) in &reports {
+        for set in &report.sync_sets {
+            let labels = [
+                ("namespace", ns.as_str()),
+                ("name", name.as_str()),
+                ("sync_set", set.name.as_str()),
+            ];
+            let failed = set.last_result == Some(crate::api::connection::SyncResult::Failed);
+            ConstGauge::new(i64::from(failed)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// The registry served at `/metrics`.
