@@ -123,9 +123,12 @@ fn operator_metrics(into: &mut Exported) {
     parse_exposition(&text, into);
 }
 
-/// Every selector of a query: metric name and its matchers (label, op, value).
+/// A label matcher of a selector: label, op, value.
+type Matcher = (String, MatchOp, String);
+
+/// Every selector of a query: metric name and its matchers.
 #[derive(Default)]
-struct Selectors(Vec<(String, Vec<(String, MatchOp, String)>)>);
+struct Selectors(Vec<(String, Vec<Matcher>)>);
 
 impl ExprVisitor for Selectors {
     type Error = std::convert::Infallible;
