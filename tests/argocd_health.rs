@@ -59,11 +59,7 @@ fn health(lua: &str, object: &Value) -> (String, String) {
         lua_literal(object),
         lua_string(&script.display().to_string()),
     );
-    let out = Command::new(lua)
-        .arg("-e")
-        .arg(&program)
-        .output()
-        .unwrap();
+    let out = Command::new(lua).arg("-e").arg(&program).output().unwrap();
     assert!(
         out.status.success(),
         "lua failed: {}",
