@@ -380,3 +380,65 @@ fn the_dashboard_is_well_formed() {
         assert!(all.contains(shown), "the dashboard shows no {shown}");
     }
 }
+
+/// `GET .../queue` on a real worker: the queue's numbers and its oldest transactions in order,
+/// ids and sizes only; limits and tokens are enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_route_lists_the_oldest_transactions_without_payloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::down_from_the_start();
+    let worker = WorkerProc::start(dir.path()).await;
+    worker.apply("erp", spec(&host)).await;
+    for (id, payload) in [("order-1", "a"), ("order-2", "bb"), ("order-3", "ccc")] {
+        let (status, body) = worker.send("erp", payload, Some(id)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let url = format!("{}/queue", worker.transport_url("erp"));
+    let get = |url: String, token: Option<&str>| {
+        let request = worker.http().get(url);
+        let request = match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        async move {
+            let r = request.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, queue) = get(format!("{url}?limit=2"), Some(&worker.admin)).await;
+    assert_eq!(status, 200, "{queue}");
+    assert_eq!(queue["transport"], "default/erp");
+    assert_eq!(queue["state"], "Store and Forward");
+    assert_eq!(
+        (queue["messages"].as_u64(), queue["bytes"].as_u64()),
+        (Some(3), Some(6))
+    );
+    let oldest = queue["oldest"].as_array().unwrap();
+    let listed: Vec<(&str, u64)> = oldest
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e["bytes"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(listed, [("order-1", 1), ("order-2", 2)]);
+    assert!(
+        oldest
+            .iter()
+            .all(|e| e.get("payload").is_none() && e["ageSeconds"].is_u64())
+    );
+    assert!(!queue.to_string().contains("\"bb\""), "no payload: {queue}");
+
+    let (status, all) = get(url.clone(), Some(&worker.admin)).await;
+    assert_eq!(
+        (status, all["oldest"].as_array().map(Vec::len)),
+        (200, Some(3))
+    );
+    let (status, body) = get(format!("{url}?limit=101"), Some(&worker.admin)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("limit"), "{body}");
+    assert_eq!(get(url.clone(), None).await.0, 401);
+    assert_eq!(get(url.clone(), Some("wrong")).await.0, 401);
+    let other = format!("{}/queue", worker.transport_url("nothing"));
+    assert_eq!(get(other, Some(&worker.admin)).await.0, 404);
+}

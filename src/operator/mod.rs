@@ -18,7 +18,7 @@ pub mod status;
 mod status_writer;
 pub mod transport;
 pub mod worker_client;
-mod worker_objects;
+pub mod worker_objects;
 pub mod worker_pod;
 
 /// A namespaced kind the operator reads, writes and watches (Transport, Connection, and

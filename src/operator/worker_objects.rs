@@ -35,7 +35,7 @@ fn generate_tokens() -> WorkerTokens {
 }
 
 /// The tokens already in the worker's Secret: kept, so workers and producers keep working.
-pub(super) fn tokens_of(secret: &Secret) -> Option<WorkerTokens> {
+pub fn tokens_of(secret: &Secret) -> Option<WorkerTokens> {
     let data = secret.data.as_ref()?;
     let text = |key: &str| {
         data.get(key)

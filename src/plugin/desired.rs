@@ -48,6 +48,10 @@ pub enum PluginError {
         wanted: &'static str,
         ready: String,
     },
+    #[error("cannot reach the worker of {what}: {why}")]
+    NoWorker { what: String, why: String },
+    #[error("the log stream broke: {0}")]
+    Stream(#[source] std::io::Error),
     #[error("{kind} {namespace}/{name} was started and is Failed{ready}")]
     Failed {
         kind: &'static str,

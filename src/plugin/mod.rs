@@ -1,10 +1,11 @@
 //! `kubectl ferry`: suspend/resume transports, start/stop connections (optionally waiting for
-//! the documented result) and a status table — against the current kubeconfig context and
-//! namespace, as kubectl does. The binary is `src/bin/kubectl-ferry.rs`; on the PATH, kubectl
+//! the documented result), a status table, and for incidents a transport's queue and a
+//! worker's log — against the current kubeconfig context and namespace, as kubectl does. The binary is `src/bin/kubectl-ferry.rs`; on the PATH, kubectl
 //! finds it as a plugin.
 
 pub mod desired;
 pub mod table;
+pub mod worker;
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ pub use desired::{Change, PluginError};
     name = "kubectl ferry",
     bin_name = "kubectl ferry",
     version,
-    about = "Suspend and resume Transports, start and stop Connections, and see their status"
+    about = "Suspend and resume Transports, start and stop Connections, see their status, queues and logs"
 )]
 pub struct Cli {
     /// The namespace (default: the current context's, as kubectl).
@@ -47,6 +48,48 @@ pub enum Command {
         #[arg(short = 'A', long)]
         all_namespaces: bool,
     },
+    /// A transport's queue from its worker: depth, bytes, the oldest transactions' ids, sizes
+    /// and ages (never their payloads).
+    Queue {
+        kind: TransportKind,
+        name: String,
+        /// How many of the oldest transactions to list (at most 100).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(0..=100))]
+        limit: u16,
+        /// `json`: the worker's answer as it is.
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
+    /// The log of a transport's or connection's worker pod.
+    Logs {
+        kind: ResourceKind,
+        name: String,
+        /// Keep streaming new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// The previous container's log (after a restart).
+        #[arg(short, long)]
+        previous: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<i64>,
+        /// Only lines newer than this (e.g. 10m).
+        #[arg(long)]
+        since: Option<crate::api::duration::Duration>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Output {
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ResourceKind {
+    #[value(alias = "transports", alias = "tp")]
+    Transport,
+    #[value(alias = "connections", alias = "conn")]
+    Connection,
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,6 +170,38 @@ pub async fn run(
         Command::Status { all_namespaces } => {
             let namespace = (!all_namespaces).then_some(namespace);
             return table::status(client, namespace).await;
+        }
+        Command::Queue {
+            name,
+            limit,
+            output,
+            ..
+        } => {
+            let json = matches!(output, Some(Output::Json));
+            return worker::queue(client, namespace, name, usize::from(*limit), json).await;
+        }
+        Command::Logs {
+            kind,
+            name,
+            follow,
+            previous,
+            tail,
+            since,
+        } => {
+            let kind = match kind {
+                ResourceKind::Transport => worker::Kind::Transport,
+                ResourceKind::Connection => worker::Kind::Connection,
+            };
+            let options = worker::LogOptions {
+                follow: *follow,
+                previous: *previous,
+                tail: *tail,
+                since_seconds: since
+                    .as_ref()
+                    .map(|s| i64::try_from(s.as_std().as_secs()).unwrap_or(i64::MAX)),
+            };
+            let mut stdout = std::io::stdout();
+            return worker::logs(client, namespace, kind, name, &options, &mut stdout).await;
         }
         Command::Suspend(a) => (Change::Suspend, &a.name, &a.wait),
         Command::Resume(a) => (Change::Resume, &a.name, &a.wait),
@@ -334,6 +409,159 @@ mod tests {
             lines[4].contains("Transport    huge   Unreadable")
                 && lines[4].ends_with("spec.storeAndForward.maxBytes: too large"),
             "{out}"
+        );
+    }
+
+    fn with_uid(mut object: serde_json::Value, uid: &str) -> serde_json::Value {
+        object["metadata"]["uid"] = uid.into();
+        object
+    }
+
+    /// `queue transport`: the transport, its controlled Secret's admin token, then the worker's
+    /// queue route through the API server's pod proxy; printed as a report and a table.
+    #[tokio::test]
+    async fn queue_asks_the_worker_through_the_pod_proxy() {
+        use crate::operator::fixtures::{controlled_by, worker_object};
+        crate::install_crypto_provider(); // as the binary does first
+        let (client, mut handle) = mock();
+        let server = tokio::spawn(async move {
+            let (_, path, _, send) = handle.next().await;
+            assert!(
+                path.ends_with("/namespaces/plant-a/transports/erp"),
+                "{path}"
+            );
+            send.send_response(respond(
+                200,
+                with_uid(resource("Transport", "erp", 1, json!({})), "uid-erp"),
+            ));
+            let (_, path, _, send) = handle.next().await;
+            assert!(
+                path.ends_with("/namespaces/plant-a/secrets/ferry-tp-erp"),
+                "{path}"
+            );
+            send.send_response(respond(
+                200,
+                worker_object("secrets", "ferry-tp-erp", controlled_by("uid-erp")),
+            ));
+            let (request, send) = handle.next_request().await.expect("the worker call");
+            assert_eq!(
+                request.uri().to_string(),
+                "/api/v1/namespaces/plant-a/pods/ferry-tp-erp-0:8080/proxy/v1/transports/plant-a/erp/queue?limit=2"
+            );
+            assert_eq!(
+                request.headers()["Ferry-Token"],
+                "stolen",
+                "the Secret's admin token"
+            );
+            send.send_response(respond(
+                200,
+                json!({
+                "transport": "plant-a/erp", "state": "Store and Forward", "messages": 3,
+                "bytes": 6144, "oldestAgeSeconds": 754,
+                "oldest": [{"id": "order-1", "bytes": 1024, "ageSeconds": 754},
+                           {"id": "order-2", "bytes": 2048, "ageSeconds": 75}]}),
+            ));
+        });
+        let out = run(
+            &cli("kubectl-ferry queue transport erp --limit 2"),
+            client,
+            "plant-a",
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+        server.await.unwrap();
+        assert_eq!(
+            out,
+            "Transport plant-a/erp: Store and Forward\n\
+             queue: 3 transactions, 6144 bytes, oldest 12m old\n\
+             #   ID        BYTES   AGE\n\
+             1   order-1   1024    12m\n\
+             2   order-2   2048    75s\n\
+             (the oldest 2 of 3; --limit shows more)\n"
+        );
+    }
+
+    /// A Secret of the worker's name that the transport does not control gives no token, and
+    /// the worker is not called.
+    #[tokio::test]
+    async fn queue_uses_no_token_of_a_foreign_secret() {
+        use crate::operator::fixtures::{controlled_by, worker_object};
+        let (client, mut handle) = mock();
+        let server = tokio::spawn(async move {
+            let (_, _, _, send) = handle.next().await;
+            send.send_response(respond(
+                200,
+                with_uid(resource("Transport", "erp", 1, json!({})), "uid-erp"),
+            ));
+            let (_, _, _, send) = handle.next().await;
+            send.send_response(respond(
+                200,
+                worker_object("secrets", "ferry-tp-erp", controlled_by("someone-else")),
+            ));
+            assert!(handle.next_request().await.is_none(), "no worker call");
+        });
+        let error = run(
+            &cli("kubectl-ferry queue transport erp"),
+            client,
+            "plant-a",
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cannot reach the worker of Transport plant-a/erp: the Secret ferry-tp-erp is not controlled by it"
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn logs_read_the_worker_container() {
+        let (client, mut handle) = mock();
+        let server = tokio::spawn(async move {
+            let (_, path, _, send) = handle.next().await;
+            assert!(
+                path.ends_with("/namespaces/plant-a/connections/crm"),
+                "{path}"
+            );
+            send.send_response(respond(
+                200,
+                with_uid(resource("Connection", "crm", 1, json!({})), "uid-crm"),
+            ));
+            let (_, path, _, send) = handle.next().await;
+            assert_eq!(
+                path,
+                "/api/v1/namespaces/plant-a/pods/ferry-conn-crm-0/log?&container=worker&previous=true&tailLines=5"
+            );
+            send.send_response(
+                http::Response::builder()
+                    .status(200)
+                    .body(kube::client::Body::from(b"iteration 7 done\n".to_vec()))
+                    .unwrap(),
+            );
+        });
+        let out = run(
+            &cli("kubectl-ferry logs conn crm --previous --tail 5"),
+            client,
+            "plant-a",
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, "iteration 7 done\n");
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn an_empty_queue_has_no_table() {
+        let out = worker::render_queue(
+            "Transport plant-a/erp",
+            &json!({"state": "Up", "messages": 0, "bytes": 0, "oldest": []}),
+        );
+        assert_eq!(
+            out,
+            "Transport plant-a/erp: Up\nqueue: 0 transactions, 0 bytes, empty\n"
         );
     }
 }

@@ -33,6 +33,11 @@ pub fn age(since: Option<&Time>, now: Timestamp) -> String {
         return "never".into();
     };
     let seconds = now.as_second().saturating_sub(since.0.as_second()).max(0);
+    format_age(seconds.unsigned_abs())
+}
+
+/// A number of seconds as kubectl shows ages: `5s`, `3m`, `2h`, `4d`.
+pub fn format_age(seconds: u64) -> String {
     match seconds {
         s if s < 120 => format!("{s}s"),
         s if s < 2 * 3600 => format!("{}m", s / 60),
@@ -109,18 +114,24 @@ pub fn render(rows: &[Row], with_namespace: bool) -> String {
             r.message.clone(),
         ]);
     }
-    let skip = usize::from(!with_namespace);
-    let widths: Vec<usize> = (0..header.len())
+    columns(&lines, usize::from(!with_namespace))
+}
+
+/// Lines of cells as columns padded to their widest cell (the last one not padded), leaving
+/// out the first `skip` columns, as kubectl prints tables.
+pub fn columns(lines: &[Vec<String>], skip: usize) -> String {
+    let count = lines.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..count)
         .map(|i| {
             lines
                 .iter()
-                .map(|l| l[i].chars().count())
+                .map(|l| l.get(i).map_or(0, |c| c.chars().count()))
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     let mut out = String::new();
-    for line in &lines {
+    for line in lines {
         let cells: Vec<String> = line
             .iter()
             .enumerate()

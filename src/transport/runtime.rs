@@ -25,7 +25,9 @@ use crate::api::{
     TransportSpec, TransportState,
     transport::{QueueStatus, Totals},
 };
-use crate::worker::store::{Limits, NewTxn, Queue, QueuedTxn, RecordKind, Store, StoreError};
+use crate::worker::store::{
+    Limits, NewTxn, Queue, QueuedEntry, QueuedTxn, RecordKind, Store, StoreError,
+};
 
 /// Forwarding reads at most this many queued transactions at a time ...
 const FORWARD_BATCH: usize = 1024;
@@ -780,6 +782,14 @@ impl TransportRuntime {
             },
             endpoint: self.endpoint.clone(),
         }
+    }
+
+    /// The oldest `limit` queued transactions, without their payloads (`GET .../queue`).
+    pub async fn oldest_queued(&self, limit: usize) -> Result<Vec<QueuedEntry>, StoreError> {
+        let (store, queue) = (self.store.clone(), self.queue.clone());
+        tokio::task::spawn_blocking(move || store.peek_head(&queue, limit))
+            .await
+            .map_err(|e| StoreError::ReadTask(std::sync::Arc::new(e)))?
     }
 
     /// Stop hosting (DELETE): end the background tasks and save the record durably, marked

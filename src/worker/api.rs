@@ -157,6 +157,7 @@ fn routes(app: App) -> Router {
             "/v1/transports/{namespace}/{name}/transactions",
             post(ingest),
         )
+        .route("/v1/transports/{namespace}/{name}/queue", get(queue))
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -313,6 +314,69 @@ async fn delete_resource(State(app): State<App>, path: ResourcePath, headers: He
     }
     let message = format!("{} {key} is no longer hosted; {kept}", kind.singular());
     Ok(Json(json!({ "message": message })).into_response())
+}
+
+/// How many queued transactions `GET .../queue` lists at most (`?limit=`, 10 by default).
+pub const MAX_QUEUE_LISTING: usize = 100;
+
+#[derive(serde::Deserialize)]
+struct QueueQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/transports/{ns}/{name}/queue?limit=N` (admin): the queue's numbers and its oldest
+/// transactions' ids, sizes and ages, never their payloads.
+async fn queue(
+    State(app): State<App>,
+    Path((namespace, name)): Path<(String, String)>,
+    query: Result<axum::extract::Query<QueueQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Answer {
+    admin(&app, &headers)?;
+    let limit = match query {
+        Ok(q) => q.0.limit.unwrap_or(10),
+        Err(_) => {
+            return Err(bad_request(format!(
+                "limit: must be a number from 0 to {MAX_QUEUE_LISTING}"
+            )));
+        }
+    };
+    if limit > MAX_QUEUE_LISTING {
+        return Err(bad_request(format!(
+            "limit: {limit} is more than {MAX_QUEUE_LISTING}"
+        )));
+    }
+    let key = crate::worker::key(&namespace, &name);
+    let runtime = app
+        .worker
+        .transport(&key)
+        .ok_or_else(|| not_hosted(Kind::Transports, &key))?;
+    let report = runtime.report();
+    let now = crate::transport::runtime::now_ms();
+    let oldest: Vec<Value> = runtime
+        .oldest_queued(limit)
+        .await
+        .map_err(WorkerError::from)?
+        .into_iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "bytes": e.bytes,
+                "contentType": e.content_type,
+                "receivedMs": e.received_ms,
+                "ageSeconds": now.saturating_sub(e.received_ms) / 1000,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "transport": key,
+        "state": report.state,
+        "messages": report.queue.messages,
+        "bytes": report.queue.bytes,
+        "oldestAgeSeconds": report.queue.oldest_age_seconds,
+        "oldest": oldest,
+    }))
+    .into_response())
 }
 
 async fn ingest(

@@ -134,6 +134,36 @@ impl<'a> Header<'a> {
     }
 }
 
+/// A queued transaction without its payload: what an operator looks at during an incident.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedEntry {
+    pub seq: u64,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// When the worker received it, milliseconds since the Unix epoch.
+    pub received_ms: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+impl QueuedEntry {
+    /// The header of a value read from the store (ids and content types are stored as the
+    /// ingest route accepted them: text; anything else is shown lossily, never refused).
+    pub(super) fn decode(seq: u64, raw: &[u8]) -> Option<Self> {
+        let header = Header::parse(raw)?;
+        let content_type = String::from_utf8_lossy(header.content_type).into_owned();
+        Some(Self {
+            seq,
+            id: String::from_utf8_lossy(header.id).into_owned(),
+            content_type: (!content_type.is_empty()).then_some(content_type),
+            received_ms: header.received_ms,
+            bytes: (raw.len() - header.payload_at) as u64,
+        })
+    }
+}
+
 impl QueuedTxn {
     /// Decode a value read from the store. The payload is copied out of redb's buffer: redb
     /// requires every page a reader holds to be released before a writer frees it (a debug

@@ -22,8 +22,8 @@ use crate::api::transport::WhenFull;
 mod layout;
 
 pub use layout::{
-    FILE, FORMAT_VERSION, MAX_HEADER_FIELD, QueueInfo, QueuedTxn, RecordKind, encode_header,
-    header_len,
+    FILE, FORMAT_VERSION, MAX_HEADER_FIELD, QueueInfo, QueuedEntry, QueuedTxn, RecordKind,
+    encode_header, header_len,
 };
 use layout::{FORMAT_KEY, Header, MARKER, META};
 
@@ -423,12 +423,8 @@ impl Store {
         max_bytes: u64,
         oversized_first: bool,
     ) -> Result<Vec<QueuedTxn>, StoreError> {
-        let read = self.shared.db()?.begin_read().map_err(StoreError::disk)?;
-        let definition = TableDefinition::<u64, &[u8]>::new(&queue.table);
-        let table = match read.open_table(definition) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
-            Err(e) => return Err(StoreError::disk(e)),
+        let Some(table) = self.queue_table(queue)? else {
+            return Ok(vec![]);
         };
         let start = after.map_or(0, |a| a.saturating_add(1));
         let mut out = Vec::with_capacity(max.min(1024));
@@ -442,6 +438,34 @@ impl Store {
             bytes += size;
             let seq = k.value();
             out.push(QueuedTxn::decode(seq, v.value()).ok_or(StoreError::Corrupt { seq })?);
+        }
+        Ok(out)
+    }
+
+    /// The queue's table as of now; `None` before anything was ever queued.
+    fn queue_table(
+        &self,
+        queue: &Queue,
+    ) -> Result<Option<redb::ReadOnlyTable<u64, &'static [u8]>>, StoreError> {
+        let read = self.shared.db()?.begin_read().map_err(StoreError::disk)?;
+        let definition = TableDefinition::<u64, &[u8]>::new(&queue.table);
+        match read.open_table(definition) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(StoreError::disk(e)),
+        }
+    }
+
+    /// The first `max` transactions of the queue, headers only: no payload is copied.
+    pub fn peek_head(&self, queue: &Queue, max: usize) -> Result<Vec<QueuedEntry>, StoreError> {
+        let Some(table) = self.queue_table(queue)? else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::with_capacity(max.min(1024));
+        for entry in table.range(0..).map_err(StoreError::disk)?.take(max) {
+            let (k, v) = entry.map_err(StoreError::disk)?;
+            let seq = k.value();
+            out.push(QueuedEntry::decode(seq, v.value()).ok_or(StoreError::Corrupt { seq })?);
         }
         Ok(out)
     }

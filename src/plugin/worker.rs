@@ -1,0 +1,190 @@
+//! What a resource's worker holds, for an incident: a transport's queue (through the worker's
+//! admin API, by the API server's pod proxy) and the worker pod's log.
+
+use std::{io::Write, time::Duration};
+
+use futures::{AsyncBufReadExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::{Api, api::LogParams};
+use serde_json::Value;
+
+use super::{
+    PluginError,
+    table::{columns, format_age},
+};
+use crate::{
+    api::{Connection, Transport},
+    operator::{
+        reconcile::WorkerResource,
+        worker_client::{WorkerClient, WorkerPod},
+        worker_objects::tokens_of,
+        worker_pod::pod_name,
+    },
+};
+
+/// How long the worker may take to answer through the API server.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which kind's worker to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Transport,
+    Connection,
+}
+
+/// The resource, and the name of its worker's objects.
+async fn worker_of<K>(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(K, String), PluginError>
+where
+    K: WorkerResource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let kind = K::kind(&()).into_owned();
+    let object = Api::<K>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| PluginError::NotFound {
+            kind: if kind == "Transport" {
+                "Transport"
+            } else {
+                "Connection"
+            },
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })?;
+    let worker = object
+        .owner()
+        .map_err(|e| PluginError::NoWorker {
+            what: format!("{kind} {namespace}/{name}"),
+            why: e.to_string(),
+        })?
+        .worker_name();
+    Ok((object, worker))
+}
+
+/// `kubectl ferry queue transport NAME`: depth, bytes, oldest age and the oldest `limit`
+/// transactions' ids, sizes and ages, from the worker itself; `json` prints its answer as is.
+pub async fn queue(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    limit: usize,
+    json: bool,
+) -> Result<String, PluginError> {
+    let (transport, worker) = worker_of::<Transport>(&client, namespace, name).await?;
+    let what = format!("Transport {namespace}/{name}");
+    let no_worker = |why: String| PluginError::NoWorker {
+        what: what.clone(),
+        why,
+    };
+    // The admin token only from a Secret the transport controls (as the operator reads it).
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(&worker)
+        .await?
+        .ok_or_else(|| no_worker(format!("its Secret {worker} does not exist yet")))?;
+    let owner = transport.owner().map_err(|e| no_worker(e.to_string()))?;
+    if !owner.controls(&secret.metadata) {
+        return Err(no_worker(format!(
+            "the Secret {worker} is not controlled by it"
+        )));
+    }
+    let tokens = tokens_of(&secret)
+        .ok_or_else(|| no_worker(format!("the Secret {worker} holds no admin-token")))?;
+    let pod = WorkerPod {
+        namespace: namespace.to_owned(),
+        pod: pod_name(&worker),
+        pod_ip: None,
+        admin_token: tokens.admin,
+    };
+    let path = format!("/v1/transports/{namespace}/{name}/queue?limit={limit}");
+    let answer: Value = WorkerClient::proxy(client, WORKER_TIMEOUT)
+        .get(&pod, &path)
+        .await
+        .map_err(|e| no_worker(e.to_string()))?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&answer).unwrap_or_else(|_| answer.to_string()));
+    }
+    Ok(render_queue(&what, &answer))
+}
+
+/// The worker's answer as a short report and a table of the oldest transactions.
+pub fn render_queue(what: &str, answer: &Value) -> String {
+    let number = |v: &Value| v.as_u64().unwrap_or(0);
+    let messages = number(&answer["messages"]);
+    let mut out = format!(
+        "{what}: {}\nqueue: {messages} transactions, {} bytes",
+        answer["state"].as_str().unwrap_or("unknown state"),
+        number(&answer["bytes"]),
+    );
+    if messages == 0 {
+        out.push_str(", empty\n");
+        return out;
+    }
+    out.push_str(&format!(
+        ", oldest {} old\n",
+        format_age(number(&answer["oldestAgeSeconds"]))
+    ));
+    let oldest = answer["oldest"].as_array().cloned().unwrap_or_default();
+    let mut lines = vec![["#", "ID", "BYTES", "AGE"].map(str::to_owned).to_vec()];
+    lines.extend(oldest.iter().enumerate().map(|(i, e)| {
+        vec![
+            (i + 1).to_string(),
+            e["id"].as_str().unwrap_or("").to_owned(),
+            number(&e["bytes"]).to_string(),
+            format_age(number(&e["ageSeconds"])),
+        ]
+    }));
+    out.push_str(&columns(&lines, 0));
+    if (oldest.len() as u64) < messages {
+        out.push_str(&format!(
+            "(the oldest {} of {messages}; --limit shows more)\n",
+            oldest.len()
+        ));
+    }
+    out
+}
+
+/// What `kubectl ferry logs` passes to the API server.
+#[derive(Clone, Debug, Default)]
+pub struct LogOptions {
+    pub follow: bool,
+    pub previous: bool,
+    pub tail: Option<i64>,
+    pub since_seconds: Option<i64>,
+}
+
+/// `kubectl ferry logs KIND NAME`: the worker container's log. With `follow`, lines are
+/// written to `out` as they come and the answer is empty.
+pub async fn logs(
+    client: kube::Client,
+    namespace: &str,
+    kind: Kind,
+    name: &str,
+    options: &LogOptions,
+    out: &mut (dyn Write + Send),
+) -> Result<String, PluginError> {
+    let worker = match kind {
+        Kind::Transport => worker_of::<Transport>(&client, namespace, name).await?.1,
+        Kind::Connection => worker_of::<Connection>(&client, namespace, name).await?.1,
+    };
+    let pod = pod_name(&worker);
+    let params = LogParams {
+        container: Some("worker".into()),
+        follow: options.follow,
+        previous: options.previous,
+        tail_lines: options.tail,
+        since_seconds: options.since_seconds,
+        ..LogParams::default()
+    };
+    let pods = Api::<Pod>::namespaced(client, namespace);
+    if !options.follow {
+        return Ok(pods.logs(&pod, &params).await?);
+    }
+    let mut lines = pods.log_stream(&pod, &params).await?.lines();
+    while let Some(line) = lines.try_next().await.map_err(PluginError::Stream)? {
+        writeln!(out, "{line}").map_err(PluginError::Stream)?;
+    }
+    Ok(String::new())
+}
