@@ -953,3 +953,90 @@ async fn the_plugin_stops_and_starts_a_connection() {
         "{table}"
     );
 }
+
+/// What an operator of a queue uses during an incident, on a real cluster: a transport whose
+/// host is gone holds three transactions; `kubectl ferry queue transport` lists them oldest
+/// first (ids and sizes, no payloads) through the worker's admin API, `kubectl ferry logs`
+/// reads the worker's log, the conditions are the ones kstatus (Flux) reads, and the operator
+/// exports the worker's restarts and the startup queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_seen_through_the_plugin_metrics_and_conditions() {
+    let Some(env) = env("an_incident_seen_through_the_plugin_metrics_and_conditions") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "incident").await;
+    let operator = cluster.operator(&[]);
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    cluster.apply(&transport_yaml("erp", &host, "Delete"));
+    let up = cluster
+        .wait_transport("erp", "Down and Ready", |s| ready(s) == "True")
+        .await;
+    // kstatus: Current (observedGeneration matches, neither Reconciling nor Stalled).
+    assert_eq!(condition(&up, "Reconciling")["status"], "False", "{up}");
+    assert_eq!(condition(&up, "Stalled")["status"], "False", "{up}");
+
+    cluster.delete_pod_now_and_wait("erp-host", &host).await;
+    for order in 1..=3 {
+        let payload = format!(r#"{{"order":{order},"secret":"payload-{order}"}}"#);
+        let (code, body) = cluster.ingest("erp", &payload).await;
+        assert_eq!(
+            (code, body["outcome"].as_str()),
+            (202, Some("stored")),
+            "{body}"
+        );
+    }
+    cluster
+        .wait_transport("erp", "Store and Forward, 3 queued", |s| {
+            s["state"] == "Store and Forward" && s["queue"]["messages"] == 3
+        })
+        .await;
+
+    let plugin = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+            .args(["-n", cluster.namespace.as_str()])
+            .args(args)
+            .env("KUBECONFIG", &cluster.env.kubeconfig)
+            .output()
+            .expect("kubectl-ferry runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "kubectl ferry {args:?}: {text}");
+        text
+    };
+    let queue = plugin(&["queue", "transport", "erp", "--limit", "2"]);
+    assert!(queue.contains("Store and Forward"), "{queue}");
+    assert!(queue.contains("queue: 3 transactions"), "{queue}");
+    assert!(queue.contains("(the oldest 2 of 3"), "{queue}");
+    assert!(!queue.contains("payload-"), "no payloads: {queue}");
+    let json: Value =
+        serde_json::from_str(&plugin(&["queue", "transport", "erp", "-o", "json"])).expect("JSON");
+    assert_eq!(json["oldest"].as_array().map(Vec::len), Some(3), "{json}");
+    assert!(json["oldest"][0]["bytes"].as_u64() > Some(0), "{json}");
+
+    if cluster.env.process_kubelet {
+        cluster::say(
+            "the process kubelet serves no container logs: `kubectl ferry logs` is not run here",
+        );
+    } else {
+        let logs = plugin(&["logs", "transport", "erp", "--tail", "50"]);
+        assert!(!logs.trim().is_empty(), "the worker logged nothing");
+    }
+
+    let metrics = operator.metrics().await;
+    let restarts = format!(
+        "ferry_operator_worker_restarts_total{{namespace=\"{}\",pod=\"ferry-tp-erp-0\"}}",
+        cluster.namespace
+    );
+    assert!(metrics.contains(&restarts), "{restarts} in:\n{metrics}");
+    for family in [
+        "ferry_operator_leader 1",
+        "ferry_operator_startup_admissions_total",
+        "ferry_operator_resources{kind=\"Transport\",state=\"Store and Forward\"} 1",
+    ] {
+        assert!(metrics.contains(family), "{family} in:\n{metrics}");
+    }
+}
