@@ -448,7 +448,12 @@ impl ConnectionRuntime {
                     record.last_error = None;
                 }
                 Err(e) => {
-                    tracing::warn!(connection = %self.key, sync_set = name, error = %e, "sync-set failed");
+                    // Once per distinct error: the same failure every iteration is one line.
+                    if record.last_error.as_deref() == Some(e.as_str()) {
+                        tracing::debug!(connection = %self.key, sync_set = name, error = %e, "sync-set failed again");
+                    } else {
+                        tracing::warn!(connection = %self.key, sync_set = name, error = %e, "sync-set failed");
+                    }
                     record.last_result = Some(SyncResult::Failed);
                     record.last_error = Some(e);
                 }
