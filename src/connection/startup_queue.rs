@@ -381,6 +381,8 @@ mod tests {
             let mut not_ready = std::collections::BTreeSet::new();
             for op in ops {
                 let waiting_before: Vec<String> = q.waiting().map(str::to_owned).collect();
+                let before = q.counts();
+                let starting_before: Vec<String> = q.starting().map(str::to_owned).collect();
                 match &op {
                     Op::Request(k) => {
                         let key = format!("c{k}");
@@ -405,6 +407,14 @@ mod tests {
                     }
                 }
                 prop_assert!(q.starting().count() <= concurrency);
+                // The counts the operator exports agree with the queue; admissions count each
+                // entry into startup.
+                let counts = q.counts();
+                let entered = q.starting().filter(|k| !starting_before.iter().any(|s| s == k)).count();
+                prop_assert_eq!(counts.starting, q.starting().count());
+                prop_assert_eq!(counts.waiting_for_worker, q.waiting().filter(|k| not_ready.contains(*k)).count());
+                prop_assert_eq!(counts.waiting + counts.waiting_for_worker, q.waiting().count());
+                prop_assert_eq!(counts.admitted, before.admitted + entered as u64);
                 // A connection whose worker is not ready holds no place.
                 for key in &not_ready {
                     prop_assert!(!q.is_starting(key), "{} holds a place", key);

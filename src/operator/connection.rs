@@ -846,21 +846,19 @@ mod tests {
         connections.queue().request("plant-a/next", 0);
         let (client, mut handle) = mock();
         let ctx = context(client);
+        let metrics = ctx.metrics.clone();
         let server = tokio::spawn(async move {
             target_resolved(&mut handle).await;
             handle
                 .objects_with_known_tokens("ferry-conn-broken", "uid-broken")
                 .await;
-            handle
-                .pod(
-                    "ferry-conn-broken",
-                    waiting_pod(
-                        "ferry-conn-broken",
-                        "ImagePullBackOff",
-                        "Back-off pulling image \"ferry:typo\"",
-                    ),
-                )
-                .await;
+            let mut pod = waiting_pod(
+                "ferry-conn-broken",
+                "ImagePullBackOff",
+                "Back-off pulling image \"ferry:typo\"",
+            );
+            pod["status"]["containerStatuses"][0]["restartCount"] = 3.into();
+            handle.pod("ferry-conn-broken", pod).await;
             status_written(&mut handle, &connection("broken", true)).await
         });
         reconcile_connection(
@@ -896,5 +894,15 @@ mod tests {
             "after an operator restart it is not put back into its startup: {status}"
         );
         assert_eq!(status["startupQueuePosition"], 1);
+        // The operator's metrics: the pod's restarts (read although it is not ready) and the
+        // queue as it stands.
+        let text = crate::worker::metrics::render(&metrics.registry()).unwrap();
+        for line in [
+            "ferry_operator_worker_restarts_total{namespace=\"plant-a\",pod=\"ferry-conn-broken-0\"} 3",
+            "ferry_operator_startup_queue_starting 1",
+            "ferry_operator_startup_queue_waiting_for_worker 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
     }
 }

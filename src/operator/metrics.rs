@@ -325,4 +325,29 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
     }
+
+    #[test]
+    fn worker_restarts_and_the_startup_queue_are_exposed_until_forgotten() {
+        let metrics = Arc::new(OperatorMetrics::default());
+        metrics.worker_restarts("plant-a", "ferry-tp-erp-0", 4);
+        metrics.set_startup_queue(QueueCounts {
+            starting: 1,
+            waiting: 2,
+            waiting_for_worker: 1,
+            admitted: 7,
+        });
+        let text = crate::worker::metrics::render(&metrics.registry()).unwrap();
+        for line in [
+            "ferry_operator_worker_restarts_total{namespace=\"plant-a\",pod=\"ferry-tp-erp-0\"} 4",
+            "ferry_operator_startup_queue_starting 1",
+            "ferry_operator_startup_queue_waiting 2",
+            "ferry_operator_startup_queue_waiting_for_worker 1",
+            "ferry_operator_startup_admissions_total 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        metrics.forget_worker("plant-a", "ferry-tp-erp-0");
+        let text = crate::worker::metrics::render(&metrics.registry()).unwrap();
+        assert!(!text.contains("ferry-tp-erp-0"), "{text}");
+    }
 }
