@@ -169,13 +169,23 @@ fn encode_connections(worker: &Worker, encoder: &mut DescriptorEncoder) -> Resul
                 .encode(family.encode_family(&labels)?)?;
         }
     }
-    {
-        let mut family = encoder.encode_descriptor(
+    type PerSyncSet = fn(&crate::api::connection::SyncSetStatus) -> u64;
+    let per_sync_set: [(&str, &str, MetricType, PerSyncSet); 2] = [
+        (
             "ferry_connection_records_synced",
             "Records a sync-set delivered to its target",
-            None,
             MetricType::Counter,
-        )?;
+            |s| s.records_synced,
+        ),
+        (
+            "ferry_connection_sync_set_failed",
+            "1 when the sync-set's last completed iteration failed, 0 otherwise",
+            MetricType::Gauge,
+            |s| u64::from(s.last_result == Some(crate::api::connection::SyncResult::Failed)),
+        ),
+    ];
+    for (metric, help, kind, value) in per_sync_set {
+        let mut family = encoder.encode_descriptor(metric, help, None, kind)?;
         for (ns, name, report) in &reports {
             for set in &report.sync_sets {
                 let labels = [
@@ -183,25 +193,13 @@ fn encode_connections(worker: &Worker, encoder: &mut DescriptorEncoder) -> Resul
                     ("name", name.as_str()),
                     ("sync_set", set.name.as_str()),
                 ];
-                ConstCounter::new(set.records_synced).encode(family.encode_family(&labels)?)?;
+                let encoder = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(value(set)).encode(encoder)?,
+                    _ => ConstGauge::new(i64::try_from(value(set)).unwrap_or(i64::MAX))
+                        .encode(encoder)?,
+                }
             }
-        }
-    }
-    let mut family = encoder.encode_descriptor(
-        "ferry_connection_sync_set_failed",
-        "1 when the sync-set's last completed iteration failed, 0 otherwise",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (ns, name, report) in &reports {
-        for set in &report.sync_sets {
-            let labels = [
-                ("namespace", ns.as_str()),
-                ("name", name.as_str()),
-                ("sync_set", set.name.as_str()),
-            ];
-            let failed = set.last_result == Some(crate::api::connection::SyncResult::Failed);
-            ConstGauge::new(i64::from(failed)).encode(family.encode_family(&labels)?)?;
         }
     }
     Ok(())

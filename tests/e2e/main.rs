@@ -900,6 +900,23 @@ fn the_objects_the_suite_writes_are_rendered_for_validation() {
     std::fs::write(out.join("e2e-process-kubelet.yaml"), yaml.join("---\n")).expect("written");
 }
 
+/// `kubectl ferry -n <scenario namespace> ARGS` must succeed; answers what it printed.
+fn kubectl_ferry(cluster: &Cluster, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+        .args(["-n", cluster.namespace.as_str()])
+        .args(args)
+        .env("KUBECONFIG", &cluster.env.kubeconfig)
+        .output()
+        .expect("kubectl-ferry runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl ferry {args:?}: {text}");
+    text
+}
+
 /// Stop and start with the plugin, as the README shows: `kubectl ferry stop connection --wait`
 /// returns when it is Disabled with its worker scaled to zero; `start --wait` when it runs
 /// again; `kubectl ferry status` lists it.
@@ -919,21 +936,7 @@ async fn the_plugin_stops_and_starts_a_connection() {
         .wait_connection("crm", "Running", |s| s["status"] == "Running")
         .await;
 
-    let plugin = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
-            .args(["-n", cluster.namespace.as_str()])
-            .args(args)
-            .env("KUBECONFIG", &cluster.env.kubeconfig)
-            .output()
-            .expect("kubectl-ferry runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "kubectl ferry {args:?}: {text}");
-        text
-    };
+    let plugin = |args: &[&str]| kubectl_ferry(&cluster, args);
     let stopped = plugin(&["stop", "connection", "crm", "--wait", "--timeout", "3m"]);
     assert!(stopped.contains("stopped: Disabled"), "{stopped}");
     let set = cluster
@@ -992,21 +995,7 @@ async fn an_incident_seen_through_the_plugin_metrics_and_conditions() {
         })
         .await;
 
-    let plugin = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
-            .args(["-n", cluster.namespace.as_str()])
-            .args(args)
-            .env("KUBECONFIG", &cluster.env.kubeconfig)
-            .output()
-            .expect("kubectl-ferry runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "kubectl ferry {args:?}: {text}");
-        text
-    };
+    let plugin = |args: &[&str]| kubectl_ferry(&cluster, args);
     let queue = plugin(&["queue", "transport", "erp", "--limit", "2"]);
     assert!(queue.contains("Store and Forward"), "{queue}");
     assert!(queue.contains("queue: 3 transactions"), "{queue}");
