@@ -159,22 +159,7 @@ async fn transport_lifecycle_of_the_rules() {
         .await;
 
     // 3. The host goes away: stored, Store and Forward.
-    cluster.delete_pod_now_and_wait("erp-host", &host).await;
-    for order in 2..=4 {
-        let (code, body) = cluster
-            .ingest("erp", &format!(r#"{{"order":{order}}}"#))
-            .await;
-        assert_eq!(
-            (code, body["outcome"].as_str()),
-            (202, Some("stored")),
-            "{body}"
-        );
-    }
-    cluster
-        .wait_transport("erp", "Store and Forward, 3 queued", |s| {
-            s["state"] == "Store and Forward" && s["queue"]["messages"] == 3
-        })
-        .await;
+    host_gone_three_stored(&cluster, &host, 2).await;
 
     // 5. Suspend: S&F Suspended.
     cluster.patch("transport/erp", json!({"spec": {"suspended": true}}));
@@ -225,6 +210,26 @@ async fn transport_lifecycle_of_the_rules() {
     cluster
         .wait_transport("erp", "Down after resume", |s| {
             s["state"] == "Down" || s["state"] == "Up"
+        })
+        .await;
+}
+
+/// Transport erp's host pod goes away; three orders from `first` on are answered `stored` and
+/// the transport is in Store and Forward with them queued.
+async fn host_gone_three_stored(cluster: &Cluster, host: &str, first: u32) {
+    cluster.delete_pod_now_and_wait("erp-host", host).await;
+    for order in first..first + 3 {
+        let payload = format!(r#"{{"order":{order},"secret":"payload-{order}"}}"#);
+        let (code, body) = cluster.ingest("erp", &payload).await;
+        assert_eq!(
+            (code, body["outcome"].as_str()),
+            (202, Some("stored")),
+            "{body}"
+        );
+    }
+    cluster
+        .wait_transport("erp", "Store and Forward, 3 queued", |s| {
+            s["state"] == "Store and Forward" && s["queue"]["messages"] == 3
         })
         .await;
 }
@@ -979,21 +984,7 @@ async fn an_incident_seen_through_the_plugin_metrics_and_conditions() {
     assert_eq!(condition(&up, "Reconciling")["status"], "False", "{up}");
     assert_eq!(condition(&up, "Stalled")["status"], "False", "{up}");
 
-    cluster.delete_pod_now_and_wait("erp-host", &host).await;
-    for order in 1..=3 {
-        let payload = format!(r#"{{"order":{order},"secret":"payload-{order}"}}"#);
-        let (code, body) = cluster.ingest("erp", &payload).await;
-        assert_eq!(
-            (code, body["outcome"].as_str()),
-            (202, Some("stored")),
-            "{body}"
-        );
-    }
-    cluster
-        .wait_transport("erp", "Store and Forward, 3 queued", |s| {
-            s["state"] == "Store and Forward" && s["queue"]["messages"] == 3
-        })
-        .await;
+    host_gone_three_stored(&cluster, &host, 1).await;
 
     let plugin = |args: &[&str]| kubectl_ferry(&cluster, args);
     let queue = plugin(&["queue", "transport", "erp", "--limit", "2"]);
