@@ -29,7 +29,7 @@ pub enum PluginError {
     Config(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{kind} {namespace}/{name} does not exist")]
     NotFound {
-        kind: &'static str,
+        kind: String,
         namespace: String,
         name: String,
     },
@@ -152,7 +152,7 @@ fn ready_of(
 
 fn not_found(change: Change, namespace: &str, name: &str) -> PluginError {
     PluginError::NotFound {
-        kind: change.kind(),
+        kind: change.kind().to_owned(),
         namespace: namespace.to_owned(),
         name: name.to_owned(),
     }

@@ -188,10 +188,6 @@ pub async fn run(
             tail,
             since,
         } => {
-            let kind = match kind {
-                ResourceKind::Transport => worker::Kind::Transport,
-                ResourceKind::Connection => worker::Kind::Connection,
-            };
             let options = worker::LogOptions {
                 follow: *follow,
                 previous: *previous,
@@ -201,7 +197,7 @@ pub async fn run(
                     .map(|s| i64::try_from(s.as_std().as_secs()).unwrap_or(i64::MAX)),
             };
             let mut stdout = std::io::stdout();
-            return worker::logs(client, namespace, kind, name, &options, &mut stdout).await;
+            return worker::logs(client, namespace, *kind, name, &options, &mut stdout).await;
         }
         Command::Suspend(a) => (Change::Suspend, &a.name, &a.wait),
         Command::Resume(a) => (Change::Resume, &a.name, &a.wait),

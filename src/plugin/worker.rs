@@ -9,7 +9,7 @@ use kube::{Api, api::LogParams};
 use serde_json::Value;
 
 use super::{
-    PluginError,
+    PluginError, ResourceKind,
     table::{columns, format_age},
 };
 use crate::{
@@ -25,13 +25,6 @@ use crate::{
 /// How long the worker may take to answer through the API server.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Which kind's worker to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Transport,
-    Connection,
-}
-
 /// The resource, and the name of its worker's objects.
 async fn worker_of<K>(
     client: &kube::Client,
@@ -39,18 +32,14 @@ async fn worker_of<K>(
     name: &str,
 ) -> Result<(K, String), PluginError>
 where
-    K: WorkerResource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: WorkerResource,
 {
     let kind = K::kind(&()).into_owned();
     let object = Api::<K>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await?
         .ok_or_else(|| PluginError::NotFound {
-            kind: if kind == "Transport" {
-                "Transport"
-            } else {
-                "Connection"
-            },
+            kind: kind.clone(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         })?;
@@ -160,14 +149,14 @@ pub struct LogOptions {
 pub async fn logs(
     client: kube::Client,
     namespace: &str,
-    kind: Kind,
+    kind: ResourceKind,
     name: &str,
     options: &LogOptions,
     out: &mut (dyn Write + Send),
 ) -> Result<String, PluginError> {
     let worker = match kind {
-        Kind::Transport => worker_of::<Transport>(&client, namespace, name).await?.1,
-        Kind::Connection => worker_of::<Connection>(&client, namespace, name).await?.1,
+        ResourceKind::Transport => worker_of::<Transport>(&client, namespace, name).await?.1,
+        ResourceKind::Connection => worker_of::<Connection>(&client, namespace, name).await?.1,
     };
     let pod = pod_name(&worker);
     let params = LogParams {
