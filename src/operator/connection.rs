@@ -29,7 +29,7 @@ use crate::{
     api::{Connection, ConnectionStatus, Transport},
     connection::{
         runtime::{ConnectionReport, Resolved, ResolvedTransport, Startup},
-        startup_queue::{Look, StartupQueue},
+        startup_queue::{Look, QueueCounts, StartupQueue},
         status::OperatorPhase,
     },
 };
@@ -99,8 +99,9 @@ impl Connections {
     }
 
     /// The status reached settles the startup (`StartupQueue::settle`); whether it is still in
-    /// its startup is kept in `status`, so the queue can be rebuilt after a restart.
-    fn settle_startup(&self, key: &str, status: &mut ConnectionStatus) {
+    /// its startup is kept in `status`, so the queue can be rebuilt after a restart. Answers how
+    /// the queue stands then, for the metrics.
+    fn settle_startup(&self, key: &str, status: &mut ConnectionStatus) -> QueueCounts {
         let mut queue = self.queue();
         if let Some(value) = status.status {
             queue.settle(key, value, self.now_ms());
@@ -110,6 +111,7 @@ impl Connections {
         } else {
             None
         };
+        queue.counts()
     }
 
     /// Q6: rebuild the startup queue from the statuses a previous operator wrote: connections it
@@ -395,8 +397,8 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
         report.as_ref().map_err(String::as_str),
         now(),
     );
-    connections.settle_startup(&key, &mut status);
-    ctx.metrics.set_startup_queue(connections.queue().counts());
+    ctx.metrics
+        .set_startup_queue(connections.settle_startup(&key, &mut status));
     status
 }
 
