@@ -135,12 +135,10 @@ impl<'a> Header<'a> {
 }
 
 /// A queued transaction without its payload: what an operator looks at during an incident.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedEntry {
     pub seq: u64,
     pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     /// When the worker received it, milliseconds since the Unix epoch.
     pub received_ms: u64,
