@@ -62,16 +62,15 @@ fn render(owner: &Owner, tokens: &WorkerTokens) -> Vec<(String, String)> {
     vec![
         (
             format!("{name}-statefulset.yaml"),
-            serde_norway::to_string(&owner.stateful_set(&WorkerDefaults::default()).unwrap())
-                .unwrap(),
+            serde_norway::to_string(&owner.stateful_set(&WorkerDefaults::default())).unwrap(),
         ),
         (
             format!("{name}-service.yaml"),
-            serde_norway::to_string(&owner.service().unwrap()).unwrap(),
+            serde_norway::to_string(&owner.service()).unwrap(),
         ),
         (
             format!("{name}-secret.yaml"),
-            serde_norway::to_string(&owner.secret(tokens).unwrap()).unwrap(),
+            serde_norway::to_string(&owner.secret(tokens)).unwrap(),
         ),
     ]
 }

@@ -144,6 +144,50 @@ async fn the_memory_budget_refuses_with_retry_after_and_nothing_is_received() {
     assert!(refused >= 2, "{metrics}");
 }
 
+/// A refusal the worker sends before reading the body (413 from Content-Length, 503 over the
+/// memory budget) reaches a producer that keeps writing its large body at full speed: it
+/// finishes writing and reads the answer, many times in a row, instead of a broken pipe or a
+/// reset (the worker drains and throws the body away before it closes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_before_the_body_reaches_a_client_still_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let worker = WorkerProc::start_with(dir.path(), &["--memory-budget", "1Mi"]).await;
+    let mut body = spec(&host);
+    body["maxTransactionBytes"] = json!("2Mi");
+    worker.apply("big", body).await;
+    let chunk = vec![b'x'; 256 << 10];
+    for (length, expected) in [(8 << 20, "413"), (1_500_000, "413"), (900_000, "201")] {
+        for round in 0..15 {
+            let mut producer = TcpStream::connect(worker.addr()).await.unwrap();
+            producer
+                .write_all(ingest_head(&worker, "big", length).as_bytes())
+                .await
+                .unwrap();
+            let mut left = length;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                producer
+                    .write_all(&chunk[..n])
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round} of {length} bytes: {e}"));
+                left -= n;
+            }
+            let head = read_head(&mut producer).await;
+            let status = head.split(' ').nth(1).unwrap_or("");
+            if expected == "201" {
+                // Fits the budget: received (200 delivered).
+                assert!(status.starts_with('2'), "round {round}: {head}");
+            } else {
+                assert_eq!(status, expected, "round {round}: {head}");
+            }
+        }
+    }
+    let report = worker.report("big").await;
+    assert_eq!(report["totals"]["received"], 15, "{report}");
+    assert_ledger(&report);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_admin_requests_are_refused_with_a_message() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,21 +3,30 @@
 //! Secret with its admin and ingest tokens. Pure: the reconciler applies what these return
 //! with server-side apply.
 //!
-//! The objects are written as JSON (they read like the YAML a person would write) and turned
-//! into the typed k8s-openapi objects, which checks every field name and type.
+//! The objects are built as typed k8s-openapi structs: a misspelt field, a wrong type or a
+//! missing value is a compile error, never a reconcile that fails at run time.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
     ByteString,
     api::{
-        apps::v1::StatefulSet,
-        core::v1::{ResourceRequirements, Secret, Service},
+        apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec},
+        core::v1::{
+            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
+            PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+            SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+            VolumeMount, VolumeResourceRequirements,
+        },
     },
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
 };
 use kube::{Resource, ResourceExt};
-use serde_json::{Value, json};
 
 use crate::api::{
     Connection, Transport, connection::DEFAULT_STORAGE_BYTES as CONNECTION_STORAGE,
@@ -57,14 +66,10 @@ pub fn memory_budget(resources: &ResourceRequirements) -> u64 {
 pub enum BuildError {
     #[error("{kind} {name} has no uid yet; it cannot own objects")]
     NoUid { kind: &'static str, name: String },
-    #[error("cannot build the {what} of {owner}: {source}")]
-    Object {
-        what: &'static str,
-        owner: String,
-        #[source]
-        source: serde_json::Error,
-    },
 }
+
+/// The longest label value Kubernetes accepts.
+const MAX_LABEL_VALUE: usize = 63;
 
 /// The longest worker name: the StatefulSet controller names its pods `<name>-0` (a hostname,
 /// at most 63) and labels them `controller-revision-hash: <name>-<10 characters>` (a label
@@ -229,30 +234,40 @@ impl<'a> Owner<'a> {
         worker_name(self.short, &self.name)
     }
 
-    fn labels(&self) -> Value {
-        json!({
-            "app.kubernetes.io/name": "ferry",
-            "app.kubernetes.io/component": "worker",
-            "app.kubernetes.io/instance": self.worker_name(),
-            "app.kubernetes.io/managed-by": "ferry-operator",
-            "ferry.dev/kind": self.kind.to_lowercase(),
-            // A resource name is a valid label value up to 63 characters; a longer one is
-            // found through the owner reference (and the instance label) instead.
-            "ferry.dev/name": (self.name.len() <= 63).then_some(&self.name),
-        })
+    /// The labels of every object and of the pod. `ferry.dev/name` only where the resource's
+    /// name is a valid label value (at most 63 characters); a longer one is found through the
+    /// owner reference and the `app.kubernetes.io/instance` label instead.
+    fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.selector();
+        labels.extend([
+            ("app.kubernetes.io/component".into(), "worker".into()),
+            (
+                "app.kubernetes.io/managed-by".into(),
+                "ferry-operator".into(),
+            ),
+            ("ferry.dev/kind".into(), self.kind.to_lowercase()),
+        ]);
+        if self.name.len() <= MAX_LABEL_VALUE {
+            labels.insert("ferry.dev/name".into(), self.name.clone());
+        }
+        labels
     }
 
-    fn selector(&self) -> Value {
-        json!({"app.kubernetes.io/name": "ferry", "app.kubernetes.io/instance": self.worker_name()})
+    fn selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".into(), "ferry".into()),
+            ("app.kubernetes.io/instance".into(), self.worker_name()),
+        ])
     }
 
-    fn metadata(&self) -> Value {
-        json!({
-            "name": self.worker_name(),
-            "namespace": self.namespace,
-            "labels": self.labels(),
-            "ownerReferences": [self.owner_reference],
-        })
+    fn metadata(&self) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.worker_name()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(self.labels()),
+            owner_references: Some(vec![self.owner_reference.clone()]),
+            ..ObjectMeta::default()
+        }
     }
 
     /// Where producers (and the operator, in cluster) reach the worker.
@@ -264,142 +279,216 @@ impl<'a> Owner<'a> {
         )
     }
 
-    fn build<T: serde::de::DeserializeOwned>(
-        &self,
-        what: &'static str,
-        value: Value,
-    ) -> Result<T, BuildError> {
-        serde_json::from_value(value).map_err(|source| BuildError::Object {
-            what,
-            owner: format!("{} {}/{}", self.kind, self.namespace, self.name),
-            source,
-        })
+    pub fn secret(&self, tokens: &WorkerTokens) -> Secret {
+        let token = |value: &str| ByteString(value.as_bytes().to_vec());
+        Secret {
+            metadata: self.metadata(),
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([
+                ("admin-token".into(), token(&tokens.admin)),
+                ("ingest-token".into(), token(&tokens.ingest)),
+            ])),
+            ..Secret::default()
+        }
     }
 
-    pub fn secret(&self, tokens: &WorkerTokens) -> Result<Secret, BuildError> {
-        let mut secret: Secret = self.build(
-            "Secret",
-            json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": self.metadata(),
-                "type": "Opaque",
+    pub fn service(&self) -> Service {
+        Service {
+            metadata: self.metadata(),
+            spec: Some(ServiceSpec {
+                selector: Some(self.selector()),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: i32::from(WORKER_PORT),
+                    target_port: Some(IntOrString::String("http".into())),
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
             }),
-        )?;
-        secret.data = Some(BTreeMap::from([
-            (
-                "admin-token".to_string(),
-                ByteString(tokens.admin.clone().into_bytes()),
-            ),
-            (
-                "ingest-token".to_string(),
-                ByteString(tokens.ingest.clone().into_bytes()),
-            ),
-        ]));
-        Ok(secret)
+            ..Service::default()
+        }
     }
 
-    pub fn service(&self) -> Result<Service, BuildError> {
-        self.build("Service", json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": self.metadata(),
-            "spec": {
-                "selector": self.selector(),
-                "ports": [{"name": "http", "port": WORKER_PORT, "targetPort": "http", "protocol": "TCP"}],
-            },
-        }))
+    /// The `ferry worker` container: its data directory on the claim, its tokens from the
+    /// Secret, its probes on the worker's own routes.
+    fn container(&self, defaults: &WorkerDefaults) -> Container {
+        let env = |name: &str, value: String| EnvVar {
+            name: name.into(),
+            value: Some(value),
+            ..EnvVar::default()
+        };
+        let probe = |path: &str, period: i32, failure_threshold: Option<i32>| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::String("http".into()),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(period),
+            failure_threshold,
+            ..Probe::default()
+        };
+        let mount = |name: &str, path: &str, read_only: Option<bool>| VolumeMount {
+            name: name.into(),
+            mount_path: path.into(),
+            read_only,
+            ..VolumeMount::default()
+        };
+        let args = [
+            "worker".to_owned(),
+            "--data-dir".into(),
+            DATA_DIR.into(),
+            "--listen".into(),
+            format!("0.0.0.0:{WORKER_PORT}"),
+            "--admin-token-file".into(),
+            format!("{TOKENS_DIR}/admin-token"),
+            "--ingest-token-file".into(),
+            format!("{TOKENS_DIR}/ingest-token"),
+            "--memory-budget".into(),
+            memory_budget(&defaults.resources).to_string(),
+            "--shutdown-timeout".into(),
+            format!("{WORKER_SHUTDOWN_SECS}s"),
+        ];
+        Container {
+            name: "worker".into(),
+            image: Some(defaults.image.clone()),
+            image_pull_policy: defaults.image_pull_policy.clone(),
+            args: Some(args.into()),
+            env: Some(vec![
+                env("FERRY_PUBLIC_URL", self.service_url()),
+                env("RUST_LOG", "ferry=info".into()),
+                env("FERRY_LOG_FORMAT", defaults.log_format.as_str().into()),
+            ]),
+            ports: Some(vec![ContainerPort {
+                name: Some("http".into()),
+                container_port: i32::from(WORKER_PORT),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            }]),
+            readiness_probe: Some(probe("/readyz", 5, None)),
+            liveness_probe: Some(probe("/healthz", 10, Some(6))),
+            resources: Some(defaults.resources.clone()),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                run_as_non_root: Some(true),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    ..Capabilities::default()
+                }),
+                ..SecurityContext::default()
+            }),
+            volume_mounts: Some(vec![
+                mount("data", DATA_DIR, None),
+                mount("tokens", TOKENS_DIR, Some(true)),
+                mount("tmp", "/tmp", None),
+            ]),
+            ..Container::default()
+        }
     }
 
-    pub fn stateful_set(&self, defaults: &WorkerDefaults) -> Result<StatefulSet, BuildError> {
+    /// The claim template of the worker's data directory.
+    fn data_claim(&self, defaults: &WorkerDefaults) -> PersistentVolumeClaim {
         let size = self.storage.size_or(self.default_storage_bytes);
-        let storage_class = self
-            .storage
-            .storage_class_name
-            .clone()
-            .or_else(|| defaults.storage_class.clone());
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".into()),
+                labels: Some(self.labels()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".into(),
+                        Quantity(size.to_string()),
+                    )])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                // The resource's class, else the operator's default, else the cluster's.
+                storage_class_name: self
+                    .storage
+                    .storage_class_name
+                    .clone()
+                    .or_else(|| defaults.storage_class.clone()),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        }
+    }
+
+    pub fn stateful_set(&self, defaults: &WorkerDefaults) -> StatefulSet {
         // reclaimPolicy: Retain keeps the PVC (and the queue in it) when the resource goes.
         let when_deleted = match self.storage.reclaim_policy {
             ReclaimPolicy::Retain => "Retain",
             ReclaimPolicy::Delete => "Delete",
         };
-        let mut claim_spec = json!({
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": size.to_string()}},
-        });
-        if let Some(class) = storage_class {
-            claim_spec["storageClassName"] = json!(class);
-        }
-        let mut container = json!({
-            "name": "worker",
-            "image": defaults.image,
-            "args": [
-                "worker",
-                "--data-dir", DATA_DIR,
-                "--listen", format!("0.0.0.0:{WORKER_PORT}"),
-                "--admin-token-file", format!("{TOKENS_DIR}/admin-token"),
-                "--ingest-token-file", format!("{TOKENS_DIR}/ingest-token"),
-                "--memory-budget", memory_budget(&defaults.resources).to_string(),
-                "--shutdown-timeout", format!("{WORKER_SHUTDOWN_SECS}s"),
-            ],
-            "env": [
-                {"name": "FERRY_PUBLIC_URL", "value": self.service_url()},
-                {"name": "RUST_LOG", "value": "ferry=info"},
-                {"name": "FERRY_LOG_FORMAT", "value": defaults.log_format.as_str()},
-            ],
-            "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
-            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
-            "resources": defaults.resources,
-            "securityContext": {
-                "allowPrivilegeEscalation": false,
-                "readOnlyRootFilesystem": true,
-                "runAsNonRoot": true,
-                "capabilities": {"drop": ["ALL"]},
-            },
-            "volumeMounts": [
-                {"name": "data", "mountPath": DATA_DIR},
-                {"name": "tokens", "mountPath": TOKENS_DIR, "readOnly": true},
-                {"name": "tmp", "mountPath": "/tmp"},
-            ],
-        });
-        if let Some(policy) = &defaults.image_pull_policy {
-            container["imagePullPolicy"] = json!(policy);
-        }
-        self.build("StatefulSet", json!({
-            "apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": self.metadata(),
-            "spec": {
-                "replicas": self.replicas,
-                "serviceName": self.worker_name(),
-                "selector": {"matchLabels": self.selector()},
-                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": "Retain"},
-                "template": {
-                    "metadata": {"labels": self.labels()},
-                    "spec": {
-                        // The worker never talks to the API server.
-                        "automountServiceAccountToken": false,
-                        "enableServiceLinks": false,
-                        "securityContext": {
-                            "runAsNonRoot": true,
-                            "runAsUser": RUN_AS,
-                            "runAsGroup": RUN_AS,
-                            "fsGroup": RUN_AS,
-                            "seccompProfile": {"type": "RuntimeDefault"},
-                        },
-                        // Give the worker time to save its records on SIGTERM.
-                        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECS,
-                        "containers": [container],
-                        "volumes": [
-                            {"name": "tokens", "secret": {"secretName": self.worker_name(), "defaultMode": 0o440}},
-                            {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
-                        ],
-                    },
+        let pod = PodSpec {
+            // The worker never talks to the API server.
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUN_AS),
+                run_as_group: Some(RUN_AS),
+                fs_group: Some(RUN_AS),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            // Give the worker time to save its records on SIGTERM.
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECS as i64),
+            containers: vec![self.container(defaults)],
+            volumes: Some(vec![
+                Volume {
+                    name: "tokens".into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(self.worker_name()),
+                        default_mode: Some(0o440),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
                 },
-                "volumeClaimTemplates": [{
-                    "metadata": {"name": "data", "labels": self.labels()},
-                    "spec": claim_spec,
-                }],
-            },
-        }))
+                Volume {
+                    name: "tmp".into(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity("16Mi".into())),
+                        ..EmptyDirVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+            ]),
+            ..PodSpec::default()
+        };
+        StatefulSet {
+            metadata: self.metadata(),
+            spec: Some(StatefulSetSpec {
+                replicas: Some(self.replicas),
+                service_name: Some(self.worker_name()),
+                selector: LabelSelector {
+                    match_labels: Some(self.selector()),
+                    ..LabelSelector::default()
+                },
+                persistent_volume_claim_retention_policy: Some(
+                    StatefulSetPersistentVolumeClaimRetentionPolicy {
+                        when_deleted: Some(when_deleted.into()),
+                        when_scaled: Some("Retain".into()),
+                    },
+                ),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(self.labels()),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(pod),
+                },
+                volume_claim_templates: Some(vec![self.data_claim(defaults)]),
+                ..StatefulSetSpec::default()
+            }),
+            ..StatefulSet::default()
+        }
     }
 }
 
@@ -407,7 +496,7 @@ impl<'a> Owner<'a> {
 mod tests {
     use super::*;
     use crate::api::{ConnectionSpec, TransportSpec};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn transport(spec: Value) -> Transport {
         let mut t = Transport::new(
@@ -423,8 +512,7 @@ mod tests {
     fn a_transport_worker_snapshot() {
         let t = transport(json!({"host": {"url": "http://erp:8080/ingest"}}));
         let owner = Owner::transport(&t).unwrap();
-        let sts =
-            serde_json::to_value(owner.stateful_set(&WorkerDefaults::default()).unwrap()).unwrap();
+        let sts = serde_json::to_value(owner.stateful_set(&WorkerDefaults::default())).unwrap();
         let labels = json!({
             "app.kubernetes.io/component": "worker",
             "app.kubernetes.io/instance": "ferry-tp-erp",
@@ -518,13 +606,8 @@ mod tests {
             storage_class: Some("standard".into()),
             ..Default::default()
         };
-        let sts = serde_json::to_value(
-            Owner::transport(&t)
-                .unwrap()
-                .stateful_set(&defaults)
-                .unwrap(),
-        )
-        .unwrap();
+        let sts =
+            serde_json::to_value(Owner::transport(&t).unwrap().stateful_set(&defaults)).unwrap();
         let claim = &sts["spec"]["volumeClaimTemplates"][0]["spec"];
         assert_eq!(claim["resources"]["requests"]["storage"], "5368709120");
         assert_eq!(
@@ -541,13 +624,8 @@ mod tests {
         );
 
         let plain = transport(json!({"host": {"url": "http://erp/ingest"}}));
-        let sts = serde_json::to_value(
-            Owner::transport(&plain)
-                .unwrap()
-                .stateful_set(&defaults)
-                .unwrap(),
-        )
-        .unwrap();
+        let sts = serde_json::to_value(Owner::transport(&plain).unwrap().stateful_set(&defaults))
+            .unwrap();
         assert_eq!(
             sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
             "standard"
@@ -562,8 +640,7 @@ mod tests {
         c.metadata.uid = Some("uid-2".into());
         let owner = Owner::connection(&c).unwrap();
         assert_eq!(owner.worker_name(), "ferry-conn-crm-orders");
-        let sts =
-            serde_json::to_value(owner.stateful_set(&WorkerDefaults::default()).unwrap()).unwrap();
+        let sts = serde_json::to_value(owner.stateful_set(&WorkerDefaults::default())).unwrap();
         assert_eq!(sts["spec"]["replicas"], 0);
         assert_eq!(
             sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
@@ -572,8 +649,7 @@ mod tests {
         c.spec.started = true;
         let sts = Owner::connection(&c)
             .unwrap()
-            .stateful_set(&WorkerDefaults::default())
-            .unwrap();
+            .stateful_set(&WorkerDefaults::default());
         assert_eq!(sts.spec.and_then(|s| s.replicas), Some(1));
     }
 
@@ -581,7 +657,7 @@ mod tests {
     fn service_and_secret() {
         let t = transport(json!({"host": {"url": "http://erp/ingest"}}));
         let owner = Owner::transport(&t).unwrap();
-        let service = serde_json::to_value(owner.service().unwrap()).unwrap();
+        let service = serde_json::to_value(owner.service()).unwrap();
         assert_eq!(
             service["spec"]["ports"],
             json!([{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}])
@@ -594,12 +670,10 @@ mod tests {
             service["metadata"]["ownerReferences"][0]["kind"],
             "Transport"
         );
-        let secret = owner
-            .secret(&WorkerTokens {
-                admin: "a".into(),
-                ingest: "i".into(),
-            })
-            .unwrap();
+        let secret = owner.secret(&WorkerTokens {
+            admin: "a".into(),
+            ingest: "i".into(),
+        });
         let data = secret.data.unwrap();
         assert_eq!(data["admin-token"].0, b"a");
         assert_eq!(data["ingest-token"].0, b"i");
@@ -656,6 +730,52 @@ mod tests {
             }
             if a != b {
                 proptest::prop_assert_ne!(worker_name("tp", &a), worker_name("tp", &b));
+            }
+        }
+    }
+
+    /// A label value as the API server accepts it: at most 63 characters, alphanumerics with
+    /// `-`, `_` and `.` inside.
+    fn is_label_value(value: &str) -> bool {
+        let inner = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+        value.is_empty()
+            || (value.len() <= MAX_LABEL_VALUE
+                && value.as_bytes()[0].is_ascii_alphanumeric()
+                && value.as_bytes()[value.len() - 1].is_ascii_alphanumeric()
+                && value.bytes().all(inner))
+    }
+
+    proptest::proptest! {
+        /// Every name the API server accepts (up to 253 characters, dots) gives objects whose
+        /// every label is a valid label value, with `ferry.dev/name` exactly where the name
+        /// is one. (A name over 63 characters once made the build fail at run time.)
+        #[test]
+        fn every_accepted_name_gives_objects_with_valid_labels(
+            name in "[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?",
+        ) {
+            let mut t = transport(json!({"host": {"url": "http://erp/ingest"}}));
+            t.metadata.name = Some(name.clone());
+            let owner = Owner::transport(&t).unwrap();
+            let tokens = WorkerTokens { admin: "a".into(), ingest: "i".into() };
+            let set = owner.stateful_set(&WorkerDefaults::default());
+            let template = set.spec.as_ref().unwrap().template.metadata.clone().unwrap();
+            let claim = set.spec.as_ref().unwrap().volume_claim_templates.clone().unwrap();
+            for labels in [
+                set.metadata.labels.clone(),
+                template.labels,
+                claim[0].metadata.labels.clone(),
+                owner.service().metadata.labels,
+                owner.secret(&tokens).metadata.labels,
+            ] {
+                let labels = labels.unwrap();
+                for value in labels.values() {
+                    proptest::prop_assert!(is_label_value(value), "{value:?} of {name}");
+                }
+                proptest::prop_assert_eq!(
+                    labels.contains_key("ferry.dev/name"),
+                    name.len() <= MAX_LABEL_VALUE,
+                    "{}", name
+                );
             }
         }
     }

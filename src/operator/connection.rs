@@ -38,9 +38,10 @@ use crate::{
 pub struct Connections {
     /// Started connections admitted one after another (`--startup-concurrency`).
     queue: Mutex<StartupQueue>,
-    /// Connections pushed to their worker since this operator started: until then they are
-    /// `Server Reinitializing` (C1).
-    pushed: Mutex<HashSet<String>>,
+    /// Connections that had a status when this operator started and have not been pushed to
+    /// their worker since: they are `Server Reinitializing` (C1). One created after the start
+    /// has nothing to reinitialize, whatever its status says by then.
+    reinitializing: Mutex<HashSet<String>>,
     epoch: Instant,
 }
 
@@ -51,7 +52,7 @@ impl Connections {
                 startup_concurrency,
                 startup_timeout.as_millis() as u64,
             )),
-            pushed: Mutex::new(HashSet::new()),
+            reinitializing: Mutex::new(HashSet::new()),
             epoch: Instant::now(),
         }
     }
@@ -73,8 +74,10 @@ impl Connections {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn pushed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.pushed.lock().unwrap_or_else(|e| e.into_inner())
+    fn reinitializing(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.reinitializing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The connection's place in the startup queue, by the one admission policy
@@ -116,7 +119,8 @@ impl Connections {
 
     /// Q6: rebuild the startup queue from the statuses a previous operator wrote: connections it
     /// had admitted (`startupStartedTime`) are in their startup again, the waiting ones wait in
-    /// the order of their `startupQueuePosition`. Nothing is requeued from the back.
+    /// the order of their `startupQueuePosition`. Nothing is requeued from the back. Every
+    /// connection with a status is Server Reinitializing until it is pushed again (C1).
     pub fn restore(&self, existing: &[Connection]) {
         let mut starting = Vec::new();
         let mut waiting = Vec::new();
@@ -124,6 +128,9 @@ impl Connections {
             let Some(status) = &connection.status else {
                 continue;
             };
+            if status.status.is_some() {
+                self.reinitializing().insert(connection_key(connection));
+            }
             if !connection.spec.started || connection.metadata.deletion_timestamp.is_some() {
                 continue;
             }
@@ -260,7 +267,7 @@ impl WorkerResource for Connection {
         queue.release(&key, connections.now_ms());
         ctx.metrics.set_startup_queue(queue.counts());
         drop(queue);
-        connections.pushed().remove(&key);
+        connections.reinitializing().remove(&key);
     }
 }
 
@@ -370,18 +377,17 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
     };
     // C1: a connection that had a status before this operator started is Server
     // Reinitializing until this operator has pushed it (or, stopped, applied its objects).
-    // A new one has nothing to reinitialize.
-    if report.is_ok() || !connection.spec.started {
-        connections.pushed().insert(key.clone());
-    }
-    let existed = connection
-        .status
-        .as_ref()
-        .is_some_and(|s| s.status.is_some());
-    let phase = if existed && !connections.pushed().contains(&key) {
-        OperatorPhase::Reinitializing
-    } else {
-        OperatorPhase::Pushed
+    // A new one has nothing to reinitialize, also while its worker cannot start.
+    let phase = {
+        let mut reinitializing = connections.reinitializing();
+        if report.is_ok() || !connection.spec.started {
+            reinitializing.remove(&key);
+        }
+        if reinitializing.contains(&key) {
+            OperatorPhase::Reinitializing
+        } else {
+            OperatorPhase::Pushed
+        }
     };
     let context = ConnectionContext {
         generation: connection.metadata.generation,
@@ -740,16 +746,18 @@ mod tests {
         );
     }
 
-    /// C1: after an operator restart, a connection it had already reported on is Server
-    /// Reinitializing until this operator has pushed it again.
-    #[tokio::test]
-    async fn after_an_operator_restart_it_is_server_reinitializing() {
+    /// The status written for a started connection with status `Running` whose worker pod is
+    /// not ready, by an operator that found it at its start (`restored`) or not.
+    async fn status_while_the_worker_is_not_ready(restored: bool) -> Value {
         let mut known = connection("crm", true);
         known.status =
             serde_json::from_value(json!({"status": "Running", "iteration": 9})).unwrap();
         let (client, mut handle) = mock();
         let ctx = context(client);
         let connections = Arc::new(Connections::new(1, Duration::from_secs(300)));
+        if restored {
+            connections.restore(std::slice::from_ref(&known));
+        }
         let answer = known.clone();
         let server = tokio::spawn(async move {
             let (_, path, _, send) = handle.next().await;
@@ -771,9 +779,26 @@ mod tests {
         reconcile_connection(Arc::new(known), ctx, connections)
             .await
             .unwrap();
-        let status = &server.await.unwrap()["status"];
+        server.await.unwrap()["status"].take()
+    }
+
+    /// C1: after an operator restart, a connection it had already reported on is Server
+    /// Reinitializing until this operator has pushed it again.
+    #[tokio::test]
+    async fn after_an_operator_restart_it_is_server_reinitializing() {
+        let status = status_while_the_worker_is_not_ready(true).await;
         assert_eq!(status["status"], "Server Reinitializing");
         assert_eq!(status["iteration"], 9, "the last known iteration stays");
+    }
+
+    /// A connection this operator has written a status for itself (it was created after the
+    /// start) was never pushed by a previous operator: while its worker cannot run it waits for
+    /// it and says so; it is not Server Reinitializing.
+    #[tokio::test]
+    async fn a_connection_created_after_the_start_is_never_server_reinitializing() {
+        let status = status_while_the_worker_is_not_ready(false).await;
+        assert_ne!(status["status"], "Server Reinitializing", "{status}");
+        assert_ready(&status, "False", "WorkerUnreachable", &["ferry-conn-crm-0"]);
     }
 
     #[tokio::test]

@@ -138,18 +138,18 @@ async fn apply_worker_objects(
         .unwrap_or_else(generate_tokens);
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     secrets
-        .patch(&worker, &apply, &Patch::Apply(owner.secret(&tokens)?))
+        .patch(&worker, &apply, &Patch::Apply(owner.secret(&tokens)))
         .await
         .map_err(failed("Secret"))?;
     services
-        .patch(&worker, &apply, &Patch::Apply(owner.service()?))
+        .patch(&worker, &apply, &Patch::Apply(owner.service()))
         .await
         .map_err(failed("Service"))?;
     stateful_sets
         .patch(
             &worker,
             &apply,
-            &Patch::Apply(owner.stateful_set(&ctx.defaults)?),
+            &Patch::Apply(owner.stateful_set(&ctx.defaults)),
         )
         .await
         .map_err(failed("StatefulSet"))?;

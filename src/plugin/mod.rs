@@ -59,6 +59,11 @@ pub enum Command {
         /// `json`: the worker's answer as it is.
         #[arg(short, long)]
         output: Option<Output>,
+        /// How the worker is reached: through the API server's pod proxy (the default), or
+        /// `direct` at its pod IP, from inside the cluster network or where the API server
+        /// cannot proxy to pods (as the operator's flag of the same name).
+        #[arg(long, env = "FERRY_WORKER_ACCESS", value_enum, default_value = "proxy")]
+        worker_access: crate::operator::worker_client::WorkerAccess,
     },
     /// The log of a transport's or connection's worker pod.
     Logs {
@@ -175,10 +180,12 @@ pub async fn run(
             name,
             limit,
             output,
+            worker_access,
             ..
         } => {
             let json = matches!(output, Some(Output::Json));
-            return worker::queue(client, namespace, name, usize::from(*limit), json).await;
+            let limit = usize::from(*limit);
+            return worker::queue(client, *worker_access, namespace, name, limit, json).await;
         }
         Command::Logs {
             kind,

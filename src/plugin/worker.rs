@@ -1,5 +1,5 @@
 //! What a resource's worker holds, for an incident: a transport's queue (through the worker's
-//! admin API, by the API server's pod proxy) and the worker pod's log.
+//! admin API, by the API server's pod proxy or at the pod's IP) and the worker pod's log.
 
 use std::{io::Write, time::Duration};
 
@@ -16,7 +16,7 @@ use crate::{
     api::{Connection, Transport},
     operator::{
         reconcile::WorkerResource,
-        worker_client::{WorkerClient, WorkerPod},
+        worker_client::{WorkerAccess, WorkerClient, WorkerPod},
         worker_objects::tokens_of,
         worker_pod::pod_name,
     },
@@ -57,6 +57,7 @@ where
 /// transactions' ids, sizes and ages, from the worker itself; `json` prints its answer as is.
 pub async fn queue(
     client: kube::Client,
+    access: WorkerAccess,
     namespace: &str,
     name: &str,
     limit: usize,
@@ -81,14 +82,28 @@ pub async fn queue(
     }
     let tokens = tokens_of(&secret)
         .ok_or_else(|| no_worker(format!("the Secret {worker} holds no admin-token")))?;
+    let pod = pod_name(&worker);
+    let (workers, pod_ip) = match access {
+        WorkerAccess::Proxy => (WorkerClient::proxy(client, WORKER_TIMEOUT), None),
+        WorkerAccess::Direct => {
+            let ip = Api::<Pod>::namespaced(client, namespace)
+                .get_opt(&pod)
+                .await?
+                .and_then(|p| p.status.and_then(|s| s.pod_ip))
+                .ok_or_else(|| no_worker(format!("its pod {pod} has no IP (is it running?)")))?;
+            let direct = WorkerClient::direct(WORKER_TIMEOUT)
+                .map_err(|e| no_worker(format!("no HTTP client: {e}")))?;
+            (direct, Some(ip))
+        }
+    };
     let pod = WorkerPod {
         namespace: namespace.to_owned(),
-        pod: pod_name(&worker),
-        pod_ip: None,
+        pod,
+        pod_ip,
         admin_token: tokens.admin,
     };
     let path = format!("/v1/transports/{namespace}/{name}/queue?limit={limit}");
-    let answer: Value = WorkerClient::proxy(client, WORKER_TIMEOUT)
+    let answer: Value = workers
         .get(&pod, &path)
         .await
         .map_err(|e| no_worker(e.to_string()))?;

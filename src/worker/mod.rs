@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod budget;
+pub mod linger;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -5,6 +5,9 @@
 //!   for it, which also closes a keep-alive connection idle that long (hyper's timer);
 //! - a body that stops sending is answered 408 by the routes ([`super::api::BODY_IDLE_TIMEOUT`]);
 //! - at most `max_connections` connections are served; more wait in the listen backlog;
+//! - a connection closes with a lingering close ([`super::linger`]), so an answer sent before
+//!   the request body was read (413, 503 over the memory budget) reaches a client that is
+//!   still sending, instead of a reset;
 //! - on shutdown: nothing new is accepted, connections without a request in a handler (idle,
 //!   or a head still arriving) close at once, bodies still arriving are refused with 503, and
 //!   requests in their handlers get `shutdown_timeout` to answer. Then every connection is
@@ -125,6 +128,8 @@ pub async fn serve<S>(
                 }
             })
         };
+        // A refusal sent before the body is read reaches a client still sending it.
+        let stream = super::linger::Lingering::new(stream);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let mut closing = closing.clone();
         connections.spawn(async move {

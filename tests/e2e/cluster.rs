@@ -102,25 +102,7 @@ impl Cluster {
                 kubelet.node
             ));
         }
-        let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-        kubectl(
-            &env,
-            &["apply", "--server-side", "--force-conflicts", "-f", crds],
-            None,
-        )
-        .expect("crds/ applies");
-        kubectl(
-            &env,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/transports.ferry.dev",
-                "crd/connections.ferry.dev",
-            ],
-            None,
-        )
-        .expect("the CRDs are established");
+        install_crds(&env);
         let namespace = format!("{NAMESPACE_PREFIX}{scenario}-{}", std::process::id());
         kubectl(&env, &["create", "namespace", &namespace], None).expect("a namespace");
         Cluster {
@@ -129,6 +111,36 @@ impl Cluster {
             namespace,
             kubelet,
         }
+    }
+
+    /// `crds/` as they are in the checkout (also undoing [`Cluster::loosen_crd`]).
+    pub fn install_crds(&self) {
+        install_crds(&self.env);
+    }
+
+    /// Replace the schema of CRD `name` with one that accepts anything, so an object ferry
+    /// cannot read can be stored (as one written under an older or hand-edited CRD would be).
+    /// Undone by [`Cluster::install_crds`], and by every scenario's start.
+    pub fn loosen_crd(&self, name: &str) {
+        let patch = json!([{
+            "op": "replace",
+            "path": "/spec/versions/0/schema/openAPIV3Schema",
+            "value": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+        }]);
+        kubectl(
+            &self.env,
+            &[
+                "patch",
+                "crd",
+                name,
+                "--type=json",
+                "-p",
+                &patch.to_string(),
+            ],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("loosening {name}: {e}"));
+        wait_for_schema(&self.env, true);
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
@@ -444,13 +456,22 @@ impl Drop for Cluster {
                 ]);
             }
         }
-        let _ = kubectl(
-            &self.env,
-            &["delete", "namespace", &self.namespace, "--wait=false"],
-            None,
-        );
         if let Some(kubelet) = self.kubelet {
             kubelet.end_namespace(&self.namespace);
+        }
+        // Waited for, so the next scenario starts on a clean cluster: the process kubelet
+        // finishes the deletion of the namespace's pods meanwhile.
+        if let Err(e) = kubectl(
+            &self.env,
+            &["delete", "namespace", &self.namespace, "--timeout=120s"],
+            None,
+        ) {
+            say(&format!(
+                "e2e: namespace {} is not gone: {e}",
+                self.namespace
+            ));
+        }
+        if let Some(kubelet) = self.kubelet {
             kubelet.detach(&self.namespace);
         }
     }
@@ -507,6 +528,47 @@ pub fn tool_pod(name: &str, image: &str, args: &[&str], port: u16) -> (Value, Va
         "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": port}]},
     });
     (pod, service)
+}
+
+/// `crds/` applied server-side (forced: this checkout's CRDs win) and Established.
+fn install_crds(env: &Env) {
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+    kubectl(
+        env,
+        &["apply", "--server-side", "--force-conflicts", "-f", crds],
+        None,
+    )
+    .expect("crds/ applies");
+    kubectl(
+        env,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/transports.ferry.dev",
+            "crd/connections.ferry.dev",
+        ],
+        None,
+    )
+    .expect("the CRDs are established");
+    wait_for_schema(env, false);
+}
+
+/// Wait until the API server validates Transports with the loose schema or with ferry's own
+/// (it picks up a changed CRD a moment after the write): a server-side dry run of a Transport
+/// without the required `spec.host` is accepted only by the loose one.
+fn wait_for_schema(env: &Env, loose: bool) {
+    let probe = r#"{"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+        "metadata": {"name": "schema-probe", "namespace": "default"}, "spec": {}}"#;
+    let deadline = Instant::now() + WAIT;
+    while kubectl(env, &["create", "--dry-run=server", "-f", "-"], Some(probe)).is_ok() != loose {
+        assert!(
+            Instant::now() < deadline,
+            "the Transport schema did not become {}",
+            if loose { "loose" } else { "ferry's" }
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 pub fn kubectl(env: &Env, args: &[&str], stdin: Option<&str>) -> Result<String, String> {

@@ -290,8 +290,8 @@ async fn worker_limits_and_a_graceful_restart_keep_the_ledger() {
     );
 }
 
-/// Names the API server accepts always run: a Transport and a Connection named past 63
-/// characters and with a dot reach Up and Running. A pre-existing Secret of a worker's name
+/// Names the API server accepts always run: Transports and Connections named past 63
+/// characters, with dots, and of 253 characters reach Up and Running (and Disabled, stopped). A pre-existing Secret of a worker's name
 /// that the Transport does not control is left alone: Ready=False NameConflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_and_dotted_names_run_and_foreign_objects_are_left_alone() {
@@ -314,22 +314,27 @@ async fn long_and_dotted_names_run_and_foreign_objects_are_left_alone() {
             "--from-literal=ingest-token=theirs",
         ])
         .expect("a foreign Secret");
-    let long = format!("orders-for-plant-a-{}", "x".repeat(60));
+    // 90 characters, and 253 (the longest name the API server accepts) with dots.
+    let long = format!("orders-for-plant-a-{}", "x".repeat(71));
     let dotted = "orders.plant-a";
+    let longest = format!("{}.{}.{}", "a".repeat(100), "b".repeat(100), "c".repeat(51));
+    // A connection reaches a target transport at its Service's DNS name; the process kubelet
+    // has no cluster DNS, so there the connections write to the host directly.
+    let target = |transport: &str| {
+        if cluster.env.process_kubelet {
+            format!("http: {{url: {host}/orders}}")
+        } else {
+            format!("transport: {{name: {transport}}}")
+        }
+    };
     let yaml = [
         transport_yaml("taken", &host, "Delete"),
         transport_yaml(&long, &host, "Delete"),
         transport_yaml(dotted, &host, "Delete"),
-        connection_yaml(
-            &format!("crm-{}", "y".repeat(70)),
-            &source,
-            &format!("transport: {{name: {long}}}"),
-        ),
-        connection_yaml(
-            "crm.plant-a",
-            &source,
-            &format!("transport: {{name: {dotted}}}"),
-        ),
+        transport_yaml(&longest, &host, "Delete"),
+        connection_yaml(&format!("crm-{}", "y".repeat(88)), &source, &target(&long)),
+        connection_yaml("crm.plant-a", &source, &target(dotted)),
+        connection_yaml(&longest, &source, &target(&longest)),
     ];
     cluster.apply(&yaml.join("---\n"));
 
@@ -355,22 +360,38 @@ async fn long_and_dotted_names_run_and_foreign_objects_are_left_alone() {
         .expect("the foreign Secret");
     assert_eq!(secret.trim(), "dGhlaXJz", "the foreign Secret is unchanged");
 
-    for name in [long.as_str(), dotted] {
+    for name in [long.as_str(), dotted, &longest] {
         let (code, body) = cluster.ingest(name, r#"{"order":1}"#).await;
         assert_eq!(code, 200, "{name}: {body}");
         cluster
             .wait_transport(name, "Up", |s| s["state"] == "Up" && ready(s) == "True")
             .await;
     }
-    for name in [format!("crm-{}", "y".repeat(70)), "crm.plant-a".to_owned()] {
+    for name in [
+        format!("crm-{}", "y".repeat(88)),
+        "crm.plant-a".into(),
+        longest,
+    ] {
         cluster
             .wait_connection(&name, "Running", |s| s["status"] == "Running")
             .await;
     }
+    // Stopped, a long-named connection is Disabled with its worker scaled to zero.
+    let stopped = format!("crm-{}", "y".repeat(88));
+    cluster.patch(
+        &format!("connection/{stopped}"),
+        json!({"spec": {"started": false}}),
+    );
+    cluster
+        .wait_connection(&stopped, "Disabled", |s| s["status"] == "Disabled")
+        .await;
 }
 
 /// A manifest ferry could not read is refused by the API server, naming the field (the CRD's
-/// bounds); the good objects beside it run, also after an operator restart.
+/// bounds), and a null the API server prunes and defaults runs like any other. An object that
+/// got past the API server anyway (stored while the CRD had a looser schema) gets Ready=False
+/// InvalidSpec naming the field, and never stops the good objects beside it, also after an
+/// operator restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_ferry_cannot_read_is_refused_and_the_others_run() {
     let Some(env) = env("a_manifest_ferry_cannot_read_is_refused_and_the_others_run") else {
@@ -379,32 +400,68 @@ async fn a_manifest_ferry_cannot_read_is_refused_and_the_others_run() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(env, "poison").await;
     let host = cluster.run_pod("poison-host", &SINK, 9090).await;
-    let mut operator = cluster.operator(&[]);
-    cluster.apply(&transport_yaml("before", &host, "Delete"));
+    // The transport with `spec.storeAndForward.<field>: <value>` (replacing the line it had).
+    let with_field = |name: &str, field: &str, value: &str| {
+        let own = format!("    {field}:");
+        transport_yaml(name, &host, "Delete")
+            .lines()
+            .filter(|line| !line.starts_with(&own))
+            .map(|line| format!("{line}\n"))
+            .collect::<String>()
+            .replace(
+                "    enabled: true\n",
+                &format!("    enabled: true\n    {field}: {value}\n"),
+            )
+    };
     for (field, value) in [
         ("maxBytes", "\"99999999999999999999\""),
-        ("maxBytes", "null"),
         ("timeToLive", "9999999h9999999h"),
     ] {
-        let poison = transport_yaml("poison", &host, "Delete").replace(
-            "    enabled: true\n",
-            &format!("    enabled: true\n    {field}: {value}\n"),
-        );
-        let refused = cluster.apply_refused(&poison);
+        let refused = cluster.apply_refused(&with_field("poison", field, value));
         assert!(refused.contains(field), "{field}: {refused}");
     }
-    cluster
-        .wait_transport("before", "Ready", |s| ready(s) == "True")
+    // The API server prunes a null of a field that is not nullable and applies the default.
+    cluster.apply(&with_field("nulled", "maxBytes", "null"));
+    // A poison object: stored while the CRD accepted anything, unreadable once it is back.
+    cluster.loosen_crd("transports.ferry.dev");
+    cluster.apply(&with_field(
+        "poison",
+        "maxBytes",
+        "\"99999999999999999999\"",
+    ));
+    cluster.install_crds();
+
+    let mut operator = cluster.operator(&[]);
+    cluster.apply(&transport_yaml("before", &host, "Delete"));
+    let invalid = cluster
+        .wait_transport("poison", "InvalidSpec", |s| {
+            condition(s, "Ready")["reason"] == "InvalidSpec"
+        })
         .await;
+    let message = condition(&invalid, "Ready")["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("maxBytes"), "{invalid}");
+    for name in ["before", "nulled"] {
+        cluster
+            .wait_transport(name, "Ready", |s| ready(s) == "True")
+            .await;
+    }
     operator.restart();
     cluster.apply(&transport_yaml("after", &host, "Delete"));
-    for name in ["before", "after"] {
+    for name in ["before", "nulled", "after"] {
         let (code, body) = cluster.ingest(name, r#"{"order":1}"#).await;
         assert_eq!(code, 200, "{name}: {body}");
         cluster
             .wait_transport(name, "Up", |s| s["state"] == "Up" && ready(s) == "True")
             .await;
     }
+    let still = cluster
+        .wait_transport("poison", "still InvalidSpec", |s| {
+            condition(s, "Ready")["reason"] == "InvalidSpec"
+        })
+        .await;
+    assert!(still.get("state").is_none_or(|s| s != "Up"), "{still}");
 }
 
 /// Three connections started together enter their startup one at a time: each is admitted
@@ -735,11 +792,16 @@ fn the_scenarios_yaml_is_valid() {
         connection_yaml("crm", host, &format!("http: {{url: {host}/orders}}")),
         connection_yaml("feeder", host, "transport: {name: drop}"),
         transport_yaml(
-            &format!("orders-for-plant-a-{}", "x".repeat(60)),
+            &format!("orders-for-plant-a-{}", "x".repeat(71)),
             host,
             "Delete",
         ),
         connection_yaml("crm.plant-a", host, "transport: {name: orders.plant-a}"),
+        connection_yaml(
+            &format!("{}.{}.{}", "a".repeat(100), "b".repeat(100), "c".repeat(51)),
+            host,
+            &format!("http: {{url: {host}/orders}}"),
+        ),
     ];
     for text in yaml {
         for mut doc in ferry::api::manifest::parse_documents(&text).expect("YAML") {
@@ -766,9 +828,7 @@ async fn the_process_kubelet_runs_the_operators_worker_pod() {
     }))
     .expect("a transport");
     let owner = Owner::transport(&transport).expect("owner");
-    let set = owner
-        .stateful_set(&WorkerDefaults::default())
-        .expect("the StatefulSet");
+    let set = owner.stateful_set(&WorkerDefaults::default());
     let pod = set
         .spec
         .and_then(|s| s.template.spec)
@@ -785,7 +845,7 @@ async fn the_process_kubelet_runs_the_operators_worker_pod() {
         let local = dir.path().join(&mount.name);
         std::fs::create_dir_all(&local).expect("mount dir");
         if mount.name == "tokens" {
-            let secret = owner.secret(&tokens).expect("the Secret");
+            let secret = owner.secret(&tokens);
             for (key, value) in secret.data.unwrap_or_default() {
                 std::fs::write(local.join(key), value.0).expect("token file");
             }
@@ -857,8 +917,7 @@ fn the_objects_the_suite_writes_are_rendered_for_validation() {
     .expect("a transport");
     let set = Owner::transport(&transport)
         .expect("owner")
-        .stateful_set(&WorkerDefaults::default())
-        .expect("the StatefulSet");
+        .stateful_set(&WorkerDefaults::default());
     let set = set.spec.expect("spec");
     // The claim and the pod as the StatefulSet controller makes them.
     let template = &set.volume_claim_templates.as_ref().expect("claims")[0];
@@ -907,12 +966,16 @@ fn the_objects_the_suite_writes_are_rendered_for_validation() {
 
 /// `kubectl ferry -n <scenario namespace> ARGS` must succeed; answers what it printed.
 fn kubectl_ferry(cluster: &Cluster, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"));
+    command
         .args(["-n", cluster.namespace.as_str()])
         .args(args)
-        .env("KUBECONFIG", &cluster.env.kubeconfig)
-        .output()
-        .expect("kubectl-ferry runs");
+        .env("KUBECONFIG", &cluster.env.kubeconfig);
+    if cluster.env.process_kubelet {
+        // The API server refuses to proxy to loopback pod IPs (as for the operator).
+        command.env("FERRY_WORKER_ACCESS", "direct");
+    }
+    let out = command.output().expect("kubectl-ferry runs");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
