@@ -4,7 +4,9 @@
 //! object never fails a list or a watch: the others keep reconciling. An unreadable object is
 //! checked against ferry's own manifest validator, to name the field, and gets `Ready=False`
 //! reason `InvalidSpec` with that message (the rest of its status kept) and a Warning Event.
-//! It is not requeued: the next change of it is reconciled again.
+//! Where the API server refuses that status as well (it validates the whole object on a status
+//! write, so a spec that breaks a CRD rule it was stored before fails the write too), the
+//! Warning Event alone says why. It is not requeued: the next change of it is reconciled again.
 
 use std::sync::{Arc, OnceLock};
 
@@ -104,14 +106,23 @@ where
         "kind": K::kind(&()),
         "status": invalid_status(raw.as_ref(), meta.generation, &message),
     });
-    Api::<DeserializeGuard<K>>::namespaced(ctx.client.clone(), &namespace)
+    let written = Api::<DeserializeGuard<K>>::namespaced(ctx.client.clone(), &namespace)
         .patch_status(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(patch),
         )
-        .await
-        .map_err(|source| ReconcileError::Status { source })?;
+        .await;
+    match written {
+        Ok(_) => {}
+        // The API server validates the whole object on a status write, and refuses the same
+        // spec ferry cannot read (a CRD rule it was stored before): the Event is then the one
+        // place that says why. Retrying cannot help until the object changes.
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            tracing::warn!(object = %format!("{} {namespace}/{name}", K::kind(&())), error = %e.message, "the API server refuses its status too; its Warning Event says why");
+        }
+        Err(source) => return Err(ReconcileError::Status { source }),
+    }
     let reference = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some(K::api_version(&()).into_owned()),
         kind: Some(K::kind(&()).into_owned()),
@@ -175,10 +186,9 @@ mod tests {
         );
     }
 
-    /// The unreadable object gets Ready=False InvalidSpec naming the field (its last state
-    /// kept) and a Warning Event; it is not requeued.
-    #[tokio::test]
-    async fn a_poison_object_is_told_why_and_left_until_it_changes() {
+    /// The poison object reported through the mock API server, whose status write answers
+    /// `status_code`: (what the reconcile answered, the status patch, the Event).
+    async fn report_poison(status_code: u16) -> (Result<Action, ReconcileError>, Value, Value) {
         let (client, mut handle) = mock();
         let ctx = Arc::new(
             Arc::into_inner(context(client.clone()))
@@ -194,19 +204,50 @@ mod tests {
             let (method, path, body, send) = handle.next().await;
             assert_eq!(method, http::Method::PATCH);
             assert!(path.contains("/transports/poison/status"), "{path}");
-            send.send_response(respond(200, poison()));
+            let answer = if status_code == 200 {
+                poison()
+            } else {
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": status_code,
+                       "reason": "Invalid", "message": "spec.storeAndForward.maxBytes: Invalid value"})
+            };
+            send.send_response(respond(status_code, answer));
             let (_, path, event, send) = handle.next().await;
             assert!(path.contains("/events"), "{path}");
             send.send_response(respond(200, event.clone()));
             (body, event)
         });
-        let action = reconcile_guarded(Arc::new(guarded), ctx, |_: Arc<Transport>, _| async {
+        let answer = reconcile_guarded(Arc::new(guarded), ctx, |_: Arc<Transport>, _| async {
             panic!("an unreadable object is not reconciled")
         })
-        .await
-        .unwrap();
-        assert_eq!(action, Action::await_change());
+        .await;
         let (body, event) = server.await.unwrap();
+        (answer, body, event)
+    }
+
+    /// Where the API server refuses the status of the poison object too (422: it validates the
+    /// whole object), the Warning Event still says why, and it is not retried until it changes.
+    #[tokio::test]
+    async fn a_poison_object_whose_status_is_refused_is_told_by_its_event() {
+        let (answer, _, event) = report_poison(422).await;
+        assert_eq!(answer.unwrap(), Action::await_change());
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some(REASON))
+        );
+        assert!(
+            event["note"]
+                .as_str()
+                .is_some_and(|m| m.contains("spec.storeAndForward.maxBytes")),
+            "{event}"
+        );
+    }
+
+    /// The unreadable object gets Ready=False InvalidSpec naming the field (its last state
+    /// kept) and a Warning Event; it is not requeued.
+    #[tokio::test]
+    async fn a_poison_object_is_told_why_and_left_until_it_changes() {
+        let (answer, body, event) = report_poison(200).await;
+        assert_eq!(answer.unwrap(), Action::await_change());
         let status = &body["status"];
         assert_eq!(
             status["state"], "Up",
