@@ -29,7 +29,7 @@ use crate::{
     api::{Connection, ConnectionStatus, Transport},
     connection::{
         runtime::{ConnectionReport, Resolved, ResolvedTransport, Startup},
-        startup_queue::{Look, QueueCounts, StartupQueue},
+        startup_queue::{Look, QueueCounts, StartupQueue, ends_startup},
         status::OperatorPhase,
     },
 };
@@ -101,19 +101,28 @@ impl Connections {
         (Startup::from(admission), queue.waits_for_worker(key))
     }
 
-    /// The status reached settles the startup (`StartupQueue::settle`); whether it is still in
-    /// its startup is kept in `status`, so the queue can be rebuilt after a restart. Answers how
-    /// the queue stands then, for the metrics.
-    fn settle_startup(&self, key: &str, status: &mut ConnectionStatus) -> QueueCounts {
-        let mut queue = self.queue();
-        if let Some(value) = status.status {
-            queue.settle(key, value, self.now_ms());
-        }
-        status.startup_started_time = if queue.is_starting(key) {
+    /// Whether it is in its startup is kept in `status` (`startupStartedTime`), so the queue
+    /// can be rebuilt after a restart: while its worker was pushed the admission, the queue
+    /// still holds its place and the status reached does not end the startup. A status never
+    /// says it started before its worker was told so.
+    fn mark_startup(&self, key: &str, pushed: &Startup, status: &mut ConnectionStatus) {
+        let ended = status.status.is_some_and(ends_startup);
+        status.startup_started_time = if pushed.admitted && !ended && self.queue().is_starting(key)
+        {
             status.startup_started_time.take().or_else(|| Some(now()))
         } else {
             None
         };
+    }
+
+    /// Q4, once the status is written: a startup that is over gives its place up only when
+    /// its end is in the API, so the next connection is never admitted before the one ahead
+    /// of it shows `Running`. Answers how the queue stands then, for the metrics.
+    fn settle_startup(&self, key: &str, status: &ConnectionStatus) -> QueueCounts {
+        let mut queue = self.queue();
+        if let Some(value) = status.status {
+            queue.settle(key, value, self.now_ms());
+        }
         queue.counts()
     }
 
@@ -261,6 +270,11 @@ impl WorkerResource for Connection {
         connection_event(before, after)
     }
 
+    fn written(&self, status: &ConnectionStatus, ctx: &Context, connections: &Connections) {
+        let counts = connections.settle_startup(&connection_key(self), status);
+        ctx.metrics.set_startup_queue(counts);
+    }
+
     fn forget(&self, _: &str, ctx: &Context, connections: &Connections) {
         let key = connection_key(self);
         let mut queue = connections.queue();
@@ -403,8 +417,7 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
         report.as_ref().map_err(String::as_str),
         now(),
     );
-    ctx.metrics
-        .set_startup_queue(connections.settle_startup(&key, &mut status));
+    connections.mark_startup(&key, &startup, &mut status);
     status
 }
 
@@ -685,6 +698,54 @@ mod tests {
             queue.waiting().collect::<Vec<_>>(),
             ["plant-a/second", "plant-a/third"]
         );
+    }
+
+    /// Q1 as users see it: the connection ahead gives its place up only once its `Running`
+    /// is written, and a status says `startupStartedTime` only when its worker was pushed the
+    /// admission (never for a push that still said "waiting at position 1").
+    #[test]
+    fn the_next_is_admitted_only_after_the_running_status_is_written() {
+        use crate::connection::startup_queue::Admission;
+        let connections = Connections::new(1, Duration::from_secs(300));
+        let admitted = |key: &str| {
+            let admission = connections.queue().request(key, 0);
+            Startup::from(Some(admission))
+        };
+        let alpha = admitted("plant-a/alpha");
+        let bravo = admitted("plant-a/bravo");
+        assert!(alpha.admitted && !bravo.admitted);
+        let status = |value: &str| -> ConnectionStatus {
+            serde_json::from_value(json!({"status": value})).unwrap()
+        };
+
+        let mut starting = status("Restarting");
+        connections.mark_startup("plant-a/alpha", &alpha, &mut starting);
+        assert!(starting.startup_started_time.is_some());
+
+        // Alpha reached Running: not yet written, so bravo still waits.
+        let mut running = status("Running");
+        connections.mark_startup("plant-a/alpha", &alpha, &mut running);
+        assert_eq!(running.startup_started_time, None);
+        assert_eq!(
+            connections.queue().admission("plant-a/bravo"),
+            Some(Admission::Waiting(1))
+        );
+        // Written: the place goes to bravo, whose status written with the push of "waiting"
+        // does not claim a startup yet.
+        connections.settle_startup("plant-a/alpha", &running);
+        assert_eq!(
+            connections.queue().admission("plant-a/bravo"),
+            Some(Admission::Starting)
+        );
+        let mut bravo_status = status("Restarting");
+        connections.mark_startup("plant-a/bravo", &bravo, &mut bravo_status);
+        assert_eq!(bravo_status.startup_started_time, None);
+        connections.mark_startup(
+            "plant-a/bravo",
+            &admitted("plant-a/bravo"),
+            &mut bravo_status,
+        );
+        assert!(bravo_status.startup_started_time.is_some());
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! The one reconcile of both kinds, in steps (the layout of kube-rs' controller-rs and
 //! Stackable's operators):
 //!
-//! finalizer → dereference → build → apply → push → status → events
+//! finalizer → dereference → build → apply → push → status → written → events
 //!
 //! Each kind supplies only what differs through [`WorkerResource`]: what it looks up
 //! (dereference), what it pushes to its worker and how the report becomes its status
@@ -64,6 +64,10 @@ pub trait WorkerResource: NamespacedObject + serde::Serialize {
         after: &Self::Status,
     ) -> Option<(bool, &'static str, String)>;
 
+    /// Its status is written (or was already as observed): what this kind remembers may now
+    /// follow what the API shows.
+    fn written(&self, _status: &Self::Status, _ctx: &Context, _memory: &Self::Memory) {}
+
     /// The resource is going away: forget what this kind remembered of it.
     fn forget(&self, namespace: &str, ctx: &Context, memory: &Self::Memory);
 }
@@ -118,6 +122,7 @@ async fn apply<R: WorkerResource>(
     };
     let status = object.observe(observed).await;
     write_status(&ctx.client, object, namespace, &status).await?;
+    object.written(&status, ctx, memory);
     if let Some((warning, reason, note)) = R::event(object.status(), &status) {
         let reference = object.object_ref(&());
         ctx.events.publish(&reference, warning, reason, note).await;
