@@ -2,24 +2,45 @@
 //! state or a connection's status changed, a worker stopped answering, a reconcile failed.
 //! Publishing is best effort: a refused Event is logged, never fails a reconcile.
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::{
+    api::{core::v1::ObjectReference, events::v1::Event as EventObject},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+};
+use kube::{
+    Api,
+    api::PostParams,
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
 
 use crate::api::{ConnectionStatus, TransportStatus};
 
+/// The longest object name the API server takes (a DNS subdomain).
+const MAX_NAME: usize = 253;
+/// kube's recorder names an Event `<object name>.<nanoseconds, at most 16 hex digits>`.
+const EVENT_SUFFIX: usize = 17;
+
 /// The operator's event publisher; `None` where no events are wanted (the mock-API tests).
 #[derive(Clone, Default)]
-pub struct Events(Option<Recorder>);
+pub struct Events(Option<Publisher>);
+
+#[derive(Clone)]
+struct Publisher {
+    recorder: Recorder,
+    client: kube::Client,
+    reporter: Reporter,
+}
 
 impl Events {
     pub fn new(client: kube::Client, instance: Option<String>) -> Self {
-        Self(Some(Recorder::new(
+        let reporter = Reporter {
+            controller: "ferry-operator".into(),
+            instance,
+        };
+        Self(Some(Publisher {
+            recorder: Recorder::new(client.clone(), reporter.clone()),
             client,
-            Reporter {
-                controller: "ferry-operator".into(),
-                instance,
-            },
-        )))
+            reporter,
+        }))
     }
 
     pub async fn publish(
@@ -29,7 +50,7 @@ impl Events {
         reason: &str,
         note: String,
     ) {
-        let Some(recorder) = &self.0 else {
+        let Some(publisher) = &self.0 else {
             return;
         };
         let event = Event {
@@ -44,10 +65,70 @@ impl Events {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = recorder.publish(&event, reference).await {
+        let name = reference.name.as_deref().unwrap_or_default();
+        let published = if name.len() + EVENT_SUFFIX > MAX_NAME {
+            publisher.create_short_named(&event, reference).await
+        } else {
+            publisher.recorder.publish(&event, reference).await
+        };
+        if let Err(e) = published {
             tracing::warn!(error = %e, reason, "cannot publish an event");
         }
     }
+}
+
+impl Publisher {
+    /// The Event of an object whose name leaves no room for kube's suffix (every name the
+    /// API server accepts must get its Events): the same Event, named
+    /// `<the name cut to fit>.<nanoseconds>`, created as it is (no series).
+    async fn create_short_named(
+        &self,
+        event: &Event,
+        reference: &ObjectReference,
+    ) -> Result<(), kube::Error> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let name = reference.name.as_deref().unwrap_or_default();
+        let object = EventObject {
+            metadata: ObjectMeta {
+                name: Some(short_event_name(name, now.as_nanosecond())),
+                namespace: reference.namespace.clone(),
+                ..ObjectMeta::default()
+            },
+            action: Some(event.action.clone()),
+            reason: Some(event.reason.clone()),
+            note: event.note.clone(),
+            type_: Some(match event.type_ {
+                EventType::Warning => "Warning".into(),
+                EventType::Normal => "Normal".into(),
+            }),
+            regarding: Some(reference.clone()),
+            event_time: Some(MicroTime(now)),
+            reporting_controller: Some(self.reporter.controller.clone()),
+            reporting_instance: Some(
+                self.reporter
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| self.reporter.controller.clone()),
+            ),
+            ..EventObject::default()
+        };
+        let namespace = reference.namespace.as_deref().unwrap_or("default");
+        Api::<EventObject>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &object)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// `<name>.<nanos in hex>`, the name cut so the whole is a valid object name: at most 253
+/// characters, ending in the hex digits (a cut never leaves a `.` or `-` before the dot).
+fn short_event_name(name: &str, nanos: i128) -> String {
+    let keep = MAX_NAME - EVENT_SUFFIX;
+    let cut = name
+        .get(..keep.min(name.len()))
+        .unwrap_or(name)
+        .trim_end_matches(['.', '-']);
+    format!("{cut}.{:x}", nanos.max(0))
 }
 
 /// The Ready condition's reason and message, if any.
@@ -146,6 +227,25 @@ mod tests {
         );
         // Once, not on every poll while it stays silent.
         assert_eq!(transport_event(Some(&silent), &silent), None);
+    }
+
+    proptest::proptest! {
+        /// Every name the API server accepts gives a valid Event name (kube's own names one
+        /// over 236 characters past the limit, and the API server refuses it).
+        #[test]
+        fn every_accepted_name_gives_a_valid_event_name(
+            name in "[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?",
+            nanos in 0i128..i128::from(u64::MAX),
+        ) {
+            let event = short_event_name(&name, nanos);
+            proptest::prop_assert!(event.len() <= MAX_NAME, "{event}");
+            let (cut, hex) = event.rsplit_once('.').unwrap_or_default();
+            proptest::prop_assert!(
+                !cut.is_empty() && !cut.ends_with(['.', '-']) && name.starts_with(cut),
+                "{event} of {name}"
+            );
+            proptest::prop_assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()), "{event}");
+        }
     }
 
     #[test]

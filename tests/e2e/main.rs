@@ -214,6 +214,31 @@ async fn transport_lifecycle_of_the_rules() {
         .await;
 }
 
+/// The note of an Event of reason `reason` about the scenario's object `name`, if one exists.
+fn event_note(cluster: &Cluster, name: &str, reason: &str) -> Option<String> {
+    let events = cluster
+        .kubectl(&["get", "events.events.k8s.io", "-o", "json"])
+        .ok()?;
+    let events: Value = serde_json::from_str(&events).ok()?;
+    events["items"].as_array()?.iter().find_map(|e| {
+        (e["regarding"]["name"] == name && e["reason"] == reason)
+            .then(|| e["note"].as_str().unwrap_or("").to_owned())
+    })
+}
+
+/// Once transport `name` is Ready (hosted by its worker: a producer that comes earlier is
+/// answered 404), one transaction is delivered and it is Up.
+async fn delivered_and_up(cluster: &Cluster, name: &str) {
+    cluster
+        .wait_transport(name, "Ready", |s| ready(s) == "True")
+        .await;
+    let (code, body) = cluster.ingest(name, r#"{"order":1}"#).await;
+    assert_eq!(code, 200, "{name}: {body}");
+    cluster
+        .wait_transport(name, "Up", |s| s["state"] == "Up" && ready(s) == "True")
+        .await;
+}
+
 /// Transport erp's host pod goes away; three orders from `first` on are answered `stored` and
 /// the transport is in Store and Forward with them queued.
 async fn host_gone_three_stored(cluster: &Cluster, host: &str, first: u32) {
@@ -361,15 +386,12 @@ async fn long_and_dotted_names_run_and_foreign_objects_are_left_alone() {
     assert_eq!(secret.trim(), "dGhlaXJz", "the foreign Secret is unchanged");
 
     for name in [long.as_str(), dotted, &longest] {
-        // Hosted by its worker first: a producer that comes earlier is answered 404.
-        cluster
-            .wait_transport(name, "Ready", |s| ready(s) == "True")
-            .await;
-        let (code, body) = cluster.ingest(name, r#"{"order":1}"#).await;
-        assert_eq!(code, 200, "{name}: {body}");
-        cluster
-            .wait_transport(name, "Up", |s| s["state"] == "Up" && ready(s) == "True")
-            .await;
+        delivered_and_up(&cluster, name).await;
+        // Its Events too, whatever the length of its name.
+        eventually(&format!("a StateChanged Event of {name}"), || async {
+            event_note(&cluster, name, "StateChanged")
+        })
+        .await;
     }
     for name in [
         format!("crm-{}", "y".repeat(88)),
@@ -439,17 +461,10 @@ async fn a_manifest_ferry_cannot_read_is_refused_and_the_others_run() {
     cluster.apply(&transport_yaml("before", &host, "Delete"));
     // The API server validates the whole object on a status write, so it refuses the poison
     // object's status too: its Warning Event names the field.
-    let warned = || async {
-        let events = cluster
-            .kubectl(&["get", "events.events.k8s.io", "-o", "json"])
-            .ok()?;
-        let events: Value = serde_json::from_str(&events).ok()?;
-        events["items"].as_array()?.iter().find_map(|e| {
-            (e["regarding"]["name"] == "poison" && e["reason"] == "InvalidSpec")
-                .then(|| e["note"].as_str().unwrap_or("").to_owned())
-        })
-    };
-    let note = eventually("a Warning Event InvalidSpec for poison", warned).await;
+    let note = eventually("a Warning Event InvalidSpec for poison", || async {
+        event_note(&cluster, "poison", "InvalidSpec")
+    })
+    .await;
     assert!(note.contains("spec.storeAndForward.maxBytes"), "{note}");
     for name in ["before", "nulled"] {
         cluster
@@ -459,11 +474,7 @@ async fn a_manifest_ferry_cannot_read_is_refused_and_the_others_run() {
     operator.restart();
     cluster.apply(&transport_yaml("after", &host, "Delete"));
     for name in ["before", "nulled", "after"] {
-        let (code, body) = cluster.ingest(name, r#"{"order":1}"#).await;
-        assert_eq!(code, 200, "{name}: {body}");
-        cluster
-            .wait_transport(name, "Up", |s| s["state"] == "Up" && ready(s) == "True")
-            .await;
+        delivered_and_up(&cluster, name).await;
     }
     let poison: Value = serde_json::from_str(
         &cluster
