@@ -152,6 +152,39 @@ fn invalid_manifests_are_rejected_naming_object_and_field() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("document 2 is not valid YAML"));
 }
 
+/// A second `ferry standalone` on the data directory of one still running is refused: the
+/// store is in use (naming the first process), nothing is wrong with its data, and nothing in
+/// the message suggests moving or losing it. The first keeps running with its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_store_is_told_it_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Standalone::start(dir.path(), &[]);
+    first.wait_line("Transport default/demo: ");
+    let output = Command::new(ferry())
+        .arg("standalone")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is in use by another process"), "{stderr}");
+    assert!(
+        stderr.contains("nothing is wrong with its data"),
+        "{stderr}"
+    );
+    if cfg!(target_os = "linux") {
+        let holder = format!("pid {}: ", first.child.id());
+        assert!(stderr.contains(&holder), "{stderr}");
+    }
+    for misleading in ["damaged", "lost", "move it"] {
+        assert!(!stderr.contains(misleading), "{stderr}");
+    }
+    let report = get_json(&client(), &first.url("demo")).await;
+    assert!(report["state"].is_string(), "the first runs on: {report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_the_embedded_default() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::api::transport::WhenFull;
 
+mod holder;
 mod layout;
 
 pub use layout::{
@@ -41,9 +42,17 @@ pub enum StoreError {
         source: Arc<redb::Error>,
     },
     #[error(
-        "the store {path} is damaged ({reason}); ferry does not start on it, so nothing queued in it is overwritten. Restore the file from a backup, or move it away to start with an empty store (what it held is then lost)"
+        "the store {path} is damaged ({reason}); ferry does not start on it, so nothing queued in it is overwritten. Keep the file: restore it from a backup, or rename it (e.g. to {path}.damaged) to start with an empty store and keep the damaged one for recovery (docs/troubleshooting.md#a-damaged-store)"
     )]
     Damaged { path: PathBuf, reason: String },
+    #[error(
+        "the store {path} is in use by another process ({}); nothing is wrong with its data. Two ferry processes cannot share one data directory: stop the other one, or give this one its own --data-dir (docs/troubleshooting.md#a-store-in-use)",
+        holder.as_deref().unwrap_or("it holds the file's lock")
+    )]
+    InUse {
+        path: PathBuf,
+        holder: Option<String>,
+    },
     #[error(
         "the store {path} is missing, but {marker} says this directory held one (a volume not mounted, or a file deleted?). Mount the right volume; if its queue is truly gone, delete {marker} to start with an empty store"
     )]
@@ -593,6 +602,10 @@ fn open_existing(path: &Path) -> Result<Database, StoreError> {
     std::panic::set_hook(hook);
     match opened {
         Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::InUse {
+            path: path.to_owned(),
+            holder: holder::describe(path),
+        }),
         Ok(Err(e)) => Err(damaged(e.to_string())),
         Err(panic) => {
             let what = panic
@@ -1162,6 +1175,30 @@ mod tests {
         }
     }
 
+    /// A store another open holds is in use, not damaged: the message says nothing is wrong
+    /// with the data, names the holder (this process here) and never suggests moving it.
+    #[tokio::test]
+    async fn a_store_in_use_says_so_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let _open = Store::open(dir.path()).unwrap();
+        let message = refusal(dir.path());
+        assert!(
+            message.contains("is in use by another process"),
+            "{message}"
+        );
+        assert!(
+            message.contains("nothing is wrong with its data"),
+            "{message}"
+        );
+        if cfg!(target_os = "linux") {
+            let pid = format!("pid {}", std::process::id());
+            assert!(message.contains(&pid), "{message}");
+        }
+        for misleading in ["damaged", "lost", "move it"] {
+            assert!(!message.contains(misleading), "{message}");
+        }
+    }
+
     #[tokio::test]
     async fn a_damaged_empty_or_missing_store_is_refused_with_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
@@ -1173,7 +1210,11 @@ mod tests {
         let message = refusal(dir.path());
         assert!(message.contains("is damaged"), "{message}");
         assert!(message.contains(&file.display().to_string()), "{message}");
-        assert!(message.contains("move it away"), "{message}");
+        assert!(message.contains("rename it"), "{message}");
+        assert!(
+            !message.contains("lost"),
+            "the first advice keeps the data: {message}"
+        );
 
         std::fs::write(&file, b"").unwrap();
         let message = refusal(dir.path());
