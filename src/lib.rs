@@ -49,6 +49,31 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// A Kubernetes client error as one line a person can read: the API server's answer as
+/// `<message> (<code> <reason>)`, not kube's `ApiError: … (Status { … })` with its debug form;
+/// any other error with its causes.
+pub fn kube_error_line(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            let why = [
+                (status.code != 0).then(|| status.code.to_string()),
+                (!status.reason.is_empty()).then(|| status.reason.clone()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+            match (status.message.is_empty(), why.is_empty()) {
+                (false, false) => format!("{} ({why})", status.message),
+                (false, true) => status.message.clone(),
+                (true, false) => format!("the API server answered {why}"),
+                (true, true) => "the API server refused without saying why".into(),
+            }
+        }
+        other => error_chain(other),
+    }
+}
+
 /// The first `bytes` bytes of the SHA-256 of `text`, in hex: a hash that is the same in
 /// every build of ferry (std's `DefaultHasher` may change between Rust releases), for names
 /// and ids that must never change.

@@ -6,7 +6,10 @@ use super::{builders::BuildError, context::FINALIZER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("cannot {action} the finalizer {FINALIZER}: {source}")]
+    #[error(
+        "cannot {action} the finalizer {FINALIZER}: {}",
+        crate::kube_error_line(source)
+    )]
     Finalizer {
         action: &'static str,
         #[source]
@@ -14,7 +17,7 @@ pub enum ReconcileError {
     },
     #[error("the object has no name or an invalid finalizer list; it cannot be reconciled")]
     Unreconcilable,
-    #[error("cannot read {what}: {source}")]
+    #[error("cannot read {what}: {}", crate::kube_error_line(source))]
     Dereference {
         what: String,
         #[source]
@@ -22,7 +25,7 @@ pub enum ReconcileError {
     },
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("cannot apply the {object}: {source}")]
+    #[error("cannot apply the {object}: {}", crate::kube_error_line(source))]
     Apply {
         object: String,
         #[source]
@@ -37,12 +40,15 @@ pub enum ReconcileError {
         namespace: String,
         owner: String,
     },
-    #[error("cannot write the status: {source}")]
+    #[error("cannot write the status: {}", crate::kube_error_line(source))]
     Status {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot delete the volume claim {claim}: {source}")]
+    #[error(
+        "cannot delete the volume claim {claim}: {}",
+        crate::kube_error_line(source)
+    )]
     Cleanup {
         claim: String,
         #[source]

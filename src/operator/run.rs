@@ -66,7 +66,7 @@ pub struct OperatorOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
     #[error(
-        "cannot reach the Kubernetes API (in a pod: its service account; outside: KUBECONFIG or ~/.kube/config): {0}"
+        "cannot reach the Kubernetes API (in a pod: its service account; outside: KUBECONFIG or ~/.kube/config): {}", crate::kube_error_line(.0)
     )]
     Client(#[source] kube::Error),
     #[error("cannot listen on {addr} for /healthz, /readyz and /metrics: {source}")]
@@ -76,10 +76,10 @@ pub enum OperatorError {
         source: std::io::Error,
     },
     #[error(
-        "the ferry.dev CustomResourceDefinitions are not installed (kubectl apply -f crds/): {0}"
+        "the ferry.dev CustomResourceDefinitions are not installed (kubectl apply -f crds/): {}", crate::kube_error_line(.0)
     )]
     MissingCrds(#[source] kube::Error),
-    #[error("cannot list {what}: {source}")]
+    #[error("cannot list {what}: {}", crate::kube_error_line(source))]
     List {
         what: &'static str,
         #[source]

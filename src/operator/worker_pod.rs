@@ -10,7 +10,7 @@ use super::{builders::WorkerTokens, context::Context, worker_client::WorkerPod};
 /// running (missing, pending, not ready). The message says which pod and why.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerPodUnavailable {
-    #[error("cannot read the worker pod {pod}: {source}")]
+    #[error("cannot read the worker pod {pod}: {}", crate::kube_error_line(source))]
     Unreadable {
         pod: String,
         #[source]

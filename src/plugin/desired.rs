@@ -33,7 +33,7 @@ pub enum PluginError {
         namespace: String,
         name: String,
     },
-    #[error("the API server refused: {0}")]
+    #[error("the API server refused: {}", crate::kube_error_line(.0))]
     Kube(#[from] kube::Error),
     #[error(
         "{what}, but after {waited:?} {kind} {namespace}/{name} is {seen} (waiting for {wanted}){ready}"
@@ -274,7 +274,9 @@ pub async fn apply(
                 kind: change.kind(),
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
-                seen: seen.value.unwrap_or_else(|| "without a status".into()),
+                seen: seen
+                    .value
+                    .unwrap_or_else(|| format!("without a status ({})", super::table::NO_STATUS)),
                 wanted: change.wanted(),
                 ready,
             });

@@ -556,6 +556,78 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// With no operator running nothing ever writes a status: the wait says so and where to
+    /// look, instead of "without a status" alone.
+    #[tokio::test]
+    async fn a_wait_on_a_resource_without_status_says_no_operator_wrote_one() {
+        let (client, mut handle) = mock();
+        let server = tokio::spawn(async move {
+            while let Some((_, send)) = handle.next_request().await {
+                send.send_response(respond(200, resource("Transport", "erp", 2, json!(null))));
+            }
+        });
+        let command = cli("kubectl-ferry suspend transport erp --wait --timeout 30ms");
+        let error = run(&command, client, "plant-a", Duration::from_millis(10))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("is without a status"), "{error}");
+        assert!(
+            error.contains("no ferry operator has written one"),
+            "{error}"
+        );
+        assert!(
+            error.contains("docs/troubleshooting.md#no-status"),
+            "{error}"
+        );
+        server.abort();
+    }
+
+    /// An API error (a pod that does not exist) is one readable line, not kube's debug form.
+    #[tokio::test]
+    async fn logs_of_a_missing_pod_say_so_in_one_line() {
+        let (client, mut handle) = mock();
+        let server = tokio::spawn(async move {
+            let (_, _, _, send) = handle.next().await;
+            send.send_response(respond(
+                200,
+                with_uid(resource("Connection", "crm", 1, json!({})), "uid-crm"),
+            ));
+            let (_, _, _, send) = handle.next().await;
+            send.send_response(respond(
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                       "reason": "NotFound", "message": "pods \"ferry-conn-crm-0\" not found"}),
+            ));
+        });
+        let error = run(
+            &cli("kubectl-ferry logs conn crm"),
+            client,
+            "plant-a",
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            error,
+            "the API server refused: pods \"ferry-conn-crm-0\" not found (404 NotFound)"
+        );
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn a_resource_without_status_is_explained_in_the_table() {
+        let transport: crate::api::Transport =
+            serde_json::from_value(resource("Transport", "erp", 1, json!(null))).unwrap();
+        let row = table::transport_row(&transport, k8s_openapi::jiff::Timestamp::now());
+        assert_eq!(
+            (row.state.as_str(), row.ready.as_str()),
+            ("Pending", "Unknown")
+        );
+        assert_eq!(row.message, table::NO_STATUS);
+    }
+
     #[test]
     fn an_empty_queue_has_no_table() {
         let out = worker::render_queue(

@@ -46,11 +46,15 @@ pub fn format_age(seconds: u64) -> String {
     }
 }
 
+/// What a resource without any status means: the operator is the only writer of `.status`.
+pub const NO_STATUS: &str = "no status yet: no ferry operator has written one (is one running and watching this namespace? see docs/troubleshooting.md#no-status)";
+
+/// The Ready condition's status and message; a resource without a Ready condition says why.
 fn ready(conditions: &[Condition]) -> (String, String) {
     conditions
         .iter()
         .find(|c| c.type_ == "Ready")
-        .map_or(("Unknown".into(), String::new()), |c| {
+        .map_or(("Unknown".into(), NO_STATUS.into()), |c| {
             (c.status.clone(), c.message.clone())
         })
 }
