@@ -2,6 +2,7 @@
 
 pub mod connection;
 pub mod duration;
+pub mod expected;
 pub mod manifest;
 pub mod quantity;
 pub mod storage;

@@ -62,6 +62,8 @@ struct KindSchema {
     kind: &'static str,
     /// The openAPIV3Schema as generated, for the list-map walk.
     schema: Value,
+    /// The JSON Schema `structural` was built from: its errors' schema paths point into it.
+    json_schema: Value,
     structural: jsonschema::Validator,
     cel: CompiledSchema,
 }
@@ -101,6 +103,7 @@ impl ManifestValidator {
                     kind,
                     cel: compile_schema(&schema),
                     schema,
+                    json_schema: strict,
                     structural,
                 }
             })
@@ -149,7 +152,12 @@ impl ManifestValidator {
             return Err(fail(problems));
         };
 
-        problems.extend(schema.structural.iter_errors(doc).map(schema_problem));
+        problems.extend(
+            schema
+                .structural
+                .iter_errors(doc)
+                .map(|e| schema_problem(&schema.json_schema, e)),
+        );
         scalar_problems(&schema.schema, doc, "", &mut problems);
         if !problems.is_empty() {
             // CEL rules assume a structurally valid object, as on the API server.
@@ -317,8 +325,10 @@ fn as_json_schema(schema: &Value, strict: bool) -> Value {
 }
 
 /// A JSON Schema error as a field problem. Unknown and missing fields are named themselves,
-/// as the API server does (`unknown field "spec.suspend"`, `spec.host: Required value`).
-fn schema_problem(error: jsonschema::ValidationError<'_>) -> Problem {
+/// as the API server does (`unknown field "spec.suspend"`, `spec.host: Required value`); a
+/// value of the wrong form says what the field accepts, in words (`expected`), never a
+/// regular expression or a type name alone.
+fn schema_problem(root: &Value, error: jsonschema::ValidationError<'_>) -> Problem {
     use jsonschema::error::ValidationErrorKind;
     let at = pointer_to_field(error.instance_path().as_str());
     let child = |name: &str| {
@@ -336,7 +346,39 @@ fn schema_problem(error: jsonschema::ValidationError<'_>) -> Problem {
         ValidationErrorKind::Required { property } => {
             problem(&child(property.as_str().unwrap_or_default()), "is required")
         }
+        ValidationErrorKind::Pattern { .. }
+        | ValidationErrorKind::Type { .. }
+        | ValidationErrorKind::Enum { .. }
+        | ValidationErrorKind::MaxLength { .. }
+        | ValidationErrorKind::MinLength { .. }
+        | ValidationErrorKind::Maximum { .. }
+        | ValidationErrorKind::Minimum { .. } => {
+            // The schema of the field: the error's schema path without its keyword.
+            let path = error.schema_path().as_str();
+            let field = path.rsplit_once('/').map_or("", |(field, _)| field);
+            match root.pointer(field) {
+                Some(schema) => problem(
+                    &at,
+                    &format!(
+                        "must be {} (got {})",
+                        super::expected::in_words(schema),
+                        shown_value(error.instance())
+                    ),
+                ),
+                None => problem(&at, &error.to_string()),
+            }
+        }
         _ => problem(&at, &error.to_string()),
+    }
+}
+
+/// A refused value as written, cut to a length a message can carry.
+fn shown_value(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 80 {
+        format!("{}…", text.chars().take(80).collect::<String>())
+    } else {
+        text
     }
 }
 
@@ -435,7 +477,14 @@ fn scalar_problems(schema: &Value, value: &Value, at: &str, problems: &mut Vec<P
         match (value, pattern) {
             (Value::String(text), Some(super::duration::PATTERN)) => {
                 if let Err(why) = super::duration::parse_go_duration(text) {
-                    problems.push(problem(at, &format!("{text:?} is not a duration: {why}")));
+                    problems.push(problem(
+                        at,
+                        &format!(
+                            "must be {} ({why}; got {})",
+                            super::expected::in_words(schema),
+                            shown_value(value)
+                        ),
+                    ));
                 }
             }
             (Value::String(text), Some(super::quantity::PATTERN)) => {
@@ -555,6 +604,58 @@ mod tests {
             json!({"host": {"url": "http://h"}, "storeAndForward": {"timeToLive": "2562047h"}}),
         );
         assert!(v.validate(&doc).is_ok());
+    }
+
+    /// A refused value says what the field accepts in words, with its bounds, and the value
+    /// refused: never a regular expression or a JSON type name alone.
+    #[test]
+    fn refusals_say_what_the_field_accepts_in_words() {
+        let v = ManifestValidator::new();
+        let duration = "must be a duration such as 30s, 5m or 1h30m";
+        for (host, words) in [
+            (json!({"url": "http://h", "timeout": "-5s"}), duration),
+            (json!({"url": "http://h", "timeout": 2}), duration),
+            (
+                json!({"url": "http://h", "timeout": "99999999999h"}),
+                duration,
+            ),
+            (
+                json!({"url": "ftp://h"}),
+                "must be an http:// or https:// URL",
+            ),
+            (
+                json!({"url": "http://h", "healthCheckPath": "health"}),
+                "must be a path such as /health",
+            ),
+        ] {
+            let error = v
+                .validate(&transport(json!({"host": host})))
+                .expect_err("refused")
+                .to_string();
+            assert!(error.contains(words), "{error}");
+            for unreadable in ["^(", "does not match", "is not of type"] {
+                assert!(!error.contains(unreadable), "{error}");
+            }
+        }
+        let error = v
+            .validate(&transport(
+                json!({"host": {"url": "http://h", "timeout": "-5s"}}),
+            ))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("at most 10m") && error.contains(r#"(got "-5s")"#),
+            "{error}"
+        );
+        let error = v
+            .validate(&transport(json!({"host": {"url": "http://h"},
+                "storeAndForward": {"maxBytes": "lots"}})))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("must be a size such as 512Mi or 2Gi"),
+            "{error}"
+        );
     }
 
     /// The names the API server takes for a resource: its DNS-subdomain rule, not a label's.
