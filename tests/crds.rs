@@ -307,3 +307,67 @@ fn the_structural_check_catches_what_the_api_server_refuses() {
     structural_problems(&bad, "bad", false, &mut problems);
     assert_eq!(problems.len(), 3, "{problems:#?}");
 }
+
+/// `kubectl explain` shows a field's description, not its schema: every field a person writes
+/// that has a default or a bound says it in its description (`Default: 1h.`, the numbers of
+/// its minimum and maximum, its rules' "must be ..." in words).
+#[test]
+fn every_default_and_bound_is_in_the_description() {
+    fn check(node: &Value, at: &str, checked: &mut usize, out: &mut Vec<String>) {
+        let Some(properties) = node.get("properties").and_then(Value::as_object) else {
+            if let Some(items) = node.get("items") {
+                check(items, &format!("{at}[]"), checked, out);
+            }
+            return;
+        };
+        for (name, field) in properties {
+            let path = format!("{at}.{name}");
+            let description = field["description"].as_str().unwrap_or("");
+            let mut wanted = Vec::new();
+            match &field["default"] {
+                Value::String(s) if s.is_empty() => wanted.push("Default: \"\".".to_owned()),
+                Value::String(s) => wanted.push(format!("Default: {s}.")),
+                v @ (Value::Number(_) | Value::Bool(_)) => wanted.push(format!("Default: {v}.")),
+                _ => {}
+            }
+            for bound in ["minimum", "maximum", "maxItems"] {
+                if let Some(n) = field[bound].as_f64() {
+                    wanted.push(format!("{}", n as i64));
+                }
+            }
+            for rule in field["x-kubernetes-validations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if let Some(rest) = rule["message"]
+                    .as_str()
+                    .and_then(|m| m.strip_prefix("must be "))
+                {
+                    wanted.push(rest.to_owned());
+                }
+            }
+            for w in wanted {
+                *checked += 1;
+                if !description.contains(&w) {
+                    out.push(format!("{path}: {w:?} not in {description:?}"));
+                }
+            }
+            if name != "status" {
+                check(field, &path, checked, out);
+            }
+        }
+    }
+    for kind in ["Transport", "Connection"] {
+        let schema = schema_of(kind);
+        let (mut checked, mut missing) = (0, Vec::new());
+        check(
+            &schema["properties"]["spec"],
+            "spec",
+            &mut checked,
+            &mut missing,
+        );
+        assert!(checked >= 10, "{kind}: only {checked} defaults and bounds");
+        assert!(missing.is_empty(), "{kind}:\n{}", missing.join("\n"));
+    }
+}
