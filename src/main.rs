@@ -425,7 +425,7 @@ async fn serve(
     tokens: Tokens,
     limits: server::ServerLimits,
 ) -> ExitCode {
-    tracing::info!(listen = ?listener.local_addr().ok(), "worker API listening");
+    tracing::info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "worker API listening");
     let service = api::service(worker.clone(), tokens);
     let stopping = worker.clone();
     server::serve(

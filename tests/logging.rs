@@ -53,6 +53,9 @@ fn text_logs_have_no_colour_codes_off_a_terminal() {
     let line = first_log_line(None);
     assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
     assert!(line.contains("INFO"), "{line:?}");
+    // Values in their Display form, never Rust's Debug (`listen=Some(127.0.0.1:…)`).
+    assert!(line.contains("listen=127.0.0.1:"), "{line:?}");
+    assert!(!line.contains("Some("), "{line:?}");
 }
 
 #[test]

@@ -293,7 +293,7 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
             addr: options.listen,
             source,
         })?;
-    tracing::info!(listen = ?listener.local_addr().ok(), "operator endpoints listening (/healthz, /readyz, /metrics)");
+    tracing::info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "operator endpoints listening (/healthz, /readyz, /metrics)");
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -371,7 +371,7 @@ async fn lead(
         }
         WorkerAccess::Proxy => WorkerClient::proxy(client.clone(), options.worker_timeout),
     };
-    tracing::info!(?access, "reaching workers");
+    tracing::info!(%access, "reaching workers");
     let ctx = Arc::new(
         Context::new(
             client.clone(),

@@ -19,6 +19,16 @@ pub enum WorkerAccess {
     Proxy,
 }
 
+/// As written on the command line: `direct`, `proxy`.
+impl std::fmt::Display for WorkerAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkerAccess::Direct => "direct",
+            WorkerAccess::Proxy => "proxy",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerCallError {
     #[error("the worker pod {pod} has no IP yet")]

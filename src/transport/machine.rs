@@ -42,6 +42,38 @@ pub enum Event {
     QueueEmptied,
 }
 
+/// For logs: what happened, in words (`start (restored Store and Forward, queue not empty)`).
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let queue = |queued: bool| {
+            if queued {
+                "queue not empty"
+            } else {
+                "queue empty"
+            }
+        };
+        match self {
+            Event::Start {
+                restored: Some(state),
+                queued,
+            } => write!(f, "start (restored {state}, {})", queue(*queued)),
+            Event::Start {
+                restored: None,
+                queued,
+            } => write!(f, "start (new, {})", queue(*queued)),
+            Event::Suspend { queued } => write!(f, "suspend ({})", queue(*queued)),
+            Event::Resume => f.write_str("resume"),
+            Event::Arrived => f.write_str("a transaction arrived"),
+            Event::Delivered => f.write_str("delivered"),
+            Event::Unreachable => f.write_str("the host is unreachable"),
+            Event::Connected => f.write_str("connected"),
+            Event::ConnectFailed => f.write_str("connect failed"),
+            Event::Drained => f.write_str("queue drained"),
+            Event::QueueEmptied => f.write_str("queue emptied by its limits"),
+        }
+    }
+}
+
 /// Why a transaction fails instead of being delivered or stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailReason {

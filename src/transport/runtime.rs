@@ -334,7 +334,7 @@ impl TransportRuntime {
     fn transition(&self, inner: &mut Inner, event: Event) -> Vec<Action> {
         let (to, actions) = machine::step(inner.state, event, inner.config());
         if to != inner.state {
-            tracing::info!(transport = %self.key, from = %inner.state, to = %to, ?event, "state changed");
+            tracing::info!(transport = %self.key, from = %inner.state, to = %to, %event, "state changed");
             inner.state = to;
             inner.dirty = true;
             self.states.send_replace(to);
@@ -585,7 +585,7 @@ impl TransportRuntime {
                 if delay == BACKOFF_FIRST {
                     tracing::warn!(transport = %self.key, reason = %why, "forwarding paused: the host is unreachable; retrying with backoff");
                 } else {
-                    tracing::debug!(transport = %self.key, reason = %why, retry_in = ?delay, "forwarding paused");
+                    tracing::debug!(transport = %self.key, reason = %why, retry_in_ms = delay.as_millis(), "forwarding paused");
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(BACKOFF_CAP);
@@ -710,7 +710,8 @@ impl TransportRuntime {
 
     /// T9: time to live, in every state.
     async fn expire(self: &Arc<Self>) {
-        let ttl = self.lock().spec.store_and_forward.time_to_live.as_std();
+        let time_to_live = self.lock().spec.store_and_forward.time_to_live.clone();
+        let ttl = time_to_live.as_std();
         let cutoff = now_ms().saturating_sub(ttl.as_millis() as u64);
         if self
             .queue
@@ -723,7 +724,7 @@ impl TransportRuntime {
         match self.store.expire(&self.queue, cutoff).await {
             Ok(0) => {}
             Ok(expired) => {
-                tracing::warn!(transport = %self.key, expired, ttl = ?ttl, "transactions expired (time to live)");
+                tracing::warn!(transport = %self.key, expired, ttl = %time_to_live, "transactions expired (time to live)");
                 if self.queue.info().messages == 0 {
                     self.event(Event::QueueEmptied);
                 }

@@ -158,7 +158,7 @@ pub async fn serve<S>(
     if drained.is_err() {
         tracing::warn!(
             open = connections.len(),
-            timeout = ?limits.shutdown_timeout,
+            timeout_secs = limits.shutdown_timeout.as_secs_f64(),
             "requests still running at the shutdown deadline; closing their connections"
         );
     } else {
