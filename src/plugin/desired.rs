@@ -136,8 +136,31 @@ pub fn reached(change: Change, generation: i64, seen: &Seen) -> Progress {
 
 fn ready_text(seen: &Seen) -> String {
     match &seen.ready {
-        Some((status, reason, message)) => format!("; Ready={status} {reason}: {message}"),
+        Some((status, reason, message)) => {
+            let hint = troubleshooting(message)
+                .map(|anchor| format!(" (see docs/troubleshooting.md#{anchor})"))
+                .unwrap_or_default();
+            format!("; Ready={status} {reason}: {message}{hint}")
+        }
         None => String::new(),
+    }
+}
+
+/// The section of docs/troubleshooting.md for a Ready message, where one applies.
+pub fn troubleshooting(message: &str) -> Option<&'static str> {
+    if message.contains("ImagePullBackOff") || message.contains("ErrImagePull") {
+        Some("image-pull")
+    } else if message.contains("worker pod") && message.contains("Pending")
+        || message.contains("Unschedulable")
+        || message.contains("unbound")
+    {
+        Some("worker-pending")
+    } else if message.contains("is in use by another process") {
+        Some("a-store-in-use")
+    } else if message.contains("is damaged") {
+        Some("a-damaged-store")
+    } else {
+        None
     }
 }
 
@@ -294,6 +317,34 @@ mod tests {
             value: Some(value.into()),
             observed_generation: Some(generation),
             ready: None,
+        }
+    }
+
+    /// Each hint names a section that exists in docs/troubleshooting.md.
+    #[test]
+    fn ready_messages_point_at_their_troubleshooting_section() {
+        let doc = include_str!("../../docs/troubleshooting.md");
+        for (message, anchor) in [
+            (
+                "the worker pod ferry-tp-erp-0 is not ready: ImagePullBackOff: Back-off pulling image",
+                Some("image-pull"),
+            ),
+            (
+                "the worker pod ferry-tp-erp-0 is not ready: Pending: 0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims",
+                Some("worker-pending"),
+            ),
+            (
+                "the store /var/lib/ferry/ferry.redb is in use by another process",
+                Some("a-store-in-use"),
+            ),
+            ("Up", None),
+        ] {
+            assert_eq!(troubleshooting(message), anchor, "{message}");
+            assert!(super::super::table::NO_STATUS.contains("docs/troubleshooting.md#no-status"));
+            assert!(doc.contains("<a id=\"no-status\">"));
+            if let Some(anchor) = anchor {
+                assert!(doc.contains(&format!("<a id=\"{anchor}\">")), "{anchor}");
+            }
         }
     }
 
