@@ -47,7 +47,7 @@ pub fn format_age(seconds: u64) -> String {
 }
 
 /// What a resource without any status means: the operator is the only writer of `.status`.
-pub const NO_STATUS: &str = "no status yet: no ferry operator has written one (is one running and watching this namespace? see docs/troubleshooting.md#no-status)";
+pub const NO_STATUS: &str = "no status yet: no ferry operator has written one (none runs for this namespace, or it cannot read or write this resource; see docs/troubleshooting.md#no-status)";
 
 /// The Ready condition's status and message; a resource without a Ready condition says why.
 fn ready(conditions: &[Condition]) -> (String, String) {
