@@ -187,7 +187,7 @@ async fn serve_metrics(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResp
             StatusCode::OK,
             [(
                 axum::http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                crate::worker::metrics::CONTENT_TYPE,
             )],
             text,
         )

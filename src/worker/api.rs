@@ -585,14 +585,7 @@ async fn serve_metrics(State(app): State<App>) -> Answer {
             format!("cannot render metrics: {e}"),
         )
     })?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
 #[cfg(test)]

@@ -212,7 +212,11 @@ pub fn registry(worker: Arc<Worker>) -> Registry {
     registry
 }
 
-/// Prometheus text format.
+/// What `render` writes (prometheus-client's text encoder writes OpenMetrics, `# EOF`
+/// included), for the `Content-Type` of every `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// OpenMetrics text format.
 pub fn render(registry: &Registry) -> Result<String, fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)?;

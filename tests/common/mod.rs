@@ -399,15 +399,20 @@ impl WorkerProc {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `/metrics`, labelled as the OpenMetrics text it is.
     pub async fn metrics(&self) -> String {
-        self.http
+        let answer = self
+            .http
             .get(format!("{}/metrics", self.base()))
             .send()
             .await
-            .expect("metrics answered")
-            .text()
-            .await
-            .expect("text")
+            .expect("metrics answered");
+        let content_type = answer.headers().get("content-type").cloned();
+        assert_eq!(
+            content_type.as_ref().and_then(|v| v.to_str().ok()),
+            Some(ferry::worker::metrics::CONTENT_TYPE)
+        );
+        answer.text().await.expect("text")
     }
 
     /// Poll the report until `check` holds; panics with the last report after `WAIT`.
