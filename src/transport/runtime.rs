@@ -507,7 +507,11 @@ impl TransportRuntime {
             }
             this.lock().connecting = false;
         });
-        self.lock_tasks().push(handle);
+        // A connect task per reconnect: the finished ones go, so the list stays as long as
+        // what runs (the forwarder, housekeeping, at most one connect).
+        let mut tasks = self.lock_tasks();
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(handle);
     }
 
     /// Store and Forward: while in that state, reconnect with backoff and forward the queue in
@@ -806,5 +810,67 @@ impl TransportRuntime {
             task.abort();
         }
         self.save(true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every resume connects again (loadAtInit) in a task of its own; the handles of those
+    /// that finished are dropped, so a transport suspended and resumed for months keeps a
+    /// handful of handles, not one per resume.
+    #[tokio::test]
+    async fn finished_connect_tasks_are_not_kept() {
+        let host = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = host.local_addr().unwrap();
+        tokio::spawn(async move {
+            // Accept and hold connections: a connect succeeds.
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = host.accept().await {
+                held.push(stream);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = |suspended: bool| -> TransportSpec {
+            serde_json::from_value(serde_json::json!({
+                "host": {"url": format!("http://{address}/ingest")},
+                "loadAtInit": true, "suspended": suspended,
+            }))
+            .unwrap()
+        };
+        let runtime = TransportRuntime::start(
+            store,
+            "plant-a/erp".into(),
+            "http://worker/v1/transports/plant-a/erp/transactions".into(),
+            spec(false),
+            Some(1),
+            1,
+        )
+        .await
+        .unwrap();
+        for generation in 2..40 {
+            let suspended = generation % 2 == 0;
+            runtime
+                .update(spec(suspended), Some(generation))
+                .await
+                .unwrap();
+            if !suspended {
+                // Wait for this connect to finish before the next suspend.
+                let mut states = runtime.watch_state();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    states.wait_for(|s| *s == TransportState::Up),
+                )
+                .await;
+                while runtime.lock().connecting {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        let kept = runtime.lock_tasks().len();
+        assert!(kept <= 3, "{kept} task handles kept after 19 resumes");
+        runtime.pause().await.unwrap();
     }
 }
