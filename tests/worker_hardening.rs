@@ -188,6 +188,34 @@ async fn a_refusal_before_the_body_reaches_a_client_still_sending() {
     assert_ledger(&report);
 }
 
+/// Concurrent PUTs of one new transport (an operator retrying, two replicas during a
+/// handover) start one runtime on its queue: exactly one is answered 201 Created, the others
+/// 200, round after round; and the transport works once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_of_a_new_transport_start_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let worker = WorkerProc::start(dir.path()).await;
+    for round in 0..5 {
+        let name = format!("race-{round}");
+        let puts = (0..8).map(|_| worker.put_transport(&name, spec(&host)));
+        let mut statuses: Vec<u16> = futures::future::join_all(puts)
+            .await
+            .into_iter()
+            .map(|(status, _)| status)
+            .collect();
+        statuses.sort_unstable();
+        assert_eq!(
+            statuses,
+            [200, 200, 200, 200, 200, 200, 200, 201],
+            "round {round}"
+        );
+        let (status, body) = worker.send(&name, r#"{"n":1}"#, None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(host.received().len(), 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_admin_requests_are_refused_with_a_message() {
     let dir = tempfile::tempdir().unwrap();

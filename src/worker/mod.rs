@@ -75,6 +75,10 @@ pub struct Worker {
     stopping: tokio::sync::watch::Sender<bool>,
     transports: RwLock<BTreeMap<String, Arc<TransportRuntime>>>,
     connections: RwLock<BTreeMap<String, Arc<ConnectionRuntime>>>,
+    /// Held from "is it hosted?" to its insert or removal: two PUTs of one new resource must
+    /// not both start a runtime on the same queue and records (admin requests only; ingest
+    /// never takes it).
+    hosting: tokio::sync::Mutex<()>,
     validator: Mutex<ManifestValidator>,
 }
 
@@ -96,6 +100,7 @@ impl Worker {
             stopping: tokio::sync::watch::channel(false).0,
             transports: RwLock::new(BTreeMap::new()),
             connections: RwLock::new(BTreeMap::new()),
+            hosting: tokio::sync::Mutex::new(()),
             validator: Mutex::new(ManifestValidator::new()),
         });
         if rehost {
@@ -110,8 +115,15 @@ impl Worker {
                 if !record.hosted {
                     continue;
                 }
-                let runtime = worker.start(&key, record.spec, record.generation).await?;
-                tracing::info!(transport = %key, state = %runtime.state(), "hosted again after restart");
+                // One that cannot start is left out, as an unreadable record is: the others run.
+                match worker.start(&key, record.spec, record.generation).await {
+                    Ok(runtime) => {
+                        tracing::info!(transport = %key, state = %runtime.state(), "hosted again after restart");
+                    }
+                    Err(e) => {
+                        tracing::error!(transport = %key, error = %e, "cannot host it again after restart; the others are hosted");
+                    }
+                }
             }
             for (key, raw) in worker.store.records(RecordKind::Connection)? {
                 let record: ConnectionRecord = match serde_json::from_slice(&raw) {
@@ -121,11 +133,17 @@ impl Worker {
                         continue;
                     }
                 };
-                if record.hosted {
-                    worker
-                        .start_connection(&key, record.spec, record.generation, record.resolved)
-                        .await?;
-                    tracing::info!(connection = %key, "hosted again after restart");
+                if !record.hosted {
+                    continue;
+                }
+                match worker
+                    .start_connection(&key, record.spec, record.generation, record.resolved)
+                    .await
+                {
+                    Ok(_) => tracing::info!(connection = %key, "hosted again after restart"),
+                    Err(e) => {
+                        tracing::error!(connection = %key, error = %e, "cannot host it again after restart; the others are hosted");
+                    }
                 }
             }
         }
@@ -237,21 +255,31 @@ impl Worker {
     ) -> Result<(Arc<TransportRuntime>, bool), WorkerError> {
         let key = object_key(&transport.metadata, url)?;
         let generation = transport.metadata.generation;
-        if let Some(existing) = self.transport(&key) {
-            existing
-                .update(transport.spec, generation)
-                .await
-                .map_err(|source| WorkerError::Runtime {
-                    key: key.clone(),
-                    source,
-                })?;
-            return Ok((existing, false));
+        // An update needs no lock; a create checks again under it (another PUT may have
+        // created it meanwhile) and inserts before letting go.
+        let mut hosting = None;
+        loop {
+            if let Some(existing) = self.transport(&key) {
+                existing
+                    .update(transport.spec, generation)
+                    .await
+                    .map_err(|source| WorkerError::Runtime {
+                        key: key.clone(),
+                        source,
+                    })?;
+                return Ok((existing, false));
+            }
+            if hosting.is_some() {
+                break;
+            }
+            hosting = Some(self.hosting.lock().await);
         }
         Ok((self.start(&key, transport.spec, generation).await?, true))
     }
 
     /// Stop hosting a transport (DELETE); its queue and record stay on disk.
     pub async fn remove_transport(&self, key: &str) -> Result<bool, WorkerError> {
+        let _hosting = self.hosting.lock().await;
         let Some(runtime) = self.write_transports().remove(key) else {
             return Ok(false);
         };
@@ -338,15 +366,23 @@ impl Worker {
     ) -> Result<(Arc<ConnectionRuntime>, bool), WorkerError> {
         let key = object_key(&connection.metadata, url)?;
         let generation = connection.metadata.generation;
-        if let Some(existing) = self.connection(&key) {
-            existing
-                .update(connection.spec, generation, resolved)
-                .await
-                .map_err(|source| WorkerError::Connection {
-                    key: key.clone(),
-                    source,
-                })?;
-            return Ok((existing, false));
+        // As for transports: an update needs no lock, a create checks again under it.
+        let mut hosting = None;
+        loop {
+            if let Some(existing) = self.connection(&key) {
+                existing
+                    .update(connection.spec, generation, resolved)
+                    .await
+                    .map_err(|source| WorkerError::Connection {
+                        key: key.clone(),
+                        source,
+                    })?;
+                return Ok((existing, false));
+            }
+            if hosting.is_some() {
+                break;
+            }
+            hosting = Some(self.hosting.lock().await);
         }
         let runtime = self
             .start_connection(&key, connection.spec, generation, resolved)
@@ -356,6 +392,7 @@ impl Worker {
 
     /// Stop hosting a connection (DELETE); its watermarks stay on disk.
     pub async fn remove_connection(&self, key: &str) -> Result<bool, WorkerError> {
+        let _hosting = self.hosting.lock().await;
         let removed = self
             .connections
             .write()
