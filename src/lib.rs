@@ -8,6 +8,7 @@ pub mod plugin;
 pub mod sink;
 pub mod source;
 pub mod standalone;
+pub mod store;
 pub mod transport;
 pub mod worker;
 

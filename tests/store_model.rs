@@ -8,7 +8,7 @@
 
 use ferry::{
     api::transport::WhenFull,
-    worker::store::{Limits, NewTxn, Queue, QueueInfo, QueuedTxn, Store, StoreError},
+    store::{Limits, NewTxn, Queue, QueueInfo, QueuedTxn, Store, StoreError},
 };
 use proptest::{prelude::*, sample::Index};
 use std::sync::Arc;

@@ -26,7 +26,7 @@ use crate::{
         ConnectionSpec, ConnectionStatusValue,
         connection::{SyncResult, SyncSet, SyncSetStatus},
     },
-    worker::store::{RecordKind, Store, StoreError},
+    store::{RecordKind, Store, StoreError},
 };
 
 /// Each source or target request may take this long.

@@ -7,7 +7,7 @@
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use futures::StreamExt;
@@ -25,8 +25,8 @@ use crate::api::{
     TransportSpec, TransportState,
     transport::{QueueStatus, Totals},
 };
-use crate::worker::store::{
-    Limits, NewTxn, Queue, QueuedEntry, QueuedTxn, RecordKind, Store, StoreError,
+use crate::store::{
+    Limits, NewTxn, Queue, QueuedEntry, QueuedTxn, RecordKind, Store, StoreError, now_ms,
 };
 
 /// Forwarding reads at most this many queued transactions at a time ...
@@ -164,13 +164,6 @@ pub struct TransportRuntime {
     forward: Notify,
     states: watch::Sender<TransportState>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-}
-
-/// Wall-clock milliseconds since the Unix epoch (what queued transactions record).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl TransportRuntime {

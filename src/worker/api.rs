@@ -13,14 +13,14 @@ use axum::{
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
-use super::store::{self, NewTxn};
 use super::{
     Worker, WorkerError,
     budget::{BudgetError, MemoryBudget, Reservation},
     key, metrics,
     tokens::{Tokens, allowed},
 };
-use crate::transport::runtime::{Outcome, now_ms};
+use crate::store::{self, NewTxn, now_ms};
+use crate::transport::runtime::Outcome;
 
 /// The largest manifest a PUT takes: what the API server takes for an object (3 MiB).
 const MAX_MANIFEST: usize = 3 << 20;
@@ -352,7 +352,7 @@ async fn queue(
         .transport(&key)
         .ok_or_else(|| not_hosted(Kind::Transports, &key))?;
     let report = runtime.report();
-    let now = crate::transport::runtime::now_ms();
+    let now = now_ms();
     let oldest: Vec<Value> = runtime
         .oldest_queued(limit)
         .await

@@ -5,7 +5,6 @@ pub mod budget;
 pub mod linger;
 pub mod metrics;
 pub mod server;
-pub mod store;
 pub mod tokens;
 
 use std::{
@@ -16,6 +15,7 @@ use std::{
 
 use serde_json::Value;
 
+use crate::store::{RecordKind, Store, StoreError};
 use crate::{
     api::{
         Connection, Transport,
@@ -24,7 +24,6 @@ use crate::{
     connection::runtime::{ConnectionError, ConnectionRecord, ConnectionRuntime, Resolved},
     transport::runtime::{Record, RuntimeError, TransportRuntime},
 };
-use store::{RecordKind, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

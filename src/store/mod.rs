@@ -28,6 +28,14 @@ pub use layout::{
 };
 use layout::{FORMAT_KEY, Header, MARKER, META};
 
+/// Wall-clock milliseconds since the Unix epoch: the clock queued transactions are stamped
+/// with, and what their age and time to live are measured against.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Groups larger than this are split, so one commit never holds the writer for long.
 const MAX_GROUP: usize = 4096;
 /// redb's page cache; the default (1 GiB) would dominate the worker's memory.
