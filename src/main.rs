@@ -324,10 +324,22 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
                 Ok(l) => l,
                 Err(code) => return code,
             };
-            match Worker::open(options, true).await {
-                Ok(worker) => serve(worker, listener, tokens, flags.limits()).await,
-                Err(e) => fail(e.to_string()),
+            // Serving at once (healthz ok, readyz 503) while the store opens and the saved
+            // resources are hosted again, which can take long after a crash.
+            let opened = Opened::default();
+            let (failed, open_failed) = tokio::sync::oneshot::channel();
+            {
+                let opened = opened.clone();
+                tokio::spawn(async move {
+                    match Worker::open(options, true).await {
+                        Ok(worker) => opened.set(worker, tokens),
+                        Err(e) => {
+                            let _ = failed.send(e.to_string());
+                        }
+                    }
+                });
             }
+            serve(opened, listener, flags.limits(), open_failed).await
         }
         Command::Standalone {
             manifests,
@@ -380,7 +392,10 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
                     errors.len()
                 ));
             }
-            serve(worker, listener, tokens, flags.limits()).await
+            let opened = Opened::default();
+            opened.set(worker, tokens);
+            let (_never, open_failed) = tokio::sync::oneshot::channel();
+            serve(opened, listener, flags.limits(), open_failed).await
         }
         Command::Operator(args) => {
             match ferry::operator::run::run(args.options(log_format)).await {
@@ -419,24 +434,52 @@ async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, ExitCode> {
         .map_err(|e| fail(format!("cannot listen on {listen}: {e}")))
 }
 
+/// The worker once its store is open, and its HTTP service (what the starting service
+/// hands every request to from then on).
+#[derive(Clone, Default)]
+struct Opened {
+    worker: Arc<std::sync::OnceLock<Arc<Worker>>>,
+    service: Arc<std::sync::OnceLock<api::WorkerService>>,
+}
+
+impl Opened {
+    fn set(&self, worker: Arc<Worker>, tokens: Tokens) {
+        let _ = self.service.set(api::service(worker.clone(), tokens));
+        let _ = self.worker.set(worker);
+    }
+}
+
+/// Serve until a signal (or until the store could not be opened), then save the records.
 async fn serve(
-    worker: Arc<Worker>,
+    opened: Opened,
     listener: tokio::net::TcpListener,
-    tokens: Tokens,
     limits: server::ServerLimits,
+    open_failed: tokio::sync::oneshot::Receiver<String>,
 ) -> ExitCode {
     tracing::info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "worker API listening");
-    let service = api::service(worker.clone(), tokens);
-    let stopping = worker.clone();
-    server::serve(
-        listener,
-        service,
-        limits,
-        ferry::shutdown_signal(),
-        move || stopping.begin_stop(),
-    )
+    let service = ferry::worker::starting::StartingService::new(opened.service.clone());
+    let (failed, why) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        tokio::select! {
+            () = ferry::shutdown_signal() => {}
+            Ok(error) = open_failed => {
+                let _ = failed.send(error);
+            }
+        }
+    };
+    let stopping = opened.worker.clone();
+    server::serve(listener, service, limits, stop, move || {
+        if let Some(worker) = stopping.get() {
+            worker.begin_stop();
+        }
+    })
     .await;
-    worker.shutdown().await;
-    tracing::info!("records saved; stopped");
+    if let Ok(error) = why.await {
+        return fail(error);
+    }
+    if let Some(worker) = opened.worker.get() {
+        worker.shutdown().await;
+        tracing::info!("records saved; stopped");
+    }
     ExitCode::SUCCESS
 }

@@ -5,6 +5,7 @@ pub mod budget;
 pub mod linger;
 pub mod metrics;
 pub mod server;
+pub mod starting;
 pub mod tokens;
 
 use std::{

@@ -264,9 +264,11 @@ impl WorkerProc {
         self.child = Some(child);
         let deadline = Instant::now() + WAIT;
         loop {
+            // Ready: the store is open and the saved resources are hosted again (before
+            // that /healthz already answers, /readyz 503).
             if let Ok(r) = self
                 .http
-                .get(format!("{}/healthz", self.base()))
+                .get(format!("{}/readyz", self.base()))
                 .send()
                 .await
                 && r.status().is_success()
