@@ -276,6 +276,7 @@ fn main() -> ExitCode {
         };
     }
     ferry::logging::init(cli.log_format);
+    ferry::store::install_panic_hook();
     ferry::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -459,11 +460,29 @@ async fn serve(
     tracing::info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "worker API listening");
     let service = ferry::worker::starting::StartingService::new(opened.service.clone());
     let (failed, why) = tokio::sync::oneshot::channel();
+    // A store whose writer failed refuses every write: stop, so the pod restarts on the last
+    // commit, rather than fail every transaction while looking alive.
+    let writer_failed = {
+        let worker = opened.worker.clone();
+        async move {
+            loop {
+                if let Some(worker) = worker.get() {
+                    worker.store().writer_failed().await;
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
     let stop = async move {
         tokio::select! {
             () = ferry::shutdown_signal() => {}
             Ok(error) = open_failed => {
-                let _ = failed.send(error);
+                let _ = failed.send((error, ExitCode::FAILURE));
+            }
+            () = writer_failed => {
+                let error = "the store's writer failed; every write is refused, so the worker stops (it starts again on the last commit)";
+                let _ = failed.send((error.to_owned(), ExitCode::from(70)));
             }
         }
     };
@@ -474,8 +493,9 @@ async fn serve(
         }
     })
     .await;
-    if let Ok(error) = why.await {
-        return fail(error);
+    if let Ok((error, code)) = why.await {
+        eprintln!("ferry: {error}");
+        return code;
     }
     if let Some(worker) = opened.worker.get() {
         worker.shutdown().await;

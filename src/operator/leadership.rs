@@ -26,6 +26,17 @@ pub struct LeaseError {
     source: LeaseManagerError,
 }
 
+/// The Lease's field manager for this replica. It must differ between replicas: the lease
+/// manager takes the lease with a server-side apply, and only a conflict between two field
+/// managers tells a replica that another holds it (with one shared name, two replicas started
+/// together both took it and both led). At most 128 characters, the API server's limit.
+fn field_manager(identity: &str) -> String {
+    format!("{}-{identity}", super::context::FIELD_MANAGER)
+        .chars()
+        .take(128)
+        .collect()
+}
+
 pub struct Leadership {
     leading: watch::Receiver<bool>,
     task: JoinHandle<Result<LeaseManager, LeaseManagerError>>,
@@ -42,7 +53,7 @@ impl Leadership {
             .with_identity(&options.identity)
             .with_duration(LEASE_SECONDS)
             .with_grace(RENEW_BEFORE_SECONDS)
-            .with_field_manager(super::context::FIELD_MANAGER)
+            .with_field_manager(field_manager(&options.identity))
             .build()
             .await
             .map_err(|source| LeaseError {
@@ -73,5 +84,21 @@ impl Leadership {
             Ok(Err(e)) => tracing::warn!(error = %e, "the leader election task failed"),
             Err(_) => tracing::warn!("releasing the leader lease took too long; it will expire"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_replica_applies_the_lease_as_its_own_field_manager() {
+        let (a, b) = (
+            field_manager("ferry-operator-7d9c-abcde"),
+            field_manager("ferry-operator-7d9c-fghij"),
+        );
+        assert_ne!(a, b);
+        assert!(a.starts_with(super::super::context::FIELD_MANAGER), "{a}");
+        assert!(field_manager(&"x".repeat(300)).chars().count() <= 128);
     }
 }

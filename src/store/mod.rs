@@ -190,6 +190,9 @@ enum Work {
     Expire { queue: Arc<Queue>, cutoff_ms: u64 },
     /// Save a transport's or connection's record.
     SaveRecord { key: String, value: Vec<u8> },
+    /// Makes the writer panic: what a bug in it would do.
+    #[cfg(test)]
+    Panic,
 }
 
 impl Work {
@@ -197,6 +200,8 @@ impl Work {
         match self {
             Work::Append { .. } | Work::SaveRecord { .. } => true,
             Work::Remove { .. } | Work::Expire { .. } => false,
+            #[cfg(test)]
+            Work::Panic => false,
         }
     }
 }
@@ -248,6 +253,8 @@ struct Shared {
     db: RwLock<Option<Arc<Database>>>,
     /// The queues handed out, to read their numbers again after a reopen.
     queues: Mutex<Vec<std::sync::Weak<Queue>>>,
+    /// Set when the writer thread failed: every write is refused from then on.
+    writer_failed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -365,6 +372,7 @@ impl Store {
             path: path.clone(),
             db: RwLock::new(Some(Arc::new(db))),
             queues: Mutex::new(Vec::new()),
+            writer_failed: tokio::sync::watch::channel(false).0,
         });
         let (ops, rx) = mpsc::channel();
         let writer_shared = shared.clone();
@@ -373,11 +381,10 @@ impl Store {
             .spawn(move || {
                 let run = std::panic::AssertUnwindSafe(|| writer(&writer_shared, &rx));
                 if std::panic::catch_unwind(run).is_err() {
-                    // Without its writer the store refuses every write from now on: better to
-                    // stop, so the pod restarts on the last commit, than to fail every
-                    // transaction while looking alive.
-                    tracing::error!("the store's writer failed; stopping the process");
-                    std::process::exit(70);
+                    // Without its writer the store refuses every write from now on; the
+                    // process that owns the store decides what to do (`writer_failed`).
+                    tracing::error!("the store's writer failed; every write is refused");
+                    writer_shared.writer_failed.send_replace(true);
                 }
             })
             .map_err(|e| open_err(e.into()))?;
@@ -386,6 +393,14 @@ impl Store {
             thread: Some(thread),
         });
         Ok(Self { writer, shared })
+    }
+
+    /// Resolves when the writer thread has failed (a bug: redb or ferry panicked while
+    /// writing). The store refuses every write from then on: a worker should stop, so its pod
+    /// restarts on the last commit, rather than fail every transaction while looking alive.
+    pub async fn writer_failed(&self) {
+        let mut failed = self.shared.writer_failed.subscribe();
+        let _ = failed.wait_for(|failed| *failed).await;
     }
 
     /// The queue of a transport (`namespace/name`), with its numbers read from disk.
@@ -597,17 +612,36 @@ impl Store {
     }
 }
 
+thread_local! {
+    /// Set while this thread opens a file whose damage may make redb panic (caught there).
+    static EXPECTING_PANIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The process's panic hook, installed once by the binary at its start: a panic the store
+/// catches and reports itself (redb's assertion while opening a damaged file, on the thread
+/// opening it) prints nothing, so a damaged store is one clear line; any other panic is
+/// printed by the hook that was there before.
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !EXPECTING_PANIC.with(std::cell::Cell::get) {
+            previous(info);
+        }
+    }));
+}
+
 /// Open an existing file. redb panics on some damage (a truncated file fails an assertion), so
-/// the panic is caught and reported as damage, without the panic's own message.
+/// the panic is caught and reported as damage.
 fn open_existing(path: &Path) -> Result<Database, StoreError> {
     let damaged = |reason: String| StoreError::Damaged {
         path: path.to_owned(),
         reason,
     };
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    // The process-wide hook is never swapped here (that would silence other threads' panics
+    // meanwhile): this thread says it expects one, and `install_panic_hook` keeps it quiet.
+    EXPECTING_PANIC.with(|expecting| expecting.set(true));
     let opened = std::panic::catch_unwind(|| Shared::open(path));
-    std::panic::set_hook(hook);
+    EXPECTING_PANIC.with(|expecting| expecting.set(false));
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::InUse {
@@ -720,6 +754,11 @@ fn writer(shared: &Shared, ops: &mpsc::Receiver<Op>) {
             }
         }
         let (works, waiters): (Vec<Work>, Vec<Waiter>) = group.into_iter().unzip();
+        #[cfg(test)]
+        assert!(
+            !works.iter().any(|w| matches!(w, Work::Panic)),
+            "a test made the writer fail"
+        );
         let db = match shared.db() {
             Ok(db) => db,
             Err(e) => {
@@ -845,6 +884,8 @@ fn apply(
                 .map_err(StoreError::disk)?;
             Ok(Answer::Saved)
         }
+        #[cfg(test)]
+        Work::Panic => unreachable!("the writer fails before it commits"),
     })
 }
 
@@ -1181,6 +1222,24 @@ mod tests {
             Ok(_) => panic!("the store opened"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// A writer that fails (a bug) refuses every write from then on and says so through
+    /// `writer_failed`; the process is not ended from inside the library (this test would
+    /// not finish if it were).
+    #[tokio::test]
+    async fn a_failed_writer_is_reported_not_an_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let failed = store.call(Work::Panic, Waiter::Saved).await;
+        assert!(failed.is_err());
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.writer_failed())
+            .await
+            .expect("the failure is reported");
+        let refused = store
+            .save_record(RecordKind::Transport, "plant-a/erp", b"{}".to_vec())
+            .await;
+        assert!(refused.is_err(), "no write after the writer failed");
     }
 
     /// A store another open holds is in use, not damaged: the message says nothing is wrong
