@@ -87,11 +87,23 @@ pub fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
+/// Run store work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::ReadTask(Arc::new(e))))
+}
+
 impl Worker {
     /// Open the store. With `rehost`, every transport the store was hosting before the
     /// restart is hosted again at once (T8), before any desired state arrives.
     pub async fn open(options: WorkerOptions, rehost: bool) -> Result<Arc<Self>, WorkerError> {
-        let store = Store::open(&options.data_dir)?;
+        // Opening (recovery after a crash) and reading every record are disk work: on the
+        // blocking pool, not on the threads that serve requests.
+        let dir = options.data_dir.clone();
+        let store = blocking(move || Store::open(&dir)).await?;
         let worker = Arc::new(Self {
             store,
             public_url: options.public_url.trim_end_matches('/').to_owned(),
@@ -104,7 +116,9 @@ impl Worker {
             validator: Mutex::new(ManifestValidator::new()),
         });
         if rehost {
-            for (key, raw) in worker.store.records(RecordKind::Transport)? {
+            let store = worker.store.clone();
+            let transports = blocking(move || store.records(RecordKind::Transport)).await?;
+            for (key, raw) in transports {
                 let record: Record = match serde_json::from_slice(&raw) {
                     Ok(r) => r,
                     Err(e) => {
@@ -125,7 +139,9 @@ impl Worker {
                     }
                 }
             }
-            for (key, raw) in worker.store.records(RecordKind::Connection)? {
+            let store = worker.store.clone();
+            let connections = blocking(move || store.records(RecordKind::Connection)).await?;
+            for (key, raw) in connections {
                 let record: ConnectionRecord = match serde_json::from_slice(&raw) {
                     Ok(r) => r,
                     Err(e) => {
@@ -255,26 +271,49 @@ impl Worker {
     ) -> Result<(Arc<TransportRuntime>, bool), WorkerError> {
         let key = object_key(&transport.metadata, url)?;
         let generation = transport.metadata.generation;
-        // An update needs no lock; a create checks again under it (another PUT may have
-        // created it meanwhile) and inserts before letting go.
-        let mut hosting = None;
-        loop {
-            if let Some(existing) = self.transport(&key) {
+        let key = &key;
+        self.update_or_start(
+            transport.spec,
+            || self.transport(key),
+            |existing, spec| async move {
                 existing
-                    .update(transport.spec, generation)
+                    .update(spec, generation)
                     .await
                     .map_err(|source| WorkerError::Runtime {
                         key: key.clone(),
                         source,
-                    })?;
-                return Ok((existing, false));
-            }
-            if hosting.is_some() {
-                break;
-            }
-            hosting = Some(self.hosting.lock().await);
+                    })
+            },
+            |spec| self.start(key, spec, generation),
+        )
+        .await
+    }
+
+    /// Update the hosted runtime `hosted()` finds with `desired`, or start one with it. An
+    /// update needs no lock; a start checks again under the hosting lock (another PUT may have
+    /// started it meanwhile) and is inserted before the lock goes. Answers the runtime and
+    /// whether it was started.
+    async fn update_or_start<R, D, Updated, Started>(
+        &self,
+        desired: D,
+        hosted: impl Fn() -> Option<Arc<R>>,
+        update: impl FnOnce(Arc<R>, D) -> Updated,
+        start: impl FnOnce(D) -> Started,
+    ) -> Result<(Arc<R>, bool), WorkerError>
+    where
+        Updated: Future<Output = Result<(), WorkerError>>,
+        Started: Future<Output = Result<Arc<R>, WorkerError>>,
+    {
+        if let Some(existing) = hosted() {
+            update(existing.clone(), desired).await?;
+            return Ok((existing, false));
         }
-        Ok((self.start(&key, transport.spec, generation).await?, true))
+        let _hosting = self.hosting.lock().await;
+        if let Some(existing) = hosted() {
+            update(existing.clone(), desired).await?;
+            return Ok((existing, false));
+        }
+        Ok((start(desired).await?, true))
     }
 
     /// Stop hosting a transport (DELETE); its queue and record stay on disk.
@@ -366,28 +405,22 @@ impl Worker {
     ) -> Result<(Arc<ConnectionRuntime>, bool), WorkerError> {
         let key = object_key(&connection.metadata, url)?;
         let generation = connection.metadata.generation;
-        // As for transports: an update needs no lock, a create checks again under it.
-        let mut hosting = None;
-        loop {
-            if let Some(existing) = self.connection(&key) {
+        let key = &key;
+        self.update_or_start(
+            (connection.spec, resolved),
+            || self.connection(key),
+            |existing, (spec, resolved)| async move {
                 existing
-                    .update(connection.spec, generation, resolved)
+                    .update(spec, generation, resolved)
                     .await
                     .map_err(|source| WorkerError::Connection {
                         key: key.clone(),
                         source,
-                    })?;
-                return Ok((existing, false));
-            }
-            if hosting.is_some() {
-                break;
-            }
-            hosting = Some(self.hosting.lock().await);
-        }
-        let runtime = self
-            .start_connection(&key, connection.spec, generation, resolved)
-            .await?;
-        Ok((runtime, true))
+                    })
+            },
+            |(spec, resolved)| self.start_connection(key, spec, generation, resolved),
+        )
+        .await
     }
 
     /// Stop hosting a connection (DELETE); its watermarks stay on disk.
