@@ -1053,6 +1053,55 @@ async fn the_plugin_stops_and_starts_a_connection() {
     );
 }
 
+/// A newcomer's first hour on a cluster: `kubectl explain` shows each field's default and
+/// bounds; with no operator running, `kubectl ferry status` and a `--wait` say that no
+/// operator has written a status and where to look, instead of an empty message; once the
+/// operator runs, the same resource gets its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_is_told_what_is_missing() {
+    let Some(env) = env("a_newcomer_is_told_what_is_missing") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "newcomer").await;
+    let explained = cluster
+        .kubectl(&["explain", "transport.spec.storeAndForward"])
+        .expect("kubectl explain");
+    for shown in [
+        "Default: 1h.",
+        "Must be at least 1s.",
+        "Default: DropOldest.",
+    ] {
+        assert!(explained.contains(shown), "{shown} in:\n{explained}");
+    }
+
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    cluster.apply(&transport_yaml("erp", &host, "Delete"));
+    let table = kubectl_ferry(&cluster, &["status"]);
+    assert!(
+        table.contains("no ferry operator has written one"),
+        "{table}"
+    );
+    let waited = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+        .args(["-n", cluster.namespace.as_str()])
+        .args(["suspend", "transport", "erp", "--wait", "--timeout", "3s"])
+        .env("KUBECONFIG", &cluster.env.kubeconfig)
+        .output()
+        .expect("kubectl-ferry runs");
+    let said = String::from_utf8_lossy(&waited.stderr);
+    assert!(!waited.status.success(), "{said}");
+    assert!(said.contains("no ferry operator has written one"), "{said}");
+    assert!(said.contains("docs/troubleshooting.md#no-status"), "{said}");
+    assert!(!said.contains("Status {"), "one readable line: {said}");
+
+    let _operator = cluster.operator(&[]);
+    cluster
+        .wait_transport("erp", "Suspended once an operator runs", |s| {
+            s["state"] == "Suspended" && ready(s) == "True"
+        })
+        .await;
+}
+
 /// What an operator of a queue uses during an incident, on a real cluster: a transport whose
 /// host is gone holds three transactions; `kubectl ferry queue transport` lists them oldest
 /// first (ids and sizes, no payloads) through the worker's admin API, `kubectl ferry logs`
