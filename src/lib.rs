@@ -10,6 +10,7 @@ pub mod source;
 pub mod standalone;
 pub mod store;
 pub mod transport;
+pub mod wire;
 pub mod worker;
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends a pod).

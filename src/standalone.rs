@@ -19,11 +19,12 @@ use crate::{
         validate::{ManifestValidator, Resource},
     },
     connection::{
-        runtime::{ConnectionRuntime, Resolved, ResolvedTransport, Startup},
+        runtime::ConnectionRuntime,
         startup_queue::{Look, StartupQueue},
     },
     transport::runtime::TransportRuntime,
-    worker::{Worker, key},
+    wire::{self, Resolved, ResolvedTransport, Startup, key},
+    worker::Worker,
 };
 
 /// Used when no `--manifests` are given: a transport delivering to `ferry sink`'s default
@@ -293,10 +294,7 @@ impl Standalone {
             .iter()
             .filter_map(|s| s.target.transport.as_ref())
         {
-            if let Some(runtime) = self
-                .worker
-                .transport(&super::worker::key(namespace, &target.name))
-            {
+            if let Some(runtime) = self.worker.transport(&wire::key(namespace, &target.name)) {
                 transports.insert(
                     target.name.clone(),
                     ResolvedTransport {

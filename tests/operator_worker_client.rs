@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{TestHost, WorkerProc, spec};
 use ferry::{
     operator::worker_client::{WorkerCallError, WorkerClient, WorkerPod},
-    transport::runtime::TransportReport,
+    wire::TransportReport,
 };
 use serde_json::json;
 

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::watermark::{SourceRecord, Watermark};
 use crate::api::connection::{HttpMethod, HttpSource, HttpTarget};
+use crate::wire;
 
 /// Most pages one fetch follows (a source that links to itself must not loop forever).
 const MAX_PAGES: usize = 1000;
@@ -328,10 +329,10 @@ impl Target for TransportTargetDriver {
                 .client
                 .post(&self.endpoint)
                 .timeout(self.timeout)
-                .header("Ferry-Transaction-Id", transaction_id(key, record))
+                .header(wire::TRANSACTION_ID_HEADER, transaction_id(key, record))
                 .json(&record.body);
             if let Some(token) = &self.token {
-                request = request.header("Ferry-Token", token);
+                request = request.header(wire::TOKEN_HEADER, token);
             }
             let fail = |m: String| DriverError::Target(format!("transport {}: {m}", self.name));
             let response = request
@@ -383,7 +384,7 @@ impl Target for HttpTargetDriver {
             };
             let response = request
                 .timeout(self.timeout)
-                .header("Ferry-Transaction-Id", transaction_id(key, record))
+                .header(wire::TRANSACTION_ID_HEADER, transaction_id(key, record))
                 .json(&record.body)
                 .send()
                 .await

@@ -27,6 +27,7 @@ use crate::{
         connection::{SyncResult, SyncSet, SyncSetStatus},
     },
     store::{RecordKind, Store, StoreError},
+    wire::{ConnectionReport, Resolved, Startup},
 };
 
 /// Each source or target request may take this long.
@@ -39,34 +40,6 @@ const SAVE_EVERY: u64 = 100;
 /// records in change order except within a window, where they may arrive in any order.
 pub const SYNC_WINDOW: usize = 32;
 
-/// What the operator (or standalone mode) looked up for the worker: each target transport's
-/// ingest endpoint and token, and whether the connection may start (the startup queue).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Resolved {
-    #[serde(default)]
-    pub transports: BTreeMap<String, ResolvedTransport>,
-    #[serde(default)]
-    pub startup: Startup,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ResolvedTransport {
-    pub endpoint: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Startup {
-    /// False while the connection waits in the startup queue.
-    pub admitted: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub position: Option<u32>,
-}
-
 /// Where the startup queue has put a connection (`None`: not in the queue, free to run).
 impl From<Option<Admission>> for Startup {
     fn from(admission: Option<Admission>) -> Self {
@@ -76,15 +49,6 @@ impl From<Option<Admission>> for Startup {
                 position: Some(position),
             },
             Some(Admission::Starting) | None => Self::default(),
-        }
-    }
-}
-
-impl Default for Startup {
-    fn default() -> Self {
-        Self {
-            admitted: true,
-            position: None,
         }
     }
 }
@@ -119,23 +83,6 @@ pub struct ConnectionRecord {
 
 fn yes() -> bool {
     true
-}
-
-/// The runtime report: the status value the worker derives on its own (C2–C6: all but C1) and
-/// the fields of the resource's status.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectionReport {
-    pub status: ConnectionStatusValue,
-    pub reason: String,
-    pub message: String,
-    pub observed_generation: Option<i64>,
-    pub iteration: u64,
-    pub startup_queue_position: Option<u32>,
-    pub sync_sets: Vec<SyncSetStatus>,
-    /// The iteration number when the connection was last (re)started: a sync-set whose last
-    /// completed iteration is above it has completed since.
-    pub started_iteration: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

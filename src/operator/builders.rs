@@ -35,7 +35,7 @@ use crate::api::{
 };
 
 /// The worker's port, in the pod and on the Service.
-pub const WORKER_PORT: u16 = 8080;
+pub const WORKER_PORT: u16 = crate::wire::PORT;
 const DATA_DIR: &str = "/var/lib/ferry";
 const TOKENS_DIR: &str = "/etc/ferry/tokens";
 /// The distroless "nonroot" user.

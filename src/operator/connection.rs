@@ -28,10 +28,10 @@ use super::{
 use crate::{
     api::{Connection, ConnectionStatus, Transport},
     connection::{
-        runtime::{ConnectionReport, Resolved, ResolvedTransport, Startup},
         startup_queue::{Look, QueueCounts, StartupQueue, ends_startup},
         status::OperatorPhase,
     },
+    wire::{self, ConnectionReport, Resolved, ResolvedTransport, Startup},
 };
 
 /// What the connection reconciler keeps across reconciles, besides the shared context.
@@ -347,9 +347,9 @@ async fn resolve_targets(
             target.name.clone(),
             ResolvedTransport {
                 endpoint: format!(
-                    "{}/v1/transports/{namespace}/{}/transactions",
+                    "{}{}",
                     owner.service_url(),
-                    target.name
+                    wire::transactions_path(&wire::key(namespace, &target.name))
                 ),
                 token,
             },
@@ -442,7 +442,10 @@ async fn push(
         "spec": connection.spec,
         "resolved": resolved,
     });
-    let path = format!("/v1/connections/{namespace}/{}", connection.name_any());
+    let path = wire::resource_path(
+        wire::Kind::Connections,
+        &wire::key(&namespace, &connection.name_any()),
+    );
     ctx.workers
         .put::<ConnectionReport>(target, &path, &manifest)
         .await

@@ -27,9 +27,6 @@ use super::{
 };
 use crate::api::validate::ManifestValidator;
 
-/// The reason of the Ready condition of an unreadable object.
-pub const REASON: &str = "InvalidSpec";
-
 /// Reconcile a readable object with `reconcile`; report an unreadable one.
 pub async fn reconcile_guarded<K, F, Fut>(
     guarded: Arc<DeserializeGuard<K>>,
@@ -131,16 +128,10 @@ where
         uid: meta.uid.clone(),
         ..Default::default()
     };
-    ctx.events.publish(&reference, true, REASON, message).await;
+    ctx.events
+        .publish(&reference, true, status::INVALID_SPEC, message)
+        .await;
     Ok(Action::await_change())
-}
-
-/// The readable objects of a guarded cache or list.
-pub fn readable<K: Clone>(guarded: &[Arc<DeserializeGuard<K>>]) -> Vec<K> {
-    guarded
-        .iter()
-        .filter_map(|g| g.0.as_ref().ok().cloned())
-        .collect()
 }
 
 #[cfg(test)]
@@ -237,7 +228,7 @@ mod tests {
     fn assert_names_the_field(event: &Value) {
         assert_eq!(
             (event["type"].as_str(), event["reason"].as_str()),
-            (Some("Warning"), Some(REASON))
+            (Some("Warning"), Some(status::INVALID_SPEC))
         );
         assert!(
             event["note"]
@@ -268,7 +259,7 @@ mod tests {
         let ready = &condition("Ready");
         assert_eq!(
             (ready["status"].as_str(), ready["reason"].as_str()),
-            (Some("False"), Some(REASON))
+            (Some("False"), Some(status::INVALID_SPEC))
         );
         assert!(
             ready["message"]

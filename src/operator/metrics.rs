@@ -251,8 +251,8 @@ impl Collector for LiveCollector {
 
 /// Transports by state and Connections by status, from the caches.
 fn resource_rows(caches: &Caches) -> Vec<(&'static str, Vec<(&'static str, i64)>)> {
-    let transports = super::guard::readable(&caches.transports.state());
-    let connections = super::guard::readable(&caches.connections.state());
+    let transports = super::readable(&caches.transports.state());
+    let connections = super::readable(&caches.connections.state());
     vec![
         (
             "Transport",

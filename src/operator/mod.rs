@@ -44,3 +44,11 @@ impl<K> NamespacedObject for K where
         + 'static
 {
 }
+
+/// The readable objects of a guarded cache or list.
+pub fn readable<K: Clone>(guarded: &[std::sync::Arc<kube::core::DeserializeGuard<K>>]) -> Vec<K> {
+    guarded
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .collect()
+}

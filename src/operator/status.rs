@@ -13,12 +13,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::{
     api::{ConnectionStatus, ConnectionStatusValue, TransportState, TransportStatus},
-    connection::{
-        runtime::ConnectionReport,
-        status::{self, Inputs, OperatorPhase, SyncSetView, WorkerView},
-    },
-    transport::runtime::TransportReport,
+    connection::status::{self, Inputs, OperatorPhase, SyncSetView, WorkerView},
+    wire::{ConnectionReport, TransportReport},
 };
+
+/// The reason of the Ready condition of an object ferry cannot read (the guard's).
+pub const INVALID_SPEC: &str = "InvalidSpec";
 
 /// A condition to set: type, whether it holds, a PascalCase reason and a message.
 struct Set<'a>(&'a str, bool, &'a str, String);
@@ -60,7 +60,7 @@ fn set_conditions(
 /// (the object, a name, a quota, a missing target, the source or target a sync-set failed on).
 /// kstatus reads `Stalled=True` as Failed; every other not-ready resource is `Reconciling`.
 pub const STALLED_REASONS: [&str; 5] = [
-    super::guard::REASON,
+    INVALID_SPEC,
     "NameConflict",
     "WorkerObjectsRefused",
     "InvalidConfiguration",
@@ -187,13 +187,7 @@ pub fn invalid_spec(
     why: &str,
     now: Time,
 ) -> Vec<Condition> {
-    not_applied(
-        previous,
-        generation,
-        super::guard::REASON,
-        why.to_owned(),
-        now,
-    )
+    not_applied(previous, generation, INVALID_SPEC, why.to_owned(), now)
 }
 
 fn not_applied(

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     api::{Transport, TransportStatus},
-    transport::runtime::TransportReport,
+    wire::{self, TransportReport},
 };
 
 pub async fn reconcile_transport(
@@ -85,7 +85,10 @@ async fn push(
     ctx: &Context,
 ) -> Result<TransportReport, String> {
     let key = pushed_key(namespace, transport);
-    let path = format!("/v1/transports/{namespace}/{}", transport.name_any());
+    let path = wire::resource_path(
+        wire::Kind::Transports,
+        &wire::key(&namespace, &transport.name_any()),
+    );
     let wanted = (transport.metadata.generation, pod_uid);
     let fresh = ctx.pushed().get(&key) == Some(&wanted);
     if fresh {

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::builders::WORKER_PORT;
+use crate::wire;
 
 /// `--worker-access`
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -139,7 +140,7 @@ impl WorkerClient {
                 let mut request = Request::builder()
                     .method(method)
                     .uri(proxy_path(worker, path))
-                    .header("Ferry-Token", &worker.admin_token);
+                    .header(wire::TOKEN_HEADER, &worker.admin_token);
                 if body.is_some() {
                     request = request.header("Content-Type", "application/json");
                 }
@@ -167,7 +168,7 @@ impl WorkerClient {
                 let mut request = self
                     .http
                     .request(method, direct_url(ip, path))
-                    .header("Ferry-Token", &worker.admin_token);
+                    .header(wire::TOKEN_HEADER, &worker.admin_token);
                 if let Some(body) = body {
                     request = request.json(body);
                 }

@@ -632,7 +632,9 @@ mod tests {
     fn an_empty_queue_has_no_table() {
         let out = worker::render_queue(
             "Transport plant-a/erp",
-            &json!({"state": "Up", "messages": 0, "bytes": 0, "oldest": []}),
+            &serde_json::from_value(json!({"transport": "plant-a/erp", "state": "Up",
+                "messages": 0, "bytes": 0, "oldestAgeSeconds": 0, "oldest": []}))
+            .unwrap(),
         );
         assert_eq!(
             out,

@@ -168,7 +168,7 @@ pub fn unreadable_row(kind: &'static str, raw: &Value, error: &serde_json::Error
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .find(|c| c["type"] == "Ready" && c["reason"] == crate::operator::guard::REASON)
+        .find(|c| c["type"] == "Ready" && c["reason"] == crate::operator::status::INVALID_SPEC)
         .and_then(|c| c["message"].as_str());
     Row {
         namespace: text("/metadata/namespace").to_owned(),

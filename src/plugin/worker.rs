@@ -6,7 +6,6 @@ use std::{io::Write, time::Duration};
 use futures::{AsyncBufReadExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, api::LogParams};
-use serde_json::Value;
 
 use super::{
     PluginError, ResourceKind,
@@ -20,6 +19,7 @@ use crate::{
         worker_objects::tokens_of,
         worker_pod::pod_name,
     },
+    wire::{self, QueueListing},
 };
 
 /// How long the worker may take to answer through the API server.
@@ -102,25 +102,26 @@ pub async fn queue(
         pod_ip,
         admin_token: tokens.admin,
     };
-    let path = format!("/v1/transports/{namespace}/{name}/queue?limit={limit}");
-    let answer: Value = workers
+    let path = format!(
+        "{}?limit={limit}",
+        wire::queue_path(&wire::key(namespace, name))
+    );
+    let answer: QueueListing = workers
         .get(&pod, &path)
         .await
         .map_err(|e| no_worker(e.to_string()))?;
     if json {
-        return Ok(serde_json::to_string_pretty(&answer).unwrap_or_else(|_| answer.to_string()));
+        return Ok(serde_json::to_string_pretty(&answer).unwrap_or_else(|e| e.to_string()));
     }
     Ok(render_queue(&what, &answer))
 }
 
 /// The worker's answer as a short report and a table of the oldest transactions.
-pub fn render_queue(what: &str, answer: &Value) -> String {
-    let number = |v: &Value| v.as_u64().unwrap_or(0);
-    let messages = number(&answer["messages"]);
+pub fn render_queue(what: &str, answer: &QueueListing) -> String {
+    let messages = answer.messages;
     let mut out = format!(
         "{what}: {}\nqueue: {messages} transactions, {} bytes",
-        answer["state"].as_str().unwrap_or("unknown state"),
-        number(&answer["bytes"]),
+        answer.state, answer.bytes,
     );
     if messages == 0 {
         out.push_str(", empty\n");
@@ -128,23 +129,22 @@ pub fn render_queue(what: &str, answer: &Value) -> String {
     }
     out.push_str(&format!(
         ", oldest {} old\n",
-        format_age(number(&answer["oldestAgeSeconds"]))
+        format_age(answer.oldest_age_seconds)
     ));
-    let oldest = answer["oldest"].as_array().cloned().unwrap_or_default();
     let mut lines = vec![["#", "ID", "BYTES", "AGE"].map(str::to_owned).to_vec()];
-    lines.extend(oldest.iter().enumerate().map(|(i, e)| {
+    lines.extend(answer.oldest.iter().enumerate().map(|(i, e)| {
         vec![
             (i + 1).to_string(),
-            e["id"].as_str().unwrap_or("").to_owned(),
-            number(&e["bytes"]).to_string(),
-            format_age(number(&e["ageSeconds"])),
+            e.id.clone(),
+            e.bytes.to_string(),
+            format_age(e.age_seconds),
         ]
     }));
     out.push_str(&columns(&lines, 0));
-    if (oldest.len() as u64) < messages {
+    if (answer.oldest.len() as u64) < messages {
         out.push_str(&format!(
             "(the oldest {} of {messages}; --limit shows more)\n",
-            oldest.len()
+            answer.oldest.len()
         ));
     }
     out

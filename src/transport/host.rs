@@ -13,6 +13,7 @@ use hyper_util::{
 use reqwest::Url;
 
 use crate::api::transport::Host;
+use crate::wire;
 
 /// The most of a host's answer body that is read (a rejection's reason shows its start).
 const MAX_ANSWER_BYTES: usize = 64 << 10;
@@ -146,8 +147,8 @@ impl HostClient {
     /// POST one transaction; the payload goes as is, with its content type.
     pub async fn deliver(&self, id: &str, content_type: Option<&str>, payload: Bytes) -> Delivery {
         let mut request = Request::post(self.uri.clone())
-            .header("ferry-transaction-id", id)
-            .header("ferry-transport", self.transport.clone());
+            .header(wire::TRANSACTION_ID_HEADER, id)
+            .header(wire::TRANSPORT_HEADER, self.transport.clone());
         if let Some(ct) = content_type {
             request = request.header(header::CONTENT_TYPE, ct);
         }

@@ -28,6 +28,7 @@ use crate::api::{
 use crate::store::{
     Limits, NewTxn, Queue, QueuedEntry, QueuedTxn, RecordKind, Store, StoreError, now_ms,
 };
+use crate::wire::{IngestResult, Outcome, TransportReport};
 
 /// Forwarding reads at most this many queued transactions at a time ...
 const FORWARD_BATCH: usize = 1024;
@@ -73,35 +74,6 @@ pub struct DirectTotals {
     /// Failed without being stored (suspended or unreachable without S&F, rejected by the
     /// host, not storable).
     pub failed: u64,
-}
-
-/// The answer to one ingest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct IngestResult {
-    pub id: String,
-    pub outcome: Outcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub state: TransportState,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Delivered,
-    Stored,
-    Failed,
-}
-
-/// The runtime report: the field names of the resource's status.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TransportReport {
-    pub state: TransportState,
-    pub observed_generation: Option<i64>,
-    pub queue: QueueStatus,
-    pub totals: Totals,
-    pub endpoint: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -16,11 +16,13 @@ use serde_json::{Value, json};
 use super::{
     Worker, WorkerError,
     budget::{BudgetError, MemoryBudget, Reservation},
-    key, metrics,
+    metrics,
     tokens::{Tokens, allowed},
 };
 use crate::store::{self, NewTxn, now_ms};
-use crate::transport::runtime::Outcome;
+use crate::wire::{
+    self, DEFAULT_QUEUE_LISTING, Kind, MAX_QUEUE_LISTING, Outcome, QueueListing, QueuedSummary, key,
+};
 
 /// The largest manifest a PUT takes: what the API server takes for an object (3 MiB).
 const MAX_MANIFEST: usize = 3 << 20;
@@ -153,14 +155,11 @@ fn routes(app: App) -> Router {
             "/v1/{kind}/{namespace}/{name}",
             put(put_resource).get(get_resource).delete(delete_resource),
         )
-        .route(
-            "/v1/transports/{namespace}/{name}/transactions",
-            post(ingest),
-        )
-        .route("/v1/transports/{namespace}/{name}/queue", get(queue))
-        .route("/metrics", get(serve_metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route(&wire::transactions_path("{namespace}/{name}"), post(ingest))
+        .route(&wire::queue_path("{namespace}/{name}"), get(queue))
+        .route(wire::METRICS, get(serve_metrics))
+        .route(wire::HEALTHZ, get(|| async { "ok" }))
+        .route(wire::READYZ, get(|| async { "ok" }))
         .fallback(|| async { no_route() })
         .with_state(app)
 }
@@ -180,23 +179,6 @@ fn unauthorized(which: &str) -> ApiError {
             "this route needs the {which} token, as 'Authorization: Bearer <token>' or 'Ferry-Token: <token>'"
         ),
     )
-}
-
-/// The two kinds of hosted resource, as the routes name them.
-#[derive(Clone, Copy, Debug, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Kind {
-    Transports,
-    Connections,
-}
-
-impl Kind {
-    fn singular(self) -> &'static str {
-        match self {
-            Kind::Transports => "transport",
-            Kind::Connections => "connection",
-        }
-    }
 }
 
 type ResourcePath = Result<Path<(Kind, String, String)>, PathRejection>;
@@ -316,9 +298,6 @@ async fn delete_resource(State(app): State<App>, path: ResourcePath, headers: He
     Ok(Json(json!({ "message": message })).into_response())
 }
 
-/// How many queued transactions `GET .../queue` lists at most (`?limit=`, 10 by default).
-pub const MAX_QUEUE_LISTING: usize = 100;
-
 #[derive(serde::Deserialize)]
 struct QueueQuery {
     limit: Option<usize>,
@@ -334,7 +313,7 @@ async fn queue(
 ) -> Answer {
     admin(&app, &headers)?;
     let limit = match query {
-        Ok(q) => q.0.limit.unwrap_or(10),
+        Ok(q) => q.0.limit.unwrap_or(DEFAULT_QUEUE_LISTING),
         Err(_) => {
             return Err(bad_request(format!(
                 "limit: must be a number from 0 to {MAX_QUEUE_LISTING}"
@@ -346,36 +325,34 @@ async fn queue(
             "limit: {limit} is more than {MAX_QUEUE_LISTING}"
         )));
     }
-    let key = crate::worker::key(&namespace, &name);
+    let key = key(&namespace, &name);
     let runtime = app
         .worker
         .transport(&key)
         .ok_or_else(|| not_hosted(Kind::Transports, &key))?;
     let report = runtime.report();
     let now = now_ms();
-    let oldest: Vec<Value> = runtime
+    let oldest = runtime
         .oldest_queued(limit)
         .await
         .map_err(WorkerError::from)?
         .into_iter()
-        .map(|e| {
-            json!({
-                "id": e.id,
-                "bytes": e.bytes,
-                "contentType": e.content_type,
-                "receivedMs": e.received_ms,
-                "ageSeconds": now.saturating_sub(e.received_ms) / 1000,
-            })
+        .map(|e| QueuedSummary {
+            age_seconds: now.saturating_sub(e.received_ms) / 1000,
+            id: e.id,
+            bytes: e.bytes,
+            content_type: e.content_type,
+            received_ms: e.received_ms,
         })
         .collect();
-    Ok(Json(json!({
-        "transport": key,
-        "state": report.state,
-        "messages": report.queue.messages,
-        "bytes": report.queue.bytes,
-        "oldestAgeSeconds": report.queue.oldest_age_seconds,
-        "oldest": oldest,
-    }))
+    Ok(Json(QueueListing {
+        transport: key,
+        state: report.state,
+        messages: report.queue.messages,
+        bytes: report.queue.bytes,
+        oldest_age_seconds: report.queue.oldest_age_seconds,
+        oldest,
+    })
     .into_response())
 }
 
@@ -403,7 +380,7 @@ async fn ingest_transaction(
         .worker
         .transport(&key)
         .ok_or_else(|| not_hosted(Kind::Transports, &key))?;
-    let id = match headers.get("ferry-transaction-id") {
+    let id = match headers.get(wire::TRANSACTION_ID_HEADER) {
         Some(v) => v
             .to_str()
             .ok()

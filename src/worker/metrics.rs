@@ -51,7 +51,7 @@ impl Collector for TransportCollector {
             }
         }
 
-        type Gauge = fn(&crate::transport::runtime::TransportReport) -> u64;
+        type Gauge = fn(&crate::wire::TransportReport) -> u64;
         let gauges: [(&str, &str, Gauge); 3] = [
             (
                 "ferry_transport_queue_messages",

@@ -22,8 +22,9 @@ use crate::{
         Connection, Transport,
         validate::{InvalidManifest, ManifestValidator, Resource},
     },
-    connection::runtime::{ConnectionError, ConnectionRecord, ConnectionRuntime, Resolved},
+    connection::runtime::{ConnectionError, ConnectionRecord, ConnectionRuntime},
     transport::runtime::{Record, RuntimeError, TransportRuntime},
+    wire::{self, Resolved, key},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -80,11 +81,6 @@ pub struct Worker {
     /// never takes it).
     hosting: tokio::sync::Mutex<()>,
     validator: Mutex<ManifestValidator>,
-}
-
-/// `namespace/name`, the key of a hosted resource.
-pub fn key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
 }
 
 /// Run store work on the blocking pool.
@@ -187,7 +183,7 @@ impl Worker {
     }
 
     fn endpoint(&self, key: &str) -> String {
-        format!("{}/v1/transports/{key}/transactions", self.public_url)
+        format!("{}{}", self.public_url, wire::transactions_path(key))
     }
 
     async fn start(

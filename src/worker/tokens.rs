@@ -59,7 +59,7 @@ pub struct Tokens {
 pub fn allowed(token: Option<&Token>, headers: &HeaderMap) -> bool {
     let Some(token) = token else { return true };
     let given = headers
-        .get("ferry-token")
+        .get(crate::wire::TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .or_else(|| {
             headers

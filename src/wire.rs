@@ -1,0 +1,197 @@
+//! The worker's HTTP contract (docs/worker-api.md): its paths, headers and the JSON bodies
+//! the worker answers with and takes beside a manifest. The worker serves it; the operator,
+//! the plugin, standalone mode and connections that target a transport speak it. It depends on
+//! the resource types alone, so every side compiles against the same shapes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{
+    ConnectionStatusValue, TransportState,
+    connection::SyncSetStatus,
+    transport::{QueueStatus, Totals},
+};
+
+/// The port a worker listens on in its pod.
+pub const PORT: u16 = 8080;
+
+/// The header that carries a token (`Authorization: Bearer` works too, except through the
+/// API server's pod proxy, which consumes `Authorization`).
+pub const TOKEN_HEADER: &str = "ferry-token";
+/// A transaction's id, on ingest (optional) and to the host.
+pub const TRANSACTION_ID_HEADER: &str = "ferry-transaction-id";
+/// `namespace/name` of the transport, to the host.
+pub const TRANSPORT_HEADER: &str = "ferry-transport";
+
+pub const HEALTHZ: &str = "/healthz";
+pub const READYZ: &str = "/readyz";
+pub const METRICS: &str = "/metrics";
+
+/// The kinds of hosted resource, as the routes name them (`/v1/{kind}/...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Transports,
+    Connections,
+}
+
+impl Kind {
+    /// The path segment: `transports`, `connections`.
+    pub fn segment(self) -> &'static str {
+        match self {
+            Kind::Transports => "transports",
+            Kind::Connections => "connections",
+        }
+    }
+
+    /// One of them, in words: `transport`, `connection`.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Transports => "transport",
+            Kind::Connections => "connection",
+        }
+    }
+}
+
+/// `namespace/name`, the key of a hosted resource.
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// `PUT`, `GET` and `DELETE` of a hosted resource: `/v1/{kind}/{namespace}/{name}`.
+pub fn resource_path(kind: Kind, key: &str) -> String {
+    format!("/v1/{}/{key}", kind.segment())
+}
+
+/// `POST` of one transaction to the transport `key` (`namespace/name`).
+pub fn transactions_path(key: &str) -> String {
+    format!("/v1/transports/{key}/transactions")
+}
+
+/// `GET` of a transport's queue listing (`?limit=N`: at most N of its oldest transactions).
+pub fn queue_path(key: &str) -> String {
+    format!("/v1/transports/{key}/queue")
+}
+
+/// How many queued transactions a queue listing has at most (`?limit=`, 10 by default).
+pub const MAX_QUEUE_LISTING: usize = 100;
+pub const DEFAULT_QUEUE_LISTING: usize = 10;
+
+/// Every error answer: `{"message": ...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+/// `GET /v1/transports/…/queue`: the queue's numbers and its oldest transactions in queue
+/// order, headers only, never a payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueListing {
+    pub transport: String,
+    pub state: TransportState,
+    pub messages: u64,
+    pub bytes: u64,
+    #[serde(default)]
+    pub oldest_age_seconds: u64,
+    #[serde(default)]
+    pub oldest: Vec<QueuedSummary>,
+}
+
+/// One queued transaction of a [`QueueListing`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedSummary {
+    pub id: String,
+    pub bytes: u64,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    pub received_ms: u64,
+    pub age_seconds: u64,
+}
+
+/// The answer to one ingest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestResult {
+    pub id: String,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub state: TransportState,
+}
+
+/// The one outcome a received transaction ends in (the ledger's columns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Delivered,
+    Stored,
+    Failed,
+}
+
+/// `GET /v1/transports/…`: a transport's report, in the field names of its status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransportReport {
+    pub state: TransportState,
+    pub observed_generation: Option<i64>,
+    pub queue: QueueStatus,
+    pub totals: Totals,
+    pub endpoint: String,
+}
+
+/// The `resolved` object of a connection's PUT: what the operator (or standalone mode) looked
+/// up for the worker: each target transport's
+/// ingest endpoint and token, and whether the connection may start (the startup queue).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resolved {
+    #[serde(default)]
+    pub transports: BTreeMap<String, ResolvedTransport>,
+    #[serde(default)]
+    pub startup: Startup,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedTransport {
+    pub endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Startup {
+    /// False while the connection waits in the startup queue.
+    pub admitted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+}
+
+impl Default for Startup {
+    fn default() -> Self {
+        Self {
+            admitted: true,
+            position: None,
+        }
+    }
+}
+
+/// `GET /v1/connections/…`: a connection's report, the status value the worker derives on its own (C2–C6: all but C1) and
+/// the fields of the resource's status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionReport {
+    pub status: ConnectionStatusValue,
+    pub reason: String,
+    pub message: String,
+    pub observed_generation: Option<i64>,
+    pub iteration: u64,
+    pub startup_queue_position: Option<u32>,
+    pub sync_sets: Vec<SyncSetStatus>,
+    /// The iteration number when the connection was last (re)started: a sync-set whose last
+    /// completed iteration is above it has completed since.
+    pub started_iteration: u64,
+}
