@@ -20,7 +20,7 @@ use ferry::{
     operator::{
         builders::WorkerDefaults,
         context::{Context, FINALIZER},
-        transport::reconcile_transport,
+        reconcile::reconcile,
         worker_client::WorkerClient,
     },
     worker::{
@@ -108,7 +108,7 @@ async fn main() {
     for round in 1..=3 {
         let start = Instant::now();
         for transport in &transports {
-            reconcile_transport(transport.clone(), ctx.clone())
+            reconcile(transport.clone(), ctx.clone(), Arc::new(()))
                 .await
                 .expect("reconciled");
         }
@@ -151,7 +151,7 @@ async fn main() {
             changed.metadata.generation = Some(generation);
             changed.spec.suspended = generation % 2 == 0;
             let start = Instant::now();
-            reconcile_transport(Arc::new(changed), ctx.clone())
+            reconcile(Arc::new(changed), ctx.clone(), Arc::new(()))
                 .await
                 .expect("reconciled");
             // The first generation creates the transport on the worker; count the changes.

@@ -1,15 +1,12 @@
 //! `ferry`: the command line. Each subcommand's work lives in its own module.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use axum::http::StatusCode;
 use clap::{Parser, Subcommand};
 use ferry::{
     standalone,
-    worker::{
-        Worker, WorkerOptions, api, server,
-        tokens::{Token, Tokens},
-    },
+    worker::{WorkerOptions, process, server, tokens::Tokens},
 };
 
 #[derive(Parser)]
@@ -255,6 +252,15 @@ struct WorkerFlags {
 }
 
 impl WorkerFlags {
+    fn options(&self, data_dir: PathBuf, public_url: String) -> WorkerOptions {
+        WorkerOptions {
+            data_dir,
+            public_url,
+            forward_window: self.forward_window.into(),
+            memory_budget: self.memory_budget.bytes(),
+        }
+    }
+
     fn limits(&self) -> server::ServerLimits {
         server::ServerLimits {
             header_read_timeout: self.header_read_timeout.as_std(),
@@ -304,43 +310,15 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
             public_url,
             flags,
         } => {
-            let tokens = match (
-                Token::read("admin", &admin_token_file),
-                Token::read("ingest", &ingest_token_file),
-            ) {
-                (Ok(admin), Ok(ingest)) => Tokens {
-                    admin: Some(admin),
-                    ingest: Some(ingest),
-                },
-                (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),
+            let tokens = match Tokens::read(Some(&admin_token_file), Some(&ingest_token_file)) {
+                Ok(tokens) => tokens,
+                Err(e) => return fail(e.to_string()),
             };
-            let public_url = public_url.unwrap_or_else(|| format!("http://{listen}"));
-            let options = WorkerOptions {
+            let options = flags.options(
                 data_dir,
-                public_url,
-                forward_window: flags.forward_window.into(),
-                memory_budget: flags.memory_budget.bytes(),
-            };
-            let listener = match bind(listen).await {
-                Ok(l) => l,
-                Err(code) => return code,
-            };
-            // Serving at once (healthz ok, readyz 503) while the store opens and the saved
-            // resources are hosted again, which can take long after a crash.
-            let opened = Opened::default();
-            let (failed, open_failed) = tokio::sync::oneshot::channel();
-            {
-                let opened = opened.clone();
-                tokio::spawn(async move {
-                    match Worker::open(options, true).await {
-                        Ok(worker) => opened.set(worker, tokens),
-                        Err(e) => {
-                            let _ = failed.send(e.to_string());
-                        }
-                    }
-                });
-            }
-            serve(opened, listener, flags.limits(), open_failed).await
+                public_url.unwrap_or_else(|| format!("http://{listen}")),
+            );
+            exit(process::run_worker(options, listen, tokens, flags.limits()).await)
         }
         Command::Standalone {
             manifests,
@@ -351,52 +329,15 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
             flags,
             startup_concurrency,
         } => {
-            let read =
-                |what, path: Option<PathBuf>| path.map(|p| Token::read(what, &p)).transpose();
-            let tokens = match (
-                read("admin", admin_token_file),
-                read("ingest", ingest_token_file),
-            ) {
-                (Ok(admin), Ok(ingest)) => Tokens { admin, ingest },
-                (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),
-            };
-            let options = WorkerOptions {
-                data_dir,
-                public_url: format!("http://{listen}"),
-                forward_window: flags.forward_window.into(),
-                memory_budget: flags.memory_budget.bytes(),
-            };
-            // Listening before anything is hosted: the endpoints printed next answer at once.
-            let listener = match bind(listen).await {
-                Ok(l) => l,
-                Err(code) => return code,
-            };
-            let worker = match Worker::open(options, false).await {
-                Ok(worker) => worker,
-                Err(e) => return fail(e.to_string()),
-            };
-            if !listen.ip().is_loopback() && (tokens.admin.is_none() || tokens.ingest.is_none()) {
-                tracing::warn!(%listen, "standalone listens beyond this machine without an admin or ingest token: anyone who can reach it can change or feed its resources; pass --admin-token-file and --ingest-token-file");
-            }
-            let ingest_token = tokens.ingest.as_ref().map(|t| t.secret().to_owned());
-            let runner = standalone::Standalone::new(
-                worker.clone(),
-                startup_concurrency.into(),
-                ingest_token,
-            );
-            if let Err(errors) = standalone::start(&runner, &manifests).await {
-                for e in &errors {
-                    eprintln!("{e}");
-                }
-                return fail(format!(
-                    "{} problem(s) in the manifests; nothing was started",
-                    errors.len()
-                ));
-            }
-            let opened = Opened::default();
-            opened.set(worker, tokens);
-            let (_never, open_failed) = tokio::sync::oneshot::channel();
-            serve(opened, listener, flags.limits(), open_failed).await
+            let tokens =
+                match Tokens::read(admin_token_file.as_deref(), ingest_token_file.as_deref()) {
+                    Ok(tokens) => tokens,
+                    Err(e) => return fail(e.to_string()),
+                };
+            let options = flags.options(data_dir, format!("http://{listen}"));
+            let limits = flags.limits();
+            let concurrency = startup_concurrency.into();
+            exit(standalone::run(options, listen, tokens, limits, &manifests, concurrency).await)
         }
         Command::Operator(args) => {
             match ferry::operator::run::run(args.options(log_format)).await {
@@ -429,77 +370,13 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
     }
 }
 
-async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, ExitCode> {
-    tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| fail(format!("cannot listen on {listen}: {e}")))
-}
-
-/// The worker once its store is open, and its HTTP service (what the starting service
-/// hands every request to from then on).
-#[derive(Clone, Default)]
-struct Opened {
-    worker: Arc<std::sync::OnceLock<Arc<Worker>>>,
-    service: Arc<std::sync::OnceLock<api::WorkerService>>,
-}
-
-impl Opened {
-    fn set(&self, worker: Arc<Worker>, tokens: Tokens) {
-        let _ = self.service.set(api::service(worker.clone(), tokens));
-        let _ = self.worker.set(worker);
-    }
-}
-
-/// Serve until a signal (or until the store could not be opened), then save the records.
-async fn serve(
-    opened: Opened,
-    listener: tokio::net::TcpListener,
-    limits: server::ServerLimits,
-    open_failed: tokio::sync::oneshot::Receiver<String>,
-) -> ExitCode {
-    tracing::info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "worker API listening");
-    let service = ferry::worker::starting::StartingService::new(opened.service.clone());
-    let (failed, why) = tokio::sync::oneshot::channel();
-    // A store whose writer failed refuses every write: stop, so the pod restarts on the last
-    // commit, rather than fail every transaction while looking alive.
-    let writer_failed = {
-        let worker = opened.worker.clone();
-        async move {
-            loop {
-                if let Some(worker) = worker.get() {
-                    worker.store().writer_failed().await;
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+/// The exit of a worker or standalone process.
+fn exit(outcome: Result<(), process::Failure>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("ferry: {}", failure.message);
+            ExitCode::from(failure.code)
         }
-    };
-    let stop = async move {
-        tokio::select! {
-            () = ferry::shutdown_signal() => {}
-            Ok(error) = open_failed => {
-                let _ = failed.send((error, ExitCode::FAILURE));
-            }
-            () = writer_failed => {
-                let error = "the store's writer failed; every write is refused, so the worker stops (it starts again on the last commit)";
-                let _ = failed.send((error.to_owned(), ExitCode::from(70)));
-            }
-        }
-    };
-    let stopping = opened.worker.clone();
-    server::serve(listener, service, limits, stop, move || {
-        if let Some(worker) = stopping.get() {
-            worker.begin_stop();
-        }
-    })
-    .await;
-    if let Ok((error, code)) = why.await {
-        eprintln!("ferry: {error}");
-        return code;
     }
-    if let Some(worker) = opened.worker.get() {
-        worker.shutdown().await;
-        tracing::info!("records saved; stopped");
-    }
-    ExitCode::SUCCESS
 }

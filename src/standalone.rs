@@ -24,7 +24,12 @@ use crate::{
     },
     transport::runtime::TransportRuntime,
     wire::{self, Resolved, ResolvedTransport, Startup, key},
-    worker::Worker,
+    worker::{
+        Worker, WorkerOptions,
+        process::{self, Failure},
+        server::ServerLimits,
+        tokens::Tokens,
+    },
 };
 
 /// Used when no `--manifests` are given: a transport delivering to `ferry sink`'s default
@@ -219,7 +224,7 @@ impl Standalone {
             let Resource::Transport(t) = item.resource else {
                 continue;
             };
-            match self.worker.host_transport(*t, None).await {
+            match self.worker.host::<TransportRuntime>(*t, (), None).await {
                 Ok((runtime, true)) => {
                     println!(
                         "{object}: {} (send transactions to {})",
@@ -242,7 +247,11 @@ impl Standalone {
                 c.metadata.name.as_deref().unwrap_or_default(),
             );
             let resolved = self.resolve(&c, &key);
-            match self.worker.host_connection(*c, resolved, None).await {
+            match self
+                .worker
+                .host::<ConnectionRuntime>(*c, resolved, None)
+                .await
+            {
                 Ok((runtime, true)) => {
                     println!("{object}: {}", runtime.derived().status);
                     watch_connection(object, &runtime);
@@ -257,20 +266,20 @@ impl Standalone {
     /// queue or watermarks stay on disk, should it come back).
     async fn remove_missing(&self, loaded: &[Loaded]) {
         let defined: Vec<String> = loaded.iter().map(|l| describe(&l.resource)).collect();
-        for runtime in self.worker.connections() {
+        for runtime in self.worker.all::<ConnectionRuntime>() {
             let object = format!("Connection {}", runtime.key());
             if !defined.contains(&object) {
                 self.queue().release(runtime.key(), self.now_ms());
-                match self.worker.remove_connection(runtime.key()).await {
+                match self.worker.remove::<ConnectionRuntime>(runtime.key()).await {
                     Ok(_) => println!("{object}: removed from the manifests, no longer hosted"),
                     Err(e) => eprintln!("{object}: {e}"),
                 }
             }
         }
-        for runtime in self.worker.transports() {
+        for runtime in self.worker.all::<TransportRuntime>() {
             let object = format!("Transport {}", runtime.key());
             if !defined.contains(&object) {
-                match self.worker.remove_transport(runtime.key()).await {
+                match self.worker.remove::<TransportRuntime>(runtime.key()).await {
                     Ok(_) => println!(
                         "{object}: removed from the manifests, no longer hosted; its queue is kept"
                     ),
@@ -294,7 +303,10 @@ impl Standalone {
             .iter()
             .filter_map(|s| s.target.transport.as_ref())
         {
-            if let Some(runtime) = self.worker.transport(&wire::key(namespace, &target.name)) {
+            if let Some(runtime) = self
+                .worker
+                .get::<TransportRuntime>(&wire::key(namespace, &target.name))
+            {
                 transports.insert(
                     target.name.clone(),
                     ResolvedTransport {
@@ -315,7 +327,10 @@ impl Standalone {
         let look = Look {
             started: connection.spec.started,
             can_run,
-            previous: self.worker.connection(key).map(|c| c.derived().status),
+            previous: self
+                .worker
+                .get::<ConnectionRuntime>(key)
+                .map(|c| c.derived().status),
             worker_ready: true,
         };
         let startup = Startup::from(self.queue().observe(key, look, self.now_ms()));
@@ -330,7 +345,7 @@ impl Standalone {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let now = self.now_ms();
-            let connections = self.worker.connections();
+            let connections = self.worker.all::<ConnectionRuntime>();
             let mut queue = self.queue();
             for runtime in &connections {
                 queue.settle(runtime.key(), runtime.derived().status, now);
@@ -369,6 +384,42 @@ fn print_changes<T: Copy + PartialEq + std::fmt::Display + Send + Sync + 'static
             }
         }
     });
+}
+
+/// `ferry standalone`: listen, open the store, host what the manifests define, serve until a
+/// signal. A manifest with a problem stops it before anything is hosted.
+pub async fn run(
+    options: WorkerOptions,
+    listen: std::net::SocketAddr,
+    tokens: Tokens,
+    limits: ServerLimits,
+    manifests: &[PathBuf],
+    startup_concurrency: usize,
+) -> Result<(), Failure> {
+    // Listening before anything is hosted: the endpoints printed next answer at once.
+    let listener = process::bind(listen).await?;
+    let worker = Worker::open(options, false).await.map_err(|e| Failure {
+        message: e.to_string(),
+        code: 1,
+    })?;
+    if !listen.ip().is_loopback() && (tokens.admin.is_none() || tokens.ingest.is_none()) {
+        tracing::warn!(%listen, "standalone listens beyond this machine without an admin or ingest token: anyone who can reach it can change or feed its resources; pass --admin-token-file and --ingest-token-file");
+    }
+    let ingest_token = tokens.ingest.as_ref().map(|t| t.secret().to_owned());
+    let runner = Standalone::new(worker.clone(), startup_concurrency, ingest_token);
+    if let Err(errors) = start(&runner, manifests).await {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        return Err(Failure {
+            message: format!(
+                "{} problem(s) in the manifests; nothing was started",
+                errors.len()
+            ),
+            code: 1,
+        });
+    }
+    process::serve_open(worker, tokens, listener, limits).await
 }
 
 /// Load, validate and host; then follow the files. Errors at start-up stop everything.

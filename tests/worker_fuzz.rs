@@ -52,7 +52,7 @@ fn fixture() -> &'static Fixture {
                 "spec": {"host": host, "maxTransactionBytes": "1Ki",
                          "storeAndForward": {"maxMessages": 50, "whenFull": "DropOldest"}}});
             worker
-                .apply_transport(&doc, Some("default/t"))
+                .apply::<ferry::transport::runtime::TransportRuntime>(&doc, Some("default/t"))
                 .await
                 .unwrap();
             api::router(worker, Tokens::default())

@@ -9,6 +9,7 @@ use std::{
 
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
@@ -26,7 +27,10 @@ use crate::{
         ConnectionSpec, ConnectionStatusValue,
         connection::{SyncResult, SyncSet, SyncSetStatus},
     },
-    store::{RecordKind, Store, StoreError},
+    store::{
+        RecordKind, Store, StoreError, blocking,
+        record::{self, RecordError, SavedSpec, record_version},
+    },
     wire::{ConnectionReport, Resolved, Startup},
 };
 
@@ -66,11 +70,16 @@ pub struct SyncSetRecord {
     pub last_error: Option<String>,
 }
 
-/// What the store keeps of a connection.
+/// What the store keeps of a connection, in a versioned shape of its own (`store::record`):
+/// on disk the spec is its JSON (`Spec = Value`), read only to host the connection again
+/// before its desired state arrives; a hosted connection holds it read
+/// (`SavedSpec<ConnectionSpec>`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ConnectionRecord {
-    pub spec: ConnectionSpec,
+pub struct ConnectionRecord<Spec = Value> {
+    #[serde(default = "record_version")]
+    pub version: u64,
+    pub spec: Spec,
     pub generation: Option<i64>,
     #[serde(default)]
     pub resolved: Resolved,
@@ -85,6 +94,36 @@ fn yes() -> bool {
     true
 }
 
+impl ConnectionRecord {
+    /// Read a saved record (any version this build reads).
+    pub fn decode(key: &str, raw: &[u8]) -> Result<Self, ConnectionError> {
+        record::decode(raw).map_err(|source| ConnectionError::Record {
+            key: key.to_owned(),
+            source,
+        })
+    }
+
+    /// The spec it keeps, as this build reads it.
+    pub fn spec(&self) -> Result<SavedSpec<ConnectionSpec>, serde_json::Error> {
+        SavedSpec::read(self.spec.clone())
+    }
+}
+
+impl ConnectionRecord<SavedSpec<ConnectionSpec>> {
+    /// The record as it is saved.
+    fn saved(&self) -> ConnectionRecord {
+        ConnectionRecord {
+            version: record_version(),
+            spec: self.spec.json().clone(),
+            generation: self.generation,
+            resolved: self.resolved.clone(),
+            iteration: self.iteration,
+            sync_sets: self.sync_sets.clone(),
+            hosted: self.hosted,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
     #[error(transparent)]
@@ -93,7 +132,7 @@ pub enum ConnectionError {
     Record {
         key: String,
         #[source]
-        source: serde_json::Error,
+        source: RecordError,
     },
 }
 
@@ -103,7 +142,7 @@ struct Drivers {
 }
 
 struct Inner {
-    record: ConnectionRecord,
+    record: ConnectionRecord<SavedSpec<ConnectionSpec>>,
     started_iteration: u64,
     ongoing: Option<String>,
     /// Why the connection cannot run, found while building its drivers.
@@ -171,20 +210,18 @@ impl ConnectionRuntime {
     pub async fn start(
         store: Store,
         key: String,
-        spec: ConnectionSpec,
+        spec: SavedSpec<ConnectionSpec>,
         generation: Option<i64>,
         resolved: Resolved,
     ) -> Result<Arc<Self>, ConnectionError> {
-        let saved: Option<ConnectionRecord> =
-            match store.load_record(RecordKind::Connection, &key)? {
-                Some(raw) => Some(serde_json::from_slice(&raw).map_err(|source| {
-                    ConnectionError::Record {
-                        key: key.clone(),
-                        source,
-                    }
-                })?),
-                None => None,
-            };
+        let raw = blocking({
+            let (store, key) = (store.clone(), key.clone());
+            move || store.load_record(RecordKind::Connection, &key)
+        })
+        .await?;
+        let saved = raw
+            .map(|raw| ConnectionRecord::decode(&key, &raw))
+            .transpose()?;
         let (iteration, sync_sets) =
             saved.map_or((0, BTreeMap::new()), |r| (r.iteration, r.sync_sets));
         let (statuses, _) = watch::channel(ConnectionStatusValue::Restarting);
@@ -192,6 +229,7 @@ impl ConnectionRuntime {
             store,
             inner: Mutex::new(Inner {
                 record: ConnectionRecord {
+                    version: record_version(),
                     spec: spec.clone(),
                     generation,
                     resolved: resolved.clone(),
@@ -231,7 +269,7 @@ impl ConnectionRuntime {
     }
 
     pub fn spec(&self) -> ConnectionSpec {
-        self.lock().record.spec.clone()
+        self.lock().record.spec.spec().clone()
     }
 
     pub fn watch_status(&self) -> watch::Receiver<ConnectionStatusValue> {
@@ -242,14 +280,14 @@ impl ConnectionRuntime {
     /// connection Restarting until every enabled sync-set completes an iteration again.
     fn configure(
         &self,
-        spec: ConnectionSpec,
+        spec: SavedSpec<ConnectionSpec>,
         generation: Option<i64>,
         resolved: Resolved,
         restart: bool,
     ) {
         {
             let mut inner = self.lock();
-            let changed = inner.record.spec != spec;
+            let changed = inner.record.spec.spec() != spec.spec();
             let starting = spec.started && !inner.record.spec.started;
             match build_drivers(&spec, &resolved) {
                 Ok(drivers) => {
@@ -276,7 +314,7 @@ impl ConnectionRuntime {
     /// Apply a new spec or resolution (PUT).
     pub async fn update(
         &self,
-        spec: ConnectionSpec,
+        spec: SavedSpec<ConnectionSpec>,
         generation: Option<i64>,
         resolved: Resolved,
     ) -> Result<(), ConnectionError> {
@@ -492,7 +530,7 @@ impl ConnectionRuntime {
                 return Ok(());
             }
             inner.dirty = false;
-            serde_json::to_vec(&inner.record).map_err(StoreError::encode)?
+            serde_json::to_vec(&inner.record.saved()).map_err(StoreError::encode)?
         };
         self.store
             .save_record(RecordKind::Connection, &self.key, value)

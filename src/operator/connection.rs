@@ -5,12 +5,12 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::Instant,
 };
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt, runtime::controller::Action};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::{
@@ -18,7 +18,7 @@ use super::{
     context::{Context, now},
     error::ReconcileError,
     events::connection_event,
-    reconcile::{Observed, WorkerResource, reconcile},
+    reconcile::{Observed, WorkerResource},
     status::{ConnectionContext, connection_status},
     status_writer::write_status,
     worker_client::WorkerPod,
@@ -226,19 +226,12 @@ fn enabled_sync_sets(connection: &Connection) -> Vec<String> {
         .collect()
 }
 
-pub async fn reconcile_connection(
-    connection: Arc<Connection>,
-    ctx: Arc<Context>,
-    connections: Arc<Connections>,
-) -> Result<Action, ReconcileError> {
-    reconcile(connection, ctx, connections).await
-}
-
 /// What dereferencing a connection found: each target transport's endpoint and token, or
 /// why a target cannot be used (the connection is then Disabled, naming it).
 type Targets = Result<BTreeMap<String, ResolvedTransport>, String>;
 
 impl WorkerResource for Connection {
+    const KIND: &'static str = "Connection";
     type Status = ConnectionStatus;
     type Memory = Connections;
     type Refs = Targets;
@@ -444,7 +437,7 @@ async fn push(
     });
     let path = wire::resource_path(
         wire::Kind::Connections,
-        &wire::key(&namespace, &connection.name_any()),
+        &wire::key(namespace, &connection.name_any()),
     );
     ctx.workers
         .put::<ConnectionReport>(target, &path, &manifest)
@@ -459,8 +452,10 @@ mod tests {
         ApiServerVerifier, assert_ready, condition, connection, context, controlled_by, mock,
         not_found, respond, test_ip, waiting_pod, worker_at,
     };
+    use crate::operator::reconcile::reconcile;
     use http::Method;
     use serde_json::Value;
+    use std::sync::Arc;
     use std::time::Duration;
 
     /// Answer the Secret lookup and the three applies; answers the StatefulSet applied.
@@ -541,7 +536,7 @@ mod tests {
             handle.ready_pod("ferry-conn-crm", &ip, "pod-1").await;
             status_written(&mut handle, &connection("crm", true)).await
         });
-        reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
+        reconcile(Arc::new(connection("crm", true)), ctx, connections)
             .await
             .unwrap();
         let status = &server.await.unwrap()["status"];
@@ -587,7 +582,7 @@ mod tests {
         reinitializing.status =
             serde_json::from_value(json!({"status": "Server Reinitializing", "iteration": 9}))
                 .unwrap();
-        reconcile_connection(Arc::new(reinitializing), ctx, connections.clone())
+        reconcile(Arc::new(reinitializing), ctx, connections.clone())
             .await
             .unwrap();
         assert_eq!(
@@ -642,7 +637,7 @@ mod tests {
                     }
                 }
             });
-            reconcile_connection(Arc::new(deleting(reclaim)), ctx, connections.clone())
+            reconcile(Arc::new(deleting(reclaim)), ctx, connections.clone())
                 .await
                 .unwrap();
             let requests = server.await.unwrap();
@@ -771,7 +766,7 @@ mod tests {
             handle.worker_pod_absent("ferry-conn-crm").await;
             status_written(&mut handle, &connection("crm", true)).await
         });
-        reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
+        reconcile(Arc::new(connection("crm", true)), ctx, connections)
             .await
             .unwrap();
         let status = &server.await.unwrap()["status"];
@@ -798,7 +793,7 @@ mod tests {
             handle.worker_pod_absent("ferry-conn-crm").await;
             status_written(&mut handle, &connection("crm", true)).await
         });
-        reconcile_connection(Arc::new(connection("crm", true)), ctx, connections)
+        reconcile(Arc::new(connection("crm", true)), ctx, connections)
             .await
             .unwrap();
         let status = &server.await.unwrap()["status"];
@@ -840,9 +835,7 @@ mod tests {
             ));
             status_written(&mut handle, &answer).await
         });
-        reconcile_connection(Arc::new(known), ctx, connections)
-            .await
-            .unwrap();
+        reconcile(Arc::new(known), ctx, connections).await.unwrap();
         server.await.unwrap()["status"].take()
     }
 
@@ -878,7 +871,7 @@ mod tests {
             assert_eq!(sts["spec"]["replicas"], 0);
             status_written(&mut handle, &connection("crm", false)).await
         });
-        reconcile_connection(Arc::new(connection("crm", false)), ctx, connections)
+        reconcile(Arc::new(connection("crm", false)), ctx, connections)
             .await
             .unwrap();
         let status = &server.await.unwrap()["status"];
@@ -912,7 +905,7 @@ mod tests {
                 .await;
             status_written(&mut handle, &connection("second", true)).await
         });
-        reconcile_connection(
+        reconcile(
             Arc::new(connection("second", true)),
             ctx,
             connections.clone(),
@@ -952,7 +945,7 @@ mod tests {
             handle.pod("ferry-conn-broken", pod).await;
             status_written(&mut handle, &connection("broken", true)).await
         });
-        reconcile_connection(
+        reconcile(
             Arc::new(connection("broken", true)),
             ctx,
             connections.clone(),

@@ -32,6 +32,8 @@ use crate::api::storage::ReclaimPolicy;
 
 /// A resource that runs in a worker of its own.
 pub trait WorkerResource: NamespacedObject + serde::Serialize {
+    /// The kind, as logs and metrics name it.
+    const KIND: &'static str;
     type Status: WithConditions + Send + Sync;
     /// What this kind keeps across reconciles, besides the shared context.
     type Memory: Send + Sync + 'static;

@@ -29,14 +29,14 @@ use tokio::sync::watch;
 
 use super::{
     builders::WorkerDefaults,
-    connection::{Connections, announce_reinitializing, reconcile_connection},
+    connection::{Connections, announce_reinitializing},
     context::Context,
     error::ReconcileError,
     events::Events,
     guard::reconcile_guarded,
     leadership::{Leadership, LeaseError, LeaseOptions},
     metrics::{Caches, OperatorMetrics},
-    transport::reconcile_transport,
+    reconcile::{WorkerResource, reconcile},
     worker_client::{WorkerAccess, WorkerClient},
 };
 use crate::api::{Connection, Transport};
@@ -428,32 +428,22 @@ async fn lead(
         lease_lost
     });
 
-    let (transports_cache, transport_triggers) = triggers(
-        api::<Guarded<Transport>>(&client, &options.namespace),
-        "Transport",
-        endpoints.clone(),
-    );
-    let (connections_cache, connection_triggers) = triggers(
-        api::<Guarded<Connection>>(&client, &options.namespace),
-        "Connection",
-        endpoints.clone(),
-    );
+    // Each kind: its watch and cache, a controller on the one reconcile skeleton.
+    let kinds = Kinds {
+        client: &client,
+        namespace: &options.namespace,
+        endpoints,
+        halted: &halted,
+        ctx: &ctx,
+    };
+    let (transports_cache, transports) = kinds.watch::<Transport>();
+    let (connections_cache, connections_controller) = kinds.watch::<Connection>();
     endpoints.metrics.set_caches(Caches {
         transports: transports_cache.clone(),
         connections: connections_cache.clone(),
     });
 
-    let transports = Controller::for_stream(transport_triggers, transports_cache.clone())
-        .owns_stream(worker_sets(&client, &options.namespace))
-        .graceful_shutdown_on(when(&halted))
-        .run(
-            timed("Transport", endpoints.metrics.clone(), |guarded, ctx| {
-                reconcile_guarded(guarded, ctx, reconcile_transport)
-            }),
-            error_policy::<Guarded<Transport>>,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
+    let transports = kinds.run(transports, Arc::new(()));
 
     // A Transport that appears, changes or goes away re-reconciles the connections that target it.
     let (_, transport_changes) = triggers(
@@ -462,19 +452,9 @@ async fn lead(
         endpoints.clone(),
     );
     let by_target = connections_cache.clone();
-    let conn_reconcile = timed(
-        "Connection",
-        endpoints.metrics.clone(),
-        move |guarded, ctx| {
-            let connections = connections.clone();
-            reconcile_guarded(guarded, ctx, move |connection, ctx| {
-                reconcile_connection(connection, ctx, connections)
-            })
-        },
-    );
-    let connections_run = Controller::for_stream(connection_triggers, connections_cache.clone())
-        .owns_stream(worker_sets(&client, &options.namespace))
-        .watches_stream(transport_changes, move |transport: Guarded<Transport>| {
+    let connections_controller = connections_controller.watches_stream(
+        transport_changes,
+        move |transport: Guarded<Transport>| {
             let namespace = transport.namespace();
             let name = transport.name_any();
             by_target
@@ -485,14 +465,9 @@ async fn lead(
                 })
                 .map(|c| ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(when(&halted))
-        .run(
-            conn_reconcile,
-            error_policy::<Guarded<Connection>>,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
+        },
+    );
+    let connections_run = kinds.run(connections_controller, connections);
 
     let ready = {
         let endpoints = endpoints.clone();
@@ -523,6 +498,59 @@ async fn lead(
 
 /// An object as the controllers watch it: read, or kept with its metadata when unreadable.
 type Guarded<K> = kube::core::DeserializeGuard<K>;
+
+/// What every kind's controller is made of: one place that turns a [`WorkerResource`] into a
+/// running controller, so a kind is wired by two calls.
+struct Kinds<'a> {
+    client: &'a Client,
+    namespace: &'a Option<String>,
+    endpoints: &'a Arc<Endpoints>,
+    halted: &'a watch::Receiver<bool>,
+    ctx: &'a Arc<Context>,
+}
+
+impl Kinds<'_> {
+    /// The kind's cache and its controller: triggered by its objects' spec and lifecycle and
+    /// by its workers' StatefulSets; it stops when the operator halts. More triggers may be
+    /// added before it runs.
+    fn watch<R: WorkerResource>(&self) -> (reflector::Store<Guarded<R>>, Controller<Guarded<R>>) {
+        let (cache, triggers) = triggers(
+            api::<Guarded<R>>(self.client, self.namespace),
+            R::KIND,
+            self.endpoints.clone(),
+        );
+        let controller = Controller::for_stream(triggers, cache.clone())
+            .owns_stream(worker_sets(self.client, self.namespace))
+            .graceful_shutdown_on(when(self.halted));
+        (cache, controller)
+    }
+
+    /// Run the controller: every object through the guard, then the reconcile skeleton with
+    /// what the kind remembers (`memory`), timed in the metrics; failures through the error
+    /// policy.
+    fn run<R: WorkerResource>(
+        &self,
+        controller: Controller<Guarded<R>>,
+        memory: Arc<R::Memory>,
+    ) -> impl Future<Output = ()> + use<R> {
+        controller
+            .run(
+                timed(
+                    R::KIND,
+                    self.endpoints.metrics.clone(),
+                    move |guarded, ctx| {
+                        let memory = memory.clone();
+                        reconcile_guarded(guarded, ctx, move |object, ctx| {
+                            reconcile(object, ctx, memory)
+                        })
+                    },
+                ),
+                error_policy::<Guarded<R>>,
+                self.ctx.clone(),
+            )
+            .for_each(|_| async {})
+    }
+}
 
 /// Does this connection send to transport `name`?
 fn targets(connection: &Connection, name: &str) -> bool {

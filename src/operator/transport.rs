@@ -2,9 +2,7 @@
 //! when the worker has not got this generation (or restarted), and the worker's report
 //! becomes its status.
 
-use std::sync::Arc;
-
-use kube::{ResourceExt, runtime::controller::Action};
+use kube::ResourceExt;
 use serde_json::json;
 
 use super::{
@@ -12,7 +10,7 @@ use super::{
     context::Context,
     error::ReconcileError,
     events::transport_event,
-    reconcile::{Observed, WorkerResource, reconcile},
+    reconcile::{Observed, WorkerResource},
     status::transport_status,
     worker_pod::ReadyWorker,
 };
@@ -21,14 +19,8 @@ use crate::{
     wire::{self, TransportReport},
 };
 
-pub async fn reconcile_transport(
-    transport: Arc<Transport>,
-    ctx: Arc<Context>,
-) -> Result<Action, ReconcileError> {
-    reconcile(transport, ctx, Arc::new(())).await
-}
-
 impl WorkerResource for Transport {
+    const KIND: &'static str = "Transport";
     type Status = TransportStatus;
     type Memory = ();
     type Refs = ();
@@ -87,7 +79,7 @@ async fn push(
     let key = pushed_key(namespace, transport);
     let path = wire::resource_path(
         wire::Kind::Transports,
-        &wire::key(&namespace, &transport.name_any()),
+        &wire::key(namespace, &transport.name_any()),
     );
     let wanted = (transport.metadata.generation, pod_uid);
     let fresh = ctx.pushed().get(&key) == Some(&wanted);
@@ -121,6 +113,7 @@ async fn push(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::reconcile::reconcile;
     use crate::operator::{
         context::{FINALIZER, now},
         fixtures::{
@@ -129,7 +122,9 @@ mod tests {
         },
     };
     use http::Method;
+    use kube::runtime::controller::Action;
     use serde_json::Value;
+    use std::sync::Arc;
     use std::time::Duration;
 
     /// Answer the status write; answers what was written.
@@ -175,10 +170,16 @@ mod tests {
             }
             written
         });
-        reconcile_transport(Arc::new(transport(true, "Retain")), ctx.clone())
+        reconcile(
+            Arc::new(transport(true, "Retain")),
+            ctx.clone(),
+            Arc::new(()),
+        )
+        .await
+        .unwrap();
+        reconcile(Arc::new(suspended), ctx, Arc::new(()))
             .await
             .unwrap();
-        reconcile_transport(Arc::new(suspended), ctx).await.unwrap();
         let written = server.await.unwrap();
         assert_eq!(written[0]["status"]["state"], "Down");
         assert_eq!(written[1]["status"]["state"], "Suspended");
@@ -216,7 +217,7 @@ mod tests {
             handle.ready_pod("ferry-tp-erp", &ip, "pod-1").await;
             transport_status_written(&mut handle).await
         });
-        reconcile_transport(Arc::new(known), ctx).await.unwrap();
+        reconcile(Arc::new(known), ctx, Arc::new(())).await.unwrap();
         let status = &server.await.unwrap()["status"];
         assert_eq!(status["state"], "Store and Forward", "last known: {status}");
         assert_eq!(status["queue"]["messages"], 7);
@@ -252,7 +253,9 @@ mod tests {
             ));
             transport_status_written(&mut handle).await
         });
-        let error = reconcile_transport(Arc::new(known), ctx).await.unwrap_err();
+        let error = reconcile(Arc::new(known), ctx, Arc::new(()))
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains("exceeded quota"), "{error}");
         let status = &server.await.unwrap()["status"];
         assert_eq!(
@@ -291,7 +294,7 @@ mod tests {
                 }
                 transport_status_written(&mut handle).await
             });
-            let error = reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+            let error = reconcile(Arc::new(transport(true, "Retain")), ctx, Arc::new(()))
                 .await
                 .unwrap_err();
             assert_eq!(error.category(), "conflict");
@@ -322,7 +325,7 @@ mod tests {
                 serde_json::to_value(transport(true, "Retain")).unwrap(),
             ));
         });
-        let action = reconcile_transport(Arc::new(transport(false, "Retain")), ctx)
+        let action = reconcile(Arc::new(transport(false, "Retain")), ctx, Arc::new(()))
             .await
             .unwrap();
         assert_eq!(action, Action::await_change());
@@ -403,7 +406,7 @@ mod tests {
                 serde_json::to_value(transport(true, "Retain")).unwrap(),
             ));
         });
-        let action = reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+        let action = reconcile(Arc::new(transport(true, "Retain")), ctx, Arc::new(()))
             .await
             .unwrap();
         assert_eq!(action, Action::requeue(Duration::from_secs(5)));
@@ -429,7 +432,7 @@ mod tests {
             .await;
             transport_status_written(&mut handle).await
         });
-        reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+        reconcile(Arc::new(transport(true, "Retain")), ctx, Arc::new(()))
             .await
             .unwrap();
         let status = &server.await.unwrap()["status"];
@@ -475,7 +478,7 @@ mod tests {
                 serde_json::to_value(transport(false, "Delete")).unwrap(),
             ));
         });
-        reconcile_transport(Arc::new(deleting("Delete")), ctx)
+        reconcile(Arc::new(deleting("Delete")), ctx, Arc::new(()))
             .await
             .unwrap();
         server.await.unwrap();
@@ -498,7 +501,7 @@ mod tests {
                 serde_json::to_value(transport(false, "Retain")).unwrap(),
             ));
         });
-        reconcile_transport(Arc::new(deleting("Retain")), ctx)
+        reconcile(Arc::new(deleting("Retain")), ctx, Arc::new(()))
             .await
             .unwrap();
         server.await.unwrap();
@@ -524,7 +527,7 @@ mod tests {
             handle.ready_pod("ferry-tp-erp", &pod_ip, "pod-uid-1").await;
             transport_status_written(&mut handle).await
         });
-        reconcile_transport(Arc::new(transport(true, "Retain")), ctx)
+        reconcile(Arc::new(transport(true, "Retain")), ctx, Arc::new(()))
             .await
             .unwrap();
         let status = &server.await.unwrap()["status"];

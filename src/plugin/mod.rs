@@ -461,8 +461,10 @@ mod tests {
                 json!({
                 "transport": "plant-a/erp", "state": "Store and Forward", "messages": 3,
                 "bytes": 6144, "oldestAgeSeconds": 754,
-                "oldest": [{"id": "order-1", "bytes": 1024, "ageSeconds": 754},
-                           {"id": "order-2", "bytes": 2048, "ageSeconds": 75}]}),
+                "oldest": [{"id": "order-1", "bytes": 1024, "contentType": null,
+                            "receivedMs": 1_795_000_000_000_u64, "ageSeconds": 754},
+                           {"id": "order-2", "bytes": 2048, "contentType": "text/csv",
+                            "receivedMs": 1_795_000_679_000_u64, "ageSeconds": 75}]}),
             ));
         });
         let out = run(

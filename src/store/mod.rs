@@ -21,6 +21,7 @@ use crate::api::transport::WhenFull;
 
 mod holder;
 mod layout;
+pub mod record;
 
 pub use layout::{
     FILE, FORMAT_VERSION, MAX_HEADER_FIELD, QueueInfo, QueuedEntry, QueuedTxn, RecordKind,
@@ -34,6 +35,16 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Run store work (a read, opening the file) on the blocking pool, not on the threads that
+/// serve requests.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::ReadTask(Arc::new(e))))
 }
 
 /// Groups larger than this are split, so one commit never holds the writer for long.

@@ -12,6 +12,7 @@ use std::{
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
@@ -26,7 +27,8 @@ use crate::api::{
     transport::{QueueStatus, Totals},
 };
 use crate::store::{
-    Limits, NewTxn, Queue, QueuedEntry, QueuedTxn, RecordKind, Store, StoreError, now_ms,
+    Limits, NewTxn, Queue, QueuedEntry, QueuedTxn, RecordKind, Store, StoreError, blocking, now_ms,
+    record::{self, RecordError, SavedSpec, record_version},
 };
 use crate::wire::{IngestResult, Outcome, TransportReport};
 
@@ -43,12 +45,16 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// How often time to live is enforced and the totals are saved.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
-/// What the store keeps of a transport besides its queue: enough to host it again after a
-/// restart exactly as it was.
+/// What the store keeps of a transport besides its queue, in a versioned shape of its own
+/// (`store::record`): enough to host it again after a restart exactly as it was.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
-    pub spec: TransportSpec,
+    #[serde(default = "record_version")]
+    pub version: u64,
+    /// The spec as JSON, read only to host the transport again before its desired state
+    /// arrives (T8).
+    pub spec: Value,
     pub generation: Option<i64>,
     pub state: TransportState,
     pub totals: DirectTotals,
@@ -59,6 +65,21 @@ pub struct Record {
 
 fn yes() -> bool {
     true
+}
+
+impl Record {
+    /// Read a saved record (any version this build reads).
+    pub fn decode(key: &str, raw: &[u8]) -> Result<Self, RuntimeError> {
+        record::decode(raw).map_err(|source| RuntimeError::Record {
+            key: key.to_owned(),
+            source,
+        })
+    }
+
+    /// The spec it keeps, as this build reads it.
+    pub fn spec(&self) -> Result<SavedSpec<TransportSpec>, serde_json::Error> {
+        SavedSpec::read(self.spec.clone())
+    }
 }
 
 /// The totals of what never entered the queue. Saved with the record every
@@ -82,16 +103,16 @@ pub enum RuntimeError {
     Host(#[from] HostError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the saved record of {key} cannot be read: {source}")]
+    #[error("the saved record of transport {key} cannot be read: {source}")]
     Record {
         key: String,
         #[source]
-        source: serde_json::Error,
+        source: RecordError,
     },
 }
 
 struct Inner {
-    spec: TransportSpec,
+    spec: SavedSpec<TransportSpec>,
     generation: Option<i64>,
     state: TransportState,
     host: Arc<HostClient>,
@@ -145,24 +166,24 @@ impl TransportRuntime {
         store: Store,
         key: String,
         endpoint: String,
-        spec: TransportSpec,
+        spec: SavedSpec<TransportSpec>,
         generation: Option<i64>,
         forward_window: usize,
     ) -> Result<Arc<Self>, RuntimeError> {
-        let record: Option<Record> = match store.load_record(RecordKind::Transport, &key)? {
-            Some(raw) => {
-                Some(
-                    serde_json::from_slice(&raw).map_err(|source| RuntimeError::Record {
-                        key: key.clone(),
-                        source,
-                    })?,
-                )
+        let (raw, queue) = blocking({
+            let (store, key) = (store.clone(), key.clone());
+            move || {
+                Ok((
+                    store.load_record(RecordKind::Transport, &key)?,
+                    store.queue(&key)?,
+                ))
             }
-            None => None,
-        };
-        let queue = store.queue(&key)?;
+        })
+        .await?;
+        let record = raw.map(|raw| Record::decode(&key, &raw)).transpose()?;
         let host = Arc::new(HostClient::new(&spec.host, &key)?);
         let restored = record.as_ref().map(|r| r.state);
+        let suspended = spec.suspended;
         let (states, _) = watch::channel(TransportState::Down);
         let runtime = Arc::new(Self {
             forward_window: forward_window.max(1),
@@ -170,7 +191,7 @@ impl TransportRuntime {
             store,
             queue,
             inner: Mutex::new(Inner {
-                spec: spec.clone(),
+                spec,
                 generation,
                 state: TransportState::Down,
                 host,
@@ -187,7 +208,7 @@ impl TransportRuntime {
         });
         let queued = runtime.queue.info().messages > 0;
         runtime.event(Event::Start { restored, queued });
-        runtime.follow_desired(spec.suspended);
+        runtime.follow_desired(suspended);
         runtime.save(true).await?;
         let tasks = vec![
             tokio::spawn(runtime.clone().forwarder()),
@@ -230,13 +251,13 @@ impl TransportRuntime {
     }
 
     pub fn spec(&self) -> TransportSpec {
-        self.lock().spec.clone()
+        self.lock().spec.spec().clone()
     }
 
     /// Apply a new spec (PUT): host settings, limits, and Suspend/Resume.
     pub async fn update(
         self: &Arc<Self>,
-        spec: TransportSpec,
+        spec: SavedSpec<TransportSpec>,
         generation: Option<i64>,
     ) -> Result<(), RuntimeError> {
         // A new client only for a new host: building one (TLS roots) takes milliseconds, and
@@ -247,16 +268,18 @@ impl TransportRuntime {
         } else {
             None
         };
-        {
+        let suspended = {
             let mut inner = self.lock();
             if let Some(host) = host {
                 inner.host = host;
             }
-            inner.spec = spec.clone();
+            let suspended = spec.suspended;
+            inner.spec = spec;
             inner.generation = generation;
             inner.dirty = true;
-        }
-        self.follow_desired(spec.suspended);
+            suspended
+        };
+        self.follow_desired(suspended);
         // The desired state must survive a restart before the caller hears it was applied.
         self.save(true).await?;
         Ok(())
@@ -714,7 +737,8 @@ impl TransportRuntime {
             }
             inner.dirty = false;
             Record {
-                spec: inner.spec.clone(),
+                version: record_version(),
+                spec: inner.spec.json().clone(),
                 generation: inner.generation,
                 state: inner.state,
                 totals: inner.totals,
@@ -798,12 +822,14 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let spec = |suspended: bool| -> TransportSpec {
-            serde_json::from_value(serde_json::json!({
-                "host": {"url": format!("http://{address}/ingest")},
-                "loadAtInit": true, "suspended": suspended,
-            }))
-            .unwrap()
+        let spec = |suspended: bool| -> SavedSpec<TransportSpec> {
+            SavedSpec::new(
+                serde_json::from_value(serde_json::json!({
+                    "host": {"url": format!("http://{address}/ingest")},
+                    "loadAtInit": true, "suspended": suspended,
+                }))
+                .unwrap(),
+            )
         };
         let runtime = TransportRuntime::start(
             store,

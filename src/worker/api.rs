@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::{
     Worker, WorkerError,
     budget::{BudgetError, MemoryBudget, Reservation},
+    hosted::HostedRuntime,
     metrics,
     tokens::{Tokens, allowed},
 };
@@ -23,6 +24,7 @@ use crate::store::{self, NewTxn, now_ms};
 use crate::wire::{
     self, DEFAULT_QUEUE_LISTING, Kind, MAX_QUEUE_LISTING, Outcome, QueueListing, QueuedSummary, key,
 };
+use crate::{connection::runtime::ConnectionRuntime, transport::runtime::TransportRuntime};
 
 /// The largest manifest a PUT takes: what the API server takes for an object (3 MiB).
 const MAX_MANIFEST: usize = 3 << 20;
@@ -76,6 +78,7 @@ impl From<WorkerError> for ApiError {
             | WorkerError::Resolved(_) => StatusCode::BAD_REQUEST,
             WorkerError::Runtime { .. }
             | WorkerError::Connection { .. }
+            | WorkerError::SavedSpec { .. }
             | WorkerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -149,12 +152,19 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WorkerSer
     }
 }
 
+/// `PUT`, `GET` and `DELETE` of `/v1/{kind}/{namespace}/{name}` for one kind.
+fn resource_routes<R: HostedRuntime>(router: Router<App>) -> Router<App> {
+    router.route(
+        &wire::resource_path(R::KIND, "{namespace}/{name}"),
+        put(put_resource::<R>)
+            .get(get_resource::<R>)
+            .delete(delete_resource::<R>),
+    )
+}
+
 fn routes(app: App) -> Router {
-    Router::new()
-        .route(
-            "/v1/{kind}/{namespace}/{name}",
-            put(put_resource).get(get_resource).delete(delete_resource),
-        )
+    let router = resource_routes::<TransportRuntime>(Router::new());
+    resource_routes::<ConnectionRuntime>(router)
         .route(&wire::transactions_path("{namespace}/{name}"), post(ingest))
         .route(&wire::queue_path("{namespace}/{name}"), get(queue))
         .route(wire::METRICS, get(serve_metrics))
@@ -181,12 +191,12 @@ fn unauthorized(which: &str) -> ApiError {
     )
 }
 
-type ResourcePath = Result<Path<(Kind, String, String)>, PathRejection>;
+type ResourcePath = Result<Path<(String, String)>, PathRejection>;
 
-/// The kind and `namespace/name` of a resource route; an unknown kind is no route at all.
-fn resource(path: ResourcePath) -> Result<(Kind, String), ApiError> {
-    let Path((kind, namespace, name)) = path.map_err(|_| no_route())?;
-    Ok((kind, key(&namespace, &name)))
+/// The `namespace/name` of a resource route.
+fn resource(path: ResourcePath) -> Result<String, ApiError> {
+    let Path((namespace, name)) = path.map_err(|_| no_route())?;
+    Ok(key(&namespace, &name))
 }
 
 fn no_route() -> ApiError {
@@ -232,70 +242,58 @@ async fn manifest(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     })
 }
 
-fn report(kind: Kind, worker: &Worker, key: &str) -> Option<Response> {
-    match kind {
-        Kind::Transports => worker
-            .transport(key)
-            .map(|r| Json(r.report()).into_response()),
-        Kind::Connections => worker
-            .connection(key)
-            .map(|r| Json(r.report()).into_response()),
-    }
-}
-
 /// Create or update a hosted resource: 201 when created, 200 when updated, with its report.
-async fn put_resource(
+async fn put_resource<R: HostedRuntime>(
     State(app): State<App>,
     path: ResourcePath,
     headers: HeaderMap,
     body: Body,
 ) -> Answer {
     admin(&app, &headers)?;
-    let (kind, key) = resource(path)?;
+    let key = resource(path)?;
     let doc = manifest(&headers, body).await?;
-    let (body, created) = match kind {
-        Kind::Transports => {
-            let (runtime, created) = app.worker.apply_transport(&doc, Some(&key)).await?;
-            (Json(runtime.report()).into_response(), created)
-        }
-        Kind::Connections => {
-            let (runtime, created) = app.worker.apply_connection(&doc, Some(&key)).await?;
-            (Json(runtime.report()).into_response(), created)
-        }
-    };
+    let (runtime, created) = app.worker.apply::<R>(&doc, Some(&key)).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, body).into_response())
+    Ok((status, Json(runtime.report())).into_response())
 }
 
-async fn get_resource(State(app): State<App>, path: ResourcePath, headers: HeaderMap) -> Answer {
+async fn get_resource<R: HostedRuntime>(
+    State(app): State<App>,
+    path: ResourcePath,
+    headers: HeaderMap,
+) -> Answer {
     admin(&app, &headers)?;
-    let (kind, key) = resource(path)?;
-    report(kind, &app.worker, &key).ok_or_else(|| not_hosted(kind, &key))
+    let key = resource(path)?;
+    let runtime = hosted::<R>(&app.worker, &key)?;
+    Ok(Json(runtime.report()).into_response())
 }
 
 /// Stop hosting a resource; what it keeps on disk stays.
-async fn delete_resource(State(app): State<App>, path: ResourcePath, headers: HeaderMap) -> Answer {
+async fn delete_resource<R: HostedRuntime>(
+    State(app): State<App>,
+    path: ResourcePath,
+    headers: HeaderMap,
+) -> Answer {
     admin(&app, &headers)?;
-    let (kind, key) = resource(path)?;
-    let (removed, kept) = match kind {
-        Kind::Transports => (
-            app.worker.remove_transport(&key).await?,
-            "its queue is kept",
-        ),
-        Kind::Connections => (
-            app.worker.remove_connection(&key).await?,
-            "its watermarks are kept",
-        ),
-    };
-    if !removed {
-        return Err(not_hosted(kind, &key));
+    let key = resource(path)?;
+    if !app.worker.remove::<R>(&key).await? {
+        return Err(not_hosted(R::KIND, &key));
     }
-    let message = format!("{} {key} is no longer hosted; {kept}", kind.singular());
+    let message = format!(
+        "{} {key} is no longer hosted; {}",
+        R::KIND.singular(),
+        R::KEPT
+    );
     Ok(Json(json!({ "message": message })).into_response())
+}
+
+/// The hosted resource of kind `R` at `key`, or 404.
+fn hosted<R: HostedRuntime>(worker: &Worker, key: &str) -> Result<Arc<R>, ApiError> {
+    worker.get::<R>(key).ok_or_else(|| not_hosted(R::KIND, key))
 }
 
 #[derive(serde::Deserialize)]
@@ -326,10 +324,7 @@ async fn queue(
         )));
     }
     let key = key(&namespace, &name);
-    let runtime = app
-        .worker
-        .transport(&key)
-        .ok_or_else(|| not_hosted(Kind::Transports, &key))?;
+    let runtime = hosted::<TransportRuntime>(&app.worker, &key)?;
     let report = runtime.report();
     let now = now_ms();
     let oldest = runtime
@@ -376,10 +371,7 @@ async fn ingest_transaction(
         return Err(unauthorized("ingest"));
     }
     let key = key(namespace, name);
-    let runtime = app
-        .worker
-        .transport(&key)
-        .ok_or_else(|| not_hosted(Kind::Transports, &key))?;
+    let runtime = hosted::<TransportRuntime>(&app.worker, &key)?;
     let id = match headers.get(wire::TRANSACTION_ID_HEADER) {
         Some(v) => v
             .to_str()

@@ -26,7 +26,7 @@ impl Collector for TransportCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let reports: Vec<_> = self
             .0
-            .transports()
+            .all::<crate::transport::runtime::TransportRuntime>()
             .into_iter()
             .map(|t| (t.namespace_name(), t.report()))
             .collect();
@@ -149,7 +149,7 @@ impl Collector for TransportCollector {
 fn encode_connections(worker: &Worker, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
     use prometheus_client::metrics::MetricType;
     let reports: Vec<_> = worker
-        .connections()
+        .all::<crate::connection::runtime::ConnectionRuntime>()
         .into_iter()
         .map(|c| {
             let (ns, name) = c.key().split_once('/').unwrap_or(("default", c.key()));

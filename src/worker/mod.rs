@@ -2,30 +2,30 @@
 
 pub mod api;
 pub mod budget;
+pub mod hosted;
+mod kinds;
 pub mod linger;
 pub mod metrics;
+pub mod process;
 pub mod server;
 pub mod starting;
 pub mod tokens;
 
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex},
 };
 
 use serde_json::Value;
 
-use crate::store::{RecordKind, Store, StoreError};
+use crate::store::{Store, StoreError, blocking};
 use crate::{
-    api::{
-        Connection, Transport,
-        validate::{InvalidManifest, ManifestValidator, Resource},
-    },
-    connection::runtime::{ConnectionError, ConnectionRecord, ConnectionRuntime},
-    transport::runtime::{Record, RuntimeError, TransportRuntime},
-    wire::{self, Resolved, key},
+    api::validate::{InvalidManifest, ManifestValidator, Resource},
+    connection::runtime::{ConnectionError, ConnectionRuntime},
+    transport::runtime::{RuntimeError, TransportRuntime},
+    wire::key,
 };
+use hosted::{Hosted, HostedRuntime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -49,6 +49,12 @@ pub enum WorkerError {
         key: String,
         #[source]
         source: ConnectionError,
+    },
+    #[error("the saved spec of {key} cannot be read by this ferry: {source}")]
+    SavedSpec {
+        key: String,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("the `resolved` object is malformed: {0}")]
     Resolved(String),
@@ -74,8 +80,8 @@ pub struct Worker {
     budget: budget::MemoryBudget,
     /// Set when the HTTP server begins to stop: bodies still arriving are refused.
     stopping: tokio::sync::watch::Sender<bool>,
-    transports: RwLock<BTreeMap<String, Arc<TransportRuntime>>>,
-    connections: RwLock<BTreeMap<String, Arc<ConnectionRuntime>>>,
+    transports: Hosted<TransportRuntime>,
+    connections: Hosted<ConnectionRuntime>,
     /// Held from "is it hosted?" to its insert or removal: two PUTs of one new resource must
     /// not both start a runtime on the same queue and records (admin requests only; ingest
     /// never takes it).
@@ -83,18 +89,9 @@ pub struct Worker {
     validator: Mutex<ManifestValidator>,
 }
 
-/// Run store work on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::ReadTask(Arc::new(e))))
-}
-
 impl Worker {
-    /// Open the store. With `rehost`, every transport the store was hosting before the
-    /// restart is hosted again at once (T8), before any desired state arrives.
+    /// Open the store. With `rehost`, every resource the store was hosting before the restart
+    /// is hosted again at once (T8), before any desired state arrives.
     pub async fn open(options: WorkerOptions, rehost: bool) -> Result<Arc<Self>, WorkerError> {
         // Opening (recovery after a crash) and reading every record are disk work: on the
         // blocking pool, not on the threads that serve requests.
@@ -106,60 +103,41 @@ impl Worker {
             forward_window: options.forward_window,
             budget: budget::MemoryBudget::new(options.memory_budget),
             stopping: tokio::sync::watch::channel(false).0,
-            transports: RwLock::new(BTreeMap::new()),
-            connections: RwLock::new(BTreeMap::new()),
+            transports: Hosted::default(),
+            connections: Hosted::default(),
             hosting: tokio::sync::Mutex::new(()),
             validator: Mutex::new(ManifestValidator::new()),
         });
         if rehost {
-            let store = worker.store.clone();
-            let transports = blocking(move || store.records(RecordKind::Transport)).await?;
-            for (key, raw) in transports {
-                let record: Record = match serde_json::from_slice(&raw) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(transport = %key, error = %e, "saved record unreadable; not hosted");
-                        continue;
-                    }
-                };
-                if !record.hosted {
+            worker.rehost::<TransportRuntime>().await?;
+            worker.rehost::<ConnectionRuntime>().await?;
+        }
+        Ok(worker)
+    }
+
+    /// Host again every resource of a kind whose saved record says it was hosted. One that
+    /// cannot be read or started is left out, and the others run.
+    async fn rehost<R: HostedRuntime>(&self) -> Result<(), WorkerError> {
+        let store = self.store.clone();
+        let records = blocking(move || store.records(R::RECORD)).await?;
+        let kind = R::KIND.singular();
+        for (key, raw) in records {
+            let desired = match R::saved(&key, &raw) {
+                Ok(Some(desired)) => desired,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(kind, resource = %key, error = %e, "not hosted again after restart: the saved record cannot be read; it is hosted when its desired state arrives");
                     continue;
                 }
-                // One that cannot start is left out, as an unreadable record is: the others run.
-                match worker.start(&key, record.spec, record.generation).await {
-                    Ok(runtime) => {
-                        tracing::info!(transport = %key, state = %runtime.state(), "hosted again after restart");
-                    }
-                    Err(e) => {
-                        tracing::error!(transport = %key, error = %e, "cannot host it again after restart; the others are hosted");
-                    }
-                }
-            }
-            let store = worker.store.clone();
-            let connections = blocking(move || store.records(RecordKind::Connection)).await?;
-            for (key, raw) in connections {
-                let record: ConnectionRecord = match serde_json::from_slice(&raw) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(connection = %key, error = %e, "saved record unreadable; not hosted");
-                        continue;
-                    }
-                };
-                if !record.hosted {
-                    continue;
-                }
-                match worker
-                    .start_connection(&key, record.spec, record.generation, record.resolved)
-                    .await
-                {
-                    Ok(_) => tracing::info!(connection = %key, "hosted again after restart"),
-                    Err(e) => {
-                        tracing::error!(connection = %key, error = %e, "cannot host it again after restart; the others are hosted");
-                    }
+            };
+            match self.start::<R>(&key, desired).await {
+                Ok(_) => tracing::info!(kind, resource = %key, "hosted again after restart"),
+                Err(e) => {
+                    tracing::error!(kind, resource = %key, error = %e, "cannot host it again after restart; the others are hosted");
                 }
             }
         }
-        Ok(worker)
+        Ok(())
     }
 
     /// The budget for transaction bytes in memory (shared by every ingest).
@@ -182,55 +160,24 @@ impl Worker {
         &self.store
     }
 
-    fn endpoint(&self, key: &str) -> String {
-        format!("{}{}", self.public_url, wire::transactions_path(key))
+    /// The hosted resource of kind `R` at `key` (`namespace/name`).
+    pub fn get<R: HostedRuntime>(&self, key: &str) -> Option<Arc<R>> {
+        R::hosted(self).get(key)
     }
 
-    async fn start(
+    /// Every hosted resource of kind `R`.
+    pub fn all<R: HostedRuntime>(&self) -> Vec<Arc<R>> {
+        R::hosted(self).all()
+    }
+
+    async fn start<R: HostedRuntime>(
         &self,
         key: &str,
-        spec: crate::api::TransportSpec,
-        generation: Option<i64>,
-    ) -> Result<Arc<TransportRuntime>, WorkerError> {
-        let runtime = TransportRuntime::start(
-            self.store.clone(),
-            key.to_owned(),
-            self.endpoint(key),
-            spec,
-            generation,
-            self.forward_window,
-        )
-        .await
-        .map_err(|source| WorkerError::Runtime {
-            key: key.to_owned(),
-            source,
-        })?;
-        self.write_transports()
-            .insert(key.to_owned(), runtime.clone());
+        desired: R::Desired,
+    ) -> Result<Arc<R>, WorkerError> {
+        let runtime = R::start(self, key, desired).await?;
+        R::hosted(self).insert(key, runtime.clone());
         Ok(runtime)
-    }
-
-    fn write_transports(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<TransportRuntime>>> {
-        self.transports.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn transports(&self) -> Vec<Arc<TransportRuntime>> {
-        self.transports
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    pub fn transport(&self, key: &str) -> Option<Arc<TransportRuntime>> {
-        self.transports
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
     }
 
     /// Check a manifest the way the API server does.
@@ -241,193 +188,44 @@ impl Worker {
             .validate(doc)
     }
 
-    /// Create or update a hosted transport from its manifest (PUT). Answers whether it was
+    /// Create or update a hosted resource from a PUT's body. Answers it and whether it was
     /// created. `url` is the `namespace/name` of the route, when there is one.
-    pub async fn apply_transport(
+    pub async fn apply<R: HostedRuntime>(
         &self,
         doc: &Value,
         url: Option<&str>,
-    ) -> Result<(Arc<TransportRuntime>, bool), WorkerError> {
-        let transport = match self.validate(&with_namespace(doc, url))? {
-            Resource::Transport(t) => t,
-            Resource::Connection(_) => {
-                return Err(WorkerError::WrongKind {
-                    kind: "Connection".into(),
-                    expected: "Transport",
-                });
-            }
-        };
-        self.host_transport(*transport, url).await
+    ) -> Result<(Arc<R>, bool), WorkerError> {
+        let (resource, beside) = R::from_manifest(self, &with_namespace(doc, url))?;
+        self.host::<R>(resource, beside, url).await
     }
 
-    pub async fn host_transport(
+    /// Create or update a hosted resource. An update needs no lock; a start checks again under
+    /// the hosting lock (another PUT may have started it meanwhile) and is inserted before the
+    /// lock goes.
+    pub async fn host<R: HostedRuntime>(
         &self,
-        transport: Transport,
+        resource: R::Resource,
+        beside: R::Beside,
         url: Option<&str>,
-    ) -> Result<(Arc<TransportRuntime>, bool), WorkerError> {
-        let key = object_key(&transport.metadata, url)?;
-        let generation = transport.metadata.generation;
-        let key = &key;
-        self.update_or_start(
-            transport.spec,
-            || self.transport(key),
-            |existing, spec| async move {
-                existing
-                    .update(spec, generation)
-                    .await
-                    .map_err(|source| WorkerError::Runtime {
-                        key: key.clone(),
-                        source,
-                    })
-            },
-            |spec| self.start(key, spec, generation),
-        )
-        .await
-    }
-
-    /// Update the hosted runtime `hosted()` finds with `desired`, or start one with it. An
-    /// update needs no lock; a start checks again under the hosting lock (another PUT may have
-    /// started it meanwhile) and is inserted before the lock goes. Answers the runtime and
-    /// whether it was started.
-    async fn update_or_start<R, D, Updated, Started>(
-        &self,
-        desired: D,
-        hosted: impl Fn() -> Option<Arc<R>>,
-        update: impl FnOnce(Arc<R>, D) -> Updated,
-        start: impl FnOnce(D) -> Started,
-    ) -> Result<(Arc<R>, bool), WorkerError>
-    where
-        Updated: Future<Output = Result<(), WorkerError>>,
-        Started: Future<Output = Result<Arc<R>, WorkerError>>,
-    {
-        if let Some(existing) = hosted() {
-            update(existing.clone(), desired).await?;
+    ) -> Result<(Arc<R>, bool), WorkerError> {
+        let (meta, desired) = R::desired(resource, beside);
+        let key = object_key(&meta, url)?;
+        if let Some(existing) = self.get::<R>(&key) {
+            existing.update(desired).await?;
             return Ok((existing, false));
         }
         let _hosting = self.hosting.lock().await;
-        if let Some(existing) = hosted() {
-            update(existing.clone(), desired).await?;
+        if let Some(existing) = self.get::<R>(&key) {
+            existing.update(desired).await?;
             return Ok((existing, false));
         }
-        Ok((start(desired).await?, true))
+        Ok((self.start::<R>(&key, desired).await?, true))
     }
 
-    /// Stop hosting a transport (DELETE); its queue and record stay on disk.
-    pub async fn remove_transport(&self, key: &str) -> Result<bool, WorkerError> {
+    /// Stop hosting a resource (DELETE); what it keeps on disk stays.
+    pub async fn remove<R: HostedRuntime>(&self, key: &str) -> Result<bool, WorkerError> {
         let _hosting = self.hosting.lock().await;
-        let Some(runtime) = self.write_transports().remove(key) else {
-            return Ok(false);
-        };
-        runtime.stop().await?;
-        Ok(true)
-    }
-
-    pub fn connections(&self) -> Vec<Arc<ConnectionRuntime>> {
-        self.connections
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    pub fn connection(&self, key: &str) -> Option<Arc<ConnectionRuntime>> {
-        self.connections
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
-    }
-
-    async fn start_connection(
-        &self,
-        key: &str,
-        spec: crate::api::ConnectionSpec,
-        generation: Option<i64>,
-        resolved: Resolved,
-    ) -> Result<Arc<ConnectionRuntime>, WorkerError> {
-        let runtime = ConnectionRuntime::start(
-            self.store.clone(),
-            key.to_owned(),
-            spec,
-            generation,
-            resolved,
-        )
-        .await
-        .map_err(|source| WorkerError::Connection {
-            key: key.to_owned(),
-            source,
-        })?;
-        self.connections
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.to_owned(), runtime.clone());
-        Ok(runtime)
-    }
-
-    /// Create or update a hosted connection from its manifest (PUT); the body may carry a
-    /// top-level `resolved` object beside `spec`.
-    pub async fn apply_connection(
-        &self,
-        doc: &Value,
-        url: Option<&str>,
-    ) -> Result<(Arc<ConnectionRuntime>, bool), WorkerError> {
-        let resolved: Resolved = match doc.get("resolved") {
-            Some(r) => serde_json::from_value(r.clone())
-                .map_err(|e| WorkerError::Resolved(e.to_string()))?,
-            None => Resolved::default(),
-        };
-        let mut manifest = with_namespace(doc, url);
-        if let Some(map) = manifest.as_object_mut() {
-            map.remove("resolved");
-        }
-        let connection = match self.validate(&manifest)? {
-            Resource::Connection(c) => c,
-            Resource::Transport(_) => {
-                return Err(WorkerError::WrongKind {
-                    kind: "Transport".into(),
-                    expected: "Connection",
-                });
-            }
-        };
-        self.host_connection(*connection, resolved, url).await
-    }
-
-    pub async fn host_connection(
-        &self,
-        connection: Connection,
-        resolved: Resolved,
-        url: Option<&str>,
-    ) -> Result<(Arc<ConnectionRuntime>, bool), WorkerError> {
-        let key = object_key(&connection.metadata, url)?;
-        let generation = connection.metadata.generation;
-        let key = &key;
-        self.update_or_start(
-            (connection.spec, resolved),
-            || self.connection(key),
-            |existing, (spec, resolved)| async move {
-                existing
-                    .update(spec, generation, resolved)
-                    .await
-                    .map_err(|source| WorkerError::Connection {
-                        key: key.clone(),
-                        source,
-                    })
-            },
-            |(spec, resolved)| self.start_connection(key, spec, generation, resolved),
-        )
-        .await
-    }
-
-    /// Stop hosting a connection (DELETE); its watermarks stay on disk.
-    pub async fn remove_connection(&self, key: &str) -> Result<bool, WorkerError> {
-        let _hosting = self.hosting.lock().await;
-        let removed = self
-            .connections
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-        let Some(runtime) = removed else {
+        let Some(runtime) = R::hosted(self).remove(key) else {
             return Ok(false);
         };
         runtime.stop().await?;
@@ -436,14 +234,14 @@ impl Worker {
 
     /// Save every record durably (shutdown).
     pub async fn shutdown(&self) {
-        for runtime in self.connections() {
+        self.pause_all::<ConnectionRuntime>().await;
+        self.pause_all::<TransportRuntime>().await;
+    }
+
+    async fn pause_all<R: HostedRuntime>(&self) {
+        for runtime in self.all::<R>() {
             if let Err(e) = runtime.pause().await {
-                tracing::error!(connection = %runtime.key(), error = %e, "cannot save the record at shutdown");
-            }
-        }
-        for runtime in self.transports() {
-            if let Err(e) = runtime.pause().await {
-                tracing::error!(transport = %runtime.key(), error = %e, "cannot save the record at shutdown");
+                tracing::error!(kind = R::KIND.singular(), resource = %runtime.key(), error = %e, "cannot save the record at shutdown");
             }
         }
     }

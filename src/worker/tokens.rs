@@ -55,6 +55,16 @@ pub struct Tokens {
     pub ingest: Option<Token>,
 }
 
+impl Tokens {
+    /// The tokens in these files; a route whose file is not given is open.
+    pub fn read(admin: Option<&Path>, ingest: Option<&Path>) -> Result<Self, TokenError> {
+        Ok(Self {
+            admin: admin.map(|p| Token::read("admin", p)).transpose()?,
+            ingest: ingest.map(|p| Token::read("ingest", p)).transpose()?,
+        })
+    }
+}
+
 /// Whether the request carries `token` (or no token is required).
 pub fn allowed(token: Option<&Token>, headers: &HeaderMap) -> bool {
     let Some(token) = token else { return true };

@@ -1,0 +1,221 @@
+//! The kinds the worker hosts: each kind's runtime as a [`HostedRuntime`]. A new kind is its
+//! runtime's module, an impl here and its field in `Worker` (see `hosted.rs`).
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+
+use super::{
+    Worker, WorkerError,
+    hosted::{Hosted, HostedRuntime},
+};
+use crate::{
+    api::{Connection, ConnectionSpec, Transport, TransportSpec, validate::Resource},
+    connection::runtime::{ConnectionRecord, ConnectionRuntime},
+    store::{RecordKind, StoreError, record::SavedSpec},
+    transport::runtime::{Record, TransportRuntime},
+    wire::{self, ConnectionReport, Resolved, TransportReport},
+};
+
+/// A saved spec this build cannot read: the resource waits for its desired state.
+fn unreadable_spec(key: &str, e: serde_json::Error) -> WorkerError {
+    WorkerError::SavedSpec {
+        key: key.to_owned(),
+        source: e,
+    }
+}
+
+impl HostedRuntime for TransportRuntime {
+    const KIND: wire::Kind = wire::Kind::Transports;
+    const RECORD: RecordKind = RecordKind::Transport;
+    const KEPT: &'static str = "its queue is kept";
+    type Resource = Transport;
+    type Beside = ();
+    type Desired = (SavedSpec<TransportSpec>, Option<i64>);
+    type Report = TransportReport;
+
+    fn hosted(worker: &Worker) -> &Hosted<Self> {
+        &worker.transports
+    }
+
+    fn from_manifest(worker: &Worker, doc: &Value) -> Result<(Transport, ()), WorkerError> {
+        match worker.validate(doc)? {
+            Resource::Transport(t) => Ok((*t, ())),
+            Resource::Connection(_) => Err(WorkerError::WrongKind {
+                kind: "Connection".into(),
+                expected: "Transport",
+            }),
+        }
+    }
+
+    fn desired(transport: Transport, (): ()) -> (ObjectMeta, Self::Desired) {
+        let generation = transport.metadata.generation;
+        (
+            transport.metadata,
+            (SavedSpec::new(transport.spec), generation),
+        )
+    }
+
+    fn saved(key: &str, raw: &[u8]) -> Result<Option<Self::Desired>, WorkerError> {
+        let record = Record::decode(key, raw).map_err(|source| WorkerError::Runtime {
+            key: key.to_owned(),
+            source,
+        })?;
+        if !record.hosted {
+            return Ok(None);
+        }
+        let spec = record.spec().map_err(|e| unreadable_spec(key, e))?;
+        Ok(Some((spec, record.generation)))
+    }
+
+    async fn start(
+        worker: &Worker,
+        key: &str,
+        (spec, generation): Self::Desired,
+    ) -> Result<Arc<Self>, WorkerError> {
+        TransportRuntime::start(
+            worker.store.clone(),
+            key.to_owned(),
+            format!("{}{}", worker.public_url, wire::transactions_path(key)),
+            spec,
+            generation,
+            worker.forward_window,
+        )
+        .await
+        .map_err(|source| WorkerError::Runtime {
+            key: key.to_owned(),
+            source,
+        })
+    }
+
+    async fn update(
+        self: &Arc<Self>,
+        (spec, generation): Self::Desired,
+    ) -> Result<(), WorkerError> {
+        TransportRuntime::update(self, spec, generation)
+            .await
+            .map_err(|source| WorkerError::Runtime {
+                key: self.key().to_owned(),
+                source,
+            })
+    }
+
+    fn key(&self) -> &str {
+        TransportRuntime::key(self)
+    }
+
+    fn report(&self) -> TransportReport {
+        TransportRuntime::report(self)
+    }
+
+    async fn stop(&self) -> Result<(), StoreError> {
+        TransportRuntime::stop(self).await
+    }
+
+    async fn pause(&self) -> Result<(), StoreError> {
+        TransportRuntime::pause(self).await
+    }
+}
+
+impl HostedRuntime for ConnectionRuntime {
+    const KIND: wire::Kind = wire::Kind::Connections;
+    const RECORD: RecordKind = RecordKind::Connection;
+    const KEPT: &'static str = "its watermarks are kept";
+    type Resource = Connection;
+    type Beside = Resolved;
+    type Desired = (SavedSpec<ConnectionSpec>, Option<i64>, Resolved);
+    type Report = ConnectionReport;
+
+    fn hosted(worker: &Worker) -> &Hosted<Self> {
+        &worker.connections
+    }
+
+    /// The body may carry a top-level `resolved` object beside `spec`.
+    fn from_manifest(worker: &Worker, doc: &Value) -> Result<(Connection, Resolved), WorkerError> {
+        let resolved: Resolved = match doc.get("resolved") {
+            Some(r) => serde_json::from_value(r.clone())
+                .map_err(|e| WorkerError::Resolved(e.to_string()))?,
+            None => Resolved::default(),
+        };
+        let mut manifest = doc.clone();
+        if let Some(map) = manifest.as_object_mut() {
+            map.remove("resolved");
+        }
+        match worker.validate(&manifest)? {
+            Resource::Connection(c) => Ok((*c, resolved)),
+            Resource::Transport(_) => Err(WorkerError::WrongKind {
+                kind: "Transport".into(),
+                expected: "Connection",
+            }),
+        }
+    }
+
+    fn desired(connection: Connection, resolved: Resolved) -> (ObjectMeta, Self::Desired) {
+        let generation = connection.metadata.generation;
+        (
+            connection.metadata,
+            (SavedSpec::new(connection.spec), generation, resolved),
+        )
+    }
+
+    fn saved(key: &str, raw: &[u8]) -> Result<Option<Self::Desired>, WorkerError> {
+        let record =
+            ConnectionRecord::decode(key, raw).map_err(|source| WorkerError::Connection {
+                key: key.to_owned(),
+                source,
+            })?;
+        if !record.hosted {
+            return Ok(None);
+        }
+        let spec = record.spec().map_err(|e| unreadable_spec(key, e))?;
+        Ok(Some((spec, record.generation, record.resolved)))
+    }
+
+    async fn start(
+        worker: &Worker,
+        key: &str,
+        (spec, generation, resolved): Self::Desired,
+    ) -> Result<Arc<Self>, WorkerError> {
+        ConnectionRuntime::start(
+            worker.store.clone(),
+            key.to_owned(),
+            spec,
+            generation,
+            resolved,
+        )
+        .await
+        .map_err(|source| WorkerError::Connection {
+            key: key.to_owned(),
+            source,
+        })
+    }
+
+    async fn update(
+        self: &Arc<Self>,
+        (spec, generation, resolved): Self::Desired,
+    ) -> Result<(), WorkerError> {
+        ConnectionRuntime::update(self, spec, generation, resolved)
+            .await
+            .map_err(|source| WorkerError::Connection {
+                key: self.key().to_owned(),
+                source,
+            })
+    }
+
+    fn key(&self) -> &str {
+        ConnectionRuntime::key(self)
+    }
+
+    fn report(&self) -> ConnectionReport {
+        ConnectionRuntime::report(self)
+    }
+
+    async fn stop(&self) -> Result<(), StoreError> {
+        ConnectionRuntime::stop(self).await
+    }
+
+    async fn pause(&self) -> Result<(), StoreError> {
+        ConnectionRuntime::pause(self).await
+    }
+}
