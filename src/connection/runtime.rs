@@ -94,21 +94,6 @@ fn yes() -> bool {
     true
 }
 
-impl ConnectionRecord {
-    /// Read a saved record (any version this build reads).
-    pub fn decode(key: &str, raw: &[u8]) -> Result<Self, ConnectionError> {
-        record::decode(raw).map_err(|source| ConnectionError::Record {
-            key: key.to_owned(),
-            source,
-        })
-    }
-
-    /// The spec it keeps, as this build reads it.
-    pub fn spec(&self) -> Result<SavedSpec<ConnectionSpec>, serde_json::Error> {
-        SavedSpec::read(self.spec.clone())
-    }
-}
-
 impl ConnectionRecord<SavedSpec<ConnectionSpec>> {
     /// The record as it is saved.
     fn saved(&self) -> ConnectionRecord {
@@ -128,12 +113,8 @@ impl ConnectionRecord<SavedSpec<ConnectionSpec>> {
 pub enum ConnectionError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the saved record of connection {key} cannot be read: {source}")]
-    Record {
-        key: String,
-        #[source]
-        source: RecordError,
-    },
+    #[error(transparent)]
+    Record(#[from] RecordError),
 }
 
 struct Drivers {
@@ -220,7 +201,7 @@ impl ConnectionRuntime {
         })
         .await?;
         let saved = raw
-            .map(|raw| ConnectionRecord::decode(&key, &raw))
+            .map(|raw| record::decode::<ConnectionRecord>(RecordKind::Connection, &key, &raw))
             .transpose()?;
         let (iteration, sync_sets) =
             saved.map_or((0, BTreeMap::new()), |r| (r.iteration, r.sync_sets));

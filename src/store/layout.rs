@@ -52,6 +52,14 @@ impl RecordKind {
         }
     }
 
+    /// The kind, in words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Transport => "transport",
+            Self::Connection => "connection",
+        }
+    }
+
     /// The meta key of the record of `key`.
     pub(super) fn meta_key(self, key: &str) -> String {
         format!("{}{key}", self.prefix())

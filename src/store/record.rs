@@ -18,25 +18,46 @@ use serde_json::Value;
 /// The version of the records this build writes, and the newest it reads.
 pub const RECORD_VERSION: u64 = 1;
 
+use super::RecordKind;
+
 /// Why a saved record cannot be read.
 #[derive(Debug, thiserror::Error)]
-pub enum RecordError {
+#[error("the saved record of {} {key} cannot be read: {why}", kind.name())]
+pub struct RecordError {
+    kind: RecordKind,
+    key: String,
+    #[source]
+    why: Unreadable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
     #[error(
         "it was written by a newer ferry (record version {found}; this one reads versions up to {RECORD_VERSION}): run that version of ferry or a newer one"
     )]
     Newer { found: u64 },
     #[error("it is not a record ferry can read: {0}")]
-    Unreadable(#[source] serde_json::Error),
+    NotARecord(#[source] serde_json::Error),
 }
 
-/// Read a saved record of any version up to [`RECORD_VERSION`] (none: version 1).
-pub fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, RecordError> {
-    let value: Value = serde_json::from_slice(raw).map_err(RecordError::Unreadable)?;
+/// Read the saved record of `kind` at `key`, of any version up to [`RECORD_VERSION`] (none:
+/// version 1).
+pub fn decode<T: DeserializeOwned>(
+    kind: RecordKind,
+    key: &str,
+    raw: &[u8],
+) -> Result<T, RecordError> {
+    let fail = |why| RecordError {
+        kind,
+        key: key.to_owned(),
+        why,
+    };
+    let value: Value = serde_json::from_slice(raw).map_err(|e| fail(Unreadable::NotARecord(e)))?;
     let found = value.get("version").and_then(Value::as_u64).unwrap_or(1);
     if found > RECORD_VERSION {
-        return Err(RecordError::Newer { found });
+        return Err(fail(Unreadable::Newer { found }));
     }
-    serde_json::from_value(value).map_err(RecordError::Unreadable)
+    serde_json::from_value(value).map_err(|e| fail(Unreadable::NotARecord(e)))
 }
 
 /// `version` of a record being written.
@@ -104,21 +125,31 @@ mod tests {
 
     #[test]
     fn records_without_a_version_are_version_one_and_newer_ones_are_refused_by_name() {
-        let old: Shape = decode(br#"{"version": 1, "kept": 3}"#).unwrap();
+        let decode = |raw: &[u8]| decode::<Shape>(RecordKind::Transport, "plant-a/erp", raw);
+        let old = decode(br#"{"version": 1, "kept": 3}"#).unwrap();
         assert_eq!(old.kept, 3);
         #[derive(Debug, Deserialize)]
         struct Defaulted {
             #[serde(default = "record_version")]
             version: u64,
         }
-        let before_versions: Defaulted = decode(br#"{"kept": 3}"#).unwrap();
+        let before_versions: Defaulted =
+            super::decode(RecordKind::Transport, "plant-a/erp", br#"{"kept": 3}"#).unwrap();
         assert_eq!(before_versions.version, 1);
-        let newer = decode::<Shape>(br#"{"version": 2, "kept": 3}"#).unwrap_err();
-        assert!(matches!(newer, RecordError::Newer { found: 2 }), "{newer}");
-        assert!(newer.to_string().contains("newer ferry (record version 2"));
+        let newer = decode(br#"{"version": 2, "kept": 3}"#).unwrap_err();
+        assert!(
+            matches!(newer.why, Unreadable::Newer { found: 2 }),
+            "{newer}"
+        );
+        assert!(
+            newer.to_string().starts_with(
+                "the saved record of transport plant-a/erp cannot be read: it was written by a newer ferry (record version 2"
+            ),
+            "{newer}"
+        );
         assert!(matches!(
-            decode::<Shape>(b"{not json").unwrap_err(),
-            RecordError::Unreadable(_)
+            decode(b"{not json").unwrap_err().why,
+            Unreadable::NotARecord(_)
         ));
     }
 

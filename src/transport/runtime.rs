@@ -67,21 +67,6 @@ fn yes() -> bool {
     true
 }
 
-impl Record {
-    /// Read a saved record (any version this build reads).
-    pub fn decode(key: &str, raw: &[u8]) -> Result<Self, RuntimeError> {
-        record::decode(raw).map_err(|source| RuntimeError::Record {
-            key: key.to_owned(),
-            source,
-        })
-    }
-
-    /// The spec it keeps, as this build reads it.
-    pub fn spec(&self) -> Result<SavedSpec<TransportSpec>, serde_json::Error> {
-        SavedSpec::read(self.spec.clone())
-    }
-}
-
 /// The totals of what never entered the queue. Saved with the record every
 /// housekeeping tick (and durably at shutdown); the queue's own totals are exact.
 ///
@@ -103,12 +88,8 @@ pub enum RuntimeError {
     Host(#[from] HostError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the saved record of transport {key} cannot be read: {source}")]
-    Record {
-        key: String,
-        #[source]
-        source: RecordError,
-    },
+    #[error(transparent)]
+    Record(#[from] RecordError),
 }
 
 struct Inner {
@@ -180,7 +161,9 @@ impl TransportRuntime {
             }
         })
         .await?;
-        let record = raw.map(|raw| Record::decode(&key, &raw)).transpose()?;
+        let record: Option<Record> = raw
+            .map(|raw| record::decode(RecordKind::Transport, &key, &raw))
+            .transpose()?;
         let host = Arc::new(HostClient::new(&spec.host, &key)?);
         let restored = record.as_ref().map(|r| r.state);
         let suspended = spec.suspended;

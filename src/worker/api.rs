@@ -79,6 +79,7 @@ impl From<WorkerError> for ApiError {
             WorkerError::Runtime { .. }
             | WorkerError::Connection { .. }
             | WorkerError::SavedSpec { .. }
+            | WorkerError::Record(_)
             | WorkerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -193,8 +194,9 @@ fn unauthorized(which: &str) -> ApiError {
 
 type ResourcePath = Result<Path<(String, String)>, PathRejection>;
 
-/// The `namespace/name` of a resource route.
-fn resource(path: ResourcePath) -> Result<String, ApiError> {
+/// The `namespace/name` of a resource route, once the admin token was checked.
+fn admin_resource(app: &App, headers: &HeaderMap, path: ResourcePath) -> Result<String, ApiError> {
+    admin(app, headers)?;
     let Path((namespace, name)) = path.map_err(|_| no_route())?;
     Ok(key(&namespace, &name))
 }
@@ -249,8 +251,7 @@ async fn put_resource<R: HostedRuntime>(
     headers: HeaderMap,
     body: Body,
 ) -> Answer {
-    admin(&app, &headers)?;
-    let key = resource(path)?;
+    let key = admin_resource(&app, &headers, path)?;
     let doc = manifest(&headers, body).await?;
     let (runtime, created) = app.worker.apply::<R>(&doc, Some(&key)).await?;
     let status = if created {
@@ -266,8 +267,7 @@ async fn get_resource<R: HostedRuntime>(
     path: ResourcePath,
     headers: HeaderMap,
 ) -> Answer {
-    admin(&app, &headers)?;
-    let key = resource(path)?;
+    let key = admin_resource(&app, &headers, path)?;
     let runtime = hosted::<R>(&app.worker, &key)?;
     Ok(Json(runtime.report()).into_response())
 }
@@ -278,8 +278,7 @@ async fn delete_resource<R: HostedRuntime>(
     path: ResourcePath,
     headers: HeaderMap,
 ) -> Answer {
-    admin(&app, &headers)?;
-    let key = resource(path)?;
+    let key = admin_resource(&app, &headers, path)?;
     if !app.worker.remove::<R>(&key).await? {
         return Err(not_hosted(R::KIND, &key));
     }

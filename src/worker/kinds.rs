@@ -12,11 +12,49 @@ use super::{
 };
 use crate::{
     api::{Connection, ConnectionSpec, Transport, TransportSpec, validate::Resource},
-    connection::runtime::{ConnectionRecord, ConnectionRuntime},
-    store::{RecordKind, StoreError, record::SavedSpec},
-    transport::runtime::{Record, TransportRuntime},
+    connection::runtime::{ConnectionError, ConnectionRecord, ConnectionRuntime},
+    store::{
+        RecordKind, StoreError,
+        record::{self, SavedSpec},
+    },
+    transport::runtime::{Record, RuntimeError, TransportRuntime},
     wire::{self, ConnectionReport, Resolved, TransportReport},
 };
+
+/// The trait's methods that each runtime has under the same name.
+macro_rules! same_named {
+    ($runtime:ty, $report:ty) => {
+        fn key(&self) -> &str {
+            <$runtime>::key(self)
+        }
+
+        fn report(&self) -> $report {
+            <$runtime>::report(self)
+        }
+
+        async fn stop(&self) -> Result<(), StoreError> {
+            <$runtime>::stop(self).await
+        }
+
+        async fn pause(&self) -> Result<(), StoreError> {
+            <$runtime>::pause(self).await
+        }
+    };
+}
+
+fn transport_failed(key: &str) -> impl FnOnce(RuntimeError) -> WorkerError + '_ {
+    move |source| WorkerError::Runtime {
+        key: key.to_owned(),
+        source,
+    }
+}
+
+fn connection_failed(key: &str) -> impl FnOnce(ConnectionError) -> WorkerError + '_ {
+    move |source| WorkerError::Connection {
+        key: key.to_owned(),
+        source,
+    }
+}
 
 /// A saved spec this build cannot read: the resource waits for its desired state.
 fn unreadable_spec(key: &str, e: serde_json::Error) -> WorkerError {
@@ -58,14 +96,11 @@ impl HostedRuntime for TransportRuntime {
     }
 
     fn saved(key: &str, raw: &[u8]) -> Result<Option<Self::Desired>, WorkerError> {
-        let record = Record::decode(key, raw).map_err(|source| WorkerError::Runtime {
-            key: key.to_owned(),
-            source,
-        })?;
+        let record: Record = record::decode(Self::RECORD, key, raw)?;
         if !record.hosted {
             return Ok(None);
         }
-        let spec = record.spec().map_err(|e| unreadable_spec(key, e))?;
+        let spec = SavedSpec::read(record.spec).map_err(|e| unreadable_spec(key, e))?;
         Ok(Some((spec, record.generation)))
     }
 
@@ -83,10 +118,7 @@ impl HostedRuntime for TransportRuntime {
             worker.forward_window,
         )
         .await
-        .map_err(|source| WorkerError::Runtime {
-            key: key.to_owned(),
-            source,
-        })
+        .map_err(transport_failed(key))
     }
 
     async fn update(
@@ -95,27 +127,10 @@ impl HostedRuntime for TransportRuntime {
     ) -> Result<(), WorkerError> {
         TransportRuntime::update(self, spec, generation)
             .await
-            .map_err(|source| WorkerError::Runtime {
-                key: self.key().to_owned(),
-                source,
-            })
+            .map_err(transport_failed(self.key()))
     }
 
-    fn key(&self) -> &str {
-        TransportRuntime::key(self)
-    }
-
-    fn report(&self) -> TransportReport {
-        TransportRuntime::report(self)
-    }
-
-    async fn stop(&self) -> Result<(), StoreError> {
-        TransportRuntime::stop(self).await
-    }
-
-    async fn pause(&self) -> Result<(), StoreError> {
-        TransportRuntime::pause(self).await
-    }
+    same_named!(TransportRuntime, TransportReport);
 }
 
 impl HostedRuntime for ConnectionRuntime {
@@ -160,15 +175,11 @@ impl HostedRuntime for ConnectionRuntime {
     }
 
     fn saved(key: &str, raw: &[u8]) -> Result<Option<Self::Desired>, WorkerError> {
-        let record =
-            ConnectionRecord::decode(key, raw).map_err(|source| WorkerError::Connection {
-                key: key.to_owned(),
-                source,
-            })?;
+        let record: ConnectionRecord = record::decode(Self::RECORD, key, raw)?;
         if !record.hosted {
             return Ok(None);
         }
-        let spec = record.spec().map_err(|e| unreadable_spec(key, e))?;
+        let spec = SavedSpec::read(record.spec).map_err(|e| unreadable_spec(key, e))?;
         Ok(Some((spec, record.generation, record.resolved)))
     }
 
@@ -185,10 +196,7 @@ impl HostedRuntime for ConnectionRuntime {
             resolved,
         )
         .await
-        .map_err(|source| WorkerError::Connection {
-            key: key.to_owned(),
-            source,
-        })
+        .map_err(connection_failed(key))
     }
 
     async fn update(
@@ -197,25 +205,8 @@ impl HostedRuntime for ConnectionRuntime {
     ) -> Result<(), WorkerError> {
         ConnectionRuntime::update(self, spec, generation, resolved)
             .await
-            .map_err(|source| WorkerError::Connection {
-                key: self.key().to_owned(),
-                source,
-            })
+            .map_err(connection_failed(self.key()))
     }
 
-    fn key(&self) -> &str {
-        ConnectionRuntime::key(self)
-    }
-
-    fn report(&self) -> ConnectionReport {
-        ConnectionRuntime::report(self)
-    }
-
-    async fn stop(&self) -> Result<(), StoreError> {
-        ConnectionRuntime::stop(self).await
-    }
-
-    async fn pause(&self) -> Result<(), StoreError> {
-        ConnectionRuntime::pause(self).await
-    }
+    same_named!(ConnectionRuntime, ConnectionReport);
 }

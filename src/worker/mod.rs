@@ -60,6 +60,8 @@ pub enum WorkerError {
     Resolved(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Record(#[from] crate::store::record::RecordError),
 }
 
 /// Where producers reach this worker, for the `endpoint` in reports.
