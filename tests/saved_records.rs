@@ -178,3 +178,28 @@ async fn a_record_from_a_newer_ferry_is_refused_by_name_and_the_others_are_hoste
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_saved_transport_that_cannot_start_is_left_out_and_the_others_are_hosted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broken: Value = serde_json::from_str(TRANSPORT).unwrap();
+    // Readable, but its host client cannot be built: the runtime does not start.
+    broken["spec"]["host"]["url"] = json!("not a url");
+    store_with(
+        dir.path(),
+        &[
+            (
+                RecordKind::Transport,
+                "plant-a/broken",
+                serde_json::to_vec(&broken).unwrap(),
+            ),
+            (RecordKind::Transport, "plant-a/erp", TRANSPORT.into()),
+            (RecordKind::Connection, "plant-a/crm", CONNECTION.into()),
+        ],
+    )
+    .await;
+    let worker = worker(dir.path()).await;
+    assert!(worker.get::<TransportRuntime>("plant-a/broken").is_none());
+    assert!(worker.get::<TransportRuntime>("plant-a/erp").is_some());
+    assert!(worker.get::<ConnectionRuntime>("plant-a/crm").is_some());
+}

@@ -569,6 +569,36 @@ mod tests {
         ingest_path(&request)
     }
 
+    #[tokio::test]
+    async fn metrics_are_labelled_openmetrics() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let worker = Worker::open(
+            super::super::WorkerOptions {
+                data_dir: dir.path().to_owned(),
+                public_url: "http://127.0.0.1:1".into(),
+                forward_window: 1,
+                memory_budget: 1 << 20,
+            },
+            false,
+        )
+        .await
+        .unwrap();
+        let answer = router(worker, Tokens::default())
+            .oneshot(
+                http::Request::get(wire::METRICS)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(
+            answer.headers()[header::CONTENT_TYPE],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+    }
+
     /// The fast path takes exactly the transaction POSTs it can read without decoding; the
     /// router, with the same handler, takes everything else.
     #[test]
