@@ -16,15 +16,15 @@ use serde_json::{Value, json};
 use super::{
     Worker, WorkerError,
     budget::{BudgetError, MemoryBudget, Reservation},
-    hosted::HostedRuntime,
+    hosted::{ForEachKind, HostedRuntime},
     metrics,
     tokens::{Tokens, allowed},
 };
 use crate::store::{self, NewTxn, now_ms};
+use crate::transport::runtime::TransportRuntime;
 use crate::wire::{
     self, DEFAULT_QUEUE_LISTING, Kind, MAX_QUEUE_LISTING, Outcome, QueueListing, QueuedSummary, key,
 };
-use crate::{connection::runtime::ConnectionRuntime, transport::runtime::TransportRuntime};
 
 /// The largest manifest a PUT takes: what the API server takes for an object (3 MiB).
 const MAX_MANIFEST: usize = 3 << 20;
@@ -163,9 +163,18 @@ fn resource_routes<R: HostedRuntime>(router: Router<App>) -> Router<App> {
     )
 }
 
+/// Every kind's resource routes.
+struct ResourceRoutes(Router<App>);
+
+impl ForEachKind for ResourceRoutes {
+    fn kind<R: HostedRuntime>(self) -> Self {
+        Self(resource_routes::<R>(self.0))
+    }
+}
+
 fn routes(app: App) -> Router {
-    let router = resource_routes::<TransportRuntime>(Router::new());
-    resource_routes::<ConnectionRuntime>(router)
+    super::kinds::each(ResourceRoutes(Router::new()))
+        .0
         .route(&wire::transactions_path("{namespace}/{name}"), post(ingest))
         .route(&wire::queue_path("{namespace}/{name}"), get(queue))
         .route(wire::METRICS, get(serve_metrics))

@@ -1,7 +1,8 @@
 //! A kind of resource the worker hosts, as one concept: how its desired state is read from a
 //! manifest or a saved record, and how its runtime is started, updated, reported and
-//! stopped. The worker (`mod.rs`), its routes (`api.rs`) and its restart (re-hosting) are
-//! written once over this trait; each kind implements it in `kinds.rs`.
+//! stopped. The worker (`mod.rs`), its routes (`api.rs`), its restart (re-hosting) and its
+//! shutdown are written once over this trait; each kind implements it and is registered in
+//! `kinds.rs`.
 
 use std::{collections::BTreeMap, future::Future, sync::Arc, sync::RwLock};
 
@@ -66,6 +67,12 @@ pub trait HostedRuntime: Send + Sync + Sized + 'static {
 
     /// Save everything durably (shutdown): a restart hosts it again.
     fn pause(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Something done once for each hosted kind (its routes, re-hosting, saving at shutdown):
+/// `kinds::each` calls it for every kind, in the order they are registered.
+pub trait ForEachKind {
+    fn kind<R: HostedRuntime>(self) -> Self;
 }
 
 /// The runtimes of one kind, by `namespace/name`.

@@ -1,5 +1,6 @@
-//! The kinds the worker hosts: each kind's runtime as a [`HostedRuntime`]. A new kind is its
-//! runtime's module, an impl here and its field in `Worker` (see `hosted.rs`).
+//! The kinds the worker hosts: each kind's runtime as a [`HostedRuntime`], and their one
+//! registration (`HostedKinds`, `each`). A new kind is its runtime's module, an impl here and
+//! a line in each of those two.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     Worker, WorkerError,
-    hosted::{Hosted, HostedRuntime},
+    hosted::{ForEachKind, Hosted, HostedRuntime},
 };
 use crate::{
     api::{Connection, ConnectionSpec, Transport, TransportSpec, validate::Resource},
@@ -20,6 +21,19 @@ use crate::{
     transport::runtime::{Record, RuntimeError, TransportRuntime},
     wire::{self, ConnectionReport, Resolved, TransportReport},
 };
+
+/// The runtimes of every kind, one map each.
+#[derive(Default)]
+pub struct HostedKinds {
+    transports: Hosted<TransportRuntime>,
+    connections: Hosted<ConnectionRuntime>,
+}
+
+/// Do `each` for every kind: transports first, so connections that target one find it hosted
+/// when they are re-hosted.
+pub fn each<F: ForEachKind>(each: F) -> F {
+    each.kind::<TransportRuntime>().kind::<ConnectionRuntime>()
+}
 
 /// The trait's methods that each runtime has under the same name.
 macro_rules! same_named {
@@ -74,7 +88,7 @@ impl HostedRuntime for TransportRuntime {
     type Report = TransportReport;
 
     fn hosted(worker: &Worker) -> &Hosted<Self> {
-        &worker.transports
+        &worker.kinds.transports
     }
 
     fn from_manifest(worker: &Worker, doc: &Value) -> Result<(Transport, ()), WorkerError> {
@@ -143,7 +157,7 @@ impl HostedRuntime for ConnectionRuntime {
     type Report = ConnectionReport;
 
     fn hosted(worker: &Worker) -> &Hosted<Self> {
-        &worker.connections
+        &worker.kinds.connections
     }
 
     /// The body may carry a top-level `resolved` object beside `spec`.

@@ -21,11 +21,12 @@ use serde_json::Value;
 use crate::store::{Store, StoreError, blocking};
 use crate::{
     api::validate::{InvalidManifest, ManifestValidator, Resource},
-    connection::runtime::{ConnectionError, ConnectionRuntime},
-    transport::runtime::{RuntimeError, TransportRuntime},
+    connection::runtime::ConnectionError,
+    transport::runtime::RuntimeError,
     wire::key,
 };
-use hosted::{Hosted, HostedRuntime};
+use futures::future::BoxFuture;
+use hosted::{ForEachKind, HostedRuntime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -82,8 +83,7 @@ pub struct Worker {
     budget: budget::MemoryBudget,
     /// Set when the HTTP server begins to stop: bodies still arriving are refused.
     stopping: tokio::sync::watch::Sender<bool>,
-    transports: Hosted<TransportRuntime>,
-    connections: Hosted<ConnectionRuntime>,
+    kinds: kinds::HostedKinds,
     /// Held from "is it hosted?" to its insert or removal: two PUTs of one new resource must
     /// not both start a runtime on the same queue and records (admin requests only; ingest
     /// never takes it).
@@ -105,14 +105,15 @@ impl Worker {
             forward_window: options.forward_window,
             budget: budget::MemoryBudget::new(options.memory_budget),
             stopping: tokio::sync::watch::channel(false).0,
-            transports: Hosted::default(),
-            connections: Hosted::default(),
+            kinds: kinds::HostedKinds::default(),
             hosting: tokio::sync::Mutex::new(()),
             validator: Mutex::new(ManifestValidator::new()),
         });
         if rehost {
-            worker.rehost::<TransportRuntime>().await?;
-            worker.rehost::<ConnectionRuntime>().await?;
+            let rehosting = kinds::each(Rehost(&worker, Vec::new())).1;
+            for rehost in rehosting {
+                rehost.await?;
+            }
         }
         Ok(worker)
     }
@@ -236,8 +237,11 @@ impl Worker {
 
     /// Save every record durably (shutdown).
     pub async fn shutdown(&self) {
-        self.pause_all::<ConnectionRuntime>().await;
-        self.pause_all::<TransportRuntime>().await;
+        // In reverse: what feeds another kind stops first.
+        let pausing = kinds::each(Pause(self, Vec::new())).1;
+        for pause in pausing.into_iter().rev() {
+            pause.await;
+        }
     }
 
     async fn pause_all<R: HostedRuntime>(&self) {
@@ -246,6 +250,26 @@ impl Worker {
                 tracing::error!(kind = R::KIND.singular(), resource = %runtime.key(), error = %e, "cannot save the record at shutdown");
             }
         }
+    }
+}
+
+/// Re-hosting every kind, one future each, in registration order.
+struct Rehost<'a>(&'a Worker, Vec<BoxFuture<'a, Result<(), WorkerError>>>);
+
+impl ForEachKind for Rehost<'_> {
+    fn kind<R: HostedRuntime>(mut self) -> Self {
+        self.1.push(Box::pin(self.0.rehost::<R>()));
+        self
+    }
+}
+
+/// Saving every kind's records at shutdown.
+struct Pause<'a>(&'a Worker, Vec<BoxFuture<'a, ()>>);
+
+impl ForEachKind for Pause<'_> {
+    fn kind<R: HostedRuntime>(mut self) -> Self {
+        self.1.push(Box::pin(self.0.pause_all::<R>()));
+        self
     }
 }
 
