@@ -13,7 +13,10 @@ use std::{
 };
 
 use common::{TestHost, TestSource, WorkerProc, spec};
-use ferry::operator::metrics::{Caches, OperatorMetrics};
+use ferry::{
+    api::{Connection, Transport},
+    operator::{metrics::OperatorMetrics, reconcile::count_by_state},
+};
 use promql_parser::{
     label::MatchOp,
     parser::{self, Expr},
@@ -115,10 +118,8 @@ fn operator_metrics(into: &mut Exported) {
         serde_json::from_value(resource("Connection", "crm", json!({"status": "Running"})))
             .unwrap(),
     ));
-    metrics.set_caches(Caches {
-        transports,
-        connections,
-    });
+    metrics.count_by_state(count_by_state::<Transport>(transports));
+    metrics.count_by_state(count_by_state::<Connection>(connections));
     let text = ferry::worker::metrics::render(&metrics.registry()).unwrap();
     parse_exposition(&text, into);
 }

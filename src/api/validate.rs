@@ -59,7 +59,7 @@ impl fmt::Display for InvalidManifest {
 }
 
 struct KindSchema {
-    kind: &'static str,
+    kind: String,
     /// The openAPIV3Schema as generated, for the list-map walk.
     schema: Value,
     /// The JSON Schema `structural` was built from: its errors' schema paths point into it.
@@ -95,12 +95,8 @@ impl ManifestValidator {
                     .with_draft(jsonschema::Draft::Draft4)
                     .build(&strict)
                     .expect("the generated schema compiles as JSON Schema");
-                let kind = match crd.spec.names.kind.as_str() {
-                    "Transport" => "Transport",
-                    _ => "Connection",
-                };
                 KindSchema {
-                    kind,
+                    kind: crd.spec.names.kind.clone(),
                     cel: compile_schema(&schema),
                     schema,
                     json_schema: strict,
@@ -119,7 +115,11 @@ impl ManifestValidator {
         let kind = self.check(doc)?;
         let resource = match kind {
             "Transport" => deserialize(doc).map(|t| Resource::Transport(Box::new(t))),
-            _ => deserialize(doc).map(|c| Resource::Connection(Box::new(c))),
+            "Connection" => deserialize(doc).map(|c| Resource::Connection(Box::new(c))),
+            other => Err(problem(
+                "kind",
+                &format!("{other} has a schema but no reader in this ferry"),
+            )),
         };
         resource.map_err(|p| InvalidManifest {
             object: describe(doc),
@@ -134,7 +134,7 @@ impl ManifestValidator {
     }
 
     /// The checks of the schema (identity, structure, CEL, list-map keys); answers the kind.
-    fn check(&self, doc: &Value) -> Result<&'static str, InvalidManifest> {
+    fn check(&self, doc: &Value) -> Result<&str, InvalidManifest> {
         let object = describe(doc);
         let fail = |problems: Vec<Problem>| InvalidManifest {
             object: object.clone(),
@@ -146,7 +146,8 @@ impl ManifestValidator {
                 "a manifest must be a YAML/JSON object",
             )]));
         };
-        let mut problems = identity_problems(map);
+        let kinds: Vec<&str> = self.kinds.iter().map(|k| k.kind.as_str()).collect();
+        let mut problems = identity_problems(map, &kinds);
         let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
         let Some(schema) = self.kinds.iter().find(|k| k.kind == kind) else {
             return Err(fail(problems));
@@ -170,7 +171,7 @@ impl ManifestValidator {
         if !problems.is_empty() {
             return Err(fail(problems));
         }
-        Ok(schema.kind)
+        Ok(&schema.kind)
     }
 }
 
@@ -207,7 +208,7 @@ fn describe(doc: &Value) -> String {
 }
 
 /// apiVersion, kind and metadata: checked by the API server before any schema.
-fn identity_problems(map: &Map<String, Value>) -> Vec<Problem> {
+fn identity_problems(map: &Map<String, Value>, kinds: &[&str]) -> Vec<Problem> {
     let mut problems = Vec::new();
     match map.get("apiVersion").and_then(Value::as_str) {
         Some(API_VERSION) => {}
@@ -217,10 +218,10 @@ fn identity_problems(map: &Map<String, Value>) -> Vec<Problem> {
         )),
     }
     match map.get("kind").and_then(Value::as_str) {
-        Some("Transport" | "Connection") => {}
+        Some(kind) if kinds.contains(&kind) => {}
         other => problems.push(problem(
             "kind",
-            &format!("must be Transport or Connection, not {}", shown(other)),
+            &format!("must be {}, not {}", kinds.join(" or "), shown(other)),
         )),
     }
     let meta = map.get("metadata");

@@ -26,7 +26,7 @@ use super::{
     worker_pod::{ReadyWorker, WorkerPodUnavailable},
 };
 use crate::{
-    api::{Connection, ConnectionStatus, Transport},
+    api::{Connection, ConnectionStatus, ConnectionStatusValue, Transport},
     connection::{
         startup_queue::{Look, QueueCounts, StartupQueue, ends_startup},
         status::OperatorPhase,
@@ -232,6 +232,19 @@ type Targets = Result<BTreeMap<String, ResolvedTransport>, String>;
 
 impl WorkerResource for Connection {
     const KIND: &'static str = "Connection";
+
+    fn states() -> Vec<&'static str> {
+        ConnectionStatusValue::ALL
+            .map(ConnectionStatusValue::as_str)
+            .to_vec()
+    }
+
+    fn state_name(&self) -> Option<&'static str> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.status)
+            .map(ConnectionStatusValue::as_str)
+    }
     type Status = ConnectionStatus;
     type Memory = Connections;
     type Refs = Targets;

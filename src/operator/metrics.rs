@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -26,10 +26,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    api::{Connection, ConnectionStatusValue, Transport, TransportState},
-    connection::startup_queue::QueueCounts,
-};
+use crate::connection::startup_queue::QueueCounts;
 
 type KindLabel = [(&'static str, &'static str); 1];
 type ErrorLabels = [(&'static str, &'static str); 2];
@@ -47,24 +44,42 @@ pub struct OperatorMetrics {
 #[derive(Debug, Default)]
 struct Live {
     leader: AtomicBool,
-    caches: OnceLock<Caches>,
+    kinds: Mutex<Vec<CountByState>>,
     /// The startup queue as the connection reconciler last left it.
     startup: Mutex<QueueCounts>,
     /// Container restarts of each worker pod (`namespace`, `pod`) as last read.
     restarts: Mutex<BTreeMap<(String, String), u64>>,
 }
 
-/// The controllers' caches, known once the controllers are built.
-#[derive(Clone)]
-/// The controllers' caches (unreadable objects in them are counted nowhere).
-pub struct Caches {
-    pub transports: Store<kube::core::DeserializeGuard<Transport>>,
-    pub connections: Store<kube::core::DeserializeGuard<Connection>>,
+/// One kind's objects by state, read from its controller's cache at scrape time: the kind
+/// and a count of every state it has (`Pending` for no state yet).
+pub type Counted = (&'static str, Vec<(&'static str, i64)>);
+
+/// Counts one kind's objects (registered by its controller once its cache exists).
+pub struct CountByState(Box<dyn Fn() -> Counted + Send + Sync>);
+
+impl CountByState {
+    /// Count the readable objects of `cache` (unreadable ones are counted nowhere) into
+    /// `states`, by what `state_of` says of each.
+    pub fn new<K: super::NamespacedObject>(
+        kind: &'static str,
+        states: Vec<&'static str>,
+        cache: Store<kube::core::DeserializeGuard<K>>,
+        state_of: fn(&K) -> Option<&'static str>,
+    ) -> Self {
+        Self(Box::new(move || {
+            let objects = super::readable(&cache.state());
+            (
+                kind,
+                by_state(states.iter().copied(), objects.iter().map(state_of)),
+            )
+        }))
+    }
 }
 
-impl fmt::Debug for Caches {
+impl fmt::Debug for CountByState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Caches").finish_non_exhaustive()
+        f.debug_struct("CountByState").finish_non_exhaustive()
     }
 }
 
@@ -102,8 +117,9 @@ impl OperatorMetrics {
         self.live.leader.store(leader, Ordering::Relaxed);
     }
 
-    pub fn set_caches(&self, caches: Caches) {
-        let _ = self.live.caches.set(caches);
+    /// Count a kind's objects by state in `ferry_resources`.
+    pub fn count_by_state(&self, kind: CountByState) {
+        lock(&self.live.kinds).push(kind);
     }
 
     /// The startup queue after a connection was looked at.
@@ -232,7 +248,7 @@ impl Collector for LiveCollector {
         }
 
         // Before the caches exist the family is described, with no series.
-        let rows = live.caches.get().map(resource_rows).unwrap_or_default();
+        let rows: Vec<Counted> = lock(&live.kinds).iter().map(|count| (count.0)()).collect();
         let mut family = encoder.encode_descriptor(
             "ferry_operator_resources",
             "Transports by state and Connections by status, as last written (Pending: no status yet)",
@@ -249,38 +265,6 @@ impl Collector for LiveCollector {
     }
 }
 
-/// Transports by state and Connections by status, from the caches.
-fn resource_rows(caches: &Caches) -> Vec<(&'static str, Vec<(&'static str, i64)>)> {
-    let transports = super::readable(&caches.transports.state());
-    let connections = super::readable(&caches.connections.state());
-    vec![
-        (
-            "Transport",
-            by_state(
-                TransportState::ALL.map(TransportState::as_str),
-                transports.iter().map(|t| {
-                    t.status
-                        .as_ref()
-                        .and_then(|s| s.state)
-                        .map(TransportState::as_str)
-                }),
-            ),
-        ),
-        (
-            "Connection",
-            by_state(
-                ConnectionStatusValue::ALL.map(ConnectionStatusValue::as_str),
-                connections.iter().map(|c| {
-                    c.status
-                        .as_ref()
-                        .and_then(|s| s.status)
-                        .map(ConnectionStatusValue::as_str)
-                }),
-            ),
-        ),
-    ]
-}
-
 fn startup_gauge(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
@@ -288,6 +272,7 @@ fn startup_gauge(count: usize) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::TransportState;
 
     #[test]
     fn counts_every_documented_state_and_the_pending_ones() {

@@ -34,6 +34,10 @@ use crate::api::storage::ReclaimPolicy;
 pub trait WorkerResource: NamespacedObject + serde::Serialize {
     /// The kind, as logs and metrics name it.
     const KIND: &'static str;
+    /// Every state its status can show (`ferry_resources`' `state` label)...
+    fn states() -> Vec<&'static str>;
+    /// ... and this one's, `None` before it has one.
+    fn state_name(&self) -> Option<&'static str>;
     type Status: WithConditions + Send + Sync;
     /// What this kind keeps across reconciles, besides the shared context.
     type Memory: Send + Sync + 'static;
@@ -72,6 +76,13 @@ pub trait WorkerResource: NamespacedObject + serde::Serialize {
 
     /// The resource is going away: forget what this kind remembered of it.
     fn forget(&self, namespace: &str, ctx: &Context, memory: &Self::Memory);
+}
+
+/// Counts a kind's objects in its controller's cache by state, for `ferry_resources`.
+pub fn count_by_state<R: WorkerResource>(
+    cache: kube::runtime::reflector::Store<kube::core::DeserializeGuard<R>>,
+) -> super::metrics::CountByState {
+    super::metrics::CountByState::new(R::KIND, R::states(), cache, R::state_name)
 }
 
 /// What the observe step works with.

@@ -35,8 +35,8 @@ use super::{
     events::Events,
     guard::reconcile_guarded,
     leadership::{Leadership, LeaseError, LeaseOptions},
-    metrics::{Caches, OperatorMetrics},
-    reconcile::{WorkerResource, reconcile},
+    metrics::OperatorMetrics,
+    reconcile::{WorkerResource, count_by_state, reconcile},
     worker_client::{WorkerAccess, WorkerClient},
 };
 use crate::api::{Connection, Transport};
@@ -438,10 +438,6 @@ async fn lead(
     };
     let (transports_cache, transports) = kinds.watch::<Transport>();
     let (connections_cache, connections_controller) = kinds.watch::<Connection>();
-    endpoints.metrics.set_caches(Caches {
-        transports: transports_cache.clone(),
-        connections: connections_cache.clone(),
-    });
 
     let transports = kinds.run(transports, Arc::new(()));
 
@@ -519,6 +515,9 @@ impl Kinds<'_> {
             R::KIND,
             self.endpoints.clone(),
         );
+        self.endpoints
+            .metrics
+            .count_by_state(count_by_state(cache.clone()));
         let controller = Controller::for_stream(triggers, cache.clone())
             .owns_stream(worker_sets(self.client, self.namespace))
             .graceful_shutdown_on(when(self.halted));

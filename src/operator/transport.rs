@@ -15,12 +15,23 @@ use super::{
     worker_pod::ReadyWorker,
 };
 use crate::{
-    api::{Transport, TransportStatus},
+    api::{Transport, TransportState, TransportStatus},
     wire::{self, TransportReport},
 };
 
 impl WorkerResource for Transport {
     const KIND: &'static str = "Transport";
+
+    fn states() -> Vec<&'static str> {
+        TransportState::ALL.map(TransportState::as_str).to_vec()
+    }
+
+    fn state_name(&self) -> Option<&'static str> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.state)
+            .map(TransportState::as_str)
+    }
     type Status = TransportStatus;
     type Memory = ();
     type Refs = ();
