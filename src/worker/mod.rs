@@ -1,4 +1,5 @@
-//! The worker: hosts transports, owns the store, serves the HTTP API of docs/worker-api.md.
+//! The worker: hosts transports and connections (each kind a `HostedRuntime`, registered in
+//! `kinds.rs`), owns the store, serves the HTTP API of docs/worker-api.md (`crate::wire`).
 
 pub mod api;
 pub mod budget;
