@@ -23,7 +23,7 @@ use super::{
     builders::{BuildError, Owner},
     context::{Context, FINALIZER},
     error::ReconcileError,
-    status::WithConditions,
+    status::{WithConditions, to_write},
     status_writer::write_status,
     worker_objects::{apply_or_report, delete_claim},
     worker_pod::{ReadyWorker, WorkerPodUnavailable, ready_worker},
@@ -134,7 +134,9 @@ async fn apply<R: WorkerResource>(
         refs,
     };
     let status = object.observe(observed).await;
-    write_status(&ctx.client, object, namespace, &status).await?;
+    if let Some(changed) = to_write(object.status(), status.clone()) {
+        write_status(&ctx.client, object, namespace, &changed).await?;
+    }
     object.written(&status, ctx, memory);
     if let Some((warning, reason, note)) = R::event(object.status(), &status) {
         let reference = object.object_ref(&());

@@ -107,13 +107,19 @@ fn state_reason(state: TransportState) -> &'static str {
 }
 
 /// A status with conditions (both kinds').
-pub trait WithConditions: Clone + Default + serde::Serialize {
+pub trait WithConditions: Clone + Default + PartialEq + serde::Serialize {
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    /// `lastReportTime`: when the worker last answered.
+    fn last_report_time_mut(&mut self) -> &mut Option<Time>;
 }
 
 impl WithConditions for TransportStatus {
     fn conditions_mut(&mut self) -> &mut Vec<Condition> {
         &mut self.conditions
+    }
+
+    fn last_report_time_mut(&mut self) -> &mut Option<Time> {
+        &mut self.last_report_time
     }
 }
 
@@ -121,6 +127,40 @@ impl WithConditions for ConnectionStatus {
     fn conditions_mut(&mut self) -> &mut Vec<Condition> {
         &mut self.conditions
     }
+
+    fn last_report_time_mut(&mut self) -> &mut Option<Time> {
+        &mut self.last_report_time
+    }
+}
+
+/// How long `lastReportTime` stands still while nothing else in a status changes
+/// (docs/operator.md, "What the operator reads and writes"): a report that only says "still the
+/// same" is not written more often, so a resource at rest costs no status write.
+pub const REPORT_TIME_FRESHNESS: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// The status to write, or `None` when the object shows it already. A newer `lastReportTime`
+/// alone is a change only once the one shown is [`REPORT_TIME_FRESHNESS`] old.
+pub fn to_write<S: WithConditions>(shown: Option<&S>, mut next: S) -> Option<S> {
+    let Some(shown) = shown else {
+        return Some(next);
+    };
+    let shown_time = shown.clone().last_report_time_mut().take();
+    let next_time = next.last_report_time_mut().clone();
+    let mut same = shown.clone();
+    *same.last_report_time_mut() = next_time.clone();
+    if same != next {
+        return Some(next);
+    }
+    let stale = match (&shown_time, &next_time) {
+        (Some(shown), Some(next)) => next
+            .0
+            .duration_since(shown.0)
+            .unsigned_abs()
+            .ge(&REPORT_TIME_FRESHNESS),
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    stale.then_some(next)
 }
 
 /// Why a worker pod that exists is not ready, as `kubectl describe` would show it: a container
@@ -443,6 +483,25 @@ mod tests {
             .iter()
             .find(|c| c.type_ == type_)
             .expect("condition present")
+    }
+
+    /// At rest a status is not written again: the same report later is no change, until the
+    /// report time shown is REPORT_TIME_FRESHNESS old; any other change is written at once.
+    #[test]
+    fn a_status_is_written_only_when_it_changed_or_its_report_time_is_stale() {
+        let up = report(TransportState::Up, 1);
+        let shown = transport_status(None, Some(1), false, Ok(&up), at(10));
+        let again = transport_status(Some(&shown), Some(1), false, Ok(&up), at(15));
+        assert_eq!(to_write(Some(&shown), again), None);
+        let stale = REPORT_TIME_FRESHNESS.as_secs() as i64 + 10;
+        let later = transport_status(Some(&shown), Some(1), false, Ok(&up), at(stale));
+        assert_eq!(to_write(Some(&shown), later.clone()), Some(later));
+        let mut queued = up.clone();
+        queued.queue.messages = 1;
+        let changed = transport_status(Some(&shown), Some(1), false, Ok(&queued), at(15));
+        assert_eq!(to_write(Some(&shown), changed.clone()), Some(changed));
+        let first = transport_status(None, Some(1), false, Ok(&up), at(15));
+        assert_eq!(to_write(None, first.clone()), Some(first));
     }
 
     #[test]
