@@ -11,7 +11,8 @@ use std::{
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use super::{
-    builders::WorkerDefaults, events::Events, metrics::OperatorMetrics, worker_client::WorkerClient,
+    backoff::Backoff, builders::WorkerDefaults, events::Events, metrics::OperatorMetrics,
+    worker_client::WorkerClient,
 };
 
 /// The one field manager of everything the operator applies.
@@ -30,6 +31,8 @@ pub struct Context {
     pub events: Events,
     /// The operator's `/metrics`: reconciles add the startup queue and worker restarts.
     pub metrics: std::sync::Arc<OperatorMetrics>,
+    /// Failing reconciles, per object: how long each waits before the next.
+    pub backoff: Backoff,
     /// What each worker was last given, by resource. A new generation or a new pod (the
     /// worker restarted) means the spec is pushed again. Empty after an operator restart, so
     /// everything is pushed once more.
@@ -54,6 +57,7 @@ impl Context {
             status_interval,
             events: Events::default(),
             metrics: Default::default(),
+            backoff: Backoff::default(),
             pushed: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashSet::new()),
         }

@@ -20,7 +20,7 @@ use prometheus_client::{
         MetricType,
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
         histogram::Histogram,
     },
     registry::Registry,
@@ -37,6 +37,7 @@ pub struct OperatorMetrics {
     reconciles: Family<KindLabel, Counter>,
     errors: Family<ErrorLabels, Counter>,
     durations: Family<KindLabel, Histogram>,
+    backing_off: Gauge,
     live: Arc<Live>,
 }
 
@@ -94,6 +95,7 @@ impl Default for OperatorMetrics {
                     0.001, 2.0, 15,
                 ))
             }),
+            backing_off: Gauge::default(),
             live: Arc::default(),
         }
     }
@@ -111,6 +113,12 @@ impl OperatorMetrics {
                 .get_or_create(&[("kind", kind), ("error", error)])
                 .inc();
         }
+    }
+
+    /// Objects whose last reconcile failed (each waits its backoff).
+    pub fn set_backing_off(&self, objects: usize) {
+        self.backing_off
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -145,6 +153,11 @@ impl OperatorMetrics {
             "ferry_operator_reconciles",
             "Reconciles run, by kind",
             self.reconciles.clone(),
+        );
+        registry.register(
+            "ferry_operator_backing_off",
+            "Objects whose last reconcile failed, each waiting its backoff (5 s doubling to 5 min) before the next",
+            self.backing_off.clone(),
         );
         registry.register(
             "ferry_operator_reconcile_errors",

@@ -560,7 +560,18 @@ fn targets(connection: &Connection, name: &str) -> bool {
         .any(|s| s.target.transport.as_ref().is_some_and(|t| t.name == name))
 }
 
-/// A reconciler that counts itself in the metrics.
+/// `Kind namespace/name`, the key of an object's backoff.
+fn backoff_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{} {}/{}",
+        K::kind(&()),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+        object.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// A reconciler that counts itself in the metrics, and whose success ends its object's
+/// backoff.
 fn timed<K, F, Fut>(
     kind: &'static str,
     metrics: Arc<OperatorMetrics>,
@@ -572,7 +583,7 @@ fn timed<K, F, Fut>(
 where
     F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Action, ReconcileError>> + Send + 'static,
-    K: Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Send + Sync + 'static,
 {
     let reconcile = Arc::new(reconcile);
     move |object, ctx| {
@@ -580,7 +591,12 @@ where
         let reconcile = reconcile.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let result = reconcile(object, ctx).await;
+            let key = backoff_key(&*object);
+            let result = reconcile(object, ctx.clone()).await;
+            if result.is_ok() {
+                ctx.backoff.succeeded(&key);
+                metrics.set_backing_off(ctx.backoff.backing_off());
+            }
             metrics.reconciled(
                 kind,
                 started.elapsed(),
@@ -591,21 +607,23 @@ where
     }
 }
 
-/// A failed reconcile: a Warning event on the object, tried again shortly.
+/// A failed reconcile: a Warning event on the object, tried again after its backoff.
 fn error_policy<K>(object: Arc<K>, error: &ReconcileError, ctx: Arc<Context>) -> Action
 where
     K: Resource<DynamicType = ()> + Send + Sync + 'static,
 {
+    let retry = ctx.backoff.failed(&backoff_key(&*object));
+    ctx.metrics.set_backing_off(ctx.backoff.backing_off());
     let reference = object.object_ref(&());
     // The step first, so `kubectl describe` says where it failed.
     let note = format!("{} step: {error}", error.category());
-    tracing::warn!(object = %format!("{}/{}", reference.namespace.clone().unwrap_or_default(), reference.name.clone().unwrap_or_default()), step = error.category(), error = %error, "reconcile failed");
+    tracing::warn!(object = %format!("{}/{}", reference.namespace.clone().unwrap_or_default(), reference.name.clone().unwrap_or_default()), step = error.category(), error = %error, retry_in = ?retry, "reconcile failed");
     tokio::spawn(async move {
         ctx.events
             .publish(&reference, true, "ReconcileFailed", note)
             .await;
     });
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(retry)
 }
 
 #[cfg(test)]
