@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::{
     builders::{BuildError, Owner},
+    caches::cached,
     context::{Context, now},
     error::ReconcileError,
     events::connection_event,
@@ -309,14 +310,25 @@ async fn resolve_targets(
             continue;
         }
         let lookup = |what: String| move |source| ReconcileError::Dereference { what, source };
-        let Some(transport) = transports
-            .get_opt(&target.name)
-            .await
-            .map_err(lookup(format!(
-                "target transport {namespace}/{}",
-                target.name
-            )))?
-        else {
+        let transport = match cached(&ctx.caches.transports, namespace, &target.name) {
+            Some(guarded) => match &guarded.0 {
+                Ok(transport) => Some(transport.clone()),
+                Err(_) => {
+                    return Ok(Err(format!(
+                        "sync-set {}: target transport {namespace}/{} cannot be read (its status says why)",
+                        sync_set.name, target.name
+                    )));
+                }
+            },
+            None => transports
+                .get_opt(&target.name)
+                .await
+                .map_err(lookup(format!(
+                    "target transport {namespace}/{}",
+                    target.name
+                )))?,
+        };
+        let Some(transport) = transport else {
             return Ok(Err(format!(
                 "sync-set {}: target transport {namespace}/{} does not exist",
                 sync_set.name, target.name
@@ -329,13 +341,16 @@ async fn resolve_targets(
             )));
         }
         let owner = Owner::transport(&transport)?;
-        let secret = secrets
-            .get_opt(&owner.worker_name())
-            .await
-            .map_err(lookup(format!(
-                "Secret {namespace}/{}",
-                owner.worker_name()
-            )))?;
+        let secret = match cached(&ctx.caches.secrets, namespace, &owner.worker_name()) {
+            Some(secret) => Some(Secret::clone(&secret)),
+            None => secrets
+                .get_opt(&owner.worker_name())
+                .await
+                .map_err(lookup(format!(
+                    "Secret {namespace}/{}",
+                    owner.worker_name()
+                )))?,
+        };
         if secret
             .as_ref()
             .is_some_and(|s| !owner.controls(&s.metadata))

@@ -11,8 +11,8 @@ use std::{
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use super::{
-    backoff::Backoff, builders::WorkerDefaults, events::Events, metrics::OperatorMetrics,
-    worker_client::WorkerClient,
+    backoff::Backoff, builders::WorkerDefaults, caches::Caches, events::Events,
+    metrics::OperatorMetrics, worker_client::WorkerClient,
 };
 
 /// The one field manager of everything the operator applies.
@@ -33,6 +33,8 @@ pub struct Context {
     pub metrics: std::sync::Arc<OperatorMetrics>,
     /// Failing reconciles, per object: how long each waits before the next.
     pub backoff: Backoff,
+    /// The workers' objects and pods as the watches hold them.
+    pub caches: Caches,
     /// What each worker was last given, by resource. A new generation or a new pod (the
     /// worker restarted) means the spec is pushed again. Empty after an operator restart, so
     /// everything is pushed once more.
@@ -41,7 +43,15 @@ pub struct Context {
     /// and applied: their ownership is not read again on every status refresh. Empty after an
     /// operator restart, so each is checked once more.
     owned: Mutex<HashSet<String>>,
+    /// What this operator last applied of each worker object: (resource uid, kind) → (hash of
+    /// what was applied, the object's marker right after: its uid and resourceVersion, or a
+    /// StatefulSet's uid and generation). An object whose cached marker still matches and whose
+    /// desired form hashes the same is not applied again. Empty after an operator restart.
+    applied: Mutex<Applied>,
 }
+
+/// (resource uid, object kind) → (hash of what was applied, the object's marker after).
+type Applied = HashMap<(String, &'static str), (String, String)>;
 
 impl Context {
     pub fn new(
@@ -58,6 +68,8 @@ impl Context {
             events: Events::default(),
             metrics: Default::default(),
             backoff: Backoff::default(),
+            caches: Caches::default(),
+            applied: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashSet::new()),
         }
@@ -69,6 +81,12 @@ impl Context {
         self
     }
 
+    /// Read the workers' objects and pods from these caches first.
+    pub fn with_caches(mut self, caches: Caches) -> Self {
+        self.caches = caches;
+        self
+    }
+
     /// Count into these metrics (the ones `/metrics` serves).
     pub fn with_metrics(mut self, metrics: std::sync::Arc<OperatorMetrics>) -> Self {
         self.metrics = metrics;
@@ -77,6 +95,16 @@ impl Context {
 
     pub(super) fn pushed(&self) -> MutexGuard<'_, HashMap<String, Pushed>> {
         self.pushed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn applied(&self) -> MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The resource (by uid) is gone: forget its worker's objects.
+    pub(super) fn forget_objects(&self, uid: &str) {
+        self.owned().remove(uid);
+        self.applied().retain(|(of, _), _| of != uid);
     }
 
     pub(super) fn owned(&self) -> MutexGuard<'_, HashSet<String>> {

@@ -72,8 +72,10 @@ impl ApiServerVerifier {
         self.objects_with_known_tokens_and(worker, uid, true).await;
     }
 
-    /// The same, when the Service's and StatefulSet's ownership is read (`checked`) or already
-    /// known from an earlier reconcile of this operator.
+    /// The same, when the Service's and StatefulSet's ownership is read (`checked`: the first
+    /// reconcile of this operator) or already known from an earlier one. The Secret is as the
+    /// first reconcile's apply left it, so a later reconcile does not apply it again; the
+    /// Service and StatefulSet, not read again (no cache here), are applied.
     pub async fn objects_with_known_tokens_and(&mut self, worker: &str, uid: &str, checked: bool) {
         let (_, path, _, send) = self.next().await;
         assert!(path.ends_with(&format!("/secrets/{worker}")), "{path}");
@@ -81,19 +83,20 @@ impl ApiServerVerifier {
             200,
             json!({
                 "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": worker, "ownerReferences": controlled_by(uid)},
+                "metadata": {"name": worker, "ownerReferences": controlled_by(uid),
+                             "uid": "uid-Secret", "resourceVersion": "1"},
                 "data": {"admin-token": "YWRtaW4tdG9rZW4=", "ingest-token": "aW5nZXN0LXRva2Vu"},
             }),
         ));
         if checked {
             self.service_and_stateful_set_absent(worker).await;
         }
-        for _ in 0..3 {
-            let (method, _, body, send) = self.next().await;
+        for _ in 0..if checked { 3 } else { 2 } {
+            let (method, path, body, send) = self.next().await;
             assert_eq!(
                 method,
                 Method::PATCH,
-                "ownership is read once, not on every reconcile"
+                "ownership is read once, not on every reconcile: {path}"
             );
             if body["kind"] == "Secret" {
                 assert_eq!(
@@ -101,7 +104,7 @@ impl ApiServerVerifier {
                     "tokens kept, not regenerated"
                 );
             }
-            send.send_response(respond(200, body));
+            send.send_response(respond(200, applied(body)));
         }
     }
 
@@ -280,6 +283,14 @@ pub fn mock() -> (kube::Client, ApiServerVerifier) {
         kube::Client::new(service, "default"),
         ApiServerVerifier(handle),
     )
+}
+
+/// What the API server answers to an apply: the object, with its uid and a resourceVersion.
+pub fn applied(mut body: Value) -> Value {
+    let kind = body["kind"].as_str().unwrap_or_default().to_owned();
+    body["metadata"]["uid"] = json!(format!("uid-{kind}"));
+    body["metadata"]["resourceVersion"] = json!("1");
+    body
 }
 
 /// `metadata.ownerReferences` naming `uid` as the controller.

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod builders;
+pub mod caches;
 pub mod connection;
 pub mod context;
 pub mod error;

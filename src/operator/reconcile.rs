@@ -156,7 +156,7 @@ async fn cleanup<R: WorkerResource>(
 ) -> Result<Action, ReconcileError> {
     let owner = object.owner()?;
     object.forget(namespace, ctx, memory);
-    ctx.owned().remove(owner.uid());
+    ctx.forget_objects(owner.uid());
     ctx.metrics.forget_worker(
         namespace,
         &super::worker_pod::pod_name(&owner.worker_name()),

@@ -12,8 +12,15 @@ use std::{
 };
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{Pod, Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::ListParams,
@@ -29,6 +36,7 @@ use tokio::sync::watch;
 
 use super::{
     builders::WorkerDefaults,
+    caches::{Caches, WORKER_OBJECTS},
     connection::{Connections, announce_reinitializing},
     context::Context,
     error::ReconcileError,
@@ -229,21 +237,18 @@ where
     }
 }
 
-/// The resources of one kind, filtered to what should trigger a reconcile, with their cache.
-/// The watch's failures and recoveries go to `endpoints` under `kind`.
+/// The resources of one kind, filtered to what should trigger a reconcile, filling `writer`'s
+/// cache. The watch's failures and recoveries go to `endpoints` under `kind`.
 fn triggers<K>(
     api: Api<K>,
+    writer: reflector::store::Writer<K>,
     kind: &'static str,
     endpoints: Arc<Endpoints>,
-) -> (
-    reflector::Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: super::NamespacedObject,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    watcher(api, watcher::Config::default().any_semantic())
         .inspect(move |event| match event {
             Err(e) => endpoints.watch_failed(kind, e),
             Ok(_) => endpoints.watch_recovered(kind),
@@ -251,24 +256,150 @@ where
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(spec_or_lifecycle, Default::default());
-    (reader, stream)
+        .predicate_filter(spec_or_lifecycle, Default::default())
 }
 
-/// The workers' StatefulSets, metadata only (their pod templates are not needed in memory):
-/// a change of their ready replicas re-reconciles the owner at once.
-fn worker_sets(
+/// Reconcile requests for each kind from the watches of the workers' objects: an object a
+/// resource controls changed or went away (someone edited or deleted it, or its pod became
+/// ready), so that resource is reconciled at once. One watch per kind of object serves every
+/// kind of resource.
+#[derive(Default)]
+struct OwnerTriggers {
+    routes: std::sync::Mutex<
+        std::collections::HashMap<&'static str, mpsc::UnboundedSender<(String, String)>>,
+    >,
+}
+
+impl OwnerTriggers {
+    /// The reconcile requests for kind `R`.
+    fn subscribe<R: WorkerResource>(&self) -> impl Stream<Item = ObjectRef<Guarded<R>>> + use<R> {
+        let (sender, receiver) = mpsc::unbounded();
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(R::KIND, sender);
+        receiver.map(|(namespace, name)| ObjectRef::new(&name).within(&namespace))
+    }
+
+    /// `object` changed: its controlling ferry resource is reconciled.
+    fn route(&self, object: &ObjectMeta) {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let namespace = object.namespace.clone().unwrap_or_default();
+        for owner in object.owner_references.iter().flatten() {
+            if owner.controller == Some(true)
+                && owner.api_version == crate::api::API_VERSION
+                && let Some(route) = routes.get(owner.kind.as_str())
+            {
+                let _ = route.unbounded_send((namespace.clone(), owner.name.clone()));
+            }
+        }
+    }
+}
+
+/// The watch of one kind of worker object (`Secret`, `Service`, `StatefulSet` metadata, `Pod`):
+/// it fills `writer`'s cache and, with `triggers`, reconciles the resource that controls a
+/// changed or deleted object.
+fn watch_worker_objects<K>(
     client: &Client,
     namespace: &Option<String>,
-) -> impl Stream<Item = Result<PartialObjectMeta<StatefulSet>, watcher::Error>> + Send + 'static {
+    writer: reflector::store::Writer<K>,
+    triggers: Option<Arc<OwnerTriggers>>,
+    endpoints: Arc<Endpoints>,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let kind = K::kind(&()).into_owned();
     let config = watcher::Config::default()
-        .labels("app.kubernetes.io/managed-by=ferry-operator,app.kubernetes.io/component=worker");
-    watcher(
-        api::<PartialObjectMeta<StatefulSet>>(client, namespace),
-        config,
-    )
-    .default_backoff()
-    .touched_objects()
+        .labels(WORKER_OBJECTS)
+        .any_semantic();
+    watcher(api::<K>(client, namespace), config)
+        .inspect(move |event| match event {
+            Err(e) => endpoints.watch_failed(worker_object_kind(&kind), e),
+            Ok(_) => endpoints.watch_recovered(worker_object_kind(&kind)),
+        })
+        .default_backoff()
+        // Who wrote which field is not needed here, and is most of a pod's size.
+        .modify(|object| object.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .touched_objects()
+        .for_each(move |object| {
+            if let (Ok(object), Some(triggers)) = (object, &triggers) {
+                triggers.route(object.meta());
+            }
+            std::future::ready(())
+        })
+}
+
+/// The names `/readyz` gives the watches of worker objects.
+fn worker_object_kind(kind: &str) -> &'static str {
+    match kind {
+        "Secret" => "worker Secret",
+        "Service" => "worker Service",
+        "StatefulSet" => "worker StatefulSet",
+        _ => "worker Pod",
+    }
+}
+
+/// Start watching the workers' objects: the caches the reconciles read, and the triggers they
+/// route. Runs until `halted`.
+fn worker_object_watches(
+    client: &Client,
+    namespace: &Option<String>,
+    endpoints: &Arc<Endpoints>,
+    triggers: &Arc<OwnerTriggers>,
+    halted: &watch::Receiver<bool>,
+    transports: reflector::Store<Guarded<Transport>>,
+) -> Caches {
+    let (secrets, secrets_writer) = reflector::store();
+    let (services, services_writer) = reflector::store();
+    let (stateful_sets, sets_writer) = reflector::store();
+    let (pods, pods_writer) = reflector::store();
+    let watches = futures::future::join4(
+        watch_worker_objects::<Secret>(
+            client,
+            namespace,
+            secrets_writer,
+            Some(triggers.clone()),
+            endpoints.clone(),
+        ),
+        watch_worker_objects::<PartialObjectMeta<Service>>(
+            client,
+            namespace,
+            services_writer,
+            Some(triggers.clone()),
+            endpoints.clone(),
+        ),
+        watch_worker_objects::<PartialObjectMeta<StatefulSet>>(
+            client,
+            namespace,
+            sets_writer,
+            Some(triggers.clone()),
+            endpoints.clone(),
+        ),
+        // A pod's changes reach its resource through its StatefulSet's status.
+        watch_worker_objects::<Pod>(client, namespace, pods_writer, None, endpoints.clone()),
+    );
+    let halted = when(halted);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = watches => {},
+            () = halted => {},
+        }
+    });
+    Caches {
+        transports,
+        secrets,
+        services,
+        stateful_sets,
+        pods,
+    }
 }
 
 /// Run the operator until a shutdown signal (or, with leader election, until the lease is lost).
@@ -372,6 +503,39 @@ async fn lead(
         WorkerAccess::Proxy => WorkerClient::proxy(client.clone(), options.worker_timeout),
     };
     tracing::info!(%access, "reaching workers");
+    // Stop on a signal, or when the lease is lost.
+    let (halt, halted) = watch::channel(false);
+    let mut lost = leadership.map(Leadership::watch);
+    let mut signal = stopped.clone();
+    let halting = tokio::spawn(async move {
+        let lost_lease = async {
+            match &mut lost {
+                Some(leading) => {
+                    let _ = leading.wait_for(|leading| !*leading).await;
+                    true
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let lease_lost = tokio::select! {
+            lease_lost = lost_lease => lease_lost,
+            _ = signal.wait_for(|s| *s) => false,
+        };
+        let _ = halt.send(true);
+        lease_lost
+    });
+
+    // The workers' objects and pods: one watch each, read by every reconcile.
+    let owner_triggers = Arc::new(OwnerTriggers::default());
+    let (transports_cache, transports_writer) = reflector::store();
+    let caches = worker_object_watches(
+        &client,
+        &options.namespace,
+        endpoints,
+        &owner_triggers,
+        &halted,
+        transports_cache.clone(),
+    );
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -380,7 +544,8 @@ async fn lead(
             options.status_interval,
         )
         .with_events(Events::new(client.clone(), Some(options.instance.clone())))
-        .with_metrics(endpoints.metrics.clone()),
+        .with_metrics(endpoints.metrics.clone())
+        .with_caches(caches),
     );
     let connections = Arc::new(
         Connections::new(options.startup_concurrency, options.startup_timeout)
@@ -406,28 +571,6 @@ async fn lead(
         "startup queue restored; connections are Server Reinitializing until pushed again"
     );
 
-    // Stop on a signal, or when the lease is lost.
-    let (halt, halted) = watch::channel(false);
-    let mut lost = leadership.map(Leadership::watch);
-    let mut signal = stopped.clone();
-    let halting = tokio::spawn(async move {
-        let lost_lease = async {
-            match &mut lost {
-                Some(leading) => {
-                    let _ = leading.wait_for(|leading| !*leading).await;
-                    true
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let lease_lost = tokio::select! {
-            lease_lost = lost_lease => lease_lost,
-            _ = signal.wait_for(|s| *s) => false,
-        };
-        let _ = halt.send(true);
-        lease_lost
-    });
-
     // Each kind: its watch and cache, a controller on the one reconcile skeleton.
     let kinds = Kinds {
         client: &client,
@@ -435,18 +578,22 @@ async fn lead(
         endpoints,
         halted: &halted,
         ctx: &ctx,
+        owner_triggers: &owner_triggers,
     };
-    let (transports_cache, transports) = kinds.watch::<Transport>();
-    let (connections_cache, connections_controller) = kinds.watch::<Connection>();
+    // A Transport that appears, changes or goes away re-reconciles the connections that target
+    // it: the Transports' one watch is passed on to them.
+    let (transport_changes_sender, transport_changes) = mpsc::unbounded();
+    let transports = kinds.watch::<Transport>(
+        (transports_cache.clone(), transports_writer),
+        Some(transport_changes_sender),
+    );
+    let (connections_cache, connections_writer) = reflector::store();
+    let connections_controller =
+        kinds.watch::<Connection>((connections_cache.clone(), connections_writer), None);
 
     let transports = kinds.run(transports, Arc::new(()));
 
-    // A Transport that appears, changes or goes away re-reconciles the connections that target it.
-    let (_, transport_changes) = triggers(
-        api::<Guarded<Transport>>(&client, &options.namespace),
-        "Transport",
-        endpoints.clone(),
-    );
+    let transport_changes = transport_changes.map(Ok::<_, watcher::Error>);
     let by_target = connections_cache.clone();
     let connections_controller = connections_controller.watches_stream(
         transport_changes,
@@ -503,25 +650,38 @@ struct Kinds<'a> {
     endpoints: &'a Arc<Endpoints>,
     halted: &'a watch::Receiver<bool>,
     ctx: &'a Arc<Context>,
+    owner_triggers: &'a Arc<OwnerTriggers>,
 }
 
 impl Kinds<'_> {
-    /// The kind's cache and its controller: triggered by its objects' spec and lifecycle and
-    /// by its workers' StatefulSets; it stops when the operator halts. More triggers may be
-    /// added before it runs.
-    fn watch<R: WorkerResource>(&self) -> (reflector::Store<Guarded<R>>, Controller<Guarded<R>>) {
-        let (cache, triggers) = triggers(
+    /// The kind's cache and its controller: triggered by its objects' spec and lifecycle (each
+    /// trigger also sent to `tee`) and by its workers' objects; it stops when the operator
+    /// halts. More triggers may be added before it runs.
+    fn watch<R: WorkerResource>(
+        &self,
+        (cache, writer): (
+            reflector::Store<Guarded<R>>,
+            reflector::store::Writer<Guarded<R>>,
+        ),
+        tee: Option<mpsc::UnboundedSender<Guarded<R>>>,
+    ) -> Controller<Guarded<R>> {
+        let triggers = triggers(
             api::<Guarded<R>>(self.client, self.namespace),
+            writer,
             R::KIND,
             self.endpoints.clone(),
         );
+        let triggers = triggers.inspect(move |object| {
+            if let (Some(tee), Ok(object)) = (&tee, object) {
+                let _ = tee.unbounded_send(object.clone());
+            }
+        });
         self.endpoints
             .metrics
             .count_by_state(count_by_state(cache.clone()));
-        let controller = Controller::for_stream(triggers, cache.clone())
-            .owns_stream(worker_sets(self.client, self.namespace))
-            .graceful_shutdown_on(when(self.halted));
-        (cache, controller)
+        Controller::for_stream(triggers, cache.clone())
+            .reconcile_on(self.owner_triggers.subscribe::<R>())
+            .graceful_shutdown_on(when(self.halted))
     }
 
     /// Run the controller: every object through the guard, then the reconcile skeleton with

@@ -154,6 +154,89 @@ mod tests {
         body
     }
 
+    /// At rest — the objects as the last apply left them in the caches, the worker ready and
+    /// saying the same — a reconcile sends the API server nothing: no read, no apply, no
+    /// status write.
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "binds a 127.0.X.Y address on the worker port; macOS has only 127.0.0.1 unless aliased"
+    )]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reconcile_at_rest_asks_the_api_server_nothing() {
+        use crate::operator::{
+            caches::Caches,
+            fixtures::{applied, ready_pod},
+        };
+        use kube::runtime::{reflector, watcher::Event};
+        let ip = test_ip(39);
+        let dir = tempfile::tempdir().unwrap();
+        let _worker = worker_at(&ip, dir.path()).await;
+        let (client, mut handle) = mock();
+        let (secrets, mut secrets_writer) = reflector::store();
+        let (services, mut services_writer) = reflector::store();
+        let (stateful_sets, mut sets_writer) = reflector::store();
+        let (pods, mut pods_writer) = reflector::store();
+        let caches = Caches {
+            secrets,
+            services,
+            stateful_sets,
+            pods,
+            ..Caches::default()
+        };
+        let ctx = Arc::new(
+            Arc::into_inner(context(client))
+                .unwrap()
+                .with_caches(caches),
+        );
+        let pod_ip = ip.clone();
+        let server = tokio::spawn(async move {
+            let mut applies = Vec::new();
+            let (_, _, _, send) = handle.next().await;
+            send.send_response(not_found());
+            handle.service_and_stateful_set_absent("ferry-tp-erp").await;
+            for _ in 0..3 {
+                let (method, _, body, send) = handle.next().await;
+                assert_eq!(method, Method::PATCH);
+                let body = applied(body);
+                applies.push(body.clone());
+                send.send_response(respond(200, body));
+            }
+            handle.ready_pod("ferry-tp-erp", &pod_ip, "pod-1").await;
+            let status = transport_status_written(&mut handle).await;
+            (applies, status, handle)
+        });
+        let first = transport(true, "Retain");
+        reconcile(Arc::new(first.clone()), ctx.clone(), Arc::new(()))
+            .await
+            .unwrap();
+        let (applies, status, mut handle) = server.await.unwrap();
+        // What the watches now hold: the objects as applied, the pod.
+        fn object<K: serde::de::DeserializeOwned>(applied: &Value) -> K {
+            serde_json::from_value(applied.clone()).unwrap()
+        }
+        secrets_writer.apply_watcher_event(&Event::Apply(object(&applies[0])));
+        services_writer.apply_watcher_event(&Event::Apply(object(&applies[1])));
+        sets_writer.apply_watcher_event(&Event::Apply(object(&applies[2])));
+        pods_writer.apply_watcher_event(&Event::Apply(
+            serde_json::from_value(ready_pod("ferry-tp-erp", &ip, "pod-1")).unwrap(),
+        ));
+        let mut at_rest = first;
+        at_rest.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+        // Nobody answers the mock any more: a request would keep the reconcile waiting.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            reconcile(Arc::new(at_rest), ctx, Arc::new(())),
+        )
+        .await
+        .expect("the reconcile asked the API server something")
+        .unwrap();
+        let asked = tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await;
+        assert!(
+            !matches!(asked, Ok(Some(_))),
+            "the API server was asked something"
+        );
+    }
+
     #[cfg_attr(
         target_os = "macos",
         ignore = "binds a 127.0.X.Y address on the worker port; macOS has only 127.0.0.1 unless aliased"

@@ -1,9 +1,12 @@
 //! The worker's objects of one resource — its Secret (tokens), Service and StatefulSet —
 //! applied only where the resource controls them, and its volume claim deleted on request.
 
-use k8s_openapi::api::{
-    apps::v1::StatefulSet,
-    core::v1::{PersistentVolumeClaim, Secret, Service},
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{PersistentVolumeClaim, Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api,
@@ -13,6 +16,7 @@ use kube::{
 use super::{
     NamespacedObject,
     builders::{Owner, WorkerTokens},
+    caches::cached,
     context::{Context, FIELD_MANAGER, now},
     error::ReconcileError,
     status::{WithConditions, name_conflict, objects_refused},
@@ -84,6 +88,8 @@ where
 
 /// The worker's Secret (its tokens read back, or generated the first time), Service and
 /// StatefulSet, through server-side apply with one forced field manager. Answers the tokens.
+/// Each is read from the caches first, and applied only when what ferry would apply differs
+/// from what it last applied or the object changed since (someone edited or deleted it).
 async fn apply_worker_objects(
     ctx: &Context,
     namespace: &str,
@@ -105,56 +111,138 @@ async fn apply_worker_objects(
         namespace: namespace.to_owned(),
         owner: owner.describe(),
     };
-    let secret = secrets.get_opt(&worker).await.map_err(failed("Secret"))?;
+    let secret = match cached(&ctx.caches.secrets, namespace, &worker) {
+        Some(secret) => Some(Secret::clone(&secret)),
+        None => secrets.get_opt(&worker).await.map_err(failed("Secret"))?,
+    };
     if secret
         .as_ref()
         .is_some_and(|s| !owner.controls(&s.metadata))
     {
         return Err(conflict("Secret"));
     }
-    // The Service and StatefulSet are read only until this operator has applied them once: a
-    // name cannot be taken by someone else while our object holds it.
-    if !ctx.owned().contains(owner.uid()) {
-        if let Some(service) = services
+    let service = match cached(&ctx.caches.services, namespace, &worker) {
+        Some(service) => Some(service.metadata.clone()),
+        // Read only until this operator has applied them once: a name cannot be taken by
+        // someone else while our object holds it.
+        None if !ctx.owned().contains(owner.uid()) => services
             .get_metadata_opt(&worker)
             .await
             .map_err(failed("Service"))?
-            && !owner.controls(&service.metadata)
-        {
-            return Err(conflict("Service"));
-        }
-        if let Some(set) = stateful_sets
+            .map(|m| m.metadata),
+        None => None,
+    };
+    if service.as_ref().is_some_and(|m| !owner.controls(m)) {
+        return Err(conflict("Service"));
+    }
+    let stateful_set = match cached(&ctx.caches.stateful_sets, namespace, &worker) {
+        Some(set) => Some(set.metadata.clone()),
+        None if !ctx.owned().contains(owner.uid()) => stateful_sets
             .get_metadata_opt(&worker)
             .await
             .map_err(failed("StatefulSet"))?
-            && !owner.controls(&set.metadata)
-        {
-            return Err(conflict("StatefulSet"));
-        }
+            .map(|m| m.metadata),
+        None => None,
+    };
+    if stateful_set.as_ref().is_some_and(|m| !owner.controls(m)) {
+        return Err(conflict("StatefulSet"));
     }
     let tokens = secret
         .as_ref()
         .and_then(tokens_of)
         .unwrap_or_else(generate_tokens);
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
-    secrets
-        .patch(&worker, &apply, &Patch::Apply(owner.secret(&tokens)))
-        .await
-        .map_err(failed("Secret"))?;
-    services
-        .patch(&worker, &apply, &Patch::Apply(owner.service()))
-        .await
-        .map_err(failed("Service"))?;
-    stateful_sets
-        .patch(
-            &worker,
-            &apply,
-            &Patch::Apply(owner.stateful_set(&ctx.defaults)),
-        )
-        .await
-        .map_err(failed("StatefulSet"))?;
+    let secret_marker = secret.as_ref().map(|s| version_marker(&s.metadata));
+    apply_if_changed(
+        ctx,
+        owner,
+        &secrets,
+        owner.secret(&tokens),
+        secret_marker,
+        version_marker,
+    )
+    .await
+    .map_err(failed("Secret"))?;
+    let service_marker = service.as_ref().map(version_marker);
+    apply_if_changed(
+        ctx,
+        owner,
+        &services,
+        owner.service(),
+        service_marker,
+        version_marker,
+    )
+    .await
+    .map_err(failed("Service"))?;
+    let set_marker = stateful_set.as_ref().map(generation_marker);
+    let desired = owner.stateful_set(&ctx.defaults);
+    apply_if_changed(
+        ctx,
+        owner,
+        &stateful_sets,
+        desired,
+        set_marker,
+        generation_marker,
+    )
+    .await
+    .map_err(failed("StatefulSet"))?;
     ctx.owned().insert(owner.uid().to_owned());
     Ok(tokens)
+}
+
+/// An object as it was at a moment: its uid and resourceVersion (a Secret or Service changes
+/// only when someone changes it).
+fn version_marker(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.uid.as_deref().unwrap_or_default(),
+        meta.resource_version.as_deref().unwrap_or_default()
+    )
+}
+
+/// A StatefulSet's spec as it was at a moment: its uid and generation (its status changes its
+/// resourceVersion all the time; a change of its spec by anyone moves its generation).
+fn generation_marker(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.uid.as_deref().unwrap_or_default(),
+        meta.generation.unwrap_or_default()
+    )
+}
+
+/// Apply `desired` unless it is what this operator last applied and the object is still as
+/// that apply left it (`marker`, from the cache). Remembers what it applied.
+async fn apply_if_changed<K>(
+    ctx: &Context,
+    owner: &Owner<'_>,
+    api: &Api<K>,
+    desired: K,
+    marker: Option<String>,
+    marker_of: fn(&ObjectMeta) -> String,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()>
+        + k8s_openapi::Resource
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let hash = crate::stable_hash_hex(&serde_json::to_string(&desired).unwrap_or_default(), 16);
+    let key = (owner.uid().to_owned(), <K as k8s_openapi::Resource>::KIND);
+    if let Some(marker) = marker
+        && ctx.applied().get(&key) == Some(&(hash.clone(), marker))
+    {
+        return Ok(());
+    }
+    let name = kube::Resource::meta(&desired)
+        .name
+        .clone()
+        .unwrap_or_default();
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = api.patch(&name, &apply, &Patch::Apply(desired)).await?;
+    ctx.applied()
+        .insert(key, (hash, marker_of(kube::Resource::meta(&applied))));
+    Ok(())
 }
 
 /// Delete a worker's volume claim (`data-<worker>-0`); one already gone is fine.

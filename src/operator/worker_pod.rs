@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
-use super::{builders::WorkerTokens, context::Context, worker_client::WorkerPod};
+use super::{builders::WorkerTokens, caches::cached, context::Context, worker_client::WorkerPod};
 
 /// Why a worker cannot be asked: its pod could not be read (the API server), or it is not
 /// running (missing, pending, not ready). The message says which pod and why.
@@ -32,13 +32,16 @@ pub(super) async fn ready_worker(
     tokens: &WorkerTokens,
 ) -> Result<ReadyWorker, WorkerPodUnavailable> {
     let pod_name = pod_name(worker);
-    let pod = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(&pod_name)
-        .await
-        .map_err(|source| WorkerPodUnavailable::Unreadable {
-            pod: pod_name.clone(),
-            source,
-        })?;
+    let pod = match cached(&ctx.caches.pods, namespace, &pod_name) {
+        Some(pod) => Some(Pod::clone(&pod)),
+        None => Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(&pod_name)
+            .await
+            .map_err(|source| WorkerPodUnavailable::Unreadable {
+                pod: pod_name.clone(),
+                source,
+            })?,
+    };
     let Some(pod) = pod else {
         return Err(WorkerPodUnavailable::NotRunning(
             match creation_failure(ctx, namespace, worker).await {
