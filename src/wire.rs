@@ -74,6 +74,75 @@ pub fn queue_path(key: &str) -> String {
     format!("/v1/transports/{key}/queue")
 }
 
+/// A long poll of a hosted resource's report (`GET /v1/{kind}/{ns}/{name}?changedFrom=…`):
+/// every report answer carries an `ETag`; given it back as `changedFrom`, the worker answers
+/// at once when the report's state changed since (its [`Marked::significant`] part), after
+/// `settle` seconds when only its counters changed, and `304 Not Modified` when nothing
+/// changed for `wait` seconds. How the operator learns of a worker's change without polling.
+pub const CHANGED_FROM: &str = "changedFrom";
+/// The longest `wait` and `settle` a worker takes, in seconds.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+/// `wait` when none is given, in seconds.
+pub const DEFAULT_WAIT_SECONDS: u64 = 30;
+
+/// A report as a long poll compares it: what is a change of state, and what only counts.
+/// Clocks (the age of the oldest queued transaction, a connection's iteration number) are in
+/// neither: they move while nothing happens.
+pub trait Marked {
+    fn significant(&self) -> serde_json::Value;
+    fn counters(&self) -> serde_json::Value;
+
+    /// `"<significant>-<counters>"`, each a hash.
+    fn etag(&self) -> String {
+        let hash = |v: serde_json::Value| crate::stable_hash_hex(&v.to_string(), 8);
+        format!("{}-{}", hash(self.significant()), hash(self.counters()))
+    }
+}
+
+/// The significant half of an etag.
+pub fn significant_mark(etag: &str) -> &str {
+    etag.split_once('-')
+        .map_or(etag, |(significant, _)| significant)
+}
+
+impl Marked for TransportReport {
+    fn significant(&self) -> serde_json::Value {
+        serde_json::json!([self.state, self.observed_generation, self.endpoint])
+    }
+
+    fn counters(&self) -> serde_json::Value {
+        serde_json::json!([self.queue.messages, self.queue.bytes, self.totals])
+    }
+}
+
+impl Marked for ConnectionReport {
+    fn significant(&self) -> serde_json::Value {
+        let sync_sets: Vec<_> = self
+            .sync_sets
+            .iter()
+            .map(|s| serde_json::json!([s.name, s.last_result, s.last_error]))
+            .collect();
+        serde_json::json!([
+            self.status,
+            self.reason,
+            self.message,
+            self.observed_generation,
+            self.startup_queue_position,
+            self.started_iteration,
+            sync_sets,
+        ])
+    }
+
+    fn counters(&self) -> serde_json::Value {
+        let sync_sets: Vec<_> = self
+            .sync_sets
+            .iter()
+            .map(|s| serde_json::json!([s.name, s.watermark, s.records_synced]))
+            .collect();
+        serde_json::json!(sync_sets)
+    }
+}
+
 /// How many queued transactions a queue listing has at most (`?limit=`, 10 by default).
 pub const MAX_QUEUE_LISTING: usize = 100;
 pub const DEFAULT_QUEUE_LISTING: usize = 10;

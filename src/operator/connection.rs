@@ -20,6 +20,7 @@ use super::{
     error::ReconcileError,
     events::connection_event,
     reconcile::{Observed, WorkerResource},
+    report_watch::Follow,
     status::{ConnectionContext, connection_status},
     status_writer::write_status,
     worker_client::WorkerPod,
@@ -32,7 +33,7 @@ use crate::{
         startup_queue::{Look, QueueCounts, StartupQueue, ends_startup},
         status::OperatorPhase,
     },
-    wire::{self, ConnectionReport, Resolved, ResolvedTransport, Startup},
+    wire::{self, ConnectionReport, Marked, Resolved, ResolvedTransport, Startup},
 };
 
 /// What the connection reconciler keeps across reconciles, besides the shared context.
@@ -395,12 +396,12 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
         connections.admit(connection, &key, config_error.is_none(), worker.as_ref());
 
     let report = match worker {
-        Some(Ok((target, _))) => {
+        Some(Ok((target, pod_uid))) => {
             let resolved = Resolved {
                 transports: targets.clone().unwrap_or_default(),
                 startup: startup.clone(),
             };
-            push(connection, namespace, &target, &resolved, ctx).await
+            push(connection, namespace, (&target, &pod_uid), &resolved, ctx).await
         }
         Some(Err(unavailable)) if waits_for_worker => Err(format!(
             "{unavailable}; it holds no place in the startup queue until it is ready \
@@ -446,7 +447,7 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
 async fn push(
     connection: &Connection,
     namespace: &str,
-    target: &WorkerPod,
+    (target, pod_uid): (&WorkerPod, &str),
     resolved: &Resolved,
     ctx: &Context,
 ) -> Result<ConnectionReport, String> {
@@ -467,10 +468,21 @@ async fn push(
         wire::Kind::Connections,
         &wire::key(namespace, &connection.name_any()),
     );
-    ctx.workers
+    let report = ctx
+        .workers
         .put::<ConnectionReport>(target, &path, &manifest)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    ctx.follow_report(Follow {
+        kind: Connection::KIND,
+        namespace,
+        name: connection.metadata.name.as_deref().unwrap_or_default(),
+        worker: target,
+        pod_uid,
+        etag: report.etag(),
+        path,
+    });
+    Ok(report)
 }
 
 #[cfg(test)]

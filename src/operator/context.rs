@@ -12,7 +12,8 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use super::{
     backoff::Backoff, builders::WorkerDefaults, caches::Caches, events::Events,
-    metrics::OperatorMetrics, worker_client::WorkerClient,
+    metrics::OperatorMetrics, report_watch::ReportWatchers, triggers::Triggers,
+    worker_client::WorkerClient,
 };
 
 /// The one field manager of everything the operator applies.
@@ -35,6 +36,10 @@ pub struct Context {
     pub backoff: Backoff,
     /// The workers' objects and pods as the watches hold them.
     pub caches: Caches,
+    /// Reconcile requests to the controllers (from the report watchers).
+    pub triggers: std::sync::Arc<Triggers>,
+    /// One long poll per ready worker, for its report's changes.
+    pub reports: ReportWatchers,
     /// What each worker was last given, by resource. A new generation or a new pod (the
     /// worker restarted) means the spec is pushed again. Empty after an operator restart, so
     /// everything is pushed once more.
@@ -69,6 +74,8 @@ impl Context {
             metrics: Default::default(),
             backoff: Backoff::default(),
             caches: Caches::default(),
+            triggers: Default::default(),
+            reports: ReportWatchers::default(),
             applied: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashSet::new()),
@@ -78,6 +85,12 @@ impl Context {
     /// Publish Kubernetes Events for state changes and errors.
     pub fn with_events(mut self, events: Events) -> Self {
         self.events = events;
+        self
+    }
+
+    /// Send reconcile requests to these controllers.
+    pub fn with_triggers(mut self, triggers: std::sync::Arc<Triggers>) -> Self {
+        self.triggers = triggers;
         self
     }
 
@@ -99,6 +112,12 @@ impl Context {
 
     pub(super) fn applied(&self) -> MutexGuard<'_, Applied> {
         self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follow the report of a ready worker, from the one the reconcile just read.
+    pub(super) fn follow_report(&self, follow: super::report_watch::Follow<'_>) {
+        self.reports
+            .follow(follow, &self.workers, &self.triggers, self.status_interval);
     }
 
     /// The resource (by uid) is gone: forget its worker's objects.

@@ -126,6 +126,12 @@ async fn apply<R: WorkerResource>(
     } else {
         None
     };
+    // A worker that should run and is not ready yet is looked at again soon (why it is not is
+    // not always an event: a pod that cannot be created changes no StatefulSet).
+    let waits_for_worker = matches!(worker, Some(Err(_)));
+    if !matches!(worker, Some(Ok(_))) {
+        ctx.reports.stop(R::KIND, namespace, &object.name_any());
+    }
     let observed = Observed {
         namespace,
         ctx,
@@ -142,7 +148,27 @@ async fn apply<R: WorkerResource>(
         let reference = object.object_ref(&());
         ctx.events.publish(&reference, warning, reason, note).await;
     }
-    Ok(Action::requeue(ctx.status_interval))
+    // Settled, it is reconciled again when something changes (its spec, its worker objects,
+    // its worker's report) and at the latest after RESYNC; on its way somewhere, or waiting for
+    // its worker, it is looked at every --status-interval.
+    if settled(&status) && !waits_for_worker {
+        Ok(Action::requeue(RESYNC))
+    } else {
+        Ok(Action::requeue(ctx.status_interval))
+    }
+}
+
+/// How often a settled resource is reconciled while nothing changes: a safety net, each pass
+/// of which reads caches and asks the API server nothing.
+pub const RESYNC: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// A status that waits for nothing: not `Progressing`.
+fn settled<S: WithConditions>(status: &S) -> bool {
+    let mut status = status.clone();
+    !status
+        .conditions_mut()
+        .iter()
+        .any(|c| c.type_ == "Progressing" && c.status == "True")
 }
 
 /// Deletion: `reclaimPolicy: Delete` removes the worker's volume (the StatefulSet's own
@@ -156,6 +182,7 @@ async fn cleanup<R: WorkerResource>(
 ) -> Result<Action, ReconcileError> {
     let owner = object.owner()?;
     object.forget(namespace, ctx, memory);
+    ctx.reports.stop(R::KIND, namespace, &object.name_any());
     ctx.forget_objects(owner.uid());
     ctx.metrics.forget_worker(
         namespace,

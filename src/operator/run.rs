@@ -14,12 +14,9 @@ use std::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
-use k8s_openapi::{
-    api::{
-        apps::v1::StatefulSet,
-        core::v1::{Pod, Secret, Service},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    core::v1::{Pod, Secret, Service},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -45,6 +42,7 @@ use super::{
     leadership::{Leadership, LeaseError, LeaseOptions},
     metrics::OperatorMetrics,
     reconcile::{WorkerResource, count_by_state, reconcile},
+    triggers::Triggers,
     worker_client::{WorkerAccess, WorkerClient},
 };
 use crate::api::{Connection, Transport};
@@ -259,43 +257,6 @@ where
         .predicate_filter(spec_or_lifecycle, Default::default())
 }
 
-/// Reconcile requests for each kind from the watches of the workers' objects: an object a
-/// resource controls changed or went away (someone edited or deleted it, or its pod became
-/// ready), so that resource is reconciled at once. One watch per kind of object serves every
-/// kind of resource.
-#[derive(Default)]
-struct OwnerTriggers {
-    routes: std::sync::Mutex<
-        std::collections::HashMap<&'static str, mpsc::UnboundedSender<(String, String)>>,
-    >,
-}
-
-impl OwnerTriggers {
-    /// The reconcile requests for kind `R`.
-    fn subscribe<R: WorkerResource>(&self) -> impl Stream<Item = ObjectRef<Guarded<R>>> + use<R> {
-        let (sender, receiver) = mpsc::unbounded();
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(R::KIND, sender);
-        receiver.map(|(namespace, name)| ObjectRef::new(&name).within(&namespace))
-    }
-
-    /// `object` changed: its controlling ferry resource is reconciled.
-    fn route(&self, object: &ObjectMeta) {
-        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let namespace = object.namespace.clone().unwrap_or_default();
-        for owner in object.owner_references.iter().flatten() {
-            if owner.controller == Some(true)
-                && owner.api_version == crate::api::API_VERSION
-                && let Some(route) = routes.get(owner.kind.as_str())
-            {
-                let _ = route.unbounded_send((namespace.clone(), owner.name.clone()));
-            }
-        }
-    }
-}
-
 /// The watch of one kind of worker object (`Secret`, `Service`, `StatefulSet` metadata, `Pod`):
 /// it fills `writer`'s cache and, with `triggers`, reconciles the resource that controls a
 /// changed or deleted object.
@@ -303,7 +264,7 @@ fn watch_worker_objects<K>(
     client: &Client,
     namespace: &Option<String>,
     writer: reflector::store::Writer<K>,
-    triggers: Option<Arc<OwnerTriggers>>,
+    triggers: Option<Arc<Triggers>>,
     endpoints: Arc<Endpoints>,
 ) -> impl Future<Output = ()> + Send + 'static
 where
@@ -331,7 +292,7 @@ where
         .touched_objects()
         .for_each(move |object| {
             if let (Ok(object), Some(triggers)) = (object, &triggers) {
-                triggers.route(object.meta());
+                triggers.owner_of(object.meta());
             }
             std::future::ready(())
         })
@@ -353,7 +314,7 @@ fn worker_object_watches(
     client: &Client,
     namespace: &Option<String>,
     endpoints: &Arc<Endpoints>,
-    triggers: &Arc<OwnerTriggers>,
+    triggers: &Arc<Triggers>,
     halted: &watch::Receiver<bool>,
     transports: reflector::Store<Guarded<Transport>>,
 ) -> Caches {
@@ -526,13 +487,13 @@ async fn lead(
     });
 
     // The workers' objects and pods: one watch each, read by every reconcile.
-    let owner_triggers = Arc::new(OwnerTriggers::default());
+    let triggers = Arc::new(Triggers::default());
     let (transports_cache, transports_writer) = reflector::store();
     let caches = worker_object_watches(
         &client,
         &options.namespace,
         endpoints,
-        &owner_triggers,
+        &triggers,
         &halted,
         transports_cache.clone(),
     );
@@ -545,7 +506,8 @@ async fn lead(
         )
         .with_events(Events::new(client.clone(), Some(options.instance.clone())))
         .with_metrics(endpoints.metrics.clone())
-        .with_caches(caches),
+        .with_caches(caches)
+        .with_triggers(triggers.clone()),
     );
     let connections = Arc::new(
         Connections::new(options.startup_concurrency, options.startup_timeout)
@@ -578,7 +540,7 @@ async fn lead(
         endpoints,
         halted: &halted,
         ctx: &ctx,
-        owner_triggers: &owner_triggers,
+        triggers: &triggers,
     };
     // A Transport that appears, changes or goes away re-reconciles the connections that target
     // it: the Transports' one watch is passed on to them.
@@ -650,7 +612,7 @@ struct Kinds<'a> {
     endpoints: &'a Arc<Endpoints>,
     halted: &'a watch::Receiver<bool>,
     ctx: &'a Arc<Context>,
-    owner_triggers: &'a Arc<OwnerTriggers>,
+    triggers: &'a Arc<Triggers>,
 }
 
 impl Kinds<'_> {
@@ -680,7 +642,11 @@ impl Kinds<'_> {
             .metrics
             .count_by_state(count_by_state(cache.clone()));
         Controller::for_stream(triggers, cache.clone())
-            .reconcile_on(self.owner_triggers.subscribe::<R>())
+            .reconcile_on(
+                self.triggers
+                    .subscribe(R::KIND)
+                    .map(|(namespace, name)| ObjectRef::new(&name).within(&namespace)),
+            )
             .graceful_shutdown_on(when(self.halted))
     }
 

@@ -111,6 +111,9 @@ pub trait WithConditions: Clone + Default + PartialEq + serde::Serialize {
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     /// `lastReportTime`: when the worker last answered.
     fn last_report_time_mut(&mut self) -> &mut Option<Time>;
+    /// The status without what moves while nothing happens (`lastReportTime`, the age of the
+    /// oldest queued transaction, a connection's iteration numbers): what a change is.
+    fn without_clocks(&self) -> Self;
 }
 
 impl WithConditions for TransportStatus {
@@ -120,6 +123,13 @@ impl WithConditions for TransportStatus {
 
     fn last_report_time_mut(&mut self) -> &mut Option<Time> {
         &mut self.last_report_time
+    }
+
+    fn without_clocks(&self) -> Self {
+        let mut status = self.clone();
+        status.last_report_time = None;
+        status.queue.oldest_age_seconds = 0;
+        status
     }
 }
 
@@ -131,26 +141,36 @@ impl WithConditions for ConnectionStatus {
     fn last_report_time_mut(&mut self) -> &mut Option<Time> {
         &mut self.last_report_time
     }
+
+    fn without_clocks(&self) -> Self {
+        let mut status = self.clone();
+        status.last_report_time = None;
+        status.iteration = 0;
+        for sync_set in &mut status.sync_sets {
+            sync_set.last_completed_iteration = None;
+            sync_set.ongoing = false;
+        }
+        status
+    }
 }
 
-/// How long `lastReportTime` stands still while nothing else in a status changes
-/// (docs/operator.md, "What the operator reads and writes"): a report that only says "still the
-/// same" is not written more often, so a resource at rest costs no status write.
+/// How long the clocks of a status (`lastReportTime`, `queue.oldestAgeSeconds`, a connection's
+/// `iteration`) stand still while nothing else in it changes (docs/operator.md, "What the
+/// operator reads and writes"): a report that only says "still the same" is not written more
+/// often, so a resource at rest costs no status write.
 pub const REPORT_TIME_FRESHNESS: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
-/// The status to write, or `None` when the object shows it already. A newer `lastReportTime`
-/// alone is a change only once the one shown is [`REPORT_TIME_FRESHNESS`] old.
+/// The status to write, or `None` when the object shows it already. Clocks alone are a change
+/// only once the `lastReportTime` shown is [`REPORT_TIME_FRESHNESS`] old.
 pub fn to_write<S: WithConditions>(shown: Option<&S>, mut next: S) -> Option<S> {
     let Some(shown) = shown else {
         return Some(next);
     };
-    let shown_time = shown.clone().last_report_time_mut().take();
-    let next_time = next.last_report_time_mut().clone();
-    let mut same = shown.clone();
-    *same.last_report_time_mut() = next_time.clone();
-    if same != next {
+    if shown.without_clocks() != next.without_clocks() {
         return Some(next);
     }
+    let shown_time = shown.clone().last_report_time_mut().take();
+    let next_time = next.last_report_time_mut().clone();
     let stale = match (&shown_time, &next_time) {
         (Some(shown), Some(next)) => next
             .0

@@ -5,6 +5,7 @@
 use kube::ResourceExt;
 use serde_json::json;
 
+use super::report_watch::Follow;
 use super::{
     builders::{BuildError, Owner},
     context::Context,
@@ -16,7 +17,7 @@ use super::{
 };
 use crate::{
     api::{Transport, TransportState, TransportStatus},
-    wire::{self, TransportReport},
+    wire::{self, Marked, TransportReport},
 };
 
 impl WorkerResource for Transport {
@@ -92,11 +93,23 @@ async fn push(
         wire::Kind::Transports,
         &wire::key(namespace, &transport.name_any()),
     );
-    let wanted = (transport.metadata.generation, pod_uid);
+    let follow = |report: &TransportReport| Follow {
+        kind: Transport::KIND,
+        namespace,
+        name: transport.metadata.name.as_deref().unwrap_or_default(),
+        worker: &target,
+        pod_uid: &pod_uid,
+        path: path.clone(),
+        etag: report.etag(),
+    };
+    let wanted = (transport.metadata.generation, pod_uid.clone());
     let fresh = ctx.pushed().get(&key) == Some(&wanted);
     if fresh {
         match ctx.workers.get::<TransportReport>(&target, &path).await {
-            Ok(report) => return Ok(report),
+            Ok(report) => {
+                ctx.follow_report(follow(&report));
+                return Ok(report);
+            }
             // The worker lost it (a new disk): push again.
             Err(e) if e.is_not_hosted() => {}
             Err(e) => return Err(e.to_string()),
@@ -118,6 +131,7 @@ async fn push(
         .await
         .map_err(|e| e.to_string())?;
     ctx.pushed().insert(key, wanted);
+    ctx.follow_report(follow(&report));
     Ok(report)
 }
 

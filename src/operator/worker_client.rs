@@ -123,6 +123,38 @@ impl WorkerClient {
         self.call(worker, Method::GET, path, None).await
     }
 
+    /// A long poll of the report at `path` (see `wire::CHANGED_FROM`): `Some((report, etag))`
+    /// when it changed from `etag` (or, without one, at once), `None` when nothing changed
+    /// within `wait`.
+    pub async fn watch<R: DeserializeOwned>(
+        &self,
+        worker: &WorkerPod,
+        path: &str,
+        etag: Option<&str>,
+        wait: Duration,
+        settle: Duration,
+    ) -> Result<Option<(R, String)>, WorkerCallError> {
+        let path = match etag {
+            Some(etag) => format!(
+                "{path}?{}={etag}&wait={}&settle={}",
+                wire::CHANGED_FROM,
+                wait.as_secs(),
+                settle.as_secs()
+            ),
+            None => path.to_owned(),
+        };
+        // The worker holds the answer up to `wait`: the call may take that long and more.
+        let timeout = wait + self.timeout;
+        let (status, etag, bytes) = self
+            .exchange(worker, Method::GET, &path, None, timeout)
+            .await?;
+        if status == 304 {
+            return Ok(None);
+        }
+        let report = self.parse(worker, &path, status, &bytes)?;
+        Ok(Some((report, etag.unwrap_or_default())))
+    }
+
     async fn call<R: DeserializeOwned>(
         &self,
         worker: &WorkerPod,
@@ -130,12 +162,33 @@ impl WorkerClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<R, WorkerCallError> {
+        let (status, _, bytes) = self
+            .exchange(worker, method, path, body, self.timeout)
+            .await?;
+        self.parse(worker, path, status, &bytes)
+    }
+
+    /// The answer's status, its `ETag` (unquoted) and its body.
+    async fn exchange(
+        &self,
+        worker: &WorkerPod,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<(u16, Option<String>, Vec<u8>), WorkerCallError> {
+        let etag_of = |headers: &http::HeaderMap| {
+            headers
+                .get(http::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim_matches('"').to_owned())
+        };
         let unreachable = |reason: String| WorkerCallError::Unreachable {
             pod: worker.pod.clone(),
             path: path.to_owned(),
             reason,
         };
-        let (status, bytes) = match (&self.access, &self.kube) {
+        let (status, etag, bytes) = match (&self.access, &self.kube) {
             (WorkerAccess::Proxy, Some(kube)) => {
                 let mut request = Request::builder()
                     .method(method)
@@ -147,16 +200,17 @@ impl WorkerClient {
                 let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
                 let request = request.body(body).map_err(|e| unreachable(e.to_string()))?;
                 let call = kube.send(request.map(kube::client::Body::from));
-                let response = tokio::time::timeout(self.timeout, call)
+                let response = tokio::time::timeout(timeout, call)
                     .await
                     .map_err(|_| unreachable("timed out".into()))?
                     .map_err(|e| unreachable(crate::error_chain(&e)))?;
                 let status = response.status().as_u16();
+                let etag = etag_of(response.headers());
                 let bytes = http_body_util::BodyExt::collect(response.into_body())
                     .await
                     .map_err(|e| unreachable(e.to_string()))?
                     .to_bytes();
-                (status, bytes.to_vec())
+                (status, etag, bytes.to_vec())
             }
             _ => {
                 let ip = worker
@@ -168,6 +222,7 @@ impl WorkerClient {
                 let mut request = self
                     .http
                     .request(method, direct_url(ip, path))
+                    .timeout(timeout)
                     .header(wire::TOKEN_HEADER, &worker.admin_token);
                 if let Some(body) = body {
                     request = request.json(body);
@@ -177,15 +232,27 @@ impl WorkerClient {
                     .await
                     .map_err(|e| unreachable(crate::error_chain(&e)))?;
                 let status = response.status().as_u16();
+                let etag = etag_of(response.headers());
                 let bytes = response
                     .bytes()
                     .await
                     .map_err(|e| unreachable(e.to_string()))?;
-                (status, bytes.to_vec())
+                (status, etag, bytes.to_vec())
             }
         };
+        Ok((status, etag, bytes))
+    }
+
+    /// A 2xx answer's body as `R`; any other answer as the worker's refusal.
+    fn parse<R: DeserializeOwned>(
+        &self,
+        worker: &WorkerPod,
+        path: &str,
+        status: u16,
+        bytes: &[u8],
+    ) -> Result<R, WorkerCallError> {
         if !(200..300).contains(&status) {
-            let message = serde_json::from_slice::<Value>(&bytes)
+            let message = serde_json::from_slice::<Value>(bytes)
                 .ok()
                 .and_then(|v| v["message"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| {
@@ -198,7 +265,7 @@ impl WorkerClient {
                 message,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| WorkerCallError::Malformed {
+        serde_json::from_slice(bytes).map_err(|e| WorkerCallError::Malformed {
             pod: worker.pod.clone(),
             path: path.to_owned(),
             reason: e.to_string(),

@@ -271,14 +271,72 @@ async fn put_resource<R: HostedRuntime>(
     Ok((status, Json(runtime.report())).into_response())
 }
 
+/// `?changedFrom=<etag>&wait=<s>&settle=<s>`: a long poll (see `wire::CHANGED_FROM`).
+#[derive(serde::Deserialize)]
+struct ChangedFrom {
+    #[serde(rename = "changedFrom")]
+    changed_from: Option<String>,
+    wait: Option<u64>,
+    settle: Option<u64>,
+}
+
+/// How often a long poll looks at the report again (in memory: no I/O).
+const LONG_POLL_LOOK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The report with its `ETag`; with `changedFrom`, a long poll for a change of it.
 async fn get_resource<R: HostedRuntime>(
     State(app): State<App>,
     path: ResourcePath,
+    query: Result<axum::extract::Query<ChangedFrom>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Answer {
     let key = admin_resource(&app, &headers, path)?;
     let runtime = hosted::<R>(&app.worker, &key)?;
-    Ok(Json(runtime.report()).into_response())
+    let query = query
+        .map_err(|_| {
+            bad_request(format!(
+                "changedFrom is an ETag of this report; wait and settle are seconds from 0 to {}",
+                wire::MAX_WAIT_SECONDS
+            ))
+        })?
+        .0;
+    let seconds = |s: Option<u64>, default: u64| {
+        std::time::Duration::from_secs(s.unwrap_or(default).min(wire::MAX_WAIT_SECONDS))
+    };
+    let (wait, settle) = (
+        seconds(query.wait, wire::DEFAULT_WAIT_SECONDS),
+        seconds(query.settle, 0),
+    );
+    let started = tokio::time::Instant::now();
+    loop {
+        let report = runtime.report();
+        let etag = wire::Marked::etag(&report);
+        let Some(known) = &query.changed_from else {
+            return Ok(with_etag(Json(report).into_response(), &etag));
+        };
+        let changed = wire::significant_mark(&etag) != wire::significant_mark(known)
+            || (etag != *known && started.elapsed() >= settle);
+        if changed {
+            return Ok(with_etag(Json(report).into_response(), &etag));
+        }
+        if started.elapsed() >= wait {
+            return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), known));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(LONG_POLL_LOOK) => {}
+            // A stopping worker answers what it has: the caller asks again elsewhere.
+            () = app.worker.stopping() => {
+                return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), known));
+            }
+        }
+    }
+}
+
+fn with_etag(mut response: Response, etag: &str) -> Response {
+    if let Ok(value) = header::HeaderValue::from_str(&format!("\"{etag}\"")) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
 }
 
 /// Stop hosting a resource; what it keeps on disk stays.
@@ -576,6 +634,78 @@ mod tests {
             .body(())
             .unwrap();
         ingest_path(&request)
+    }
+
+    /// The long poll: the report's ETag given back is answered 304 after `wait` when nothing
+    /// changed, and at once with the new report when its state changes.
+    #[tokio::test]
+    async fn a_long_poll_answers_a_change_of_state_at_once_and_304_when_nothing_changes() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let worker = Worker::open(
+            super::super::WorkerOptions {
+                data_dir: dir.path().to_owned(),
+                public_url: "http://127.0.0.1:1".into(),
+                forward_window: 1,
+                memory_budget: 1 << 20,
+            },
+            false,
+        )
+        .await
+        .unwrap();
+        let manifest = |suspended: bool| {
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+                "metadata": {"name": "erp", "namespace": "plant-a"},
+                "spec": {"host": {"url": "http://127.0.0.1:9/ingest"}, "suspended": suspended}})
+        };
+        worker
+            .apply::<TransportRuntime>(&manifest(false), Some("plant-a/erp"))
+            .await
+            .unwrap();
+        let app = router(worker.clone(), Tokens::default());
+        let get = |query: String| {
+            let app = app.clone();
+            async move {
+                let answer = app
+                    .oneshot(
+                        http::Request::get(format!("/v1/transports/plant-a/erp{query}"))
+                            .body(Body::empty())
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                let etag = answer
+                    .headers()
+                    .get(header::ETAG)
+                    .map(|e| e.to_str().unwrap().trim_matches('"').to_owned())
+                    .unwrap_or_default();
+                (answer.status(), etag)
+            }
+        };
+        let (status, etag) = get(String::new()).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, same) = get(format!("?changedFrom={etag}&wait=1")).await;
+        assert_eq!(
+            (status, same.as_str()),
+            (StatusCode::NOT_MODIFIED, etag.as_str())
+        );
+        let waiting = tokio::spawn(get(format!("?changedFrom={etag}&wait=30")));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        worker
+            .apply::<TransportRuntime>(&manifest(true), Some("plant-a/erp"))
+            .await
+            .unwrap();
+        let (status, changed) = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("answered at once, not after wait")
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(
+            wire::significant_mark(&changed),
+            wire::significant_mark(&etag)
+        );
+        let (status, _) = get(format!("?changedFrom={etag}&wait=x")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ pub trait HostedRuntime: Send + Sync + Sized + 'static {
     /// What the runtime is started or updated with.
     type Desired: Send + 'static;
     /// `GET`'s answer.
-    type Report: serde::Serialize;
+    type Report: serde::Serialize + wire::Marked + Send;
 
     /// The worker's runtimes of this kind.
     fn hosted(worker: &Worker) -> &Hosted<Self>;
