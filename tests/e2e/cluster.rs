@@ -628,6 +628,14 @@ pub struct Operator {
 
 impl Operator {
     fn start(cluster: &Cluster, extra: &[&str]) -> Operator {
+        let mut args = vec!["--namespace", &cluster.namespace, "--status-interval", "1s"];
+        args.extend(extra);
+        Operator::with(cluster, &args)
+    }
+
+    /// `ferry operator` with these arguments, besides where it listens and the worker image
+    /// (and direct worker access with the process kubelet).
+    pub fn with(cluster: &Cluster, extra: &[&str]) -> Operator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -635,12 +643,8 @@ impl Operator {
         let listen: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut args: Vec<String> = [
             "operator",
-            "--namespace",
-            &cluster.namespace,
             "--listen",
             &listen.to_string(),
-            "--status-interval",
-            "1s",
             "--worker-image",
             &cluster.env.worker_image,
         ]
@@ -683,6 +687,11 @@ impl Operator {
             .spawn()
             .expect("ferry operator starts");
         self.child = Some(child);
+    }
+
+    /// The operator process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// What `/readyz` says, if it answers.

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod kubelet;
+mod scale;
 
 use std::time::Duration;
 
