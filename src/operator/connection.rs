@@ -96,7 +96,12 @@ impl Connections {
             started: connection.spec.started,
             can_run,
             previous: connection.status.as_ref().and_then(|s| s.status),
-            worker_ready: !matches!(worker, Some(Err(WorkerPodUnavailable::NotRunning(_)))),
+            worker_ready: !matches!(
+                worker,
+                Some(Err(
+                    WorkerPodUnavailable::NotRunning(_) | WorkerPodUnavailable::Missing(_)
+                ))
+            ),
         };
         let mut queue = self.queue();
         let admission = queue.observe(key, look, self.now_ms());

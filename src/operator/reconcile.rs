@@ -126,9 +126,9 @@ async fn apply<R: WorkerResource>(
     } else {
         None
     };
-    // A worker that should run and is not ready yet is looked at again soon (why it is not is
-    // not always an event: a pod that cannot be created changes no StatefulSet).
-    let waits_for_worker = matches!(worker, Some(Err(_)));
+    // A worker pod that is missing is looked at again soon: why (a FailedCreate Event) is not
+    // watched. A pod that exists is: its changes reconcile the resource.
+    let waits_for_worker = matches!(&worker, Some(Err(e)) if !e.is_watched());
     if !matches!(worker, Some(Ok(_))) {
         ctx.reports.stop(R::KIND, namespace, &object.name_any());
     }

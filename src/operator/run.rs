@@ -14,9 +14,12 @@ use std::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::{
-    apps::v1::StatefulSet,
-    core::v1::{Pod, Secret, Service},
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{Pod, Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -33,7 +36,7 @@ use tokio::sync::watch;
 
 use super::{
     builders::WorkerDefaults,
-    caches::{Caches, WORKER_OBJECTS},
+    caches::{Caches, WORKER_OBJECTS, cached},
     connection::{Connections, announce_reinitializing},
     context::Context,
     error::ReconcileError,
@@ -252,6 +255,8 @@ where
             Ok(_) => endpoints.watch_recovered(kind),
         })
         .default_backoff()
+        // Who wrote which field is never read here: not kept in memory.
+        .modify(|object| object.meta_mut().managed_fields = None)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default())
@@ -264,7 +269,8 @@ fn watch_worker_objects<K>(
     client: &Client,
     namespace: &Option<String>,
     writer: reflector::store::Writer<K>,
-    triggers: Option<Arc<Triggers>>,
+    trim: fn(&mut K),
+    route: impl Fn(&K) + Send + 'static,
     endpoints: Arc<Endpoints>,
 ) -> impl Future<Output = ()> + Send + 'static
 where
@@ -277,9 +283,11 @@ where
         + 'static,
 {
     let kind = K::kind(&()).into_owned();
+    // Listed in pages (not all of them in one answer from the watch cache): a thousand pods
+    // at once would be a peak of memory the operator keeps.
     let config = watcher::Config::default()
         .labels(WORKER_OBJECTS)
-        .any_semantic();
+        .page_size(250);
     watcher(api::<K>(client, namespace), config)
         .inspect(move |event| match event {
             Err(e) => endpoints.watch_failed(worker_object_kind(&kind), e),
@@ -287,15 +295,38 @@ where
         })
         .default_backoff()
         // Who wrote which field is not needed here, and is most of a pod's size.
-        .modify(|object| object.meta_mut().managed_fields = None)
+        .modify(move |object| {
+            object.meta_mut().managed_fields = None;
+            trim(object);
+        })
         .reflect(writer)
         .touched_objects()
         .for_each(move |object| {
-            if let (Ok(object), Some(triggers)) = (object, &triggers) {
-                triggers.owner_of(object.meta());
+            if let Ok(object) = object {
+                route(&object);
             }
             std::future::ready(())
         })
+}
+
+/// Keep nothing of an object but what the watch needs.
+fn keep_all<K>(_: &mut K) {}
+
+/// A pod as the reconcile reads it: its metadata and status (ready, IP, restarts, why it
+/// waits); its spec is the StatefulSet's template, not needed here.
+fn pod_status_only(pod: &mut Pod) {
+    pod.spec = None;
+}
+
+/// An object's metadata, whatever its type.
+trait ResourceMeta {
+    fn metadata(&self) -> &ObjectMeta;
+}
+
+impl<K: Resource> ResourceMeta for K {
+    fn metadata(&self) -> &ObjectMeta {
+        self.meta()
+    }
 }
 
 /// The names `/readyz` gives the watches of worker objects.
@@ -320,32 +351,63 @@ fn worker_object_watches(
 ) -> Caches {
     let (secrets, secrets_writer) = reflector::store();
     let (services, services_writer) = reflector::store();
-    let (stateful_sets, sets_writer) = reflector::store();
+    let (stateful_sets, sets_writer) = reflector::store::<PartialObjectMeta<StatefulSet>>();
     let (pods, pods_writer) = reflector::store();
+    let owner = |triggers: &Arc<Triggers>| {
+        let triggers = triggers.clone();
+        move |object: &dyn ResourceMeta| triggers.owner_of(object.metadata())
+    };
+    let (secret_owner, service_owner, set_owner) =
+        (owner(triggers), owner(triggers), owner(triggers));
+    // A pod is the StatefulSet's: its resource is the owner of the StatefulSet of its name.
+    let pod_owner = {
+        let (triggers, sets) = (triggers.clone(), stateful_sets.clone());
+        move |pod: &Pod| {
+            let set = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/instance"));
+            if let (Some(set), Some(namespace)) = (set, &pod.metadata.namespace)
+                && let Some(set) = cached(&sets, namespace, set)
+            {
+                triggers.owner_of(&set.metadata);
+            }
+        }
+    };
     let watches = futures::future::join4(
         watch_worker_objects::<Secret>(
             client,
             namespace,
             secrets_writer,
-            Some(triggers.clone()),
+            keep_all,
+            move |o: &Secret| secret_owner(o),
             endpoints.clone(),
         ),
         watch_worker_objects::<PartialObjectMeta<Service>>(
             client,
             namespace,
             services_writer,
-            Some(triggers.clone()),
+            keep_all,
+            move |o: &PartialObjectMeta<Service>| service_owner(o),
             endpoints.clone(),
         ),
         watch_worker_objects::<PartialObjectMeta<StatefulSet>>(
             client,
             namespace,
             sets_writer,
-            Some(triggers.clone()),
+            keep_all,
+            move |o: &PartialObjectMeta<StatefulSet>| set_owner(o),
             endpoints.clone(),
         ),
-        // A pod's changes reach its resource through its StatefulSet's status.
-        watch_worker_objects::<Pod>(client, namespace, pods_writer, None, endpoints.clone()),
+        watch_worker_objects::<Pod>(
+            client,
+            namespace,
+            pods_writer,
+            pod_status_only,
+            pod_owner,
+            endpoints.clone(),
+        ),
     );
     let halted = when(halted);
     tokio::spawn(async move {

@@ -19,6 +19,17 @@ pub enum WorkerPodUnavailable {
     /// What is known of why it does not run, for the status.
     #[error("{0}")]
     NotRunning(String),
+    /// The pod does not exist (yet, or it cannot be created): why, for the status.
+    #[error("{0}")]
+    Missing(String),
+}
+
+impl WorkerPodUnavailable {
+    /// Whether the pod's own changes will say when this changes: a pod that exists is
+    /// watched; a missing one's reason (a FailedCreate Event) is not, and is looked up again.
+    pub fn is_watched(&self) -> bool {
+        matches!(self, Self::NotRunning(_))
+    }
 }
 
 /// A ready worker pod to ask, with its uid (a new uid: the worker restarted).
@@ -43,7 +54,7 @@ pub(super) async fn ready_worker(
             })?,
     };
     let Some(pod) = pod else {
-        return Err(WorkerPodUnavailable::NotRunning(
+        return Err(WorkerPodUnavailable::Missing(
             match creation_failure(ctx, namespace, worker).await {
                 Some(why) => format!("the worker pod {pod_name} cannot be created: {why}"),
                 None => format!("the worker pod {pod_name} does not exist yet"),

@@ -1161,3 +1161,81 @@ async fn an_incident_seen_through_the_plugin_metrics_and_conditions() {
         assert!(metrics.contains(family), "{family} in:\n{metrics}");
     }
 }
+
+/// The operator at rest writes nothing (its resource, Secret, Service and StatefulSet keep
+/// their resourceVersion while it is reconciled again and again), repairs a worker object
+/// someone deletes or edits at once, and shows a change on the worker (its host gone) from
+/// the worker's report without polling it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_rest_nothing_is_written_and_drift_is_repaired_at_once() {
+    let Some(env) = env("at_rest_nothing_is_written_and_drift_is_repaired_at_once") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "quiet").await;
+    let _operator = cluster.operator(&[]);
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    cluster.apply(&transport_yaml("erp", &host, "Delete"));
+    delivered_and_up(&cluster, "erp").await;
+
+    let versions = || {
+        [
+            "transport/erp",
+            "secret/ferry-tp-erp",
+            "service/ferry-tp-erp",
+            "statefulset/ferry-tp-erp",
+        ]
+        .map(|object| {
+            cluster
+                .kubectl(&["get", object, "-o", "jsonpath={.metadata.resourceVersion}"])
+                .unwrap_or_else(|e| panic!("{object}: {e}"))
+        })
+    };
+    // Settle (the last status write after Up), then watch the quiet.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = versions();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(versions(), before, "written at rest");
+
+    // Drift: the Service deleted, the StatefulSet scaled by hand.
+    cluster
+        .kubectl(&["delete", "service", "ferry-tp-erp", "--wait=false"])
+        .expect("delete the Service");
+    cluster
+        .kubectl(&["scale", "statefulset", "ferry-tp-erp", "--replicas=0"])
+        .expect("scale the StatefulSet");
+    eventually(
+        "the Service back and the StatefulSet at 1 replica",
+        || async {
+            let service = cluster.kubectl(&["get", "service", "ferry-tp-erp", "-o", "name"]);
+            let replicas = cluster.kubectl(&[
+                "get",
+                "statefulset",
+                "ferry-tp-erp",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ]);
+            (service.is_ok() && replicas.as_deref() == Ok("1")).then_some(())
+        },
+    )
+    .await;
+
+    // A change on the worker: its host gone, a transaction stored.
+    cluster
+        .wait_transport("erp", "Up again", |s| {
+            s["state"] == "Up" && ready(s) == "True"
+        })
+        .await;
+    cluster.delete_pod_now_and_wait("erp-host", &host).await;
+    let (code, body) = cluster.ingest("erp", r#"{"order":2}"#).await;
+    assert_eq!(
+        (code, body["outcome"].as_str()),
+        (202, Some("stored")),
+        "{body}"
+    );
+    cluster
+        .wait_transport("erp", "Store and Forward", |s| {
+            s["state"] == "Store and Forward" && s["queue"]["messages"] == 1
+        })
+        .await;
+}
