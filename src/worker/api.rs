@@ -636,15 +636,10 @@ mod tests {
         ingest_path(&request)
     }
 
-    /// The long poll: the report's ETag given back is answered 304 after `wait` when nothing
-    /// changed, and at once with the new report when its state changes.
-    #[tokio::test]
-    async fn a_long_poll_answers_a_change_of_state_at_once_and_304_when_nothing_changes() {
-        use tower::ServiceExt;
-        let dir = tempfile::tempdir().unwrap();
-        let worker = Worker::open(
+    async fn open_worker(dir: &std::path::Path) -> Arc<Worker> {
+        Worker::open(
             super::super::WorkerOptions {
-                data_dir: dir.path().to_owned(),
+                data_dir: dir.to_owned(),
                 public_url: "http://127.0.0.1:1".into(),
                 forward_window: 1,
                 memory_budget: 1 << 20,
@@ -652,7 +647,16 @@ mod tests {
             false,
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    /// The long poll: the report's ETag given back is answered 304 after `wait` when nothing
+    /// changed, and at once with the new report when its state changes.
+    #[tokio::test]
+    async fn a_long_poll_answers_a_change_of_state_at_once_and_304_when_nothing_changes() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let worker = open_worker(dir.path()).await;
         let manifest = |suspended: bool| {
             json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
                 "metadata": {"name": "erp", "namespace": "plant-a"},
@@ -712,17 +716,7 @@ mod tests {
     async fn metrics_are_labelled_openmetrics() {
         use tower::ServiceExt;
         let dir = tempfile::tempdir().unwrap();
-        let worker = Worker::open(
-            super::super::WorkerOptions {
-                data_dir: dir.path().to_owned(),
-                public_url: "http://127.0.0.1:1".into(),
-                forward_window: 1,
-                memory_budget: 1 << 20,
-            },
-            false,
-        )
-        .await
-        .unwrap();
+        let worker = open_worker(dir.path()).await;
         let answer = router(worker, Tokens::default())
             .oneshot(
                 http::Request::get(wire::METRICS)

@@ -98,14 +98,19 @@ fn delta(
         .collect()
 }
 
+/// A field of `/proc/<pid>/status` in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// (RSS in KiB, CPU ticks used) of a process.
 fn process(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let rss = status_kib(pid, "VmRSS:");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -254,7 +259,30 @@ async fn operator_at_scale() {
         "scale: the {live} live ones Up and Ready {:.1}s after the apply ended",
         (started.elapsed() + all_ready).as_secs_f64()
     ));
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // At rest means the cluster too: every StatefulSet has made its pod and claim (the
+    // controller manager works through a thousand at its own pace).
+    let pods_made = Instant::now();
+    loop {
+        let mut pods = 0;
+        for namespace in namespaces {
+            let api: Api<k8s_openapi::api::core::v1::Pod> =
+                Api::namespaced(cluster.client.clone(), namespace);
+            pods += api
+                .list(&Default::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(0);
+        }
+        if pods >= total {
+            break;
+        }
+        assert!(
+            pods_made.elapsed() < Duration::from_secs(900),
+            "only {pods} of {total} worker pods made after 15 min"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
 
     // What the cluster does at rest without the operator (the kubelet's heartbeats, the
     // scheduler retrying the Pending workers, ...), then with it once it has settled again
@@ -274,6 +302,7 @@ async fn operator_at_scale() {
     tokio::time::sleep(window).await;
     let after = requests(&cluster.client).await;
     let (rss, cpu_after) = process(pid);
+    let (anon, file) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"));
     let with_operator = delta(&after, &before);
     let ticks_per_second = 100.0;
     let cpu = (cpu_after - cpu_before) as f64 / ticks_per_second / window.as_secs_f64() * 100.0;
@@ -362,8 +391,15 @@ async fn operator_at_scale() {
         }
     ));
     say(&format!(
-        "scale: operator at rest with {total} resources: RSS {:.1} MiB, CPU {cpu:.2}% of one core",
-        rss as f64 / 1024.0
+        "scale: operator at rest with {total} resources: RSS {:.1} MiB ({:.1} MiB heap and stacks, {:.1} MiB of its binary and libraries; a {} build), CPU {cpu:.2}% of one core",
+        rss as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
     ));
     say(&format!(
         "scale: suspended: true → state Suspended over {} live workers ({} seen): p50 {:.2}s, p99 {:.2}s, max {:.2}s",
@@ -377,6 +413,22 @@ async fn operator_at_scale() {
     // Cleanup: the operator removes the finalizers while the namespaces go; the idle
     // namespace's pods never ran, so nothing on a node says they stopped: they are removed
     // by force. (Cluster's drop then ends the live namespace.)
+    // Deleted first (each once, while the operator runs): a terminating namespace's own
+    // deletion of them retries with backoff.
+    for namespace in [idle.as_str(), cluster.namespace.as_str()] {
+        let _ = kubectl(
+            &cluster.env,
+            &[
+                "delete",
+                "transports",
+                "--all",
+                "-n",
+                namespace,
+                "--wait=false",
+            ],
+            None,
+        );
+    }
     let _ = kubectl(
         &cluster.env,
         &["delete", "namespace", &idle, "--wait=false"],
