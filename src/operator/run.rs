@@ -663,11 +663,6 @@ async fn lead(
     Ok(())
 }
 
-/// Reconciles of one kind running at once. After an apply of a thousand resources (or an
-/// operator restart) they are worked through this many at a time, not all at once: the peak of
-/// memory stays small (what a process once held it keeps), and the API server is not flooded.
-const CONCURRENCY: u16 = 16;
-
 /// An object as the controllers watch it: read, or kept with its metadata when unreadable.
 type Guarded<K> = kube::core::DeserializeGuard<K>;
 
@@ -709,7 +704,6 @@ impl Kinds<'_> {
             .metrics
             .count_by_state(count_by_state(cache.clone()));
         Controller::for_stream(triggers, cache.clone())
-            .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
             .reconcile_on(
                 self.triggers
                     .subscribe(R::KIND)
