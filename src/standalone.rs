@@ -398,10 +398,9 @@ pub async fn run(
 ) -> Result<(), Failure> {
     // Listening before anything is hosted: the endpoints printed next answer at once.
     let listener = process::bind(listen).await?;
-    let worker = Worker::open(options, false).await.map_err(|e| Failure {
-        message: e.to_string(),
-        code: 1,
-    })?;
+    let worker = Worker::open(options, false)
+        .await
+        .map_err(|e| Failure::new(e.to_string()))?;
     if !listen.ip().is_loopback() && (tokens.admin.is_none() || tokens.ingest.is_none()) {
         tracing::warn!(%listen, "standalone listens beyond this machine without an admin or ingest token: anyone who can reach it can change or feed its resources; pass --admin-token-file and --ingest-token-file");
     }
@@ -411,13 +410,10 @@ pub async fn run(
         for e in &errors {
             eprintln!("{e}");
         }
-        return Err(Failure {
-            message: format!(
-                "{} problem(s) in the manifests; nothing was started",
-                errors.len()
-            ),
-            code: 1,
-        });
+        return Err(Failure::new(format!(
+            "{} problem(s) in the manifests; nothing was started",
+            errors.len()
+        )));
     }
     process::serve_open(worker, tokens, listener, limits).await
 }

@@ -26,6 +26,12 @@ async fn store_with(dir: &Path, records: &[(RecordKind, &str, Vec<u8>)]) {
     }
 }
 
+/// A store holding this one transport record at `plant-a/erp`.
+async fn store_transport(dir: &Path, record: &Value) {
+    let raw = serde_json::to_vec(record).unwrap();
+    store_with(dir, &[(RecordKind::Transport, "plant-a/erp", raw)]).await;
+}
+
 async fn worker(dir: &Path) -> Arc<Worker> {
     Worker::open(
         WorkerOptions {
@@ -94,15 +100,7 @@ async fn a_spec_field_this_build_does_not_know_survives_its_saves() {
     let mut record: Value = serde_json::from_str(TRANSPORT).unwrap();
     record["version"] = json!(1);
     record["spec"]["fromANewerFerry"] = json!({"keep": ["me", 1]});
-    store_with(
-        dir.path(),
-        &[(
-            RecordKind::Transport,
-            "plant-a/erp",
-            serde_json::to_vec(&record).unwrap(),
-        )],
-    )
-    .await;
+    store_transport(dir.path(), &record).await;
     let worker = worker(dir.path()).await;
     assert!(worker.get::<TransportRuntime>("plant-a/erp").is_some());
     worker.shutdown().await;
@@ -117,15 +115,7 @@ async fn a_record_whose_spec_cannot_be_read_keeps_its_totals_for_the_desired_sta
     // As if the CRD gained a required field: this build cannot read the saved spec.
     record["spec"] = json!({"hostV2": {"url": "http://127.0.0.1:9/ingest"}});
     record["totals"] = json!({"delivered": 7, "failed": 2});
-    store_with(
-        dir.path(),
-        &[(
-            RecordKind::Transport,
-            "plant-a/erp",
-            serde_json::to_vec(&record).unwrap(),
-        )],
-    )
-    .await;
+    store_transport(dir.path(), &record).await;
     let worker = worker(dir.path()).await;
     assert!(
         worker.get::<TransportRuntime>("plant-a/erp").is_none(),

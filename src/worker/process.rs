@@ -20,7 +20,8 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(message: impl Into<String>) -> Self {
+    /// A failure with the usual exit code, 1.
+    pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             code: 1,
