@@ -124,6 +124,11 @@ struct OperatorArgs {
     /// How often each worker's report is read into status.
     #[arg(long, env = "FERRY_STATUS_INTERVAL", default_value = "5s")]
     status_interval: ferry::api::duration::Duration,
+    /// How many requests to the API server may be in flight at once (watches aside): a
+    /// thousand resources reconciled together wait for a place instead of each opening a
+    /// connection.
+    #[arg(long, env = "FERRY_API_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    api_concurrency: u16,
     /// How workers are reached: at the pod IP (default in a pod) or through the API server's
     /// pod proxy (default outside the cluster).
     #[arg(long, env = "FERRY_WORKER_ACCESS", value_enum)]
@@ -210,6 +215,7 @@ impl OperatorArgs {
             startup_timeout: self.startup_timeout.as_std(),
             startup_queue_scope: self.startup_queue_scope,
             status_interval: self.status_interval.as_std(),
+            api_concurrency: self.api_concurrency.into(),
             worker_access: self.worker_access,
             worker_timeout: self.worker_timeout.as_std(),
             defaults,

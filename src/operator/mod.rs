@@ -2,6 +2,7 @@
 //! objects (builders), the one reconcile skeleton both kinds run (reconcile) with what each
 //! kind supplies (transport, connection), the status they write, and `ferry operator` (run).
 
+pub mod api_client;
 pub mod backoff;
 pub mod builders;
 pub mod caches;

@@ -58,6 +58,8 @@ pub struct OperatorOptions {
     /// Whether startup places are shared by the whole cluster or per namespace.
     pub startup_queue_scope: crate::connection::startup_queue::Scope,
     pub status_interval: Duration,
+    /// How many requests to the API server may be in flight at once (watches aside).
+    pub api_concurrency: usize,
     /// None: direct in cluster, through the API server's pod proxy outside.
     pub worker_access: Option<WorkerAccess>,
     /// One call to a worker.
@@ -427,7 +429,9 @@ fn worker_object_watches(
 
 /// Run the operator until a shutdown signal (or, with leader election, until the lease is lost).
 pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
-    let client = Client::try_default().await.map_err(OperatorError::Client)?;
+    let client = super::api_client::bounded(options.api_concurrency)
+        .await
+        .map_err(OperatorError::Client)?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         crate::shutdown_signal().await;

@@ -677,15 +677,28 @@ impl Operator {
             .append(true)
             .open(&self.log)
             .expect("operator log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        command
             .args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "ferry=debug")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::from(out.try_clone().expect("log")))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("ferry operator starts");
+            .stderr(Stdio::from(out));
+        // Profiling (benchmarks): FERRY_E2E_HEAPTRACK=<dir> records each operator's heap with
+        // heaptrack's preload library, raw, into <dir>/operator-<n>.raw
+        // (`heaptrack_interpret < F | gzip > F.gz; heaptrack_print F.gz`).
+        if let Some(dir) = std::env::var_os("FERRY_E2E_HEAPTRACK") {
+            static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            command
+                .env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
+                .env(
+                    "DUMP_HEAPTRACK_OUTPUT",
+                    std::path::Path::new(&dir).join(format!("operator-{n}.raw")),
+                );
+        }
+        let child = command.spawn().expect("ferry operator starts");
         self.child = Some(child);
     }
 
