@@ -164,9 +164,8 @@ pub const RESYNC: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// A status that waits for nothing: not `Progressing`.
 fn settled<S: WithConditions>(status: &S) -> bool {
-    let mut status = status.clone();
     !status
-        .conditions_mut()
+        .conditions()
         .iter()
         .any(|c| c.type_ == "Progressing" && c.status == "True")
 }

@@ -108,21 +108,26 @@ fn state_reason(state: TransportState) -> &'static str {
 
 /// A status with conditions (both kinds').
 pub trait WithConditions: Clone + Default + PartialEq + serde::Serialize {
+    fn conditions(&self) -> &[Condition];
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     /// `lastReportTime`: when the worker last answered.
-    fn last_report_time_mut(&mut self) -> &mut Option<Time>;
+    fn last_report_time(&self) -> Option<&Time>;
     /// The status without what moves while nothing happens (`lastReportTime`, the age of the
     /// oldest queued transaction, a connection's iteration numbers): what a change is.
     fn without_clocks(&self) -> Self;
 }
 
 impl WithConditions for TransportStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
     fn conditions_mut(&mut self) -> &mut Vec<Condition> {
         &mut self.conditions
     }
 
-    fn last_report_time_mut(&mut self) -> &mut Option<Time> {
-        &mut self.last_report_time
+    fn last_report_time(&self) -> Option<&Time> {
+        self.last_report_time.as_ref()
     }
 
     fn without_clocks(&self) -> Self {
@@ -134,12 +139,16 @@ impl WithConditions for TransportStatus {
 }
 
 impl WithConditions for ConnectionStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
     fn conditions_mut(&mut self) -> &mut Vec<Condition> {
         &mut self.conditions
     }
 
-    fn last_report_time_mut(&mut self) -> &mut Option<Time> {
-        &mut self.last_report_time
+    fn last_report_time(&self) -> Option<&Time> {
+        self.last_report_time.as_ref()
     }
 
     fn without_clocks(&self) -> Self {
@@ -162,16 +171,14 @@ pub const REPORT_TIME_FRESHNESS: std::time::Duration = std::time::Duration::from
 
 /// The status to write, or `None` when the object shows it already. Clocks alone are a change
 /// only once the `lastReportTime` shown is [`REPORT_TIME_FRESHNESS`] old.
-pub fn to_write<S: WithConditions>(shown: Option<&S>, mut next: S) -> Option<S> {
+pub fn to_write<S: WithConditions>(shown: Option<&S>, next: S) -> Option<S> {
     let Some(shown) = shown else {
         return Some(next);
     };
     if shown.without_clocks() != next.without_clocks() {
         return Some(next);
     }
-    let shown_time = shown.clone().last_report_time_mut().take();
-    let next_time = next.last_report_time_mut().clone();
-    let stale = match (&shown_time, &next_time) {
+    let stale = match (shown.last_report_time(), next.last_report_time()) {
         (Some(shown), Some(next)) => next
             .0
             .duration_since(shown.0)
