@@ -127,7 +127,7 @@ struct OperatorArgs {
     /// How many requests to the API server may be in flight at once (watches aside): a
     /// thousand resources reconciled together wait for a place instead of each opening a
     /// connection.
-    #[arg(long, env = "FERRY_API_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "FERRY_API_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     api_concurrency: u16,
     /// How workers are reached: at the pod IP (default in a pod) or through the API server's
     /// pod proxy (default outside the cluster).

@@ -181,7 +181,11 @@ mod tests {
         };
         let calls = (0..20).map(|_| service.clone().oneshot(request("/api/v1/pods")));
         futures::future::join_all(calls).await;
-        assert_eq!(slow.most.load(Ordering::SeqCst), 3, "at most 3 calls at once");
+        assert_eq!(
+            slow.most.load(Ordering::SeqCst),
+            3,
+            "at most 3 calls at once"
+        );
 
         // Watches pass even while every place is taken.
         slow.most.store(0, Ordering::SeqCst);

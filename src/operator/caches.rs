@@ -53,6 +53,17 @@ impl Default for Caches {
     }
 }
 
+/// Whether the store's watch has listed once (a store nobody fills, as in the mock-server
+/// tests, never has).
+pub fn synced<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
+
 /// The cached object `namespace/name`, if the watch has it.
 pub fn cached<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
 where

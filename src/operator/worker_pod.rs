@@ -4,7 +4,12 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
-use super::{builders::WorkerTokens, caches::cached, context::Context, worker_client::WorkerPod};
+use super::{
+    builders::WorkerTokens,
+    caches::{cached, synced},
+    context::Context,
+    worker_client::WorkerPod,
+};
 
 /// Why a worker cannot be asked: its pod could not be read (the API server), or it is not
 /// running (missing, pending, not ready). The message says which pod and why.
@@ -45,6 +50,8 @@ pub(super) async fn ready_worker(
     let pod_name = pod_name(worker);
     let pod = match cached(&ctx.caches.pods, namespace, &pod_name) {
         Some(pod) => Some(Pod::clone(&pod)),
+        // The workers' pods are all watched: once listed, a pod not there does not exist (yet).
+        None if synced(&ctx.caches.pods) => None,
         None => Api::<Pod>::namespaced(ctx.client.clone(), namespace)
             .get_opt(&pod_name)
             .await
@@ -100,10 +107,23 @@ pub fn pod_name(worker: &str) -> String {
     format!("{worker}-0")
 }
 
+/// How old a worker's StatefulSet is before its missing pod's `FailedCreate` Events are read.
+const CREATION_GRACE_SECS: i64 = 10;
+
 /// Why the StatefulSet controller cannot create the worker's pod (quota, admission, an invalid
 /// pod), from its latest `FailedCreate` Event; None when there is none or it cannot be read.
 async fn creation_failure(ctx: &Context, namespace: &str, worker: &str) -> Option<String> {
     use k8s_openapi::api::core::v1::Event;
+    // A StatefulSet just made has not tried yet: no Events are asked for in its first seconds
+    // (a thousand new resources at once would ask for a thousand lists).
+    if synced(&ctx.caches.stateful_sets) {
+        let created = cached(&ctx.caches.stateful_sets, namespace, worker)
+            .and_then(|set| set.metadata.creation_timestamp.clone())?;
+        let age = k8s_openapi::jiff::Timestamp::now().duration_since(created.0);
+        if age < k8s_openapi::jiff::SignedDuration::from_secs(CREATION_GRACE_SECS) {
+            return None;
+        }
+    }
     let selector =
         format!("involvedObject.kind=StatefulSet,involvedObject.name={worker},reason=FailedCreate");
     let events = Api::<Event>::namespaced(ctx.client.clone(), namespace)
