@@ -108,6 +108,16 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Reconciles the operator has finished, of every kind and outcome
+/// (`ferry_operator_reconciles_total`).
+fn reconciles(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("ferry_operator_reconciles_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// (RSS in KiB, CPU ticks used) of a process.
 fn process(pid: u32) -> (u64, u64) {
     let rss = status_kib(pid, "VmRSS:");
@@ -294,6 +304,26 @@ async fn operator_at_scale() {
     let after = requests(&cluster.client).await;
     let without_operator = delta(&after, &before);
     operator = Operator::with(&cluster, &[]);
+    // At rest again: the restarted operator has reconciled everything once (its reconciles
+    // stop counting up), and the cluster has had a minute to answer what it applied.
+    let restarted = Instant::now();
+    let mut last = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let done = reconciles(&operator.metrics().await);
+        if last == Some(done) && done >= total as f64 {
+            break;
+        }
+        last = Some(done);
+        assert!(
+            restarted.elapsed() < Duration::from_secs(900),
+            "the restarted operator still reconciles after 15 min"
+        );
+    }
+    say(&format!(
+        "scale: the restarted operator reconciled all {total} once in {:.0}s (to within 10 s)",
+        restarted.elapsed().as_secs_f64()
+    ));
     tokio::time::sleep(Duration::from_secs(60)).await;
 
     let pid = operator.pid().expect("the operator runs");
