@@ -482,7 +482,10 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
     let leadership = match &options.leader_election {
         Some(lease) => {
             endpoints.set(Phase::Standby);
-            let mut leadership = Leadership::campaign(client.clone(), lease).await?;
+            // Its own client: a renewal never waits behind a burst of reconciles' calls for
+            // one of the `--api-concurrency` places (a lease that lapses stops the leader).
+            let lease_client = Client::try_default().await.map_err(OperatorError::Client)?;
+            let mut leadership = Leadership::campaign(lease_client, lease).await?;
             tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), identity = %lease.identity, "waiting for the leader lease");
             tokio::select! {
                 acquired = leadership.acquired() => if !acquired {
