@@ -108,7 +108,7 @@ fn structural_problems(node: &Value, at: &str, in_junctor: bool, out: &mut Vec<S
 
 #[test]
 fn schemas_are_structural() {
-    for kind in ["Transport", "Connection"] {
+    for kind in ["Transport", "Connection", "WorkerPool"] {
         let mut problems = Vec::new();
         structural_problems(&schema_of(kind), kind, false, &mut problems);
         assert!(problems.is_empty(), "{kind}: {problems:#?}");
@@ -141,7 +141,7 @@ fn cel_problems(compiled: &CompiledSchema, at: &str, rules: &mut usize, out: &mu
 #[test]
 fn cel_rules_compile_within_the_cost_budget() {
     let mut rules = 0;
-    for kind in ["Transport", "Connection"] {
+    for kind in ["Transport", "Connection", "WorkerPool"] {
         let mut problems = Vec::new();
         cel_problems(
             &compile_schema(&schema_of(kind)),
@@ -151,7 +151,55 @@ fn cel_rules_compile_within_the_cost_budget() {
         );
         assert!(problems.is_empty(), "{kind}: {problems:#?}");
     }
-    assert_eq!(rules, 10, "every CEL rule of the types was visited");
+    assert_eq!(rules, 14, "every CEL rule of the types was visited");
+}
+
+/// `spec.workerPool` is fixed once the resource exists, in both directions: the resource's
+/// queue or watermarks live on its worker's volume. On create it may be anything valid.
+#[test]
+fn the_worker_pool_is_fixed_once_created() {
+    use kube::core::cel::Validator;
+    let validator = Validator::new();
+    for kind in ["Transport", "Connection"] {
+        let compiled = compile_schema(&schema_of(kind));
+        let object = |pool: Option<&str>| {
+            let mut spec = match kind {
+                "Transport" => json!({"host": {"url": "http://erp/ingest"}}),
+                _ => json!({}),
+            };
+            if let Some(pool) = pool {
+                spec["workerPool"] = json!(pool);
+            }
+            json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": kind,
+                "metadata": {"name": "erp", "namespace": "plant-a"},
+                "spec": spec,
+            })
+        };
+        let check = |old: Option<&str>, new: Option<&str>| {
+            validator.validate_compiled(&compiled, &object(new), Some(&object(old)))
+        };
+        assert!(check(Some("shared"), Some("shared")).is_ok(), "{kind}");
+        assert!(check(None, None).is_ok(), "{kind}");
+        for (old, new) in [
+            (Some("shared"), Some("other")),
+            (Some("shared"), None),
+            (None, Some("shared")),
+        ] {
+            let errors = check(old, new).expect_err("refused");
+            let text = format!("{errors:?}");
+            assert!(
+                text.contains("workerPool cannot change once the resource exists"),
+                "{kind} {old:?} → {new:?}: {text}"
+            );
+        }
+        assert!(
+            validator
+                .validate_compiled(&compiled, &object(Some("shared")), None)
+                .is_ok(),
+            "{kind}: a create has no old object"
+        );
+    }
 }
 
 /// The storage transition rule, as the API server runs it on an update: size and class are

@@ -29,6 +29,9 @@ pub const DEFAULT_STORAGE_BYTES: u64 = 100 << 20;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.workerPool) == has(oldSelf.workerPool) && (!has(self.workerPool) || self.workerPool == oldSelf.workerPool)"
+).message("workerPool cannot change once the resource exists: its queue and watermarks live on its worker's volume (docs/resources.md, \"Moving a resource to or from a pool\")"))]
 pub struct ConnectionSpec {
     /// Start (true) or stop (false) the connection. A defined connection runs by default.
     #[serde(default = "default_true")]
@@ -42,6 +45,14 @@ pub struct ConnectionSpec {
     #[schemars(length(max = 64))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub sync_sets: Vec<SyncSet>,
+    /// The WorkerPool (same namespace) whose workers host this one; unset: a worker of its
+    /// own. Fixed once the resource exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub worker_pool: Option<String>,
     /// The worker's volume for watermarks and iteration history (default size 100Mi).
     #[serde(default)]
     pub storage: Storage,

@@ -8,24 +8,27 @@ pub mod quantity;
 pub mod storage;
 pub mod transport;
 pub mod validate;
+pub mod worker_pool;
 
 pub use connection::{Connection, ConnectionSpec, ConnectionStatus, ConnectionStatusValue};
 pub use transport::{Transport, TransportSpec, TransportState, TransportStatus};
+pub use worker_pool::{WorkerPool, WorkerPoolSpec, WorkerPoolStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 pub const API_VERSION: &str = "ferry.dev/v1alpha1";
 
-/// Both CRDs, in the order `ferry crds` prints them.
-pub fn crds() -> [CustomResourceDefinition; 2] {
+/// Every CRD, in the order `ferry crds` prints them.
+pub fn crds() -> [CustomResourceDefinition; 3] {
+    [Connection::crd(), Transport::crd(), WorkerPool::crd()].map(finish_schema)
+}
+
+/// The kinds a worker hosts (and standalone runs): what a manifest given to them may be.
+pub fn hosted_crds() -> [CustomResourceDefinition; 2] {
     [Connection::crd(), Transport::crd()].map(finish_schema)
 }
 
-/// Quantities ferry reads as required values (with a default when absent), which kube's
-/// schema generation marks `nullable` because they are optional in the manifest. ferry does
-/// not take `null` for them, so neither may the API server. (A property test generates objects
-/// from the schema and reads each, so a new field like these cannot slip by.)
 const NOT_NULLABLE: [&str; 2] = ["maxBytes", "maxTransactionBytes"];
 
 /// Every property of the generated schema, finished: the quantities above lose `nullable`, and

@@ -29,6 +29,9 @@ pub const DEFAULT_STORAGE_BYTES: u64 = 2 << 30;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.workerPool) == has(oldSelf.workerPool) && (!has(self.workerPool) || self.workerPool == oldSelf.workerPool)"
+).message("workerPool cannot change once the resource exists: its queue and watermarks live on its worker's volume (docs/resources.md, \"Moving a resource to or from a pool\")"))]
 pub struct TransportSpec {
     /// Suspend (true) or resume (false). A suspended transport never delivers; with Store
     /// and Forward enabled it queues what it receives, otherwise it fails it.
@@ -47,6 +50,14 @@ pub struct TransportSpec {
     #[serde(default = "default_max_transaction_bytes")]
     #[x_kube(validation = Rule::new("quantity(string(self)).compareTo(quantity('64Mi')) <= 0").message("must be at most 64Mi"))]
     pub max_transaction_bytes: ByteQuantity,
+    /// The WorkerPool (same namespace) whose workers host this one; unset: a worker of its
+    /// own. Fixed once the resource exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub worker_pool: Option<String>,
     /// The worker's volume, which holds the queue (default size 2Gi).
     #[serde(default)]
     pub storage: Storage,

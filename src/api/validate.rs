@@ -15,7 +15,7 @@ use kube::core::cel::{CompiledSchema, Validator as CelValidator, compile_schema}
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use super::{API_VERSION, Connection, Transport, crds};
+use super::{API_VERSION, Connection, Transport, hosted_crds};
 
 /// A resource that passed every check (boxed: both are large and often moved).
 #[derive(Clone, Debug, PartialEq)]
@@ -76,7 +76,7 @@ pub struct ManifestValidator {
 
 impl ManifestValidator {
     pub fn new() -> Self {
-        let kinds = crds()
+        let kinds = hosted_crds()
             .into_iter()
             .map(|crd| {
                 let version = &crd.spec.versions[0];

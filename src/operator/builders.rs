@@ -1,6 +1,7 @@
-//! The Kubernetes objects the operator owns for each Connection and Transport: a StatefulSet
-//! of one `ferry worker` with a volume for its data directory, a Service for its port, and a
-//! Secret with its admin and ingest tokens. Pure: the reconciler applies what these return
+//! The Kubernetes objects the operator owns for each Connection and Transport with a worker of
+//! its own, and for each WorkerPool: a StatefulSet of `ferry worker`s (one, or the pool's
+//! replicas) with a volume each for its data directory, a Service for its port (headless for
+//! a pool: every worker has a stable DNS name), and a Secret with the admin and ingest tokens. Pure: the reconciler applies what these return
 //! with server-side apply.
 //!
 //! The objects are built as typed k8s-openapi structs: a misspelt field, a wrong type or a
@@ -13,11 +14,11 @@ use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec},
         core::v1::{
-            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
-            PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-            SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-            VolumeMount, VolumeResourceRequirements,
+            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+            HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
+            ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
         },
     },
     apimachinery::pkg::{
@@ -29,9 +30,10 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 
 use crate::api::{
-    Connection, Transport, connection::DEFAULT_STORAGE_BYTES as CONNECTION_STORAGE,
+    Connection, Transport, WorkerPool, connection::DEFAULT_STORAGE_BYTES as CONNECTION_STORAGE,
     storage::ReclaimPolicy, storage::Storage,
     transport::DEFAULT_STORAGE_BYTES as TRANSPORT_STORAGE,
+    worker_pool::DEFAULT_STORAGE_BYTES as POOL_STORAGE,
 };
 
 /// The worker's port, in the pod and on the Service.
@@ -155,8 +157,11 @@ pub struct Owner<'a> {
     owner_reference: OwnerReference,
     storage: &'a Storage,
     default_storage_bytes: u64,
-    /// 0 for a stopped connection: its worker is scaled to zero.
+    /// 0 for a stopped connection: its worker is scaled to zero. A pool's replicas.
     replicas: i32,
+    /// A pool's: its workers' container resources (else the operator's defaults) and where
+    /// they may run.
+    pool: Option<&'a crate::api::WorkerPoolSpec>,
 }
 
 /// The resource as its objects' controlling owner; deleting it in the foreground waits for them.
@@ -185,6 +190,7 @@ impl<'a> Owner<'a> {
             storage: &transport.spec.storage,
             default_storage_bytes: TRANSPORT_STORAGE,
             replicas: 1,
+            pool: None,
         })
     }
 
@@ -198,7 +204,28 @@ impl<'a> Owner<'a> {
             storage: &connection.spec.storage,
             default_storage_bytes: CONNECTION_STORAGE,
             replicas: i32::from(connection.spec.started),
+            pool: None,
         })
+    }
+
+    pub fn pool(pool: &'a WorkerPool) -> Result<Self, BuildError> {
+        Ok(Self {
+            kind: "WorkerPool",
+            short: "wp",
+            name: pool.name_any(),
+            namespace: pool.namespace().unwrap_or_else(|| "default".into()),
+            owner_reference: owner_reference(pool, "WorkerPool")?,
+            storage: &pool.spec.storage,
+            default_storage_bytes: POOL_STORAGE,
+            replicas: pool.spec.replicas,
+            pool: Some(&pool.spec),
+        })
+    }
+
+    /// The same, running `replicas` workers (a pool never fewer than its hosting ones).
+    pub fn with_replicas(mut self, replicas: i32) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     /// Whether `meta` (an existing object of the worker's name) is controlled by this resource:
@@ -270,6 +297,26 @@ impl<'a> Owner<'a> {
         }
     }
 
+    /// The container's resources: a pool's own, else the operator's defaults.
+    fn resources<'b>(&'b self, defaults: &'b WorkerDefaults) -> &'b ResourceRequirements {
+        self.pool
+            .and_then(|pool| pool.resources.as_ref())
+            .unwrap_or(&defaults.resources)
+    }
+
+    /// Where producers (and the operator, in cluster) reach the worker; a pool's worker, at
+    /// its own stable name (`$(POD_NAME)` is expanded by the kubelet).
+    pub fn public_url(&self) -> String {
+        match self.pool {
+            Some(_) => format!(
+                "http://$(POD_NAME).{}.{}.svc:{WORKER_PORT}",
+                self.worker_name(),
+                self.namespace
+            ),
+            None => self.service_url(),
+        }
+    }
+
     /// Where producers (and the operator, in cluster) reach the worker.
     pub fn service_url(&self) -> String {
         format!(
@@ -296,6 +343,11 @@ impl<'a> Owner<'a> {
         Service {
             metadata: self.metadata(),
             spec: Some(ServiceSpec {
+                // A pool's workers are reached one by one, at `<pod>.<service>.<namespace>.svc`.
+                cluster_ip: self.pool.map(|_| "None".into()),
+                // A resource placed on a worker is reachable through its name as soon as the
+                // pod has an address; its own readiness shows in the resource's status.
+                publish_not_ready_addresses: self.pool.map(|_| true),
                 selector: Some(self.selector()),
                 ports: Some(vec![ServicePort {
                     name: Some("http".into()),
@@ -345,7 +397,7 @@ impl<'a> Owner<'a> {
             "--ingest-token-file".into(),
             format!("{TOKENS_DIR}/ingest-token"),
             "--memory-budget".into(),
-            memory_budget(&defaults.resources).to_string(),
+            memory_budget(self.resources(defaults)).to_string(),
             "--shutdown-timeout".into(),
             format!("{WORKER_SHUTDOWN_SECS}s"),
         ];
@@ -354,11 +406,30 @@ impl<'a> Owner<'a> {
             image: Some(defaults.image.clone()),
             image_pull_policy: defaults.image_pull_policy.clone(),
             args: Some(args.into()),
-            env: Some(vec![
-                env("FERRY_PUBLIC_URL", self.service_url()),
-                env("RUST_LOG", "ferry=info".into()),
-                env("FERRY_LOG_FORMAT", defaults.log_format.as_str().into()),
-            ]),
+            env: Some(
+                // A pool worker's own name, first: `$(POD_NAME)` in its URL is expanded from
+                // the variables before it. (A dedicated worker's pod spec stays as it was, so
+                // no worker restarts when the operator is upgraded.)
+                self.pool
+                    .map(|_| EnvVar {
+                        name: "POD_NAME".into(),
+                        value_from: Some(EnvVarSource {
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "metadata.name".into(),
+                                ..ObjectFieldSelector::default()
+                            }),
+                            ..EnvVarSource::default()
+                        }),
+                        ..EnvVar::default()
+                    })
+                    .into_iter()
+                    .chain([
+                        env("FERRY_PUBLIC_URL", self.public_url()),
+                        env("RUST_LOG", "ferry=info".into()),
+                        env("FERRY_LOG_FORMAT", defaults.log_format.as_str().into()),
+                    ])
+                    .collect(),
+            ),
             ports: Some(vec![ContainerPort {
                 name: Some("http".into()),
                 container_port: i32::from(WORKER_PORT),
@@ -367,7 +438,7 @@ impl<'a> Owner<'a> {
             }]),
             readiness_probe: Some(probe("/readyz", 5, None)),
             liveness_probe: Some(probe("/healthz", 10, Some(6))),
-            resources: Some(defaults.resources.clone()),
+            resources: Some(self.resources(defaults).clone()),
             security_context: Some(SecurityContext {
                 allow_privilege_escalation: Some(false),
                 read_only_root_filesystem: Some(true),
@@ -438,6 +509,15 @@ impl<'a> Owner<'a> {
                 }),
                 ..PodSecurityContext::default()
             }),
+            node_selector: self
+                .pool
+                .map(|pool| pool.node_selector.clone())
+                .filter(|selector| !selector.is_empty()),
+            tolerations: self
+                .pool
+                .map(|pool| pool.tolerations.clone())
+                .filter(|tolerations| !tolerations.is_empty()),
+            affinity: self.pool.and_then(|pool| pool.affinity.clone()),
             // Give the worker time to save its records on SIGTERM.
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECS as i64),
             containers: vec![self.container(defaults)],

@@ -16,7 +16,7 @@ use kube::{
     runtime::reflector::{self, ObjectRef, Store},
 };
 
-use crate::api::Transport;
+use crate::api::{Connection, Transport};
 
 /// The label selector of every object the operator makes for a worker (and of the pods).
 pub const WORKER_OBJECTS: &str =
@@ -26,6 +26,8 @@ pub const WORKER_OBJECTS: &str =
 pub struct Caches {
     /// The Transport controller's own cache (connections look their targets up in it).
     pub transports: Store<DeserializeGuard<Transport>>,
+    /// The Connection controller's own cache (pools look up who names them in both).
+    pub connections: Store<DeserializeGuard<Connection>>,
     pub secrets: Store<Secret>,
     pub services: Store<PartialObjectMeta<Service>>,
     pub stateful_sets: Store<PartialObjectMeta<StatefulSet>>,
@@ -45,6 +47,7 @@ impl Default for Caches {
     fn default() -> Self {
         Self {
             transports: empty(),
+            connections: empty(),
             secrets: empty(),
             services: empty(),
             stateful_sets: empty(),

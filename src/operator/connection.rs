@@ -256,6 +256,10 @@ impl WorkerResource for Connection {
     type Memory = Connections;
     type Refs = Targets;
 
+    fn worker_pool(&self) -> Option<&str> {
+        self.spec.worker_pool.as_deref()
+    }
+
     fn owner(&self) -> Result<Owner<'_>, BuildError> {
         Owner::connection(self)
     }

@@ -40,6 +40,10 @@ pub enum ReconcileError {
         namespace: String,
         owner: String,
     },
+    #[error(
+        "the WorkerPool {pool} is still named by {users} resource(s) (its status lists them); it is deleted once none does"
+    )]
+    InUse { pool: String, users: usize },
     #[error("cannot write the status: {}", crate::kube_error_line(source))]
     Status {
         #[source]
@@ -85,7 +89,7 @@ impl ReconcileError {
             ReconcileError::Apply { .. } => "apply",
             ReconcileError::NameConflict { .. } => "conflict",
             ReconcileError::Status { .. } => "status",
-            ReconcileError::Cleanup { .. } => "cleanup",
+            ReconcileError::Cleanup { .. } | ReconcileError::InUse { .. } => "cleanup",
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod triggers;
 pub mod worker_client;
 pub mod worker_objects;
 pub mod worker_pod;
+pub mod worker_pool;
 
 /// A namespaced kind the operator reads, writes and watches (Transport, Connection, and
 /// their `DeserializeGuard`s): one name for the bounds its generic steps share.

@@ -46,6 +46,8 @@ pub trait WorkerResource: NamespacedObject + serde::Serialize {
 
     /// The resource as the owner of its worker's objects.
     fn owner(&self) -> Result<Owner<'_>, BuildError>;
+    /// The WorkerPool its `spec.workerPool` names, if any.
+    fn worker_pool(&self) -> Option<&str>;
     fn status(&self) -> Option<&Self::Status>;
     /// Whether its worker should be running (a stopped connection's is scaled to zero, and
     /// is not asked).

@@ -48,7 +48,7 @@ use super::{
     triggers::Triggers,
     worker_client::{WorkerAccess, WorkerClient},
 };
-use crate::api::{Connection, Transport};
+use crate::api::{Connection, Transport, WorkerPool};
 
 /// Operator-wide settings (flags or environment).
 #[derive(Clone, Debug)]
@@ -350,6 +350,7 @@ fn worker_object_watches(
     triggers: &Arc<Triggers>,
     halted: &watch::Receiver<bool>,
     transports: reflector::Store<Guarded<Transport>>,
+    connections: reflector::Store<Guarded<Connection>>,
 ) -> Caches {
     let (secrets, secrets_writer) = reflector::store();
     let (services, services_writer) = reflector::store();
@@ -420,6 +421,7 @@ fn worker_object_watches(
     });
     Caches {
         transports,
+        connections,
         secrets,
         services,
         stateful_sets,
@@ -558,6 +560,7 @@ async fn lead(
     // The workers' objects and pods: one watch each, read by every reconcile.
     let triggers = Arc::new(Triggers::default());
     let (transports_cache, transports_writer) = reflector::store();
+    let (connections_cache, connections_writer) = reflector::store();
     let caches = worker_object_watches(
         &client,
         &options.namespace,
@@ -565,6 +568,7 @@ async fn lead(
         &triggers,
         &halted,
         transports_cache.clone(),
+        connections_cache.clone(),
     );
     let ctx = Arc::new(
         Context::new(
@@ -618,7 +622,6 @@ async fn lead(
         (transports_cache.clone(), transports_writer),
         Some(transport_changes_sender),
     );
-    let (connections_cache, connections_writer) = reflector::store();
     let connections_controller =
         kinds.watch::<Connection>((connections_cache.clone(), connections_writer), None);
 
@@ -642,6 +645,7 @@ async fn lead(
         },
     );
     let connections_run = kinds.run(connections_controller, connections);
+    let pools = kinds.pools();
 
     let ready = {
         let endpoints = endpoints.clone();
@@ -661,7 +665,7 @@ async fn lead(
             }
         }
     };
-    tokio::join!(transports, connections_run, ready);
+    tokio::join!(transports, connections_run, pools, ready);
     let lease_lost = halting.await.unwrap_or(false);
     if lease_lost {
         return Err(OperatorError::LostLeadership);
@@ -702,9 +706,19 @@ impl Kinds<'_> {
             R::KIND,
             self.endpoints.clone(),
         );
+        // A resource that names a WorkerPool reconciles it too (who uses it, what it hosts).
+        let to_pools = self.triggers.clone();
         let triggers = triggers.inspect(move |object| {
-            if let (Some(tee), Ok(object)) = (&tee, object) {
-                let _ = tee.unbounded_send(object.clone());
+            if let Ok(object) = object {
+                if let Ok(resource) = &object.0
+                    && let Some(pool) = resource.worker_pool()
+                {
+                    let namespace = resource.namespace().unwrap_or_default();
+                    to_pools.send(super::worker_pool::KIND, &namespace, pool);
+                }
+                if let Some(tee) = &tee {
+                    let _ = tee.unbounded_send(object.clone());
+                }
             }
         });
         self.endpoints
@@ -740,6 +754,37 @@ impl Kinds<'_> {
                     },
                 ),
                 error_policy::<Guarded<R>>,
+                self.ctx.clone(),
+            )
+            .for_each(|_| async {})
+    }
+}
+
+impl Kinds<'_> {
+    /// The WorkerPools' controller: its own watch, requests from its workers' objects and
+    /// pods and from the resources that name a pool, the pool reconcile through the guard.
+    fn pools(&self) -> impl Future<Output = ()> + use<> {
+        let (cache, writer) = reflector::store::<Guarded<WorkerPool>>();
+        let watched = triggers(
+            api::<Guarded<WorkerPool>>(self.client, self.namespace),
+            writer,
+            super::worker_pool::KIND,
+            self.endpoints.clone(),
+        );
+        Controller::for_stream(watched, cache)
+            .reconcile_on(
+                self.triggers
+                    .subscribe(super::worker_pool::KIND)
+                    .map(|(namespace, name)| ObjectRef::new(&name).within(&namespace)),
+            )
+            .graceful_shutdown_on(when(self.halted))
+            .run(
+                timed(
+                    super::worker_pool::KIND,
+                    self.endpoints.metrics.clone(),
+                    |guarded, ctx| reconcile_guarded(guarded, ctx, super::worker_pool::reconcile),
+                ),
+                error_policy::<Guarded<WorkerPool>>,
                 self.ctx.clone(),
             )
             .for_each(|_| async {})

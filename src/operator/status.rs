@@ -12,7 +12,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::{
-    api::{ConnectionStatus, ConnectionStatusValue, TransportState, TransportStatus},
+    api::{
+        ConnectionStatus, ConnectionStatusValue, TransportState, TransportStatus, WorkerPoolStatus,
+        worker_pool::PoolWorker,
+    },
     connection::status::{self, Inputs, OperatorPhase, SyncSetView, WorkerView},
     wire::{ConnectionReport, TransportReport},
 };
@@ -59,12 +62,15 @@ fn set_conditions(
 /// Ready reasons that no retry by ferry can turn into Ready: the user must change something
 /// (the object, a name, a quota, a missing target, the source or target a sync-set failed on).
 /// kstatus reads `Stalled=True` as Failed; every other not-ready resource is `Reconciling`.
-pub const STALLED_REASONS: [&str; 5] = [
+pub const STALLED_REASONS: [&str; 7] = [
     INVALID_SPEC,
     "NameConflict",
     "WorkerObjectsRefused",
     "InvalidConfiguration",
     "SyncSetFailed",
+    // A WorkerPool's: resources still use it, or still live on the workers it would remove.
+    "InUse",
+    "ScaleDownBlocked",
 ];
 
 /// `Reconciling` and `Stalled` from the `Ready` being set: ready → neither; not ready for a
@@ -160,6 +166,25 @@ impl WithConditions for ConnectionStatus {
             sync_set.ongoing = false;
         }
         status
+    }
+}
+
+/// A pool's status has no clocks: every change is a change.
+impl WithConditions for WorkerPoolStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+
+    fn last_report_time(&self) -> Option<&Time> {
+        None
+    }
+
+    fn without_clocks(&self) -> Self {
+        self.clone()
     }
 }
 
@@ -477,6 +502,131 @@ pub fn connection_status(
         status.last_report_time = Some(now);
     }
     status
+}
+
+/// What the operator sees of a WorkerPool: what its spec asks, its workers (by ordinal, as
+/// many as run), and the resources that name it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PoolView {
+    pub replicas: i32,
+    /// Ordinal order; `hosted` as placed in the resources' status.
+    pub workers: Vec<PoolWorker>,
+    /// `Transport erp`, ... : every resource whose `spec.workerPool` names the pool.
+    pub used_by: Vec<String>,
+    /// The pool is being deleted.
+    pub deleting: bool,
+}
+
+/// How many workers a pool runs: what its spec asks, but never fewer than one past the
+/// highest worker that hosts a resource (its queue is on that worker's volume).
+pub fn pool_replicas(wanted: i32, workers: &[PoolWorker]) -> i32 {
+    let needed = workers
+        .iter()
+        .rposition(|w| w.hosted > 0)
+        .map_or(0, |last| i32::try_from(last + 1).unwrap_or(i32::MAX));
+    wanted.max(needed)
+}
+
+/// A pool's status (docs/resources.md, "WorkerPool"): `Ready` when every worker its spec asks
+/// for is ready; a scale-down a hosting worker blocks and a deletion resources block say
+/// which, in `Ready`'s message and in `Degraded`.
+pub fn pool_status(
+    previous: Option<&WorkerPoolStatus>,
+    generation: Option<i64>,
+    view: &PoolView,
+    now: Time,
+) -> WorkerPoolStatus {
+    let ready_workers = view.workers.iter().filter(|w| w.ready).count();
+    let ready_workers = i32::try_from(ready_workers).unwrap_or(i32::MAX);
+    let hosted = view.workers.iter().map(|w| w.hosted).sum();
+    let running = pool_replicas(view.replicas, &view.workers);
+    let listed = |names: &[String]| {
+        let mut text = names
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if names.len() > 10 {
+            text.push_str(&format!(" and {} more", names.len() - 10));
+        }
+        text
+    };
+    let blocked_scale_down = (running > view.replicas).then(|| {
+        let hosting: Vec<String> = view
+            .workers
+            .iter()
+            .skip(usize::try_from(view.replicas).unwrap_or(0))
+            .filter(|w| w.hosted > 0)
+            .map(|w| format!("{} hosts {}", w.name, w.hosted))
+            .collect();
+        format!(
+            "cannot scale down to {} workers: {} (move or delete what they host)",
+            view.replicas,
+            hosting.join(", ")
+        )
+    });
+    let (ready, reason, message) = if view.deleting && !view.used_by.is_empty() {
+        (
+            false,
+            "InUse",
+            format!(
+                "deletion waits: {} still use the pool (delete them or move them, docs/resources.md)",
+                listed(&view.used_by)
+            ),
+        )
+    } else if let Some(blocked) = &blocked_scale_down {
+        (false, "ScaleDownBlocked", blocked.clone())
+    } else if view.replicas == 0 {
+        (
+            true,
+            "ScaledToZero",
+            "no workers asked for; nothing can be placed".to_owned(),
+        )
+    } else if ready_workers >= view.replicas {
+        (
+            true,
+            "WorkersReady",
+            format!("{ready_workers} of {} workers ready", view.replicas),
+        )
+    } else if ready_workers == 0 {
+        (
+            false,
+            "NoReadyWorker",
+            format!("none of {} workers is ready yet", view.replicas),
+        )
+    } else {
+        (
+            false,
+            "WorkersStarting",
+            format!("{ready_workers} of {} workers ready", view.replicas),
+        )
+    };
+    let degraded = matches!(reason, "InUse" | "ScaleDownBlocked");
+    let previous_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    WorkerPoolStatus {
+        observed_generation: generation,
+        ready_workers,
+        hosted,
+        workers: view.workers.clone(),
+        conditions: set_conditions(
+            previous_conditions,
+            vec![
+                Set("Ready", ready, reason, message.clone()),
+                Set("Progressing", !ready && !degraded, reason, message.clone()),
+                Set(
+                    "Degraded",
+                    degraded,
+                    if degraded { reason } else { "AsExpected" },
+                    if degraded { message } else { String::new() },
+                ),
+            ],
+            generation,
+            &now,
+        ),
+    }
 }
 
 #[cfg(test)]

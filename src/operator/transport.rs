@@ -37,6 +37,10 @@ impl WorkerResource for Transport {
     type Memory = ();
     type Refs = ();
 
+    fn worker_pool(&self) -> Option<&str> {
+        self.spec.worker_pool.as_deref()
+    }
+
     fn owner(&self) -> Result<Owner<'_>, BuildError> {
         Owner::transport(self)
     }

@@ -251,13 +251,24 @@ pub(super) async fn delete_claim(
     namespace: &str,
     worker: &str,
 ) -> Result<(), ReconcileError> {
-    let claim = format!("data-{worker}-0");
-    match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
-        .delete(&claim, &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(source) => Err(ReconcileError::Cleanup { claim, source }),
+    delete_claims(ctx, namespace, worker, 1).await
+}
+
+/// The volume claims of the first `count` workers of the StatefulSet `worker` (a pool's).
+pub(super) async fn delete_claims(
+    ctx: &Context,
+    namespace: &str,
+    worker: &str,
+    count: usize,
+) -> Result<(), ReconcileError> {
+    let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace);
+    for ordinal in 0..count {
+        let claim = format!("data-{worker}-{ordinal}");
+        match claims.delete(&claim, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => return Err(ReconcileError::Cleanup { claim, source }),
+        }
     }
+    Ok(())
 }

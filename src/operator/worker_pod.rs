@@ -104,7 +104,12 @@ fn restart_count(pod: &Pod) -> u64 {
 
 /// The worker's one pod of the StatefulSet.
 pub fn pod_name(worker: &str) -> String {
-    format!("{worker}-0")
+    pod_name_of(worker, 0)
+}
+
+/// The pod of ordinal `ordinal` of the StatefulSet `set` (a pool's workers).
+pub fn pod_name_of(set: &str, ordinal: i32) -> String {
+    format!("{set}-{ordinal}")
 }
 
 /// How old a worker's StatefulSet is before its missing pod's `FailedCreate` Events are read.

@@ -1,0 +1,106 @@
+//! The WorkerPool resource: worker pods shared by many Transports and Connections
+//! (`spec.workerPool` on them), instead of a worker pod each. Semantics: docs/resources.md
+//! "WorkerPool".
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{Affinity, ResourceRequirements, Toleration},
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::storage::Storage;
+
+/// A pool worker's volume holds the queues and watermarks of every resource it hosts.
+pub const DEFAULT_STORAGE_BYTES: u64 = 10 << 30;
+/// The most resources one worker may host.
+pub const MAX_CAPACITY: u32 = 1000;
+/// The most workers of one pool.
+pub const MAX_REPLICAS: i32 = 100;
+
+/// Worker pods that host many Transports and Connections, each placed once on one worker
+/// and kept there.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "WorkerPool",
+    namespaced,
+    shortname = "wp",
+    category = "ferry",
+    derive = "PartialEq",
+    status = "WorkerPoolStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Workers","type":"integer","jsonPath":".status.readyWorkers","description":"Workers ready"}"#,
+    printcolumn = r#"{"name":"Hosted","type":"integer","jsonPath":".status.hosted","description":"Resources placed on the pool's workers"}"#,
+    printcolumn = r#"{"name":"Capacity","type":"integer","jsonPath":".spec.capacity","description":"Resources per worker at most"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoolSpec {
+    /// How many workers (0 to 100). Scaling down never removes a worker that hosts
+    /// resources: the status says what blocks it.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// How many resources one worker hosts at most (1 to 1000).
+    #[serde(default = "default_capacity")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub capacity: u32,
+    /// The worker container's requests and limits; unset: the operator's worker defaults.
+    /// Its memory limit sets the budget all hosted resources share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Each worker's volume, holding the queues and watermarks of what it hosts (default
+    /// size 10Gi).
+    #[serde(default)]
+    pub storage: Storage,
+    /// Nodes the workers may run on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_capacity() -> u32 {
+    100
+}
+
+/// One worker of the pool, as the operator last saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolWorker {
+    /// The worker's pod (`<pool's StatefulSet>-<ordinal>`), also its stable DNS name's first
+    /// label.
+    pub name: String,
+    pub ready: bool,
+    /// Resources placed on it.
+    pub hosted: u32,
+}
+
+/// Written by the operator only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoolStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub ready_workers: i32,
+    /// Resources placed on the pool's workers.
+    #[serde(default)]
+    pub hosted: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub workers: Vec<PoolWorker>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,175 @@
+//! The WorkerPool reconciler, on the same steps as every kind: dereference (the resources that
+//! name the pool, from the caches) → build (its Secret, headless Service and StatefulSet) →
+//! apply (only what changed) → observe (its workers' pods) → status.
+//!
+//! A pool never runs fewer workers than one past the highest worker that hosts a resource
+//! (`status::pool_replicas`), and its deletion waits, under the finalizer, until no resource
+//! names it. docs/resources.md, "WorkerPool".
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        controller::Action,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+
+use super::{
+    builders::Owner,
+    caches::cached,
+    context::{Context, FINALIZER, now},
+    error::ReconcileError,
+    reconcile::RESYNC,
+    status::{PoolView, pool_replicas, pool_status, to_write},
+    status_writer::write_status,
+    worker_objects::{apply_or_report, delete_claims},
+    worker_pod::pod_name_of,
+};
+use crate::api::{
+    WorkerPool,
+    storage::ReclaimPolicy,
+    worker_pool::{MAX_REPLICAS, PoolWorker},
+};
+
+pub const KIND: &str = "WorkerPool";
+
+pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let namespace = pool.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, pool, |event| async {
+        match event {
+            Finalizer::Apply(pool) => apply(&pool, &namespace, &ctx).await,
+            Finalizer::Cleanup(pool) => cleanup(&pool, &namespace, &ctx).await,
+        }
+    })
+    .await
+    .map_err(ReconcileError::from_finalizer)
+}
+
+/// The resources of `namespace` whose `spec.workerPool` is `pool`, as `Transport erp`.
+fn users(ctx: &Context, namespace: &str, pool: &str) -> Vec<String> {
+    let transports = ctx.caches.transports.state().into_iter().filter_map(|t| {
+        let transport = t.0.as_ref().ok()?;
+        (transport.namespace().as_deref() == Some(namespace)
+            && transport.spec.worker_pool.as_deref() == Some(pool))
+        .then(|| format!("Transport {}", transport.name_any()))
+    });
+    let connections = ctx.caches.connections.state().into_iter().filter_map(|c| {
+        let connection = c.0.as_ref().ok()?;
+        (connection.namespace().as_deref() == Some(namespace)
+            && connection.spec.worker_pool.as_deref() == Some(pool))
+        .then(|| format!("Connection {}", connection.name_any()))
+    });
+    let mut users: Vec<String> = transports.chain(connections).collect();
+    users.sort();
+    users
+}
+
+/// The pool's workers as their pods show them, ordinal by ordinal up to `count` (a worker
+/// whose pod is not there yet is not ready).
+fn workers(ctx: &Context, namespace: &str, set: &str, count: i32) -> Vec<PoolWorker> {
+    (0..count.clamp(0, MAX_REPLICAS))
+        .map(|ordinal| {
+            let name = pod_name_of(set, ordinal);
+            let ready = cached(&ctx.caches.pods, namespace, &name).is_some_and(|pod| ready(&pod));
+            PoolWorker {
+                name,
+                ready,
+                hosted: 0,
+            }
+        })
+        .collect()
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn apply(
+    pool: &WorkerPool,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    // Dereference: who uses the pool, and what its workers host.
+    let used_by = users(ctx, namespace, &pool.name_any());
+    let owner = Owner::pool(pool)?;
+    let set = owner.worker_name();
+    let shown = pool.status.as_ref().map_or(0, |s| s.workers.len());
+    let known = i32::try_from(shown).unwrap_or(MAX_REPLICAS);
+    let mut observed = workers(ctx, namespace, &set, known.max(pool.spec.replicas));
+    let running = pool_replicas(pool.spec.replicas, &observed);
+    // Build and apply: never fewer workers than the hosted ones need.
+    let owner = owner.with_replicas(running);
+    apply_or_report(ctx, namespace, &owner, pool, pool.status.as_ref()).await?;
+    // Observe: the workers that run now.
+    observed.truncate(usize::try_from(running).unwrap_or(0));
+    let view = PoolView {
+        replicas: pool.spec.replicas,
+        workers: observed,
+        used_by,
+        deleting: false,
+    };
+    let status = pool_status(pool.status.as_ref(), pool.metadata.generation, &view, now());
+    let settled = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if let Some(changed) = to_write(pool.status.as_ref(), status) {
+        write_status(&ctx.client, pool, namespace, &changed).await?;
+    }
+    // Its pods' changes reconcile it (they are watched); the resync is a safety net.
+    Ok(Action::requeue(if settled {
+        RESYNC
+    } else {
+        ctx.status_interval
+    }))
+}
+
+/// Deletion waits until no resource names the pool (the status says which do); then its
+/// volumes go as `reclaimPolicy` says, and its objects with it (owner references).
+async fn cleanup(
+    pool: &WorkerPool,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let used_by = users(ctx, namespace, &pool.name_any());
+    let owner = Owner::pool(pool)?;
+    if !used_by.is_empty() {
+        let known = pool.status.as_ref().map_or(0, |s| s.workers.len());
+        let view = PoolView {
+            replicas: pool.spec.replicas,
+            workers: workers(
+                ctx,
+                namespace,
+                &owner.worker_name(),
+                i32::try_from(known).unwrap_or(MAX_REPLICAS),
+            ),
+            used_by: used_by.clone(),
+            deleting: true,
+        };
+        let status = pool_status(pool.status.as_ref(), pool.metadata.generation, &view, now());
+        if let Some(changed) = to_write(pool.status.as_ref(), status) {
+            write_status(&ctx.client, pool, namespace, &changed).await?;
+        }
+        return Err(ReconcileError::InUse {
+            pool: pool.name_any(),
+            users: used_by.len(),
+        });
+    }
+    ctx.forget_objects(owner.uid());
+    if owner.reclaim_policy() == ReclaimPolicy::Delete {
+        let count = pool
+            .status
+            .as_ref()
+            .map_or(0, |s| s.workers.len())
+            .max(usize::try_from(pool.spec.replicas).unwrap_or(0));
+        delete_claims(ctx, namespace, &owner.worker_name(), count).await?;
+    }
+    Ok(Action::await_change())
+}
