@@ -259,6 +259,9 @@ pub struct ConnectionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub sync_sets: Vec<SyncSetStatus>,
+    /// The WorkerPool and worker it lives on (with `spec.workerPool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<super::worker_pool::Placement>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_report_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -234,6 +234,9 @@ pub struct TransportStatus {
     /// The URL producers send transactions to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The WorkerPool and worker it lives on (with `spec.workerPool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<super::worker_pool::Placement>,
     /// When the worker last answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_report_time: Option<Time>,

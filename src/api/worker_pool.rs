@@ -86,6 +86,16 @@ pub struct PoolWorker {
     pub hosted: u32,
 }
 
+/// Where a resource with `spec.workerPool` lives, in its status: written once when it is
+/// placed, kept while it exists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    pub worker_pool: String,
+    /// The worker's pod; its stable DNS name is `<worker>.<the pool's Service>.<namespace>.svc`.
+    pub worker: String,
+}
+
 /// Written by the operator only.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -16,7 +16,7 @@ use kube::{
     runtime::reflector::{self, ObjectRef, Store},
 };
 
-use crate::api::{Connection, Transport};
+use crate::api::{Connection, Transport, WorkerPool};
 
 /// The label selector of every object the operator makes for a worker (and of the pods).
 pub const WORKER_OBJECTS: &str =
@@ -28,6 +28,8 @@ pub struct Caches {
     pub transports: Store<DeserializeGuard<Transport>>,
     /// The Connection controller's own cache (pools look up who names them in both).
     pub connections: Store<DeserializeGuard<Connection>>,
+    /// The WorkerPool controller's own cache (resources find their pool in it).
+    pub pools: Store<DeserializeGuard<WorkerPool>>,
     pub secrets: Store<Secret>,
     pub services: Store<PartialObjectMeta<Service>>,
     pub stateful_sets: Store<PartialObjectMeta<StatefulSet>>,
@@ -48,6 +50,7 @@ impl Default for Caches {
         Self {
             transports: empty(),
             connections: empty(),
+            pools: empty(),
             secrets: empty(),
             services: empty(),
             stateful_sets: empty(),

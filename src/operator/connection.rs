@@ -239,6 +239,7 @@ type Targets = Result<BTreeMap<String, ResolvedTransport>, String>;
 
 impl WorkerResource for Connection {
     const KIND: &'static str = "Connection";
+    const WIRE: crate::wire::Kind = crate::wire::Kind::Connections;
 
     fn states() -> Vec<&'static str> {
         ConnectionStatusValue::ALL

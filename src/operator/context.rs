@@ -53,6 +53,10 @@ pub struct Context {
     /// StatefulSet's uid and generation). An object whose cached marker still matches and whose
     /// desired form hashes the same is not applied again. Empty after an operator restart.
     applied: Mutex<Applied>,
+    /// Placements on pool workers this operator made, by resource (`placement::resource_key`):
+    /// counted with the ones the caches show until the resource's status shows it. Empty
+    /// after a restart (the statuses hold every placement).
+    placements: Mutex<HashMap<String, crate::api::worker_pool::Placement>>,
 }
 
 /// (resource uid, object kind) → (hash of what was applied, the object's marker after).
@@ -79,6 +83,7 @@ impl Context {
             applied: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashSet::new()),
+            placements: Mutex::new(HashMap::new()),
         }
     }
 
@@ -124,6 +129,12 @@ impl Context {
     pub(super) fn forget_objects(&self, uid: &str) {
         self.owned().remove(uid);
         self.applied().retain(|(of, _), _| of != uid);
+    }
+
+    pub(super) fn placements(
+        &self,
+    ) -> MutexGuard<'_, HashMap<String, crate::api::worker_pool::Placement>> {
+        self.placements.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn owned(&self) -> MutexGuard<'_, HashSet<String>> {

@@ -44,6 +44,8 @@ pub enum ReconcileError {
         "the WorkerPool {pool} is still named by {users} resource(s) (its status lists them); it is deleted once none does"
     )]
     InUse { pool: String, users: usize },
+    #[error("cannot remove it from its pool worker {worker}: {why}")]
+    LeavePool { worker: String, why: String },
     #[error("cannot write the status: {}", crate::kube_error_line(source))]
     Status {
         #[source]
@@ -89,7 +91,9 @@ impl ReconcileError {
             ReconcileError::Apply { .. } => "apply",
             ReconcileError::NameConflict { .. } => "conflict",
             ReconcileError::Status { .. } => "status",
-            ReconcileError::Cleanup { .. } | ReconcileError::InUse { .. } => "cleanup",
+            ReconcileError::Cleanup { .. }
+            | ReconcileError::InUse { .. }
+            | ReconcileError::LeavePool { .. } => "cleanup",
         }
     }
 }

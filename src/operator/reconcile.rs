@@ -21,12 +21,14 @@ use kube::{
 use super::{
     NamespacedObject,
     builders::{BuildError, Owner},
+    context::now,
     context::{Context, FINALIZER},
     error::ReconcileError,
-    status::{WithConditions, to_write},
+    placement::{self, Home, Unplaceable},
+    status::{Placeable, WithConditions, to_write, unplaced},
     status_writer::write_status,
     worker_objects::{apply_or_report, delete_claim},
-    worker_pod::{ReadyWorker, WorkerPodUnavailable, ready_worker},
+    worker_pod::{ReadyWorker, WorkerPodUnavailable, pod_name, ready_worker},
 };
 use crate::api::storage::ReclaimPolicy;
 
@@ -34,11 +36,13 @@ use crate::api::storage::ReclaimPolicy;
 pub trait WorkerResource: NamespacedObject + serde::Serialize {
     /// The kind, as logs and metrics name it.
     const KIND: &'static str;
+    /// The kind on the worker's API.
+    const WIRE: crate::wire::Kind;
     /// Every state its status can show (`ferry_resources`' `state` label)...
     fn states() -> Vec<&'static str>;
     /// ... and this one's, `None` before it has one.
     fn state_name(&self) -> Option<&'static str>;
-    type Status: WithConditions + Send + Sync;
+    type Status: WithConditions + Placeable + Send + Sync;
     /// What this kind keeps across reconciles, besides the shared context.
     type Memory: Send + Sync + 'static;
     /// What dereferencing found, for the push.
@@ -122,9 +126,21 @@ async fn apply<R: WorkerResource>(
 ) -> Result<Action, ReconcileError> {
     let refs = object.dereference(namespace, ctx).await?;
     let owner = object.owner()?;
-    let tokens = apply_or_report(ctx, namespace, &owner, object, object.status()).await?;
+    // Build and apply its own worker's objects; or, in a WorkerPool, find its place there.
+    let home = match object.worker_pool() {
+        None => Home {
+            tokens: apply_or_report(ctx, namespace, &owner, object, object.status()).await?,
+            set: owner.worker_name(),
+            pod: pod_name(&owner.worker_name()),
+            placement: None,
+        },
+        Some(pool) => match placement::home(ctx, namespace, object, pool) {
+            Ok(home) => home,
+            Err(why) => return not_placed(object, namespace, ctx, &why).await,
+        },
+    };
     let worker = if object.runs() {
-        Some(ready_worker(ctx, namespace, &owner.worker_name(), &tokens).await)
+        Some(ready_worker(ctx, namespace, &home.set, &home.pod, &home.tokens).await)
     } else {
         None
     };
@@ -141,7 +157,8 @@ async fn apply<R: WorkerResource>(
         worker,
         refs,
     };
-    let status = object.observe(observed).await;
+    let mut status = object.observe(observed).await;
+    status.set_placement(home.placement);
     if let Some(changed) = to_write(object.status(), status.clone()) {
         write_status(&ctx.client, object, namespace, &changed).await?;
     }
@@ -158,6 +175,73 @@ async fn apply<R: WorkerResource>(
     } else {
         Ok(Action::requeue(ctx.status_interval))
     }
+}
+
+/// Tell the pool worker a deleted resource lives on to stop hosting it. A pool or worker that
+/// is gone hosts nothing; a worker that does not answer fails the cleanup (retried, the
+/// finalizer held).
+async fn leave_pool_worker<R: WorkerResource>(
+    object: &R,
+    namespace: &str,
+    ctx: &Context,
+    placement: &crate::api::worker_pool::Placement,
+) -> Result<(), ReconcileError> {
+    let key = placement::resource_key(R::KIND, namespace, &object.name_any());
+    let Some(pool) = placement::pool(ctx, namespace, &placement.worker_pool) else {
+        ctx.placements().remove(&key);
+        return Ok(());
+    };
+    let set = Owner::pool(&pool)?.worker_name();
+    let tokens = super::caches::cached(&ctx.caches.secrets, namespace, &set)
+        .and_then(|secret| super::worker_objects::tokens_of(&secret));
+    let path =
+        crate::wire::resource_path(R::WIRE, &crate::wire::key(namespace, &object.name_any()));
+    if let Some(tokens) = tokens {
+        match ready_worker(ctx, namespace, &set, &placement.worker, &tokens).await {
+            Ok((worker, _)) => match ctx.workers.delete(&worker, &path).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_hosted() => {}
+                Err(e) => {
+                    return Err(ReconcileError::LeavePool {
+                        worker: placement.worker.clone(),
+                        why: e.to_string(),
+                    });
+                }
+            },
+            Err(WorkerPodUnavailable::Missing(_)) => {}
+            Err(e) => {
+                return Err(ReconcileError::LeavePool {
+                    worker: placement.worker.clone(),
+                    why: e.to_string(),
+                });
+            }
+        }
+    }
+    ctx.placements().remove(&key);
+    Ok(())
+}
+
+/// A resource its WorkerPool cannot take (yet): the status says why, naming the pool; it is
+/// looked at again every `--status-interval` and when the pool changes.
+async fn not_placed<R: WorkerResource>(
+    object: &R,
+    namespace: &str,
+    ctx: &Context,
+    why: &Unplaceable,
+) -> Result<Action, ReconcileError> {
+    let mut status = object.status().cloned().unwrap_or_default();
+    let conditions = unplaced(
+        status.conditions(),
+        object.meta().generation,
+        why.reason(),
+        &why.to_string(),
+        now(),
+    );
+    *status.conditions_mut() = conditions;
+    if let Some(changed) = to_write(object.status(), status) {
+        write_status(&ctx.client, object, namespace, &changed).await?;
+    }
+    Ok(Action::requeue(ctx.status_interval))
 }
 
 /// How often a settled resource is reconciled while nothing changes: a safety net, each pass
@@ -182,6 +266,10 @@ async fn cleanup<R: WorkerResource>(
     memory: &R::Memory,
 ) -> Result<Action, ReconcileError> {
     let owner = object.owner()?;
+    // On a pool's worker: the worker stops hosting it (the others there go on).
+    if let Some(placement) = object.status().and_then(Placeable::placement) {
+        leave_pool_worker(object, namespace, ctx, placement).await?;
+    }
     object.forget(namespace, ctx, memory);
     ctx.reports.stop(R::KIND, namespace, &object.name_any());
     ctx.forget_objects(owner.uid());

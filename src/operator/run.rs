@@ -341,16 +341,15 @@ fn worker_object_kind(kind: &str) -> &'static str {
     }
 }
 
-/// Start watching the workers' objects: the caches the reconciles read, and the triggers they
-/// route. Runs until `halted`.
+/// Start watching the workers' objects: the caches the reconciles read (added to `kinds`, the
+/// kinds' own caches), and the triggers they route. Runs until `halted`.
 fn worker_object_watches(
     client: &Client,
     namespace: &Option<String>,
     endpoints: &Arc<Endpoints>,
     triggers: &Arc<Triggers>,
     halted: &watch::Receiver<bool>,
-    transports: reflector::Store<Guarded<Transport>>,
-    connections: reflector::Store<Guarded<Connection>>,
+    kinds: Caches,
 ) -> Caches {
     let (secrets, secrets_writer) = reflector::store();
     let (services, services_writer) = reflector::store();
@@ -420,12 +419,11 @@ fn worker_object_watches(
         }
     });
     Caches {
-        transports,
-        connections,
         secrets,
         services,
         stateful_sets,
         pods,
+        ..kinds
     }
 }
 
@@ -561,14 +559,20 @@ async fn lead(
     let triggers = Arc::new(Triggers::default());
     let (transports_cache, transports_writer) = reflector::store();
     let (connections_cache, connections_writer) = reflector::store();
+    let (pools_cache, pools_writer) = reflector::store();
     let caches = worker_object_watches(
         &client,
         &options.namespace,
         endpoints,
         &triggers,
         &halted,
-        transports_cache.clone(),
-        connections_cache.clone(),
+        // The kinds' own caches, which the controllers fill.
+        Caches {
+            transports: transports_cache.clone(),
+            connections: connections_cache.clone(),
+            pools: pools_cache.clone(),
+            ..Caches::default()
+        },
     );
     let ctx = Arc::new(
         Context::new(
@@ -645,7 +649,7 @@ async fn lead(
         },
     );
     let connections_run = kinds.run(connections_controller, connections);
-    let pools = kinds.pools();
+    let pools = kinds.pools((pools_cache, pools_writer));
 
     let ready = {
         let endpoints = endpoints.clone();
@@ -763,8 +767,13 @@ impl Kinds<'_> {
 impl Kinds<'_> {
     /// The WorkerPools' controller: its own watch, requests from its workers' objects and
     /// pods and from the resources that name a pool, the pool reconcile through the guard.
-    fn pools(&self) -> impl Future<Output = ()> + use<> {
-        let (cache, writer) = reflector::store::<Guarded<WorkerPool>>();
+    fn pools(
+        &self,
+        (cache, writer): (
+            reflector::Store<Guarded<WorkerPool>>,
+            reflector::store::Writer<Guarded<WorkerPool>>,
+        ),
+    ) -> impl Future<Output = ()> + use<> {
         let watched = triggers(
             api::<Guarded<WorkerPool>>(self.client, self.namespace),
             writer,

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::{
     api::{
         ConnectionStatus, ConnectionStatusValue, TransportState, TransportStatus, WorkerPoolStatus,
-        worker_pool::PoolWorker,
+        worker_pool::{Placement, PoolWorker},
     },
     connection::status::{self, Inputs, OperatorPhase, SyncSetView, WorkerView},
     wire::{ConnectionReport, TransportReport},
@@ -167,6 +167,44 @@ impl WithConditions for ConnectionStatus {
         }
         status
     }
+}
+
+/// The status of a resource that may live on a pool's worker.
+pub trait Placeable {
+    fn placement(&self) -> Option<&Placement>;
+    fn set_placement(&mut self, placement: Option<Placement>);
+}
+
+impl Placeable for TransportStatus {
+    fn placement(&self) -> Option<&Placement> {
+        self.placement.as_ref()
+    }
+
+    fn set_placement(&mut self, placement: Option<Placement>) {
+        self.placement = placement;
+    }
+}
+
+impl Placeable for ConnectionStatus {
+    fn placement(&self) -> Option<&Placement> {
+        self.placement.as_ref()
+    }
+
+    fn set_placement(&mut self, placement: Option<Placement>) {
+        self.placement = placement;
+    }
+}
+
+/// A resource that names a WorkerPool but has no place on it (yet): `Ready` and `Degraded`
+/// say why, naming the pool; the last known state stays.
+pub fn unplaced(
+    previous: &[Condition],
+    generation: Option<i64>,
+    reason: &str,
+    why: &str,
+    now: Time,
+) -> Vec<Condition> {
+    not_applied(previous, generation, reason, why.to_owned(), now)
 }
 
 /// A pool's status has no clocks: every change is a change.
@@ -395,6 +433,8 @@ pub fn transport_status(
         totals: report.totals.clone(),
         endpoint: Some(report.endpoint.clone()),
         last_report_time: Some(now.clone()),
+        // Set by the reconcile, which knows where the resource lives.
+        placement: previous.and_then(|p| p.placement.clone()),
         conditions: set_conditions(
             previous_conditions,
             vec![

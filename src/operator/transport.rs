@@ -22,6 +22,7 @@ use crate::{
 
 impl WorkerResource for Transport {
     const KIND: &'static str = "Transport";
+    const WIRE: crate::wire::Kind = crate::wire::Kind::Transports;
 
     fn states() -> Vec<&'static str> {
         TransportState::ALL.map(TransportState::as_str).to_vec()

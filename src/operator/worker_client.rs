@@ -114,6 +114,13 @@ impl WorkerClient {
         self.call(worker, Method::PUT, path, Some(body)).await
     }
 
+    /// `DELETE` the resource: the worker stops hosting it (a resource leaving a pool worker).
+    pub async fn delete(&self, worker: &WorkerPod, path: &str) -> Result<(), WorkerCallError> {
+        self.call::<Value>(worker, Method::DELETE, path, None)
+            .await
+            .map(|_| ())
+    }
+
     /// `GET` the report.
     pub async fn get<R: DeserializeOwned>(
         &self,

@@ -41,13 +41,15 @@ impl WorkerPodUnavailable {
 pub type ReadyWorker = (WorkerPod, String);
 
 /// The worker's pod, when it is ready to be asked. `Err` says why it cannot be asked.
+/// `worker` is its StatefulSet, `pod_name` the pod of it to ask (a pool's worker, or the one).
 pub(super) async fn ready_worker(
     ctx: &Context,
     namespace: &str,
     worker: &str,
+    pod_name: &str,
     tokens: &WorkerTokens,
 ) -> Result<ReadyWorker, WorkerPodUnavailable> {
-    let pod_name = pod_name(worker);
+    let pod_name = pod_name.to_owned();
     let pod = match cached(&ctx.caches.pods, namespace, &pod_name) {
         Some(pod) => Some(Pod::clone(&pod)),
         // The workers' pods are all watched: once listed, a pod not there does not exist (yet).

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
     runtime::{
@@ -19,14 +18,13 @@ use kube::{
 
 use super::{
     builders::Owner,
-    caches::cached,
     context::{Context, FINALIZER, now},
     error::ReconcileError,
+    placement::{hosted, pool_workers},
     reconcile::RESYNC,
     status::{PoolView, pool_replicas, pool_status, to_write},
     status_writer::write_status,
     worker_objects::{apply_or_report, delete_claims},
-    worker_pod::pod_name_of,
 };
 use crate::api::{
     WorkerPool,
@@ -68,27 +66,40 @@ fn users(ctx: &Context, namespace: &str, pool: &str) -> Vec<String> {
     users
 }
 
-/// The pool's workers as their pods show them, ordinal by ordinal up to `count` (a worker
-/// whose pod is not there yet is not ready).
-fn workers(ctx: &Context, namespace: &str, set: &str, count: i32) -> Vec<PoolWorker> {
-    (0..count.clamp(0, MAX_REPLICAS))
-        .map(|ordinal| {
-            let name = pod_name_of(set, ordinal);
-            let ready = cached(&ctx.caches.pods, namespace, &name).is_some_and(|pod| ready(&pod));
-            PoolWorker {
-                name,
-                ready,
-                hosted: 0,
-            }
-        })
-        .collect()
+/// The pool's workers as their pods show them, ordinal by ordinal up to `count`, with what
+/// each hosts.
+fn workers(ctx: &Context, namespace: &str, pool: &str, set: &str, count: i32) -> Vec<PoolWorker> {
+    pool_workers(ctx, namespace, set, count, &hosted(ctx, namespace, pool))
 }
 
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// Resources that name the pool and wait for a place are reconciled when it has a ready
+/// worker with room.
+fn wake_unplaced(ctx: &Context, namespace: &str, pool: &WorkerPool, workers: &[PoolWorker]) {
+    let room = workers
+        .iter()
+        .any(|w| w.ready && w.hosted < pool.spec.capacity);
+    if !room {
+        return;
+    }
+    let name = pool.name_any();
+    for transport in ctx.caches.transports.state() {
+        if let Ok(t) = &transport.0
+            && t.namespace().as_deref() == Some(namespace)
+            && t.spec.worker_pool.as_deref() == Some(name.as_str())
+            && t.status.as_ref().is_none_or(|s| s.placement.is_none())
+        {
+            ctx.triggers.send("Transport", namespace, &t.name_any());
+        }
+    }
+    for connection in ctx.caches.connections.state() {
+        if let Ok(c) = &connection.0
+            && c.namespace().as_deref() == Some(namespace)
+            && c.spec.worker_pool.as_deref() == Some(name.as_str())
+            && c.status.as_ref().is_none_or(|s| s.placement.is_none())
+        {
+            ctx.triggers.send("Connection", namespace, &c.name_any());
+        }
+    }
 }
 
 async fn apply(
@@ -102,13 +113,20 @@ async fn apply(
     let set = owner.worker_name();
     let shown = pool.status.as_ref().map_or(0, |s| s.workers.len());
     let known = i32::try_from(shown).unwrap_or(MAX_REPLICAS);
-    let mut observed = workers(ctx, namespace, &set, known.max(pool.spec.replicas));
+    let mut observed = workers(
+        ctx,
+        namespace,
+        &pool.name_any(),
+        &set,
+        known.max(pool.spec.replicas),
+    );
     let running = pool_replicas(pool.spec.replicas, &observed);
     // Build and apply: never fewer workers than the hosted ones need.
     let owner = owner.with_replicas(running);
     apply_or_report(ctx, namespace, &owner, pool, pool.status.as_ref()).await?;
     // Observe: the workers that run now.
     observed.truncate(usize::try_from(running).unwrap_or(0));
+    wake_unplaced(ctx, namespace, pool, &observed);
     let view = PoolView {
         replicas: pool.spec.replicas,
         workers: observed,
@@ -147,6 +165,7 @@ async fn cleanup(
             workers: workers(
                 ctx,
                 namespace,
+                &pool.name_any(),
                 &owner.worker_name(),
                 i32::try_from(known).unwrap_or(MAX_REPLICAS),
             ),

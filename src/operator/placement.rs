@@ -1,0 +1,340 @@
+//! Where a resource with `spec.workerPool` lives: placed once, on the ready worker with the
+//! fewest resources under the pool's capacity, and kept there (its queue and watermarks are on
+//! that worker's volume). docs/resources.md, "WorkerPool". The rule is pure; the reconcile
+//! gives it the pool's workers as the caches show them.
+
+use std::collections::HashMap;
+
+use kube::ResourceExt;
+
+use super::{
+    builders::{Owner, WorkerTokens},
+    caches::cached,
+    context::Context,
+    reconcile::WorkerResource,
+    status::Placeable,
+    worker_objects::tokens_of,
+    worker_pod::pod_name_of,
+};
+use crate::api::{
+    WorkerPool,
+    worker_pool::{MAX_REPLICAS, Placement, PoolWorker},
+};
+
+/// Why a resource cannot be placed now: the `Ready=False` reason and a message naming the pool.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unplaceable {
+    #[error("the WorkerPool {pool} does not exist in this namespace")]
+    PoolMissing { pool: String },
+    #[error("the WorkerPool {pool} has no ready worker ({workers} asked for)")]
+    NoReadyWorker { pool: String, workers: usize },
+    #[error(
+        "the WorkerPool {pool} is full: its {ready} ready worker(s) host {capacity} resources each; raise its replicas or capacity"
+    )]
+    PoolFull {
+        pool: String,
+        ready: usize,
+        capacity: u32,
+    },
+}
+
+impl Unplaceable {
+    /// The PascalCase reason of `Ready`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::PoolMissing { .. } => "PoolMissing",
+            Self::NoReadyWorker { .. } => "NoReadyWorker",
+            Self::PoolFull { .. } => "PoolFull",
+        }
+    }
+}
+
+/// The worker a new resource goes to: ready, hosting fewer than `capacity`, the fewest of
+/// those; the lowest ordinal among equals (`workers` in ordinal order).
+pub fn choose<'a>(
+    pool: &str,
+    workers: &'a [PoolWorker],
+    capacity: u32,
+) -> Result<&'a PoolWorker, Unplaceable> {
+    let ready: Vec<&PoolWorker> = workers.iter().filter(|w| w.ready).collect();
+    if ready.is_empty() {
+        return Err(Unplaceable::NoReadyWorker {
+            pool: pool.to_owned(),
+            workers: workers.len(),
+        });
+    }
+    ready
+        .iter()
+        .filter(|w| w.hosted < capacity)
+        // min_by_key keeps the first of equals: the lowest ordinal.
+        .min_by_key(|w| w.hosted)
+        .copied()
+        .ok_or_else(|| Unplaceable::PoolFull {
+            pool: pool.to_owned(),
+            ready: ready.len(),
+            capacity,
+        })
+}
+
+/// Where a resource's worker is: the StatefulSet, the pod, its tokens, and (in a pool) the
+/// placement its status shows.
+pub struct Home {
+    pub set: String,
+    pub pod: String,
+    pub tokens: WorkerTokens,
+    pub placement: Option<Placement>,
+}
+
+/// `Transport plant-a/erp`: a resource's key in the ledger of placements.
+pub fn resource_key(kind: &str, namespace: &str, name: &str) -> String {
+    format!("{kind} {namespace}/{name}")
+}
+
+/// The pool `name` of `namespace` as the cache holds it (an unreadable one is missing).
+pub fn pool(ctx: &Context, namespace: &str, name: &str) -> Option<WorkerPool> {
+    cached(&ctx.caches.pools, namespace, name).and_then(|guarded| guarded.0.as_ref().ok().cloned())
+}
+
+/// How many resources each worker of the pool hosts: the placements the resources' status
+/// shows (from the caches), overlaid with the ones this operator made and may not see in the
+/// caches yet (the ledger).
+pub fn hosted(ctx: &Context, namespace: &str, pool: &str) -> HashMap<String, u32> {
+    hosted_with(ctx, &ctx.placements(), namespace, pool)
+}
+
+/// [`hosted`], with the ledger already held (placing is one step under its lock).
+fn hosted_with(
+    ctx: &Context,
+    ledger: &HashMap<String, Placement>,
+    namespace: &str,
+    pool: &str,
+) -> HashMap<String, u32> {
+    let mut placed: HashMap<String, String> = HashMap::new();
+    let mut note = |kind: &str,
+                    object_namespace: Option<String>,
+                    name: String,
+                    placement: Option<&Placement>| {
+        if let Some(placement) = placement
+            && object_namespace.as_deref() == Some(namespace)
+            && placement.worker_pool == pool
+        {
+            placed.insert(
+                resource_key(kind, namespace, &name),
+                placement.worker.clone(),
+            );
+        }
+    };
+    for transport in ctx.caches.transports.state() {
+        if let Ok(t) = &transport.0 {
+            note(
+                "Transport",
+                t.namespace(),
+                t.name_any(),
+                t.status.as_ref().and_then(|s| s.placement.as_ref()),
+            );
+        }
+    }
+    for connection in ctx.caches.connections.state() {
+        if let Ok(c) = &connection.0 {
+            note(
+                "Connection",
+                c.namespace(),
+                c.name_any(),
+                c.status.as_ref().and_then(|s| s.placement.as_ref()),
+            );
+        }
+    }
+    for (key, placement) in ledger {
+        if key
+            .split_once(' ')
+            .is_some_and(|(_, at)| at.starts_with(&format!("{namespace}/")))
+            && placement.worker_pool == pool
+        {
+            placed.insert(key.clone(), placement.worker.clone());
+        }
+    }
+    let mut counts = HashMap::new();
+    for worker in placed.into_values() {
+        *counts.entry(worker).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The pool's workers its spec asks for, in ordinal order, ready as their pods show and with
+/// what they host.
+pub fn pool_workers(
+    ctx: &Context,
+    namespace: &str,
+    set: &str,
+    count: i32,
+    hosted: &HashMap<String, u32>,
+) -> Vec<PoolWorker> {
+    (0..count.clamp(0, MAX_REPLICAS))
+        .map(|ordinal| {
+            let name = pod_name_of(set, ordinal);
+            let ready = cached(&ctx.caches.pods, namespace, &name).is_some_and(|pod| {
+                pod.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            });
+            let hosted = hosted.get(&name).copied().unwrap_or(0);
+            PoolWorker {
+                name,
+                ready,
+                hosted,
+            }
+        })
+        .collect()
+}
+
+/// The home of `object`, which names the WorkerPool `pool_name`: where its status says it
+/// lives, else a worker chosen now (and noted in the ledger until its status shows it).
+pub fn home<R: WorkerResource>(
+    ctx: &Context,
+    namespace: &str,
+    object: &R,
+    pool_name: &str,
+) -> Result<Home, Unplaceable> {
+    let Some(pool) = pool(ctx, namespace, pool_name) else {
+        return Err(Unplaceable::PoolMissing {
+            pool: pool_name.to_owned(),
+        });
+    };
+    let set = Owner::pool(&pool).map_or_else(|_| String::new(), |o| o.worker_name());
+    let no_worker = || Unplaceable::NoReadyWorker {
+        pool: pool_name.to_owned(),
+        workers: usize::try_from(pool.spec.replicas).unwrap_or(0),
+    };
+    let tokens = cached(&ctx.caches.secrets, namespace, &set)
+        .and_then(|secret| tokens_of(&secret))
+        .ok_or_else(no_worker)?;
+    let key = resource_key(R::KIND, namespace, &object.name_any());
+    let mut ledger = ctx.placements();
+    let placement = match object
+        .status()
+        .and_then(Placeable::placement)
+        .filter(|p| p.worker_pool == pool_name)
+        .or_else(|| ledger.get(&key).filter(|p| p.worker_pool == pool_name))
+    {
+        Some(placement) => placement.clone(),
+        // Counted and chosen under the ledger's lock: two resources placed at once see each
+        // other.
+        None => {
+            let hosted = hosted_with(ctx, &ledger, namespace, pool_name);
+            let workers = pool_workers(ctx, namespace, &set, pool.spec.replicas, &hosted);
+            let chosen = choose(pool_name, &workers, pool.spec.capacity)?;
+            let placement = Placement {
+                worker_pool: pool_name.to_owned(),
+                worker: chosen.name.clone(),
+            };
+            ledger.insert(key, placement.clone());
+            placement
+        }
+    };
+    Ok(Home {
+        set,
+        pod: placement.worker.clone(),
+        tokens,
+        placement: Some(placement),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn worker(name: &str, ready: bool, hosted: u32) -> PoolWorker {
+        PoolWorker {
+            name: name.into(),
+            ready,
+            hosted,
+        }
+    }
+
+    #[test]
+    fn the_ready_worker_with_the_fewest_under_capacity() {
+        let table: [(&[PoolWorker], u32, Result<&str, &str>); 6] = [
+            (
+                &[worker("w-0", true, 3), worker("w-1", true, 1)],
+                5,
+                Ok("w-1"),
+            ),
+            (
+                &[worker("w-0", true, 2), worker("w-1", true, 2)],
+                5,
+                Ok("w-0"),
+            ),
+            (
+                &[worker("w-0", false, 0), worker("w-1", true, 4)],
+                5,
+                Ok("w-1"),
+            ),
+            (
+                &[worker("w-0", true, 5), worker("w-1", true, 4)],
+                5,
+                Ok("w-1"),
+            ),
+            (
+                &[worker("w-0", true, 5), worker("w-1", false, 0)],
+                5,
+                Err("PoolFull"),
+            ),
+            (&[worker("w-0", false, 0)], 5, Err("NoReadyWorker")),
+        ];
+        for (workers, capacity, expected) in table {
+            let chosen = choose("shared", workers, capacity)
+                .map(|w| w.name.as_str())
+                .map_err(|e| e.reason());
+            assert_eq!(chosen, expected, "{workers:?}");
+        }
+        assert_eq!(
+            choose("shared", &[], 5).map_err(|e| e.reason()),
+            Err("NoReadyWorker")
+        );
+    }
+
+    #[test]
+    fn why_not_names_the_pool() {
+        let full = choose("shared", &[worker("w-0", true, 2)], 2).unwrap_err();
+        assert!(
+            full.to_string().contains("WorkerPool shared is full"),
+            "{full}"
+        );
+    }
+
+    proptest! {
+        /// Placing one after another never goes over capacity, never uses a worker that is not
+        /// ready, and keeps the ready workers within one of each other while room is left.
+        #[test]
+        fn placement_fills_evenly_and_never_over_capacity(
+            ready in proptest::collection::vec(any::<bool>(), 1..8),
+            capacity in 1u32..20,
+            resources in 0usize..200,
+        ) {
+            let mut workers: Vec<PoolWorker> = ready
+                .iter()
+                .enumerate()
+                .map(|(i, ready)| worker(&format!("w-{i}"), *ready, 0))
+                .collect();
+            for _ in 0..resources {
+                let Ok(chosen) = choose("p", &workers, capacity) else {
+                    let room = workers.iter().any(|w| w.ready && w.hosted < capacity);
+                    prop_assert!(!room, "refused with room left: {workers:?}");
+                    continue;
+                };
+                let name = chosen.name.clone();
+                let chosen = workers.iter_mut().find(|w| w.name == name).expect("a worker");
+                prop_assert!(chosen.ready);
+                chosen.hosted += 1;
+                prop_assert!(chosen.hosted <= capacity);
+                let hosted: Vec<u32> = workers.iter().filter(|w| w.ready).map(|w| w.hosted).collect();
+                let (least, most) = (hosted.iter().min().copied().unwrap_or(0), hosted.iter().max().copied().unwrap_or(0));
+                prop_assert!(most - least <= 1, "uneven: {hosted:?}");
+                prop_assert!(workers.iter().filter(|w| !w.ready).all(|w| w.hosted == 0));
+            }
+        }
+    }
+}
