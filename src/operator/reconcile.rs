@@ -208,7 +208,12 @@ async fn leave_pool_worker<R: WorkerResource>(
                     });
                 }
             },
-            Err(WorkerPodUnavailable::Missing(_)) => {}
+            // A worker that does not run cannot be told; its deletion is not held up by it.
+            // What it keeps of the resource is hosted again when it starts (left for a
+            // pool-wide sweep of resources no longer there).
+            Err(WorkerPodUnavailable::Missing(_) | WorkerPodUnavailable::NotRunning(_)) => {
+                tracing::warn!(resource = %key, worker = %placement.worker, "the pool worker does not run; it is not told the resource is gone");
+            }
             Err(e) => {
                 return Err(ReconcileError::LeavePool {
                     worker: placement.worker.clone(),

@@ -305,10 +305,27 @@ impl Cluster {
     /// with the process kubelet, through the API server's pod proxy otherwise (`Ferry-Token`,
     /// since the proxy consumes `Authorization`). Answers status and body.
     pub async fn ingest(&self, transport: &str, payload: &str) -> (u16, Value) {
-        let worker = ferry::operator::builders::worker_name("tp", transport);
+        // A transport on a pool's worker: the pool's Secret, the worker its status names.
+        let placement = self
+            .transports()
+            .get(transport)
+            .await
+            .ok()
+            .and_then(|t| t.status)
+            .and_then(|s| s.placement);
+        let (secret_name, pod) = match &placement {
+            Some(placement) => (
+                ferry::operator::builders::worker_name("wp", &placement.worker_pool),
+                placement.worker.clone(),
+            ),
+            None => {
+                let worker = ferry::operator::builders::worker_name("tp", transport);
+                (worker.clone(), format!("{worker}-0"))
+            }
+        };
         let secret = self
             .api::<Secret>()
-            .get(&worker)
+            .get(&secret_name)
             .await
             .expect("the worker's Secret");
         let token = secret
@@ -319,7 +336,7 @@ impl Cluster {
             .expect("an ingest token");
         let route = format!("/v1/transports/{}/{transport}/transactions", self.namespace);
         if self.env.process_kubelet {
-            let pod = self.wait_pod_ready(&format!("{worker}-0")).await;
+            let pod = self.wait_pod_ready(&pod).await;
             let ip = pod["status"]["podIP"].as_str().expect("pod IP");
             let response = reqwest::Client::new()
                 .post(format!("http://{ip}:8080{route}"))
@@ -333,7 +350,7 @@ impl Cluster {
             (status, response.json().await.unwrap_or(Value::Null))
         } else {
             let path = format!(
-                "/api/v1/namespaces/{}/pods/{worker}-0:8080/proxy{route}",
+                "/api/v1/namespaces/{}/pods/{pod}:8080/proxy{route}",
                 self.namespace
             );
             let request = http::Request::post(path)
@@ -366,6 +383,16 @@ impl Cluster {
         check: impl Fn(&Value) -> bool,
     ) -> Value {
         self.wait_status(self.transports(), name, what, check).await
+    }
+
+    pub async fn wait_pool(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait_status(self.api::<ferry::api::WorkerPool>(), name, what, check)
+            .await
     }
 
     pub async fn wait_connection(

@@ -841,6 +841,10 @@ impl LocalContainer {
                 }
                 _ => String::new(),
             };
+            // `$(NAME)` of a variable defined before it is expanded, as the kubelet does.
+            let value = env.iter().fold(value, |value, (name, defined)| {
+                value.replace(&format!("$({name})"), defined)
+            });
             env.push((var.name.clone(), value));
         }
         let readiness = container

@@ -1229,3 +1229,149 @@ async fn at_rest_nothing_is_written_and_drift_is_repaired_at_once() {
         .await;
     host_gone_stored(&cluster, &host, 2..3).await;
 }
+
+fn pooled_transport_yaml(name: &str, host: &str, pool: &str) -> String {
+    format!(
+        r#"
+apiVersion: ferry.dev/v1alpha1
+kind: Transport
+metadata:
+  name: {name}
+spec:
+  workerPool: {pool}
+  host:
+    url: {host}/ingest
+    timeout: 2s
+"#
+    )
+}
+
+/// Issue 22: a WorkerPool's workers host many transports. Each is placed once on the ready
+/// worker with the fewest (status.placement names pool and worker), takes transactions at
+/// that worker with the pool's token, and stays there; a full pool says so; `workerPool`
+/// cannot change; a scale-down that would remove a hosting worker is blocked, and so is the
+/// pool's deletion while transports name it.
+#[tokio::test]
+async fn a_worker_pool_hosts_many_transports() {
+    let Some(env) = env("a_worker_pool_hosts_many_transports") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "pools").await;
+    let _operator = cluster.operator(&[]);
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    cluster.apply(
+        r#"
+apiVersion: ferry.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: shared
+spec:
+  replicas: 2
+  capacity: 2
+  storage:
+    size: 64Mi
+    reclaimPolicy: Delete
+"#,
+    );
+    let pool = cluster
+        .wait_pool("shared", "two workers ready", |s| {
+            s["readyWorkers"] == 2 && ready(s) == "True"
+        })
+        .await;
+    assert_eq!(pool["workers"].as_array().map(Vec::len), Some(2), "{pool}");
+
+    // Three transports over two workers of capacity 2: 2 + 1, each placed once.
+    for name in ["a", "b", "c"] {
+        cluster.apply(&pooled_transport_yaml(name, &host, "shared"));
+        cluster
+            .wait_transport(name, "placed and Ready", |s| {
+                ready(s) == "True" && s["placement"]["workerPool"] == "shared"
+            })
+            .await;
+    }
+    let mut on = std::collections::BTreeMap::<String, u32>::new();
+    for name in ["a", "b", "c"] {
+        let status = cluster.wait_transport(name, "placed", |_| true).await;
+        let worker = status["placement"]["worker"].as_str().unwrap_or("").to_owned();
+        assert!(
+            worker.starts_with("ferry-wp-shared-"),
+            "{name} on {worker}: {status}"
+        );
+        let endpoint = status["endpoint"].as_str().unwrap_or("");
+        assert!(
+            endpoint.starts_with(&format!("http://{worker}.ferry-wp-shared.")),
+            "{name}: the endpoint is its worker's stable name: {endpoint}"
+        );
+        *on.entry(worker).or_default() += 1;
+    }
+    let mut counts: Vec<u32> = on.values().copied().collect();
+    counts.sort();
+    assert_eq!(counts, [1, 2], "placed evenly: {on:?}");
+    for name in ["a", "b", "c"] {
+        delivered_and_up(&cluster, name).await;
+    }
+    let pool = cluster
+        .wait_pool("shared", "hosting three", |s| s["hosted"] == 3)
+        .await;
+    assert_eq!(pool["readyWorkers"], 2, "{pool}");
+
+    // Full: the fourth says so, naming the pool.
+    cluster.apply(&pooled_transport_yaml("d", &host, "shared"));
+    let full = cluster
+        .wait_transport("d", "PoolFull", |s| {
+            condition(s, "Ready")["reason"] == "PoolFull"
+        })
+        .await;
+    let message = condition(&full, "Ready")["message"].as_str().unwrap_or("");
+    assert!(message.contains("WorkerPool shared is full"), "{message}");
+
+    // workerPool is fixed once set.
+    let refused = cluster.apply_refused(&pooled_transport_yaml("a", &host, "other"));
+    assert!(
+        refused.contains("workerPool cannot change once the resource exists"),
+        "{refused}"
+    );
+
+    // A scale-down that would remove a hosting worker is blocked; the StatefulSet keeps both.
+    cluster.patch("workerpool/shared", json!({"spec": {"replicas": 1}}));
+    let blocked = cluster
+        .wait_pool("shared", "ScaleDownBlocked", |s| {
+            condition(s, "Ready")["reason"] == "ScaleDownBlocked"
+        })
+        .await;
+    let message = condition(&blocked, "Ready")["message"].as_str().unwrap_or("");
+    assert!(message.contains("ferry-wp-shared-1 hosts"), "{message}");
+    let set = cluster
+        .api::<StatefulSet>()
+        .get("ferry-wp-shared")
+        .await
+        .expect("the pool's StatefulSet");
+    assert_eq!(set.spec.and_then(|s| s.replicas), Some(2));
+
+    // The pool is not deleted while transports name it; its status says which.
+    cluster
+        .kubectl(&["delete", "workerpool/shared", "--wait=false"])
+        .expect("delete requested");
+    let in_use = cluster
+        .wait_pool("shared", "InUse", |s| {
+            condition(s, "Ready")["reason"] == "InUse"
+        })
+        .await;
+    let message = condition(&in_use, "Ready")["message"].as_str().unwrap_or("");
+    assert!(message.contains("Transport a"), "{message}");
+    for name in ["a", "b", "c", "d"] {
+        cluster
+            .kubectl(&["delete", &format!("transport/{name}")])
+            .expect("transport deleted");
+    }
+    eventually("the pool gone once nothing names it", || async {
+        cluster
+            .api::<ferry::api::WorkerPool>()
+            .get_opt("shared")
+            .await
+            .ok()
+            .and_then(|p| p.is_none().then_some(()))
+    })
+    .await;
+}
