@@ -1316,10 +1316,16 @@ spec:
         .await;
     assert_eq!(pool["readyWorkers"], 2, "{pool}");
 
-    // Full: the fourth says so, naming the pool.
+    // Two workers of capacity 2: the fourth fills the pool, the fifth says so, naming it.
     cluster.apply(&pooled_transport_yaml("d", &host, "shared"));
+    cluster
+        .wait_transport("d", "placed and Ready", |s| {
+            ready(s) == "True" && s["placement"]["workerPool"] == "shared"
+        })
+        .await;
+    cluster.apply(&pooled_transport_yaml("e", &host, "shared"));
     let full = cluster
-        .wait_transport("d", "PoolFull", |s| {
+        .wait_transport("e", "PoolFull", |s| {
             condition(s, "Ready")["reason"] == "PoolFull"
         })
         .await;
@@ -1360,7 +1366,7 @@ spec:
         .await;
     let message = condition(&in_use, "Ready")["message"].as_str().unwrap_or("");
     assert!(message.contains("Transport a"), "{message}");
-    for name in ["a", "b", "c", "d"] {
+    for name in ["a", "b", "c", "d", "e"] {
         cluster
             .kubectl(&["delete", &format!("transport/{name}")])
             .expect("transport deleted");
