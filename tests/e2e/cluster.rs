@@ -385,12 +385,7 @@ impl Cluster {
         self.wait_status(self.transports(), name, what, check).await
     }
 
-    pub async fn wait_pool(
-        &self,
-        name: &str,
-        what: &str,
-        check: impl Fn(&Value) -> bool,
-    ) -> Value {
+    pub async fn wait_pool(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         self.wait_status(self.api::<ferry::api::WorkerPool>(), name, what, check)
             .await
     }

@@ -1293,7 +1293,10 @@ spec:
     let mut on = std::collections::BTreeMap::<String, u32>::new();
     for name in ["a", "b", "c"] {
         let status = cluster.wait_transport(name, "placed", |_| true).await;
-        let worker = status["placement"]["worker"].as_str().unwrap_or("").to_owned();
+        let worker = status["placement"]["worker"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
         assert!(
             worker.starts_with("ferry-wp-shared-"),
             "{name} on {worker}: {status}"
@@ -1346,7 +1349,9 @@ spec:
             condition(s, "Ready")["reason"] == "ScaleDownBlocked"
         })
         .await;
-    let message = condition(&blocked, "Ready")["message"].as_str().unwrap_or("");
+    let message = condition(&blocked, "Ready")["message"]
+        .as_str()
+        .unwrap_or("");
     assert!(message.contains("ferry-wp-shared-1 hosts"), "{message}");
     let set = cluster
         .api::<StatefulSet>()
@@ -1364,7 +1369,9 @@ spec:
             condition(s, "Ready")["reason"] == "InUse"
         })
         .await;
-    let message = condition(&in_use, "Ready")["message"].as_str().unwrap_or("");
+    let message = condition(&in_use, "Ready")["message"]
+        .as_str()
+        .unwrap_or("");
     assert!(message.contains("Transport a"), "{message}");
     for name in ["a", "b", "c", "d", "e"] {
         cluster
