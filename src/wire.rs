@@ -24,6 +24,10 @@ pub const TRANSACTION_ID_HEADER: &str = "ferry-transaction-id";
 /// `namespace/name` of the transport, to the host.
 pub const TRANSPORT_HEADER: &str = "ferry-transport";
 
+/// A top-level field of a transport's PUT beside `spec`: the SHA-256 (hex) of the transport's
+/// own ingest token (a pool's worker hosts many transports, each with its producers).
+pub const INGEST_TOKEN_SHA256: &str = "ingestTokenSha256";
+
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";

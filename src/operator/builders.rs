@@ -40,6 +40,9 @@ use crate::api::{
 pub const WORKER_PORT: u16 = crate::wire::PORT;
 const DATA_DIR: &str = "/var/lib/ferry";
 const TOKENS_DIR: &str = "/etc/ferry/tokens";
+/// The key of the ingest token in a worker's (or a pooled resource's) Secret: what producers
+/// read.
+pub const INGEST_TOKEN_KEY: &str = "ingest-token";
 /// The distroless "nonroot" user.
 const RUN_AS: i64 = 65532;
 /// The worker pod's grace period on deletion. The worker's own shutdown deadline
@@ -333,8 +336,23 @@ impl<'a> Owner<'a> {
             type_: Some("Opaque".into()),
             data: Some(BTreeMap::from([
                 ("admin-token".into(), token(&tokens.admin)),
-                ("ingest-token".into(), token(&tokens.ingest)),
+                (INGEST_TOKEN_KEY.into(), token(&tokens.ingest)),
             ])),
+            ..Secret::default()
+        }
+    }
+
+    /// A pooled resource's own Secret: only its ingest token (the pool's Secret holds the
+    /// admin token), under the same name and key as a dedicated worker's, so producers read it
+    /// the same way.
+    pub fn ingest_secret(&self, ingest: &str) -> Secret {
+        Secret {
+            metadata: self.metadata(),
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                INGEST_TOKEN_KEY.into(),
+                ByteString(ingest.as_bytes().to_vec()),
+            )])),
             ..Secret::default()
         }
     }

@@ -24,7 +24,7 @@ use super::{
     status::{ConnectionContext, connection_status},
     status_writer::write_status,
     worker_client::WorkerPod,
-    worker_objects::tokens_of,
+    worker_objects::ingest_token_of,
     worker_pod::{ReadyWorker, WorkerPodUnavailable},
 };
 use crate::{
@@ -374,13 +374,27 @@ async fn resolve_targets(
                 target.name
             )));
         }
-        let token = secret.as_ref().and_then(tokens_of).map(|t| t.ingest);
+        let token = secret.as_ref().and_then(ingest_token_of);
+        // A pooled transport is on its worker's stable name, once it has its place.
+        let at = match &transport.spec.worker_pool {
+            None => owner.service_url(),
+            Some(pool) => match transport.status.as_ref().and_then(|s| s.placement.as_ref()) {
+                Some(placement) if placement.worker_pool == *pool => {
+                    super::placement::worker_url(namespace, placement)
+                }
+                _ => {
+                    return Ok(Err(format!(
+                        "sync-set {}: target transport {namespace}/{} has no place in WorkerPool {pool} yet (its status says why)",
+                        sync_set.name, target.name
+                    )));
+                }
+            },
+        };
         resolved.insert(
             target.name.clone(),
             ResolvedTransport {
                 endpoint: format!(
-                    "{}{}",
-                    owner.service_url(),
+                    "{at}{}",
                     wire::transactions_path(&wire::key(namespace, &target.name))
                 ),
                 token,
@@ -399,6 +413,7 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
         memory: connections,
         worker,
         refs: targets,
+        ingest_token: _,
     } = observed;
     let key = connection_key(connection);
     let config_error = targets.as_ref().err().cloned();
@@ -827,6 +842,59 @@ mod tests {
             "InvalidConfiguration",
             &["target transport plant-a/erp does not exist"],
         );
+    }
+
+    /// A target transport in a WorkerPool is reached at its worker's stable name with its own
+    /// ingest token (its Secret holds only that); one not placed yet disables the connection,
+    /// naming the pool.
+    #[tokio::test]
+    async fn a_pooled_target_is_reached_at_its_worker_with_its_own_token() {
+        let pooled = |placement: Value| {
+            let mut erp = erp();
+            erp["spec"]["workerPool"] = json!("shared");
+            erp["status"] = json!({ "placement": placement });
+            erp
+        };
+        for (placement, expected) in [
+            (
+                json!({"workerPool": "shared", "worker": "ferry-wp-shared-1"}),
+                Ok(
+                    "http://ferry-wp-shared-1.ferry-wp-shared.plant-a.svc:8080/v1/transports/plant-a/erp/transactions",
+                ),
+            ),
+            (Value::Null, Err("has no place in WorkerPool shared yet")),
+        ] {
+            let (client, mut handle) = mock();
+            let ctx = context(client);
+            let answer = pooled(placement);
+            let server = tokio::spawn(async move {
+                let (_, path, _, send) = handle.next().await;
+                assert!(path.ends_with("/transports/erp"), "{path}");
+                send.send_response(respond(200, answer));
+                let (_, path, _, send) = handle.next().await;
+                assert!(path.ends_with("/secrets/ferry-tp-erp"), "{path}");
+                send.send_response(respond(
+                    200,
+                    json!({
+                        "apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": "ferry-tp-erp", "ownerReferences": controlled_by("uid-erp")},
+                        "data": {"ingest-token": "b3du"},
+                    }),
+                ));
+            });
+            let targets = resolve_targets(&connection("crm", true), "plant-a", &ctx)
+                .await
+                .unwrap();
+            server.await.unwrap();
+            match expected {
+                Ok(endpoint) => {
+                    let erp = &targets.unwrap()["erp"];
+                    assert_eq!(erp.endpoint, endpoint);
+                    assert_eq!(erp.token.as_deref(), Some("own"));
+                }
+                Err(why) => assert!(targets.unwrap_err().contains(why)),
+            }
+        }
     }
 
     /// A Secret named like the target's worker but not controlled by the target transport

@@ -90,6 +90,17 @@ pub fn resource_key(kind: &str, namespace: &str, name: &str) -> String {
     format!("{kind} {namespace}/{name}")
 }
 
+/// Where a placed resource's producers (and the operator) reach it: its worker's stable DNS
+/// name under the pool's headless Service, as the worker reports its endpoint.
+pub fn worker_url(namespace: &str, placement: &Placement) -> String {
+    format!(
+        "http://{}.{}.{namespace}.svc:{}",
+        placement.worker,
+        super::builders::worker_name("wp", &placement.worker_pool),
+        super::builders::WORKER_PORT
+    )
+}
+
 /// The pool `name` of `namespace` as the cache holds it (an unreadable one is missing).
 pub fn pool(ctx: &Context, namespace: &str, name: &str) -> Option<WorkerPool> {
     cached(&ctx.caches.pools, namespace, name).and_then(|guarded| guarded.0.as_ref().ok().cloned())

@@ -27,7 +27,7 @@ use super::{
     placement::{self, Home, Unplaceable},
     status::{Placeable, WithConditions, to_write, unplaced},
     status_writer::write_status,
-    worker_objects::{apply_or_report, delete_claim},
+    worker_objects::{apply_ingest_secret_or_report, apply_or_report, delete_claim},
     worker_pod::{ReadyWorker, WorkerPodUnavailable, pod_name, ready_worker},
 };
 use crate::api::storage::ReclaimPolicy;
@@ -38,6 +38,8 @@ pub trait WorkerResource: NamespacedObject + serde::Serialize {
     const KIND: &'static str;
     /// The kind on the worker's API.
     const WIRE: crate::wire::Kind;
+    /// Whether producers post to it: in a pool, it then has an ingest token of its own.
+    const INGESTS: bool = false;
     /// Every state its status can show (`ferry_resources`' `state` label)...
     fn states() -> Vec<&'static str>;
     /// ... and this one's, `None` before it has one.
@@ -99,6 +101,8 @@ pub struct Observed<'a, R: WorkerResource> {
     /// The worker's pod; `None` when the resource's worker does not run.
     pub worker: Option<Result<ReadyWorker, WorkerPodUnavailable>>,
     pub refs: R::Refs,
+    /// In a pool, its own ingest token (the pool's worker is told its hash).
+    pub ingest_token: Option<String>,
 }
 
 pub async fn reconcile<R: WorkerResource>(
@@ -126,7 +130,9 @@ async fn apply<R: WorkerResource>(
 ) -> Result<Action, ReconcileError> {
     let refs = object.dereference(namespace, ctx).await?;
     let owner = object.owner()?;
-    // Build and apply its own worker's objects; or, in a WorkerPool, find its place there.
+    // Build and apply its own worker's objects; or, in a WorkerPool, its own ingest token and
+    // its place there.
+    let mut ingest_token = None;
     let home = match object.worker_pool() {
         None => Home {
             tokens: apply_or_report(ctx, namespace, &owner, object, object.status()).await?,
@@ -134,10 +140,18 @@ async fn apply<R: WorkerResource>(
             pod: pod_name(&owner.worker_name()),
             placement: None,
         },
-        Some(pool) => match placement::home(ctx, namespace, object, pool) {
-            Ok(home) => home,
-            Err(why) => return not_placed(object, namespace, ctx, &why).await,
-        },
+        Some(pool) => {
+            if R::INGESTS {
+                ingest_token = Some(
+                    apply_ingest_secret_or_report(ctx, namespace, &owner, object, object.status())
+                        .await?,
+                );
+            }
+            match placement::home(ctx, namespace, object, pool) {
+                Ok(home) => home,
+                Err(why) => return not_placed(object, namespace, ctx, &why).await,
+            }
+        }
     };
     let worker = if object.runs() {
         Some(ready_worker(ctx, namespace, &home.set, &home.pod, &home.tokens).await)
@@ -156,6 +170,7 @@ async fn apply<R: WorkerResource>(
         memory,
         worker,
         refs,
+        ingest_token,
     };
     let mut status = object.observe(observed).await;
     status.set_placement(home.placement);

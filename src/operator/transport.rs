@@ -23,6 +23,7 @@ use crate::{
 impl WorkerResource for Transport {
     const KIND: &'static str = "Transport";
     const WIRE: crate::wire::Kind = crate::wire::Kind::Transports;
+    const INGESTS: bool = true;
 
     fn states() -> Vec<&'static str> {
         TransportState::ALL.map(TransportState::as_str).to_vec()
@@ -56,7 +57,10 @@ impl WorkerResource for Transport {
 
     async fn observe(&self, observed: Observed<'_, Self>) -> TransportStatus {
         let report = match observed.worker {
-            Some(Ok(worker)) => push(self, observed.namespace, worker, observed.ctx).await,
+            Some(Ok(worker)) => {
+                let own_token = observed.ingest_token.as_deref();
+                push(self, observed.namespace, worker, own_token, observed.ctx).await
+            }
             Some(Err(unavailable)) => Err(unavailable.to_string()),
             None => Err("the worker does not run".into()),
         };
@@ -85,12 +89,14 @@ fn pushed_key(namespace: &str, transport: &Transport) -> String {
     format!("Transport {namespace}/{}", transport.name_any())
 }
 
-/// Push the spec when the worker has not got this generation (or restarted), then read its
-/// report. `Err` says why the worker could not be read.
+/// Push the spec (and, in a pool, the hash of its own ingest token) when the worker has not got
+/// this generation and token (or restarted), then read its report. `Err` says why the worker
+/// could not be read.
 async fn push(
     transport: &Transport,
     namespace: &str,
     (target, pod_uid): ReadyWorker,
+    own_token: Option<&str>,
     ctx: &Context,
 ) -> Result<TransportReport, String> {
     let key = pushed_key(namespace, transport);
@@ -107,7 +113,15 @@ async fn push(
         path: path.clone(),
         etag: report.etag(),
     };
-    let wanted = (transport.metadata.generation, pod_uid.clone());
+    let token_hash = own_token.map(|token| crate::stable_hash_hex(token, 32));
+    // A new token (its Secret was replaced) is pushed as a new generation is.
+    let wanted = (
+        transport.metadata.generation,
+        match &token_hash {
+            Some(hash) => format!("{pod_uid} {hash}"),
+            None => pod_uid.clone(),
+        },
+    );
     let fresh = ctx.pushed().get(&key) == Some(&wanted);
     if fresh {
         match ctx.workers.get::<TransportReport>(&target, &path).await {
@@ -120,7 +134,7 @@ async fn push(
             Err(e) => return Err(e.to_string()),
         }
     }
-    let manifest = json!({
+    let mut manifest = json!({
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "Transport",
         "metadata": {
@@ -130,6 +144,9 @@ async fn push(
         },
         "spec": transport.spec,
     });
+    if let (Some(hash), Some(map)) = (token_hash, manifest.as_object_mut()) {
+        map.insert(wire::INGEST_TOKEN_SHA256.into(), hash.into());
+    }
     let report = ctx
         .workers
         .put::<TransportReport>(&target, &path, &manifest)

@@ -15,7 +15,7 @@ use kube::{
 
 use super::{
     NamespacedObject,
-    builders::{Owner, WorkerTokens},
+    builders::{INGEST_TOKEN_KEY, Owner, WorkerTokens},
     caches::cached,
     context::{Context, FIELD_MANAGER, now},
     error::ReconcileError,
@@ -23,19 +23,31 @@ use super::{
     status_writer::write_status,
 };
 
-/// Fresh tokens: 244 random bits each.
+/// A fresh token: 244 random bits.
+fn generate_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 fn generate_tokens() -> WorkerTokens {
-    let token = || {
-        format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        )
-    };
     WorkerTokens {
-        admin: token(),
-        ingest: token(),
+        admin: generate_token(),
+        ingest: generate_token(),
     }
+}
+
+/// The ingest token in a Secret (a worker's, or a pooled resource's own).
+pub fn ingest_token_of(secret: &Secret) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(INGEST_TOKEN_KEY)
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
 }
 
 /// The tokens already in the worker's Secret: kept, so workers and producers keep working.
@@ -48,7 +60,7 @@ pub fn tokens_of(secret: &Secret) -> Option<WorkerTokens> {
     };
     Some(WorkerTokens {
         admin: text("admin-token")?,
-        ingest: text("ingest-token")?,
+        ingest: text(INGEST_TOKEN_KEY)?,
     })
 }
 
@@ -66,8 +78,53 @@ where
     K: NamespacedObject,
     S: WithConditions,
 {
-    match apply_worker_objects(ctx, namespace, owner).await {
-        Ok(tokens) => Ok(tokens),
+    reported(
+        ctx,
+        namespace,
+        object,
+        status,
+        apply_worker_objects(ctx, namespace, owner),
+    )
+    .await
+}
+
+/// A pooled resource's own Secret (its ingest token, generated the first time), applied as
+/// [`apply_or_report`] applies a worker's objects. Answers the token.
+pub(super) async fn apply_ingest_secret_or_report<K, S>(
+    ctx: &Context,
+    namespace: &str,
+    owner: &Owner<'_>,
+    object: &K,
+    status: Option<&S>,
+) -> Result<String, ReconcileError>
+where
+    K: NamespacedObject,
+    S: WithConditions,
+{
+    reported(
+        ctx,
+        namespace,
+        object,
+        status,
+        apply_ingest_secret(ctx, namespace, owner),
+    )
+    .await
+}
+
+/// The outcome of applying objects; a failure is said in the resource's conditions first.
+async fn reported<K, S, T>(
+    ctx: &Context,
+    namespace: &str,
+    object: &K,
+    status: Option<&S>,
+    applying: impl Future<Output = Result<T, ReconcileError>>,
+) -> Result<T, ReconcileError>
+where
+    K: NamespacedObject,
+    S: WithConditions,
+{
+    match applying.await {
+        Ok(applied) => Ok(applied),
         Err(e) => {
             let mut status = status.cloned().unwrap_or_default();
             let conditions = match &e {
@@ -111,16 +168,7 @@ async fn apply_worker_objects(
         namespace: namespace.to_owned(),
         owner: owner.describe(),
     };
-    let secret = match cached(&ctx.caches.secrets, namespace, &worker) {
-        Some(secret) => Some(Secret::clone(&secret)),
-        None => secrets.get_opt(&worker).await.map_err(failed("Secret"))?,
-    };
-    if secret
-        .as_ref()
-        .is_some_and(|s| !owner.controls(&s.metadata))
-    {
-        return Err(conflict("Secret"));
-    }
+    let secret = own_secret(ctx, namespace, owner).await?;
     let service = match cached(&ctx.caches.services, namespace, &worker) {
         Some(service) => Some(service.metadata.clone()),
         // Read only until this operator has applied them once: a name cannot be taken by
@@ -187,6 +235,67 @@ async fn apply_worker_objects(
     .map_err(failed("StatefulSet"))?;
     ctx.owned().insert(owner.uid().to_owned());
     Ok(tokens)
+}
+
+/// The Secret of the worker's name, from the cache or else the API server, when this resource
+/// controls it; somebody else's is a name conflict (its tokens are never taken).
+async fn own_secret(
+    ctx: &Context,
+    namespace: &str,
+    owner: &Owner<'_>,
+) -> Result<Option<Secret>, ReconcileError> {
+    let name = owner.worker_name();
+    let secret = match cached(&ctx.caches.secrets, namespace, &name) {
+        Some(secret) => Some(Secret::clone(&secret)),
+        None => Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(&name)
+            .await
+            .map_err(|source| ReconcileError::Apply {
+                object: format!("Secret {name}"),
+                source,
+            })?,
+    };
+    if secret
+        .as_ref()
+        .is_some_and(|s| !owner.controls(&s.metadata))
+    {
+        return Err(ReconcileError::NameConflict {
+            kind: "Secret",
+            name,
+            namespace: namespace.to_owned(),
+            owner: owner.describe(),
+        });
+    }
+    Ok(secret)
+}
+
+/// A pooled resource's own Secret, with its ingest token kept or generated; answers the token.
+async fn apply_ingest_secret(
+    ctx: &Context,
+    namespace: &str,
+    owner: &Owner<'_>,
+) -> Result<String, ReconcileError> {
+    let secret = own_secret(ctx, namespace, owner).await?;
+    let token = secret
+        .as_ref()
+        .and_then(ingest_token_of)
+        .unwrap_or_else(generate_token);
+    let marker = secret.as_ref().map(|s| version_marker(&s.metadata));
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    apply_if_changed(
+        ctx,
+        owner,
+        &secrets,
+        owner.ingest_secret(&token),
+        marker,
+        version_marker,
+    )
+    .await
+    .map_err(|source| ReconcileError::Apply {
+        object: format!("Secret {}", owner.worker_name()),
+        source,
+    })?;
+    Ok(token)
 }
 
 /// An object as it was at a moment: its uid and resourceVersion (a Secret or Service changes

@@ -37,11 +37,13 @@ pub(super) fn queue_info_key(key: &str) -> String {
     format!("queue-info/{key}")
 }
 
-/// Whose record: transports and connections are kept apart in the meta table.
+/// Whose record: transports and connections are kept apart in the meta table, and the
+/// hashes of a pool worker's per-transport ingest tokens beside them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
     Transport,
     Connection,
+    IngestToken,
 }
 
 impl RecordKind {
@@ -49,6 +51,7 @@ impl RecordKind {
         match self {
             Self::Transport => "record/",
             Self::Connection => "connection/",
+            Self::IngestToken => "ingest-token/",
         }
     }
 
@@ -57,6 +60,7 @@ impl RecordKind {
         match self {
             Self::Transport => "transport",
             Self::Connection => "connection",
+            Self::IngestToken => "ingest token of transport",
         }
     }
 

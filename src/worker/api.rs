@@ -18,7 +18,7 @@ use super::{
     budget::{BudgetError, MemoryBudget, Reservation},
     hosted::{ForEachKind, HostedRuntime},
     metrics,
-    tokens::{Tokens, allowed},
+    tokens::{TokenHash, Tokens, allowed},
 };
 use crate::store::{self, NewTxn, now_ms};
 use crate::transport::runtime::TransportRuntime;
@@ -261,7 +261,11 @@ async fn put_resource<R: HostedRuntime>(
     body: Body,
 ) -> Answer {
     let key = admin_resource(&app, &headers, path)?;
-    let doc = manifest(&headers, body).await?;
+    let mut doc = manifest(&headers, body).await?;
+    // Its own ingest token, before it is hosted: no moment takes the worker's token for it.
+    if let Some(hash) = own_ingest_token::<R>(&mut doc)? {
+        app.worker.set_ingest_token(&key, hash).await?;
+    }
     let (runtime, created) = app.worker.apply::<R>(&doc, Some(&key)).await?;
     let status = if created {
         StatusCode::CREATED
@@ -269,6 +273,27 @@ async fn put_resource<R: HostedRuntime>(
         StatusCode::OK
     };
     Ok((status, Json(runtime.report())).into_response())
+}
+
+/// The `ingestTokenSha256` beside a transport's spec, taken out of the manifest.
+fn own_ingest_token<R: HostedRuntime>(doc: &mut Value) -> Result<Option<TokenHash>, ApiError> {
+    let Some(given) = doc
+        .as_object_mut()
+        .and_then(|map| map.remove(wire::INGEST_TOKEN_SHA256))
+    else {
+        return Ok(None);
+    };
+    if R::KIND != Kind::Transports {
+        return Err(bad_request(format!(
+            "{}: only a transport takes transactions",
+            wire::INGEST_TOKEN_SHA256
+        )));
+    }
+    given
+        .as_str()
+        .and_then(|hex| TokenHash::from_hex(hex).ok())
+        .map(Some)
+        .ok_or_else(|| bad_request(super::tokens::NotAHash.to_string()))
 }
 
 /// `?changedFrom=<etag>&wait=<s>&settle=<s>`: a long poll (see `wire::CHANGED_FROM`).
@@ -433,10 +458,15 @@ async fn ingest_transaction(
     headers: &HeaderMap,
     body: Body,
 ) -> Answer {
-    if !allowed(app.tokens.ingest.as_ref(), headers) {
+    let key = key(namespace, name);
+    // A transport with a token of its own takes only that one; the others the worker's.
+    let allowed = match app.worker.ingest_token(&key) {
+        Some(own) => own.allows(headers),
+        None => allowed(app.tokens.ingest.as_ref(), headers),
+    };
+    if !allowed {
         return Err(unauthorized("ingest"));
     }
-    let key = key(namespace, name);
     let runtime = hosted::<TransportRuntime>(&app.worker, &key)?;
     let id = match headers.get(wire::TRANSACTION_ID_HEADER) {
         Some(v) => v

@@ -13,13 +13,14 @@ pub mod starting;
 pub mod tokens;
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use serde_json::Value;
 
-use crate::store::{Store, StoreError, blocking};
+use crate::store::{RecordKind, Store, StoreError, blocking};
 use crate::{
     api::validate::{InvalidManifest, ManifestValidator, Resource},
     connection::runtime::ConnectionError,
@@ -28,6 +29,7 @@ use crate::{
 };
 use futures::future::BoxFuture;
 use hosted::{ForEachKind, HostedRuntime};
+use tokens::TokenHash;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -90,6 +92,9 @@ pub struct Worker {
     /// never takes it).
     hosting: tokio::sync::Mutex<()>,
     validator: Mutex<ManifestValidator>,
+    /// The transports with an ingest token of their own (on a pool's worker), by key: their
+    /// producers' token is checked against it, never the worker's.
+    ingest_tokens: RwLock<HashMap<String, TokenHash>>,
 }
 
 impl Worker {
@@ -100,6 +105,7 @@ impl Worker {
         // blocking pool, not on the threads that serve requests.
         let dir = options.data_dir.clone();
         let store = blocking(move || Store::open(&dir)).await?;
+        let ingest_tokens = saved_ingest_tokens(&store).await?;
         let worker = Arc::new(Self {
             store,
             public_url: options.public_url.trim_end_matches('/').to_owned(),
@@ -109,6 +115,7 @@ impl Worker {
             kinds: kinds::HostedKinds::default(),
             hosting: tokio::sync::Mutex::new(()),
             validator: Mutex::new(ManifestValidator::new()),
+            ingest_tokens: RwLock::new(ingest_tokens),
         });
         if rehost {
             let rehosting = kinds::each(Rehost(&worker, Vec::new())).1;
@@ -141,6 +148,31 @@ impl Worker {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The hash of the transport's own ingest token, when it has one.
+    pub fn ingest_token(&self, key: &str) -> Option<TokenHash> {
+        self.ingest_tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// Give the transport at `key` an ingest token of its own (kept on the volume first, so a
+    /// restart checks it too). From then on only that token posts to it.
+    pub async fn set_ingest_token(&self, key: &str, hash: TokenHash) -> Result<(), WorkerError> {
+        if self.ingest_token(key) == Some(hash) {
+            return Ok(());
+        }
+        self.store
+            .save_record(RecordKind::IngestToken, key, hash.to_hex().into_bytes())
+            .await?;
+        self.ingest_tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned(), hash);
         Ok(())
     }
 
@@ -252,6 +284,28 @@ impl Worker {
             }
         }
     }
+}
+
+/// The per-transport ingest token hashes kept on the volume. One that cannot be read is left
+/// out (its transport takes the worker's token until the operator's next PUT gives it again).
+async fn saved_ingest_tokens(store: &Store) -> Result<HashMap<String, TokenHash>, WorkerError> {
+    let store = store.clone();
+    let records = blocking(move || store.records(RecordKind::IngestToken)).await?;
+    let mut hashes = HashMap::new();
+    for (key, raw) in records {
+        match std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|hex| TokenHash::from_hex(hex).ok())
+        {
+            Some(hash) => {
+                hashes.insert(key, hash);
+            }
+            None => {
+                tracing::error!(transport = %key, "the saved hash of its ingest token cannot be read; it is given again with the transport's next PUT");
+            }
+        }
+    }
+    Ok(hashes)
 }
 
 /// Re-hosting every kind, one future each, in registration order.

@@ -350,7 +350,7 @@ impl WorkerProc {
     }
 
     /// PUT a JSON body with the admin token; answers (status, body).
-    async fn put_json(&self, url: &str, body: &Value) -> (u16, Value) {
+    pub async fn put_json(&self, url: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http
             .put(url)
@@ -387,10 +387,21 @@ impl WorkerProc {
 
     /// POST one transaction; answers (status, body).
     pub async fn send(&self, name: &str, payload: &str, id: Option<&str>) -> (u16, Value) {
+        self.send_with(name, &self.ingest, payload, id).await
+    }
+
+    /// POST one transaction with `token`; answers (status, body).
+    pub async fn send_with(
+        &self,
+        name: &str,
+        token: &str,
+        payload: &str,
+        id: Option<&str>,
+    ) -> (u16, Value) {
         let mut request = self
             .http
             .post(format!("{}/transactions", self.transport_url(name)))
-            .bearer_auth(&self.ingest)
+            .bearer_auth(token)
             .header("content-type", "text/plain")
             .body(payload.to_owned());
         if let Some(id) = id {

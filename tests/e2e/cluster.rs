@@ -305,7 +305,19 @@ impl Cluster {
     /// with the process kubelet, through the API server's pod proxy otherwise (`Ferry-Token`,
     /// since the proxy consumes `Authorization`). Answers status and body.
     pub async fn ingest(&self, transport: &str, payload: &str) -> (u16, Value) {
-        // A transport on a pool's worker: the pool's Secret, the worker its status names.
+        self.ingest_with_token_of(transport, transport, payload)
+            .await
+    }
+
+    /// POST a transaction to `transport` with the ingest token of `token_of` (another
+    /// transport's, to check they are kept apart). Every transport's own Secret holds its
+    /// producers' token; a pooled one is at the worker its status names.
+    pub async fn ingest_with_token_of(
+        &self,
+        transport: &str,
+        token_of: &str,
+        payload: &str,
+    ) -> (u16, Value) {
         let placement = self
             .transports()
             .get(transport)
@@ -313,21 +325,18 @@ impl Cluster {
             .ok()
             .and_then(|t| t.status)
             .and_then(|s| s.placement);
-        let (secret_name, pod) = match &placement {
-            Some(placement) => (
-                ferry::operator::builders::worker_name("wp", &placement.worker_pool),
-                placement.worker.clone(),
+        let pod = match &placement {
+            Some(placement) => placement.worker.clone(),
+            None => format!(
+                "{}-0",
+                ferry::operator::builders::worker_name("tp", transport)
             ),
-            None => {
-                let worker = ferry::operator::builders::worker_name("tp", transport);
-                (worker.clone(), format!("{worker}-0"))
-            }
         };
         let secret = self
             .api::<Secret>()
-            .get(&secret_name)
+            .get(&ferry::operator::builders::worker_name("tp", token_of))
             .await
-            .expect("the worker's Secret");
+            .expect("the transport's Secret");
         let token = secret
             .data
             .as_ref()

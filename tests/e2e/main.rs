@@ -16,7 +16,7 @@ use std::time::Duration;
 use cluster::{Cluster, SERIAL, env, eventually};
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    core::v1::{PersistentVolumeClaim, Pod},
+    core::v1::{PersistentVolumeClaim, Pod, Secret},
 };
 use serde_json::{Value, json};
 
@@ -1248,7 +1248,8 @@ spec:
 
 /// Issue 22: a WorkerPool's workers host many transports. Each is placed once on the ready
 /// worker with the fewest (status.placement names pool and worker), takes transactions at
-/// that worker with the pool's token, and stays there; a full pool says so; `workerPool`
+/// that worker with its own token only (its Secret holds that, not the pool's admin token),
+/// and stays there; a full pool says so; `workerPool`
 /// cannot change; a scale-down that would remove a hosting worker is blocked, and so is the
 /// pool's deletion while transports name it.
 #[tokio::test]
@@ -1290,7 +1291,7 @@ spec:
             })
             .await;
     }
-    let mut on = std::collections::BTreeMap::<String, u32>::new();
+    let mut on = std::collections::BTreeMap::<String, Vec<&str>>::new();
     for name in ["a", "b", "c"] {
         let status = cluster.wait_transport(name, "placed", |_| true).await;
         let worker = status["placement"]["worker"]
@@ -1306,14 +1307,34 @@ spec:
             endpoint.starts_with(&format!("http://{worker}.ferry-wp-shared.")),
             "{name}: the endpoint is its worker's stable name: {endpoint}"
         );
-        *on.entry(worker).or_default() += 1;
+        on.entry(worker).or_default().push(name);
     }
-    let mut counts: Vec<u32> = on.values().copied().collect();
+    let mut counts: Vec<usize> = on.values().map(Vec::len).collect();
     counts.sort();
     assert_eq!(counts, [1, 2], "placed evenly: {on:?}");
     for name in ["a", "b", "c"] {
         delivered_and_up(&cluster, name).await;
+        let secret = cluster
+            .api::<Secret>()
+            .get(&format!("ferry-tp-{name}"))
+            .await
+            .expect("the transport's own Secret");
+        let keys: Vec<&String> = secret.data.iter().flatten().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["ingest-token"], "only its ingest token");
     }
+    // The two on one worker: a producer of one cannot post to the other.
+    let neighbours = on
+        .values()
+        .find(|names| names.len() == 2)
+        .expect("a worker with two");
+    let (status, body) = cluster
+        .ingest_with_token_of(neighbours[0], neighbours[1], r#"{"order": 9}"#)
+        .await;
+    assert_eq!(
+        status, 401,
+        "{} with {}'s token: {body}",
+        neighbours[0], neighbours[1]
+    );
     let pool = cluster
         .wait_pool("shared", "hosting three", |s| s["hosted"] == 3)
         .await;

@@ -1,0 +1,133 @@
+//! A pool's worker hosts many transports, each isolated from the others (real processes over
+//! real HTTP): every transport takes only its own ingest token, which survives kill -9.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TestHost, WorkerProc, spec};
+use serde_json::{Value, json};
+
+/// The SHA-256 of `token` in hex, as the operator sends it.
+fn sha256(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// PUT transport `name` with the hash of its own ingest token beside the spec.
+async fn put_with_token(worker: &WorkerProc, name: &str, spec: Value, hash: &str) -> (u16, Value) {
+    let body = json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+        "metadata": {"name": name, "namespace": "default", "generation": 1},
+        "spec": spec,
+        "ingestTokenSha256": hash,
+    });
+    worker.put_json(&worker.transport_url(name), &body).await
+}
+
+/// a and b take only their own tokens; c, without one, the worker's.
+async fn check_tokens(worker: &WorkerProc) {
+    assert_eq!(worker.send_with("a", "a-token", "1", None).await.0, 200);
+    assert_eq!(worker.send_with("b", "b-token", "2", None).await.0, 200);
+    let (status, body) = worker.send_with("b", "a-token", "3", None).await;
+    assert_eq!(status, 401, "a's producer posts to b: {body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("ingest token"),
+        "{body}"
+    );
+    let ingest = &worker.ingest;
+    assert_eq!(
+        worker.send_with("a", ingest, "4", None).await.0,
+        401,
+        "the worker's token"
+    );
+    assert_eq!(worker.send_with("c", ingest, "5", None).await.0, 200);
+    assert_eq!(worker.send_with("c", "a-token", "6", None).await.0, 401);
+    // Unknown, without a valid token: 401 tells nothing of what is hosted.
+    assert_eq!(worker.send_with("zz", "a-token", "7", None).await.0, 401);
+    assert_eq!(worker.send_with("zz", ingest, "8", None).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_transport_on_a_pool_worker_takes_only_its_own_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let mut worker = WorkerProc::start(dir.path()).await;
+    for name in ["a", "b"] {
+        let (status, body) = put_with_token(
+            &worker,
+            name,
+            spec(&host),
+            &sha256(&format!("{name}-token")),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        assert!(body.get("ingestTokenSha256").is_none(), "{body}");
+    }
+    // "c" has none of its own: the worker's token, as on a dedicated worker.
+    worker.apply("c", spec(&host)).await;
+
+    check_tokens(&worker).await;
+    // After kill -9 the tokens are checked from the volume, before any PUT arrives.
+    worker.kill9();
+    worker.start_again().await;
+    check_tokens(&worker).await;
+    let ids: Vec<String> = host
+        .received()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        ["1", "2", "5", "1", "2", "5"],
+        "only the allowed ones arrived"
+    );
+
+    // A new token replaces the old one.
+    let (status, _) = put_with_token(&worker, "a", spec(&host), &sha256("rotated")).await;
+    assert_eq!(status, 200);
+    assert_eq!(worker.send_with("a", "a-token", "9", None).await.0, 401);
+    assert_eq!(worker.send_with("a", "rotated", "10", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_or_misplaced_token_hash_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let worker = WorkerProc::start(dir.path()).await;
+    for bad in [json!("abc"), json!(42), json!("z".repeat(64))] {
+        let body = json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+            "metadata": {"name": "a", "namespace": "default"},
+            "spec": spec(&host),
+            "ingestTokenSha256": bad,
+        });
+        let (status, body) = worker.put_json(&worker.transport_url("a"), &body).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("ingestTokenSha256:"),
+            "{body}"
+        );
+    }
+    let connection = json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "Connection",
+        "metadata": {"name": "c", "namespace": "default"},
+        "spec": {"source": {"url": "http://127.0.0.1:1/"}, "syncSets": []},
+        "ingestTokenSha256": sha256("x"),
+    });
+    let url = worker
+        .transport_url("c")
+        .replace("/transports/", "/connections/");
+    let (status, body) = worker.put_json(&url, &connection).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("only a transport"),
+        "{body}"
+    );
+}
