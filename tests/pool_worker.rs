@@ -1,12 +1,16 @@
 //! A pool's worker hosts many transports, each isolated from the others (real processes over
-//! real HTTP): every transport takes only its own ingest token, which survives kill -9.
+//! real HTTP): every transport takes only its own ingest token, which survives kill -9; one
+//! transport's burst cannot take the memory budget the others' transactions need.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::time::Duration;
+
 use common::{TestHost, WorkerProc, spec};
 use serde_json::{Value, json};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 /// The SHA-256 of `token` in hex, as the operator sends it.
 fn sha256(token: &str) -> String {
@@ -130,4 +134,47 @@ async fn a_malformed_or_misplaced_token_hash_is_refused_naming_the_field() {
             .contains("only a transport"),
         "{body}"
     );
+}
+
+/// A producer of `transport` that sent the head of a `length`-byte transaction and a first
+/// byte, and holds its reservation of the budget until dropped.
+async fn holding(worker: &WorkerProc, transport: &str, length: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(worker.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/transports/default/{transport}/transactions HTTP/1.1\r\nHost: {}\r\n\
+         Ferry-Token: {}\r\nContent-Length: {length}\r\n\r\nx",
+        worker.addr(),
+        worker.ingest
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transports_burst_leaves_the_others_their_share_of_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    // 1 MiB shared by two transports: a fair share of 512 KiB each.
+    let worker = WorkerProc::start_with(dir.path(), &["--memory-budget", "1Mi"]).await;
+    for name in ["burst", "small"] {
+        let mut body = spec(&host);
+        body["maxTransactionBytes"] = json!("1Mi");
+        worker.apply(name, body).await;
+    }
+    // The burst holds 600 KB (beyond its share, while a quarter stays free)...
+    let _first = holding(&worker, "burst", 300_000).await;
+    let _second = holding(&worker, "burst", 300_000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... and no more: a third 300 KB would leave less than a quarter for the others.
+    let (status, body) = worker.send("burst", &"b".repeat(300_000), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("fair share"),
+        "{body}"
+    );
+    // The other transport's transaction within its share is received.
+    let (status, body) = worker.send("small", &"s".repeat(200_000), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(worker.report("small").await["totals"]["received"], 1);
+    assert_eq!(worker.report("burst").await["totals"]["received"], 0);
 }

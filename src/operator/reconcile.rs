@@ -173,9 +173,20 @@ async fn apply<R: WorkerResource>(
         ingest_token,
     };
     let mut status = object.observe(observed).await;
+    // Newly placed: its pool counts it once its status shows the place (status changes do
+    // not reach the pool through the resource's watch).
+    let newly_placed = home
+        .placement
+        .as_ref()
+        .filter(|p| object.status().and_then(Placeable::placement) != Some(*p))
+        .map(|p| p.worker_pool.clone());
     status.set_placement(home.placement);
     if let Some(changed) = to_write(object.status(), status.clone()) {
         write_status(&ctx.client, object, namespace, &changed).await?;
+    }
+    if let Some(pool) = newly_placed {
+        ctx.triggers
+            .send(super::worker_pool::KIND, namespace, &pool);
     }
     object.written(&status, ctx, memory);
     if let Some((warning, reason, note)) = R::event(object.status(), &status) {
@@ -238,6 +249,8 @@ async fn leave_pool_worker<R: WorkerResource>(
         }
     }
     ctx.placements().remove(&key);
+    ctx.triggers
+        .send(super::worker_pool::KIND, namespace, &placement.worker_pool);
     Ok(())
 }
 

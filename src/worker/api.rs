@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::{
     Worker, WorkerError,
-    budget::{BudgetError, MemoryBudget, Reservation},
+    budget::{BudgetError, Reservation},
     hosted::{ForEachKind, HostedRuntime},
     metrics,
     tokens::{TokenHash, Tokens, allowed},
@@ -497,13 +497,17 @@ async fn ingest_transaction(
     };
     let limit = runtime.max_transaction_bytes();
     let declared = declared_length(headers)?;
-    let budget = app.worker.budget();
+    // Counted to this transport, whose fair share is the budget over the transports hosted.
+    let reservation = app
+        .worker
+        .budget()
+        .empty(&key, app.worker.hosted_count::<TransportRuntime>());
     let read = read_transaction(
         body,
         declared,
         limit,
         &key,
-        &budget,
+        reservation,
         &id,
         content_type.as_deref(),
     );
@@ -567,7 +571,7 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 }
 
 /// Read an ingest body straight into its queued form (one copy of the payload), under the
-/// transport's size limit and the worker's memory budget, each frame within
+/// transport's size limit and its `reservation` of the worker's memory budget, each frame within
 /// [`BODY_IDLE_TIMEOUT`]. Over the budget the producer hears 503 with `Retry-After` before
 /// anything is received.
 async fn read_transaction(
@@ -575,7 +579,7 @@ async fn read_transaction(
     declared: Option<u64>,
     limit: u64,
     key: &str,
-    budget: &MemoryBudget,
+    mut reservation: Reservation,
     id: &str,
     content_type: Option<&str>,
 ) -> Result<(NewTxn, Reservation), ApiError> {
@@ -591,9 +595,8 @@ async fn read_transaction(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut reservation = budget.empty();
-    budget
-        .grow(&mut reservation, declared.unwrap_or(0))
+    reservation
+        .grow(declared.unwrap_or(0))
         .map_err(over_budget)?;
     let header_len = store::header_len(id, content_type);
     let capacity = header_len + declared.unwrap_or(0) as usize;
@@ -621,7 +624,7 @@ async fn read_transaction(
             return Err(too_large());
         }
         let more = size.saturating_sub(reservation.bytes());
-        budget.grow(&mut reservation, more).map_err(over_budget)?;
+        reservation.grow(more).map_err(over_budget)?;
         encoded.extend_from_slice(&data);
     }
     Ok((
@@ -635,7 +638,9 @@ fn over_budget(e: BudgetError) -> ApiError {
         BudgetError::LargerThanBudget { .. } => {
             ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
         }
-        BudgetError::Exhausted { .. } => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        BudgetError::Exhausted { .. } | BudgetError::OverFairShare { .. } => {
+            ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
     }
 }
 

@@ -93,6 +93,11 @@ impl<R> Hosted<R> {
             .cloned()
     }
 
+    /// How many are hosted.
+    pub fn count(&self) -> usize {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub fn all(&self) -> Vec<Arc<R>> {
         self.0
             .read()

@@ -201,6 +201,11 @@ impl Worker {
         R::hosted(self).get(key)
     }
 
+    /// How many resources of kind `R` are hosted.
+    pub fn hosted_count<R: HostedRuntime>(&self) -> usize {
+        R::hosted(self).count()
+    }
+
     /// Every hosted resource of kind `R`.
     pub fn all<R: HostedRuntime>(&self) -> Vec<Arc<R>> {
         R::hosted(self).all()
@@ -265,6 +270,7 @@ impl Worker {
             return Ok(false);
         };
         runtime.stop().await?;
+        self.budget.forget(key);
         Ok(true)
     }
 

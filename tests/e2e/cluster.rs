@@ -318,6 +318,19 @@ impl Cluster {
         token_of: &str,
         payload: &str,
     ) -> (u16, Value) {
+        self.try_ingest(transport, token_of, payload)
+            .await
+            .unwrap_or_else(|e| panic!("the worker of {transport} answers: {e}"))
+    }
+
+    /// [`Cluster::ingest_with_token_of`], answering why when the worker does not answer (a
+    /// worker being killed).
+    pub async fn try_ingest(
+        &self,
+        transport: &str,
+        token_of: &str,
+        payload: &str,
+    ) -> Result<(u16, Value), String> {
         let placement = self
             .transports()
             .get(transport)
@@ -349,14 +362,15 @@ impl Cluster {
             let ip = pod["status"]["podIP"].as_str().expect("pod IP");
             let response = reqwest::Client::new()
                 .post(format!("http://{ip}:8080{route}"))
+                .timeout(Duration::from_secs(30))
                 .header("Ferry-Token", token)
                 .header("Content-Type", "application/json")
                 .body(payload.to_owned())
                 .send()
                 .await
-                .expect("the worker answers");
+                .map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
-            (status, response.json().await.unwrap_or(Value::Null))
+            Ok((status, response.json().await.unwrap_or(Value::Null)))
         } else {
             let path = format!(
                 "/api/v1/namespaces/{}/pods/{pod}:8080/proxy{route}",
@@ -371,16 +385,16 @@ impl Cluster {
                 .client
                 .send(request.map(Into::into))
                 .await
-                .expect("proxied");
+                .map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
             let bytes = http_body_util::BodyExt::collect(response.into_body())
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            (
+            Ok((
                 status,
                 serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
+            ))
         }
     }
 

@@ -1409,3 +1409,199 @@ spec:
     })
     .await;
 }
+
+/// A WorkerPool of one worker, for the pool scenarios.
+fn pool_yaml(name: &str, replicas: u32, capacity: u32) -> String {
+    format!(
+        r#"
+apiVersion: ferry.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  capacity: {capacity}
+  storage:
+    size: 64Mi
+    reclaimPolicy: Delete
+"#
+    )
+}
+
+/// A pooled transport with Store and Forward, suspended or not.
+fn pooled_sf_transport_yaml(name: &str, host: &str, pool: &str, suspended: bool) -> String {
+    format!(
+        r#"
+apiVersion: ferry.dev/v1alpha1
+kind: Transport
+metadata:
+  name: {name}
+spec:
+  workerPool: {pool}
+  suspended: {suspended}
+  host:
+    url: {host}/ingest
+    timeout: 2s
+  storeAndForward:
+    enabled: true
+    timeToLive: 1h
+    maxMessages: 10000
+"#
+    )
+}
+
+/// Issue 22: one pool worker hosts three transports. Suspending one touches no other. The
+/// worker is killed with kill -9 while producers post to two of them: it comes back with every
+/// transport in its state, and nothing answered 200 or 202 is lost (the stored ones queued,
+/// the delivered ones at the host). An operator restart then moves nothing and restarts no
+/// worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_worker_killed_under_load_keeps_every_transport() {
+    let Some(env) = env("a_pool_worker_killed_under_load_keeps_every_transport") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "poolkill").await;
+    let mut operator = cluster.operator(&[]);
+    // A sink that prints what arrives (no --quiet): the delivered ones are checked in its log.
+    let host = cluster
+        .run_pod("erp-host", &["sink", "--listen", "0.0.0.0:9090"], 9090)
+        .await;
+    let nowhere = format!("http://nowhere.{}.svc:9090", cluster.namespace);
+    cluster.apply(&pool_yaml("shared", 1, 10));
+    cluster
+        .wait_pool("shared", "one worker ready", |s| s["readyWorkers"] == 1)
+        .await;
+    cluster.apply(
+        &[
+            pooled_sf_transport_yaml("live", &host, "shared", false),
+            pooled_sf_transport_yaml("outage", &nowhere, "shared", false),
+            pooled_sf_transport_yaml("paused", &host, "shared", false),
+        ]
+        .join("---\n"),
+    );
+    let worker = "ferry-wp-shared-0";
+    for name in ["live", "outage", "paused"] {
+        cluster
+            .wait_transport(name, "placed and Ready", |s| {
+                ready(s) == "True" && s["placement"]["worker"] == worker
+            })
+            .await;
+    }
+    delivered_and_up(&cluster, "live").await;
+
+    // Suspending one touches no other: the others keep their state and take transactions.
+    cluster.patch("transport/paused", json!({"spec": {"suspended": true}}));
+    cluster
+        .wait_transport("paused", "Suspended", |s| s["state"] == "Suspended")
+        .await;
+    let (code, body) = cluster.ingest("live", r#"{"order":2}"#).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = cluster.ingest("outage", r#"{"order":3}"#).await;
+    assert_eq!(code, 202, "stored: {body}");
+    cluster
+        .wait_transport("outage", "Store and Forward", |s| {
+            s["state"] == "Store and Forward"
+        })
+        .await;
+
+    // kill -9 of the pool's worker while producers post to live and outage.
+    let before = incarnation(&cluster, worker).await;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let produce = |transport: &'static str, answer: u16| {
+        let (cluster, done) = (&cluster, &done);
+        async move {
+            let mut acknowledged = Vec::new();
+            let mut order = 100;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                order += 1;
+                let payload = format!(r#"{{"order":{order},"to":"{transport}"}}"#);
+                match cluster.try_ingest(transport, transport, &payload).await {
+                    Ok((code, _)) if code == answer => acknowledged.push(payload),
+                    Ok(_) | Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            acknowledged
+        }
+    };
+    let kill = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.kill9_worker(worker).await;
+        restarted_and_ready(&cluster, worker, before).await;
+        // A little more load on the worker as it is again.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (delivered, stored, ()) = tokio::join!(produce("live", 200), produce("outage", 202), kill);
+    assert!(
+        !delivered.is_empty() && !stored.is_empty(),
+        "load before the kill: {} delivered, {} stored",
+        delivered.len(),
+        stored.len()
+    );
+
+    // Every transport in its documented state again, nothing acknowledged lost.
+    let queued = stored.len() + 1;
+    let outage = cluster
+        .wait_transport("outage", "its queue back", |s| {
+            s["state"] == "Store and Forward" && ready(s) == "True"
+        })
+        .await;
+    assert_eq!(
+        outage["queue"]["messages"], queued,
+        "every stored one queued: {outage}"
+    );
+    cluster
+        .wait_transport("paused", "still Suspended", |s| {
+            s["state"] == "Suspended" && ready(s) == "True"
+        })
+        .await;
+    cluster
+        .wait_transport("live", "Up again", |s| {
+            s["state"] == "Up" || s["state"] == "Down"
+        })
+        .await;
+    let arrived = cluster.pod_log("erp-host");
+    for payload in &delivered {
+        let text = payload.replace('\n', " ");
+        assert!(arrived.contains(&text), "{text} never reached the host");
+    }
+
+    // An operator restart moves nothing and restarts no worker.
+    let placements = |names: [&'static str; 3]| {
+        let cluster = &cluster;
+        async move {
+            let mut out = Vec::new();
+            for name in names {
+                let status = cluster.wait_transport(name, "placed", |_| true).await;
+                out.push(status["placement"].clone());
+            }
+            out
+        }
+    };
+    let placed = placements(["live", "outage", "paused"]).await;
+    let running = incarnation(&cluster, worker).await;
+    operator.restart();
+    eventually("the restarted operator reconciled them", || async {
+        operator.readyz().await?;
+        let metrics = operator.metrics().await;
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("ferry_operator_reconciles_total{") && l.contains("Transport")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .any(|n| n >= 3.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(placements(["live", "outage", "paused"]).await, placed);
+    assert_eq!(
+        incarnation(&cluster, worker).await,
+        running,
+        "the worker was not restarted"
+    );
+    let (code, body) = cluster.ingest("live", r#"{"order":999}"#).await;
+    assert_eq!(code, 200, "{body}");
+}
