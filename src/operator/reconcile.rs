@@ -249,8 +249,6 @@ async fn leave_pool_worker<R: WorkerResource>(
         }
     }
     ctx.placements().remove(&key);
-    ctx.triggers
-        .send(super::worker_pool::KIND, namespace, &placement.worker_pool);
     Ok(())
 }
 

@@ -247,6 +247,7 @@ fn triggers<K>(
     writer: reflector::store::Writer<K>,
     kind: &'static str,
     endpoints: Arc<Endpoints>,
+    deleted: impl Fn(&K) + Send + 'static,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: super::NamespacedObject,
@@ -260,6 +261,12 @@ where
         // Who wrote which field is never read here: not kept in memory.
         .modify(|object| object.meta_mut().managed_fields = None)
         .reflect(writer)
+        // Gone from the cache now: whoever counts it (its WorkerPool) is told.
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(object)) = event {
+                deleted(object);
+            }
+        })
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default())
 }
@@ -704,14 +711,24 @@ impl Kinds<'_> {
         ),
         tee: Option<mpsc::UnboundedSender<Guarded<R>>>,
     ) -> Controller<Guarded<R>> {
+        // A resource that names a WorkerPool reconciles it too (who uses it, what it hosts),
+        // also once it is gone.
+        let to_pools = self.triggers.clone();
+        let gone = to_pools.clone();
         let triggers = triggers(
             api::<Guarded<R>>(self.client, self.namespace),
             writer,
             R::KIND,
             self.endpoints.clone(),
+            move |object: &Guarded<R>| {
+                if let Ok(resource) = &object.0
+                    && let Some(pool) = resource.worker_pool()
+                {
+                    let namespace = resource.namespace().unwrap_or_default();
+                    gone.send(super::worker_pool::KIND, &namespace, pool);
+                }
+            },
         );
-        // A resource that names a WorkerPool reconciles it too (who uses it, what it hosts).
-        let to_pools = self.triggers.clone();
         let triggers = triggers.inspect(move |object| {
             if let Ok(object) = object {
                 if let Ok(resource) = &object.0
@@ -779,6 +796,7 @@ impl Kinds<'_> {
             writer,
             super::worker_pool::KIND,
             self.endpoints.clone(),
+            |_: &Guarded<WorkerPool>| {},
         );
         Controller::for_stream(watched, cache)
             .reconcile_on(

@@ -487,10 +487,17 @@ impl Drop for Cluster {
                 say(&format!("--- pod {pod} log ---\n{}", self.pod_log(pod)));
             }
             let _ = self
-                .kubectl(&["get", "transports,connections,pods,pvc", "-o", "yaml"])
+                .kubectl(&[
+                    "get",
+                    "workerpools,transports,connections,pods,pvc",
+                    "-o",
+                    "yaml",
+                ])
                 .map(|all| say(&format!("--- objects ---\n{all}")));
         }
-        if let Ok(names) = self.kubectl(&["get", "transports,connections", "-o", "name"]) {
+        if let Ok(names) =
+            self.kubectl(&["get", "workerpools,transports,connections", "-o", "name"])
+        {
             for name in names.lines().filter(|n| !n.is_empty()) {
                 let _ = self.kubectl(&[
                     "patch",

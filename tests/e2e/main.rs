@@ -1544,14 +1544,17 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
     // Every transport in its documented state again, nothing acknowledged lost.
     let queued = stored.len() + 1;
     let outage = cluster
-        .wait_transport("outage", "its queue back", |s| {
-            s["state"] == "Store and Forward" && ready(s) == "True"
-        })
+        .wait_transport(
+            "outage",
+            &format!("its queue back with the {queued} answered stored"),
+            // More may be queued: one stored as the kill cut its answer off.
+            |s| {
+                s["state"] == "Store and Forward"
+                    && s["queue"]["messages"].as_u64() >= Some(queued as u64)
+            },
+        )
         .await;
-    assert_eq!(
-        outage["queue"]["messages"], queued,
-        "every stored one queued: {outage}"
-    );
+    assert_eq!(outage["totals"]["forwarded"], 0, "{outage}");
     cluster
         .wait_transport("paused", "still Suspended", |s| {
             s["state"] == "Suspended" && ready(s) == "True"
