@@ -42,12 +42,16 @@ pub enum Command {
     Start(ConnectionArgs),
     /// Stop a connection (its worker is scaled to zero).
     Stop(ConnectionArgs),
-    /// A table of every Transport and Connection: state, queue depth, last report, Ready.
+    /// A table of every Transport and Connection: state, queue depth, worker (pool/worker in a
+    /// WorkerPool), last report, Ready.
     Status {
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
     },
+    /// A WorkerPool's workers (ready, hosted of capacity) and the resources on each, then those
+    /// that name it but have no place yet (and why).
+    Pool { name: String },
     /// A transport's queue from its worker: depth, bytes, the oldest transactions' ids, sizes
     /// and ages (never their payloads).
     Queue {
@@ -176,6 +180,7 @@ pub async fn run(
             let namespace = (!all_namespaces).then_some(namespace);
             return table::status(client, namespace).await;
         }
+        Command::Pool { name } => return table::pool(client, namespace, name).await,
         Command::Queue {
             name,
             limit,

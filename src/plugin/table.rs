@@ -1,5 +1,7 @@
-//! `kubectl ferry status`: one line per Transport and Connection — state, queue depth, how
-//! long ago the worker last reported, and the Ready condition with its message.
+//! `kubectl ferry status`: one line per Transport and Connection — state, queue depth, the
+//! worker it runs on (`pool/worker` in a WorkerPool), how long ago the worker last reported,
+//! and the Ready condition with its message. `kubectl ferry pool NAME`: a pool's workers and
+//! what each hosts.
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -12,7 +14,7 @@ use kube::{
 use serde_json::Value;
 
 use super::PluginError;
-use crate::api::{Connection, Transport};
+use crate::api::{Connection, Transport, WorkerPool, worker_pool::Placement};
 
 /// One line of the table.
 #[derive(Debug, PartialEq)]
@@ -22,6 +24,8 @@ pub struct Row {
     pub name: String,
     pub state: String,
     pub queue: String,
+    /// Its worker's pod; `pool/worker` in a WorkerPool, `pool/-` before it has a place.
+    pub worker: String,
     pub last_report: String,
     pub ready: String,
     pub message: String,
@@ -59,9 +63,24 @@ fn ready(conditions: &[Condition]) -> (String, String) {
         })
 }
 
+/// Where a resource runs: its own worker's pod, or `pool/worker` in a WorkerPool.
+fn worker_of(short: &str, name: &str, pool: Option<&str>, placement: Option<&Placement>) -> String {
+    match (pool, placement) {
+        (None, _) => format!("{}-0", crate::operator::builders::worker_name(short, name)),
+        (Some(pool), Some(p)) if p.worker_pool == pool => format!("{pool}/{}", p.worker),
+        (Some(pool), _) => format!("{pool}/-"),
+    }
+}
+
 pub fn transport_row(t: &Transport, now: Timestamp) -> Row {
     let status = t.status.clone().unwrap_or_default();
     let (ready, message) = ready(&status.conditions);
+    let worker = worker_of(
+        "tp",
+        &t.name_any(),
+        t.spec.worker_pool.as_deref(),
+        status.placement.as_ref(),
+    );
     Row {
         namespace: t.namespace().unwrap_or_default(),
         kind: "Transport",
@@ -70,6 +89,7 @@ pub fn transport_row(t: &Transport, now: Timestamp) -> Row {
             .state
             .map_or_else(|| "Pending".into(), |s| s.as_str().to_owned()),
         queue: status.queue.messages.to_string(),
+        worker,
         last_report: age(status.last_report_time.as_ref(), now),
         ready,
         message,
@@ -79,6 +99,12 @@ pub fn transport_row(t: &Transport, now: Timestamp) -> Row {
 pub fn connection_row(c: &Connection, now: Timestamp) -> Row {
     let status = c.status.clone().unwrap_or_default();
     let (ready, message) = ready(&status.conditions);
+    let worker = worker_of(
+        "conn",
+        &c.name_any(),
+        c.spec.worker_pool.as_deref(),
+        status.placement.as_ref(),
+    );
     Row {
         namespace: c.namespace().unwrap_or_default(),
         kind: "Connection",
@@ -87,6 +113,7 @@ pub fn connection_row(c: &Connection, now: Timestamp) -> Row {
             .status
             .map_or_else(|| "Pending".into(), |s| s.as_str().to_owned()),
         queue: "-".into(),
+        worker,
         last_report: age(status.last_report_time.as_ref(), now),
         ready,
         message,
@@ -101,6 +128,7 @@ pub fn render(rows: &[Row], with_namespace: bool) -> String {
         "NAME",
         "STATE",
         "QUEUE",
+        "WORKER",
         "LAST REPORT",
         "READY",
         "MESSAGE",
@@ -113,6 +141,7 @@ pub fn render(rows: &[Row], with_namespace: bool) -> String {
             r.name.clone(),
             r.state.clone(),
             r.queue.clone(),
+            r.worker.clone(),
             r.last_report.clone(),
             r.ready.clone(),
             r.message.clone(),
@@ -176,6 +205,7 @@ pub fn unreadable_row(kind: &'static str, raw: &Value, error: &serde_json::Error
         name: text("/metadata/name").to_owned(),
         state: "Unreadable".into(),
         queue: "-".into(),
+        worker: "-".into(),
         last_report: "-".into(),
         ready: "False".into(),
         message: operator_says
@@ -231,6 +261,123 @@ pub async fn status(client: kube::Client, namespace: Option<&str>) -> Result<Str
     Ok(render(&listed, namespace.is_none()))
 }
 
+/// A pooled resource as the pool listing shows it: `Transport erp`, and where it is.
+pub struct Hosted {
+    pub what: String,
+    pub placement: Option<Placement>,
+    /// Its Ready reason, shown for one without a place (`PoolFull`, `NoReadyWorker`).
+    pub reason: String,
+}
+
+/// `kubectl ferry pool NAME`: the pool's workers in ordinal order (ready, hosted of its
+/// capacity, the resources placed there), then the resources that name it without a place.
+pub fn pool_table(pool: &WorkerPool, resources: &[Hosted]) -> String {
+    let name = pool.name_any();
+    let status = pool.status.clone().unwrap_or_default();
+    let mut lines = vec![
+        ["WORKER", "READY", "HOSTED", "RESOURCES"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    let on = |worker: &str| {
+        let mut names: Vec<&str> = resources
+            .iter()
+            .filter(|r| {
+                r.placement
+                    .as_ref()
+                    .is_some_and(|p| p.worker_pool == name && p.worker == worker)
+            })
+            .map(|r| r.what.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    };
+    for worker in &status.workers {
+        let names = on(&worker.name);
+        lines.push(vec![
+            worker.name.clone(),
+            if worker.ready { "True" } else { "False" }.to_owned(),
+            format!("{}/{}", names.len(), pool.spec.capacity),
+            names.join(", "),
+        ]);
+    }
+    let mut waiting: Vec<String> = resources
+        .iter()
+        .filter(|r| r.placement.as_ref().is_none_or(|p| p.worker_pool != name))
+        .map(|r| format!("{} ({})", r.what, r.reason))
+        .collect();
+    waiting.sort();
+    if !waiting.is_empty() {
+        lines.push(vec![
+            "(no place)".into(),
+            "-".into(),
+            waiting.len().to_string(),
+            waiting.join(", "),
+        ]);
+    }
+    let (ready, message) = ready(&status.conditions);
+    format!(
+        "WorkerPool {name}: {} of {} workers ready, capacity {} each; Ready={ready} {message}\n{}",
+        status.ready_workers,
+        pool.spec.replicas,
+        pool.spec.capacity,
+        columns(&lines, 0)
+    )
+}
+
+/// List the pool and what names it; answers the table.
+pub async fn pool(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<String, PluginError> {
+    let pool = Api::<WorkerPool>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| PluginError::NotFound {
+            kind: "WorkerPool".into(),
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        })?;
+    let reason = |conditions: &[Condition]| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map_or_else(|| "no status yet".to_owned(), |c| c.reason.clone())
+    };
+    let mut resources = Vec::new();
+    let listed = ListParams::default();
+    for t in Api::<Transport>::namespaced(client.clone(), namespace)
+        .list(&listed)
+        .await?
+        .items
+        .into_iter()
+        .filter(|t| t.spec.worker_pool.as_deref() == Some(name))
+    {
+        let status = t.status.unwrap_or_default();
+        resources.push(Hosted {
+            what: format!("Transport {}", t.metadata.name.unwrap_or_default()),
+            placement: status.placement,
+            reason: reason(&status.conditions),
+        });
+    }
+    for c in Api::<Connection>::namespaced(client, namespace)
+        .list(&listed)
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| c.spec.worker_pool.as_deref() == Some(name))
+    {
+        let status = c.status.unwrap_or_default();
+        resources.push(Hosted {
+            what: format!("Connection {}", c.metadata.name.unwrap_or_default()),
+            placement: status.placement,
+            reason: reason(&status.conditions),
+        });
+    }
+    Ok(pool_table(&pool, &resources))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +401,7 @@ mod tests {
             name: name.into(),
             state: state.into(),
             queue: queue.into(),
+            worker: "ferry-tp-erp-0".into(),
             last_report: "3s".into(),
             ready: "True".into(),
             message: "".into(),
@@ -264,10 +412,63 @@ mod tests {
         ];
         assert_eq!(
             render(&rows, false),
-            "KIND         NAME         STATE           QUEUE   LAST REPORT   READY   MESSAGE\n\
-             Transport    erp          S&F Suspended   120     3s            True\n\
-             Connection   crm-orders   Running         -       3s            True\n"
+            "KIND         NAME         STATE           QUEUE   WORKER           LAST REPORT   READY   MESSAGE\n\
+             Transport    erp          S&F Suspended   120     ferry-tp-erp-0   3s            True\n\
+             Connection   crm-orders   Running         -       ferry-tp-erp-0   3s            True\n"
         );
         assert!(render(&rows, true).starts_with("NAMESPACE   KIND"));
+    }
+
+    #[test]
+    fn the_worker_column_names_the_pool_and_worker() {
+        let placed = Placement {
+            worker_pool: "shared".into(),
+            worker: "ferry-wp-shared-1".into(),
+        };
+        assert_eq!(worker_of("tp", "erp", None, None), "ferry-tp-erp-0");
+        assert_eq!(
+            worker_of("tp", "erp", Some("shared"), Some(&placed)),
+            "shared/ferry-wp-shared-1"
+        );
+        assert_eq!(worker_of("conn", "crm", Some("shared"), None), "shared/-");
+    }
+
+    #[test]
+    fn a_pool_lists_its_workers_and_what_waits_for_a_place() {
+        let pool: WorkerPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "WorkerPool",
+            "metadata": {"name": "shared", "namespace": "plant-a"},
+            "spec": {"replicas": 2, "capacity": 2},
+            "status": {"readyWorkers": 1, "hosted": 2, "workers": [
+                {"name": "ferry-wp-shared-0", "ready": true, "hosted": 2},
+                {"name": "ferry-wp-shared-1", "ready": false, "hosted": 0},
+            ], "conditions": [{"type": "Ready", "status": "True", "reason": "Ready",
+                "message": "2 resources on 1 ready worker", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+        }))
+        .unwrap();
+        let on = |what: &str, worker: Option<&str>, reason: &str| Hosted {
+            what: what.into(),
+            placement: worker.map(|w| Placement {
+                worker_pool: "shared".into(),
+                worker: w.into(),
+            }),
+            reason: reason.into(),
+        };
+        let table = pool_table(
+            &pool,
+            &[
+                on("Transport erp", Some("ferry-wp-shared-0"), "Up"),
+                on("Connection crm", Some("ferry-wp-shared-0"), "Running"),
+                on("Transport late", None, "PoolFull"),
+            ],
+        );
+        assert_eq!(
+            table,
+            "WorkerPool shared: 1 of 2 workers ready, capacity 2 each; Ready=True 2 resources on 1 ready worker\n\
+             WORKER              READY   HOSTED   RESOURCES\n\
+             ferry-wp-shared-0   True    2/2      Connection crm, Transport erp\n\
+             ferry-wp-shared-1   False   0/2\n\
+             (no place)          -       1        Transport late (PoolFull)\n"
+        );
     }
 }

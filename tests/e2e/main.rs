@@ -1339,6 +1339,34 @@ spec:
         .wait_pool("shared", "hosting three", |s| s["hosted"] == 3)
         .await;
     assert_eq!(pool["readyWorkers"], 2, "{pool}");
+    // The plugin shows pool and worker, and lists the pool's placement.
+    let table = kubectl_ferry(&cluster, &["status"]);
+    for (worker, names) in &on {
+        for name in names {
+            assert!(
+                table
+                    .lines()
+                    .any(|l| l.contains(&format!(" {name} "))
+                        && l.contains(&format!("shared/{worker}"))),
+                "{name} on shared/{worker}:\n{table}"
+            );
+        }
+    }
+    let listing = kubectl_ferry(&cluster, &["pool", "shared"]);
+    for (worker, names) in &on {
+        let line = listing
+            .lines()
+            .find(|l| l.starts_with(worker.as_str()))
+            .unwrap_or_else(|| panic!("{worker}:\n{listing}"));
+        let hosted = names
+            .iter()
+            .map(|n| format!("Transport {n}"))
+            .collect::<Vec<_>>();
+        assert!(
+            line.contains(&format!("{}/2", names.len())) && line.ends_with(&hosted.join(", ")),
+            "{line}"
+        );
+    }
 
     // Two workers of capacity 2: the fourth fills the pool, the fifth says so, naming it.
     cluster.apply(&pooled_transport_yaml("d", &host, "shared"));
