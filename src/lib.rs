@@ -9,6 +9,7 @@ pub mod sink;
 pub mod source;
 pub mod standalone;
 pub mod store;
+pub mod supervise;
 pub mod transport;
 pub mod wire;
 pub mod worker;

@@ -111,7 +111,8 @@ pub fn significant_mark(etag: &str) -> &str {
 
 impl Marked for TransportReport {
     fn significant(&self) -> serde_json::Value {
-        serde_json::json!([self.state, self.observed_generation, self.endpoint])
+        let panics = self.faults.as_ref().map_or(0, |f| f.panics);
+        serde_json::json!([self.state, self.observed_generation, self.endpoint, panics])
     }
 
     fn counters(&self) -> serde_json::Value {
@@ -134,6 +135,7 @@ impl Marked for ConnectionReport {
             self.startup_queue_position,
             self.started_iteration,
             sync_sets,
+            self.faults.as_ref().map_or(0, |f| f.panics),
         ])
     }
 
@@ -212,6 +214,9 @@ pub struct TransportReport {
     pub queue: QueueStatus,
     pub totals: Totals,
     pub endpoint: String,
+    /// Panics caught in its work.
+    #[serde(default, skip_serializing_if = "crate::api::Faults::is_none")]
+    pub faults: Option<crate::api::Faults>,
 }
 
 /// The `resolved` object of a connection's PUT: what the operator (or standalone mode) looked
@@ -267,4 +272,7 @@ pub struct ConnectionReport {
     /// The iteration number when the connection was last (re)started: a sync-set whose last
     /// completed iteration is above it has completed since.
     pub started_iteration: u64,
+    /// Panics caught in its work.
+    #[serde(default, skip_serializing_if = "crate::api::Faults::is_none")]
+    pub faults: Option<crate::api::Faults>,
 }

@@ -178,3 +178,46 @@ async fn one_transports_burst_leaves_the_others_their_share_of_the_budget() {
     assert_eq!(worker.report("small").await["totals"]["received"], 1);
     assert_eq!(worker.report("burst").await["totals"]["received"], 0);
 }
+
+/// A panic in one transport's work (its ingest; its forwarder at start) is caught: that
+/// transport answers 500 for the one transaction and goes on, counted in its report
+/// (`faults`) and metrics, while the other transport on the worker never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_one_transport_stops_none_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    // Debug builds only: each failpoint panics once, in the named transport's work.
+    let worker = WorkerProc::start_with_env(
+        dir.path(),
+        &[("FERRY_FAILPOINTS", "ingest=default/bad,forward=default/bad")],
+    )
+    .await;
+    worker.apply("bad", spec(&host)).await;
+    worker.apply("good", spec(&host)).await;
+
+    let (status, body) = worker.send("bad", "boom", None).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(worker.send("good", "fine", None).await.0, 200);
+    // The next one of bad goes through: its work went on.
+    assert_eq!(worker.send("bad", "again", None).await.0, 200);
+
+    let report = worker.report("bad").await;
+    assert_eq!(report["faults"]["panics"], 2, "{report}");
+    let last = report["faults"]["lastPanic"].as_str().unwrap_or_default();
+    assert!(last.contains("panicked: failpoint"), "{report}");
+    // Nothing was received of the panicked ingest: the ledger adds up without it.
+    assert_eq!(report["totals"]["received"], 1, "{report}");
+    let good = worker.report("good").await;
+    assert!(good.get("faults").is_none(), "{good}");
+    assert_eq!(good["totals"]["delivered"], 1, "{good}");
+
+    let metrics = worker.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"ferry_worker_panics_total{kind="transport",namespace="default",name="bad"} 2"#
+        ),
+        "{metrics}"
+    );
+    let received: Vec<Vec<u8>> = host.received().into_iter().map(|r| r.body).collect();
+    assert_eq!(received, [b"fine".to_vec(), b"again".to_vec()]);
+}

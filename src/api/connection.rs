@@ -262,6 +262,9 @@ pub struct ConnectionStatus {
     /// The WorkerPool and worker it lives on (with `spec.workerPool`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<super::worker_pool::Placement>,
+    /// Panics caught in its work on the worker (it goes on; its neighbours are untouched).
+    #[serde(default, skip_serializing_if = "super::Faults::is_none")]
+    pub faults: Option<super::Faults>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_report_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

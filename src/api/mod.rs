@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod duration;
 pub mod expected;
+pub mod faults;
 pub mod manifest;
 pub mod quantity;
 pub mod storage;
@@ -11,6 +12,7 @@ pub mod validate;
 pub mod worker_pool;
 
 pub use connection::{Connection, ConnectionSpec, ConnectionStatus, ConnectionStatusValue};
+pub use faults::Faults;
 pub use transport::{Transport, TransportSpec, TransportState, TransportStatus};
 pub use worker_pool::{WorkerPool, WorkerPoolSpec, WorkerPoolStatus};
 

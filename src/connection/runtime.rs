@@ -139,6 +139,8 @@ pub struct ConnectionRuntime {
     wake: Notify,
     statuses: watch::Sender<ConnectionStatusValue>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// Panics caught in its iterations: counted, the next one runs.
+    panics: Arc<crate::supervise::Panics>,
 }
 
 fn build_drivers(
@@ -228,11 +230,20 @@ impl ConnectionRuntime {
             wake: Notify::new(),
             statuses,
             task: Mutex::new(None),
+            panics: Arc::default(),
             key,
         });
         runtime.configure(spec, generation, resolved, true);
         runtime.save().await?;
-        let task = tokio::spawn(runtime.clone().iterate());
+        let task = crate::supervise::supervised(
+            runtime.key.clone(),
+            "iterating",
+            runtime.panics.clone(),
+            {
+                let runtime = runtime.clone();
+                move || runtime.clone().iterate()
+            },
+        );
         *runtime.lock_task() = Some(task);
         Ok(runtime)
     }
@@ -329,6 +340,7 @@ impl ConnectionRuntime {
     /// W1: iterations run every enabled sync-set once; the next starts `frequency` after this
     /// one started, or at once if this one took longer.
     async fn iterate(self: Arc<Self>) {
+        crate::supervise::failpoint("iterate", &self.key);
         loop {
             if !self.runnable() {
                 self.wake.notified().await;
@@ -587,7 +599,9 @@ impl ConnectionRuntime {
                 }
             })
             .collect();
+        let faults = self.panics.faults();
         ConnectionReport {
+            faults: (faults.panics > 0).then_some(faults),
             status: derived.status,
             reason: derived.reason.to_owned(),
             message: derived.message,

@@ -149,6 +149,12 @@ pub fn transport_event(
     if reason == "WorkerUnreachable" && was != "WorkerUnreachable" {
         return Some((true, "WorkerUnreachable", message.to_owned()));
     }
+    if let Some(panicked) = panicked(
+        before.and_then(|b| b.faults.as_ref()),
+        after.faults.as_ref(),
+    ) {
+        return Some(panicked);
+    }
     let from = before.and_then(|b| b.state);
     match (from, after.state) {
         (Some(from), Some(to)) if from != to => Some((
@@ -161,12 +167,41 @@ pub fn transport_event(
     }
 }
 
+/// A Warning `Panicked` when the worker caught more panics in the resource's work than the
+/// status showed (the count restarts with the worker).
+fn panicked(
+    before: Option<&crate::api::Faults>,
+    after: Option<&crate::api::Faults>,
+) -> Option<(bool, &'static str, String)> {
+    let after = after?;
+    let seen = before.cloned().unwrap_or_default();
+    let new =
+        after.panics > seen.panics || (after.panics > 0 && after.last_panic != seen.last_panic);
+    new.then(|| {
+        (
+            true,
+            "Panicked",
+            format!(
+                "{} panic(s) caught on its worker; it goes on. Last: {}",
+                after.panics,
+                after.last_panic.as_deref().unwrap_or("no message")
+            ),
+        )
+    })
+}
+
 /// The event a connection's new status calls for: (warning, reason, note).
 pub fn connection_event(
     before: Option<&ConnectionStatus>,
     after: &ConnectionStatus,
 ) -> Option<(bool, &'static str, String)> {
     use crate::api::ConnectionStatusValue::*;
+    if let Some(panicked) = panicked(
+        before.and_then(|b| b.faults.as_ref()),
+        after.faults.as_ref(),
+    ) {
+        return Some(panicked);
+    }
     let from = before.and_then(|b| b.status);
     let to = after.status?;
     if from == Some(to) {
@@ -205,6 +240,21 @@ mod tests {
             conditions: vec![ready_condition(reason)],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_new_panic_is_a_warning_naming_it() {
+        let up = transport(TransportState::Up, "Up");
+        let mut panicked = up.clone();
+        panicked.faults = Some(crate::api::Faults {
+            panics: 1,
+            last_panic: Some("forwarding panicked: boom".into()),
+        });
+        let (warning, reason, note) = transport_event(Some(&up), &panicked).unwrap();
+        assert!(warning);
+        assert_eq!(reason, "Panicked");
+        assert!(note.contains("forwarding panicked: boom"), "{note}");
+        assert_eq!(transport_event(Some(&panicked), &panicked), None);
     }
 
     #[test]

@@ -432,6 +432,7 @@ pub fn transport_status(
         queue: report.queue.clone(),
         totals: report.totals.clone(),
         endpoint: Some(report.endpoint.clone()),
+        faults: report.faults.clone(),
         last_report_time: Some(now.clone()),
         // Set by the reconcile, which knows where the resource lives.
         placement: previous.and_then(|p| p.placement.clone()),
@@ -539,6 +540,7 @@ pub fn connection_status(
         status.observed_generation = report.observed_generation;
         status.iteration = report.iteration;
         status.sync_sets = report.sync_sets.to_vec();
+        status.faults = report.faults.clone();
         status.last_report_time = Some(now);
     }
     status
@@ -683,6 +685,7 @@ mod tests {
 
     fn report(state: TransportState, generation: i64) -> TransportReport {
         TransportReport {
+            faults: None,
             state,
             observed_generation: Some(generation),
             queue: QueueStatus {
@@ -840,6 +843,7 @@ mod tests {
 
     fn connection_report(result: Option<SyncResult>, completed: Option<u64>) -> ConnectionReport {
         ConnectionReport {
+            faults: None,
             status: ConnectionStatusValue::Running,
             reason: String::new(),
             message: String::new(),

@@ -138,6 +138,8 @@ pub struct TransportRuntime {
     forward: Notify,
     states: watch::Sender<TransportState>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Panics caught in its work (its tasks, its ingests): counted, the work goes on.
+    panics: Arc<crate::supervise::Panics>,
 }
 
 impl TransportRuntime {
@@ -187,6 +189,7 @@ impl TransportRuntime {
             forward: Notify::new(),
             states,
             tasks: Mutex::new(Vec::new()),
+            panics: Arc::default(),
             key,
         });
         let queued = runtime.queue.info().messages > 0;
@@ -194,8 +197,8 @@ impl TransportRuntime {
         runtime.follow_desired(suspended);
         runtime.save(true).await?;
         let tasks = vec![
-            tokio::spawn(runtime.clone().forwarder()),
-            tokio::spawn(runtime.clone().housekeeping()),
+            runtime.supervised("forwarding", |r| r.forwarder()),
+            runtime.supervised("housekeeping", |r| r.housekeeping()),
         ];
         runtime.lock_tasks().extend(tasks);
         Ok(runtime)
@@ -203,6 +206,26 @@ impl TransportRuntime {
 
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// One of its background tasks, started again (and counted) when it panics.
+    fn supervised<F>(
+        self: &Arc<Self>,
+        what: &'static str,
+        work: fn(Arc<Self>) -> F,
+    ) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let runtime = self.clone();
+        crate::supervise::supervised(self.key.clone(), what, self.panics.clone(), move || {
+            work(runtime.clone())
+        })
+    }
+
+    /// Count a panic of its work that was caught elsewhere (an ingest's task).
+    pub fn panicked(&self, what: &str, payload: &(dyn std::any::Any + Send)) {
+        self.panics.record(&self.key, what, payload);
     }
 
     /// (namespace, name)
@@ -322,6 +345,7 @@ impl TransportRuntime {
         content_type: Option<String>,
         txn: NewTxn,
     ) -> IngestResult {
+        crate::supervise::failpoint("ingest", &self.key);
         let (action, host) = {
             let mut inner = self.lock();
             inner.dirty = true;
@@ -488,6 +512,7 @@ impl TransportRuntime {
     /// Store and Forward: while in that state, reconnect with backoff and forward the queue in
     /// order, one transaction at a time so the host sees them in queue order.
     async fn forwarder(self: Arc<Self>) {
+        crate::supervise::failpoint("forward", &self.key);
         let mut delay = BACKOFF_FIRST;
         // The next batch, read while the current one is forwarded, and the removal of the last
         // one, committed while the next is forwarded: the queue's own work does not add to the
@@ -737,7 +762,9 @@ impl TransportRuntime {
     pub fn report(&self) -> TransportReport {
         let info = self.queue.info();
         let inner = self.lock();
+        let faults = self.panics.faults();
         TransportReport {
+            faults: (faults.panics > 0).then_some(faults),
             state: inner.state,
             observed_generation: inner.generation,
             queue: QueueStatus {

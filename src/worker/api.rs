@@ -522,17 +522,20 @@ async fn ingest_transaction(
     // The transaction is received: it runs to its outcome in a task of its own, so a producer
     // that hangs up now cannot leave it half-done and outside the totals.
     let (txn, reservation) = txn;
+    let ingesting = runtime.clone();
     let result = tokio::spawn(async move {
-        let result = runtime.ingest(id, content_type, txn).await;
+        let result = ingesting.ingest(id, content_type, txn).await;
         drop(reservation);
         result
     })
     .await
     .map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the ingest task ended without an answer: {e}"),
-        )
+        // A panic is this transport's alone: counted to it, the worker and the others go on.
+        let message = format!("the ingest task ended without an answer: {e}");
+        if let Ok(payload) = e.try_into_panic() {
+            runtime.panicked("ingest", payload.as_ref());
+        }
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, message)
     })?;
     let status = match result.outcome {
         Outcome::Delivered => StatusCode::OK,

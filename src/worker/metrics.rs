@@ -111,6 +111,7 @@ impl Collector for TransportCollector {
         }
 
         encode_connections(&self.0, &mut encoder)?;
+        encode_panics(&self.0, &reports, &mut encoder)?;
 
         let budget = self.0.budget();
         for (metric, help, value) in [
@@ -146,6 +147,40 @@ impl Collector for TransportCollector {
 
 /// Every hosted connection's iteration, and per sync-set the records synced and whether the
 /// last completed iteration failed.
+/// `ferry_worker_panics_total`: panics caught in each hosted resource's work (every resource,
+/// 0 included), by kind.
+fn encode_panics(
+    worker: &Worker,
+    transports: &[((String, String), crate::wire::TransportReport)],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "ferry_worker_panics",
+        "Panics caught in a hosted resource's work (counted, the work started again, the other resources untouched)",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    let panics = |faults: &Option<crate::api::Faults>| faults.as_ref().map_or(0, |f| f.panics);
+    for ((ns, name), report) in transports {
+        let labels = [
+            ("kind", "transport"),
+            ("namespace", ns.as_str()),
+            ("name", name.as_str()),
+        ];
+        ConstCounter::new(panics(&report.faults)).encode(family.encode_family(&labels)?)?;
+    }
+    for connection in worker.all::<crate::connection::runtime::ConnectionRuntime>() {
+        let (ns, name) = connection
+            .key()
+            .split_once('/')
+            .unwrap_or(("default", connection.key()));
+        let labels = [("kind", "connection"), ("namespace", ns), ("name", name)];
+        ConstCounter::new(panics(&connection.report().faults))
+            .encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 fn encode_connections(worker: &Worker, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
     use prometheus_client::metrics::MetricType;
     let reports: Vec<_> = worker

@@ -193,6 +193,7 @@ pub struct WorkerProc {
     child: Option<Child>,
     http: reqwest::Client,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl WorkerProc {
@@ -210,11 +211,28 @@ impl WorkerProc {
         Self::spawn_new(dir, "127.0.0.1", free_port(), args).await
     }
 
+    /// With extra environment variables (the debug build's `FERRY_FAILPOINTS`).
+    pub async fn start_with_env(dir: &Path, envs: &[(&str, &str)]) -> Self {
+        let mut worker = Self::new(dir, "127.0.0.1", free_port(), &[]);
+        worker.envs = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        worker.spawn().await;
+        worker
+    }
+
     async fn spawn_new(dir: &Path, ip: &str, port: u16, args: &[&str]) -> Self {
+        let mut worker = Self::new(dir, ip, port, args);
+        worker.spawn().await;
+        worker
+    }
+
+    fn new(dir: &Path, ip: &str, port: u16, args: &[&str]) -> Self {
         std::fs::create_dir_all(dir).expect("test dir");
         std::fs::write(dir.join("admin-token"), "admin-secret\n").expect("token");
         std::fs::write(dir.join("ingest-token"), "ingest-secret\n").expect("token");
-        let mut worker = Self {
+        Self {
             dir: dir.to_owned(),
             ip: ip.to_owned(),
             port,
@@ -223,9 +241,8 @@ impl WorkerProc {
             child: None,
             http: client(),
             args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        worker.spawn().await;
-        worker
+            envs: Vec::new(),
+        }
     }
 
     /// The `ferry worker` command line of this worker (its address, data directory, tokens
@@ -256,6 +273,7 @@ impl WorkerProc {
             .expect("log file");
         let child = self
             .command()
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "ferry=debug")
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
