@@ -285,11 +285,15 @@ fn status_values_are_the_documented_strings() {
 #[test]
 fn names_columns_and_status_subresource() {
     for (kind, short, columns) in [
-        ("Transport", "tp", ["State", "Ready", "Queued", "Age"]),
+        (
+            "Transport",
+            "tp",
+            ["State", "Ready", "Queued", "Worker", "Age"],
+        ),
         (
             "Connection",
             "conn",
-            ["Status", "Ready", "Iteration", "Age"],
+            ["Status", "Ready", "Iteration", "Worker", "Age"],
         ),
     ] {
         let crd = crds()

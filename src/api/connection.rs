@@ -26,6 +26,7 @@ pub const DEFAULT_STORAGE_BYTES: u64 = 100 << 20;
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.status","description":"Disabled, Failed, Idle, Restarting, Running, Server Reinitializing or Unknown"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Iteration","type":"integer","jsonPath":".status.iteration"}"#,
+    printcolumn = r#"{"name":"Worker","type":"string","jsonPath":".status.placement.worker","priority":1,"description":"The WorkerPool worker it lives on (with spec.workerPool)"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

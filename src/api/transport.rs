@@ -26,6 +26,7 @@ pub const DEFAULT_STORAGE_BYTES: u64 = 2 << 30;
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state","description":"Up, Down, Suspended, S&F Suspended or Store and Forward"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Queued","type":"integer","jsonPath":".status.queue.messages","description":"Transactions waiting in the Store and Forward queue"}"#,
+    printcolumn = r#"{"name":"Worker","type":"string","jsonPath":".status.placement.worker","priority":1,"description":"The WorkerPool worker it lives on (with spec.workerPool)"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

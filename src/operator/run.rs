@@ -368,9 +368,12 @@ fn worker_object_watches(
     };
     let (secret_owner, service_owner, set_owner) =
         (owner(triggers), owner(triggers), owner(triggers));
-    // A pod is the StatefulSet's: its resource is the owner of the StatefulSet of its name.
+    // A pod is the StatefulSet's: its resource is the owner of the StatefulSet of its name. A
+    // pool's worker is also every placed resource's: they are reconciled too (a worker that is
+    // back after a restart answers for them again).
     let pod_owner = {
         let (triggers, sets) = (triggers.clone(), stateful_sets.clone());
+        let (transports, connections) = (kinds.transports.clone(), kinds.connections.clone());
         move |pod: &Pod| {
             let set = pod
                 .metadata
@@ -381,6 +384,11 @@ fn worker_object_watches(
                 && let Some(set) = cached(&sets, namespace, set)
             {
                 triggers.owner_of(&set.metadata);
+                if let Some(worker) = &pod.metadata.name
+                    && owned_by_pool(&set.metadata)
+                {
+                    placed_on(&triggers, &transports, &connections, namespace, worker);
+                }
             }
         }
     };
@@ -431,6 +439,49 @@ fn worker_object_watches(
         stateful_sets,
         pods,
         ..kinds
+    }
+}
+
+/// Whether a StatefulSet is a WorkerPool's.
+fn owned_by_pool(set: &ObjectMeta) -> bool {
+    set.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.kind == super::worker_pool::KIND)
+}
+
+/// Reconcile every resource placed on the pool worker `worker` of `namespace`.
+fn placed_on(
+    triggers: &Triggers,
+    transports: &reflector::Store<Guarded<Transport>>,
+    connections: &reflector::Store<Guarded<Connection>>,
+    namespace: &str,
+    worker: &str,
+) {
+    let here = |object_namespace: Option<String>,
+                placement: Option<&crate::api::worker_pool::Placement>| {
+        object_namespace.as_deref() == Some(namespace)
+            && placement.is_some_and(|p| p.worker == worker)
+    };
+    for t in transports.state() {
+        if let Ok(t) = &t.0
+            && here(
+                t.namespace(),
+                t.status.as_ref().and_then(|s| s.placement.as_ref()),
+            )
+        {
+            triggers.send(Transport::KIND, namespace, &t.name_any());
+        }
+    }
+    for c in connections.state() {
+        if let Ok(c) = &c.0
+            && here(
+                c.namespace(),
+                c.status.as_ref().and_then(|s| s.placement.as_ref()),
+            )
+        {
+            triggers.send(Connection::KIND, namespace, &c.name_any());
+        }
     }
 }
 

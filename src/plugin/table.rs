@@ -422,26 +422,26 @@ mod tests {
     #[test]
     fn the_worker_column_names_the_pool_and_worker() {
         let placed = Placement {
-            worker_pool: "shared".into(),
-            worker: "ferry-wp-shared-1".into(),
+            worker_pool: "fleet".into(),
+            worker: "ferry-wp-fleet-1".into(),
         };
         assert_eq!(worker_of("tp", "erp", None, None), "ferry-tp-erp-0");
         assert_eq!(
-            worker_of("tp", "erp", Some("shared"), Some(&placed)),
-            "shared/ferry-wp-shared-1"
+            worker_of("tp", "erp", Some("fleet"), Some(&placed)),
+            "fleet/ferry-wp-fleet-1"
         );
-        assert_eq!(worker_of("conn", "crm", Some("shared"), None), "shared/-");
+        assert_eq!(worker_of("conn", "crm", Some("fleet"), None), "fleet/-");
     }
 
     #[test]
     fn a_pool_lists_its_workers_and_what_waits_for_a_place() {
         let pool: WorkerPool = serde_json::from_value(serde_json::json!({
             "apiVersion": "ferry.dev/v1alpha1", "kind": "WorkerPool",
-            "metadata": {"name": "shared", "namespace": "plant-a"},
+            "metadata": {"name": "fleet", "namespace": "plant-a"},
             "spec": {"replicas": 2, "capacity": 2},
             "status": {"readyWorkers": 1, "hosted": 2, "workers": [
-                {"name": "ferry-wp-shared-0", "ready": true, "hosted": 2},
-                {"name": "ferry-wp-shared-1", "ready": false, "hosted": 0},
+                {"name": "ferry-wp-fleet-0", "ready": true, "hosted": 2},
+                {"name": "ferry-wp-fleet-1", "ready": false, "hosted": 0},
             ], "conditions": [{"type": "Ready", "status": "True", "reason": "Ready",
                 "message": "2 resources on 1 ready worker", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
         }))
@@ -449,7 +449,7 @@ mod tests {
         let on = |what: &str, worker: Option<&str>, reason: &str| Hosted {
             what: what.into(),
             placement: worker.map(|w| Placement {
-                worker_pool: "shared".into(),
+                worker_pool: "fleet".into(),
                 worker: w.into(),
             }),
             reason: reason.into(),
@@ -457,18 +457,18 @@ mod tests {
         let table = pool_table(
             &pool,
             &[
-                on("Transport erp", Some("ferry-wp-shared-0"), "Up"),
-                on("Connection crm", Some("ferry-wp-shared-0"), "Running"),
+                on("Transport erp", Some("ferry-wp-fleet-0"), "Up"),
+                on("Connection crm", Some("ferry-wp-fleet-0"), "Running"),
                 on("Transport late", None, "PoolFull"),
             ],
         );
         assert_eq!(
             table,
-            "WorkerPool shared: 1 of 2 workers ready, capacity 2 each; Ready=True 2 resources on 1 ready worker\n\
-             WORKER              READY   HOSTED   RESOURCES\n\
-             ferry-wp-shared-0   True    2/2      Connection crm, Transport erp\n\
-             ferry-wp-shared-1   False   0/2\n\
-             (no place)          -       1        Transport late (PoolFull)\n"
+            "WorkerPool fleet: 1 of 2 workers ready, capacity 2 each; Ready=True 2 resources on 1 ready worker\n\
+             WORKER             READY   HOSTED   RESOURCES\n\
+             ferry-wp-fleet-0   True    2/2      Connection crm, Transport erp\n\
+             ferry-wp-fleet-1   False   0/2\n\
+             (no place)         -       1        Transport late (PoolFull)\n"
         );
     }
 }

@@ -1266,7 +1266,7 @@ async fn a_worker_pool_hosts_many_transports() {
 apiVersion: ferry.dev/v1alpha1
 kind: WorkerPool
 metadata:
-  name: shared
+  name: fleet
 spec:
   replicas: 2
   capacity: 2
@@ -1276,7 +1276,7 @@ spec:
 "#,
     );
     let pool = cluster
-        .wait_pool("shared", "two workers ready", |s| {
+        .wait_pool("fleet", "two workers ready", |s| {
             s["readyWorkers"] == 2 && ready(s) == "True"
         })
         .await;
@@ -1284,10 +1284,10 @@ spec:
 
     // Three transports over two workers of capacity 2: 2 + 1, each placed once.
     for name in ["a", "b", "c"] {
-        cluster.apply(&pooled_transport_yaml(name, &host, "shared"));
+        cluster.apply(&pooled_transport_yaml(name, &host, "fleet"));
         cluster
             .wait_transport(name, "placed and Ready", |s| {
-                ready(s) == "True" && s["placement"]["workerPool"] == "shared"
+                ready(s) == "True" && s["placement"]["workerPool"] == "fleet"
             })
             .await;
     }
@@ -1299,12 +1299,12 @@ spec:
             .unwrap_or("")
             .to_owned();
         assert!(
-            worker.starts_with("ferry-wp-shared-"),
+            worker.starts_with("ferry-wp-fleet-"),
             "{name} on {worker}: {status}"
         );
         let endpoint = status["endpoint"].as_str().unwrap_or("");
         assert!(
-            endpoint.starts_with(&format!("http://{worker}.ferry-wp-shared.")),
+            endpoint.starts_with(&format!("http://{worker}.ferry-wp-fleet.")),
             "{name}: the endpoint is its worker's stable name: {endpoint}"
         );
         on.entry(worker).or_default().push(name);
@@ -1336,7 +1336,7 @@ spec:
         neighbours[0], neighbours[1]
     );
     let pool = cluster
-        .wait_pool("shared", "hosting three", |s| s["hosted"] == 3)
+        .wait_pool("fleet", "hosting three", |s| s["hosted"] == 3)
         .await;
     assert_eq!(pool["readyWorkers"], 2, "{pool}");
     // The plugin shows pool and worker, and lists the pool's placement.
@@ -1347,12 +1347,12 @@ spec:
                 table
                     .lines()
                     .any(|l| l.contains(&format!(" {name} "))
-                        && l.contains(&format!("shared/{worker}"))),
-                "{name} on shared/{worker}:\n{table}"
+                        && l.contains(&format!("fleet/{worker}"))),
+                "{name} on fleet/{worker}:\n{table}"
             );
         }
     }
-    let listing = kubectl_ferry(&cluster, &["pool", "shared"]);
+    let listing = kubectl_ferry(&cluster, &["pool", "fleet"]);
     for (worker, names) in &on {
         let line = listing
             .lines()
@@ -1369,20 +1369,20 @@ spec:
     }
 
     // Two workers of capacity 2: the fourth fills the pool, the fifth says so, naming it.
-    cluster.apply(&pooled_transport_yaml("d", &host, "shared"));
+    cluster.apply(&pooled_transport_yaml("d", &host, "fleet"));
     cluster
         .wait_transport("d", "placed and Ready", |s| {
-            ready(s) == "True" && s["placement"]["workerPool"] == "shared"
+            ready(s) == "True" && s["placement"]["workerPool"] == "fleet"
         })
         .await;
-    cluster.apply(&pooled_transport_yaml("e", &host, "shared"));
+    cluster.apply(&pooled_transport_yaml("e", &host, "fleet"));
     let full = cluster
         .wait_transport("e", "PoolFull", |s| {
             condition(s, "Ready")["reason"] == "PoolFull"
         })
         .await;
     let message = condition(&full, "Ready")["message"].as_str().unwrap_or("");
-    assert!(message.contains("WorkerPool shared is full"), "{message}");
+    assert!(message.contains("WorkerPool fleet is full"), "{message}");
 
     // workerPool is fixed once set.
     let refused = cluster.apply_refused(&pooled_transport_yaml("a", &host, "other"));
@@ -1392,29 +1392,29 @@ spec:
     );
 
     // A scale-down that would remove a hosting worker is blocked; the StatefulSet keeps both.
-    cluster.patch("workerpool/shared", json!({"spec": {"replicas": 1}}));
+    cluster.patch("workerpool/fleet", json!({"spec": {"replicas": 1}}));
     let blocked = cluster
-        .wait_pool("shared", "ScaleDownBlocked", |s| {
+        .wait_pool("fleet", "ScaleDownBlocked", |s| {
             condition(s, "Ready")["reason"] == "ScaleDownBlocked"
         })
         .await;
     let message = condition(&blocked, "Ready")["message"]
         .as_str()
         .unwrap_or("");
-    assert!(message.contains("ferry-wp-shared-1 hosts"), "{message}");
+    assert!(message.contains("ferry-wp-fleet-1 hosts"), "{message}");
     let set = cluster
         .api::<StatefulSet>()
-        .get("ferry-wp-shared")
+        .get("ferry-wp-fleet")
         .await
         .expect("the pool's StatefulSet");
     assert_eq!(set.spec.and_then(|s| s.replicas), Some(2));
 
     // The pool is not deleted while transports name it; its status says which.
     cluster
-        .kubectl(&["delete", "workerpool/shared", "--wait=false"])
+        .kubectl(&["delete", "workerpool/fleet", "--wait=false"])
         .expect("delete requested");
     let in_use = cluster
-        .wait_pool("shared", "InUse", |s| {
+        .wait_pool("fleet", "InUse", |s| {
             condition(s, "Ready")["reason"] == "InUse"
         })
         .await;
@@ -1430,7 +1430,7 @@ spec:
     eventually("the pool gone once nothing names it", || async {
         cluster
             .api::<ferry::api::WorkerPool>()
-            .get_opt("shared")
+            .get_opt("fleet")
             .await
             .ok()
             .and_then(|p| p.is_none().then_some(()))
@@ -1496,19 +1496,19 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
         .run_pod("erp-host", &["sink", "--listen", "0.0.0.0:9090"], 9090)
         .await;
     let nowhere = format!("http://nowhere.{}.svc:9090", cluster.namespace);
-    cluster.apply(&pool_yaml("shared", 1, 10));
+    cluster.apply(&pool_yaml("fleet", 1, 10));
     cluster
-        .wait_pool("shared", "one worker ready", |s| s["readyWorkers"] == 1)
+        .wait_pool("fleet", "one worker ready", |s| s["readyWorkers"] == 1)
         .await;
     cluster.apply(
         &[
-            pooled_sf_transport_yaml("live", &host, "shared", false),
-            pooled_sf_transport_yaml("outage", &nowhere, "shared", false),
-            pooled_sf_transport_yaml("paused", &host, "shared", false),
+            pooled_sf_transport_yaml("live", &host, "fleet", false),
+            pooled_sf_transport_yaml("outage", &nowhere, "fleet", false),
+            pooled_sf_transport_yaml("paused", &host, "fleet", false),
         ]
         .join("---\n"),
     );
-    let worker = "ferry-wp-shared-0";
+    let worker = "ferry-wp-fleet-0";
     for name in ["live", "outage", "paused"] {
         cluster
             .wait_transport(name, "placed and Ready", |s| {
