@@ -6,13 +6,16 @@
 //! get a running worker; the others live in a namespace the process kubelet does not run, so
 //! their workers stay Pending (the machine holds a few hundred worker processes, not 1,000).
 //! `FERRY_SCALE_WINDOW` seconds (default 120) of rest are measured, with and without the
-//! operator.
+//! operator. With `FERRY_SCALE_POOLS=P` (issue 22) every Transport is live and named to one of
+//! P WorkerPools of one worker each (round robin), beside a pool that hosts nothing (the idle
+//! worker's baseline).
 //!
 //! Prints: seconds from the end of `kubectl apply` to every Transport having a Ready
 //! condition; API server requests per resource per minute at rest by verb and resource (from
 //! the API server's own `apiserver_request_total`, watches left out, minus the same window
 //! with the operator stopped); the operator's RSS and CPU at rest; p50/p99 of `suspended:
-//! true` → `.status.state: Suspended` over the live ones.
+//! true` → `.status.state: Suspended` over the live ones; with pools, also the pool workers'
+//! RSS per hosted transport at rest (above the empty pool's worker).
 
 use std::{
     collections::BTreeMap,
@@ -37,15 +40,49 @@ fn number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn transports_yaml(namespace: &str, names: impl Iterator<Item = String>, host: &str) -> String {
+/// Transports `names` (with the WorkerPool each names, if any).
+fn transports_yaml(
+    namespace: &str,
+    names: impl Iterator<Item = (String, Option<String>)>,
+    host: &str,
+) -> String {
     names
-        .map(|name| {
+        .map(|(name, pool)| {
+            let pool = pool.map_or_else(String::new, |p| format!("  workerPool: {p}\n"));
             format!(
-                "apiVersion: ferry.dev/v1alpha1\nkind: Transport\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  loadAtInit: true\n  host:\n    url: {host}/ingest\n  storage:\n    size: 16Mi\n    reclaimPolicy: Delete\n"
+                "apiVersion: ferry.dev/v1alpha1\nkind: Transport\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n{pool}  loadAtInit: true\n  host:\n    url: {host}/ingest\n  storage:\n    size: 16Mi\n    reclaimPolicy: Delete\n"
             )
         })
         .collect::<Vec<_>>()
         .join("---\n")
+}
+
+/// WorkerPools `pool-0`.. of one worker each, and `empty`, which hosts nothing.
+fn pools_yaml(namespace: &str, pools: usize, capacity: usize) -> String {
+    (0..pools)
+        .map(|i| format!("pool-{i}"))
+        .chain(["empty".to_owned()])
+        .map(|name| {
+            format!(
+                "apiVersion: ferry.dev/v1alpha1\nkind: WorkerPool\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  replicas: 1\n  capacity: {capacity}\n  storage:\n    size: 64Mi\n    reclaimPolicy: Delete\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// The pid of the process whose command line contains `text` (a pool worker's public URL
+/// names its pod).
+fn pid_of(text: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains("ferry worker") && cmdline.contains(text)).then_some(pid)
+        })
 }
 
 /// `apiserver_request_total` by (verb, resource[/subresource]), watches left out.
@@ -180,7 +217,13 @@ impl Drop for Sink {
 async fn operator_at_scale() {
     let Some(env) = env("scale") else { return };
     let total = number("FERRY_SCALE_RESOURCES", 1000);
-    let live = number("FERRY_SCALE_LIVE", 200).min(total);
+    let pools = number("FERRY_SCALE_POOLS", 0);
+    // In pools every transport is live: a worker process hosts many.
+    let live = if pools > 0 {
+        total
+    } else {
+        number("FERRY_SCALE_LIVE", 200).min(total)
+    };
     let window = Duration::from_secs(number("FERRY_SCALE_WINDOW", 120) as u64);
     let cluster = Cluster::start(env, "scale").await;
     // The process kubelet runs only pods of ferry-e2e-* namespaces: these workers stay Pending.
@@ -202,12 +245,29 @@ async fn operator_at_scale() {
 
     let mut operator = Operator::with(&cluster, &[]);
     let namespaces = [cluster.namespace.as_str(), idle.as_str()];
+    if pools > 0 {
+        kubectl(
+            &cluster.env,
+            &["apply", "--server-side", "-f", "-"],
+            Some(&pools_yaml(
+                &cluster.namespace,
+                pools,
+                total.div_ceil(pools),
+            )),
+        )
+        .expect("the pools");
+    }
+    let pool_of = |i: usize| (pools > 0).then(|| format!("pool-{}", i % pools));
     let live_yaml = transports_yaml(
         &cluster.namespace,
-        (0..live).map(|i| format!("t{i:04}")),
+        (0..live).map(|i| (format!("t{i:04}"), pool_of(i))),
         &host,
     );
-    let idle_yaml = transports_yaml(&idle, (live..total).map(|i| format!("t{i:04}")), &host);
+    let idle_yaml = transports_yaml(
+        &idle,
+        (live..total).map(|i| (format!("t{i:04}"), None)),
+        &host,
+    );
     let applied = Instant::now();
     for yaml in [live_yaml, idle_yaml] {
         if !yaml.is_empty() {
@@ -283,7 +343,8 @@ async fn operator_at_scale() {
                 .map(|l| l.items.len())
                 .unwrap_or(0);
         }
-        if pods >= total {
+        // A worker each, or one per pool (and the empty one).
+        if pods >= if pools > 0 { pools + 1 } else { total } {
             break;
         }
         assert!(
@@ -334,6 +395,15 @@ async fn operator_at_scale() {
     let (rss, cpu_after) = process(pid);
     let (anon, file) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"));
     let with_operator = delta(&after, &before);
+    // The pool workers at rest: RSS per hosted transport above the empty pool's worker.
+    let workers_rss = (pools > 0).then(|| {
+        let empty = pid_of("ferry-wp-empty-0").map_or(0, |pid| process(pid).0);
+        let hosting: Vec<u64> = (0..pools)
+            .filter_map(|i| pid_of(&format!("ferry-wp-pool-{i}-0")))
+            .map(|pid| process(pid).0)
+            .collect();
+        (empty, hosting)
+    });
     let ticks_per_second = 100.0;
     let cpu = (cpu_after - cpu_before) as f64 / ticks_per_second / window.as_secs_f64() * 100.0;
 
@@ -431,6 +501,18 @@ async fn operator_at_scale() {
             "release"
         },
     ));
+    if let Some((empty, hosting)) = &workers_rss {
+        let per_worker = total as f64 / pools as f64;
+        let mean = hosting.iter().sum::<u64>() as f64 / hosting.len().max(1) as f64;
+        say(&format!(
+            "scale: {pools} pool workers hosting {per_worker:.0} transports each at rest: RSS mean {:.1} MiB, max {:.1} MiB; an empty pool's worker {:.1} MiB; per hosted transport {:.0} KiB above the empty worker ({:.0} KiB of the whole RSS)",
+            mean / 1024.0,
+            hosting.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
+            *empty as f64 / 1024.0,
+            (mean - *empty as f64) / per_worker,
+            mean / per_worker,
+        ));
+    }
     say(&format!(
         "scale: suspended: true → state Suspended over {} live workers ({} seen): p50 {:.2}s, p99 {:.2}s, max {:.2}s",
         live,
