@@ -68,6 +68,17 @@ pub fn resource_path(kind: Kind, key: &str) -> String {
     format!("/v1/{}/{key}", kind.segment())
 }
 
+/// `GET` of the keys of every hosted resource of a kind (admin): a [`HostedList`].
+pub fn hosted_path(kind: Kind) -> String {
+    format!("/v1/{}", kind.segment())
+}
+
+/// What a worker hosts of one kind, as `namespace/name`, sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedList {
+    pub items: Vec<String>,
+}
+
 /// `POST` of one transaction to the transport `key` (`namespace/name`).
 pub fn transactions_path(key: &str) -> String {
     format!("/v1/transports/{key}/transactions")

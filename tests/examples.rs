@@ -48,6 +48,11 @@ fn valid_examples_are_accepted_and_round_trip() {
     for file in yaml_files("examples") {
         let text = fs::read_to_string(&file).expect("readable example");
         for doc in parse_documents(&text).expect("valid YAML") {
+            // A WorkerPool runs no worker of its own: the API server checks it (e2e), and
+            // `worker_pools_round_trip` here.
+            if doc["kind"] == "WorkerPool" {
+                continue;
+            }
             let resource = validator
                 .validate(&doc)
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -75,6 +80,25 @@ fn valid_examples_are_accepted_and_round_trip() {
         }
     }
     assert!(seen.0 >= 3 && seen.1 >= 3, "too few examples: {seen:?}");
+}
+
+#[test]
+fn worker_pools_round_trip() {
+    let mut seen = 0;
+    for file in yaml_files("examples") {
+        let text = fs::read_to_string(&file).expect("readable example");
+        for doc in parse_documents(&text).expect("valid YAML") {
+            if doc["kind"] != "WorkerPool" {
+                continue;
+            }
+            let pool: ferry::api::WorkerPool = serde_json::from_value(doc.clone())
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let serialized = serde_json::to_value(&pool).expect("serializes");
+            assert_contained(&doc, &serialized, "");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no WorkerPool example");
 }
 
 #[test]

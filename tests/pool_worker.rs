@@ -70,6 +70,17 @@ async fn each_transport_on_a_pool_worker_takes_only_its_own_token() {
     }
     // "c" has none of its own: the worker's token, as on a dedicated worker.
     worker.apply("c", spec(&host)).await;
+    // What it hosts, for the operator's sweep (admin only).
+    let listed = worker
+        .http()
+        .get(worker.transport_url("").replace("/default/", ""))
+        .header("Ferry-Token", &worker.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let listed: Value = listed.json().await.unwrap();
+    assert_eq!(listed, json!({"items": ["default/a", "default/b", "default/c"]}));
 
     check_tokens(&worker).await;
     // After kill -9 the tokens are checked from the volume, before any PUT arrives.

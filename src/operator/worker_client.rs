@@ -121,6 +121,16 @@ impl WorkerClient {
             .map(|_| ())
     }
 
+    /// `GET` what the worker hosts of a kind (`wire::hosted_path`).
+    pub async fn hosted(
+        &self,
+        worker: &WorkerPod,
+        kind: crate::wire::Kind,
+    ) -> Result<crate::wire::HostedList, WorkerCallError> {
+        self.call(worker, Method::GET, &crate::wire::hosted_path(kind), None)
+            .await
+    }
+
     /// `GET` the report.
     pub async fn get<R: DeserializeOwned>(
         &self,

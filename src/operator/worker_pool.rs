@@ -6,7 +6,7 @@
 //! (`status::pool_replicas`), and its deletion waits, under the finalizer, until no resource
 //! names it. docs/resources.md, "WorkerPool".
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use kube::{
     Api, ResourceExt,
@@ -18,19 +18,23 @@ use kube::{
 
 use super::{
     builders::Owner,
+    caches::{cached, synced},
     context::{Context, FINALIZER, now},
     error::ReconcileError,
     placement::{hosted, pool_workers},
     reconcile::RESYNC,
     status::{PoolView, pool_replicas, pool_status, to_write},
     status_writer::write_status,
+    worker_objects::tokens_of,
     worker_objects::{apply_or_report, delete_claims},
+    worker_pod::ready_worker,
 };
 use crate::api::{
     WorkerPool,
     storage::ReclaimPolicy,
-    worker_pool::{MAX_REPLICAS, PoolWorker},
+    worker_pool::{MAX_REPLICAS, Placement, PoolWorker},
 };
+use crate::wire;
 
 pub const KIND: &str = "WorkerPool";
 
@@ -102,6 +106,105 @@ fn wake_unplaced(ctx: &Context, namespace: &str, pool: &WorkerPool, workers: &[P
     }
 }
 
+/// Where each resource of the pool lives, as `(kind on the wire, namespace/name, worker)`: the
+/// placements in the resources' status (caches) and in the ledger (placed, not shown yet).
+fn placed(ctx: &Context, namespace: &str, pool: &str) -> HashSet<(&'static str, String, String)> {
+    let mut placed = HashSet::new();
+    let mut note = |kind: wire::Kind,
+                    object_namespace: Option<String>,
+                    name: String,
+                    at: Option<&Placement>| {
+        if let Some(at) = at
+            && object_namespace.as_deref() == Some(namespace)
+            && at.worker_pool == pool
+        {
+            placed.insert((
+                kind.segment(),
+                wire::key(namespace, &name),
+                at.worker.clone(),
+            ));
+        }
+    };
+    for t in ctx.caches.transports.state() {
+        if let Ok(t) = &t.0 {
+            let at = t.status.as_ref().and_then(|s| s.placement.as_ref());
+            note(wire::Kind::Transports, t.namespace(), t.name_any(), at);
+        }
+    }
+    for c in ctx.caches.connections.state() {
+        if let Ok(c) = &c.0 {
+            let at = c.status.as_ref().and_then(|s| s.placement.as_ref());
+            note(wire::Kind::Connections, c.namespace(), c.name_any(), at);
+        }
+    }
+    for (key, at) in ctx.placements().iter() {
+        let Some((kind, at_key)) = key.split_once(' ') else {
+            continue;
+        };
+        let kind = match kind {
+            "Transport" => wire::Kind::Transports,
+            "Connection" => wire::Kind::Connections,
+            _ => continue,
+        };
+        if let Some((ns, name)) = at_key.split_once('/') {
+            note(kind, Some(ns.to_owned()), name.to_owned(), Some(at));
+        }
+    }
+    placed
+}
+
+/// Resources a ready worker of the pool hosts that are not placed there (deleted while the
+/// worker was down, so it was never told): it is told to stop hosting them; what they kept
+/// stays on its volume. Only once the caches have listed everything (a resource not listed
+/// yet is no orphan); a worker that does not answer is asked again at the next reconcile.
+async fn sweep_orphans(
+    ctx: &Context,
+    namespace: &str,
+    pool: &str,
+    set: &str,
+    workers: &[PoolWorker],
+) {
+    if !(synced(&ctx.caches.transports) && synced(&ctx.caches.connections)) {
+        return;
+    }
+    let Some(tokens) = cached(&ctx.caches.secrets, namespace, set).and_then(|s| tokens_of(&s))
+    else {
+        return;
+    };
+    let placed = placed(ctx, namespace, pool);
+    for worker in workers.iter().filter(|w| w.ready) {
+        let Ok((pod, _)) = ready_worker(ctx, namespace, set, &worker.name, &tokens).await else {
+            continue;
+        };
+        for kind in [wire::Kind::Transports, wire::Kind::Connections] {
+            let hosted = match ctx.workers.hosted(&pod, kind).await {
+                Ok(hosted) => hosted,
+                Err(e) => {
+                    tracing::debug!(worker = %worker.name, error = %e, "cannot list what the pool worker hosts; asked again at the next reconcile");
+                    continue;
+                }
+            };
+            for key in hosted.items {
+                if placed.contains(&(kind.segment(), key.clone(), worker.name.clone())) {
+                    continue;
+                }
+                tracing::info!(worker = %worker.name, kind = kind.segment(), resource = %key, "the pool worker hosts a resource that is not placed there (deleted while the worker was down); it is told to stop hosting it");
+                match ctx
+                    .workers
+                    .delete(&pod, &wire::resource_path(kind, &key))
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_hosted() => {}
+                    Err(e) => {
+                        tracing::warn!(worker = %worker.name, resource = %key, error = %e, "cannot tell the pool worker to stop hosting it; asked again at the next reconcile");
+                    }
+                }
+            }
+        }
+    }
+}
+
 async fn apply(
     pool: &WorkerPool,
     namespace: &str,
@@ -127,6 +230,7 @@ async fn apply(
     // Observe: the workers that run now.
     observed.truncate(usize::try_from(running).unwrap_or(0));
     wake_unplaced(ctx, namespace, pool, &observed);
+    sweep_orphans(ctx, namespace, &pool.name_any(), &set, &observed).await;
     let view = PoolView {
         replicas: pool.spec.replicas,
         workers: observed,

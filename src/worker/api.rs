@@ -153,14 +153,30 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WorkerSer
     }
 }
 
-/// `PUT`, `GET` and `DELETE` of `/v1/{kind}/{namespace}/{name}` for one kind.
+/// `PUT`, `GET` and `DELETE` of `/v1/{kind}/{namespace}/{name}` for one kind, and the list of
+/// what it hosts of the kind (`GET /v1/{kind}`).
 fn resource_routes<R: HostedRuntime>(router: Router<App>) -> Router<App> {
-    router.route(
-        &wire::resource_path(R::KIND, "{namespace}/{name}"),
-        put(put_resource::<R>)
-            .get(get_resource::<R>)
-            .delete(delete_resource::<R>),
-    )
+    router
+        .route(
+            &wire::resource_path(R::KIND, "{namespace}/{name}"),
+            put(put_resource::<R>)
+                .get(get_resource::<R>)
+                .delete(delete_resource::<R>),
+        )
+        .route(&wire::hosted_path(R::KIND), get(list_resources::<R>))
+}
+
+/// The keys of every hosted resource of kind `R` (the operator's sweep of a pool's workers).
+async fn list_resources<R: HostedRuntime>(State(app): State<App>, headers: HeaderMap) -> Answer {
+    admin(&app, &headers)?;
+    let mut items: Vec<String> = app
+        .worker
+        .all::<R>()
+        .iter()
+        .map(|r| r.key().to_owned())
+        .collect();
+    items.sort();
+    Ok(Json(wire::HostedList { items }).into_response())
 }
 
 /// Every kind's resource routes.

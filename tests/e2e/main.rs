@@ -1438,6 +1438,46 @@ spec:
     .await;
 }
 
+/// The admin token of pool `fleet` and the pod IP of its worker `worker` (process kubelet).
+async fn pool_admin(cluster: &Cluster, worker: &str) -> (String, String) {
+    let secret = cluster
+        .api::<Secret>()
+        .get("ferry-wp-fleet")
+        .await
+        .expect("the pool's Secret");
+    let token = secret
+        .data
+        .and_then(|d| d.get("admin-token").cloned())
+        .expect("an admin token");
+    let pod = cluster.wait_pod_ready(worker).await;
+    let ip = pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (String::from_utf8_lossy(&token.0).into_owned(), ip)
+}
+
+/// Whether the pool worker hosts the transport `stray` (`None`: it did not answer).
+async fn stray_hosted(cluster: &Cluster, worker: &str) -> Option<bool> {
+    let (token, ip) = pool_admin(cluster, worker).await;
+    let listed: Value = reqwest::Client::new()
+        .get(format!("http://{ip}:8080/v1/transports"))
+        .header("Ferry-Token", token)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let stray = format!("{}/stray", cluster.namespace);
+    Some(
+        listed["items"]
+            .as_array()?
+            .iter()
+            .any(|k| *k == stray.as_str()),
+    )
+}
+
 /// A WorkerPool of one worker, for the pool scenarios.
 fn pool_yaml(name: &str, replicas: u32, capacity: u32) -> String {
     format!(
@@ -1481,7 +1521,8 @@ spec:
 /// Issue 22: one pool worker hosts three transports. Suspending one touches no other. The
 /// worker is killed with kill -9 while producers post to two of them: it comes back with every
 /// transport in its state, and nothing answered 200 or 202 is lost (the stored ones queued,
-/// the delivered ones at the host). An operator restart then moves nothing and restarts no
+/// the delivered ones at the host); a transport it hosts that no Transport places there is
+/// swept. An operator restart then moves nothing and restarts no
 /// worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_worker_killed_under_load_keeps_every_transport() {
@@ -1532,6 +1573,29 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
             s["state"] == "Store and Forward"
         })
         .await;
+
+    // A transport the worker hosts but no Transport object places there (as one deleted while
+    // the worker was down, which is hosted again when it restarts): the pool's sweep tells
+    // the worker to stop hosting it.
+    if cluster.env.process_kubelet {
+        let (token, ip) = pool_admin(&cluster, worker).await;
+        let put = reqwest::Client::new()
+            .put(format!(
+                "http://{ip}:8080/v1/transports/{}/stray",
+                cluster.namespace
+            ))
+            .header("Ferry-Token", token)
+            .json(&json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+                "metadata": {"name": "stray", "namespace": cluster.namespace, "generation": 1},
+                "spec": {"host": {"url": format!("{nowhere}/ingest")}},
+            }))
+            .send()
+            .await
+            .expect("the worker answers");
+        assert_eq!(put.status(), 201);
+        assert_eq!(stray_hosted(&cluster, worker).await, Some(true));
+    }
 
     // kill -9 of the pool's worker while producers post to live and outage.
     let before = incarnation(&cluster, worker).await;
@@ -1597,6 +1661,14 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
     for payload in &delivered {
         let text = payload.replace('\n', " ");
         assert!(arrived.contains(&text), "{text} never reached the host");
+    }
+
+    if cluster.env.process_kubelet {
+        eventually(
+            "the stray transport swept from the restarted worker",
+            || async { (stray_hosted(&cluster, worker).await == Some(false)).then_some(()) },
+        )
+        .await;
     }
 
     // An operator restart moves nothing and restarts no worker.

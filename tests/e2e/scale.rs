@@ -71,9 +71,9 @@ fn pools_yaml(namespace: &str, pools: usize, capacity: usize) -> String {
         .join("---\n")
 }
 
-/// The pid of the process whose command line contains `text` (a pool worker's public URL
-/// names its pod).
-fn pid_of(text: &str) -> Option<u32> {
+/// The pid of the `ferry worker` process of pod `pod` (its environment has `POD_NAME`).
+fn pid_of(pod: &str) -> Option<u32> {
+    let wanted = format!("POD_NAME={pod}");
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
@@ -81,7 +81,9 @@ fn pid_of(text: &str) -> Option<u32> {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (cmdline.contains("ferry worker") && cmdline.contains(text)).then_some(pid)
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let named = environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes());
+            (cmdline.contains(" worker ") && named).then_some(pid)
         })
 }
 
