@@ -80,7 +80,10 @@ async fn each_transport_on_a_pool_worker_takes_only_its_own_token() {
         .unwrap();
     assert_eq!(listed.status(), 200);
     let listed: Value = listed.json().await.unwrap();
-    assert_eq!(listed, json!({"items": ["default/a", "default/b", "default/c"]}));
+    assert_eq!(
+        listed,
+        json!({"items": ["default/a", "default/b", "default/c"]})
+    );
 
     check_tokens(&worker).await;
     // After kill -9 the tokens are checked from the volume, before any PUT arrives.

@@ -27,7 +27,7 @@ use super::{
     placement::{self, Home, Unplaceable},
     status::{Placeable, WithConditions, to_write, unplaced},
     status_writer::write_status,
-    worker_objects::{apply_ingest_secret_or_report, apply_or_report, delete_claim},
+    worker_objects::{apply_ingest_secret, apply_or_report, delete_claim, reported},
     worker_pod::{ReadyWorker, WorkerPodUnavailable, pod_name, ready_worker},
 };
 use crate::api::storage::ReclaimPolicy;
@@ -142,10 +142,9 @@ async fn apply<R: WorkerResource>(
         },
         Some(pool) => {
             if R::INGESTS {
-                ingest_token = Some(
-                    apply_ingest_secret_or_report(ctx, namespace, &owner, object, object.status())
-                        .await?,
-                );
+                let applying = apply_ingest_secret(ctx, namespace, &owner);
+                ingest_token =
+                    Some(reported(ctx, namespace, object, object.status(), applying).await?);
             }
             match placement::home(ctx, namespace, object, pool) {
                 Ok(home) => home,

@@ -88,31 +88,9 @@ where
     .await
 }
 
-/// A pooled resource's own Secret (its ingest token, generated the first time), applied as
-/// [`apply_or_report`] applies a worker's objects. Answers the token.
-pub(super) async fn apply_ingest_secret_or_report<K, S>(
-    ctx: &Context,
-    namespace: &str,
-    owner: &Owner<'_>,
-    object: &K,
-    status: Option<&S>,
-) -> Result<String, ReconcileError>
-where
-    K: NamespacedObject,
-    S: WithConditions,
-{
-    reported(
-        ctx,
-        namespace,
-        object,
-        status,
-        apply_ingest_secret(ctx, namespace, owner),
-    )
-    .await
-}
-
-/// The outcome of applying objects; a failure is said in the resource's conditions first.
-async fn reported<K, S, T>(
+/// The outcome of applying objects (a worker's; a pooled resource's own Secret, with
+/// [`apply_ingest_secret`]); a failure is said in the resource's conditions first.
+pub(super) async fn reported<K, S, T>(
     ctx: &Context,
     namespace: &str,
     object: &K,
@@ -270,7 +248,7 @@ async fn own_secret(
 }
 
 /// A pooled resource's own Secret, with its ingest token kept or generated; answers the token.
-async fn apply_ingest_secret(
+pub(super) async fn apply_ingest_secret(
     ctx: &Context,
     namespace: &str,
     owner: &Owner<'_>,

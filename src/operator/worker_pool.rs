@@ -237,20 +237,32 @@ async fn apply(
         used_by,
         deleting: false,
     };
-    let status = pool_status(pool.status.as_ref(), pool.metadata.generation, &view, now());
-    let settled = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    if let Some(changed) = to_write(pool.status.as_ref(), status) {
-        write_status(&ctx.client, pool, namespace, &changed).await?;
-    }
+    let settled = show(ctx, pool, namespace, &view).await?;
     // Its pods' changes reconcile it (they are watched); the resync is a safety net.
     Ok(Action::requeue(if settled {
         RESYNC
     } else {
         ctx.status_interval
     }))
+}
+
+/// The pool's status from what was observed, written when it changed; answers whether the
+/// pool is Ready.
+async fn show(
+    ctx: &Context,
+    pool: &WorkerPool,
+    namespace: &str,
+    view: &PoolView,
+) -> Result<bool, ReconcileError> {
+    let status = pool_status(pool.status.as_ref(), pool.metadata.generation, view, now());
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if let Some(changed) = to_write(pool.status.as_ref(), status) {
+        write_status(&ctx.client, pool, namespace, &changed).await?;
+    }
+    Ok(ready)
 }
 
 /// Deletion waits until no resource names the pool (the status says which do); then its
@@ -276,10 +288,7 @@ async fn cleanup(
             used_by: used_by.clone(),
             deleting: true,
         };
-        let status = pool_status(pool.status.as_ref(), pool.metadata.generation, &view, now());
-        if let Some(changed) = to_write(pool.status.as_ref(), status) {
-            write_status(&ctx.client, pool, namespace, &changed).await?;
-        }
+        show(ctx, pool, namespace, &view).await?;
         return Err(ReconcileError::InUse {
             pool: pool.name_any(),
             users: used_by.len(),
