@@ -234,10 +234,10 @@ async fn leave_pool_worker<R: WorkerResource>(
                 }
             },
             // A worker that does not run cannot be told; its deletion is not held up by it.
-            // What it keeps of the resource is hosted again when it starts (left for a
-            // pool-wide sweep of resources no longer there).
+            // It hosts the resource again when it starts, until its pool's sweep tells it to
+            // stop (`worker_pool::sweep_orphans`).
             Err(WorkerPodUnavailable::Missing(_) | WorkerPodUnavailable::NotRunning(_)) => {
-                tracing::warn!(resource = %key, worker = %placement.worker, "the pool worker does not run; it is not told the resource is gone");
+                tracing::warn!(resource = %key, worker = %placement.worker, "the pool worker does not run; its pool's sweep tells it the resource is gone once it is back");
             }
             Err(e) => {
                 return Err(ReconcileError::LeavePool {
@@ -288,7 +288,8 @@ fn settled<S: WithConditions>(status: &S) -> bool {
 
 /// Deletion: `reclaimPolicy: Delete` removes the worker's volume (the StatefulSet's own
 /// retention policy does too, where the cluster supports it); `Retain` keeps it, and what is
-/// queued in it. The owned objects go with the resource (owner references).
+/// queued in it. The owned objects go with the resource (owner references). A pooled resource
+/// has no volume of its own: what it kept stays on its pool worker's.
 async fn cleanup<R: WorkerResource>(
     object: &R,
     namespace: &str,
@@ -307,7 +308,7 @@ async fn cleanup<R: WorkerResource>(
         namespace,
         &super::worker_pod::pod_name(&owner.worker_name()),
     );
-    if owner.reclaim_policy() == ReclaimPolicy::Delete {
+    if object.worker_pool().is_none() && owner.reclaim_policy() == ReclaimPolicy::Delete {
         delete_claim(ctx, namespace, &owner.worker_name()).await?;
     }
     Ok(Action::await_change())
