@@ -269,8 +269,10 @@ impl WorkerResource for Connection {
         self.status.as_ref()
     }
 
+    /// A stopped connection's own worker is scaled to zero; a pool's worker runs for the others
+    /// and is told (`started: false`), so it stops iterating.
     fn runs(&self) -> bool {
-        self.spec.started
+        self.spec.started || self.spec.worker_pool.is_some()
     }
 
     async fn dereference(&self, namespace: &str, ctx: &Context) -> Result<Targets, ReconcileError> {

@@ -1518,7 +1518,8 @@ spec:
     )
 }
 
-/// Issue 22: one pool worker hosts three transports. Suspending one touches no other. The
+/// Issue 22: one pool worker hosts three transports and a connection. Stopping the connection
+/// stops it there and touches no other; suspending one transport touches no other. The
 /// worker is killed with kill -9 while producers post to two of them: it comes back with every
 /// transport in its state, and nothing answered 200 or 202 is lost (the stored ones queued,
 /// the delivered ones at the host); a transport it hosts that no Transport places there is
@@ -1558,6 +1559,52 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
             .await;
     }
     delivered_and_up(&cluster, "live").await;
+
+    // A connection in the pool runs on the same worker; stopped, it stops there (the worker
+    // goes on for the others) and starts again. Without cluster DNS it writes to the host.
+    let source = cluster.run_pod("crm-source", &SOURCE, 9091).await;
+    let pooled_connection =
+        connection_yaml("crm", &source, &format!("http: {{url: {host}/orders}}")).replace(
+            "spec:\n  started: true",
+            "spec:\n  workerPool: fleet\n  started: true",
+        );
+    cluster.apply(&pooled_connection);
+    let running = cluster
+        .wait_connection("crm", "Running on the pool's worker", |s| {
+            s["status"] == "Running" && s["placement"]["worker"] == worker
+        })
+        .await;
+    assert_eq!(running["placement"]["workerPool"], "fleet", "{running}");
+    cluster.patch("connection/crm", json!({"spec": {"started": false}}));
+    cluster
+        .wait_connection("crm", "Disabled", |s| s["status"] == "Disabled")
+        .await;
+    if cluster.env.process_kubelet {
+        let (token, ip) = pool_admin(&cluster, worker).await;
+        let hosted: Value = reqwest::Client::new()
+            .get(format!(
+                "http://{ip}:8080/v1/connections/{}/crm",
+                cluster.namespace
+            ))
+            .header("Ferry-Token", token)
+            .send()
+            .await
+            .expect("the worker answers")
+            .json()
+            .await
+            .expect("a report");
+        assert_eq!(
+            hosted["status"], "Disabled",
+            "stopped on the worker: {hosted}"
+        );
+    }
+    cluster
+        .wait_transport("live", "still Up", |s| s["state"] == "Up")
+        .await;
+    cluster.patch("connection/crm", json!({"spec": {"started": true}}));
+    cluster
+        .wait_connection("crm", "Running again", |s| s["status"] == "Running")
+        .await;
 
     // Suspending one touches no other: the others keep their state and take transactions.
     cluster.patch("transport/paused", json!({"spec": {"suspended": true}}));
