@@ -102,6 +102,12 @@ pub fn worker_name(short: &str, name: &str) -> String {
     format!("{}-{hash}", cut.trim_end_matches('-'))
 }
 
+/// Where a pool's worker `worker` (its pod) is reached: its stable DNS name under the pool's
+/// headless Service `set`.
+pub fn pool_worker_url(set: &str, namespace: &str, worker: &str) -> String {
+    format!("http://{worker}.{set}.{namespace}.svc:{WORKER_PORT}")
+}
+
 /// Operator-wide settings for the workers it creates (flags or environment).
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerDefaults {
@@ -311,11 +317,7 @@ impl<'a> Owner<'a> {
     /// its own stable name (`$(POD_NAME)` is expanded by the kubelet).
     pub fn public_url(&self) -> String {
         match self.pool {
-            Some(_) => format!(
-                "http://$(POD_NAME).{}.{}.svc:{WORKER_PORT}",
-                self.worker_name(),
-                self.namespace
-            ),
+            Some(_) => pool_worker_url(&self.worker_name(), &self.namespace, "$(POD_NAME)"),
             None => self.service_url(),
         }
     }

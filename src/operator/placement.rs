@@ -9,7 +9,7 @@ use kube::ResourceExt;
 
 use super::{
     builders::{Owner, WorkerTokens},
-    caches::cached,
+    caches::{Caches, cached},
     context::Context,
     reconcile::WorkerResource,
     status::Placeable,
@@ -17,7 +17,7 @@ use super::{
     worker_pod::pod_name_of,
 };
 use crate::api::{
-    WorkerPool,
+    Connection, Transport, WorkerPool,
     worker_pool::{MAX_REPLICAS, Placement, PoolWorker},
 };
 
@@ -93,11 +93,10 @@ pub fn resource_key(kind: &str, namespace: &str, name: &str) -> String {
 /// Where a placed resource's producers (and the operator) reach it: its worker's stable DNS
 /// name under the pool's headless Service, as the worker reports its endpoint.
 pub fn worker_url(namespace: &str, placement: &Placement) -> String {
-    format!(
-        "http://{}.{}.{namespace}.svc:{}",
-        placement.worker,
-        super::builders::worker_name("wp", &placement.worker_pool),
-        super::builders::WORKER_PORT
+    super::builders::pool_worker_url(
+        &super::builders::worker_name("wp", &placement.worker_pool),
+        namespace,
+        &placement.worker,
     )
 }
 
@@ -106,55 +105,73 @@ pub fn pool(ctx: &Context, namespace: &str, name: &str) -> Option<WorkerPool> {
     cached(&ctx.caches.pools, namespace, name).and_then(|guarded| guarded.0.as_ref().ok().cloned())
 }
 
-/// How many resources each worker of the pool hosts: the placements the resources' status
-/// shows (from the caches), overlaid with the ones this operator made and may not see in the
-/// caches yet (the ledger).
-pub fn hosted(ctx: &Context, namespace: &str, pool: &str) -> HashMap<String, u32> {
-    hosted_with(ctx, &ctx.placements(), namespace, pool)
+/// A Transport or Connection as the pool code reads it from the caches.
+pub struct Pooled<'a> {
+    /// `Transport` or `Connection` (`WorkerResource::KIND`).
+    pub kind: &'static str,
+    pub name: String,
+    /// Its `spec.workerPool`.
+    pub pool: Option<&'a str>,
+    /// Its `status.placement`.
+    pub placement: Option<&'a Placement>,
 }
 
-/// [`hosted`], with the ledger already held (placing is one step under its lock).
-fn hosted_with(
+/// Every readable Transport and Connection of `namespace` in `caches`, one `visit` each.
+pub fn each_in(caches: &Caches, namespace: &str, mut visit: impl FnMut(Pooled<'_>)) {
+    for transport in caches.transports.state() {
+        if let Ok(t) = &transport.0
+            && t.namespace().as_deref() == Some(namespace)
+        {
+            visit(Pooled {
+                kind: Transport::KIND,
+                name: t.name_any(),
+                pool: t.spec.worker_pool.as_deref(),
+                placement: t.status.as_ref().and_then(|s| s.placement.as_ref()),
+            });
+        }
+    }
+    for connection in caches.connections.state() {
+        if let Ok(c) = &connection.0
+            && c.namespace().as_deref() == Some(namespace)
+        {
+            visit(Pooled {
+                kind: Connection::KIND,
+                name: c.name_any(),
+                pool: c.spec.worker_pool.as_deref(),
+                placement: c.status.as_ref().and_then(|s| s.placement.as_ref()),
+            });
+        }
+    }
+}
+
+/// How many resources each worker of the pool hosts (see [`placements`]).
+pub fn hosted(ctx: &Context, namespace: &str, pool: &str) -> HashMap<String, u32> {
+    count(placements(ctx, namespace, pool))
+}
+
+/// The worker of each resource placed in the pool, by [`resource_key`]: the placements the
+/// resources' status shows (from the caches), overlaid with the ones this operator made and
+/// may not see in the caches yet (the ledger).
+pub fn placements(ctx: &Context, namespace: &str, pool: &str) -> HashMap<String, String> {
+    placements_with(ctx, &ctx.placements(), namespace, pool)
+}
+
+/// [`placements`], with the ledger already held (placing is one step under its lock).
+fn placements_with(
     ctx: &Context,
     ledger: &HashMap<String, Placement>,
     namespace: &str,
     pool: &str,
-) -> HashMap<String, u32> {
+) -> HashMap<String, String> {
     let mut placed: HashMap<String, String> = HashMap::new();
-    let mut note = |kind: &str,
-                    object_namespace: Option<String>,
-                    name: String,
-                    placement: Option<&Placement>| {
-        if let Some(placement) = placement
-            && object_namespace.as_deref() == Some(namespace)
-            && placement.worker_pool == pool
-        {
+    each_in(&ctx.caches, namespace, |r| {
+        if let Some(placement) = r.placement.filter(|p| p.worker_pool == pool) {
             placed.insert(
-                resource_key(kind, namespace, &name),
+                resource_key(r.kind, namespace, &r.name),
                 placement.worker.clone(),
             );
         }
-    };
-    for transport in ctx.caches.transports.state() {
-        if let Ok(t) = &transport.0 {
-            note(
-                "Transport",
-                t.namespace(),
-                t.name_any(),
-                t.status.as_ref().and_then(|s| s.placement.as_ref()),
-            );
-        }
-    }
-    for connection in ctx.caches.connections.state() {
-        if let Ok(c) = &connection.0 {
-            note(
-                "Connection",
-                c.namespace(),
-                c.name_any(),
-                c.status.as_ref().and_then(|s| s.placement.as_ref()),
-            );
-        }
-    }
+    });
     for (key, placement) in ledger {
         if key
             .split_once(' ')
@@ -164,8 +181,13 @@ fn hosted_with(
             placed.insert(key.clone(), placement.worker.clone());
         }
     }
+    placed
+}
+
+/// Resources per worker.
+fn count(placements: HashMap<String, String>) -> HashMap<String, u32> {
     let mut counts = HashMap::new();
-    for worker in placed.into_values() {
+    for worker in placements.into_values() {
         *counts.entry(worker).or_insert(0) += 1;
     }
     counts
@@ -232,7 +254,7 @@ pub fn home<R: WorkerResource>(
         // Counted and chosen under the ledger's lock: two resources placed at once see each
         // other.
         None => {
-            let hosted = hosted_with(ctx, &ledger, namespace, pool_name);
+            let hosted = count(placements_with(ctx, &ledger, namespace, pool_name));
             let workers = pool_workers(ctx, namespace, &set, pool.spec.replicas, &hosted);
             let chosen = choose(pool_name, &workers, pool.spec.capacity)?;
             let placement = Placement {

@@ -373,7 +373,7 @@ fn worker_object_watches(
     // back after a restart answers for them again).
     let pod_owner = {
         let (triggers, sets) = (triggers.clone(), stateful_sets.clone());
-        let (transports, connections) = (kinds.transports.clone(), kinds.connections.clone());
+        let resources = kinds.clone();
         move |pod: &Pod| {
             let set = pod
                 .metadata
@@ -387,7 +387,7 @@ fn worker_object_watches(
                 if let Some(worker) = &pod.metadata.name
                     && owned_by_pool(&set.metadata)
                 {
-                    placed_on(&triggers, &transports, &connections, namespace, worker);
+                    placed_on(&triggers, &resources, namespace, worker);
                 }
             }
         }
@@ -442,6 +442,16 @@ fn worker_object_watches(
     }
 }
 
+/// Reconcile the WorkerPool `object` names, if any.
+fn its_pool<R: WorkerResource>(triggers: &Triggers, object: &Guarded<R>) {
+    if let Ok(resource) = &object.0
+        && let Some(pool) = resource.worker_pool()
+    {
+        let namespace = resource.namespace().unwrap_or_default();
+        triggers.send(super::worker_pool::KIND, &namespace, pool);
+    }
+}
+
 /// Whether a StatefulSet is a WorkerPool's.
 fn owned_by_pool(set: &ObjectMeta) -> bool {
     set.owner_references
@@ -451,38 +461,12 @@ fn owned_by_pool(set: &ObjectMeta) -> bool {
 }
 
 /// Reconcile every resource placed on the pool worker `worker` of `namespace`.
-fn placed_on(
-    triggers: &Triggers,
-    transports: &reflector::Store<Guarded<Transport>>,
-    connections: &reflector::Store<Guarded<Connection>>,
-    namespace: &str,
-    worker: &str,
-) {
-    let here = |object_namespace: Option<String>,
-                placement: Option<&crate::api::worker_pool::Placement>| {
-        object_namespace.as_deref() == Some(namespace)
-            && placement.is_some_and(|p| p.worker == worker)
-    };
-    for t in transports.state() {
-        if let Ok(t) = &t.0
-            && here(
-                t.namespace(),
-                t.status.as_ref().and_then(|s| s.placement.as_ref()),
-            )
-        {
-            triggers.send(Transport::KIND, namespace, &t.name_any());
+fn placed_on(triggers: &Triggers, caches: &Caches, namespace: &str, worker: &str) {
+    super::placement::each_in(caches, namespace, |r| {
+        if r.placement.is_some_and(|p| p.worker == worker) {
+            triggers.send(r.kind, namespace, &r.name);
         }
-    }
-    for c in connections.state() {
-        if let Ok(c) = &c.0
-            && here(
-                c.namespace(),
-                c.status.as_ref().and_then(|s| s.placement.as_ref()),
-            )
-        {
-            triggers.send(Connection::KIND, namespace, &c.name_any());
-        }
-    }
+    });
 }
 
 /// Run the operator until a shutdown signal (or, with leader election, until the lease is lost).
@@ -771,23 +755,11 @@ impl Kinds<'_> {
             writer,
             R::KIND,
             self.endpoints.clone(),
-            move |object: &Guarded<R>| {
-                if let Ok(resource) = &object.0
-                    && let Some(pool) = resource.worker_pool()
-                {
-                    let namespace = resource.namespace().unwrap_or_default();
-                    gone.send(super::worker_pool::KIND, &namespace, pool);
-                }
-            },
+            move |object: &Guarded<R>| its_pool(&gone, object),
         );
         let triggers = triggers.inspect(move |object| {
             if let Ok(object) = object {
-                if let Ok(resource) = &object.0
-                    && let Some(pool) = resource.worker_pool()
-                {
-                    let namespace = resource.namespace().unwrap_or_default();
-                    to_pools.send(super::worker_pool::KIND, &namespace, pool);
-                }
+                its_pool(&to_pools, object);
                 if let Some(tee) = &tee {
                     let _ = tee.unbounded_send(object.clone());
                 }

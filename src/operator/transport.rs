@@ -18,6 +18,7 @@ use super::{
 use crate::{
     api::{Transport, TransportState, TransportStatus},
     wire::{self, Marked, TransportReport},
+    worker::tokens::TokenHash,
 };
 
 impl WorkerResource for Transport {
@@ -113,7 +114,7 @@ async fn push(
         path: path.clone(),
         etag: report.etag(),
     };
-    let token_hash = own_token.map(|token| crate::stable_hash_hex(token, 32));
+    let token_hash = own_token.map(|token| TokenHash::of(token).to_hex());
     // A new token (its Secret was replaced) is pushed as a new generation is.
     let wanted = (
         transport.metadata.generation,

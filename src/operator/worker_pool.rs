@@ -6,7 +6,7 @@
 //! (`status::pool_replicas`), and its deletion waits, under the finalizer, until no resource
 //! names it. docs/resources.md, "WorkerPool".
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use kube::{
     Api, ResourceExt,
@@ -21,8 +21,9 @@ use super::{
     caches::{cached, synced},
     context::{Context, FINALIZER, now},
     error::ReconcileError,
-    placement::{hosted, pool_workers},
+    placement::{each_in, hosted, placements, pool_workers},
     reconcile::RESYNC,
+    reconcile::WorkerResource,
     status::{PoolView, pool_replicas, pool_status, to_write},
     status_writer::write_status,
     worker_objects::tokens_of,
@@ -30,9 +31,9 @@ use super::{
     worker_pod::ready_worker,
 };
 use crate::api::{
-    WorkerPool,
+    Connection, Transport, WorkerPool,
     storage::ReclaimPolicy,
-    worker_pool::{MAX_REPLICAS, Placement, PoolWorker},
+    worker_pool::{MAX_REPLICAS, PoolWorker},
 };
 use crate::wire;
 
@@ -53,19 +54,12 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
 
 /// The resources of `namespace` whose `spec.workerPool` is `pool`, as `Transport erp`.
 fn users(ctx: &Context, namespace: &str, pool: &str) -> Vec<String> {
-    let transports = ctx.caches.transports.state().into_iter().filter_map(|t| {
-        let transport = t.0.as_ref().ok()?;
-        (transport.namespace().as_deref() == Some(namespace)
-            && transport.spec.worker_pool.as_deref() == Some(pool))
-        .then(|| format!("Transport {}", transport.name_any()))
+    let mut users = Vec::new();
+    each_in(&ctx.caches, namespace, |r| {
+        if r.pool == Some(pool) {
+            users.push(format!("{} {}", r.kind, r.name));
+        }
     });
-    let connections = ctx.caches.connections.state().into_iter().filter_map(|c| {
-        let connection = c.0.as_ref().ok()?;
-        (connection.namespace().as_deref() == Some(namespace)
-            && connection.spec.worker_pool.as_deref() == Some(pool))
-        .then(|| format!("Connection {}", connection.name_any()))
-    });
-    let mut users: Vec<String> = transports.chain(connections).collect();
     users.sort();
     users
 }
@@ -86,71 +80,11 @@ fn wake_unplaced(ctx: &Context, namespace: &str, pool: &WorkerPool, workers: &[P
         return;
     }
     let name = pool.name_any();
-    for transport in ctx.caches.transports.state() {
-        if let Ok(t) = &transport.0
-            && t.namespace().as_deref() == Some(namespace)
-            && t.spec.worker_pool.as_deref() == Some(name.as_str())
-            && t.status.as_ref().is_none_or(|s| s.placement.is_none())
-        {
-            ctx.triggers.send("Transport", namespace, &t.name_any());
+    each_in(&ctx.caches, namespace, |r| {
+        if r.pool == Some(name.as_str()) && r.placement.is_none() {
+            ctx.triggers.send(r.kind, namespace, &r.name);
         }
-    }
-    for connection in ctx.caches.connections.state() {
-        if let Ok(c) = &connection.0
-            && c.namespace().as_deref() == Some(namespace)
-            && c.spec.worker_pool.as_deref() == Some(name.as_str())
-            && c.status.as_ref().is_none_or(|s| s.placement.is_none())
-        {
-            ctx.triggers.send("Connection", namespace, &c.name_any());
-        }
-    }
-}
-
-/// Where each resource of the pool lives, as `(kind on the wire, namespace/name, worker)`: the
-/// placements in the resources' status (caches) and in the ledger (placed, not shown yet).
-fn placed(ctx: &Context, namespace: &str, pool: &str) -> HashSet<(&'static str, String, String)> {
-    let mut placed = HashSet::new();
-    let mut note = |kind: wire::Kind,
-                    object_namespace: Option<String>,
-                    name: String,
-                    at: Option<&Placement>| {
-        if let Some(at) = at
-            && object_namespace.as_deref() == Some(namespace)
-            && at.worker_pool == pool
-        {
-            placed.insert((
-                kind.segment(),
-                wire::key(namespace, &name),
-                at.worker.clone(),
-            ));
-        }
-    };
-    for t in ctx.caches.transports.state() {
-        if let Ok(t) = &t.0 {
-            let at = t.status.as_ref().and_then(|s| s.placement.as_ref());
-            note(wire::Kind::Transports, t.namespace(), t.name_any(), at);
-        }
-    }
-    for c in ctx.caches.connections.state() {
-        if let Ok(c) = &c.0 {
-            let at = c.status.as_ref().and_then(|s| s.placement.as_ref());
-            note(wire::Kind::Connections, c.namespace(), c.name_any(), at);
-        }
-    }
-    for (key, at) in ctx.placements().iter() {
-        let Some((kind, at_key)) = key.split_once(' ') else {
-            continue;
-        };
-        let kind = match kind {
-            "Transport" => wire::Kind::Transports,
-            "Connection" => wire::Kind::Connections,
-            _ => continue,
-        };
-        if let Some((ns, name)) = at_key.split_once('/') {
-            note(kind, Some(ns.to_owned()), name.to_owned(), Some(at));
-        }
-    }
-    placed
+    });
 }
 
 /// Resources a ready worker of the pool hosts that are not placed there (deleted while the
@@ -171,12 +105,15 @@ async fn sweep_orphans(
     else {
         return;
     };
-    let placed = placed(ctx, namespace, pool);
+    let placed = placements(ctx, namespace, pool);
     for worker in workers.iter().filter(|w| w.ready) {
         let Ok((pod, _)) = ready_worker(ctx, namespace, set, &worker.name, &tokens).await else {
             continue;
         };
-        for kind in [wire::Kind::Transports, wire::Kind::Connections] {
+        for (kind, of) in [
+            (wire::Kind::Transports, Transport::KIND),
+            (wire::Kind::Connections, Connection::KIND),
+        ] {
             let hosted = match ctx.workers.hosted(&pod, kind).await {
                 Ok(hosted) => hosted,
                 Err(e) => {
@@ -185,7 +122,7 @@ async fn sweep_orphans(
                 }
             };
             for key in hosted.items {
-                if placed.contains(&(kind.segment(), key.clone(), worker.name.clone())) {
+                if placed.get(&format!("{of} {key}")) == Some(&worker.name) {
                     continue;
                 }
                 tracing::info!(worker = %worker.name, kind = kind.segment(), resource = %key, "the pool worker hosts a resource that is not placed there (deleted while the worker was down); it is told to stop hosting it");

@@ -15,6 +15,10 @@ use serde_json::Value;
 
 use super::PluginError;
 use crate::api::{Connection, Transport, WorkerPool, worker_pool::Placement};
+use crate::operator::{
+    reconcile::WorkerResource,
+    status::{Placeable, WithConditions},
+};
 
 /// One line of the table.
 #[derive(Debug, PartialEq)]
@@ -325,6 +329,30 @@ pub fn pool_table(pool: &WorkerPool, resources: &[Hosted]) -> String {
     )
 }
 
+/// The resources of one kind listed by `api` that name the pool `pool`.
+async fn in_pool<R>(api: Api<R>, pool: &str) -> Result<Vec<Hosted>, PluginError>
+where
+    R: WorkerResource + Clone + std::fmt::Debug,
+{
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| r.worker_pool() == Some(pool))
+        .map(|r| {
+            let status = r.status();
+            Hosted {
+                what: format!("{} {}", R::KIND, r.name_any()),
+                placement: status.and_then(Placeable::placement).cloned(),
+                reason: status
+                    .and_then(|s| s.conditions().iter().find(|c| c.type_ == "Ready"))
+                    .map_or_else(|| "no status yet".to_owned(), |c| c.reason.clone()),
+            }
+        })
+        .collect())
+}
+
 /// List the pool and what names it; answers the table.
 pub async fn pool(
     client: kube::Client,
@@ -339,42 +367,12 @@ pub async fn pool(
             name: name.to_owned(),
             namespace: namespace.to_owned(),
         })?;
-    let reason = |conditions: &[Condition]| {
-        conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .map_or_else(|| "no status yet".to_owned(), |c| c.reason.clone())
-    };
-    let mut resources = Vec::new();
-    let listed = ListParams::default();
-    for t in Api::<Transport>::namespaced(client.clone(), namespace)
-        .list(&listed)
-        .await?
-        .items
-        .into_iter()
-        .filter(|t| t.spec.worker_pool.as_deref() == Some(name))
-    {
-        let status = t.status.unwrap_or_default();
-        resources.push(Hosted {
-            what: format!("Transport {}", t.metadata.name.unwrap_or_default()),
-            placement: status.placement,
-            reason: reason(&status.conditions),
-        });
-    }
-    for c in Api::<Connection>::namespaced(client, namespace)
-        .list(&listed)
-        .await?
-        .items
-        .into_iter()
-        .filter(|c| c.spec.worker_pool.as_deref() == Some(name))
-    {
-        let status = c.status.unwrap_or_default();
-        resources.push(Hosted {
-            what: format!("Connection {}", c.metadata.name.unwrap_or_default()),
-            placement: status.placement,
-            reason: reason(&status.conditions),
-        });
-    }
+    let mut resources = in_pool(
+        Api::<Transport>::namespaced(client.clone(), namespace),
+        name,
+    )
+    .await?;
+    resources.extend(in_pool(Api::<Connection>::namespaced(client, namespace), name).await?);
     Ok(pool_table(&pool, &resources))
 }
 
