@@ -90,6 +90,9 @@ enum Command {
         /// Records per page (more are linked with rel="next").
         #[arg(long, default_value_t = 50)]
         page_size: usize,
+        /// Answer no request for records until `POST /release` (a source that takes its time).
+        #[arg(long)]
+        hold: bool,
     },
     /// A sample host for transports: prints every transaction it receives.
     Sink {
@@ -356,7 +359,10 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
             orders,
             change_every,
             page_size,
-        } => match ferry::source::serve(listen, orders, change_every.as_std(), page_size).await {
+            hold,
+        } => match ferry::source::serve(listen, orders, change_every.as_std(), page_size, hold)
+            .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("source on {listen}: {e}")),
         },

@@ -1,7 +1,9 @@
 //! `ferry source`: a sample source for connections. It serves a small set of orders, changes
 //! one of them every few seconds, and answers `GET /records?updatedSince=W` with the orders
 //! whose `updatedAt` (milliseconds since the epoch) is at or after W, oldest first, a page at
-//! a time with `Link: <...>; rel="next"` when there is more.
+//! a time with `Link: <...>; rel="next"` when there is more. Started with `--hold`, it answers
+//! no `/records` request until `POST /release`: a source that takes its time, to watch a
+//! connection's startup while it lasts.
 
 use std::{
     net::SocketAddr,
@@ -14,7 +16,7 @@ use axum::{
     extract::{Query, State},
     http::{HeaderMap, HeaderValue, header},
     response::IntoResponse,
-    routing::get,
+    routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +33,8 @@ pub struct Order {
 struct Source {
     orders: Arc<Mutex<Vec<Order>>>,
     page_size: usize,
+    /// `true` once answers flow; a held source starts `false` until `POST /release`.
+    released: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +54,12 @@ fn now_ms() -> u64 {
 const ITEMS: [&str; 5] = ["bolts", "nuts", "washers", "screws", "rivets"];
 
 async fn records(State(source): State<Source>, Query(params): Query<Params>) -> impl IntoResponse {
+    // Never fails: the sender lives in the state this handler holds.
+    let _ = source
+        .released
+        .subscribe()
+        .wait_for(|released| *released)
+        .await;
     let since = params.updated_since.unwrap_or(0);
     let mut changed: Vec<Order> = source
         .orders
@@ -80,7 +90,12 @@ async fn records(State(source): State<Source>, Query(params): Query<Params>) -> 
     (headers, Json(serde_json::json!({ "items": page })))
 }
 
-pub fn router(orders: usize, page_size: usize) -> (Router, Arc<Mutex<Vec<Order>>>) {
+async fn release(State(source): State<Source>) -> &'static str {
+    source.released.send_replace(true);
+    "released"
+}
+
+pub fn router(orders: usize, page_size: usize, hold: bool) -> (Router, Arc<Mutex<Vec<Order>>>) {
     let now = now_ms();
     let orders: Vec<Order> = (0..orders as u32)
         .map(|id| Order {
@@ -94,9 +109,11 @@ pub fn router(orders: usize, page_size: usize) -> (Router, Arc<Mutex<Vec<Order>>
     let source = Source {
         orders: orders.clone(),
         page_size: page_size.max(1),
+        released: Arc::new(tokio::sync::watch::Sender::new(!hold)),
     };
     let router = Router::new()
         .route("/records", get(records))
+        .route("/release", post(release))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(source);
     (router, orders)
@@ -107,12 +124,18 @@ pub async fn serve(
     orders: usize,
     change_every: Duration,
     page_size: usize,
+    hold: bool,
 ) -> std::io::Result<()> {
-    let (router, state) = router(orders, page_size);
+    let (router, state) = router(orders, page_size, hold);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!(
-        "ferry source listening on http://{}/records: {orders} orders, one changes every {change_every:?}",
-        listener.local_addr()?
+        "ferry source listening on http://{}/records: {orders} orders, one changes every {change_every:?}{}",
+        listener.local_addr()?,
+        if hold {
+            "; answers held until POST /release"
+        } else {
+            ""
+        }
     );
     tokio::spawn(async move {
         let mut next = 0usize;
@@ -133,4 +156,54 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(crate::shutdown_signal())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn serving(hold: bool) -> String {
+        crate::install_crypto_provider(); // as the binary does first
+        let (router, _) = router(3, 50, hold);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_held_source_answers_once_released() {
+        let url = serving(true).await;
+        let http = reqwest::Client::new();
+        let pending = tokio::spawn({
+            let http = http.clone();
+            let url = url.clone();
+            async move { http.get(format!("{url}/records")).send().await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!pending.is_finished(), "a held source answers nothing");
+        let released = http
+            .post(format!("{url}/release"))
+            .send()
+            .await
+            .expect("release");
+        assert!(released.status().is_success());
+        let answer = pending.await.expect("task").expect("answer");
+        let body: serde_json::Value = answer.json().await.expect("JSON");
+        assert_eq!(body["items"].as_array().map(Vec::len), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_source_not_held_answers_at_once() {
+        let url = serving(false).await;
+        let body: serde_json::Value = reqwest::get(format!("{url}/records?updatedSince=0"))
+            .await
+            .expect("answer")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(body["items"].as_array().map(Vec::len), Some(3));
+    }
 }

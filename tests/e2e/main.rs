@@ -495,7 +495,9 @@ async fn a_manifest_ferry_cannot_read_is_refused_and_the_others_run() {
 }
 
 /// Three connections started together enter their startup one at a time: each is admitted
-/// only after the one before it is Running; the others wait with a queue position.
+/// only after the one before it is Running; the others wait with a queue position. Their
+/// source holds its answers until all three wait or start, so the first startup lasts until
+/// then however the three worker pods come up (the last one ready waits at position 2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_connections_start_one_by_one() {
     let Some(env) = env("three_connections_start_one_by_one") else {
@@ -503,7 +505,8 @@ async fn three_connections_start_one_by_one() {
     };
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(env, "startup").await;
-    let source = cluster.run_pod("crm", &SOURCE, 9091).await;
+    let held: Vec<&str> = SOURCE.iter().copied().chain(["--hold"]).collect();
+    let source = cluster.run_pod("crm", &held, 9091).await;
     let host = cluster.run_pod("warehouse", &SINK, 9090).await;
     let log = cluster.record_connections();
     let _operator = cluster.operator(&["--startup-concurrency", "1"]);
@@ -513,6 +516,27 @@ async fn three_connections_start_one_by_one() {
         .map(|name| connection_yaml(name, &source, &target))
         .collect();
     cluster.apply(&yaml.join("---\n"));
+
+    // The first admitted one cannot finish its first iteration yet: once every worker is
+    // ready, one is in its startup and the other two wait at positions 1 and 2.
+    let queued_at_two = |s: &Value| {
+        s["startupQueuePosition"] == 2
+            && s["status"] == "Restarting"
+            && condition(s, "Progressing")["reason"] == "QueuedForStartup"
+    };
+    eventually("one waits at position 2 while the first starts", || async {
+        log.entries()
+            .iter()
+            .any(|(_, s)| queued_at_two(s))
+            .then_some(())
+    })
+    .await;
+    let released = reqwest::Client::new()
+        .post(format!("{source}/release"))
+        .send()
+        .await
+        .expect("the source answers");
+    assert!(released.status().is_success(), "{released:?}");
 
     for name in ["alpha", "bravo", "charlie"] {
         cluster
@@ -545,12 +569,6 @@ async fn three_connections_start_one_by_one() {
             "{next} entered its startup before {before} was Running: {entries:#?}"
         );
     }
-    let waited = entries.iter().any(|(_, s)| {
-        s["startupQueuePosition"] == 2
-            && s["status"] != "Running"
-            && condition(s, "Progressing")["reason"] == "QueuedForStartup"
-    });
-    assert!(waited, "one waited at position 2: {entries:#?}");
 }
 
 /// A connection whose worker pod cannot run (its claim names a storage class the cluster does
