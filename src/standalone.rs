@@ -270,7 +270,11 @@ impl Standalone {
             let object = format!("Connection {}", runtime.key());
             if !defined.contains(&object) {
                 self.queue().release(runtime.key(), self.now_ms());
-                match self.worker.remove::<ConnectionRuntime>(runtime.key()).await {
+                match self
+                    .worker
+                    .remove::<ConnectionRuntime>(runtime.key(), false)
+                    .await
+                {
                     Ok(_) => println!("{object}: removed from the manifests, no longer hosted"),
                     Err(e) => eprintln!("{object}: {e}"),
                 }
@@ -279,7 +283,11 @@ impl Standalone {
         for runtime in self.worker.all::<TransportRuntime>() {
             let object = format!("Transport {}", runtime.key());
             if !defined.contains(&object) {
-                match self.worker.remove::<TransportRuntime>(runtime.key()).await {
+                match self
+                    .worker
+                    .remove::<TransportRuntime>(runtime.key(), false)
+                    .await
+                {
                     Ok(_) => println!(
                         "{object}: removed from the manifests, no longer hosted; its queue is kept"
                     ),

@@ -235,3 +235,114 @@ async fn a_panic_in_one_transport_stops_none_and_is_counted() {
     let received: Vec<Vec<u8>> = host.received().into_iter().map(|r| r.body).collect();
     assert_eq!(received, [b"fine".to_vec(), b"again".to_vec()]);
 }
+
+/// DELETE of the worker route, with `?query` when given; answers (status, body).
+async fn delete(worker: &WorkerProc, name: &str, query: &str) -> (u16, Value) {
+    let answer = worker
+        .http()
+        .delete(format!("{}{query}", worker.transport_url(name)))
+        .header("Ferry-Token", &worker.admin)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+/// A transport deleted with `reclaimPolicy: Delete` leaves a pool's worker with nothing of it
+/// on the volume (`?purge=true`): one of the same name starts with an empty queue and without
+/// the old token; one deleted with `Retain` finds its queue again. Across kill -9 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_transport_leaves_nothing_and_a_kept_one_its_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing answers at the host: every transaction stays queued.
+    let mut host = common::TestHost::down_from_the_start();
+    let mut worker = WorkerProc::start(dir.path()).await;
+    for name in ["kept", "gone"] {
+        let token = format!("{name}-token");
+        let (status, body) = put_with_token(&worker, name, spec(&host), &sha256(&token)).await;
+        assert_eq!(status, 201, "{body}");
+        for id in ["1", "2"] {
+            let (status, body) = worker.send_with(name, &token, id, Some(id)).await;
+            assert_eq!(status, 202, "{body}");
+        }
+    }
+
+    let (status, body) = delete(&worker, "gone", "?purge=maybe").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("purge"),
+        "{body}"
+    );
+    let (status, body) = delete(&worker, "kept", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("its queue is kept"),
+        "{body}"
+    );
+    let (status, body) = delete(&worker, "gone", "?purge=true").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("its queue is removed"),
+        "{body}"
+    );
+    // Nothing is left to remove, and nothing of it is hosted: 404, as for any unknown one.
+    assert_eq!(delete(&worker, "gone", "?purge=true").await.0, 404);
+    // Without a purge, one hosted no more is unknown and keeps what it has.
+    let (status, body) = delete(&worker, "kept", "?purge=false").await;
+    assert_eq!(status, 404, "{body}");
+
+    worker.kill9();
+    worker.start_again().await;
+    let listed: Value = worker
+        .http()
+        .get(worker.transport_url("").replace("/default/", ""))
+        .header("Ferry-Token", &worker.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, json!({"items": []}), "neither is hosted again");
+
+    for name in ["kept", "gone"] {
+        let (status, body) = put_with_token(&worker, name, spec(&host), &sha256("new-token")).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    assert_eq!(worker.report("kept").await["queue"]["messages"], 2);
+    let gone = worker.report("gone").await;
+    assert_eq!(gone["queue"]["messages"], 0, "{gone}");
+    assert_eq!(gone["queue"]["bytes"], 0, "{gone}");
+    assert_eq!(
+        worker.send_with("gone", "gone-token", "3", None).await.0,
+        401
+    );
+    assert_eq!(
+        worker.send_with("gone", "new-token", "3", None).await.0,
+        202
+    );
+
+    // Once the host answers, only what was kept (and the new one) arrives.
+    host.up().await;
+    common::wait_received(&host, "the kept queue and the new transaction", |r| {
+        r.len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut bodies: Vec<String> = host
+        .received()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, ["1", "2", "3"]);
+    let (status, body) = delete(&worker, "kept", "?purge=true").await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -36,7 +36,8 @@ pub struct Storage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
-    /// Retain (default) keeps the volume when the resource is deleted; Delete removes it.
+    /// Retain (default) keeps the volume when the resource is deleted; Delete removes it. In a
+    /// WorkerPool: what the resource kept on its worker's volume (queue, watermarks).
     #[serde(default)]
     pub reclaim_policy: ReclaimPolicy,
 }

@@ -202,14 +202,15 @@ async fn apply<R: WorkerResource>(
     }
 }
 
-/// Tell the pool worker a deleted resource lives on to stop hosting it. A pool or worker that
-/// is gone hosts nothing; a worker that does not answer fails the cleanup (retried, the
-/// finalizer held).
+/// Tell the pool worker a deleted resource lives on to stop hosting it, and with `purge`
+/// (`reclaimPolicy: Delete`) to remove what it kept there. A pool or worker that is gone hosts
+/// nothing; a worker that does not answer fails the cleanup (retried, the finalizer held).
 async fn leave_pool_worker<R: WorkerResource>(
     object: &R,
     namespace: &str,
     ctx: &Context,
     placement: &crate::api::worker_pool::Placement,
+    purge: bool,
 ) -> Result<(), ReconcileError> {
     let key = placement::resource_key(R::KIND, namespace, &object.name_any());
     let Some(pool) = placement::pool(ctx, namespace, &placement.worker_pool) else {
@@ -223,7 +224,7 @@ async fn leave_pool_worker<R: WorkerResource>(
         crate::wire::resource_path(R::WIRE, &crate::wire::key(namespace, &object.name_any()));
     if let Some(tokens) = tokens {
         match ready_worker(ctx, namespace, &set, &placement.worker, &tokens).await {
-            Ok((worker, _)) => match ctx.workers.delete(&worker, &path).await {
+            Ok((worker, _)) => match ctx.workers.delete(&worker, &path, purge).await {
                 Ok(()) => {}
                 Err(e) if e.is_not_hosted() => {}
                 Err(e) => {
@@ -289,7 +290,8 @@ fn settled<S: WithConditions>(status: &S) -> bool {
 /// Deletion: `reclaimPolicy: Delete` removes the worker's volume (the StatefulSet's own
 /// retention policy does too, where the cluster supports it); `Retain` keeps it, and what is
 /// queued in it. The owned objects go with the resource (owner references). A pooled resource
-/// has no volume of its own: what it kept stays on its pool worker's.
+/// has no volume of its own: `Delete` removes what it kept on its pool worker's, `Retain`
+/// leaves it there.
 async fn cleanup<R: WorkerResource>(
     object: &R,
     namespace: &str,
@@ -299,7 +301,8 @@ async fn cleanup<R: WorkerResource>(
     let owner = object.owner()?;
     // On a pool's worker: the worker stops hosting it (the others there go on).
     if let Some(placement) = object.status().and_then(Placeable::placement) {
-        leave_pool_worker(object, namespace, ctx, placement).await?;
+        let purge = owner.reclaim_policy() == ReclaimPolicy::Delete;
+        leave_pool_worker(object, namespace, ctx, placement, purge).await?;
     }
     object.forget(namespace, ctx, memory);
     ctx.reports.stop(R::KIND, namespace, &object.name_any());

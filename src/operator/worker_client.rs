@@ -114,9 +114,20 @@ impl WorkerClient {
         self.call(worker, Method::PUT, path, Some(body)).await
     }
 
-    /// `DELETE` the resource: the worker stops hosting it (a resource leaving a pool worker).
-    pub async fn delete(&self, worker: &WorkerPod, path: &str) -> Result<(), WorkerCallError> {
-        self.call::<Value>(worker, Method::DELETE, path, None)
+    /// `DELETE` the resource: the worker stops hosting it (a resource leaving a pool worker);
+    /// with `purge`, what it kept on the worker's volume is removed too.
+    pub async fn delete(
+        &self,
+        worker: &WorkerPod,
+        path: &str,
+        purge: bool,
+    ) -> Result<(), WorkerCallError> {
+        let path = if purge {
+            format!("{path}?purge=true")
+        } else {
+            path.to_owned()
+        };
+        self.call::<Value>(worker, Method::DELETE, &path, None)
             .await
             .map(|_| ())
     }

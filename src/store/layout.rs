@@ -37,6 +37,21 @@ pub(super) fn queue_info_key(key: &str) -> String {
     format!("queue-info/{key}")
 }
 
+/// The meta keys and the queue table (a transport's) of everything kept of one resource.
+pub(super) fn kept_of(kind: RecordKind, key: &str) -> (Vec<String>, Option<String>) {
+    match kind {
+        RecordKind::Transport | RecordKind::IngestToken => (
+            vec![
+                RecordKind::Transport.meta_key(key),
+                queue_info_key(key),
+                RecordKind::IngestToken.meta_key(key),
+            ],
+            Some(queue_table(key)),
+        ),
+        RecordKind::Connection => (vec![RecordKind::Connection.meta_key(key)], None),
+    }
+}
+
 /// Whose record: transports and connections are kept apart in the meta table, and the
 /// hashes of a pool worker's per-transport ingest tokens beside them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

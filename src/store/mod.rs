@@ -107,6 +107,8 @@ pub enum StoreError {
     ReadTask(#[source] Arc<tokio::task::JoinError>),
     #[error("the store has shut down")]
     Closed,
+    #[error("the transport was deleted and its queue removed (reclaimPolicy: Delete)")]
+    Purged,
 }
 
 impl StoreError {
@@ -177,6 +179,9 @@ pub struct Queue {
     table: String,
     meta_key: String,
     info: Mutex<QueueInfo>,
+    /// Set by the writer when the queue's table is purged: a write still under way then (an
+    /// ingest, a forwarder's removal) is refused instead of creating the table again.
+    purged: std::sync::atomic::AtomicBool,
 }
 
 impl Queue {
@@ -186,6 +191,10 @@ impl Queue {
 
     fn set_info(&self, info: QueueInfo) {
         *self.info.lock().unwrap_or_else(|e| e.into_inner()) = info;
+    }
+
+    fn purged(&self) -> bool {
+        self.purged.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -210,6 +219,18 @@ impl Shared {
 
     fn open(path: &Path) -> Result<Database, redb::DatabaseError> {
         Database::builder().set_cache_size(CACHE_BYTES).create(path)
+    }
+
+    /// Mark every queue handed out for `table` purged (the writer, purging it).
+    fn purged(&self, table: &str) {
+        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        for queue in queues.iter().filter_map(std::sync::Weak::upgrade) {
+            if queue.table == table {
+                queue
+                    .purged
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
     }
 
     /// redb refuses all work after an I/O error until the file is closed and opened again
@@ -354,6 +375,7 @@ impl Store {
             table,
             meta_key,
             info: Mutex::new(info),
+            purged: Default::default(),
         });
         self.shared
             .queues
@@ -541,6 +563,16 @@ impl Store {
         .await
     }
 
+    /// Remove everything kept of one resource of `kind` (a transport's record, queue, queue
+    /// numbers and ingest token hash; a connection's record with its watermarks), in one
+    /// durable commit: a resource deleted with `reclaimPolicy: Delete` from a pool's worker.
+    /// Its queues handed out take no write from then on. Answers whether anything was kept.
+    pub async fn purge(&self, kind: RecordKind, key: &str) -> Result<bool, StoreError> {
+        let (meta_keys, table) = layout::kept_of(kind, key);
+        self.call(Work::Purge { meta_keys, table }, Waiter::Purged)
+            .await
+    }
+
     async fn call<T>(
         &self,
         work: Work,
@@ -712,6 +744,80 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::LargerThanQueue { .. }), "{err}");
         assert_eq!(ids(&store, &q), ["3", "big"]);
+    }
+
+    /// A purge removes what one transport kept (queue, numbers, record, token hash) and only
+    /// that: a connection of the same name and another transport keep theirs; a queue handed
+    /// out before takes no write after it, and one asked for again starts empty.
+    #[tokio::test]
+    async fn a_purge_removes_one_resource_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let gone = store.queue("ns/gone").unwrap();
+        let kept = store.queue("ns/kept").unwrap();
+        for q in [&gone, &kept] {
+            store.append(q, txn("a", 10, 1), ROOMY).await.unwrap();
+            store.append(q, txn("b", 10, 2), ROOMY).await.unwrap();
+        }
+        for (kind, key) in [
+            (RecordKind::Transport, "ns/gone"),
+            (RecordKind::IngestToken, "ns/gone"),
+            (RecordKind::Connection, "ns/gone"),
+            (RecordKind::Transport, "ns/kept"),
+        ] {
+            store.save_record(kind, key, b"{}".to_vec()).await.unwrap();
+        }
+
+        assert!(store.purge(RecordKind::Transport, "ns/gone").await.unwrap());
+        let err = store
+            .append(&gone, txn("late", 1, 3), ROOMY)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Purged), "{err}");
+        assert!(matches!(
+            store.remove(&gone, vec![0], vec![]).await,
+            Err(StoreError::Purged)
+        ));
+        assert!(matches!(
+            store.expire(&gone, 10).await,
+            Err(StoreError::Purged)
+        ));
+        // It is gone from the file, not only from memory.
+        drop((gone, kept, store));
+        let store = Store::open(dir.path()).unwrap();
+        let again = store.queue("ns/gone").unwrap();
+        assert_eq!(again.info(), QueueInfo::default(), "it starts empty");
+        assert!(ids(&store, &again).is_empty());
+        let keys = |kind| -> Vec<String> {
+            store
+                .records(kind)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(keys(RecordKind::Transport), ["ns/kept"]);
+        assert!(keys(RecordKind::IngestToken).is_empty());
+        assert_eq!(keys(RecordKind::Connection), ["ns/gone"]);
+        let kept = store.queue("ns/kept").unwrap();
+        assert_eq!(ids(&store, &kept), ["a", "b"]);
+        assert_eq!(kept.info().messages, 2);
+        // A queue asked for again takes writes; purging nothing answers false.
+        store.append(&again, txn("new", 1, 4), ROOMY).await.unwrap();
+        assert_eq!(ids(&store, &again), ["new"]);
+        assert!(
+            store
+                .purge(RecordKind::Connection, "ns/gone")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .purge(RecordKind::Connection, "ns/gone")
+                .await
+                .unwrap()
+        );
+        assert!(keys(RecordKind::Connection).is_empty());
     }
 
     #[tokio::test]

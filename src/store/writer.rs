@@ -32,6 +32,11 @@ pub(super) enum Work {
     Expire { queue: Arc<Queue>, cutoff_ms: u64 },
     /// Save a transport's or connection's record.
     SaveRecord { key: String, value: Vec<u8> },
+    /// Remove a resource's records and its queue table, if it has one (`Store::purge`).
+    Purge {
+        meta_keys: Vec<String>,
+        table: Option<String>,
+    },
     /// Makes the writer panic: what a bug in it would do.
     #[cfg(test)]
     Panic,
@@ -40,7 +45,7 @@ pub(super) enum Work {
 impl Work {
     pub(super) fn durable(&self) -> bool {
         match self {
-            Work::Append { .. } | Work::SaveRecord { .. } => true,
+            Work::Append { .. } | Work::SaveRecord { .. } | Work::Purge { .. } => true,
             Work::Remove { .. } | Work::Expire { .. } => false,
             #[cfg(test)]
             Work::Panic => false,
@@ -54,6 +59,7 @@ pub(super) enum Answer {
     Count(u64),
     Removed((u64, u64)),
     Saved,
+    Purged(bool),
 }
 
 /// Where the answer to a write goes. Every waiter is answered, whatever becomes of its group.
@@ -62,6 +68,7 @@ pub(super) enum Waiter {
     Count(Reply<u64>),
     Removed(Reply<(u64, u64)>),
     Saved(Reply<()>),
+    Purged(Reply<bool>),
 }
 
 impl Waiter {
@@ -83,6 +90,10 @@ impl Waiter {
                 _ => Err(mismatch()),
             }))),
             Waiter::Saved(r) => drop(r.send(result.map(|_| ()))),
+            Waiter::Purged(r) => drop(r.send(result.and_then(|a| match a {
+                Answer::Purged(v) => Ok(v),
+                _ => Err(mismatch()),
+            }))),
         }
     }
 }
@@ -113,7 +124,7 @@ pub(super) fn writer(shared: &Shared, ops: &mpsc::Receiver<Op>) {
                 continue;
             }
         };
-        match commit_group(&db, works) {
+        match commit_group(&db, shared, works) {
             Ok(answers) => {
                 for (waiter, answer) in waiters.into_iter().zip(answers) {
                     waiter.answer(answer);
@@ -135,6 +146,7 @@ pub(super) fn writer(shared: &Shared, ops: &mpsc::Receiver<Op>) {
 /// is dropped once applied: a large payload is not held beside redb's copy during the commit.
 fn commit_group(
     db: &Database,
+    shared: &Shared,
     works: Vec<Work>,
 ) -> Result<Vec<Result<Answer, StoreError>>, StoreError> {
     let durable = works.iter().any(Work::durable);
@@ -151,8 +163,10 @@ fn commit_group(
     {
         let mut meta = tx.open_table(META).map_err(StoreError::disk)?;
         for work in works {
-            answers.push(apply(&tx, &mut meta, &work, &mut pending)?);
+            answers.push(apply(&tx, &mut meta, &work, &mut pending, shared)?);
         }
+        // A queue purged in this group keeps no numbers.
+        pending.retain(|(queue, _)| !queue.purged());
         for (queue, info) in &pending {
             meta.insert(queue.meta_key.as_str(), info.to_bytes().as_slice())
                 .map_err(StoreError::disk)?;
@@ -188,7 +202,15 @@ fn apply(
     meta: &mut redb::Table<&str, &[u8]>,
     work: &Work,
     pending: &mut Vec<(Arc<Queue>, QueueInfo)>,
+    shared: &Shared,
 ) -> Result<Result<Answer, StoreError>, StoreError> {
+    // A write to a purged queue would create its table again.
+    if let Work::Append { queue, .. } | Work::Remove { queue, .. } | Work::Expire { queue, .. } =
+        work
+        && queue.purged()
+    {
+        return Ok(Err(StoreError::Purged));
+    }
     Ok(match work {
         Work::Append { queue, txn, limits } => {
             let i = info_for(queue, pending);
@@ -229,6 +251,22 @@ fn apply(
             meta.insert(key.as_str(), value.as_slice())
                 .map_err(StoreError::disk)?;
             Ok(Answer::Saved)
+        }
+        Work::Purge { meta_keys, table } => {
+            let mut kept = false;
+            for key in meta_keys {
+                kept |= meta
+                    .remove(key.as_str())
+                    .map_err(StoreError::disk)?
+                    .is_some();
+            }
+            if let Some(table) = table {
+                shared.purged(table);
+                kept |= tx
+                    .delete_table(TableDefinition::<u64, &[u8]>::new(table))
+                    .map_err(StoreError::disk)?;
+            }
+            Ok(Answer::Purged(kept))
         }
         #[cfg(test)]
         Work::Panic => unreachable!("the writer fails before it commits"),

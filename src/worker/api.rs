@@ -380,21 +380,33 @@ fn with_etag(mut response: Response, etag: &str) -> Response {
     response
 }
 
-/// Stop hosting a resource; what it keeps on disk stays.
+#[derive(serde::Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    purge: bool,
+}
+
+/// Stop hosting a resource; what it keeps on disk stays, unless `?purge=true` (a resource
+/// deleted with `reclaimPolicy: Delete`), which removes it also when it is hosted no more.
 async fn delete_resource<R: HostedRuntime>(
     State(app): State<App>,
     path: ResourcePath,
+    query: Result<axum::extract::Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Answer {
     let key = admin_resource(&app, &headers, path)?;
-    if !app.worker.remove::<R>(&key).await? {
-        return Err(not_hosted(R::KIND, &key));
-    }
-    let message = format!(
-        "{} {key} is no longer hosted; {}",
-        R::KIND.singular(),
-        R::KEPT
-    );
+    let purge = match query {
+        Ok(q) => q.0.purge,
+        Err(_) => return Err(bad_request("purge: must be true or false".into())),
+    };
+    let removed = app.worker.remove::<R>(&key, purge).await?;
+    let kind = R::KIND.singular();
+    let message = match (removed.hosted, removed.purged) {
+        (false, false) => return Err(not_hosted(R::KIND, &key)),
+        (true, false) if !purge => format!("{kind} {key} is no longer hosted; {}", R::KEPT),
+        (true, _) => format!("{kind} {key} is no longer hosted; {}", R::PURGED),
+        (false, true) => format!("no {kind} {key} is hosted here; {}", R::PURGED),
+    };
     Ok(Json(json!({ "message": message })).into_response())
 }
 

@@ -23,6 +23,8 @@ pub trait HostedRuntime: Send + Sync + Sized + 'static {
     const RECORD: RecordKind;
     /// What stays on disk once it is no longer hosted, in words.
     const KEPT: &'static str;
+    /// What a purge removes from disk, in words.
+    const PURGED: &'static str;
     /// The resource as a manifest gives it, checked.
     type Resource: Send;
     /// What comes beside the manifest (a connection's `resolved`).

@@ -82,6 +82,7 @@ impl HostedRuntime for TransportRuntime {
     const KIND: wire::Kind = wire::Kind::Transports;
     const RECORD: RecordKind = RecordKind::Transport;
     const KEPT: &'static str = "its queue is kept";
+    const PURGED: &'static str = "its queue is removed";
     type Resource = Transport;
     type Beside = ();
     type Desired = (SavedSpec<TransportSpec>, Option<i64>);
@@ -151,6 +152,7 @@ impl HostedRuntime for ConnectionRuntime {
     const KIND: wire::Kind = wire::Kind::Connections;
     const RECORD: RecordKind = RecordKind::Connection;
     const KEPT: &'static str = "its watermarks are kept";
+    const PURGED: &'static str = "its watermarks are removed";
     type Resource = Connection;
     type Beside = Resolved;
     type Desired = (SavedSpec<ConnectionSpec>, Option<i64>, Resolved);

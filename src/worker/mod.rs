@@ -263,15 +263,31 @@ impl Worker {
         Ok((self.start::<R>(&key, desired).await?, true))
     }
 
-    /// Stop hosting a resource (DELETE); what it keeps on disk stays.
-    pub async fn remove<R: HostedRuntime>(&self, key: &str) -> Result<bool, WorkerError> {
+    /// Stop hosting a resource (DELETE). What it keeps on disk stays, unless `purge`: then its
+    /// records, queue and ingest token go too (also when it was hosted no more), so a resource
+    /// of the same name starts empty.
+    pub async fn remove<R: HostedRuntime>(
+        &self,
+        key: &str,
+        purge: bool,
+    ) -> Result<Removed, WorkerError> {
         let _hosting = self.hosting.lock().await;
-        let Some(runtime) = R::hosted(self).remove(key) else {
-            return Ok(false);
+        let hosted = match R::hosted(self).remove(key) {
+            Some(runtime) => {
+                runtime.stop().await?;
+                self.budget.forget(key);
+                true
+            }
+            None => false,
         };
-        runtime.stop().await?;
-        self.budget.forget(key);
-        Ok(true)
+        let purged = purge && self.store.purge(R::RECORD, key).await?;
+        if purge && R::RECORD == RecordKind::Transport {
+            self.ingest_tokens
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(key);
+        }
+        Ok(Removed { hosted, purged })
     }
 
     /// Save every record durably (shutdown).
@@ -290,6 +306,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// What a DELETE did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Removed {
+    /// It was hosted, and is no more.
+    pub hosted: bool,
+    /// What it kept on disk was removed (there was some).
+    pub purged: bool,
 }
 
 /// The per-transport ingest token hashes kept on the volume. One that cannot be read is left

@@ -1772,4 +1772,41 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
     );
     let (code, body) = cluster.ingest("live", r#"{"order":999}"#).await;
     assert_eq!(code, 200, "{body}");
+
+    // Deleted with reclaimPolicy Retain (the default), its queue stays on the pool worker's
+    // volume: a Transport of the same name placed there finds it again. Deleted with Delete,
+    // nothing of it stays: the next one of that name starts empty.
+    let outage_yaml = pooled_sf_transport_yaml("outage", &nowhere, "fleet", false);
+    let recreated = |what: &'static str, holds: fn(&Value) -> bool| {
+        let (cluster, outage_yaml) = (&cluster, &outage_yaml);
+        async move {
+            cluster
+                .kubectl(&["delete", "transport", "outage", "--timeout=60s"])
+                .unwrap_or_else(|e| panic!("kubectl delete: {e}"));
+            cluster.apply(outage_yaml);
+            cluster
+                .wait_transport("outage", what, |s| {
+                    s["placement"]["worker"] == worker && s["queue"].is_object() && holds(s)
+                })
+                .await
+        }
+    };
+    let kept = recreated("placed again, with its queue kept (Retain)", |s| {
+        s["queue"]["messages"].as_u64() > Some(0)
+    })
+    .await;
+    assert!(
+        kept["queue"]["messages"].as_u64() >= Some(queued as u64),
+        "{kept}"
+    );
+    cluster.patch(
+        "transport/outage",
+        json!({"spec": {"storage": {"reclaimPolicy": "Delete"}}}),
+    );
+    let empty = recreated("placed again, empty (Delete)", |s| {
+        s["queue"]["messages"] == 0
+    })
+    .await;
+    assert_eq!(empty["queue"]["bytes"], 0, "{empty}");
+    assert_eq!(empty["totals"]["stored"], 0, "{empty}");
 }
