@@ -23,7 +23,7 @@ use crate::{
         startup_queue::{Look, StartupQueue},
     },
     transport::runtime::TransportRuntime,
-    wire::{self, Resolved, ResolvedTransport, Startup, key},
+    wire::{self, Purge, Resolved, ResolvedTransport, Startup, key},
     worker::{
         Worker, WorkerOptions,
         process::{self, Failure},
@@ -272,7 +272,7 @@ impl Standalone {
                 self.queue().release(runtime.key(), self.now_ms());
                 match self
                     .worker
-                    .remove::<ConnectionRuntime>(runtime.key(), false)
+                    .remove::<ConnectionRuntime>(runtime.key(), Purge::Keep)
                     .await
                 {
                     Ok(_) => println!("{object}: removed from the manifests, no longer hosted"),
@@ -285,7 +285,7 @@ impl Standalone {
             if !defined.contains(&object) {
                 match self
                     .worker
-                    .remove::<TransportRuntime>(runtime.key(), false)
+                    .remove::<TransportRuntime>(runtime.key(), Purge::Keep)
                     .await
                 {
                     Ok(_) => println!(

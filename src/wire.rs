@@ -68,6 +68,35 @@ pub fn resource_path(kind: Kind, key: &str) -> String {
     format!("/v1/{}/{key}", kind.segment())
 }
 
+/// What a `DELETE` of a hosted resource does with what it kept on the worker's volume
+/// (`?purge=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Purge {
+    /// `false` (or no `purge`): its queue or watermarks stay.
+    #[default]
+    #[serde(rename = "false")]
+    Keep,
+    /// `true`: they are removed (the operator, deleting a resource with `reclaimPolicy: Delete`).
+    #[serde(rename = "true")]
+    Remove,
+    /// `reclaimPolicy`: as the hosted resource's own `spec.storage.reclaimPolicy` says (the
+    /// pool's sweep, which no longer has the deleted resource to ask).
+    #[serde(rename = "reclaimPolicy")]
+    AsItsReclaimPolicy,
+}
+
+impl Purge {
+    /// `DELETE` of a hosted resource with this purge.
+    pub fn delete_path(self, kind: Kind, key: &str) -> String {
+        let path = resource_path(kind, key);
+        match self {
+            Purge::Keep => path,
+            Purge::Remove => format!("{path}?purge=true"),
+            Purge::AsItsReclaimPolicy => format!("{path}?purge=reclaimPolicy"),
+        }
+    }
+}
+
 /// `GET` of the keys of every hosted resource of a kind (admin): a [`HostedList`].
 pub fn hosted_path(kind: Kind) -> String {
     format!("/v1/{}", kind.segment())

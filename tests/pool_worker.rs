@@ -346,3 +346,48 @@ async fn a_purged_transport_leaves_nothing_and_a_kept_one_its_queue() {
     let (status, body) = delete(&worker, "kept", "?purge=true").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// The pool's sweep removes a resource deleted while its worker was down with
+/// `?purge=reclaimPolicy`: the hosted resource's own `spec.storage.reclaimPolicy` decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_purges_as_the_resources_own_reclaim_policy_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = common::TestHost::down_from_the_start();
+    let worker = WorkerProc::start(dir.path()).await;
+    for (name, policy) in [("delete-me", "Delete"), ("retain-me", "Retain")] {
+        let mut spec = spec(&host);
+        spec["storage"] = json!({"reclaimPolicy": policy});
+        worker.apply(name, spec).await;
+        let (status, body) = worker.send(name, "1", Some("1")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let (status, body) = delete(&worker, "delete-me", "?purge=reclaimPolicy").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("its queue is removed"),
+        "{body}"
+    );
+    let (status, body) = delete(&worker, "retain-me", "?purge=reclaimPolicy").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("its queue is kept"),
+        "{body}"
+    );
+    // Not hosted any more: its policy is not known, nothing is removed.
+    assert_eq!(
+        delete(&worker, "retain-me", "?purge=reclaimPolicy").await.0,
+        404
+    );
+
+    for name in ["delete-me", "retain-me"] {
+        worker.apply(name, spec(&host)).await;
+    }
+    assert_eq!(worker.report("delete-me").await["queue"]["messages"], 0);
+    assert_eq!(worker.report("retain-me").await["queue"]["messages"], 1);
+}

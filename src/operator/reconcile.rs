@@ -210,7 +210,7 @@ async fn leave_pool_worker<R: WorkerResource>(
     namespace: &str,
     ctx: &Context,
     placement: &crate::api::worker_pool::Placement,
-    purge: bool,
+    purge: crate::wire::Purge,
 ) -> Result<(), ReconcileError> {
     let key = placement::resource_key(R::KIND, namespace, &object.name_any());
     let Some(pool) = placement::pool(ctx, namespace, &placement.worker_pool) else {
@@ -220,11 +220,14 @@ async fn leave_pool_worker<R: WorkerResource>(
     let set = Owner::pool(&pool)?.worker_name();
     let tokens = super::caches::cached(&ctx.caches.secrets, namespace, &set)
         .and_then(|secret| super::worker_objects::tokens_of(&secret));
-    let path =
-        crate::wire::resource_path(R::WIRE, &crate::wire::key(namespace, &object.name_any()));
+    let hosted_key = crate::wire::key(namespace, &object.name_any());
     if let Some(tokens) = tokens {
         match ready_worker(ctx, namespace, &set, &placement.worker, &tokens).await {
-            Ok((worker, _)) => match ctx.workers.delete(&worker, &path, purge).await {
+            Ok((worker, _)) => match ctx
+                .workers
+                .delete(&worker, R::WIRE, &hosted_key, purge)
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if e.is_not_hosted() => {}
                 Err(e) => {
@@ -236,7 +239,7 @@ async fn leave_pool_worker<R: WorkerResource>(
             },
             // A worker that does not run cannot be told; its deletion is not held up by it.
             // It hosts the resource again when it starts, until its pool's sweep tells it to
-            // stop (`worker_pool::sweep_orphans`).
+            // stop, purging as the resource's reclaimPolicy said (`worker_pool::sweep_orphans`).
             Err(WorkerPodUnavailable::Missing(_) | WorkerPodUnavailable::NotRunning(_)) => {
                 tracing::warn!(resource = %key, worker = %placement.worker, "the pool worker does not run; its pool's sweep tells it the resource is gone once it is back");
             }
@@ -301,7 +304,10 @@ async fn cleanup<R: WorkerResource>(
     let owner = object.owner()?;
     // On a pool's worker: the worker stops hosting it (the others there go on).
     if let Some(placement) = object.status().and_then(Placeable::placement) {
-        let purge = owner.reclaim_policy() == ReclaimPolicy::Delete;
+        let purge = match owner.reclaim_policy() {
+            ReclaimPolicy::Delete => crate::wire::Purge::Remove,
+            ReclaimPolicy::Retain => crate::wire::Purge::Keep,
+        };
         leave_pool_worker(object, namespace, ctx, placement, purge).await?;
     }
     object.forget(namespace, ctx, memory);

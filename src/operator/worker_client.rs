@@ -115,18 +115,15 @@ impl WorkerClient {
     }
 
     /// `DELETE` the resource: the worker stops hosting it (a resource leaving a pool worker);
-    /// with `purge`, what it kept on the worker's volume is removed too.
+    /// `purge` says whether what it kept on the worker's volume goes too.
     pub async fn delete(
         &self,
         worker: &WorkerPod,
-        path: &str,
-        purge: bool,
+        kind: crate::wire::Kind,
+        key: &str,
+        purge: crate::wire::Purge,
     ) -> Result<(), WorkerCallError> {
-        let path = if purge {
-            format!("{path}?purge=true")
-        } else {
-            path.to_owned()
-        };
+        let path = purge.delete_path(kind, key);
         self.call::<Value>(worker, Method::DELETE, &path, None)
             .await
             .map(|_| ())

@@ -128,7 +128,7 @@ async fn sweep_orphans(
                 tracing::info!(worker = %worker.name, kind = kind.segment(), resource = %key, "the pool worker hosts a resource that is not placed there (deleted while the worker was down); it is told to stop hosting it");
                 match ctx
                     .workers
-                    .delete(&pod, &wire::resource_path(kind, &key), false)
+                    .delete(&pod, kind, &key, wire::Purge::AsItsReclaimPolicy)
                     .await
                 {
                     Ok(()) => {}

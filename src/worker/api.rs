@@ -383,11 +383,12 @@ fn with_etag(mut response: Response, etag: &str) -> Response {
 #[derive(serde::Deserialize)]
 struct DeleteQuery {
     #[serde(default)]
-    purge: bool,
+    purge: crate::wire::Purge,
 }
 
 /// Stop hosting a resource; what it keeps on disk stays, unless `?purge=true` (a resource
-/// deleted with `reclaimPolicy: Delete`), which removes it also when it is hosted no more.
+/// deleted with `reclaimPolicy: Delete`), which removes it also when it is hosted no more, or
+/// `?purge=reclaimPolicy` (its own spec decides).
 async fn delete_resource<R: HostedRuntime>(
     State(app): State<App>,
     path: ResourcePath,
@@ -397,13 +398,19 @@ async fn delete_resource<R: HostedRuntime>(
     let key = admin_resource(&app, &headers, path)?;
     let purge = match query {
         Ok(q) => q.0.purge,
-        Err(_) => return Err(bad_request("purge: must be true or false".into())),
+        Err(_) => {
+            return Err(bad_request(
+                "purge: must be true, false or reclaimPolicy".into(),
+            ));
+        }
     };
     let removed = app.worker.remove::<R>(&key, purge).await?;
     let kind = R::KIND.singular();
     let message = match (removed.hosted, removed.purged) {
         (false, false) => return Err(not_hosted(R::KIND, &key)),
-        (true, false) if !purge => format!("{kind} {key} is no longer hosted; {}", R::KEPT),
+        (true, false) if !removed.purging => {
+            format!("{kind} {key} is no longer hosted; {}", R::KEPT)
+        }
         (true, _) => format!("{kind} {key} is no longer hosted; {}", R::PURGED),
         (false, true) => format!("no {kind} {key} is hosted here; {}", R::PURGED),
     };

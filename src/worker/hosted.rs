@@ -64,6 +64,9 @@ pub trait HostedRuntime: Send + Sync + Sized + 'static {
 
     fn report(&self) -> Self::Report;
 
+    /// What its own spec says becomes of what it keeps when it is deleted.
+    fn reclaim_policy(&self) -> crate::api::storage::ReclaimPolicy;
+
     /// Stop hosting it (DELETE): a restart does not host it again.
     fn stop(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 

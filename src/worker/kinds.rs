@@ -46,6 +46,10 @@ macro_rules! same_named {
             <$runtime>::report(self)
         }
 
+        fn reclaim_policy(&self) -> crate::api::storage::ReclaimPolicy {
+            <$runtime>::spec(self).storage.reclaim_policy
+        }
+
         async fn stop(&self) -> Result<(), StoreError> {
             <$runtime>::stop(self).await
         }

@@ -20,7 +20,9 @@ use std::{
 
 use serde_json::Value;
 
+use crate::api::storage::ReclaimPolicy;
 use crate::store::{RecordKind, Store, StoreError, blocking};
+use crate::wire::Purge;
 use crate::{
     api::validate::{InvalidManifest, ManifestValidator, Resource},
     connection::runtime::ConnectionError,
@@ -263,22 +265,26 @@ impl Worker {
         Ok((self.start::<R>(&key, desired).await?, true))
     }
 
-    /// Stop hosting a resource (DELETE). What it keeps on disk stays, unless `purge`: then its
-    /// records, queue and ingest token go too (also when it was hosted no more), so a resource
-    /// of the same name starts empty.
+    /// Stop hosting a resource (DELETE). What it keeps on disk stays, unless `purge` says
+    /// otherwise: then its records, queue and ingest token go too (with `Remove` also when it
+    /// was hosted no more), so a resource of the same name starts empty.
     pub async fn remove<R: HostedRuntime>(
         &self,
         key: &str,
-        purge: bool,
+        purge: Purge,
     ) -> Result<Removed, WorkerError> {
         let _hosting = self.hosting.lock().await;
-        let hosted = match R::hosted(self).remove(key) {
+        let (hosted, purge) = match R::hosted(self).remove(key) {
             Some(runtime) => {
+                let delete = runtime.reclaim_policy() == ReclaimPolicy::Delete;
                 runtime.stop().await?;
                 self.budget.forget(key);
-                true
+                (
+                    true,
+                    purge == Purge::Remove || (purge == Purge::AsItsReclaimPolicy && delete),
+                )
             }
-            None => false,
+            None => (false, purge == Purge::Remove),
         };
         let purged = purge && self.store.purge(R::RECORD, key).await?;
         if purge && R::RECORD == RecordKind::Transport {
@@ -287,7 +293,11 @@ impl Worker {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(key);
         }
-        Ok(Removed { hosted, purged })
+        Ok(Removed {
+            hosted,
+            purged,
+            purging: purge,
+        })
     }
 
     /// Save every record durably (shutdown).
@@ -313,8 +323,10 @@ impl Worker {
 pub struct Removed {
     /// It was hosted, and is no more.
     pub hosted: bool,
-    /// What it kept on disk was removed (there was some).
+    /// What it kept on disk is removed (`false` also when there was nothing).
     pub purged: bool,
+    /// A purge was asked for and applied (its own reclaimPolicy may have said keep).
+    pub purging: bool,
 }
 
 /// The per-transport ingest token hashes kept on the volume. One that cannot be read is left

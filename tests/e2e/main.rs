@@ -1653,7 +1653,11 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
             .json(&json!({
                 "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
                 "metadata": {"name": "stray", "namespace": cluster.namespace, "generation": 1},
-                "spec": {"host": {"url": format!("{nowhere}/ingest")}},
+                // Its own reclaimPolicy is Delete: the sweep removes what it kept too.
+                "spec": {
+                    "host": {"url": format!("{nowhere}/ingest")},
+                    "storage": {"reclaimPolicy": "Delete"},
+                },
             }))
             .send()
             .await
@@ -1734,6 +1738,18 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
             || async { (stray_hosted(&cluster, worker).await == Some(false)).then_some(()) },
         )
         .await;
+        // Nothing of it is kept either: a purge finds nothing to remove.
+        let (token, ip) = pool_admin(&cluster, worker).await;
+        let purge = reqwest::Client::new()
+            .delete(format!(
+                "http://{ip}:8080/v1/transports/{}/stray?purge=true",
+                cluster.namespace
+            ))
+            .header("Ferry-Token", token)
+            .send()
+            .await
+            .expect("the worker answers");
+        assert_eq!(purge.status(), 404, "the sweep purged it");
     }
 
     // An operator restart moves nothing and restarts no worker.
