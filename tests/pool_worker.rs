@@ -249,6 +249,14 @@ async fn delete(worker: &WorkerProc, name: &str, query: &str) -> (u16, Value) {
     (status, answer.json().await.unwrap_or(Value::Null))
 }
 
+/// DELETE answered 200 with a message that says `says`.
+async fn deleted(worker: &WorkerProc, name: &str, query: &str, says: &str) {
+    let (status, body) = delete(worker, name, query).await;
+    assert_eq!(status, 200, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{body}");
+}
+
 /// A transport deleted with `reclaimPolicy: Delete` leaves a pool's worker with nothing of it
 /// on the volume (`?purge=true`): one of the same name starts with an empty queue and without
 /// the old token; one deleted with `Retain` finds its queue again. Across kill -9 too.
@@ -274,24 +282,8 @@ async fn a_purged_transport_leaves_nothing_and_a_kept_one_its_queue() {
         body["message"].as_str().unwrap().contains("purge"),
         "{body}"
     );
-    let (status, body) = delete(&worker, "kept", "").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("its queue is kept"),
-        "{body}"
-    );
-    let (status, body) = delete(&worker, "gone", "?purge=true").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("its queue is removed"),
-        "{body}"
-    );
+    deleted(&worker, "kept", "", "its queue is kept").await;
+    deleted(&worker, "gone", "?purge=true", "its queue is removed").await;
     // Nothing is left to remove, and nothing of it is hosted: 404, as for any unknown one.
     assert_eq!(delete(&worker, "gone", "?purge=true").await.0, 404);
     // Without a purge, one hosted no more is unknown and keeps what it has.
@@ -361,24 +353,20 @@ async fn the_sweep_purges_as_the_resources_own_reclaim_policy_says() {
         let (status, body) = worker.send(name, "1", Some("1")).await;
         assert_eq!(status, 202, "{body}");
     }
-    let (status, body) = delete(&worker, "delete-me", "?purge=reclaimPolicy").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("its queue is removed"),
-        "{body}"
-    );
-    let (status, body) = delete(&worker, "retain-me", "?purge=reclaimPolicy").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("its queue is kept"),
-        "{body}"
-    );
+    deleted(
+        &worker,
+        "delete-me",
+        "?purge=reclaimPolicy",
+        "its queue is removed",
+    )
+    .await;
+    deleted(
+        &worker,
+        "retain-me",
+        "?purge=reclaimPolicy",
+        "its queue is kept",
+    )
+    .await;
     // Not hosted any more: its policy is not known, nothing is removed.
     assert_eq!(
         delete(&worker, "retain-me", "?purge=reclaimPolicy").await.0,
