@@ -31,6 +31,16 @@ fn ready(status: &Value) -> &str {
     condition(status, "Ready")["status"].as_str().unwrap_or("")
 }
 
+/// A status whose Ready condition has `reason`.
+fn ready_because(reason: &'static str) -> impl Fn(&Value) -> bool {
+    move |status| condition(status, "Ready")["reason"] == reason
+}
+
+/// The Ready condition's message ("" when there is none).
+fn ready_message(status: &Value) -> &str {
+    condition(status, "Ready")["message"].as_str().unwrap_or("")
+}
+
 fn transport_yaml(name: &str, host: &str, reclaim: &str) -> String {
     format!(
         r#"
@@ -366,14 +376,10 @@ async fn long_and_dotted_names_run_and_foreign_objects_are_left_alone() {
     cluster.apply(&yaml.join("---\n"));
 
     let status = cluster
-        .wait_transport("taken", "NameConflict", |s| {
-            condition(s, "Ready")["reason"] == "NameConflict"
-        })
+        .wait_transport("taken", "NameConflict", ready_because("NameConflict"))
         .await;
     assert!(
-        condition(&status, "Ready")["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("ferry-tp-taken")),
+        ready_message(&status).contains("ferry-tp-taken"),
         "{status}"
     );
     let secret = cluster
@@ -593,15 +599,10 @@ async fn a_connection_whose_worker_cannot_run_holds_no_startup_place() {
     cluster.apply(&stuck);
     let waiting = cluster
         .wait_connection("stuck", "waiting for its worker without a place", |s| {
-            condition(s, "Ready")["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("holds no place in the startup queue"))
+            ready_message(s).contains("holds no place in the startup queue")
         })
         .await;
-    let message = condition(&waiting, "Ready")["message"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
+    let message = ready_message(&waiting);
     assert!(message.contains("ferry-conn-stuck-0"), "{message}");
     cluster.apply(&connection_yaml("flowing", &source, &target));
     cluster
@@ -756,9 +757,7 @@ async fn deletion_under_both_reclaim_policies() {
             s["status"] == "Disabled" && condition(s, "Ready")["reason"] == "InvalidConfiguration"
         })
         .await;
-    let message = condition(&feeder, "Ready")["message"]
-        .as_str()
-        .unwrap_or("");
+    let message = ready_message(&feeder);
     assert!(message.contains("drop"), "{message}");
 
     // The kept claim still holds the queue: a Transport of the same name finds it.
@@ -1395,11 +1394,9 @@ spec:
         .await;
     cluster.apply(&pooled_transport_yaml("e", &host, "fleet"));
     let full = cluster
-        .wait_transport("e", "PoolFull", |s| {
-            condition(s, "Ready")["reason"] == "PoolFull"
-        })
+        .wait_transport("e", "PoolFull", ready_because("PoolFull"))
         .await;
-    let message = condition(&full, "Ready")["message"].as_str().unwrap_or("");
+    let message = ready_message(&full);
     assert!(message.contains("WorkerPool fleet is full"), "{message}");
 
     // workerPool is fixed once set.
@@ -1412,13 +1409,13 @@ spec:
     // A scale-down that would remove a hosting worker is blocked; the StatefulSet keeps both.
     cluster.patch("workerpool/fleet", json!({"spec": {"replicas": 1}}));
     let blocked = cluster
-        .wait_pool("fleet", "ScaleDownBlocked", |s| {
-            condition(s, "Ready")["reason"] == "ScaleDownBlocked"
-        })
+        .wait_pool(
+            "fleet",
+            "ScaleDownBlocked",
+            ready_because("ScaleDownBlocked"),
+        )
         .await;
-    let message = condition(&blocked, "Ready")["message"]
-        .as_str()
-        .unwrap_or("");
+    let message = ready_message(&blocked);
     assert!(message.contains("ferry-wp-fleet-1 hosts"), "{message}");
     let set = cluster
         .api::<StatefulSet>()
@@ -1432,13 +1429,9 @@ spec:
         .kubectl(&["delete", "workerpool/fleet", "--wait=false"])
         .expect("delete requested");
     let in_use = cluster
-        .wait_pool("fleet", "InUse", |s| {
-            condition(s, "Ready")["reason"] == "InUse"
-        })
+        .wait_pool("fleet", "InUse", ready_because("InUse"))
         .await;
-    let message = condition(&in_use, "Ready")["message"]
-        .as_str()
-        .unwrap_or("");
+    let message = ready_message(&in_use);
     assert!(message.contains("Transport a"), "{message}");
     for name in ["a", "b", "c", "d", "e"] {
         cluster
