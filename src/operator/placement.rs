@@ -14,7 +14,7 @@ use super::{
     reconcile::WorkerResource,
     status::Placeable,
     worker_objects::tokens_of,
-    worker_pod::pod_name_of,
+    worker_pod::{is_ready, pod_name_of},
 };
 use crate::api::{
     Connection, Transport, WorkerPool,
@@ -205,12 +205,8 @@ pub fn pool_workers(
     (0..count.clamp(0, MAX_REPLICAS))
         .map(|ordinal| {
             let name = pod_name_of(set, ordinal);
-            let ready = cached(&ctx.caches.pods, namespace, &name).is_some_and(|pod| {
-                pod.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            });
+            let ready =
+                cached(&ctx.caches.pods, namespace, &name).is_some_and(|pod| is_ready(&pod));
             let hosted = hosted.get(&name).copied().unwrap_or(0);
             PoolWorker {
                 name,

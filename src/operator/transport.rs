@@ -359,6 +359,50 @@ mod tests {
         );
     }
 
+    /// A worker pod being deleted still shows Ready while its worker shuts down: it is not
+    /// asked (what it answers now is the last of it), and the status says the pod is going,
+    /// the last known state kept (T8: the next worker comes back to it).
+    #[tokio::test]
+    async fn a_worker_pod_being_deleted_is_not_ready() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let mut known = transport(true, "Retain");
+        known.status = serde_json::from_value(json!({
+            "state": "Up", "observedGeneration": 2,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Up", "message": "",
+                            "observedGeneration": 2, "lastTransitionTime": "2026-11-23T10:00:00Z"}],
+        }))
+        .unwrap();
+        // A worker would answer here: it must not be asked.
+        let ip = test_ip(40);
+        let dir = tempfile::tempdir().unwrap();
+        let worker = worker_at(&ip, dir.path()).await;
+        let server = tokio::spawn(async move {
+            handle
+                .objects_with_known_tokens("ferry-tp-erp", "uid-1")
+                .await;
+            let mut pod = crate::operator::fixtures::ready_pod("ferry-tp-erp", &ip, "pod-1");
+            pod["metadata"]["deletionTimestamp"] = json!("2026-11-23T10:00:00Z");
+            handle.pod("ferry-tp-erp", pod).await;
+            transport_status_written(&mut handle).await
+        });
+        let action = reconcile(Arc::new(known), ctx, Arc::new(())).await.unwrap();
+        worker.abort();
+        let status = &server.await.unwrap()["status"];
+        assert_eq!(status["state"], "Up", "last known: {status}");
+        let (ready, reason, message) = condition(status, "Ready");
+        assert_eq!(
+            (ready.as_str(), reason.as_str()),
+            ("False", "WorkerUnreachable")
+        );
+        assert!(
+            message.contains("the worker pod ferry-tp-erp-0 is being deleted"),
+            "{message}"
+        );
+        // The pod's deletion and its successor are watched: no polling for it.
+        assert_eq!(action, Action::requeue(crate::operator::reconcile::RESYNC));
+    }
+
     #[tokio::test]
     async fn refused_worker_objects_show_in_the_status() {
         let (client, mut handle) = mock();

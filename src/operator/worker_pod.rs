@@ -72,12 +72,13 @@ pub(super) async fn ready_worker(
     };
     ctx.metrics
         .worker_restarts(namespace, &pod_name, restart_count(&pod));
-    let ready = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    if !ready {
+    if pod.metadata.deletion_timestamp.is_some() {
+        // Still answering, maybe, but going: what it reports now is the last of it.
+        return Err(WorkerPodUnavailable::NotRunning(format!(
+            "the worker pod {pod_name} is being deleted"
+        )));
+    }
+    if !is_ready(&pod) {
         return Err(WorkerPodUnavailable::NotRunning(
             match super::status::pod_not_ready_reason(&pod) {
                 Some(why) => format!("the worker pod {pod_name} is not ready: {why}"),
@@ -92,6 +93,17 @@ pub(super) async fn ready_worker(
         admin_token: tokens.admin.clone(),
     };
     Ok((target, pod.metadata.uid.unwrap_or_default()))
+}
+
+/// Whether a worker pod serves: Ready, and not being deleted (a pod's Ready condition stays
+/// true through its termination, while its worker shuts down).
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Restarts of the pod's containers so far (a crash-looping worker is never ready, so this is

@@ -258,9 +258,14 @@ impl Cluster {
         .await;
     }
 
+    /// Wait until pod `name` is Ready and not being deleted (a pod's Ready condition stays true
+    /// while it terminates); answers the pod.
     pub async fn wait_pod_ready(&self, name: &str) -> Value {
         eventually(&format!("pod {name} is Ready"), || async {
             let pod = self.api::<Pod>().get_opt(name).await.ok()??;
+            if pod.metadata.deletion_timestamp.is_some() {
+                return None;
+            }
             // Another Ready node (a previous run's, another harness's) took the pod: it will
             // never start here, so say so now instead of after the whole wait.
             if let (Some(kubelet), Some(bound)) = (
@@ -447,22 +452,19 @@ impl Cluster {
 
     /// Record every status the API server hands out for the namespace's Connections, in order.
     pub fn record_connections(&self) -> StatusLog {
-        let log: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-        let seen = log.clone();
-        let stream = watcher(self.connections(), watcher::Config::default()).applied_objects();
-        let task = tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(Ok(connection)) = stream.next().await {
-                if let Some(status) = &connection.status {
-                    let entry = (
-                        kube::ResourceExt::name_any(&connection),
-                        serde_json::to_value(status).expect("json"),
-                    );
-                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
-                }
-            }
-        });
-        StatusLog { seen: log, task }
+        record_statuses(self.connections())
+    }
+
+    /// Record every status the API server hands out for the namespace's Transports, in order.
+    pub fn record_transports(&self) -> StatusLog {
+        record_statuses(self.transports())
+    }
+
+    /// With the process kubelet: hold pod `name` away (not started, not restarted) until the
+    /// answer is dropped. `None` on a cluster with kubelets, which cannot be asked that.
+    pub fn hold_pod(&self, name: &str) -> Option<super::kubelet::Held<'static>> {
+        self.kubelet
+            .map(|kubelet| kubelet.hold(&self.namespace, name))
     }
 
     pub fn pod_log(&self, pod: &str) -> String {
@@ -527,6 +529,36 @@ impl Drop for Cluster {
             kubelet.detach(&self.namespace);
         }
     }
+}
+
+/// Every status of `api`'s objects, in the order the API server hands them out (a watch
+/// misses none, and lists what there is when it starts).
+fn record_statuses<K>(api: Api<K>) -> StatusLog
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let log: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let seen = log.clone();
+    let stream = watcher(api, watcher::Config::default()).applied_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(Ok(object)) = stream.next().await {
+            let name = kube::ResourceExt::name_any(&object);
+            let status = serde_json::to_value(&object).expect("json")["status"].take();
+            if !status.is_null() {
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((name, status));
+            }
+        }
+    });
+    StatusLog { seen: log, task }
 }
 
 /// Statuses in the order they were written.
@@ -776,8 +808,32 @@ impl Operator {
             .expect("text")
     }
 
+    /// SIGSTOP: the operator sees nothing and does nothing until [`Operator::resume`] (as a
+    /// process starved of CPU or a paused node), its connections kept.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Operator::pause`]: it goes on with what its watches missed meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the operator runs");
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill {signal} {pid}");
+    }
+
     /// SIGTERM and wait: the lease is released and the controllers stop.
     pub fn terminate(&mut self) {
+        if self.child.is_some() {
+            // A paused one takes SIGTERM only once it goes on.
+            self.resume();
+        }
         if let Some(mut child) = self.child.take() {
             super::kubelet::terminate(&mut child, Duration::from_secs(20));
         }

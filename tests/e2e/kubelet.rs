@@ -11,7 +11,12 @@
 //!   environment, its volume mounts mapped to local directories, its own loopback address
 //!   (127.0.0.N, kept per pod name, so a recreated pod keeps its IP) as pod IP;
 //! - keeps the pod status true: phase, podIP, Ready from the container's readiness probe,
-//!   restarts (a killed process is started again, restartCount + 1), and finishes deletions.
+//!   restarts (a killed process is started again, restartCount + 1), and finishes deletions;
+//! - holds a pod of a name away when a scenario asks ([`ProcessKubelet::hold`]): a new pod of
+//!   that name is not started and a process of it that exits is not started again (its status
+//!   says `CrashLoopBackOff`, as a node's during its back-off) until the hold is dropped, so a
+//!   scenario can see what the operator shows while a worker is away, whatever the machine's
+//!   speed.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -53,6 +58,8 @@ struct Running {
     readiness: Option<(String, u16)>,
     container: String,
     image: String,
+    /// Exited while held: reported waiting, started again once the hold goes.
+    held_down: bool,
 }
 
 #[derive(Default)]
@@ -61,6 +68,8 @@ struct State {
     ips: HashMap<String, String>,
     /// Namespaces whose scenario ended: their pods are stopped and not started again.
     ended: HashSet<String>,
+    /// Pods (`namespace/name`) held away: not started, not restarted.
+    held: HashSet<String>,
 }
 
 pub struct ProcessKubelet {
@@ -136,6 +145,15 @@ impl ProcessKubelet {
         }
     }
 
+    /// Hold pod `namespace/name` away until the answer is dropped: a new pod of that name is
+    /// not started, and its process, once it exits (killed, or its pod deleted), is not started
+    /// again.
+    pub fn hold(&self, namespace: &str, name: &str) -> Held<'_> {
+        let key = format!("{namespace}/{name}");
+        self.lock().held.insert(key.clone());
+        Held { kubelet: self, key }
+    }
+
     /// The scenario of `namespace` ended: stop its processes (they would outlive the tests).
     pub fn end_namespace(&self, namespace: &str) {
         let stopping: Vec<Running> = {
@@ -187,6 +205,18 @@ impl ProcessKubelet {
             .find(|r| r.key == key)
             .and_then(|r| std::fs::read_to_string(&r.log).ok())
             .unwrap_or_default()
+    }
+}
+
+/// A pod held away by [`ProcessKubelet::hold`]; dropped, the kubelet starts it again.
+pub struct Held<'a> {
+    kubelet: &'a ProcessKubelet,
+    key: String,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.kubelet.lock().held.remove(&self.key);
     }
 }
 
@@ -543,8 +573,17 @@ async fn sync_pods(
             }
             continue;
         }
-        let known = lock().running.contains_key(&uid);
+        let (known, held) = {
+            let state = lock();
+            (
+                state.running.contains_key(&uid),
+                state.held.contains(&format!("{namespace}/{name}")),
+            )
+        };
         if !known {
+            if held {
+                continue;
+            }
             match start(client, &pod, dir, state).await {
                 Ok(running) => {
                     lock().running.insert(uid.clone(), running);
@@ -561,17 +600,26 @@ async fn sync_pods(
         let (changed, probe) = {
             let mut state = lock();
             let running = state.running.get_mut(&uid).expect("known");
-            let exited = matches!(running.child.try_wait(), Ok(Some(_)));
-            if exited {
-                running.restarts += 1;
+            let exited = running.held_down || matches!(running.child.try_wait(), Ok(Some(_)));
+            if exited && held {
+                // Reported down once; started again when the hold goes.
+                let first = !running.held_down;
+                running.held_down = true;
                 running.ready = false;
-                running.started = Timestamp::now();
-                running.child = spawn(&running.command, &running.env, &running.log);
+                (first, None)
+            } else {
+                if exited {
+                    running.held_down = false;
+                    running.restarts += 1;
+                    running.ready = false;
+                    running.started = Timestamp::now();
+                    running.child = spawn(&running.command, &running.env, &running.log);
+                }
+                (
+                    exited,
+                    (!running.ready).then(|| (running.ip.clone(), running.readiness.clone())),
+                )
             }
-            (
-                exited,
-                (!running.ready).then(|| (running.ip.clone(), running.readiness.clone())),
-            )
         };
         let mut became_ready = false;
         if let Some((ip, readiness)) = probe {
@@ -606,6 +654,8 @@ pub struct PodProcess<'a> {
     pub container: &'a str,
     pub image: &'a str,
     pub pid: u32,
+    /// Exited and waiting to be started again.
+    pub backing_off: bool,
 }
 
 /// A running pod's status, as a kubelet writes it.
@@ -623,8 +673,12 @@ pub fn pod_status(p: &PodProcess<'_>) -> Value {
         ],
         "containerStatuses": [{
             "name": p.container, "image": p.image, "imageID": "", "containerID": format!("process://{}", p.pid),
-            "ready": p.ready, "started": true, "restartCount": p.restarts,
-            "state": {"running": {"startedAt": p.since}},
+            "ready": p.ready, "started": !p.backing_off, "restartCount": p.restarts,
+            "state": if p.backing_off {
+                json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting the exited container (held by the e2e scenario)"}})
+            } else {
+                json!({"running": {"startedAt": p.since}})
+            },
         }],
     })
 }
@@ -649,6 +703,7 @@ async fn report(
             container: &r.container,
             image: &r.image,
             pid: r.child.id(),
+            backing_off: r.held_down,
         })})
     };
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
@@ -783,6 +838,7 @@ async fn start(
         readiness,
         container: container.name.clone(),
         image: container.image.clone().unwrap_or_default(),
+        held_down: false,
     })
 }
 
