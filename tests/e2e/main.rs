@@ -139,30 +139,45 @@ enum Away<'a> {
     },
 }
 
-/// Take transport `name`'s worker away as `how` and bring it back, waiting on evidence only.
-/// While it is away — held away by the process kubelet, so a fast machine sees it as a slow one
-/// does — a status written after the event says so: `Ready=False` reason `WorkerUnreachable`
-/// naming the worker pod, the last known state kept (docs/operator.md). Then the pod is a new
-/// incarnation, Ready and not being deleted, and a status written after the one that said it
-/// was away is `Ready=True`: the new worker has reported. Answers that status.
+/// Take transport `name`'s own worker away as `how` and bring it back: see
+/// [`pod_away_and_back`]. Answers the status that says it is back.
 async fn worker_away_and_back(cluster: &Cluster, name: &str, how: Away<'_>) -> Value {
-    let set = ferry::operator::builders::worker_name("tp", name);
-    let pod = format!("{set}-0");
-    let before = incarnation(cluster, &pod).await;
-    cluster
-        .wait_transport(name, "Ready before its worker goes away", |s| {
-            ready(s) == "True"
-        })
-        .await;
+    let pod = format!("{}-0", ferry::operator::builders::worker_name("tp", name));
+    let mut back = pod_away_and_back(cluster, &pod, &[name], how).await;
+    back.remove(0)
+}
+
+/// Take worker pod `pod`, which hosts the transports `names`, away as `how` and bring it back,
+/// waiting on evidence only. While it is away — held away by the process kubelet, so a fast
+/// machine sees it as a slow one does — a status of each written after the event says so:
+/// `Ready=False` reason `WorkerUnreachable` naming the pod, the state it replaced kept
+/// (docs/operator.md#worker-away). Then the pod is a new incarnation, Ready and not being
+/// deleted, and a status of each written after the one that said it was away is `Ready=True`:
+/// the new worker has reported. Answers those statuses, in the order of `names`.
+async fn pod_away_and_back(
+    cluster: &Cluster,
+    pod: &str,
+    names: &[&str],
+    how: Away<'_>,
+) -> Vec<Value> {
+    let set = pod.rsplit_once('-').expect("a StatefulSet's pod").0;
+    let before = incarnation(cluster, pod).await;
+    for name in names {
+        cluster
+            .wait_transport(name, "Ready before its worker goes away", |s| {
+                ready(s) == "True"
+            })
+            .await;
+    }
     let log = cluster.record_transports();
-    let held = cluster.hold_pod(&pod);
+    let held = cluster.hold_pod(pod);
     // A kill or a deletion always takes it away; a scale to zero, as the pod shows after.
     let scaled = matches!(how, Away::ScaleToZero { .. });
     match how {
-        Away::Kill9 => cluster.kill9_worker(&pod).await,
+        Away::Kill9 => cluster.kill9_worker(pod).await,
         Away::DeletePod => {
             cluster
-                .kubectl(&["delete", "pod", &pod, "--wait=false"])
+                .kubectl(&["delete", "pod", pod, "--wait=false"])
                 .expect("graceful delete");
         }
         Away::ScaleToZero { paused } => {
@@ -170,11 +185,11 @@ async fn worker_away_and_back(cluster: &Cluster, name: &str, how: Away<'_>) -> V
                 operator.pause();
             }
             cluster
-                .kubectl(&["scale", "statefulset", &set, "--replicas=0"])
+                .kubectl(&["scale", "statefulset", set, "--replicas=0"])
                 .expect("scale the StatefulSet");
             if let Some(operator) = paused {
                 eventually(&format!("pod {pod} is going"), || async {
-                    (!same_pod_serving(cluster, &pod, &before).await).then_some(())
+                    (!same_pod_serving(cluster, pod, &before).await).then_some(())
                 })
                 .await;
                 operator.resume();
@@ -184,7 +199,7 @@ async fn worker_away_and_back(cluster: &Cluster, name: &str, how: Away<'_>) -> V
             eventually(
                 &format!("StatefulSet {set} repaired and seen to"),
                 || async {
-                    let set = cluster.api::<StatefulSet>().get_opt(&set).await.ok()??;
+                    let set = cluster.api::<StatefulSet>().get_opt(set).await.ok()??;
                     let replicas = set.spec.as_ref()?.replicas;
                     let seen = set.status.as_ref()?.observed_generation;
                     (replicas == Some(1) && seen.is_some() && seen == set.metadata.generation)
@@ -194,53 +209,61 @@ async fn worker_away_and_back(cluster: &Cluster, name: &str, how: Away<'_>) -> V
             .await;
         }
     }
-    let away = !scaled || !same_pod_serving(cluster, &pod, &before).await;
-    let since = if away {
-        let (index, entries) = eventually(
-            &format!("transport {name}: not Ready, naming {pod}, while it is away"),
-            || async {
-                let entries = log.entries();
-                let index = entries.iter().position(|(n, s)| {
-                    n == name
-                        && ready(s) == "False"
-                        && ready_because("WorkerUnreachable")(s)
-                        && ready_message(s).contains(&pod)
-                })?;
-                Some((index, entries))
-            },
-        )
-        .await;
-        // The status it replaced (when the watch saw one before it) had the same state.
-        let away_status = &entries[index].1;
-        if let Some((_, replaced)) = entries[..index].iter().rev().find(|(n, _)| n == name) {
-            assert_eq!(
-                away_status["state"], replaced["state"],
-                "the last known state stays while the worker is away: {away_status}"
-            );
+    let away = !scaled || !same_pod_serving(cluster, pod, &before).await;
+    // Per transport, where in the log the statuses after its away one start.
+    let mut since = vec![0; names.len()];
+    if away {
+        for (name, since) in names.iter().zip(&mut since) {
+            let (index, entries) = eventually(
+                &format!("transport {name}: not Ready, naming {pod}, while it is away"),
+                || async {
+                    let entries = log.entries();
+                    let index = entries.iter().position(|(n, s)| {
+                        n == name
+                            && ready(s) == "False"
+                            && ready_because("WorkerUnreachable")(s)
+                            && ready_message(s).contains(pod)
+                    })?;
+                    Some((index, entries))
+                },
+            )
+            .await;
+            // The status it replaced (when the watch saw one before it) had the same state.
+            let away_status = &entries[index].1;
+            if let Some((_, replaced)) = entries[..index].iter().rev().find(|(n, _)| n == name) {
+                assert_eq!(
+                    away_status["state"], replaced["state"],
+                    "the last known state stays while the worker is away: {away_status}"
+                );
+            }
+            *since = index + 1;
         }
-        index + 1
     } else {
         cluster::say(&format!(
             "{pod} was never away: the operator repaired its StatefulSet before the StatefulSet \
              controller acted on the zero"
         ));
-        0
-    };
+    }
     drop(held);
     if away {
-        restarted_and_ready(cluster, &pod, before).await;
+        restarted_and_ready(cluster, pod, before).await;
     }
-    eventually(
-        &format!("transport {name}: Ready again, written after its worker came back"),
-        || async {
-            log.entries()
-                .into_iter()
-                .skip(since)
-                .find(|(n, s)| n == name && ready(s) == "True")
-                .map(|(_, s)| s)
-        },
-    )
-    .await
+    let mut back = Vec::new();
+    for (name, since) in names.iter().zip(since) {
+        let status = eventually(
+            &format!("transport {name}: Ready again, written after its worker came back"),
+            || async {
+                log.entries()
+                    .into_iter()
+                    .skip(since)
+                    .find(|(n, s)| n == name && ready(s) == "True")
+                    .map(|(_, s)| s)
+            },
+        )
+        .await;
+        back.push(status);
+    }
+    back
 }
 
 /// Whether `pod` is still the incarnation `before`, not being deleted.
@@ -1816,7 +1839,6 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
     }
 
     // kill -9 of the pool's worker while producers post to live and outage.
-    let before = incarnation(&cluster, worker).await;
     let done = std::sync::atomic::AtomicBool::new(false);
     let produce = |transport: &'static str, answer: u16| {
         let (cluster, done) = (&cluster, &done);
@@ -1837,13 +1859,17 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
     };
     let kill = async {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        cluster.kill9_worker(worker).await;
-        restarted_and_ready(&cluster, worker, before).await;
+        // Every transport it hosts says it is away, then that it is back.
+        let hosted = ["live", "outage", "paused"];
+        let back = pod_away_and_back(&cluster, worker, &hosted, Away::Kill9).await;
         // A little more load on the worker as it is again.
         tokio::time::sleep(Duration::from_secs(2)).await;
         done.store(true, std::sync::atomic::Ordering::Relaxed);
+        back
     };
-    let (delivered, stored, ()) = tokio::join!(produce("live", 200), produce("outage", 202), kill);
+    let (delivered, stored, back) =
+        tokio::join!(produce("live", 200), produce("outage", 202), kill);
+    assert_eq!(back[2]["state"], "Suspended", "T8: {}", back[2]);
     assert!(
         !delivered.is_empty() && !stored.is_empty(),
         "load before the kill: {} delivered, {} stored",
