@@ -138,6 +138,7 @@ async fn main() {
     let tokens = Tokens {
         admin: Some(Token::new("admin-token")),
         ingest: Some(Token::new("ingest-token")),
+        own_ingest_only: false,
     };
     let listener = tokio::net::TcpListener::bind((ip, 8080))
         .await

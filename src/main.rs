@@ -46,6 +46,10 @@ enum Command {
         /// File holding the token ingest requires.
         #[arg(long)]
         ingest_token_file: PathBuf,
+        /// A pool's worker: each transport takes only its own ingest token (given with its
+        /// spec), never the one in --ingest-token-file.
+        #[arg(long, env = "FERRY_OWN_INGEST_TOKENS")]
+        own_ingest_tokens: bool,
         /// The URL producers use to reach this worker (reported as each transport's endpoint).
         #[arg(long, env = "FERRY_PUBLIC_URL")]
         public_url: Option<String>,
@@ -316,11 +320,15 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
             listen,
             admin_token_file,
             ingest_token_file,
+            own_ingest_tokens,
             public_url,
             flags,
         } => {
             let tokens = match Tokens::read(Some(&admin_token_file), Some(&ingest_token_file)) {
-                Ok(tokens) => tokens,
+                Ok(tokens) => Tokens {
+                    own_ingest_only: own_ingest_tokens,
+                    ..tokens
+                },
                 Err(e) => return fail(e.to_string()),
             };
             let options = flags.options(

@@ -52,8 +52,8 @@ fn render_the_examples_workers() {
         }
     }
     assert_eq!(
-        rendered, 18,
-        "three objects for each of the six example resources"
+        rendered, 24,
+        "four objects for each of the six example resources"
     );
 }
 
@@ -71,6 +71,11 @@ fn render(owner: &Owner, tokens: &WorkerTokens) -> Vec<(String, String)> {
         (
             format!("{name}-secret.yaml"),
             serde_norway::to_string(&owner.secret(tokens)).unwrap(),
+        ),
+        (
+            format!("{name}-admin-secret.yaml"),
+            serde_norway::to_string(&owner.admin_secret(tokens).expect("a dedicated worker"))
+                .unwrap(),
         ),
     ]
 }

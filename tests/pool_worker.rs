@@ -108,6 +108,43 @@ async fn each_transport_on_a_pool_worker_takes_only_its_own_token() {
     assert_eq!(worker.send_with("a", "rotated", "10", None).await.0, 200);
 }
 
+/// A pool's worker (`--own-ingest-tokens`, as the operator starts it): a transport takes only
+/// its own token, and one whose own token the worker does not know (not given yet, or its
+/// saved hash unreadable) takes none, never the worker's. No ingest token opens an admin route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_worker_never_falls_back_to_its_own_ingest_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let worker = WorkerProc::start_with(dir.path(), &["--own-ingest-tokens"]).await;
+    let (status, body) = put_with_token(&worker, "a", spec(&host), &sha256("a-token")).await;
+    assert_eq!(status, 201, "{body}");
+    worker.apply("c", spec(&host)).await;
+    let ingest = &worker.ingest;
+    assert_eq!(worker.send_with("a", "a-token", "1", None).await.0, 200);
+    for (transport, token) in [("a", ingest.as_str()), ("c", ingest), ("c", "a-token")] {
+        let (status, body) = worker.send_with(transport, token, "2", None).await;
+        assert_eq!(status, 401, "{transport} with {token}: {body}");
+    }
+    for token in ["a-token", ingest.as_str()] {
+        let url = worker.transport_url("a");
+        let http = worker.http();
+        for request in [
+            http.get(&url),
+            http.put(&url).json(&json!({})),
+            http.delete(format!("{url}?purge=true")),
+            http.get(format!("{url}/queue")),
+        ] {
+            let answer = request.header("Ferry-Token", token).send().await.unwrap();
+            assert_eq!(answer.status(), 401, "an ingest token on an admin route");
+        }
+    }
+    assert_eq!(
+        host.received().len(),
+        1,
+        "only a's own producer got through"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_or_misplaced_token_hash_is_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();

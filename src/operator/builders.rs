@@ -1,8 +1,10 @@
 //! The Kubernetes objects the operator owns for each Connection and Transport with a worker of
 //! its own, and for each WorkerPool: a StatefulSet of `ferry worker`s (one, or the pool's
 //! replicas) with a volume each for its data directory, a Service for its port (headless for
-//! a pool: every worker has a stable DNS name), and a Secret with the admin and ingest tokens. Pure: the reconciler applies what these return
-//! with server-side apply.
+//! a pool: every worker has a stable DNS name), the producers' Secret with the ingest token and,
+//! for a worker of its own, the admin token in a Secret of its own that only the operator reads
+//! (a pool's Secret holds its admin token; producers never read it). Pure: the reconciler
+//! applies what these return with server-side apply.
 //!
 //! The objects are built as typed k8s-openapi structs: a misspelt field, a wrong type or a
 //! missing value is a compile error, never a reconcile that fails at run time.
@@ -15,10 +17,11 @@ use k8s_openapi::{
         apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec},
         core::v1::{
             Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-            HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-            SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
-            ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+            HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+            PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            ProjectedVolumeSource, ResourceRequirements, SeccompProfile, Secret, SecretProjection,
+            SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+            VolumeMount, VolumeProjection, VolumeResourceRequirements,
         },
     },
     apimachinery::pkg::{
@@ -43,6 +46,17 @@ const TOKENS_DIR: &str = "/etc/ferry/tokens";
 /// The key of the ingest token in a worker's (or a pooled resource's) Secret: what producers
 /// read.
 pub const INGEST_TOKEN_KEY: &str = "ingest-token";
+/// The key of the admin token: in a dedicated worker's admin Secret ([`admin_secret_name`]), in
+/// a pool's Secret, and (before ferry kept the two apart) in a dedicated worker's producers'
+/// Secret.
+pub const ADMIN_TOKEN_KEY: &str = "admin-token";
+
+/// The Secret that holds a dedicated worker's admin token, which only the operator (and
+/// `kubectl ferry`) read: `<worker>-admin`, at most 58 characters. Stable forever, as the
+/// worker's name is.
+pub fn admin_secret_name(worker: &str) -> String {
+    format!("{worker}-admin")
+}
 /// The distroless "nonroot" user.
 const RUN_AS: i64 = 65532;
 /// The worker pod's grace period on deletion. The worker's own shutdown deadline
@@ -331,22 +345,53 @@ impl<'a> Owner<'a> {
         )
     }
 
+    /// The worker's Secret: a pool's holds both tokens (producers never read it); a dedicated
+    /// worker's holds only what producers need, the ingest token, and its admin token is in
+    /// [`Owner::admin_secret`].
     pub fn secret(&self, tokens: &WorkerTokens) -> Secret {
+        if self.pool.is_none() {
+            return self.ingest_secret(&tokens.ingest);
+        }
         let token = |value: &str| ByteString(value.as_bytes().to_vec());
         Secret {
             metadata: self.metadata(),
             type_: Some("Opaque".into()),
             data: Some(BTreeMap::from([
-                ("admin-token".into(), token(&tokens.admin)),
+                (ADMIN_TOKEN_KEY.into(), token(&tokens.admin)),
                 (INGEST_TOKEN_KEY.into(), token(&tokens.ingest)),
             ])),
             ..Secret::default()
         }
     }
 
-    /// A pooled resource's own Secret: only its ingest token (the pool's Secret holds the
-    /// admin token), under the same name and key as a dedicated worker's, so producers read it
-    /// the same way.
+    /// A dedicated worker's admin token, in a Secret of its own ([`admin_secret_name`]) that
+    /// producers are never given; `None` for a pool (its Secret holds it).
+    pub fn admin_secret(&self, tokens: &WorkerTokens) -> Option<Secret> {
+        self.pool.is_none().then(|| Secret {
+            metadata: ObjectMeta {
+                name: Some(admin_secret_name(&self.worker_name())),
+                ..self.metadata()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                ADMIN_TOKEN_KEY.into(),
+                ByteString(tokens.admin.as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        })
+    }
+
+    /// The Secret the admin token is read from: a dedicated worker's admin Secret, or the
+    /// pool's Secret.
+    pub fn admin_secret_name(&self) -> String {
+        match self.pool {
+            Some(_) => self.worker_name(),
+            None => admin_secret_name(&self.worker_name()),
+        }
+    }
+
+    /// A pooled resource's own Secret, and a dedicated worker's producers' Secret: only its
+    /// ingest token, under the same name and key either way, so producers read it the same way.
     pub fn ingest_secret(&self, ingest: &str) -> Secret {
         Secret {
             metadata: self.metadata(),
@@ -406,26 +451,30 @@ impl<'a> Owner<'a> {
             read_only,
             ..VolumeMount::default()
         };
-        let args = [
+        let mut args = vec![
             "worker".to_owned(),
             "--data-dir".into(),
             DATA_DIR.into(),
             "--listen".into(),
             format!("0.0.0.0:{WORKER_PORT}"),
             "--admin-token-file".into(),
-            format!("{TOKENS_DIR}/admin-token"),
+            format!("{TOKENS_DIR}/{ADMIN_TOKEN_KEY}"),
             "--ingest-token-file".into(),
-            format!("{TOKENS_DIR}/ingest-token"),
+            format!("{TOKENS_DIR}/{INGEST_TOKEN_KEY}"),
             "--memory-budget".into(),
             memory_budget(self.resources(defaults)).to_string(),
             "--shutdown-timeout".into(),
             format!("{WORKER_SHUTDOWN_SECS}s"),
         ];
+        if self.pool.is_some() {
+            // Its transports take their own ingest tokens only.
+            args.push("--own-ingest-tokens".into());
+        }
         Container {
             name: "worker".into(),
             image: Some(defaults.image.clone()),
             image_pull_policy: defaults.image_pull_policy.clone(),
-            args: Some(args.into()),
+            args: Some(args),
             env: Some(
                 // A pool worker's own name, first: `$(POD_NAME)` in its URL is expanded from
                 // the variables before it. (A dedicated worker's pod spec stays as it was, so
@@ -475,6 +524,46 @@ impl<'a> Owner<'a> {
                 mount("tmp", "/tmp", None),
             ]),
             ..Container::default()
+        }
+    }
+
+    /// The worker's token files: a pool's Secret as it is; a dedicated worker's admin token
+    /// from its admin Secret and its ingest token from the producers' Secret, side by side.
+    fn tokens_volume(&self) -> Volume {
+        const MODE: i32 = 0o440;
+        if self.pool.is_some() {
+            return Volume {
+                name: "tokens".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(self.worker_name()),
+                    default_mode: Some(MODE),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            };
+        }
+        let key_of = |secret: String, key: &str| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: secret,
+                items: Some(vec![KeyToPath {
+                    key: key.into(),
+                    path: key.into(),
+                    mode: None,
+                }]),
+                optional: Some(false),
+            }),
+            ..VolumeProjection::default()
+        };
+        Volume {
+            name: "tokens".into(),
+            projected: Some(ProjectedVolumeSource {
+                default_mode: Some(MODE),
+                sources: Some(vec![
+                    key_of(self.admin_secret_name(), ADMIN_TOKEN_KEY),
+                    key_of(self.worker_name(), INGEST_TOKEN_KEY),
+                ]),
+            }),
+            ..Volume::default()
         }
     }
 
@@ -542,15 +631,7 @@ impl<'a> Owner<'a> {
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECS as i64),
             containers: vec![self.container(defaults)],
             volumes: Some(vec![
-                Volume {
-                    name: "tokens".into(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(self.worker_name()),
-                        default_mode: Some(0o440),
-                        ..SecretVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                },
+                self.tokens_volume(),
                 Volume {
                     name: "tmp".into(),
                     empty_dir: Some(EmptyDirVolumeSource {
@@ -675,7 +756,14 @@ mod tests {
                             ],
                         }],
                         "volumes": [
-                            {"name": "tokens", "secret": {"secretName": "ferry-tp-erp", "defaultMode": 288}},
+                            // The admin token from the operator's Secret, the ingest token
+                            // from the producers'.
+                            {"name": "tokens", "projected": {"defaultMode": 288, "sources": [
+                                {"secret": {"name": "ferry-tp-erp-admin", "optional": false,
+                                            "items": [{"key": "admin-token", "path": "admin-token"}]}},
+                                {"secret": {"name": "ferry-tp-erp", "optional": false,
+                                            "items": [{"key": "ingest-token", "path": "ingest-token"}]}},
+                            ]}},
                             {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
                         ],
                     },
@@ -770,13 +858,27 @@ mod tests {
             service["metadata"]["ownerReferences"][0]["kind"],
             "Transport"
         );
-        let secret = owner.secret(&WorkerTokens {
+        let tokens = WorkerTokens {
             admin: "a".into(),
             ingest: "i".into(),
-        });
+        };
+        // Producers read ferry-tp-erp: the ingest token only.
+        let secret = owner.secret(&tokens);
+        assert_eq!(secret.metadata.name.as_deref(), Some("ferry-tp-erp"));
         let data = secret.data.unwrap();
-        assert_eq!(data["admin-token"].0, b"a");
+        assert_eq!(data.len(), 1, "{data:?}");
         assert_eq!(data["ingest-token"].0, b"i");
+        // The admin token, in a Secret of its own, controlled by the transport too.
+        let admin = owner.admin_secret(&tokens).expect("a dedicated worker's");
+        assert_eq!(admin.metadata.name.as_deref(), Some("ferry-tp-erp-admin"));
+        assert_eq!(owner.admin_secret_name(), "ferry-tp-erp-admin");
+        assert_eq!(
+            admin.metadata.owner_references,
+            secret.metadata.owner_references
+        );
+        let data = admin.data.unwrap();
+        assert_eq!(data.len(), 1, "{data:?}");
+        assert_eq!(data["admin-token"].0, b"a");
     }
 
     /// Pinned forever: a change here renames running workers and orphans their volumes. The

@@ -380,11 +380,15 @@ async fn resolve_targets(
         // A pooled transport is on its worker's stable name, once it has its place.
         let at = match &transport.spec.worker_pool {
             None => owner.service_url(),
-            Some(pool) => match transport.status.as_ref().and_then(|s| s.placement.as_ref()) {
-                Some(placement) if placement.worker_pool == *pool => {
-                    super::placement::worker_url(namespace, placement)
-                }
-                _ => {
+            Some(pool) => match transport
+                .status
+                .as_ref()
+                .and_then(|s| s.placement.as_ref())
+                .filter(|placement| placement.worker_pool == *pool)
+                .and_then(|placement| super::placement::worker_url(namespace, placement))
+            {
+                Some(url) => url,
+                None => {
                     return Ok(Err(format!(
                         "sync-set {}: target transport {namespace}/{} has no place in WorkerPool {pool} yet (its status says why)",
                         sync_set.name, target.name
@@ -525,15 +529,22 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    /// Answer the Secret lookup and the three applies; answers the StatefulSet applied.
+    /// Answer the Secrets' lookups (the producers' and the admin one) and the four applies;
+    /// answers the StatefulSet applied.
     async fn objects(handle: &mut ApiServerVerifier) -> Value {
         let (_, path, _, send) = handle.next().await;
         assert!(path.contains("/secrets/ferry-conn-"), "{path}");
         let worker = path.rsplit('/').next().unwrap().to_owned();
         send.send_response(not_found());
+        let (_, path, _, send) = handle.next().await;
+        assert!(
+            path.ends_with(&format!("/secrets/{worker}-admin")),
+            "{path}"
+        );
+        send.send_response(not_found());
         handle.service_and_stateful_set_absent(&worker).await;
         let mut sts = Value::Null;
-        for _ in 0..3 {
+        for _ in 0..4 {
             let (method, _, body, send) = handle.next().await;
             assert_eq!(method, Method::PATCH);
             if body["kind"] == "StatefulSet" {
@@ -865,6 +876,19 @@ mod tests {
                 ),
             ),
             (Value::Null, Err("has no place in WorkerPool shared yet")),
+            // A status naming anything but one of the pool's pods builds no URL.
+            (
+                json!({"workerPool": "shared", "worker": "metadata.google.internal/x#"}),
+                Err("has no place in WorkerPool shared yet"),
+            ),
+            (
+                json!({"workerPool": "shared", "worker": "ferry-wp-shared-100"}),
+                Err("has no place in WorkerPool shared yet"),
+            ),
+            (
+                json!({"workerPool": "shared", "worker": "ferry-wp-shared-01"}),
+                Err("has no place in WorkerPool shared yet"),
+            ),
         ] {
             let (client, mut handle) = mock();
             let ctx = context(client);

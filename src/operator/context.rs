@@ -48,7 +48,7 @@ pub struct Context {
     /// and applied: their ownership is not read again on every status refresh. Empty after an
     /// operator restart, so each is checked once more.
     owned: Mutex<HashSet<String>>,
-    /// What this operator last applied of each worker object: (resource uid, kind) → (hash of
+    /// What this operator last applied of each worker object: (resource uid, `Kind/name`) → (hash of
     /// what was applied, the object's marker right after: its uid and resourceVersion, or a
     /// StatefulSet's uid and generation). An object whose cached marker still matches and whose
     /// desired form hashes the same is not applied again. Empty after an operator restart.
@@ -60,7 +60,7 @@ pub struct Context {
 }
 
 /// (resource uid, object kind) → (hash of what was applied, the object's marker after).
-type Applied = HashMap<(String, &'static str), (String, String)>;
+type Applied = HashMap<(String, String), (String, String)>;
 
 impl Context {
     pub fn new(

@@ -77,21 +77,27 @@ impl ApiServerVerifier {
     /// first reconcile's apply left it, so a later reconcile does not apply it again; the
     /// Service and StatefulSet, not read again (no cache here), are applied.
     pub async fn objects_with_known_tokens_and(&mut self, worker: &str, uid: &str, checked: bool) {
-        let (_, path, _, send) = self.next().await;
-        assert!(path.ends_with(&format!("/secrets/{worker}")), "{path}");
-        send.send_response(respond(
-            200,
-            json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": worker, "ownerReferences": controlled_by(uid),
-                             "uid": "uid-Secret", "resourceVersion": "1"},
-                "data": {"admin-token": "YWRtaW4tdG9rZW4=", "ingest-token": "aW5nZXN0LXRva2Vu"},
-            }),
-        ));
+        let admin = super::builders::admin_secret_name(worker);
+        for (name, data) in [
+            (worker, json!({"ingest-token": "aW5nZXN0LXRva2Vu"})),
+            (admin.as_str(), json!({"admin-token": "YWRtaW4tdG9rZW4="})),
+        ] {
+            let (_, path, _, send) = self.next().await;
+            assert!(path.ends_with(&format!("/secrets/{name}")), "{path}");
+            send.send_response(respond(
+                200,
+                json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": name, "ownerReferences": controlled_by(uid),
+                                 "uid": "uid-Secret", "resourceVersion": "1"},
+                    "data": data,
+                }),
+            ));
+        }
         if checked {
             self.service_and_stateful_set_absent(worker).await;
         }
-        for _ in 0..if checked { 3 } else { 2 } {
+        for _ in 0..if checked { 4 } else { 2 } {
             let (method, path, body, send) = self.next().await;
             assert_eq!(
                 method,
@@ -99,9 +105,19 @@ impl ApiServerVerifier {
                 "ownership is read once, not on every reconcile: {path}"
             );
             if body["kind"] == "Secret" {
+                let kept = if path.contains(&format!("/secrets/{admin}?")) {
+                    ("admin-token", "YWRtaW4tdG9rZW4=")
+                } else {
+                    ("ingest-token", "aW5nZXN0LXRva2Vu")
+                };
                 assert_eq!(
-                    body["data"]["admin-token"], "YWRtaW4tdG9rZW4=",
-                    "tokens kept, not regenerated"
+                    body["data"][kept.0], kept.1,
+                    "tokens kept, not regenerated: {path}"
+                );
+                assert_eq!(
+                    body["data"].as_object().map(|d| d.len()),
+                    Some(1),
+                    "one audience per Secret: {body}"
                 );
             }
             send.send_response(respond(200, applied(body)));
@@ -352,6 +368,7 @@ pub async fn worker_at(ip: &str, dir: &std::path::Path) -> tokio::task::JoinHand
     let tokens = Tokens {
         admin: Some(Token::new("admin-token")),
         ingest: Some(Token::new("ingest-token")),
+        own_ingest_only: false,
     };
     let listener = tokio::net::TcpListener::bind((ip, 8080)).await.unwrap();
     tokio::spawn(async move {

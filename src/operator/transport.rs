@@ -165,8 +165,8 @@ mod tests {
     use crate::operator::{
         context::{FINALIZER, now},
         fixtures::{
-            ApiServerVerifier, assert_ready, condition, context, controlled_by, mock, not_found,
-            respond, test_ip, transport, worker_at, worker_object,
+            ApiServerVerifier, applied as applied_object, assert_ready, condition, context,
+            controlled_by, mock, not_found, respond, test_ip, transport, worker_at, worker_object,
         },
     };
     use http::Method;
@@ -228,10 +228,12 @@ mod tests {
         let pod_ip = ip.clone();
         let server = tokio::spawn(async move {
             let mut applies = Vec::new();
-            let (_, _, _, send) = handle.next().await;
-            send.send_response(not_found());
+            for _ in ["ferry-tp-erp", "ferry-tp-erp-admin"] {
+                let (_, _, _, send) = handle.next().await;
+                send.send_response(not_found());
+            }
             handle.service_and_stateful_set_absent("ferry-tp-erp").await;
-            for _ in 0..3 {
+            for _ in 0..4 {
                 let (method, _, body, send) = handle.next().await;
                 assert_eq!(method, Method::PATCH);
                 let body = applied(body);
@@ -252,8 +254,9 @@ mod tests {
             serde_json::from_value(applied.clone()).unwrap()
         }
         secrets_writer.apply_watcher_event(&Event::Apply(object(&applies[0])));
-        services_writer.apply_watcher_event(&Event::Apply(object(&applies[1])));
-        sets_writer.apply_watcher_event(&Event::Apply(object(&applies[2])));
+        secrets_writer.apply_watcher_event(&Event::Apply(object(&applies[1])));
+        services_writer.apply_watcher_event(&Event::Apply(object(&applies[2])));
+        sets_writer.apply_watcher_event(&Event::Apply(object(&applies[3])));
         pods_writer.apply_watcher_event(&Event::Apply(
             serde_json::from_value(ready_pod("ferry-tp-erp", &ip, "pod-1")).unwrap(),
         ));
@@ -403,6 +406,68 @@ mod tests {
         assert_eq!(action, Action::requeue(crate::operator::reconcile::RESYNC));
     }
 
+    /// A worker made before ferry kept the two tokens apart: its one Secret holds both. The
+    /// admin token moves to the admin Secret unchanged (the running worker keeps answering the
+    /// operator), the producers' Secret keeps its ingest token unchanged and loses the admin one,
+    /// and the StatefulSet mounts each from its Secret.
+    #[tokio::test]
+    async fn an_older_secret_is_split_with_both_tokens_kept() {
+        let (client, mut handle) = mock();
+        let ctx = context(client);
+        let server = tokio::spawn(async move {
+            let (_, path, _, send) = handle.next().await;
+            assert!(path.ends_with("/secrets/ferry-tp-erp"), "{path}");
+            send.send_response(respond(
+                200,
+                json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": "ferry-tp-erp", "ownerReferences": controlled_by("uid-1"),
+                                 "uid": "uid-Secret", "resourceVersion": "7"},
+                    "data": {"admin-token": "b2xkLWFkbWlu", "ingest-token": "b2xkLWluZ2VzdA=="},
+                }),
+            ));
+            let (_, path, _, send) = handle.next().await;
+            assert!(path.ends_with("/secrets/ferry-tp-erp-admin"), "{path}");
+            send.send_response(not_found());
+            handle.service_and_stateful_set_absent("ferry-tp-erp").await;
+            let mut applied = Vec::new();
+            for _ in 0..4 {
+                let (method, path, body, send) = handle.next().await;
+                assert_eq!(method, Method::PATCH, "{path}");
+                applied.push((body["metadata"]["name"].clone(), body["data"].clone()));
+                if body["kind"] == "StatefulSet" {
+                    let volumes = &body["spec"]["template"]["spec"]["volumes"];
+                    let sources = &volumes[0]["projected"]["sources"];
+                    assert_eq!(
+                        sources[0]["secret"]["name"], "ferry-tp-erp-admin",
+                        "{volumes}"
+                    );
+                    assert_eq!(sources[1]["secret"]["name"], "ferry-tp-erp", "{volumes}");
+                }
+                send.send_response(respond(200, applied_object(body)));
+            }
+            assert_eq!(
+                applied[..2],
+                [
+                    (
+                        json!("ferry-tp-erp-admin"),
+                        json!({"admin-token": "b2xkLWFkbWlu"})
+                    ),
+                    (
+                        json!("ferry-tp-erp"),
+                        json!({"ingest-token": "b2xkLWluZ2VzdA=="})
+                    ),
+                ]
+            );
+            handle.worker_pod_absent("ferry-tp-erp").await;
+            transport_status_written(&mut handle).await
+        });
+        reconcile(Arc::new(transport(true, "Retain")), ctx, Arc::new(()))
+            .await
+            .unwrap();
+        server.await.unwrap();
+    }
+
     #[tokio::test]
     async fn refused_worker_objects_show_in_the_status() {
         let (client, mut handle) = mock();
@@ -411,11 +476,13 @@ mod tests {
         known.status =
             serde_json::from_value(json!({"state": "Up", "observedGeneration": 2})).unwrap();
         let server = tokio::spawn(async move {
-            let (_, _, _, send) = handle.next().await;
-            send.send_response(not_found());
+            for _ in ["ferry-tp-erp", "ferry-tp-erp-admin"] {
+                let (_, _, _, send) = handle.next().await;
+                send.send_response(not_found());
+            }
             handle.service_and_stateful_set_absent("ferry-tp-erp").await;
-            // Secret and Service applied; the StatefulSet refused by admission.
-            for _ in 0..2 {
+            // The Secrets and the Service applied; the StatefulSet refused by admission.
+            for _ in 0..3 {
                 let (_, _, body, send) = handle.next().await;
                 send.send_response(respond(200, body));
             }
@@ -444,26 +511,33 @@ mod tests {
         );
     }
 
-    /// An unrelated Secret, Service or StatefulSet of the worker's name is never applied over
-    /// (nor its tokens read): Ready=False NameConflict names it.
+    /// An unrelated Secret (of the worker's name or its admin Secret's), Service or
+    /// StatefulSet of the worker's name is never applied over (nor its tokens read):
+    /// Ready=False NameConflict names it.
     #[tokio::test]
     async fn a_foreign_object_of_the_worker_name_is_left_alone() {
-        for foreign in ["secrets", "services", "statefulsets"] {
+        let objects = [
+            ("secrets", "ferry-tp-erp"),
+            ("secrets", "ferry-tp-erp-admin"),
+            ("services", "ferry-tp-erp"),
+            ("statefulsets", "ferry-tp-erp"),
+        ];
+        for foreign in objects {
             let (client, mut handle) = mock();
             let ctx = context(client);
             let server = tokio::spawn(async move {
-                for kind in ["secrets", "services", "statefulsets"] {
+                for (kind, name) in objects {
                     let (method, path, _, send) = handle.next().await;
                     assert_eq!(method, Method::GET, "nothing is applied before the checks");
-                    assert!(path.contains(&format!("/{kind}/ferry-tp-erp")), "{path}");
-                    if kind != foreign {
+                    assert!(path.ends_with(&format!("/{kind}/{name}")), "{path}");
+                    if (kind, name) != foreign {
                         send.send_response(not_found());
                         continue;
                     }
                     // Somebody else's object.
                     send.send_response(respond(
                         200,
-                        worker_object(kind, "ferry-tp-erp", controlled_by("someone-else")),
+                        worker_object(kind, name, controlled_by("someone-else")),
                     ));
                     break;
                 }
@@ -478,7 +552,7 @@ mod tests {
                 status,
                 "False",
                 "NameConflict",
-                &["ferry-tp-erp", "Transport plant-a/erp"],
+                &[foreign.1, "Transport plant-a/erp"],
             );
         }
     }
@@ -512,20 +586,24 @@ mod tests {
         let (client, mut handle) = mock();
         let ctx = context(client);
         let server = tokio::spawn(async move {
-            // The tokens: no Secret yet, so new ones.
-            let (method, path, _, send) = handle.next().await;
-            assert_eq!(
-                (method, path.as_str()),
-                (
-                    Method::GET,
-                    "/api/v1/namespaces/plant-a/secrets/ferry-tp-erp"
-                )
-            );
-            send.send_response(not_found());
+            // The tokens: no Secrets yet, so new ones.
+            for secret in ["ferry-tp-erp", "ferry-tp-erp-admin"] {
+                let (method, path, _, send) = handle.next().await;
+                assert_eq!(
+                    (method, path),
+                    (
+                        Method::GET,
+                        format!("/api/v1/namespaces/plant-a/secrets/{secret}")
+                    )
+                );
+                send.send_response(not_found());
+            }
             handle.service_and_stateful_set_absent("ferry-tp-erp").await;
-            // Server-side apply with one field manager, forced: Secret, Service, StatefulSet.
+            // Server-side apply with one field manager, forced: the admin Secret, the
+            // producers' Secret, Service, StatefulSet.
             let mut applied = Vec::new();
-            for _ in 0..3 {
+            let mut tokens = Vec::new();
+            for _ in 0..4 {
                 let (method, path, body, send) = handle.next().await;
                 assert_eq!(method, Method::PATCH);
                 assert!(
@@ -537,14 +615,23 @@ mod tests {
                     body["kind"].as_str().unwrap().to_owned(),
                 ));
                 if body["kind"] == "Secret" {
-                    let admin = body["data"]["admin-token"].as_str().unwrap();
-                    assert!(admin.len() > 40, "a generated token: {admin}");
+                    // One audience per Secret: the admin token never in the producers' one.
+                    let data = body["data"].as_object().unwrap();
+                    assert_eq!(data.len(), 1, "{body}");
+                    let token = data.values().next().unwrap().as_str().unwrap().to_owned();
+                    assert!(token.len() > 40, "a generated token: {token}");
+                    tokens.push(token);
                 }
                 send.send_response(respond(200, body));
             }
+            assert_ne!(tokens[0], tokens[1], "two tokens, two audiences");
             assert_eq!(
                 applied,
                 [
+                    (
+                        "/api/v1/namespaces/plant-a/secrets/ferry-tp-erp-admin".to_string(),
+                        "Secret".to_string()
+                    ),
                     (
                         "/api/v1/namespaces/plant-a/secrets/ferry-tp-erp".to_string(),
                         "Secret".to_string()

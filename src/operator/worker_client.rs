@@ -47,6 +47,8 @@ pub enum WorkerCallError {
         status: u16,
         message: String,
     },
+    #[error("the worker {pod} answered {path} with more than {MAX_ANSWER_BYTES} bytes")]
+    TooLarge { pod: String, path: String },
     #[error("the worker {pod} answered {path} with something that is not its report: {reason}")]
     Malformed {
         pod: String,
@@ -54,6 +56,10 @@ pub enum WorkerCallError {
         reason: String,
     },
 }
+
+/// The largest answer read from a worker: a report, or what a pool worker hosts (about a hundred
+/// bytes a resource). A worker that sends more is not read further.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 
 impl WorkerCallError {
     /// 404 from the worker: it does not host the resource (it restarted on an empty disk, or
@@ -82,10 +88,15 @@ pub struct WorkerClient {
 }
 
 impl WorkerClient {
+    /// Straight to the pod IP. Redirects are not followed: the admin token goes to the worker
+    /// asked and nowhere else (a 3xx is a refusal).
     pub fn direct(timeout: Duration) -> Result<Self, reqwest::Error> {
         Ok(Self {
             access: WorkerAccess::Direct,
-            http: reqwest::Client::builder().timeout(timeout).build()?,
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
             kube: None,
             timeout,
         })
@@ -213,6 +224,10 @@ impl WorkerClient {
             path: path.to_owned(),
             reason,
         };
+        let too_large = || WorkerCallError::TooLarge {
+            pod: worker.pod.clone(),
+            path: path.to_owned(),
+        };
         let (status, etag, bytes) = match (&self.access, &self.kube) {
             (WorkerAccess::Proxy, Some(kube)) => {
                 let mut request = Request::builder()
@@ -231,10 +246,14 @@ impl WorkerClient {
                     .map_err(|e| unreachable(crate::error_chain(&e)))?;
                 let status = response.status().as_u16();
                 let etag = etag_of(response.headers());
-                let bytes = http_body_util::BodyExt::collect(response.into_body())
-                    .await
-                    .map_err(|e| unreachable(e.to_string()))?
-                    .to_bytes();
+                let capped = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES);
+                let bytes = match http_body_util::BodyExt::collect(capped).await {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        return Err(too_large());
+                    }
+                    Err(e) => return Err(unreachable(e.to_string())),
+                };
                 (status, etag, bytes.to_vec())
             }
             _ => {
@@ -252,17 +271,30 @@ impl WorkerClient {
                 if let Some(body) = body {
                     request = request.json(body);
                 }
-                let response = request
+                let mut response = request
                     .send()
                     .await
                     .map_err(|e| unreachable(crate::error_chain(&e)))?;
                 let status = response.status().as_u16();
                 let etag = etag_of(response.headers());
-                let bytes = response
-                    .bytes()
+                if response
+                    .content_length()
+                    .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+                {
+                    return Err(too_large());
+                }
+                let mut bytes = Vec::new();
+                while let Some(chunk) = response
+                    .chunk()
                     .await
-                    .map_err(|e| unreachable(e.to_string()))?;
-                (status, etag, bytes.to_vec())
+                    .map_err(|e| unreachable(crate::error_chain(&e)))?
+                {
+                    if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                        return Err(too_large());
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                (status, etag, bytes)
             }
         };
         Ok((status, etag, bytes))

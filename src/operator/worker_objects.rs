@@ -1,5 +1,6 @@
-//! The worker's objects of one resource — its Secret (tokens), Service and StatefulSet —
-//! applied only where the resource controls them, and its volume claim deleted on request.
+//! The worker's objects of one resource — its Secrets (the producers' ingest token; a
+//! dedicated worker's admin token apart), Service and StatefulSet — applied only where the
+//! resource controls them, and its volume claim deleted on request.
 
 use k8s_openapi::{
     api::{
@@ -15,7 +16,7 @@ use kube::{
 
 use super::{
     NamespacedObject,
-    builders::{INGEST_TOKEN_KEY, Owner, WorkerTokens},
+    builders::{ADMIN_TOKEN_KEY, INGEST_TOKEN_KEY, Owner, WorkerTokens},
     caches::cached,
     context::{Context, FIELD_MANAGER, now},
     error::ReconcileError,
@@ -32,36 +33,50 @@ fn generate_token() -> String {
     )
 }
 
-fn generate_tokens() -> WorkerTokens {
-    WorkerTokens {
-        admin: generate_token(),
-        ingest: generate_token(),
-    }
+/// The tokens already in a pool's Secret: kept, so workers and producers keep working.
+pub fn tokens_of(secret: &Secret) -> Option<WorkerTokens> {
+    Some(WorkerTokens {
+        admin: admin_token_of(secret)?,
+        ingest: ingest_token_of(secret)?,
+    })
+}
+
+/// The admin token in a Secret (a dedicated worker's admin Secret, a pool's Secret, or a
+/// dedicated worker's Secret as ferry made it before the two were kept apart).
+pub fn admin_token_of(secret: &Secret) -> Option<String> {
+    token_in(secret, ADMIN_TOKEN_KEY)
 }
 
 /// The ingest token in a Secret (a worker's, or a pooled resource's own).
 pub fn ingest_token_of(secret: &Secret) -> Option<String> {
+    token_in(secret, INGEST_TOKEN_KEY)
+}
+
+fn token_in(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
         .as_ref()?
-        .get(INGEST_TOKEN_KEY)
+        .get(key)
         .and_then(|v| String::from_utf8(v.0.clone()).ok())
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
 }
 
-/// The tokens already in the worker's Secret: kept, so workers and producers keep working.
-pub fn tokens_of(secret: &Secret) -> Option<WorkerTokens> {
-    let data = secret.data.as_ref()?;
-    let text = |key: &str| {
-        data.get(key)
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .filter(|t| !t.is_empty())
-    };
-    Some(WorkerTokens {
-        admin: text("admin-token")?,
-        ingest: text(INGEST_TOKEN_KEY)?,
-    })
+/// A worker's tokens, kept from its Secrets where they hold them, each generated otherwise.
+/// A pool's Secret holds both. A dedicated worker's admin token comes from its admin Secret,
+/// else — a worker made before ferry kept the two apart — from the producers' Secret, where
+/// it used to be (moved, not changed: the running worker keeps answering); its ingest token
+/// from the producers' Secret.
+fn worker_tokens(secret: Option<&Secret>, admin_secret: Option<&Secret>) -> WorkerTokens {
+    WorkerTokens {
+        admin: admin_secret
+            .and_then(admin_token_of)
+            .or_else(|| secret.and_then(admin_token_of))
+            .unwrap_or_else(generate_token),
+        ingest: secret
+            .and_then(ingest_token_of)
+            .unwrap_or_else(generate_token),
+    }
 }
 
 /// Apply the worker's objects; when the API server refuses them, or one of them belongs to
@@ -146,7 +161,11 @@ async fn apply_worker_objects(
         namespace: namespace.to_owned(),
         owner: owner.describe(),
     };
-    let secret = own_secret(ctx, namespace, owner).await?;
+    let secret = own_secret(ctx, namespace, owner, &worker).await?;
+    let admin_secret = match owner.admin_secret_name() {
+        name if name == worker => None,
+        name => own_secret(ctx, namespace, owner, &name).await?,
+    };
     let service = match cached(&ctx.caches.services, namespace, &worker) {
         Some(service) => Some(service.metadata.clone()),
         // Read only until this operator has applied them once: a name cannot be taken by
@@ -173,10 +192,18 @@ async fn apply_worker_objects(
     if stateful_set.as_ref().is_some_and(|m| !owner.controls(m)) {
         return Err(conflict("StatefulSet"));
     }
-    let tokens = secret
-        .as_ref()
-        .and_then(tokens_of)
-        .unwrap_or_else(generate_tokens);
+    let tokens = worker_tokens(secret.as_ref(), admin_secret.as_ref());
+    // The admin Secret first: the producers' one loses the admin token only once it is there.
+    if let Some(desired) = owner.admin_secret(&tokens) {
+        let marker = admin_secret.as_ref().map(|s| version_marker(&s.metadata));
+        let failed = |source| ReconcileError::Apply {
+            object: format!("Secret {}", owner.admin_secret_name()),
+            source,
+        };
+        apply_if_changed(ctx, owner, &secrets, desired, marker, version_marker)
+            .await
+            .map_err(failed)?;
+    }
     let secret_marker = secret.as_ref().map(|s| version_marker(&s.metadata));
     apply_if_changed(
         ctx,
@@ -215,14 +242,16 @@ async fn apply_worker_objects(
     Ok(tokens)
 }
 
-/// The Secret of the worker's name, from the cache or else the API server, when this resource
-/// controls it; somebody else's is a name conflict (its tokens are never taken).
+/// The worker's Secret `name` (its own, or its admin Secret), from the cache or else the API
+/// server, when this resource controls it; somebody else's is a name conflict (its tokens are
+/// never taken).
 async fn own_secret(
     ctx: &Context,
     namespace: &str,
     owner: &Owner<'_>,
+    name: &str,
 ) -> Result<Option<Secret>, ReconcileError> {
-    let name = owner.worker_name();
+    let name = name.to_owned();
     let secret = match cached(&ctx.caches.secrets, namespace, &name) {
         Some(secret) => Some(Secret::clone(&secret)),
         None => Api::<Secret>::namespaced(ctx.client.clone(), namespace)
@@ -253,7 +282,7 @@ pub(super) async fn apply_ingest_secret(
     namespace: &str,
     owner: &Owner<'_>,
 ) -> Result<String, ReconcileError> {
-    let secret = own_secret(ctx, namespace, owner).await?;
+    let secret = own_secret(ctx, namespace, owner, &owner.worker_name()).await?;
     let token = secret
         .as_ref()
         .and_then(ingest_token_of)
@@ -315,16 +344,19 @@ where
         + std::fmt::Debug,
 {
     let hash = crate::stable_hash_hex(&serde_json::to_string(&desired).unwrap_or_default(), 16);
-    let key = (owner.uid().to_owned(), <K as k8s_openapi::Resource>::KIND);
+    let name = kube::Resource::meta(&desired)
+        .name
+        .clone()
+        .unwrap_or_default();
+    let key = (
+        owner.uid().to_owned(),
+        format!("{}/{name}", <K as k8s_openapi::Resource>::KIND),
+    );
     if let Some(marker) = marker
         && ctx.applied().get(&key) == Some(&(hash.clone(), marker))
     {
         return Ok(());
     }
-    let name = kube::Resource::meta(&desired)
-        .name
-        .clone()
-        .unwrap_or_default();
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let applied = api.patch(&name, &apply, &Patch::Apply(desired)).await?;
     ctx.applied()

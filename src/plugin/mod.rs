@@ -442,14 +442,15 @@ mod tests {
                 200,
                 with_uid(resource("Transport", "erp", 1, json!({})), "uid-erp"),
             ));
+            // Its admin Secret, which producers are never given.
             let (_, path, _, send) = handle.next().await;
             assert!(
-                path.ends_with("/namespaces/plant-a/secrets/ferry-tp-erp"),
+                path.ends_with("/namespaces/plant-a/secrets/ferry-tp-erp-admin"),
                 "{path}"
             );
             send.send_response(respond(
                 200,
-                worker_object("secrets", "ferry-tp-erp", controlled_by("uid-erp")),
+                worker_object("secrets", "ferry-tp-erp-admin", controlled_by("uid-erp")),
             ));
             let (request, send) = handle.next_request().await.expect("the worker call");
             assert_eq!(
@@ -507,7 +508,11 @@ mod tests {
             let (_, _, _, send) = handle.next().await;
             send.send_response(respond(
                 200,
-                worker_object("secrets", "ferry-tp-erp", controlled_by("someone-else")),
+                worker_object(
+                    "secrets",
+                    "ferry-tp-erp-admin",
+                    controlled_by("someone-else"),
+                ),
             ));
             assert!(handle.next_request().await.is_none(), "no worker call");
         });
@@ -521,7 +526,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             error.to_string(),
-            "cannot reach the worker of Transport plant-a/erp: the Secret ferry-tp-erp is not controlled by it"
+            "cannot reach the worker of Transport plant-a/erp: the Secret ferry-tp-erp-admin is not controlled by it"
         );
         server.await.unwrap();
     }

@@ -16,7 +16,7 @@ use crate::{
     operator::{
         reconcile::WorkerResource,
         worker_client::{WorkerAccess, WorkerClient, WorkerPod},
-        worker_objects::tokens_of,
+        worker_objects::admin_token_of,
         worker_pod::pod_name,
     },
     wire::{self, QueueListing},
@@ -69,19 +69,32 @@ pub async fn queue(
         what: what.clone(),
         why,
     };
-    // The admin token only from a Secret the transport controls (as the operator reads it).
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(&worker)
-        .await?
-        .ok_or_else(|| no_worker(format!("its Secret {worker} does not exist yet")))?;
+    // The admin token only from a Secret the transport controls (as the operator reads it):
+    // its admin Secret, or the worker's own where an operator before the two were kept apart
+    // left it.
     let owner = transport.owner().map_err(|e| no_worker(e.to_string()))?;
-    if !owner.controls(&secret.metadata) {
-        return Err(no_worker(format!(
-            "the Secret {worker} is not controlled by it"
-        )));
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let mut admin_token = None;
+    for name in [owner.admin_secret_name(), worker.clone()] {
+        let Some(secret) = secrets.get_opt(&name).await? else {
+            continue;
+        };
+        if !owner.controls(&secret.metadata) {
+            return Err(no_worker(format!(
+                "the Secret {name} is not controlled by it"
+            )));
+        }
+        admin_token = admin_token_of(&secret);
+        if admin_token.is_some() {
+            break;
+        }
     }
-    let tokens = tokens_of(&secret)
-        .ok_or_else(|| no_worker(format!("the Secret {worker} holds no admin-token")))?;
+    let admin_token = admin_token.ok_or_else(|| {
+        no_worker(format!(
+            "no Secret of it holds an admin-token yet ({} or {worker})",
+            owner.admin_secret_name()
+        ))
+    })?;
     let pod = pod_name(&worker);
     let (workers, pod_ip) = match access {
         WorkerAccess::Proxy => (WorkerClient::proxy(client, WORKER_TIMEOUT), None),
@@ -100,7 +113,7 @@ pub async fn queue(
         namespace: namespace.to_owned(),
         pod,
         pod_ip,
-        admin_token: tokens.admin,
+        admin_token,
     };
     let path = format!(
         "{}?limit={limit}",

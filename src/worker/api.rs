@@ -494,12 +494,12 @@ async fn ingest_transaction(
     body: Body,
 ) -> Answer {
     let key = key(namespace, name);
-    // A transport with a token of its own takes only that one; the others the worker's.
-    let allowed = match app.worker.ingest_token(&key) {
-        Some(own) => own.allows(headers),
-        None => allowed(app.tokens.ingest.as_ref(), headers),
-    };
-    if !allowed {
+    // A transport with a token of its own takes only that one; the others the worker's (none on
+    // a pool's worker).
+    if !app
+        .tokens
+        .ingest_allowed(app.worker.ingest_token(&key), headers)
+    {
         return Err(unauthorized("ingest"));
     }
     let runtime = hosted::<TransportRuntime>(&app.worker, &key)?;

@@ -98,6 +98,10 @@ impl TokenHash {
 pub struct Tokens {
     pub admin: Option<Token>,
     pub ingest: Option<Token>,
+    /// A pool's worker: a transport takes transactions only with a token of its own (its
+    /// hash, given with its PUT), never with the worker's `ingest` token, so one team's
+    /// producers never reach another's transport on the same worker.
+    pub own_ingest_only: bool,
 }
 
 impl Tokens {
@@ -106,7 +110,17 @@ impl Tokens {
         Ok(Self {
             admin: admin.map(|p| Token::read("admin", p)).transpose()?,
             ingest: ingest.map(|p| Token::read("ingest", p)).transpose()?,
+            own_ingest_only: false,
         })
+    }
+
+    /// Whether a request may post to a transport whose own token hash is `own` (if any).
+    pub fn ingest_allowed(&self, own: Option<TokenHash>, headers: &HeaderMap) -> bool {
+        match own {
+            Some(own) => own.allows(headers),
+            None if self.own_ingest_only => false,
+            None => allowed(self.ingest.as_ref(), headers),
+        }
     }
 }
 

@@ -795,14 +795,27 @@ async fn start(
             )
         } else if let Some(secret) = &volume.secret {
             let secret_name = secret.secret_name.clone().unwrap_or_default();
-            let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
-                .get(&secret_name)
-                .await
-                .map_err(|e| e.to_string())?;
             let path = run_dir.join(&volume.name);
             std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
-            for (key, value) in secret.data.unwrap_or_default() {
-                std::fs::write(path.join(key), value.0).map_err(|e| e.to_string())?;
+            write_secret(client, &namespace, &secret_name, None, &path).await?;
+            path
+        } else if let Some(projected) = &volume.projected {
+            // The Secrets' keys side by side (the only projection the workers use).
+            let path = run_dir.join(&volume.name);
+            std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
+            for source in projected.sources.iter().flatten() {
+                let secret = source
+                    .secret
+                    .as_ref()
+                    .ok_or("only Secrets are projected here")?;
+                write_secret(
+                    client,
+                    &namespace,
+                    &secret.name,
+                    secret.items.as_deref(),
+                    &path,
+                )
+                .await?;
             }
             path
         } else {
@@ -840,6 +853,36 @@ async fn start(
         image: container.image.clone().unwrap_or_default(),
         held_down: false,
     })
+}
+
+/// Secret `name`'s keys as files in `dir`: all of them, or `items` (key → path) only. A missing
+/// Secret or key keeps the pod from starting, as on a node.
+async fn write_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+    dir: &Path,
+) -> Result<(), String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .map_err(|e| format!("Secret {name}: {e}"))?;
+    let data = secret.data.unwrap_or_default();
+    let files: Vec<(String, String)> = match items {
+        Some(items) => items
+            .iter()
+            .map(|i| (i.key.clone(), i.path.clone()))
+            .collect(),
+        None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+    };
+    for (key, path) in files {
+        let value = data
+            .get(&key)
+            .ok_or_else(|| format!("Secret {name} has no key {key}"))?;
+        std::fs::write(dir.join(path), &value.0).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// A pod's container as a local process: its command line, environment and readiness probe.

@@ -1426,6 +1426,220 @@ async fn a_worker_away_is_not_ready_until_the_new_one_reports() {
     assert_eq!(totals["received"], totals["delivered"], "{status}");
 }
 
+/// A key of a Secret of the scenario's namespace, as text (`None` when either is missing).
+async fn secret_key(cluster: &Cluster, secret: &str, key: &str) -> Option<String> {
+    let secret = cluster.api::<Secret>().get_opt(secret).await.ok()??;
+    let value = secret.data?.get(key)?.0.clone();
+    String::from_utf8(value).ok()
+}
+
+/// Issue 30: a producer's Secret opens one door. `ferry-tp-<name>` holds the ingest token
+/// only; the admin token is in `ferry-tp-<name>-admin`, which a producer granted `get` on its
+/// Secret cannot read; with the ingest token every admin route answers 401. A worker made
+/// before the two were kept apart (one Secret with both tokens, mounted whole) moves: the admin
+/// token to its own Secret unchanged, the producers' token unchanged, the queue kept.
+#[tokio::test]
+async fn a_producers_secret_opens_one_door_and_older_workers_move() {
+    let Some(env) = env("a_producers_secret_opens_one_door_and_older_workers_move") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "audience").await;
+    let mut operator = cluster.operator(&[]);
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    cluster.apply(&transport_yaml("erp", &host, "Delete"));
+    delivered_and_up(&cluster, "erp").await;
+
+    // A producer allowed to get its Secret, and nothing else.
+    let producer = format!("system:serviceaccount:{}:producer", cluster.namespace);
+    let account = format!("{}:producer", cluster.namespace);
+    for call in [
+        &["create", "serviceaccount", "producer"][..],
+        &[
+            "create",
+            "role",
+            "producer",
+            "--verb=get",
+            "--resource=secrets",
+            "--resource-name=ferry-tp-erp",
+        ],
+        &[
+            "create",
+            "rolebinding",
+            "producer",
+            "--role=producer",
+            "--serviceaccount",
+            &account,
+        ],
+    ] {
+        cluster
+            .kubectl(call)
+            .unwrap_or_else(|e| panic!("{call:?}: {e}"));
+    }
+    let as_producer = |secret: &str, key: &str| {
+        cluster.kubectl(&[
+            "get",
+            "secret",
+            secret,
+            "--as",
+            &producer,
+            "-o",
+            &format!("jsonpath={{.data.{key}}}"),
+        ])
+    };
+    let keys = cluster
+        .kubectl(&[
+            "get",
+            "secret",
+            "ferry-tp-erp",
+            "--as",
+            &producer,
+            "-o",
+            "jsonpath={.data}",
+        ])
+        .expect("the producer reads its Secret");
+    let keys: Value = serde_json::from_str(&keys).expect("the Secret's data");
+    assert_eq!(
+        keys.as_object()
+            .map(|d| d.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["ingest-token".to_owned()]),
+        "the producers' Secret holds only what producers need"
+    );
+    let denied = as_producer("ferry-tp-erp-admin", "admin-token").unwrap_err();
+    assert!(denied.contains("forbidden"), "{denied}");
+    let ingest = secret_key(&cluster, "ferry-tp-erp", "ingest-token")
+        .await
+        .expect("the ingest token");
+    let admin = secret_key(&cluster, "ferry-tp-erp-admin", "admin-token")
+        .await
+        .expect("the admin token, apart");
+    assert_ne!(ingest, admin);
+
+    if cluster.env.process_kubelet {
+        let pod = cluster.wait_pod_ready("ferry-tp-erp-0").await;
+        let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_owned();
+        let base = format!("http://{ip}:8080/v1/transports/{}", cluster.namespace);
+        let http = reqwest::Client::new();
+        for request in [
+            http.get(format!("{base}/erp")),
+            http.put(format!("{base}/erp")).json(&json!({})),
+            http.delete(format!("{base}/erp?purge=true")),
+            http.get(format!("{base}/erp/queue")),
+            http.get(format!("http://{ip}:8080/v1/transports")),
+        ] {
+            let answer = request
+                .header("Ferry-Token", &ingest)
+                .send()
+                .await
+                .expect("the worker answers");
+            assert_eq!(answer.status(), 401, "the ingest token on an admin route");
+        }
+    }
+
+    // An older worker: the operator stopped, its objects put back as ferry made them before
+    // (one Secret with both tokens, mounted whole), by the operator's own field manager, and
+    // transactions queued in it.
+    operator.terminate();
+    let apply = kube::api::PatchParams::apply("ferry-operator").force();
+    let as_applied = |object: Value| {
+        let mut object = object;
+        let metadata = object["metadata"].as_object_mut().expect("metadata");
+        for field in [
+            "managedFields",
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "generation",
+        ] {
+            metadata.remove(field);
+        }
+        if let Some(object) = object.as_object_mut() {
+            object.remove("status");
+        }
+        object
+    };
+    let mut older_secret = as_applied(
+        serde_json::to_value(
+            cluster
+                .api::<Secret>()
+                .get("ferry-tp-erp")
+                .await
+                .expect("Secret"),
+        )
+        .expect("json"),
+    );
+    older_secret["data"]["admin-token"] =
+        json!(k8s_openapi::ByteString(admin.clone().into_bytes()));
+    cluster
+        .api::<Secret>()
+        .patch(
+            "ferry-tp-erp",
+            &apply,
+            &kube::api::Patch::Apply(&older_secret),
+        )
+        .await
+        .expect("the older Secret");
+    let before = incarnation(&cluster, "ferry-tp-erp-0").await;
+    let mut older_set = as_applied(
+        serde_json::to_value(
+            cluster
+                .api::<StatefulSet>()
+                .get("ferry-tp-erp")
+                .await
+                .expect("StatefulSet"),
+        )
+        .expect("json"),
+    );
+    older_set["spec"]["template"]["spec"]["volumes"][0] = json!(
+        {"name": "tokens", "secret": {"secretName": "ferry-tp-erp", "defaultMode": 288}}
+    );
+    cluster
+        .api::<StatefulSet>()
+        .patch("ferry-tp-erp", &apply, &kube::api::Patch::Apply(&older_set))
+        .await
+        .expect("the older StatefulSet");
+    cluster
+        .api::<Secret>()
+        .delete("ferry-tp-erp-admin", &Default::default())
+        .await
+        .expect("the admin Secret gone");
+    restarted_and_ready(&cluster, "ferry-tp-erp-0", before).await;
+    host_gone_stored(&cluster, &host, 2..5).await;
+
+    // The new operator moves it.
+    let moved = incarnation(&cluster, "ferry-tp-erp-0").await;
+    operator.restart();
+    eventually("the admin token in its own Secret, unchanged", || async {
+        (secret_key(&cluster, "ferry-tp-erp-admin", "admin-token").await? == admin).then_some(())
+    })
+    .await;
+    eventually("the producers' Secret without the admin token", || async {
+        let secret = cluster.api::<Secret>().get("ferry-tp-erp").await.ok()?;
+        let data = secret.data?;
+        (data.len() == 1 && data.contains_key("ingest-token")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        secret_key(&cluster, "ferry-tp-erp", "ingest-token").await,
+        Some(ingest.clone()),
+        "the producers' token is unchanged"
+    );
+    restarted_and_ready(&cluster, "ferry-tp-erp-0", moved).await;
+    let status = cluster
+        .wait_transport("erp", "its queue kept, Ready", |s| {
+            ready(s) == "True" && s["queue"]["messages"] == 3
+        })
+        .await;
+    assert_eq!(status["totals"]["stored"], 3, "{status}");
+    // Its producers go on with the token they had.
+    let (code, body) = cluster.ingest("erp", r#"{"order":5}"#).await;
+    assert_eq!(
+        (code, body["outcome"].as_str()),
+        (202, Some("stored")),
+        "{body}"
+    );
+}
+
 fn pooled_transport_yaml(name: &str, host: &str, pool: &str) -> String {
     format!(
         r#"
