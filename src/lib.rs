@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod connection;
+pub mod destinations;
 pub mod logging;
 pub mod operator;
 pub mod plugin;

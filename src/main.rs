@@ -177,6 +177,12 @@ struct OperatorArgs {
     /// This replica's name in Events and the Lease (default: the pod name, or host and pid).
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
+    /// Address ranges (CIDRs, comma-separated) no host, source or target URL may reach: a
+    /// spec whose URL is, or resolves to, one is refused, and workers check again when they
+    /// connect. Default: link-local (the cloud metadata address) and, in a cluster, loopback;
+    /// "" allows every address.
+    #[arg(long, env = "FERRY_FORBIDDEN_DESTINATIONS", value_parser = ferry::destinations::Forbidden::parse)]
+    forbidden_destinations: Option<ferry::destinations::Forbidden>,
 }
 
 impl OperatorArgs {
@@ -203,6 +209,16 @@ impl OperatorArgs {
         defaults.storage_class = self.worker_storage_class;
         // Workers log the way their operator does.
         defaults.log_format = log_format;
+        defaults.forbidden_destinations = self.forbidden_destinations.unwrap_or_else(|| {
+            use ferry::destinations::{Forbidden, LINK_LOCAL, LOOPBACK};
+            let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+            let list = if in_cluster {
+                format!("{LINK_LOCAL},{LOOPBACK}")
+            } else {
+                LINK_LOCAL.to_owned()
+            };
+            Forbidden::parse(&list).unwrap_or_default()
+        });
         let quantities = |pairs: Vec<(&str, Option<String>)>| {
             pairs
                 .into_iter()
@@ -262,6 +278,12 @@ struct WorkerFlags {
     /// terminationGracePeriodSeconds).
     #[arg(long, env = "FERRY_SHUTDOWN_TIMEOUT", default_value = "10s")]
     shutdown_timeout: ferry::api::duration::Duration,
+    /// Address ranges (CIDRs, comma-separated) no host, source or target may be reached at:
+    /// a URL with such an address is refused, and a name that resolves only to such addresses
+    /// is not connected to (checked at every connect). The operator passes its own list to its
+    /// workers; "" allows every address.
+    #[arg(long, env = "FERRY_FORBIDDEN_DESTINATIONS", value_parser = ferry::destinations::Forbidden::parse, default_value = ferry::destinations::LINK_LOCAL)]
+    forbidden_destinations: ferry::destinations::Forbidden,
 }
 
 impl WorkerFlags {
@@ -313,6 +335,9 @@ fn fail(message: String) -> ExitCode {
 }
 
 async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCode {
+    if let Command::Worker { flags, .. } | Command::Standalone { flags, .. } = &command {
+        ferry::destinations::forbid_for_process(flags.forbidden_destinations.clone());
+    }
     match command {
         Command::Crds => ExitCode::SUCCESS,
         Command::Worker {

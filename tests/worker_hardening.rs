@@ -469,3 +469,48 @@ async fn a_truncated_or_emptied_store_stops_the_worker_with_one_clear_line() {
     let report = worker.wait_state("t", "Store and Forward").await;
     assert_eq!(report["queue"]["messages"], 40, "{report}");
 }
+
+/// `--forbidden-destinations` (the operator passes its list to every worker): a host URL at a
+/// forbidden address is refused naming the field, the address and the flag; a name that
+/// resolves only to forbidden addresses is checked at connect time, so the transaction waits
+/// in the queue (the host unreachable, H2) and never reaches that address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_destinations_are_refused_and_checked_at_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let worker = WorkerProc::start_with(
+        dir.path(),
+        &["--forbidden-destinations", "127.0.0.0/8,::1/128"],
+    )
+    .await;
+    let (status, body) = worker.put_transport("literal", spec(&host)).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("spec.host.url")
+            && message.contains("127.0.0.1, in 127.0.0.0/8")
+            && message.contains("--forbidden-destinations"),
+        "{message}"
+    );
+    // The same host by name: accepted (names are checked when they resolve), never reached.
+    let by_name = host.url().replace("127.0.0.1", "localhost");
+    worker
+        .apply(
+            "named",
+            json!({"host": {"url": by_name, "timeout": "2s"},
+                   "storeAndForward": {"enabled": true}}),
+        )
+        .await;
+    let (status, body) = worker.send("named", "1", None).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (202, Some("stored")),
+        "{body}"
+    );
+    assert!(
+        host.received().is_empty(),
+        "the forbidden address was reached"
+    );
+    let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
+    assert!(log.contains("forbidden-destinations"), "{log}");
+}

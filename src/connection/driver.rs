@@ -67,11 +67,23 @@ fn client() -> Result<Client, String> {
             crate::install_crypto_provider();
             Client::builder()
                 .redirect(same_origin_redirects())
+                // A name that resolves to a forbidden address is not connected to.
+                .dns_resolver(std::sync::Arc::new(crate::destinations::GuardedResolver))
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build()
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))
         })
         .clone()
+}
+
+/// A URL whose host is a literal address this process may not reach is refused at once
+/// (names are checked when they are resolved, by the client's resolver). Pages and redirects
+/// stay within the URL's origin, so they reach no other address.
+fn allowed(field: &str, url: &Url) -> Result<(), String> {
+    match crate::destinations::for_process().literal(url) {
+        Some(refusal) => Err(format!("{field}: {refusal}")),
+        None => Ok(()),
+    }
 }
 
 /// Redirects are followed only within the origin (scheme, host, port) of the URL the request
@@ -104,7 +116,9 @@ pub struct HttpSourceDriver {
 
 impl HttpSourceDriver {
     pub fn new(config: &HttpSource, timeout: Duration) -> Result<Self, String> {
-        Url::parse(&config.url).map_err(|e| format!("source.http.url {:?}: {e}", config.url))?;
+        let url = Url::parse(&config.url)
+            .map_err(|e| format!("source.http.url {:?}: {e}", config.url))?;
+        allowed("source.http.url", &url)?;
         Ok(Self {
             client: client()?,
             timeout,
@@ -362,7 +376,9 @@ pub struct HttpTargetDriver {
 
 impl HttpTargetDriver {
     pub fn new(config: &HttpTarget, timeout: Duration) -> Result<Self, String> {
-        Url::parse(&config.url).map_err(|e| format!("target.http.url {:?}: {e}", config.url))?;
+        let url = Url::parse(&config.url)
+            .map_err(|e| format!("target.http.url {:?}: {e}", config.url))?;
+        allowed("target.http.url", &url)?;
         Ok(Self {
             client: client()?,
             timeout,

@@ -133,6 +133,9 @@ pub struct WorkerDefaults {
     pub storage_class: Option<String>,
     /// The workers' `FERRY_LOG_FORMAT`: the operator's own.
     pub log_format: crate::logging::LogFormat,
+    /// Addresses no host, source or target URL may reach: the operator refuses such a spec,
+    /// and its workers check again when they connect (`--forbidden-destinations`).
+    pub forbidden_destinations: crate::destinations::Forbidden,
 }
 
 impl Default for WorkerDefaults {
@@ -158,6 +161,7 @@ impl Default for WorkerDefaults {
             },
             storage_class: None,
             log_format: crate::logging::LogFormat::default(),
+            forbidden_destinations: crate::destinations::Forbidden::default(),
         }
     }
 }
@@ -470,6 +474,11 @@ impl<'a> Owner<'a> {
             // Its transports take their own ingest tokens only.
             args.push("--own-ingest-tokens".into());
         }
+        // The operator's own list: the worker checks again at every connect.
+        args.extend([
+            "--forbidden-destinations".into(),
+            defaults.forbidden_destinations.to_flag(),
+        ]);
         Container {
             name: "worker".into(),
             image: Some(defaults.image.clone()),
@@ -735,7 +744,8 @@ mod tests {
                             "args": ["worker", "--data-dir", "/var/lib/ferry", "--listen", "0.0.0.0:8080",
                                      "--admin-token-file", "/etc/ferry/tokens/admin-token",
                                      "--ingest-token-file", "/etc/ferry/tokens/ingest-token",
-                                     "--memory-budget", "67108864", "--shutdown-timeout", "10s"],
+                                     "--memory-budget", "67108864", "--shutdown-timeout", "10s",
+                                     "--forbidden-destinations", ""],
                             "env": [
                                 {"name": "FERRY_PUBLIC_URL", "value": "http://ferry-tp-erp.plant-a.svc:8080"},
                                 {"name": "RUST_LOG", "value": "ferry=info"},

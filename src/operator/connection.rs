@@ -295,6 +295,28 @@ impl WorkerResource for Connection {
         ctx.metrics.set_startup_queue(counts);
     }
 
+    /// Each enabled sync-set's source, and its target where that is a URL (a target transport
+    /// is the operator's own worker).
+    fn destinations(&self) -> Vec<(String, &str)> {
+        let mut urls = Vec::new();
+        for (i, sync_set) in self.spec.sync_sets.iter().enumerate() {
+            if !sync_set.enabled {
+                continue;
+            }
+            urls.push((
+                format!("spec.syncSets[{i}].source.http.url"),
+                sync_set.source.http.url.as_str(),
+            ));
+            if let Some(http) = &sync_set.target.http {
+                urls.push((
+                    format!("spec.syncSets[{i}].target.http.url"),
+                    http.url.as_str(),
+                ));
+            }
+        }
+        urls
+    }
+
     fn forget(&self, _: &str, ctx: &Context, connections: &Connections) {
         let key = connection_key(self);
         let mut queue = connections.queue();

@@ -24,8 +24,8 @@ use super::{
     context::now,
     context::{Context, FINALIZER},
     error::ReconcileError,
-    placement::{self, Home, Unplaceable},
-    status::{Placeable, WithConditions, to_write, unplaced},
+    placement::{self, Home},
+    status::{FORBIDDEN_DESTINATION, Placeable, WithConditions, not_running, to_write},
     status_writer::write_status,
     worker_objects::{apply_ingest_secret, apply_or_report, delete_claim, reported},
     worker_pod::{ReadyWorker, WorkerPodUnavailable, pod_name, ready_worker},
@@ -84,6 +84,9 @@ pub trait WorkerResource: NamespacedObject + serde::Serialize {
 
     /// The resource is going away: forget what this kind remembered of it.
     fn forget(&self, namespace: &str, ctx: &Context, memory: &Self::Memory);
+
+    /// The URLs its worker will connect to, each with the field that names it.
+    fn destinations(&self) -> Vec<(String, &str)>;
 }
 
 /// Counts a kind's objects in its controller's cache by state, for `ferry_resources`.
@@ -128,6 +131,13 @@ async fn apply<R: WorkerResource>(
     ctx: &Context,
     memory: &R::Memory,
 ) -> Result<Action, ReconcileError> {
+    // A URL that reaches a forbidden address is never given to a worker.
+    for (field, url) in object.destinations() {
+        if let Err(refusal) = ctx.defaults.forbidden_destinations.check_url(url).await {
+            let why = format!("{field}: {refusal}");
+            return not_run(object, namespace, ctx, FORBIDDEN_DESTINATION, &why, RESYNC).await;
+        }
+    }
     let refs = object.dereference(namespace, ctx).await?;
     let owner = object.owner()?;
     // Build and apply its own worker's objects; or, in a WorkerPool, its own ingest token and
@@ -148,7 +158,11 @@ async fn apply<R: WorkerResource>(
             }
             match placement::home(ctx, namespace, object, pool) {
                 Ok(home) => home,
-                Err(why) => return not_placed(object, namespace, ctx, &why).await,
+                Err(why) => {
+                    let (reason, why) = (why.reason(), why.to_string());
+                    let again = ctx.status_interval;
+                    return not_run(object, namespace, ctx, reason, &why, again).await;
+                }
             }
         }
     };
@@ -255,27 +269,32 @@ async fn leave_pool_worker<R: WorkerResource>(
     Ok(())
 }
 
-/// A resource its WorkerPool cannot take (yet): the status says why, naming the pool; it is
-/// looked at again every `--status-interval` and when the pool changes.
-async fn not_placed<R: WorkerResource>(
+/// A resource that does not run as its spec says: its WorkerPool cannot take it (yet; looked
+/// at again every `--status-interval` and when the pool changes), or it names a forbidden
+/// destination (looked at again when it changes, and at the latest after [`RESYNC`]: a name
+/// may resolve elsewhere later). The status says why, the last known state kept; nothing is
+/// pushed to a worker.
+async fn not_run<R: WorkerResource>(
     object: &R,
     namespace: &str,
     ctx: &Context,
-    why: &Unplaceable,
+    reason: &str,
+    why: &str,
+    again: std::time::Duration,
 ) -> Result<Action, ReconcileError> {
     let mut status = object.status().cloned().unwrap_or_default();
-    let conditions = unplaced(
+    let conditions = not_running(
         status.conditions(),
         object.meta().generation,
-        why.reason(),
-        &why.to_string(),
+        reason,
+        why,
         now(),
     );
     *status.conditions_mut() = conditions;
     if let Some(changed) = to_write(object.status(), status) {
         write_status(&ctx.client, object, namespace, &changed).await?;
     }
-    Ok(Action::requeue(ctx.status_interval))
+    Ok(Action::requeue(again))
 }
 
 /// How often a settled resource is reconciled while nothing changes: a safety net, each pass

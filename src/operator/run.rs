@@ -575,6 +575,10 @@ async fn lead(
         WorkerAccess::Proxy => WorkerClient::proxy(client.clone(), options.worker_timeout),
     };
     tracing::info!(%access, "reaching workers");
+    tracing::info!(
+        forbidden = %options.defaults.forbidden_destinations.to_flag(),
+        "host, source and target URLs may not reach these (--forbidden-destinations)"
+    );
     // Stop on a signal, or when the lease is lost.
     let (halt, halted) = watch::channel(false);
     let mut lost = leadership.map(Leadership::watch);

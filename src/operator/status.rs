@@ -59,12 +59,17 @@ fn set_conditions(
     out
 }
 
+/// The Ready reason of a resource whose spec names a forbidden destination.
+pub const FORBIDDEN_DESTINATION: &str = "ForbiddenDestination";
+
 /// Ready reasons that no retry by ferry can turn into Ready: the user must change something
 /// (the object, a name, a quota, a missing target, the source or target a sync-set failed on).
 /// kstatus reads `Stalled=True` as Failed; every other not-ready resource is `Reconciling`.
-pub const STALLED_REASONS: [&str; 7] = [
+pub const STALLED_REASONS: [&str; 8] = [
     INVALID_SPEC,
     "NameConflict",
+    // A host, source or target URL that is, or resolves to, a forbidden address.
+    FORBIDDEN_DESTINATION,
     "WorkerObjectsRefused",
     "InvalidConfiguration",
     "SyncSetFailed",
@@ -195,9 +200,10 @@ impl Placeable for ConnectionStatus {
     }
 }
 
-/// A resource that names a WorkerPool but has no place on it (yet): `Ready` and `Degraded`
-/// say why, naming the pool; the last known state stays.
-pub fn unplaced(
+/// A resource that does not run as its spec says — it names a WorkerPool that has no place
+/// for it (yet), or a forbidden destination: `Ready` and `Degraded` say why; the last known
+/// state stays.
+pub fn not_running(
     previous: &[Condition],
     generation: Option<i64>,
     reason: &str,

@@ -84,6 +84,10 @@ impl WorkerResource for Transport {
     fn forget(&self, namespace: &str, ctx: &Context, _: &()) {
         ctx.pushed().remove(&pushed_key(namespace, self));
     }
+
+    fn destinations(&self) -> Vec<(String, &str)> {
+        vec![("spec.host.url".into(), self.spec.host.url.as_str())]
+    }
 }
 
 fn pushed_key(namespace: &str, transport: &Transport) -> String {
@@ -466,6 +470,56 @@ mod tests {
             .await
             .unwrap();
         server.await.unwrap();
+    }
+
+    /// A host URL that is (or resolves to) a forbidden address is refused before anything is
+    /// made or pushed: Ready=False ForbiddenDestination names the field, the address, its
+    /// range and the flag (kstatus: Stalled, the user must change the spec).
+    #[tokio::test]
+    async fn a_host_at_a_forbidden_address_is_refused_naming_field_address_and_flag() {
+        let (client, mut handle) = mock();
+        let mut ctx = Arc::into_inner(context(client)).unwrap();
+        ctx.defaults.forbidden_destinations = crate::destinations::Forbidden::parse(&format!(
+            "{},{}",
+            crate::destinations::LINK_LOCAL,
+            crate::destinations::LOOPBACK
+        ))
+        .unwrap();
+        let mut metadata_service = transport(true, "Retain");
+        metadata_service.spec.host.url = "http://169.254.169.254/latest/meta-data/".into();
+        let server = tokio::spawn(async move {
+            let (method, path, body, send) = handle.next().await;
+            assert_eq!(method, Method::PATCH, "the status first and alone: {path}");
+            assert!(path.contains("/transports/erp/status"), "{path}");
+            send.send_response(respond(
+                200,
+                serde_json::to_value(transport(true, "Retain")).unwrap(),
+            ));
+            let asked =
+                tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await;
+            assert!(
+                !matches!(asked, Ok(Some(_))),
+                "nothing made, nothing pushed"
+            );
+            body
+        });
+        let action = reconcile(Arc::new(metadata_service), Arc::new(ctx), Arc::new(()))
+            .await
+            .unwrap();
+        assert_eq!(action, Action::requeue(crate::operator::reconcile::RESYNC));
+        let status = &server.await.unwrap()["status"];
+        assert_ready(
+            status,
+            "False",
+            "ForbiddenDestination",
+            &[
+                "spec.host.url: http://169.254.169.254/latest/meta-data/ is 169.254.169.254",
+                "169.254.0.0/16",
+                "--forbidden-destinations",
+            ],
+        );
+        let (stalled, _, _) = condition(status, "Stalled");
+        assert_eq!(stalled, "True", "{status}");
     }
 
     #[tokio::test]

@@ -48,11 +48,20 @@ pub fn classify(status: u16) -> Delivery {
 pub enum HostError {
     #[error("spec.host.url {url:?} is not a usable URL: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error("spec.host.url: {0}")]
+    Forbidden(#[source] crate::destinations::Refusal),
     #[error("cannot set up TLS for the host: {0}")]
     Tls(#[source] rustls::Error),
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+impl HostError {
+    /// The spec is at fault (not the worker): its producer is told 400.
+    pub fn is_in_spec(&self) -> bool {
+        matches!(self, Self::BadUrl { .. } | Self::Forbidden(_))
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<crate::destinations::GuardedResolver>>;
 
 /// A client for one transport's host: hyper's pooled HTTP/1.1 client straight, because the
 /// delivery path is a reverse proxy's hot path and a general-purpose client's layers
@@ -78,6 +87,11 @@ impl HostClient {
         if url.host_str().is_none() {
             return Err(bad("it has no host".into()));
         }
+        // A literal forbidden address never; a name, each time it is resolved (the connector's
+        // resolver leaves forbidden addresses out).
+        if let Some(refusal) = crate::destinations::for_process().literal(&url) {
+            return Err(HostError::Forbidden(refusal));
+        }
         let as_uri = |url: &Url| url.as_str().parse::<Uri>().map_err(|e| bad(e.to_string()));
         let uri = as_uri(&url)?;
         let health = host
@@ -96,7 +110,7 @@ impl HostClient {
             use rustls_platform_verifier::ConfigVerifierExt;
             rustls::ClientConfig::with_platform_verifier().map_err(HostError::Tls)?
         };
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(crate::destinations::GuardedResolver);
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeout));
         http.set_nodelay(true);
@@ -134,9 +148,18 @@ impl HostClient {
                 Err(format!("the health check {health} answered {status}"))
             };
         }
-        let host = self.url.host_str().unwrap_or_default();
+        // An IPv6 host without its brackets, as the resolver takes it.
+        let host = self
+            .url
+            .host_str()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let port = self.url.port_or_known_default().unwrap_or(80);
-        let connect = tokio::net::TcpStream::connect((host, port));
+        let connect = async {
+            let addresses = crate::destinations::resolve_allowed(host, port).await?;
+            tokio::net::TcpStream::connect(&addresses[..]).await
+        };
         match tokio::time::timeout(self.timeout, connect).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),

@@ -76,6 +76,10 @@ impl From<WorkerError> for ApiError {
             | WorkerError::WrongKind { .. }
             | WorkerError::NameMismatch { .. }
             | WorkerError::Resolved(_) => StatusCode::BAD_REQUEST,
+            WorkerError::Runtime {
+                source: crate::transport::runtime::RuntimeError::Host(host),
+                ..
+            } if host.is_in_spec() => StatusCode::BAD_REQUEST,
             WorkerError::Runtime { .. }
             | WorkerError::Connection { .. }
             | WorkerError::SavedSpec { .. }

@@ -1437,7 +1437,8 @@ async fn secret_key(cluster: &Cluster, secret: &str, key: &str) -> Option<String
 /// only; the admin token is in `ferry-tp-<name>-admin`, which a producer granted `get` on its
 /// Secret cannot read; with the ingest token every admin route answers 401. A worker made
 /// before the two were kept apart (one Secret with both tokens, mounted whole) moves: the admin
-/// token to its own Secret unchanged, the producers' token unchanged, the queue kept.
+/// token to its own Secret unchanged, the producers' token unchanged, the queue kept. A host at
+/// the cloud metadata address is refused, naming the address and the flag.
 #[tokio::test]
 async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     let Some(env) = env("a_producers_secret_opens_one_door_and_older_workers_move") else {
@@ -1448,6 +1449,38 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     let mut operator = cluster.operator(&[]);
     let host = cluster.run_pod("erp-host", &SINK, 9090).await;
     cluster.apply(&transport_yaml("erp", &host, "Delete"));
+    // A host at the cloud metadata address is refused (the operator's default forbids
+    // link-local): nothing is made for it.
+    cluster.apply(&transport_yaml(
+        "metadata",
+        "http://169.254.169.254",
+        "Delete",
+    ));
+    let refused = cluster
+        .wait_transport(
+            "metadata",
+            "ForbiddenDestination",
+            ready_because("ForbiddenDestination"),
+        )
+        .await;
+    let message = ready_message(&refused);
+    assert!(
+        message.contains("spec.host.url")
+            && message.contains("169.254.169.254, in 169.254.0.0/16")
+            && message.contains("--forbidden-destinations"),
+        "{refused}"
+    );
+    assert_eq!(
+        condition(&refused, "Stalled")["status"],
+        "True",
+        "{refused}"
+    );
+    assert!(
+        cluster
+            .kubectl(&["get", "statefulset", "ferry-tp-metadata"])
+            .is_err(),
+        "nothing is made for it"
+    );
     delivered_and_up(&cluster, "erp").await;
 
     // A producer allowed to get its Secret, and nothing else.
