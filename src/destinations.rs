@@ -258,6 +258,25 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// A range covers exactly the addresses that share its first `prefix` bits, written as
+        /// IPv4 or as IPv4-mapped IPv6; the flag reads back as the same ranges.
+        #[test]
+        fn a_range_covers_what_shares_its_prefix(net: u32, prefix in 0u8..=32, address: u32) {
+            let range = std::net::Ipv4Addr::from(net);
+            let forbidden = forbidden(&format!("{range}/{prefix}"));
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+            let expected = (address & mask) == (net & mask);
+            let v4 = std::net::Ipv4Addr::from(address);
+            proptest::prop_assert_eq!(forbidden.covering(IpAddr::V4(v4)).is_some(), expected);
+            proptest::prop_assert_eq!(
+                forbidden.covering(IpAddr::V6(v4.to_ipv6_mapped())).is_some(),
+                expected
+            );
+            proptest::prop_assert_eq!(&Forbidden::parse(&forbidden.to_flag()).unwrap(), &forbidden);
+        }
+    }
+
     #[tokio::test]
     async fn literal_and_resolved_urls_are_refused_naming_address_and_range() {
         let default = forbidden(&format!("{LINK_LOCAL},{LOOPBACK}"));
