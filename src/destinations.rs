@@ -1,4 +1,4 @@
-//! Forbidden destinations ([docs/security.md](../docs/security.md#forbidden-destinations)):
+//! Forbidden destinations (docs/security.md, "Forbidden destinations"):
 //! address ranges a host, source or target URL must never reach — the cloud metadata address
 //! (link-local), the node's own loopback — whatever a tenant writes in a spec. The operator
 //! refuses a spec whose URL is, or resolves to, such an address; the worker checks the

@@ -1028,15 +1028,18 @@ async fn the_process_kubelet_runs_the_operators_worker_pod() {
         admin: "admin-secret".into(),
         ingest: "ingest-secret".into(),
     };
-    // The mounts as the kubelet maps them: the claim, the Secret written out, the emptyDir.
+    // The mounts as the kubelet maps them: the claim, the two Secrets written out side by side
+    // (the projected tokens volume), the emptyDir.
     let mut mounts = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
         let local = dir.path().join(&mount.name);
         std::fs::create_dir_all(&local).expect("mount dir");
         if mount.name == "tokens" {
-            let secret = owner.secret(&tokens);
-            for (key, value) in secret.data.unwrap_or_default() {
-                std::fs::write(local.join(key), value.0).expect("token file");
+            let secrets = [Some(owner.secret(&tokens)), owner.admin_secret(&tokens)];
+            for secret in secrets.into_iter().flatten() {
+                for (key, value) in secret.data.unwrap_or_default() {
+                    std::fs::write(local.join(key), value.0).expect("token file");
+                }
             }
         }
         mounts.push((mount.mount_path.clone(), local));
