@@ -800,14 +800,16 @@ async fn start(
             write_secret(client, &namespace, &secret_name, None, &path).await?;
             path
         } else if let Some(projected) = &volume.projected {
-            // The Secrets' keys side by side (the only projection the workers use).
+            // The Secrets' keys side by side (a worker's tokens); other sources (a service
+            // account token, which no pod here uses) are left out.
             let path = run_dir.join(&volume.name);
             std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
-            for source in projected.sources.iter().flatten() {
-                let secret = source
-                    .secret
-                    .as_ref()
-                    .ok_or("only Secrets are projected here")?;
+            for secret in projected
+                .sources
+                .iter()
+                .flatten()
+                .filter_map(|source| source.secret.as_ref())
+            {
                 write_secret(
                     client,
                     &namespace,
