@@ -1572,9 +1572,10 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
         }
     }
 
-    // An older worker: the operator stopped, its objects put back as ferry made them before
-    // (one Secret with both tokens, mounted whole), by the operator's own field manager, and
-    // transactions queued in it.
+    // An older worker with transactions queued: the operator stopped, its objects put back as
+    // ferry made them before (one Secret with both tokens, mounted whole) by the operator's own
+    // field manager.
+    host_gone_stored(&cluster, &host, 2..5).await;
     operator.terminate();
     let apply = kube::api::PatchParams::apply("ferry-operator").force();
     let as_applied = |object: Value| {
@@ -1640,7 +1641,9 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
         .await
         .expect("the admin Secret gone");
     restarted_and_ready(&cluster, "ferry-tp-erp-0", before).await;
-    host_gone_stored(&cluster, &host, 2..5).await;
+    // It runs as it did: its producers' token stores one more.
+    let (code, body) = cluster.ingest("erp", r#"{"order":5}"#).await;
+    assert_eq!((code, body["outcome"].as_str()), (202, Some("stored")), "{body}");
 
     // The new operator moves it.
     let moved = incarnation(&cluster, "ferry-tp-erp-0").await;
@@ -1663,12 +1666,12 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     restarted_and_ready(&cluster, "ferry-tp-erp-0", moved).await;
     let status = cluster
         .wait_transport("erp", "its queue kept, Ready", |s| {
-            ready(s) == "True" && s["queue"]["messages"] == 3
+            ready(s) == "True" && s["queue"]["messages"] == 4
         })
         .await;
-    assert_eq!(status["totals"]["stored"], 3, "{status}");
+    assert_eq!(status["totals"]["stored"], 4, "{status}");
     // Its producers go on with the token they had.
-    let (code, body) = cluster.ingest("erp", r#"{"order":5}"#).await;
+    let (code, body) = cluster.ingest("erp", r#"{"order":6}"#).await;
     assert_eq!(
         (code, body["outcome"].as_str()),
         (202, Some("stored")),
