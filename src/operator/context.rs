@@ -57,6 +57,10 @@ pub struct Context {
     /// counted with the ones the caches show until the resource's status shows it. Empty
     /// after a restart (the statuses hold every placement).
     placements: Mutex<HashMap<String, crate::api::worker_pool::Placement>>,
+    /// Resources (by uid) whose destinations were found allowed: the generation checked and
+    /// when. Checked again for a new generation or once the check is older than `RESYNC`, so
+    /// the reconciles a worker's report brings cost no name lookups. Empty after a restart.
+    destinations_allowed: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
 }
 
 /// (resource uid, object kind) → (hash of what was applied, the object's marker after).
@@ -84,6 +88,7 @@ impl Context {
             pushed: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashSet::new()),
             placements: Mutex::new(HashMap::new()),
+            destinations_allowed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -129,6 +134,34 @@ impl Context {
     pub(super) fn forget_objects(&self, uid: &str) {
         self.owned().remove(uid);
         self.applied().retain(|(of, _), _| of != uid);
+        self.destinations_allowed().remove(uid);
+    }
+
+    fn destinations_allowed(
+        &self,
+    ) -> MutexGuard<'_, HashMap<String, (Option<i64>, std::time::Instant)>> {
+        self.destinations_allowed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the destinations of generation `generation` of resource `uid` are to be checked
+    /// (never found allowed, a new generation, or the last check older than `every`).
+    pub(super) fn destinations_due(
+        &self,
+        uid: &str,
+        generation: Option<i64>,
+        every: Duration,
+    ) -> bool {
+        self.destinations_allowed()
+            .get(uid)
+            .is_none_or(|(checked, at)| *checked != generation || at.elapsed() >= every)
+    }
+
+    /// Generation `generation` of resource `uid` names no forbidden destination.
+    pub(super) fn destinations_found_allowed(&self, uid: &str, generation: Option<i64>) {
+        self.destinations_allowed()
+            .insert(uid.to_owned(), (generation, std::time::Instant::now()));
     }
 
     pub(super) fn placements(

@@ -131,12 +131,18 @@ async fn apply<R: WorkerResource>(
     ctx: &Context,
     memory: &R::Memory,
 ) -> Result<Action, ReconcileError> {
-    // A URL that reaches a forbidden address is never given to a worker.
-    for (field, url) in object.destinations() {
-        if let Err(refusal) = ctx.defaults.forbidden_destinations.check_url(url).await {
-            let why = format!("{field}: {refusal}");
-            return not_run(object, namespace, ctx, FORBIDDEN_DESTINATION, &why, RESYNC).await;
+    // A URL that reaches a forbidden address is never given to a worker. Names are looked up
+    // for a new generation and at the latest every RESYNC, not on every report's reconcile.
+    let uid = object.meta().uid.clone().unwrap_or_default();
+    let generation = object.meta().generation;
+    if ctx.destinations_due(&uid, generation, RESYNC) {
+        for (field, url) in object.destinations() {
+            if let Err(refusal) = ctx.defaults.forbidden_destinations.check_url(url).await {
+                let why = format!("{field}: {refusal}");
+                return not_run(object, namespace, ctx, FORBIDDEN_DESTINATION, &why, RESYNC).await;
+            }
         }
+        ctx.destinations_found_allowed(&uid, generation);
     }
     let refs = object.dereference(namespace, ctx).await?;
     let owner = object.owner()?;

@@ -1643,7 +1643,11 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     restarted_and_ready(&cluster, "ferry-tp-erp-0", before).await;
     // It runs as it did: its producers' token stores one more.
     let (code, body) = cluster.ingest("erp", r#"{"order":5}"#).await;
-    assert_eq!((code, body["outcome"].as_str()), (202, Some("stored")), "{body}");
+    assert_eq!(
+        (code, body["outcome"].as_str()),
+        (202, Some("stored")),
+        "{body}"
+    );
 
     // The new operator moves it.
     let moved = incarnation(&cluster, "ferry-tp-erp-0").await;
