@@ -1345,6 +1345,7 @@ async fn at_rest_nothing_is_written_and_drift_is_repaired_at_once() {
         [
             "transport/erp",
             "secret/ferry-tp-erp",
+            "secret/ferry-tp-erp-admin",
             "service/ferry-tp-erp",
             "statefulset/ferry-tp-erp",
         ]
