@@ -37,6 +37,25 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// A response's body, at most `limit` bytes: `Ok(None)` when it is larger, by its
+/// Content-Length or as it arrives (nothing past the limit is held in memory).
+pub async fn read_capped(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// An error with its causes, `a: b: c` — reqwest's own message alone ("error sending
 /// request") hides what went wrong.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

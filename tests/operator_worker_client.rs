@@ -70,3 +70,58 @@ async fn direct_access_pushes_and_reads_a_transport() {
         "{gone}"
     );
 }
+
+/// Something that answers at a worker's address but is not a worker (or a worker gone wrong):
+/// a redirect is not followed (the admin token goes nowhere else), and an answer larger than
+/// `MAX_ANSWER_BYTES` is not read into memory.
+#[cfg_attr(
+    target_os = "macos",
+    ignore = "binds a 127.0.X.Y address on the worker port; macOS has only 127.0.0.1 unless aliased"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_and_answers_are_capped() {
+    use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
+    use ferry::operator::worker_client::MAX_ANSWER_BYTES;
+    let ip = format!("127.0.{}.{}", std::process::id() % 250 + 2, 18);
+    let followed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = followed.clone();
+    let app = Router::new()
+        .route(
+            "/redirect",
+            get(|| async { (StatusCode::FOUND, [("location", "/elsewhere")]).into_response() }),
+        )
+        .route(
+            "/elsewhere",
+            get(move || {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                async { "{}" }
+            }),
+        )
+        .route("/huge", get(|| async { "x".repeat(MAX_ANSWER_BYTES + 1) }));
+    let listener = tokio::net::TcpListener::bind((ip.as_str(), 8080))
+        .await
+        .unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = WorkerClient::direct(Duration::from_secs(5)).unwrap();
+    let pod = WorkerPod {
+        namespace: "default".into(),
+        pod: "ferry-tp-erp-0".into(),
+        pod_ip: Some(ip),
+        admin_token: "admin".into(),
+    };
+    let redirect = client
+        .get::<serde_json::Value>(&pod, "/redirect")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(redirect, WorkerCallError::Refused { status: 302, .. }),
+        "{redirect}"
+    );
+    assert!(!followed.load(std::sync::atomic::Ordering::SeqCst));
+    let huge = client
+        .get::<serde_json::Value>(&pod, "/huge")
+        .await
+        .unwrap_err();
+    assert!(matches!(huge, WorkerCallError::TooLarge { .. }), "{huge}");
+    server.abort();
+}

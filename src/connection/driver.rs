@@ -155,23 +155,10 @@ impl HttpSourceDriver {
                 "the page is larger than {MAX_PAGE_BYTES} bytes, the most ferry reads of one page; ask the source for smaller pages"
             ))
         };
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_PAGE_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let body = crate::read_capped(&mut response, MAX_PAGE_BYTES)
             .await
             .map_err(|e| fail(crate::error_chain(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_PAGE_BYTES {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .ok_or_else(too_large)?;
         let size = body.len();
         let body: Value = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("the body is not JSON: {e}")))?;

@@ -91,6 +91,8 @@ impl WorkerClient {
     /// Straight to the pod IP. Redirects are not followed: the admin token goes to the worker
     /// asked and nowhere else (a 3xx is a refusal).
     pub fn direct(timeout: Duration) -> Result<Self, reqwest::Error> {
+        // reqwest panics when no TLS provider is installed yet.
+        crate::install_crypto_provider();
         Ok(Self {
             access: WorkerAccess::Direct,
             http: reqwest::Client::builder()
@@ -277,23 +279,10 @@ impl WorkerClient {
                     .map_err(|e| unreachable(crate::error_chain(&e)))?;
                 let status = response.status().as_u16();
                 let etag = etag_of(response.headers());
-                if response
-                    .content_length()
-                    .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
-                {
-                    return Err(too_large());
-                }
-                let mut bytes = Vec::new();
-                while let Some(chunk) = response
-                    .chunk()
+                let bytes = crate::read_capped(&mut response, MAX_ANSWER_BYTES)
                     .await
                     .map_err(|e| unreachable(crate::error_chain(&e)))?
-                {
-                    if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
-                        return Err(too_large());
-                    }
-                    bytes.extend_from_slice(&chunk);
-                }
+                    .ok_or_else(too_large)?;
                 (status, etag, bytes)
             }
         };
