@@ -61,6 +61,17 @@ impl Forbidden {
             .map(Self)
     }
 
+    /// The operator's default: link-local everywhere; loopback too in a cluster (outside one,
+    /// the hosts a developer runs are on loopback).
+    pub fn operator_default(in_cluster: bool) -> Self {
+        let built_in = |list| Self::parse(list).expect("the built-in ranges are CIDRs");
+        let mut ranges = built_in(LINK_LOCAL);
+        if in_cluster {
+            ranges.0.extend(built_in(LOOPBACK).0);
+        }
+        ranges
+    }
+
     /// As given on a command line (what the operator passes to its workers).
     pub fn to_flag(&self) -> String {
         self.0
@@ -239,6 +250,18 @@ mod tests {
                 "{address}"
             );
         }
+    }
+
+    #[test]
+    fn the_operator_forbids_loopback_only_in_a_cluster() {
+        assert_eq!(
+            Forbidden::operator_default(true).to_flag(),
+            "169.254.0.0/16,fe80::/10,127.0.0.0/8,::1/128"
+        );
+        assert_eq!(
+            Forbidden::operator_default(false).to_flag(),
+            "169.254.0.0/16,fe80::/10"
+        );
     }
 
     #[test]

@@ -210,14 +210,7 @@ impl OperatorArgs {
         // Workers log the way their operator does.
         defaults.log_format = log_format;
         defaults.forbidden_destinations = self.forbidden_destinations.unwrap_or_else(|| {
-            use ferry::destinations::{Forbidden, LINK_LOCAL, LOOPBACK};
-            let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-            let list = if in_cluster {
-                format!("{LINK_LOCAL},{LOOPBACK}")
-            } else {
-                LINK_LOCAL.to_owned()
-            };
-            Forbidden::parse(&list).unwrap_or_default()
+            ferry::destinations::Forbidden::operator_default(ferry::operator::run::in_cluster())
         });
         let quantities = |pairs: Vec<(&str, Option<String>)>| {
             pairs

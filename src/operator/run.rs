@@ -554,6 +554,11 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
     outcome
 }
 
+/// Whether this process runs in a pod (the kubelet sets `KUBERNETES_SERVICE_HOST`).
+pub fn in_cluster() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+}
+
 /// The leader's work: restore, announce, then run both controllers until told to stop.
 async fn lead(
     options: &OperatorOptions,
@@ -562,8 +567,7 @@ async fn lead(
     stopped: &watch::Receiver<bool>,
     leadership: Option<&Leadership>,
 ) -> Result<(), OperatorError> {
-    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-    let access = options.worker_access.unwrap_or(if in_cluster {
+    let access = options.worker_access.unwrap_or(if in_cluster() {
         WorkerAccess::Direct
     } else {
         WorkerAccess::Proxy
