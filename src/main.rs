@@ -160,9 +160,14 @@ struct OperatorArgs {
     worker_cpu_limit: Option<String>,
     #[arg(long, env = "FERRY_WORKER_MEMORY_LIMIT", default_value = "256Mi")]
     worker_memory_limit: String,
-    /// Watch only this namespace (default: all).
-    #[arg(long, env = "FERRY_WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces (comma-separated or repeated; default: all). The operator
+    /// then needs a Role in each and no cluster-wide access.
+    #[arg(
+        long = "namespace",
+        env = "FERRY_WATCH_NAMESPACE",
+        value_delimiter = ','
+    )]
+    namespaces: Vec<String>,
     /// Where /healthz, /readyz and /metrics listen.
     #[arg(long, env = "FERRY_OPERATOR_LISTEN", default_value = "0.0.0.0:8081")]
     listen: SocketAddr,
@@ -235,7 +240,7 @@ impl OperatorArgs {
             worker_access: self.worker_access,
             worker_timeout: self.worker_timeout.as_std(),
             defaults,
-            namespace: self.namespace,
+            scope: ferry::operator::watch_scope::WatchScope::of(&self.namespaces),
             listen: self.listen,
             leader_election: self.leader_election.then(|| LeaseOptions {
                 namespace: self.lease_namespace,

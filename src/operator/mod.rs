@@ -23,6 +23,7 @@ pub mod status;
 mod status_writer;
 pub mod transport;
 pub mod triggers;
+pub mod watch_scope;
 pub mod worker_client;
 pub mod worker_objects;
 pub mod worker_pod;

@@ -22,7 +22,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Client, Resource, ResourceExt,
     api::ListParams,
     core::PartialObjectMeta,
     runtime::{
@@ -46,6 +46,7 @@ use super::{
     metrics::OperatorMetrics,
     reconcile::{WorkerResource, count_by_state, reconcile},
     triggers::Triggers,
+    watch_scope::WatchScope,
     worker_client::{WorkerAccess, WorkerClient},
 };
 use crate::api::{Connection, Transport, WorkerPool};
@@ -65,8 +66,8 @@ pub struct OperatorOptions {
     /// One call to a worker.
     pub worker_timeout: Duration,
     pub defaults: WorkerDefaults,
-    /// Watch only this namespace (None: all namespaces).
-    pub namespace: Option<String>,
+    /// The namespaces watched (or the whole cluster).
+    pub scope: WatchScope,
     /// Where `/healthz`, `/readyz` and `/metrics` listen.
     pub listen: SocketAddr,
     pub leader_election: Option<LeaseOptions>,
@@ -230,20 +231,11 @@ fn spec_or_lifecycle<K: Resource>(object: &K) -> Option<u64> {
     Some(hasher.finish())
 }
 
-fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-/// The resources of one kind, filtered to what should trigger a reconcile, filling `writer`'s
-/// cache. The watch's failures and recoveries go to `endpoints` under `kind`.
+/// The resources of one kind in `scope`, filtered to what should trigger a reconcile, filling
+/// `writer`'s cache. The watch's failures and recoveries go to `endpoints` under `kind`.
 fn triggers<K>(
-    api: Api<K>,
+    client: &Client,
+    scope: &WatchScope,
     writer: reflector::store::Writer<K>,
     kind: &'static str,
     endpoints: Arc<Endpoints>,
@@ -252,12 +244,16 @@ fn triggers<K>(
 where
     K: super::NamespacedObject,
 {
-    watcher(api, watcher::Config::default().any_semantic())
+    scope
+        .watch(
+            client,
+            watcher::Config::default().any_semantic(),
+            writer.as_reader(),
+        )
         .inspect(move |event| match event {
             Err(e) => endpoints.watch_failed(kind, e),
             Ok(_) => endpoints.watch_recovered(kind),
         })
-        .default_backoff()
         // Who wrote which field is never read here: not kept in memory.
         .modify(|object| object.meta_mut().managed_fields = None)
         .reflect(writer)
@@ -276,7 +272,7 @@ where
 /// changed or deleted object.
 fn watch_worker_objects<K>(
     client: &Client,
-    namespace: &Option<String>,
+    scope: &WatchScope,
     writer: reflector::store::Writer<K>,
     trim: fn(&mut K),
     route: impl Fn(&K) + Send + 'static,
@@ -297,12 +293,12 @@ where
     let config = watcher::Config::default()
         .labels(WORKER_OBJECTS)
         .page_size(250);
-    watcher(api::<K>(client, namespace), config)
+    scope
+        .watch(client, config, writer.as_reader())
         .inspect(move |event| match event {
             Err(e) => endpoints.watch_failed(worker_object_kind(&kind), e),
             Ok(_) => endpoints.watch_recovered(worker_object_kind(&kind)),
         })
-        .default_backoff()
         // Who wrote which field is not needed here, and is most of a pod's size.
         .modify(move |object| {
             object.meta_mut().managed_fields = None;
@@ -352,7 +348,7 @@ fn worker_object_kind(kind: &str) -> &'static str {
 /// kinds' own caches), and the triggers they route. Runs until `halted`.
 fn worker_object_watches(
     client: &Client,
-    namespace: &Option<String>,
+    scope: &WatchScope,
     endpoints: &Arc<Endpoints>,
     triggers: &Arc<Triggers>,
     halted: &watch::Receiver<bool>,
@@ -395,7 +391,7 @@ fn worker_object_watches(
     let watches = futures::future::join4(
         watch_worker_objects::<Secret>(
             client,
-            namespace,
+            scope,
             secrets_writer,
             keep_all,
             move |o: &Secret| secret_owner(o),
@@ -403,7 +399,7 @@ fn worker_object_watches(
         ),
         watch_worker_objects::<PartialObjectMeta<Service>>(
             client,
-            namespace,
+            scope,
             services_writer,
             keep_all,
             move |o: &PartialObjectMeta<Service>| service_owner(o),
@@ -411,7 +407,7 @@ fn worker_object_watches(
         ),
         watch_worker_objects::<PartialObjectMeta<StatefulSet>>(
             client,
-            namespace,
+            scope,
             sets_writer,
             keep_all,
             move |o: &PartialObjectMeta<StatefulSet>| set_owner(o),
@@ -419,7 +415,7 @@ fn worker_object_watches(
         ),
         watch_worker_objects::<Pod>(
             client,
-            namespace,
+            scope,
             pods_writer,
             pod_status_only,
             pod_owner,
@@ -510,16 +506,17 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
     });
 
     // Fail early and clearly when the CRDs are missing or the API cannot be reached.
-    api::<Guarded<Transport>>(&client, &options.namespace)
-        .list(&ListParams::default().limit(1))
-        .await
-        .map_err(|e| match &e {
-            kube::Error::Api(status) if status.code == 404 => OperatorError::MissingCrds(e),
-            _ => OperatorError::List {
-                what: "Transports",
-                source: e,
-            },
-        })?;
+    for api in options.scope.apis::<Guarded<Transport>>(&client) {
+        api.list(&ListParams::default().limit(1))
+            .await
+            .map_err(|e| match &e {
+                kube::Error::Api(status) if status.code == 404 => OperatorError::MissingCrds(e),
+                _ => OperatorError::List {
+                    what: "Transports",
+                    source: e,
+                },
+            })?;
+    }
 
     let leadership = match &options.leader_election {
         Some(lease) => {
@@ -612,7 +609,7 @@ async fn lead(
     let (pools_cache, pools_writer) = reflector::store();
     let caches = worker_object_watches(
         &client,
-        &options.namespace,
+        &options.scope,
         endpoints,
         &triggers,
         &halted,
@@ -643,14 +640,18 @@ async fn lead(
 
     // The startup queue as the previous operator left it, then C1 for every connection.
     // Guarded: an unreadable Connection is left out here and reported by its reconcile.
-    let listed = api::<Guarded<Connection>>(&client, &options.namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| OperatorError::List {
-            what: "Connections",
-            source,
-        })?
-        .items;
+    let mut listed = Vec::new();
+    for api in options.scope.apis::<Guarded<Connection>>(&client) {
+        listed.extend(
+            api.list(&ListParams::default())
+                .await
+                .map_err(|source| OperatorError::List {
+                    what: "Connections",
+                    source,
+                })?
+                .items,
+        );
+    }
     let existing: Vec<Connection> = listed.into_iter().filter_map(|g| g.0.ok()).collect();
     connections.restore(&existing);
     let failed = announce_reinitializing(&ctx, &connections, &existing).await;
@@ -663,7 +664,7 @@ async fn lead(
     // Each kind: its watch and cache, a controller on the one reconcile skeleton.
     let kinds = Kinds {
         client: &client,
-        namespace: &options.namespace,
+        scope: &options.scope,
         endpoints,
         halted: &halted,
         ctx: &ctx,
@@ -735,7 +736,7 @@ type Guarded<K> = kube::core::DeserializeGuard<K>;
 /// running controller, so a kind is wired by two calls.
 struct Kinds<'a> {
     client: &'a Client,
-    namespace: &'a Option<String>,
+    scope: &'a WatchScope,
     endpoints: &'a Arc<Endpoints>,
     halted: &'a watch::Receiver<bool>,
     ctx: &'a Arc<Context>,
@@ -759,7 +760,8 @@ impl Kinds<'_> {
         let to_pools = self.triggers.clone();
         let gone = to_pools.clone();
         let triggers = triggers(
-            api::<Guarded<R>>(self.client, self.namespace),
+            self.client,
+            self.scope,
             writer,
             R::KIND,
             self.endpoints.clone(),
@@ -823,7 +825,8 @@ impl Kinds<'_> {
         ),
     ) -> impl Future<Output = ()> + use<> {
         let watched = triggers(
-            api::<Guarded<WorkerPool>>(self.client, self.namespace),
+            self.client,
+            self.scope,
             writer,
             super::worker_pool::KIND,
             self.endpoints.clone(),

@@ -85,6 +85,8 @@ pub struct Cluster {
     pub client: Client,
     pub namespace: String,
     pub kubelet: Option<&'static ProcessKubelet>,
+    /// More namespaces of this scenario ([`Cluster::another_namespace`]), removed with it.
+    more_namespaces: std::sync::Mutex<Vec<String>>,
 }
 
 impl Cluster {
@@ -110,6 +112,7 @@ impl Cluster {
             client,
             namespace,
             kubelet,
+            more_namespaces: std::sync::Mutex::default(),
         }
     }
 
@@ -141,6 +144,17 @@ impl Cluster {
         )
         .unwrap_or_else(|e| panic!("loosening {name}: {e}"));
         wait_for_schema(&self.env, true);
+    }
+
+    /// A second namespace for this scenario (`<its namespace>-<suffix>`), removed with it.
+    pub fn another_namespace(&self, suffix: &str) -> String {
+        let namespace = format!("{}-{suffix}", self.namespace);
+        kubectl(&self.env, &["create", "namespace", &namespace], None).expect("a namespace");
+        self.more_namespaces
+            .lock()
+            .expect("namespaces")
+            .push(namespace.clone());
+        namespace
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
@@ -497,11 +511,25 @@ impl Drop for Cluster {
                 ])
                 .map(|all| say(&format!("--- objects ---\n{all}")));
         }
-        if let Ok(names) =
-            self.kubectl(&["get", "workerpools,transports,connections", "-o", "name"])
-        {
+        let more = std::mem::take(&mut *self.more_namespaces.lock().expect("namespaces"));
+        for namespace in std::iter::once(self.namespace.clone()).chain(more) {
+            self.remove_namespace(&namespace);
+        }
+    }
+}
+
+impl Cluster {
+    /// Remove a namespace of the scenario and its pods: the finalizers go first so the
+    /// namespace does not wait for an operator that is no longer running.
+    fn remove_namespace(&self, namespace: &str) {
+        let in_it = |args: &[&str]| {
+            let mut all = vec!["-n", namespace];
+            all.extend_from_slice(args);
+            kubectl(&self.env, &all, None)
+        };
+        if let Ok(names) = in_it(&["get", "workerpools,transports,connections", "-o", "name"]) {
             for name in names.lines().filter(|n| !n.is_empty()) {
-                let _ = self.kubectl(&[
+                let _ = in_it(&[
                     "patch",
                     name,
                     "--type=merge",
@@ -511,22 +539,19 @@ impl Drop for Cluster {
             }
         }
         if let Some(kubelet) = self.kubelet {
-            kubelet.end_namespace(&self.namespace);
+            kubelet.end_namespace(namespace);
         }
         // Waited for, so the next scenario starts on a clean cluster: the process kubelet
         // finishes the deletion of the namespace's pods meanwhile.
         if let Err(e) = kubectl(
             &self.env,
-            &["delete", "namespace", &self.namespace, "--timeout=120s"],
+            &["delete", "namespace", namespace, "--timeout=120s"],
             None,
         ) {
-            say(&format!(
-                "e2e: namespace {} is not gone: {e}",
-                self.namespace
-            ));
+            say(&format!("e2e: namespace {namespace} is not gone: {e}"));
         }
         if let Some(kubelet) = self.kubelet {
-            kubelet.detach(&self.namespace);
+            kubelet.detach(namespace);
         }
     }
 }
@@ -720,6 +745,11 @@ impl Operator {
     /// `ferry operator` with these arguments, besides where it listens and the worker image
     /// (and direct worker access with the process kubelet).
     pub fn with(cluster: &Cluster, extra: &[&str]) -> Operator {
+        Operator::as_user(cluster, cluster.env.kubeconfig.clone(), extra)
+    }
+
+    /// [`Operator::with`], as the identity of another `kubeconfig`.
+    pub fn as_user(cluster: &Cluster, kubeconfig: PathBuf, extra: &[&str]) -> Operator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -749,7 +779,7 @@ impl Operator {
             listen,
             log,
             args,
-            kubeconfig: cluster.env.kubeconfig.clone(),
+            kubeconfig,
         };
         operator.spawn();
         operator

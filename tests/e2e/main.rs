@@ -2259,3 +2259,157 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
     assert_eq!(empty["queue"]["bytes"], 0, "{empty}");
     assert_eq!(empty["totals"]["stored"], 0, "{empty}");
 }
+
+/// The chart's RBAC for the operator with `operator.watchNamespaces` set to `namespaces`,
+/// released in the first of them: `helm template` of its ServiceAccount and roles.
+fn chart_rbac(namespaces: &[&str]) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{root}/target"));
+    let helm = std::process::Command::new("python3")
+        .args([".ci/get-helm.py", &format!("{target}/ci-tools")])
+        .current_dir(root)
+        .output()
+        .expect("python3 .ci/get-helm.py");
+    assert!(helm.status.success(), "{helm:?}");
+    let helm = String::from_utf8_lossy(&helm.stdout).trim().to_owned();
+    let rendered = std::process::Command::new(&helm)
+        .args([
+            "template",
+            "ferry",
+            "charts/ferry",
+            "--namespace",
+            namespaces[0],
+        ])
+        .arg("--set")
+        .arg(format!(
+            "operator.watchNamespaces={{{}}}",
+            namespaces.join(",")
+        ))
+        .args([
+            "--set",
+            "leaderElection.enabled=false",
+            "--set",
+            "userRoles.enabled=false",
+        ])
+        .args(["--show-only", "templates/serviceaccount.yaml"])
+        .args(["--show-only", "templates/rbac.yaml"])
+        .current_dir(root)
+        .output()
+        .expect("helm template");
+    assert!(rendered.status.success(), "{rendered:?}");
+    String::from_utf8_lossy(&rendered.stdout).into_owned()
+}
+
+/// A kubeconfig for ServiceAccount `namespace/account`: the suite's server and CA, a token of
+/// the account.
+fn service_account_kubeconfig(
+    cluster: &Cluster,
+    namespace: &str,
+    account: &str,
+) -> std::path::PathBuf {
+    let admin = cluster::kubectl(
+        &cluster.env,
+        &["config", "view", "--raw", "--minify", "-o", "json"],
+        None,
+    )
+    .expect("the suite's kubeconfig");
+    let admin: Value = serde_json::from_str(&admin).expect("kubeconfig JSON");
+    let server = &admin["clusters"][0]["cluster"];
+    let token = cluster::kubectl(
+        &cluster.env,
+        &["-n", namespace, "create", "token", account, "--duration=1h"],
+        None,
+    )
+    .expect("a token of the account");
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": server}],
+        "users": [{"name": account, "user": {"token": token.trim()}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": account}}],
+        "current-context": "e2e",
+    });
+    let path = std::env::temp_dir().join(format!("ferry-e2e-{namespace}-{account}.kubeconfig"));
+    std::fs::write(&path, config.to_string()).expect("kubeconfig written");
+    path
+}
+
+/// `operator.watchNamespaces: [a, b]`: the operator runs as its ServiceAccount with nothing but
+/// the chart's Roles in the two namespaces, runs a Transport in each, and can read no Secret
+/// elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_in_two_namespaces_needs_only_their_roles() {
+    let Some(env) = env("an_operator_in_two_namespaces_needs_only_their_roles") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "scoped").await;
+    let a = cluster.namespace.clone();
+    let b = cluster.another_namespace("b");
+    let rbac = chart_rbac(&[&a, &b]);
+    cluster::kubectl(&cluster.env, &["apply", "-f", "-"], Some(&rbac))
+        .unwrap_or_else(|e| panic!("the chart's RBAC: {e}\n{rbac}"));
+    let account = format!("system:serviceaccount:{a}:ferry");
+    let can = |verb: &str, what: &str, namespace: &str| {
+        cluster::kubectl(
+            &cluster.env,
+            &[
+                "auth", "can-i", verb, what, "-n", namespace, "--as", &account,
+            ],
+            None,
+        )
+        .is_ok_and(|answer| answer.trim() == "yes")
+    };
+    assert!(can("get", "secrets", &a) && can("get", "secrets", &b));
+    assert!(!can("get", "secrets", "default") && !can("list", "secrets", "kube-system"));
+    let everywhere = cluster::kubectl(
+        &cluster.env,
+        &[
+            "auth",
+            "can-i",
+            "list",
+            "secrets",
+            "--all-namespaces",
+            "--as",
+            &account,
+        ],
+        None,
+    );
+    assert!(!everywhere.is_ok_and(|answer| answer.trim() == "yes"));
+
+    let kubeconfig = service_account_kubeconfig(&cluster, &a, "ferry");
+    let _operator = cluster::Operator::as_user(
+        &cluster,
+        kubeconfig,
+        &[
+            "--namespace",
+            &format!("{a},{b}"),
+            "--status-interval",
+            "1s",
+        ],
+    );
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    cluster.apply(&transport_yaml("erp", &host, "Delete"));
+    cluster::kubectl(
+        &cluster.env,
+        &["-n", &b, "apply", "-f", "-"],
+        Some(&transport_yaml("mes", &host, "Delete")),
+    )
+    .expect("a Transport in b");
+    delivered_and_up(&cluster, "erp").await;
+    // The one in b: its worker made and pushed (Ready is its report) by the same operator.
+    let transports_b: kube::Api<ferry::api::Transport> =
+        kube::Api::namespaced(cluster.client.clone(), &b);
+    eventually("the Transport in the second namespace is Ready", || {
+        let transports_b = transports_b.clone();
+        async move {
+            let status = serde_json::to_value(transports_b.get("mes").await.ok()?.status?).ok()?;
+            (ready(&status) == "True").then_some(())
+        }
+    })
+    .await;
+    for secret in ["ferry-tp-mes", "ferry-tp-mes-admin"] {
+        cluster::kubectl(&cluster.env, &["-n", &b, "get", "secret", secret], None)
+            .unwrap_or_else(|e| panic!("{secret} in {b}: {e}"));
+    }
+}
