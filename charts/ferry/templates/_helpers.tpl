@@ -24,14 +24,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default (include "ferry.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
 
+{{/* repository:tag, or repository:tag@digest when a digest is given (the digest decides). */}}
 {{- define "ferry.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $image := printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- with .Values.image.digest }}{{ $image = printf "%s@%s" $image . }}{{ end -}}
+{{- $image -}}
 {{- end -}}
 
 {{- define "ferry.workerImage" -}}
 {{- $repository := default .Values.image.repository .Values.worker.image.repository -}}
 {{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.worker.image.tag -}}
-{{- printf "%s:%s" $repository $tag -}}
+{{- $image := printf "%s:%s" $repository $tag -}}
+{{- $digest := .Values.worker.image.digest | default (and (not .Values.worker.image.repository) (not .Values.worker.image.tag) .Values.image.digest) -}}
+{{- with $digest }}{{ $image = printf "%s@%s" $image . }}{{ end -}}
+{{- $image -}}
 {{- end -}}
 
 {{/* The namespaces the operator watches, comma-separated ("" = the whole cluster): the list
