@@ -85,6 +85,11 @@ impl Forbidden {
         self.0.is_empty()
     }
 
+    /// The ranges, as given.
+    pub fn ranges(&self) -> &[IpNet] {
+        &self.0
+    }
+
     /// The range that forbids `address`, if one does. An IPv4 address written as IPv6
     /// (`::ffff:169.254.169.254`) is the IPv4 address.
     pub fn covering(&self, address: IpAddr) -> Option<IpNet> {

@@ -188,6 +188,44 @@ struct OperatorArgs {
     /// "" allows every address.
     #[arg(long, env = "FERRY_FORBIDDEN_DESTINATIONS", value_parser = ferry::destinations::Forbidden::parse)]
     forbidden_destinations: Option<ferry::destinations::Forbidden>,
+    /// Make a NetworkPolicy for every worker (who may reach its port, where it may connect;
+    /// docs/security.md). `false` for clusters whose policies are managed otherwise.
+    #[arg(long, env = "FERRY_WORKER_NETWORK_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
+    worker_network_policies: bool,
+    /// The labels of the operator's pods (in the lease namespace), allowed to every worker.
+    #[arg(
+        long,
+        env = "FERRY_OPERATOR_POD_LABELS",
+        default_value = "app.kubernetes.io/name=ferry,app.kubernetes.io/component=operator",
+        value_parser = labels
+    )]
+    operator_pod_labels: std::collections::BTreeMap<String, String>,
+    /// More peers allowed to every worker's port, as a JSON list of NetworkPolicyPeers: the
+    /// scrapers of the workers' /metrics; the API server's address with --worker-access proxy.
+    #[arg(long, env = "FERRY_WORKER_INGRESS_FROM", default_value = "[]", value_parser = peers)]
+    worker_ingress_from: Peers,
+}
+
+/// NetworkPolicyPeers given as JSON.
+#[derive(Clone, Debug)]
+struct Peers(Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>);
+
+fn peers(json: &str) -> Result<Peers, String> {
+    serde_json::from_str(json)
+        .map(Peers)
+        .map_err(|e| format!("not a JSON list of NetworkPolicyPeers: {e}"))
+}
+
+/// `key=value,key=value`.
+fn labels(list: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+            _ => Err(format!("{pair:?} is not key=value")),
+        })
+        .collect()
 }
 
 impl OperatorArgs {
@@ -216,6 +254,15 @@ impl OperatorArgs {
         defaults.log_format = log_format;
         defaults.forbidden_destinations = self.forbidden_destinations.unwrap_or_else(|| {
             ferry::destinations::Forbidden::operator_default(ferry::operator::run::in_cluster())
+        });
+        defaults.network_policies = self.worker_network_policies.then(|| {
+            let mut policies = ferry::operator::network_policy::WorkerNetworkPolicies::new(
+                &self.lease_namespace,
+                self.operator_pod_labels,
+            );
+            policies.ingress_from = self.worker_ingress_from.0;
+            policies.forbidden = defaults.forbidden_destinations.clone();
+            policies
         });
         let quantities = |pairs: Vec<(&str, Option<String>)>| {
             pairs

@@ -9,7 +9,11 @@ use ferry::{
         manifest::parse_documents,
         validate::{ManifestValidator, Resource},
     },
-    operator::builders::{Owner, WorkerDefaults, WorkerTokens},
+    destinations::Forbidden,
+    operator::{
+        builders::{Owner, WorkerDefaults, WorkerTokens},
+        network_policy::WorkerNetworkPolicies,
+    },
 };
 
 #[test]
@@ -52,14 +56,41 @@ fn render_the_examples_workers() {
         }
     }
     assert_eq!(
-        rendered, 24,
-        "four objects for each of the six example resources"
+        rendered, 30,
+        "five objects for each of the six example resources"
     );
+}
+
+/// The operator's defaults with NetworkPolicies on (as in a cluster), a forbidden range of
+/// each family and a scraper allowed to every worker.
+fn defaults() -> WorkerDefaults {
+    let mut policies = WorkerNetworkPolicies::new(
+        "ferry-system",
+        [(
+            "app.kubernetes.io/component".to_owned(),
+            "operator".to_owned(),
+        )]
+        .into(),
+    );
+    policies.forbidden = Forbidden::parse("10.0.0.0/8,fd00::/8,127.0.0.0/8").unwrap();
+    policies.ingress_from = serde_json::from_str(
+        r#"[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]"#,
+    )
+    .unwrap();
+    WorkerDefaults {
+        network_policies: Some(policies),
+        ..WorkerDefaults::default()
+    }
 }
 
 fn render(owner: &Owner, tokens: &WorkerTokens) -> Vec<(String, String)> {
     let name = owner.worker_name();
+    let policy = owner.network_policy(&defaults()).expect("policies are on");
     vec![
+        (
+            format!("{name}-networkpolicy.yaml"),
+            serde_norway::to_string(&policy).unwrap(),
+        ),
         (
             format!("{name}-statefulset.yaml"),
             serde_norway::to_string(&owner.stateful_set(&WorkerDefaults::default())).unwrap(),

@@ -5,6 +5,7 @@ pub mod duration;
 pub mod expected;
 pub mod faults;
 pub mod manifest;
+pub mod network;
 pub mod quantity;
 pub mod storage;
 pub mod transport;

@@ -62,6 +62,10 @@ pub struct TransportSpec {
     /// The worker's volume, which holds the queue (default size 2Gi).
     #[serde(default)]
     pub storage: Storage,
+    /// Who may reach the worker (its NetworkPolicy). A pooled transport's worker is the
+    /// pool's: the pool's `spec.network` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<super::network::Network>,
 }
 
 fn default_max_transaction_bytes() -> ByteQuantity {

@@ -659,6 +659,49 @@ mod tests {
         );
     }
 
+    /// `spec.network.ingestFrom`: what a NetworkPolicy would refuse is refused here (and by
+    /// the API server, the same rules), naming the peer's field.
+    #[test]
+    fn ingest_peers_are_cidrs_or_pods() {
+        let v = ManifestValidator::new();
+        let peers = |peers: serde_json::Value| {
+            v.validate(&transport(
+                json!({"host": {"url": "http://h"}, "network": {"ingestFrom": peers}}),
+            ))
+        };
+        for ok in [
+            json!([]),
+            json!([{"podSelector": {}}]),
+            json!([{"namespaceSelector": {"matchLabels": {"team": "a"}}, "podSelector": {}}]),
+            json!([{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]),
+            json!([{"ipBlock": {"cidr": "fd00::/8"}}]),
+        ] {
+            assert!(peers(ok.clone()).is_ok(), "{ok}");
+        }
+        for (bad, field) in [
+            (
+                json!([{"ipBlock": {"cidr": "10.0.0.0/33"}}]),
+                "spec.network.ingestFrom[0].ipBlock.cidr",
+            ),
+            (
+                json!([{"ipBlock": {"cidr": "example.com"}}]),
+                "spec.network.ingestFrom[0].ipBlock.cidr",
+            ),
+            (
+                json!([{"podSelector": {}}, {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["x"]}}]),
+                "spec.network.ingestFrom[1].ipBlock.except",
+            ),
+            (
+                json!([{"podSelector": {}, "ipBlock": {"cidr": "10.0.0.0/8"}}]),
+                "spec.network.ingestFrom[0]",
+            ),
+            (json!([{}]), "spec.network.ingestFrom[0]"),
+        ] {
+            let error = peers(bad.clone()).expect_err("refused").to_string();
+            assert!(error.contains(field), "{bad}: {error}");
+        }
+    }
+
     /// The names the API server takes for a resource: its DNS-subdomain rule, not a label's.
     #[test]
     fn names_follow_the_api_servers_subdomain_rule() {

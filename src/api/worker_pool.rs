@@ -65,6 +65,10 @@ pub struct WorkerPoolSpec {
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// Who may reach the pool's workers (their NetworkPolicy): the producers of every
+    /// transport the pool hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<super::network::Network>,
 }
 
 fn default_replicas() -> i32 {

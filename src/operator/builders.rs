@@ -3,7 +3,8 @@
 //! replicas) with a volume each for its data directory, a Service for its port (headless for
 //! a pool: every worker has a stable DNS name), the producers' Secret with the ingest token and,
 //! for a worker of its own, the admin token in a Secret of its own that only the operator reads
-//! (a pool's Secret holds its admin token; producers never read it). Pure: the reconciler
+//! (a pool's Secret holds its admin token; producers never read it), and the worker's
+//! NetworkPolicy (network_policy.rs says what it allows). Pure: the reconciler
 //! applies what these return with server-side apply.
 //!
 //! The objects are built as typed k8s-openapi structs: a misspelt field, a wrong type or a
@@ -23,6 +24,7 @@ use k8s_openapi::{
             SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
             VolumeMount, VolumeProjection, VolumeResourceRequirements,
         },
+        networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -31,6 +33,8 @@ use k8s_openapi::{
     },
 };
 use kube::{Resource, ResourceExt};
+
+use super::network_policy::{Producers, worker_policy};
 
 use crate::api::{
     Connection, Transport, WorkerPool, connection::DEFAULT_STORAGE_BYTES as CONNECTION_STORAGE,
@@ -136,6 +140,8 @@ pub struct WorkerDefaults {
     /// Addresses no host, source or target URL may reach: the operator refuses such a spec,
     /// and its workers check again when they connect (`--forbidden-destinations`).
     pub forbidden_destinations: crate::destinations::Forbidden,
+    /// Each worker's NetworkPolicy, unless switched off (`--worker-network-policies=false`).
+    pub network_policies: Option<super::network_policy::WorkerNetworkPolicies>,
 }
 
 impl Default for WorkerDefaults {
@@ -162,6 +168,7 @@ impl Default for WorkerDefaults {
             storage_class: None,
             log_format: crate::logging::LogFormat::default(),
             forbidden_destinations: crate::destinations::Forbidden::default(),
+            network_policies: None,
         }
     }
 }
@@ -189,6 +196,16 @@ pub struct Owner<'a> {
     /// A pool's: its workers' container resources (else the operator's defaults) and where
     /// they may run.
     pool: Option<&'a crate::api::WorkerPoolSpec>,
+    /// Who sends transactions to the worker (its NetworkPolicy).
+    producers: Producers<'a>,
+}
+
+/// `spec.network.ingestFrom` as the worker's producers.
+fn producers(network: &Option<crate::api::network::Network>) -> Producers<'_> {
+    match network.as_ref().and_then(|n| n.ingest_from.as_deref()) {
+        Some(peers) => Producers::These(peers),
+        None => Producers::OwnNamespace,
+    }
 }
 
 /// The resource as its objects' controlling owner; deleting it in the foreground waits for them.
@@ -218,6 +235,7 @@ impl<'a> Owner<'a> {
             default_storage_bytes: TRANSPORT_STORAGE,
             replicas: 1,
             pool: None,
+            producers: producers(&transport.spec.network),
         })
     }
 
@@ -232,6 +250,7 @@ impl<'a> Owner<'a> {
             default_storage_bytes: CONNECTION_STORAGE,
             replicas: i32::from(connection.spec.started),
             pool: None,
+            producers: Producers::Nobody,
         })
     }
 
@@ -246,6 +265,7 @@ impl<'a> Owner<'a> {
             default_storage_bytes: POOL_STORAGE,
             replicas: pool.spec.replicas,
             pool: Some(&pool.spec),
+            producers: producers(&pool.spec.network),
         })
     }
 
@@ -429,6 +449,20 @@ impl<'a> Owner<'a> {
             }),
             ..Service::default()
         }
+    }
+
+    /// The worker's NetworkPolicy, when the operator makes them.
+    pub fn network_policy(&self, defaults: &WorkerDefaults) -> Option<NetworkPolicy> {
+        let settings = defaults.network_policies.as_ref()?;
+        Some(NetworkPolicy {
+            metadata: self.metadata(),
+            spec: Some(worker_policy(
+                settings,
+                self.selector(),
+                self.producers,
+                WORKER_PORT,
+            )),
+        })
     }
 
     /// The `ferry worker` container: its data directory on the claim, its tokens from the

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
     core::v1::{Pod, Secret, Service},
+    networking::v1::NetworkPolicy,
 };
 use kube::{
     Resource,
@@ -34,6 +35,7 @@ pub struct Caches {
     pub services: Store<PartialObjectMeta<Service>>,
     pub stateful_sets: Store<PartialObjectMeta<StatefulSet>>,
     pub pods: Store<Pod>,
+    pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
 }
 
 /// A store nothing writes to: always empty.
@@ -55,6 +57,7 @@ impl Default for Caches {
             services: empty(),
             stateful_sets: empty(),
             pods: empty(),
+            network_policies: empty(),
         }
     }
 }

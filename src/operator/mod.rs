@@ -15,6 +15,7 @@ pub(crate) mod fixtures;
 pub mod guard;
 pub mod leadership;
 pub mod metrics;
+pub mod network_policy;
 pub mod placement;
 pub mod reconcile;
 pub mod report_watch;

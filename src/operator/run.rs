@@ -18,6 +18,7 @@ use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
         core::v1::{Pod, Secret, Service},
+        networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -340,15 +341,17 @@ fn worker_object_kind(kind: &str) -> &'static str {
         "Secret" => "worker Secret",
         "Service" => "worker Service",
         "StatefulSet" => "worker StatefulSet",
+        "NetworkPolicy" => "worker NetworkPolicy",
         _ => "worker Pod",
     }
 }
 
 /// Start watching the workers' objects: the caches the reconciles read (added to `kinds`, the
-/// kinds' own caches), and the triggers they route. Runs until `halted`.
+/// kinds' own caches), and the triggers they route; NetworkPolicies only when the operator
+/// makes them (`network_policies`). Runs until `halted`.
 fn worker_object_watches(
     client: &Client,
-    scope: &WatchScope,
+    (scope, network_policies): (&WatchScope, bool),
     endpoints: &Arc<Endpoints>,
     triggers: &Arc<Triggers>,
     halted: &watch::Receiver<bool>,
@@ -358,12 +361,18 @@ fn worker_object_watches(
     let (services, services_writer) = reflector::store();
     let (stateful_sets, sets_writer) = reflector::store::<PartialObjectMeta<StatefulSet>>();
     let (pods, pods_writer) = reflector::store();
+    let (network_policies_cache, policies_writer) =
+        reflector::store::<PartialObjectMeta<NetworkPolicy>>();
     let owner = |triggers: &Arc<Triggers>| {
         let triggers = triggers.clone();
         move |object: &dyn ResourceMeta| triggers.owner_of(object.metadata())
     };
-    let (secret_owner, service_owner, set_owner) =
-        (owner(triggers), owner(triggers), owner(triggers));
+    let (secret_owner, service_owner, set_owner, policy_owner) = (
+        owner(triggers),
+        owner(triggers),
+        owner(triggers),
+        owner(triggers),
+    );
     // A pod is the StatefulSet's: its resource is the owner of the StatefulSet of its name. A
     // pool's worker is also every placed resource's: they are reconciled too (a worker that is
     // back after a restart answers for them again).
@@ -388,7 +397,22 @@ fn worker_object_watches(
             }
         }
     };
-    let watches = futures::future::join4(
+    let policies = network_policies.then(|| {
+        watch_worker_objects::<PartialObjectMeta<NetworkPolicy>>(
+            client,
+            scope,
+            policies_writer,
+            keep_all,
+            move |o: &PartialObjectMeta<NetworkPolicy>| policy_owner(o),
+            endpoints.clone(),
+        )
+    });
+    let policies = async move {
+        if let Some(watch) = policies {
+            watch.await;
+        }
+    };
+    let watches = futures::future::join5(
         watch_worker_objects::<Secret>(
             client,
             scope,
@@ -421,6 +445,7 @@ fn worker_object_watches(
             pod_owner,
             endpoints.clone(),
         ),
+        policies,
     );
     let halted = when(halted);
     tokio::spawn(async move {
@@ -434,6 +459,7 @@ fn worker_object_watches(
         services,
         stateful_sets,
         pods,
+        network_policies: network_policies_cache,
         ..kinds
     }
 }
@@ -609,7 +635,7 @@ async fn lead(
     let (pools_cache, pools_writer) = reflector::store();
     let caches = worker_object_watches(
         &client,
-        &options.scope,
+        (&options.scope, options.defaults.network_policies.is_some()),
         endpoints,
         &triggers,
         &halted,

@@ -1,11 +1,12 @@
 //! The worker's objects of one resource — its Secrets (the producers' ingest token; a
-//! dedicated worker's admin token apart), Service and StatefulSet — applied only where the
+//! dedicated worker's admin token apart), Service, NetworkPolicy and StatefulSet — applied only where the
 //! resource controls them, and its volume claim deleted on request.
 
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
         core::v1::{PersistentVolumeClaim, Secret, Service},
+        networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -155,43 +156,23 @@ async fn apply_worker_objects(
     };
     // Only objects this resource controls are applied (the apply is forced) and only its own
     // Secret gives the tokens: an unrelated object of the same name is never taken over.
-    let conflict = |kind| ReconcileError::NameConflict {
-        kind,
-        name: worker.clone(),
-        namespace: namespace.to_owned(),
-        owner: owner.describe(),
-    };
     let secret = own_secret(ctx, namespace, owner, &worker).await?;
     let admin_secret = match owner.admin_secret_name() {
         name if name == worker => None,
         name => own_secret(ctx, namespace, owner, &name).await?,
     };
-    let service = match cached(&ctx.caches.services, namespace, &worker) {
-        Some(service) => Some(service.metadata.clone()),
-        // Read only until this operator has applied them once: a name cannot be taken by
-        // someone else while our object holds it.
-        None if !ctx.owned().contains(owner.uid()) => services
-            .get_metadata_opt(&worker)
-            .await
-            .map_err(failed("Service"))?
-            .map(|m| m.metadata),
-        None => None,
-    };
-    if service.as_ref().is_some_and(|m| !owner.controls(m)) {
-        return Err(conflict("Service"));
-    }
-    let stateful_set = match cached(&ctx.caches.stateful_sets, namespace, &worker) {
-        Some(set) => Some(set.metadata.clone()),
-        None if !ctx.owned().contains(owner.uid()) => stateful_sets
-            .get_metadata_opt(&worker)
-            .await
-            .map_err(failed("StatefulSet"))?
-            .map(|m| m.metadata),
-        None => None,
-    };
-    if stateful_set.as_ref().is_some_and(|m| !owner.controls(m)) {
-        return Err(conflict("StatefulSet"));
-    }
+    let at = (namespace, owner);
+    let service =
+        own_metadata(ctx, at, "Service", &services, &ctx.caches.services, &worker).await?;
+    let stateful_set = own_metadata(
+        ctx,
+        at,
+        "StatefulSet",
+        &stateful_sets,
+        &ctx.caches.stateful_sets,
+        &worker,
+    )
+    .await?;
     let tokens = worker_tokens(secret.as_ref(), admin_secret.as_ref());
     // The admin Secret first: the producers' one loses the admin token only once it is there.
     if let Some(desired) = owner.admin_secret(&tokens) {
@@ -226,6 +207,22 @@ async fn apply_worker_objects(
     )
     .await
     .map_err(failed("Service"))?;
+    if let Some(desired) = owner.network_policy(&ctx.defaults) {
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+        let policy = own_metadata(
+            ctx,
+            at,
+            "NetworkPolicy",
+            &policies,
+            &ctx.caches.network_policies,
+            &worker,
+        )
+        .await?;
+        let marker = policy.as_ref().map(version_marker);
+        apply_if_changed(ctx, owner, &policies, desired, marker, version_marker)
+            .await
+            .map_err(failed("NetworkPolicy"))?;
+    }
     let set_marker = stateful_set.as_ref().map(generation_marker);
     let desired = owner.stateful_set(&ctx.defaults);
     apply_if_changed(
@@ -240,6 +237,46 @@ async fn apply_worker_objects(
     .map_err(failed("StatefulSet"))?;
     ctx.owned().insert(owner.uid().to_owned());
     Ok(tokens)
+}
+
+/// The metadata of the worker's object `name` of kind `K`: from the cache, or from the API
+/// server until this operator has applied the resource's objects once (a name cannot be taken
+/// by someone else while our object holds it). Somebody else's object is a name conflict.
+async fn own_metadata<K>(
+    ctx: &Context,
+    (namespace, owner): (&str, &Owner<'_>),
+    kind: &'static str,
+    api: &Api<K>,
+    cache: &kube::runtime::reflector::Store<kube::core::PartialObjectMeta<K>>,
+    name: &str,
+) -> Result<Option<ObjectMeta>, ReconcileError>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let meta = match cached(cache, namespace, name) {
+        Some(object) => Some(object.metadata.clone()),
+        None if !ctx.owned().contains(owner.uid()) => api
+            .get_metadata_opt(name)
+            .await
+            .map_err(|source| ReconcileError::Apply {
+                object: format!("{kind} {name}"),
+                source,
+            })?
+            .map(|m| m.metadata),
+        None => None,
+    };
+    if meta.as_ref().is_some_and(|m| !owner.controls(m)) {
+        return Err(ReconcileError::NameConflict {
+            kind,
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            owner: owner.describe(),
+        });
+    }
+    Ok(meta)
 }
 
 /// The worker's Secret `name` (its own, or its admin Secret), from the cache or else the API

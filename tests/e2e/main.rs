@@ -1347,6 +1347,7 @@ async fn at_rest_nothing_is_written_and_drift_is_repaired_at_once() {
             "secret/ferry-tp-erp",
             "secret/ferry-tp-erp-admin",
             "service/ferry-tp-erp",
+            "networkpolicy/ferry-tp-erp",
             "statefulset/ferry-tp-erp",
         ]
         .map(|object| {
@@ -1361,23 +1362,26 @@ async fn at_rest_nothing_is_written_and_drift_is_repaired_at_once() {
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_eq!(versions(), before, "written at rest");
 
-    // Drift: the Service deleted, the StatefulSet scaled by hand; both repaired at once, and
-    // the status honest meanwhile.
+    // Drift: the Service and the NetworkPolicy deleted, the StatefulSet scaled by hand; all
+    // repaired at once, and the status honest meanwhile.
     cluster
         .kubectl(&["delete", "service", "ferry-tp-erp", "--wait=false"])
         .expect("delete the Service");
+    cluster
+        .kubectl(&["delete", "networkpolicy", "ferry-tp-erp", "--wait=false"])
+        .expect("delete the NetworkPolicy");
     worker_away_and_back(&cluster, "erp", Away::ScaleToZero { paused: None }).await;
     cluster
         .wait_transport("erp", "Up again", |s| {
             s["state"] == "Up" && ready(s) == "True"
         })
         .await;
-    eventually("the Service back", || async {
-        cluster
-            .kubectl(&["get", "service", "ferry-tp-erp", "-o", "name"])
-            .ok()
-    })
-    .await;
+    for object in ["service/ferry-tp-erp", "networkpolicy/ferry-tp-erp"] {
+        eventually(&format!("{object} back"), || async {
+            cluster.kubectl(&["get", object, "-o", "name"]).ok()
+        })
+        .await;
+    }
 
     // A change on the worker: its host gone, a transaction stored.
     host_gone_stored(&cluster, &host, 2..3).await;
@@ -1486,6 +1490,46 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
         "nothing is made for it"
     );
     delivered_and_up(&cluster, "erp").await;
+    fenced(&cluster, "ferry-tp-erp", true);
+    assert!(
+        cluster
+            .kubectl(&["get", "networkpolicy", "ferry-tp-metadata"])
+            .is_err(),
+        "nothing is made for a refused host"
+    );
+    // Producers named in spec.network.ingestFrom replace "every pod of the namespace"; a
+    // peer that is not a CIDR is refused by the API server, naming the rule.
+    cluster.patch(
+        "transport/erp",
+        json!({"spec": {"network": {"ingestFrom": [{"podSelector": {"matchLabels": {"app": "erp-producer"}}}]}}}),
+    );
+    eventually("the policy names the producers", || async {
+        let policy = cluster
+            .kubectl(&["get", "networkpolicy", "ferry-tp-erp", "-o", "json"])
+            .ok()?;
+        let policy: Value = serde_json::from_str(&policy).ok()?;
+        let from = policy["spec"]["ingress"][0]["from"].as_array()?.clone();
+        (from
+            .iter()
+            .any(|p| p["podSelector"]["matchLabels"]["app"] == "erp-producer")
+            && !from.iter().any(|p| *p == json!({"podSelector": {}})))
+        .then_some(())
+    })
+    .await;
+    let refused = cluster
+        .kubectl(&[
+            "patch",
+            "transport/erp",
+            "--type=merge",
+            "-p",
+            r#"{"spec": {"network": {"ingestFrom": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}}}"#,
+        ])
+        .unwrap_err();
+    assert!(
+        refused.contains("spec.network.ingestFrom[0].ipBlock.cidr")
+            && refused.contains("must be a CIDR"),
+        "{refused}"
+    );
 
     // A producer allowed to get its Secret, and nothing else.
     let producer = format!("system:serviceaccount:{}:producer", cluster.namespace);
@@ -1735,6 +1779,7 @@ spec:
         })
         .await;
     assert_eq!(pool["workers"].as_array().map(Vec::len), Some(2), "{pool}");
+    fenced(&cluster, "ferry-wp-fleet", true);
 
     // Three transports over two workers of capacity 2: 2 + 1, each placed once.
     for name in ["a", "b", "c"] {
@@ -2258,6 +2303,58 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
     .await;
     assert_eq!(empty["queue"]["bytes"], 0, "{empty}");
     assert_eq!(empty["totals"]["stored"], 0, "{empty}");
+}
+
+/// Worker `name` has the operator's NetworkPolicy, controlled by its resource: its port only
+/// from the peers it names (every pod of the namespace among them when
+/// `own_namespace_producers`), and egress anywhere but the metadata range.
+fn fenced(cluster: &Cluster, name: &str, own_namespace_producers: bool) {
+    let policy = cluster
+        .kubectl(&["get", "networkpolicy", name, "-o", "json"])
+        .unwrap_or_else(|e| panic!("the NetworkPolicy of {name}: {e}"));
+    let policy: Value = serde_json::from_str(&policy).expect("JSON");
+    let spec = &policy["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/instance"], name,
+        "{policy}"
+    );
+    assert_eq!(
+        spec["policyTypes"],
+        json!(["Ingress", "Egress"]),
+        "{policy}"
+    );
+    assert_eq!(
+        spec["ingress"][0]["ports"],
+        json!([{"port": 8080, "protocol": "TCP"}]),
+        "{policy}"
+    );
+    let from = spec["ingress"][0]["from"].as_array().expect("from");
+    assert_eq!(
+        from.iter().any(|p| *p == json!({"podSelector": {}})),
+        own_namespace_producers,
+        "{policy}"
+    );
+    let blocks: Vec<&Value> = spec["egress"]
+        .as_array()
+        .expect("egress")
+        .iter()
+        .flat_map(|rule| rule["to"].as_array().into_iter().flatten())
+        .filter(|peer| peer.get("ipBlock").is_some())
+        .collect();
+    let v4 = blocks
+        .iter()
+        .find(|b| b["ipBlock"]["cidr"] == "0.0.0.0/0")
+        .unwrap_or_else(|| panic!("no IPv4 egress: {policy}"));
+    assert!(
+        v4["ipBlock"]["except"]
+            .as_array()
+            .is_some_and(|e| e.contains(&json!("169.254.0.0/16"))),
+        "the metadata range is excluded: {policy}"
+    );
+    assert_eq!(
+        policy["metadata"]["ownerReferences"][0]["controller"], true,
+        "{policy}"
+    );
 }
 
 /// The chart's RBAC for the operator with `operator.watchNamespaces` set to `namespaces`,

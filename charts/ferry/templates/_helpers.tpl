@@ -77,6 +77,12 @@ cluster-wide, a Role in each watched namespace): every verb is one it uses. */}}
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+{{- if .Values.networkPolicy.workers }}
+# Each worker's NetworkPolicy (networkPolicy.workers), watched like the other worker objects.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, update]
+{{- end }}
 {{- if eq .Values.operator.workerAccess "proxy" }}
 # operator.workerAccess: proxy — the calls to a worker through the API server: GET (report),
 # PUT (spec), DELETE (a resource gone).
