@@ -43,6 +43,9 @@ use crate::api::{
     worker_pool::DEFAULT_STORAGE_BYTES as POOL_STORAGE,
 };
 
+/// On a worker's pod template: which admin token it runs with (a short SHA-256 of it).
+pub const ADMIN_TOKEN_ANNOTATION: &str = "ferry.dev/admin-token-sha256";
+
 /// The worker's port, in the pod and on the Service.
 pub const WORKER_PORT: u16 = crate::wire::PORT;
 const DATA_DIR: &str = "/var/lib/ferry";
@@ -449,6 +452,26 @@ impl<'a> Owner<'a> {
             }),
             ..Service::default()
         }
+    }
+
+    /// The worker's StatefulSet for a worker whose admin token is `admin`: its pod template
+    /// carries the token's (shortened) SHA-256, so a new admin token (its Secret deleted:
+    /// rotation) restarts the worker, which reads the token when it starts. Never the token.
+    pub fn stateful_set_for(&self, defaults: &WorkerDefaults, admin: &str) -> StatefulSet {
+        let mut set = self.stateful_set(defaults);
+        let digest = ring::digest::digest(&ring::digest::SHA256, admin.as_bytes());
+        let short: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Some(meta) = set
+            .spec
+            .as_mut()
+            .and_then(|spec| spec.template.metadata.as_mut())
+        {
+            meta.annotations = Some(BTreeMap::from([(ADMIN_TOKEN_ANNOTATION.into(), short)]));
+        }
+        set
     }
 
     /// The worker's NetworkPolicy, when the operator makes them.

@@ -104,7 +104,7 @@ pub struct Observed<'a, R: WorkerResource> {
     /// The worker's pod; `None` when the resource's worker does not run.
     pub worker: Option<Result<ReadyWorker, WorkerPodUnavailable>>,
     pub refs: R::Refs,
-    /// In a pool, its own ingest token (the pool's worker is told its hash).
+    /// A transport's ingest token (its worker, dedicated or a pool's, is told its hash).
     pub ingest_token: Option<String>,
 }
 
@@ -150,12 +150,21 @@ async fn apply<R: WorkerResource>(
     // its place there.
     let mut ingest_token = None;
     let home = match object.worker_pool() {
-        None => Home {
-            tokens: apply_or_report(ctx, namespace, &owner, object, object.status()).await?,
-            set: owner.worker_name(),
-            pod: pod_name(&owner.worker_name()),
-            placement: None,
-        },
+        None => {
+            let tokens = apply_or_report(ctx, namespace, &owner, object, object.status()).await?;
+            // Its worker is told the hash of the producers' token with the spec, as a pool's
+            // is: a token replaced in the Secret (rotation) is taken, and the old one refused,
+            // as soon as it is pushed.
+            if R::INGESTS {
+                ingest_token = Some(tokens.ingest.clone());
+            }
+            Home {
+                tokens,
+                set: owner.worker_name(),
+                pod: pod_name(&owner.worker_name()),
+                placement: None,
+            }
+        }
         Some(pool) => {
             if R::INGESTS {
                 let applying = apply_ingest_secret(ctx, namespace, &owner);

@@ -367,6 +367,12 @@ fn worker_object_watches(
         let triggers = triggers.clone();
         move |object: &dyn ResourceMeta| triggers.owner_of(object.metadata())
     };
+    // A transport's Secret replaced (its token rotated): the connections that send to it are
+    // pushed the new token.
+    let targets_of = {
+        let (triggers, connections) = (triggers.clone(), kinds.connections.clone());
+        move |secret: &Secret| connections_sending_to(&triggers, &connections, secret)
+    };
     let (secret_owner, service_owner, set_owner, policy_owner) = (
         owner(triggers),
         owner(triggers),
@@ -418,7 +424,10 @@ fn worker_object_watches(
             scope,
             secrets_writer,
             keep_all,
-            move |o: &Secret| secret_owner(o),
+            move |o: &Secret| {
+                secret_owner(o);
+                targets_of(o);
+            },
             endpoints.clone(),
         ),
         watch_worker_objects::<PartialObjectMeta<Service>>(
@@ -461,6 +470,38 @@ fn worker_object_watches(
         pods,
         network_policies: network_policies_cache,
         ..kinds
+    }
+}
+
+/// Reconcile the connections that send to the Transport controlling `secret`, if it is one's.
+fn connections_sending_to(
+    triggers: &Triggers,
+    connections: &reflector::Store<Guarded<Connection>>,
+    secret: &Secret,
+) {
+    let Some(namespace) = secret.metadata.namespace.as_deref() else {
+        return;
+    };
+    let transport = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == <Transport as WorkerResource>::KIND);
+    let Some(transport) = transport else { return };
+    for connection in connections.state() {
+        if connection.namespace().as_deref() == Some(namespace)
+            && connection
+                .0
+                .as_ref()
+                .is_ok_and(|c| targets(c, &transport.name))
+        {
+            triggers.send(
+                <Connection as WorkerResource>::KIND,
+                namespace,
+                &connection.name_any(),
+            );
+        }
     }
 }
 
@@ -967,6 +1008,46 @@ mod tests {
             "status": status,
         }))
         .unwrap()
+    }
+
+    /// A transport's producers' Secret replaced (a rotated token): the connections that send to
+    /// that transport are reconciled (pushed the new token), no other.
+    #[test]
+    fn a_transports_secret_reconciles_the_connections_sending_to_it() {
+        let (connections, mut writer) = reflector::store::<Guarded<Connection>>();
+        let guarded = |c: Connection| {
+            serde_json::from_value::<Guarded<Connection>>(serde_json::to_value(c).unwrap()).unwrap()
+        };
+        let mut other = super::super::fixtures::connection("other", true);
+        other.spec.sync_sets[0].target.transport =
+            serde_json::from_value(json!({"name": "mes"})).unwrap();
+        writer.apply_watcher_event(&watcher::Event::Apply(guarded(
+            super::super::fixtures::connection("crm", true),
+        )));
+        writer.apply_watcher_event(&watcher::Event::Apply(guarded(other)));
+        let triggers = Triggers::default();
+        let mut requests = triggers.subscribe("Connection");
+        let secret = |owner_kind: &str, owner: &str| -> Secret {
+            serde_json::from_value(json!({
+                "metadata": {"name": "ferry-tp-erp", "namespace": "plant-a",
+                    "ownerReferences": [{"apiVersion": "ferry.dev/v1alpha1", "kind": owner_kind,
+                        "name": owner, "uid": "u", "controller": true}]},
+            }))
+            .unwrap()
+        };
+        connections_sending_to(&triggers, &connections, &secret("Transport", "erp"));
+        assert_eq!(
+            requests.try_recv().ok(),
+            Some(("plant-a".to_owned(), "crm".to_owned()))
+        );
+        assert!(
+            requests.try_recv().is_err(),
+            "only the connection sending to erp"
+        );
+        // A connection's own Secret, or another transport's: nobody is asked.
+        connections_sending_to(&triggers, &connections, &secret("Connection", "crm"));
+        connections_sending_to(&triggers, &connections, &secret("Transport", "billing"));
+        assert!(requests.try_recv().is_err());
     }
 
     /// The operator's own status writes must not trigger reconciles (they would loop); what the

@@ -224,7 +224,7 @@ async fn apply_worker_objects(
             .map_err(failed("NetworkPolicy"))?;
     }
     let set_marker = stateful_set.as_ref().map(generation_marker);
-    let desired = owner.stateful_set(&ctx.defaults);
+    let desired = owner.stateful_set_for(&ctx.defaults, &tokens.admin);
     apply_if_changed(
         ctx,
         owner,

@@ -52,6 +52,16 @@ pub enum PluginError {
     NoWorker { what: String, why: String },
     #[error("the log stream broke: {0}")]
     Stream(#[source] std::io::Error),
+    #[error(
+        "transport {transport} runs on WorkerPool {pool}: its worker's admin token is the pool's (delete the pool's Secret ferry-wp-{pool} to rotate it)"
+    )]
+    PooledAdmin { transport: String, pool: String },
+    #[error("{what} is not controlled by {owner}: it is left alone")]
+    NotOurs { what: String, owner: String },
+    #[error(
+        "the old token's Secret {secret} is deleted, but after {waited:?} no new one exists: is the operator running? (kubectl get pods -l app.kubernetes.io/component=operator -A)"
+    )]
+    NoNewSecret { secret: String, waited: Duration },
     #[error("{kind} {namespace}/{name} was started and is Failed{ready}")]
     Failed {
         kind: &'static str,

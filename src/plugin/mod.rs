@@ -1,9 +1,10 @@
 //! `kubectl ferry`: suspend/resume transports, start/stop connections (optionally waiting for
-//! the documented result), a status table, and for incidents a transport's queue and a
-//! worker's log — against the current kubeconfig context and namespace, as kubectl does. The binary is `src/bin/kubectl-ferry.rs`; on the PATH, kubectl
+//! the documented result), a status table, a transport's token rotated, and for incidents a
+//! transport's queue and a worker's log — against the current kubeconfig context and namespace, as kubectl does. The binary is `src/bin/kubectl-ferry.rs`; on the PATH, kubectl
 //! finds it as a plugin.
 
 pub mod desired;
+pub mod rotate;
 pub mod table;
 pub mod worker;
 
@@ -68,6 +69,19 @@ pub enum Command {
         /// cannot proxy to pods (as the operator's flag of the same name).
         #[arg(long, env = "FERRY_WORKER_ACCESS", value_enum, default_value = "proxy")]
         worker_access: crate::operator::worker_client::WorkerAccess,
+    },
+    /// A new ingest token for a transport's producers: its Secret is made anew by the
+    /// operator and the worker refuses the old token; the queue and totals are kept.
+    RotateToken {
+        kind: TransportKind,
+        name: String,
+        /// The worker's admin token instead (a dedicated worker's, in `<worker>-admin`): the
+        /// worker restarts with the new one, its queue kept.
+        #[arg(long)]
+        admin: bool,
+        /// How long to wait for the new Secret.
+        #[arg(long, default_value = "2m")]
+        timeout: crate::api::duration::Duration,
     },
     /// The log of a transport's or connection's worker pod.
     Logs {
@@ -191,6 +205,20 @@ pub async fn run(
             let json = matches!(output, Some(Output::Json));
             let limit = usize::from(*limit);
             return worker::queue(client, *worker_access, namespace, name, limit, json).await;
+        }
+        Command::RotateToken {
+            name,
+            admin,
+            timeout,
+            ..
+        } => {
+            let token = if *admin {
+                rotate::Token::Admin
+            } else {
+                rotate::Token::Ingest
+            };
+            let limit = timeout.as_std();
+            return rotate::rotate_token(client, namespace, name, token, limit, poll).await;
         }
         Command::Logs {
             kind,

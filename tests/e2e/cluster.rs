@@ -350,6 +350,32 @@ impl Cluster {
         token_of: &str,
         payload: &str,
     ) -> Result<(u16, Value), String> {
+        let token = self.ingest_token(token_of).await;
+        self.ingest_with(transport, &token, payload).await
+    }
+
+    /// The ingest token in the producers' Secret of transport `name`.
+    pub async fn ingest_token(&self, name: &str) -> String {
+        let secret = self
+            .api::<Secret>()
+            .get(&ferry::operator::builders::worker_name("tp", name))
+            .await
+            .expect("the transport's Secret");
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ingest-token"))
+            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+            .expect("an ingest token")
+    }
+
+    /// POST a transaction to `transport`'s worker with `token`; answers the status and body.
+    pub async fn ingest_with(
+        &self,
+        transport: &str,
+        token: &str,
+        payload: &str,
+    ) -> Result<(u16, Value), String> {
         let placement = self
             .transports()
             .get(transport)
@@ -364,17 +390,6 @@ impl Cluster {
                 ferry::operator::builders::worker_name("tp", transport)
             ),
         };
-        let secret = self
-            .api::<Secret>()
-            .get(&ferry::operator::builders::worker_name("tp", token_of))
-            .await
-            .expect("the transport's Secret");
-        let token = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get("ingest-token"))
-            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
-            .expect("an ingest token");
         let route = format!("/v1/transports/{}/{transport}/transactions", self.namespace);
         if self.env.process_kubelet {
             let pod = self.wait_pod_ready(&pod).await;

@@ -1726,6 +1726,69 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
         (202, Some("stored")),
         "{body}"
     );
+
+    // Rotation: a new token in a new Secret; the worker refuses the old one once the operator
+    // has told it, takes the new one, and keeps its queue and totals.
+    let said = kubectl_ferry(&cluster, &["rotate-token", "transport", "erp"]);
+    assert!(
+        said.contains("a new ingest token is in Secret ferry-tp-erp"),
+        "{said}"
+    );
+    let new = cluster.ingest_token("erp").await;
+    assert_ne!(new, ingest, "a new token");
+    // Until the worker has the new hash the old token still stores: counted.
+    let late = std::sync::atomic::AtomicU64::new(0);
+    eventually("the worker refuses the old token", || async {
+        match cluster
+            .ingest_with("erp", &ingest, r#"{"order":"late"}"#)
+            .await
+        {
+            Ok((401, _)) => Some(()),
+            Ok((202, _)) => {
+                late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            _ => None,
+        }
+    })
+    .await;
+    let (code, body) = cluster
+        .ingest_with("erp", &new, r#"{"order":7}"#)
+        .await
+        .expect("the worker answers");
+    assert_eq!(
+        (code, body["outcome"].as_str()),
+        (202, Some("stored")),
+        "{body}"
+    );
+    let stored = 6 + late.into_inner();
+    let status = cluster
+        .wait_transport("erp", "the queue kept across the rotation", |s| {
+            s["queue"]["messages"] == stored && s["totals"]["stored"] == stored
+        })
+        .await;
+    assert_eq!(ready(&status), "True", "{status}");
+
+    // The admin token: a new one restarts the worker with it, the queue kept; the operator
+    // reads it with the new token (its report comes after the restart).
+    let before = incarnation(&cluster, "ferry-tp-erp-0").await;
+    let said = kubectl_ferry(&cluster, &["rotate-token", "transport", "erp", "--admin"]);
+    assert!(said.contains("a new admin token"), "{said}");
+    let new_admin = secret_key(&cluster, "ferry-tp-erp-admin", "admin-token")
+        .await
+        .expect("a new admin token");
+    assert_ne!(new_admin, admin);
+    restarted_and_ready(&cluster, "ferry-tp-erp-0", before).await;
+    let (code, body) = cluster
+        .ingest_with("erp", &new, r#"{"order":8}"#)
+        .await
+        .expect("the worker answers");
+    assert_eq!(code, 202, "{body}");
+    cluster
+        .wait_transport("erp", "read with the new admin token, queue kept", |s| {
+            ready(s) == "True" && s["queue"]["messages"] == stored + 1
+        })
+        .await;
 }
 
 fn pooled_transport_yaml(name: &str, host: &str, pool: &str) -> String {
