@@ -271,6 +271,29 @@ pub struct Resolved {
     pub startup: Startup,
 }
 
+impl Resolved {
+    /// As kept on a worker's volume: no target's token (a token at rest is one a stolen
+    /// volume gives away; the operator pushes them again after a restart).
+    pub fn without_tokens(&self) -> Self {
+        let mut kept = self.clone();
+        for target in kept.transports.values_mut() {
+            target.token = None;
+        }
+        kept
+    }
+
+    /// Restored from a volume: a connection with a target whose token is not known (never
+    /// kept, above) does not start until it is pushed again — sending without the token
+    /// would only be refused. A record from before tokens were left out keeps its tokens in
+    /// memory; the next save leaves them out.
+    pub fn restored(mut self) -> Self {
+        if self.transports.values().any(|t| t.token.is_none()) {
+            self.startup.admitted = false;
+        }
+        self
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResolvedTransport {
@@ -315,4 +338,56 @@ pub struct ConnectionReport {
     /// Panics caught in its work.
     #[serde(default, skip_serializing_if = "crate::api::Faults::is_none")]
     pub faults: Option<crate::api::Faults>,
+}
+
+#[cfg(test)]
+mod resolved_tests {
+    use super::*;
+
+    fn resolved(token: Option<&str>) -> Resolved {
+        Resolved {
+            transports: BTreeMap::from([(
+                "erp".to_owned(),
+                ResolvedTransport {
+                    endpoint: "http://ferry-tp-erp:8080/v1/transports/a/erp/transactions".into(),
+                    token: token.map(str::to_owned),
+                },
+            )]),
+            startup: Startup {
+                admitted: true,
+                position: None,
+            },
+        }
+    }
+
+    #[test]
+    fn no_token_is_kept_and_a_restored_connection_waits_for_its_push() {
+        let kept = resolved(Some("s3cret")).without_tokens();
+        assert!(!serde_json::to_string(&kept).unwrap().contains("s3cret"));
+        assert_eq!(
+            kept.transports["erp"].endpoint,
+            resolved(None).transports["erp"].endpoint
+        );
+        assert!(
+            !kept.restored().startup.admitted,
+            "no token: not started until pushed"
+        );
+        // A record from before tokens were left out: its tokens serve until the next save.
+        let older = resolved(Some("s3cret")).restored();
+        assert!(older.startup.admitted);
+        assert_eq!(older.transports["erp"].token.as_deref(), Some("s3cret"));
+        // Only HTTP targets: nothing to wait for.
+        assert!(
+            Resolved {
+                startup: Startup {
+                    admitted: true,
+                    position: None
+                },
+                ..Resolved::default()
+            }
+            .restored()
+            .startup
+            .admitted
+        );
+    }
 }

@@ -215,3 +215,59 @@ async fn status_follows_the_target_and_the_spec() {
         .wait_connection("c", "Running again", |r| r["status"] == "Running")
         .await;
 }
+
+/// A target transport's token reaches the connection worker's memory, never its volume: after
+/// kill -9 the restored connection waits (its startup not admitted) until the operator pushes
+/// the token again, then goes on from its watermark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targets_token_is_never_kept_on_the_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = TestHost::start().await;
+    let source = TestSource::start().await;
+    source.put("items", "x", 1);
+    let mut worker = WorkerProc::start(dir.path()).await;
+    worker
+        .apply("erp", json!({"host": {"url": host.url()}}))
+        .await;
+    let spec = json!({"frequency": "1s", "syncSets": [sync_set(&source, "items", json!({"transport": {"name": "erp"}}))]});
+    let resolved = json!({"transports": {"erp": {
+        "endpoint": format!("{}/transactions", worker.transport_url("erp")),
+        "token": worker.ingest,
+    }}});
+    worker
+        .put_connection("c", spec.clone(), Some(resolved.clone()))
+        .await;
+    wait_received(&host, "x through the transport", |r| {
+        r.iter().any(|t| t.transport == "default/erp")
+    })
+    .await;
+    let on_disk = || {
+        let mut bytes = Vec::new();
+        // The worker's data directory (the token files beside it are the test's Secret).
+        for entry in std::fs::read_dir(dir.path().join("data")).unwrap().flatten() {
+            if entry.path().is_file() {
+                bytes.extend(std::fs::read(entry.path()).unwrap());
+            }
+        }
+        bytes
+    };
+    let token = worker.ingest.clone();
+    let contains = |haystack: &[u8]| haystack.windows(token.len()).any(|w| w == token.as_bytes());
+    assert!(!contains(&on_disk()), "the target's token is on the volume");
+
+    worker.restart().await;
+    let report = worker
+        .wait_connection("c", "restored, waiting for its push", |r| {
+            r["startupQueuePosition"].is_number()
+        })
+        .await;
+    assert!(!contains(&on_disk()), "{report}");
+    source.put("items", "y", 2);
+    worker.put_connection("c", spec, Some(resolved)).await;
+    wait_received(&host, "y through the transport after the push", |r| {
+        r.iter()
+            .any(|t| t.transport == "default/erp" && t.id.contains("/y@"))
+    })
+    .await;
+    assert!(!contains(&on_disk()));
+}

@@ -101,7 +101,7 @@ impl ConnectionRecord<SavedSpec<ConnectionSpec>> {
             version: record_version(),
             spec: self.spec.json().clone(),
             generation: self.generation,
-            resolved: self.resolved.clone(),
+            resolved: self.resolved.without_tokens(),
             iteration: self.iteration,
             sync_sets: self.sync_sets.clone(),
             hosted: self.hosted,

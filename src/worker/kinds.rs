@@ -200,7 +200,7 @@ impl HostedRuntime for ConnectionRuntime {
             return Ok(None);
         }
         let spec = SavedSpec::read(record.spec).map_err(|e| unreadable_spec(key, e))?;
-        Ok(Some((spec, record.generation, record.resolved)))
+        Ok(Some((spec, record.generation, record.resolved.restored())))
     }
 
     async fn start(
