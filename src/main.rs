@@ -53,6 +53,13 @@ enum Command {
         /// The URL producers use to reach this worker (reported as each transport's endpoint).
         #[arg(long, env = "FERRY_PUBLIC_URL")]
         public_url: Option<String>,
+        /// Serve TLS only, with this PEM certificate chain (a TLS Secret's tls.crt); read again
+        /// when it changes.
+        #[arg(long, env = "FERRY_TLS_CERT_FILE", requires = "tls_key_file")]
+        tls_cert_file: Option<PathBuf>,
+        /// The certificate's PEM private key (tls.key).
+        #[arg(long, env = "FERRY_TLS_KEY_FILE", requires = "tls_cert_file")]
+        tls_key_file: Option<PathBuf>,
         #[command(flatten)]
         flags: WorkerFlags,
     },
@@ -392,6 +399,8 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
             ingest_token_file,
             own_ingest_tokens,
             public_url,
+            tls_cert_file,
+            tls_key_file,
             flags,
         } => {
             let tokens = match Tokens::read(Some(&admin_token_file), Some(&ingest_token_file)) {
@@ -401,11 +410,15 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
                 },
                 Err(e) => return fail(e.to_string()),
             };
+            let tls = tls_cert_file
+                .zip(tls_key_file)
+                .map(|(cert, key)| ferry::worker::tls::CertFiles { cert, key });
+            let scheme = if tls.is_some() { "https" } else { "http" };
             let options = flags.options(
                 data_dir,
-                public_url.unwrap_or_else(|| format!("http://{listen}")),
+                public_url.unwrap_or_else(|| format!("{scheme}://{listen}")),
             );
-            exit(process::run_worker(options, listen, tokens, flags.limits()).await)
+            exit(process::run_worker(options, listen, tokens, flags.limits(), tls).await)
         }
         Command::Standalone {
             manifests,

@@ -244,7 +244,10 @@ async fn a_targets_token_is_never_kept_on_the_volume() {
     let on_disk = || {
         let mut bytes = Vec::new();
         // The worker's data directory (the token files beside it are the test's Secret).
-        for entry in std::fs::read_dir(dir.path().join("data")).unwrap().flatten() {
+        for entry in std::fs::read_dir(dir.path().join("data"))
+            .unwrap()
+            .flatten()
+        {
             if entry.path().is_file() {
                 bytes.extend(std::fs::read(entry.path()).unwrap());
             }

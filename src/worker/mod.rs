@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod process;
 pub mod server;
 pub mod starting;
+pub mod tls;
 pub mod tokens;
 
 use std::{

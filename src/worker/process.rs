@@ -45,7 +45,19 @@ pub async fn run_worker(
     listen: SocketAddr,
     tokens: Tokens,
     limits: server::ServerLimits,
+    tls: Option<super::tls::CertFiles>,
 ) -> Result<(), Failure> {
+    // Refused before anything listens: a worker that cannot serve its certificate must not
+    // serve plain HTTP instead.
+    let tls = match tls {
+        Some(files) => {
+            let (acceptor, cert) =
+                super::tls::acceptor(files).map_err(|e| Failure::new(e.to_string()))?;
+            cert.watch(super::tls::RELOAD_EVERY);
+            Some(acceptor)
+        }
+        None => None,
+    };
     let listener = bind(listen).await?;
     let opened = Opened::default();
     let (failed, open_failed) = tokio::sync::oneshot::channel();
@@ -60,7 +72,7 @@ pub async fn run_worker(
             }
         });
     }
-    serve(opened, listener, limits, open_failed).await
+    serve(opened, (listener, tls), limits, open_failed).await
 }
 
 /// Serve a worker that is open already (standalone) until a signal.
@@ -73,7 +85,7 @@ pub async fn serve_open(
     let opened = Opened::default();
     opened.set(worker, tokens);
     let (_never, open_failed) = tokio::sync::oneshot::channel();
-    serve(opened, listener, limits, open_failed).await
+    serve(opened, (listener, None), limits, open_failed).await
 }
 
 /// The worker once its store is open, and its HTTP service (what the starting service hands
@@ -118,11 +130,11 @@ impl Opened {
 /// Serve until a signal (or until the store could not be opened), then save the records.
 async fn serve(
     opened: Opened,
-    listener: TcpListener,
+    (listener, tls): (TcpListener, Option<tokio_rustls::TlsAcceptor>),
     limits: server::ServerLimits,
     open_failed: tokio::sync::oneshot::Receiver<String>,
 ) -> Result<(), Failure> {
-    tracing::info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "worker API listening");
+    tracing::info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), tls = tls.is_some(), "worker API listening");
     let service = StartingService::new(opened.service.clone());
     let (failed, why) = tokio::sync::oneshot::channel();
     let stop = {
@@ -145,7 +157,7 @@ async fn serve(
         }
     };
     let stopping = opened.clone();
-    server::serve(listener, service, limits, stop, move || {
+    server::serve(listener, service, limits, tls, stop, move || {
         if let Some(worker) = stopping.worker() {
             worker.begin_stop();
         }

@@ -64,12 +64,44 @@ impl Drop for Busy {
     }
 }
 
+/// One connection until it ends, or — when the server stops — at once if nothing of ours runs
+/// on it, else once its requests are answered.
+async fn serve_connection<IO, S>(
+    builder: &hyper::server::conn::http1::Builder,
+    io: IO,
+    service: S,
+    busy: Arc<AtomicUsize>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = async { let _ = closing.wait_for(|closing| *closing).await; } => {
+            // Nothing of ours runs on this connection: close it now.
+            if busy.load(Ordering::SeqCst) > 0 {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+    }
+}
+
 /// Serve `service` on `listener` until `shutdown` resolves, then stop as the module docs say.
+/// With `tls`, every connection is a TLS one (its handshake within the header read timeout);
 /// `on_stop` runs when the shutdown begins (the worker tells its handlers).
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     limits: ServerLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
     on_stop: impl FnOnce(),
 ) where
@@ -130,17 +162,19 @@ pub async fn serve<S>(
         };
         // A refusal sent before the body is read reaches a client still sending it.
         let stream = super::linger::Lingering::new(stream);
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let mut closing = closing.clone();
+        let (builder, closing, tls) = (builder.clone(), closing.clone(), tls.clone());
+        let handshake_timeout = limits.header_read_timeout;
         connections.spawn(async move {
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = async { let _ = closing.wait_for(|closing| *closing).await; } => {
-                    // Nothing of ours runs on this connection: close it now.
-                    if busy.load(Ordering::SeqCst) > 0 {
-                        connection.as_mut().graceful_shutdown();
-                        let _ = connection.await;
+            match tls {
+                None => serve_connection(&builder, stream, service, busy, closing).await,
+                Some(tls) => {
+                    match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, stream, service, busy, closing).await;
+                        }
+                        // Not TLS (plain HTTP), a bad handshake, or too slow: closed.
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake refused"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
                 }
             }
