@@ -8,6 +8,10 @@
 //! Needs `nginx` and `wrk`: when missing, it installs Debian's `nginx-light` and `wrk` with
 //! apt-get (as root), or says what to install. FERRY_BENCH_SECONDS (default 5) sets each run,
 //! FERRY_BENCH_ROUNDS (default 3) the rounds.
+//!
+//! Then what TLS costs: the same delivery through a second worker serving HTTPS
+//! (`--tls-cert-file`, a certificate made here), alternated with the plain worker, with the
+//! ratio of the two (wrk keeps its connections: the handshake is paid once per connection).
 
 mod common;
 
@@ -266,6 +270,52 @@ async fn main() {
             median(nginx_rates),
             median(ratios),
             median(latency)
+        );
+    }
+    // TLS on and off, alternated: the same transport on a worker serving HTTPS.
+    let tls_worker = Worker::start_tls(&dir.path().join("tls"), &[]).await;
+    tls_worker
+        .put(
+            "transports",
+            "bench",
+            &json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+                "metadata": {"name": "bench", "namespace": "default"},
+                "spec": {"host": {"url": format!("http://127.0.0.1:{sink}/ingest")}, "loadAtInit": true},
+            }),
+        )
+        .await;
+    let tls_ingest = tls_worker.url("/v1/transports/default/bench/transactions");
+    println!(
+        "TLS on and off (ferry plain vs ferry HTTPS, same host), wrk -t1, {seconds} s per run"
+    );
+    println!(
+        "{:<6} {:>5} {:>12} {:>9} {:>12} {:>9} {:>7}",
+        "round", "conns", "plain/s", "p50 ms", "tls/s", "p50 ms", "tls ×"
+    );
+    for connections in [64u32, 1] {
+        let mut ratios = Vec::new();
+        for round in 1..=rounds {
+            let plain = wrk(&ingest, connections, seconds, &script);
+            let tls = wrk(&tls_ingest, connections, seconds, &script);
+            let ratio = tls.requests_per_second / plain.requests_per_second;
+            println!(
+                "{round:<6} {connections:>5} {:>12.0} {:>9.3} {:>12.0} {:>9.3} {ratio:>7.2}{}",
+                plain.requests_per_second,
+                plain.p50_ms,
+                tls.requests_per_second,
+                tls.p50_ms,
+                if plain.errors + tls.errors > 0 {
+                    format!("  (non-2xx: plain {}, tls {})", plain.errors, tls.errors)
+                } else {
+                    String::new()
+                }
+            );
+            ratios.push(ratio);
+        }
+        println!(
+            "median, {connections} connection(s): TLS delivers {:.2}× the plain rate",
+            median(ratios)
         );
     }
     let report = worker.get("transports", "bench").await;

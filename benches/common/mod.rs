@@ -50,11 +50,39 @@ pub fn env_or(name: &str, default: u64) -> u64 {
 pub struct Worker {
     child: Child,
     port: u16,
+    scheme: &'static str,
     pub http: reqwest::Client,
 }
 
 impl Worker {
     pub async fn start(dir: &Path, args: &[&str]) -> Self {
+        Self::start_as(dir, args, None).await
+    }
+
+    /// A worker serving TLS with a serving certificate for 127.0.0.1 issued by a CA made
+    /// here; its client trusts that CA.
+    pub async fn start_tls(dir: &Path, args: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).expect("dir");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("certificate");
+        std::fs::write(dir.join("tls.crt"), cert.pem()).expect("tls.crt");
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("tls.key");
+        let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let mut all: Vec<&str> = args.to_vec();
+        let (crt, key) = (crt.to_string_lossy(), key.to_string_lossy());
+        all.extend(["--tls-cert-file", &crt, "--tls-key-file", &key]);
+        Self::start_as(dir, &all, Some(&ca_pem)).await
+    }
+
+    async fn start_as(dir: &Path, args: &[&str], ca_pem: Option<&str>) -> Self {
         std::fs::write(dir.join("token"), "bench").expect("token");
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -72,11 +100,19 @@ impl Worker {
             .spawn()
             .expect("worker starts");
         ferry::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()
-            .expect("client");
-        let worker = Self { child, port, http };
+        let mut http = reqwest::Client::builder().pool_max_idle_per_host(256);
+        if let Some(ca) = ca_pem {
+            http =
+                http.tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA")]);
+        }
+        let http = http.build().expect("client");
+        let scheme = if ca_pem.is_some() { "https" } else { "http" };
+        let worker = Self {
+            child,
+            port,
+            scheme,
+            http,
+        };
         while worker
             .http
             .get(worker.url("/healthz"))
@@ -90,7 +126,7 @@ impl Worker {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.port)
     }
 
     /// PUT a manifest to `/v1/{kind}/default/{name}`.
