@@ -170,6 +170,15 @@ fn wrk(url: &str, connections: u32, seconds: u64, script: &Path) -> Run {
     }
 }
 
+/// Transport `bench`, Up at once, delivering to the nginx host on port `sink`.
+fn bench_transport(sink: u16) -> serde_json::Value {
+    json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+        "metadata": {"name": "bench", "namespace": "default"},
+        "spec": {"host": {"url": format!("http://127.0.0.1:{sink}/ingest")}, "loadAtInit": true},
+    })
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -192,15 +201,7 @@ async fn main() {
 
     let worker = Worker::start(dir.path(), &[]).await;
     worker
-        .put(
-            "transports",
-            "bench",
-            &json!({
-                "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
-                "metadata": {"name": "bench", "namespace": "default"},
-                "spec": {"host": {"url": format!("http://127.0.0.1:{sink}/ingest")}, "loadAtInit": true},
-            }),
-        )
+        .put("transports", "bench", &bench_transport(sink))
         .await;
     let ingest = worker.url("/v1/transports/default/bench/transactions");
     // Up before measuring: the first transaction connects.
@@ -275,15 +276,7 @@ async fn main() {
     // TLS on and off, alternated: the same transport on a worker serving HTTPS.
     let tls_worker = Worker::start_tls(&dir.path().join("tls"), &[]).await;
     tls_worker
-        .put(
-            "transports",
-            "bench",
-            &json!({
-                "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
-                "metadata": {"name": "bench", "namespace": "default"},
-                "spec": {"host": {"url": format!("http://127.0.0.1:{sink}/ingest")}, "loadAtInit": true},
-            }),
-        )
+        .put("transports", "bench", &bench_transport(sink))
         .await;
     let tls_ingest = tls_worker.url("/v1/transports/default/bench/transactions");
     println!(

@@ -113,12 +113,13 @@ impl Worker {
             scheme,
             http,
         };
-        while worker
+        // Ready: the store is open (before that /healthz already answers, the API 503).
+        while !worker
             .http
-            .get(worker.url("/healthz"))
+            .get(worker.url("/readyz"))
             .send()
             .await
-            .is_err()
+            .is_ok_and(|r| r.status().is_success())
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

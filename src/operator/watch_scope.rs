@@ -72,13 +72,7 @@ impl WatchScope {
         cache: Store<K>,
     ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
     where
-        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
+        K: super::NamespacedObject,
     {
         let apis = self.apis::<K>(client);
         let namespaces = match self {
@@ -255,19 +249,24 @@ mod tests {
         }
     }
 
-    /// What a reflector's store holds after `events`, as `namespace/name`.
-    fn store_after(events: &[Event<Secret>]) -> Vec<String> {
-        let (reader, mut writer) = kube::runtime::reflector::store::<Secret>();
-        for event in events {
-            writer.apply_watcher_event(event);
-        }
-        let mut names: Vec<String> = reader
+    /// What `store` holds, as sorted `namespace/name`.
+    fn names_in(store: &Store<Secret>) -> Vec<String> {
+        let mut names: Vec<String> = store
             .state()
             .iter()
             .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
             .collect();
         names.sort();
         names
+    }
+
+    /// What a reflector's store holds after `events`.
+    fn store_after(events: &[Event<Secret>]) -> Vec<String> {
+        let (reader, mut writer) = kube::runtime::reflector::store::<Secret>();
+        for event in events {
+            writer.apply_watcher_event(event);
+        }
+        names_in(&reader)
     }
 
     /// Runs `input` (watch index, event) through a merge of `namespaces` into one reflector.
@@ -279,13 +278,7 @@ mod tests {
                 writer.apply_watcher_event(&out);
             }
         }
-        let mut names: Vec<String> = reader
-            .state()
-            .iter()
-            .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
-            .collect();
-        names.sort();
-        names
+        names_in(&reader)
     }
 
     fn listing(index: usize, namespace: &str, names: &[&str]) -> Vec<(usize, Event<Secret>)> {
