@@ -1,6 +1,6 @@
 //! The worker's objects of one resource — its Secrets (the producers' ingest token; a
-//! dedicated worker's admin token apart), Service, NetworkPolicy and StatefulSet — applied only where the
-//! resource controls them, and its volume claim deleted on request.
+//! dedicated worker's admin token apart), Service, NetworkPolicy and StatefulSet — applied
+//! only where the resource controls them, and its volume claim deleted on request.
 
 use k8s_openapi::{
     api::{
