@@ -55,7 +55,7 @@ struct Running {
     restarts: i32,
     ready: bool,
     started: Timestamp,
-    readiness: Option<(String, u16)>,
+    readiness: Option<HttpProbe>,
     container: String,
     image: String,
     /// Exited while held: reported waiting, started again once the hold goes.
@@ -351,8 +351,11 @@ async fn run(
 ) {
     let mut last_heartbeat = Instant::now();
     let mut attached = true;
+    // As a kubelet's: an HTTPS probe does not verify the certificate (the pod's own, which
+    // the node has no reason to trust).
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
+        .tls_danger_accept_invalid_certs(true)
         .build()
         .expect("probe client");
     loop {
@@ -624,8 +627,8 @@ async fn sync_pods(
         let mut became_ready = false;
         if let Some((ip, readiness)) = probe {
             let ready = match readiness {
-                Some((path, port)) => http
-                    .get(format!("http://{ip}:{port}{path}"))
+                Some(probe) => http
+                    .get(probe.url(&ip))
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success()),
@@ -887,12 +890,27 @@ async fn write_secret(
     Ok(())
 }
 
+/// A readiness probe's httpGet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpProbe {
+    /// `scheme: HTTPS` (the certificate is not verified, as by a kubelet).
+    pub https: bool,
+    pub path: String,
+    pub port: u16,
+}
+
+impl HttpProbe {
+    pub fn url(&self, ip: &str) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{ip}:{}{}", self.port, self.path)
+    }
+}
+
 /// A pod's container as a local process: its command line, environment and readiness probe.
 pub struct LocalContainer {
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
-    /// (path, port) of the readiness probe's httpGet.
-    pub readiness: Option<(String, u16)>,
+    pub readiness: Option<HttpProbe>,
 }
 
 impl LocalContainer {
@@ -963,7 +981,11 @@ impl LocalContainer {
                         .find(|p| p.name.as_deref() == Some(named))
                         .map_or(8080, |p| p.container_port as u16),
                 };
-                (get.path.clone().unwrap_or_else(|| "/".into()), port)
+                HttpProbe {
+                    https: get.scheme.as_deref() == Some("HTTPS"),
+                    path: get.path.clone().unwrap_or_else(|| "/".into()),
+                    port,
+                }
             });
         LocalContainer {
             command,

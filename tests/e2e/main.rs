@@ -1052,16 +1052,14 @@ async fn the_process_kubelet_runs_the_operators_worker_pod() {
         "{:?}",
         local.command
     );
-    let (path, port) = local.readiness.clone().expect("a readiness probe");
+    let probe = local.readiness.clone().expect("a readiness probe");
+    assert!(!probe.https, "{probe:?}");
+    let port = probe.port;
     let log = dir.path().join("log");
     let mut child = kubelet::spawn(&local.command, &local.env, &log);
     let http = reqwest::Client::new();
     eventually("the worker is ready on the pod's address", || async {
-        let response = http
-            .get(format!("http://{ip}:{port}{path}"))
-            .send()
-            .await
-            .ok()?;
+        let response = http.get(probe.url(&ip)).send().await.ok()?;
         response.status().is_success().then_some(())
     })
     .await;
@@ -2572,4 +2570,90 @@ async fn an_operator_in_two_namespaces_needs_only_their_roles() {
         cluster::kubectl(&cluster.env, &["-n", &b, "get", "secret", secret], None)
             .unwrap_or_else(|e| panic!("{secret} in {b}: {e}"));
     }
+}
+
+/// The process kubelet runs `scheme: HTTPS` readiness probes (without verifying, as a kubelet
+/// does): a worker serving TLS only, its certificate from a Secret volume, becomes Ready; a
+/// client that trusts the issuer reaches it, plain HTTP does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_kubelet_probes_a_tls_worker_over_https() {
+    let Some(env) = env("the_process_kubelet_probes_a_tls_worker_over_https") else {
+        return;
+    };
+    if !env.process_kubelet {
+        cluster::say("SKIPPED: the process kubelet's HTTPS probes (a real kubelet has its own)");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "https-probe").await;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["tls-worker".to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("certificate");
+    let data = |text: &str| json!(k8s_openapi::ByteString(text.as_bytes().to_vec()));
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "tls-worker"},
+        "data": {
+            "tls.crt": data(&cert.pem()), "tls.key": data(&key.serialize_pem()),
+            "admin-token": data("admin"), "ingest-token": data("ingest"),
+        },
+    });
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "tls-worker"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [
+                {"name": "tls", "secret": {"secretName": "tls-worker"}},
+                {"name": "data", "emptyDir": {}},
+            ],
+            "containers": [{
+                "name": "main", "image": cluster.env.worker_image,
+                "args": ["worker", "--listen", "0.0.0.0:8443", "--data-dir", "/data",
+                         "--admin-token-file", "/tls/admin-token",
+                         "--ingest-token-file", "/tls/ingest-token",
+                         "--tls-cert-file", "/tls/tls.crt", "--tls-key-file", "/tls/tls.key"],
+                "ports": [{"name": "https", "containerPort": 8443}],
+                "volumeMounts": [
+                    {"name": "tls", "mountPath": "/tls"},
+                    {"name": "data", "mountPath": "/data"},
+                ],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "https", "scheme": "HTTPS"}, "periodSeconds": 1},
+            }],
+        },
+    });
+    for object in [secret, pod] {
+        cluster.apply(&object.to_string());
+    }
+    let ready = cluster.wait_pod_ready("tls-worker").await;
+    let ip = ready["status"]["podIP"]
+        .as_str()
+        .expect("pod IP")
+        .to_owned();
+    let address: std::net::SocketAddr = format!("{ip}:8443").parse().expect("address");
+    let verified = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA")])
+        .resolve("tls-worker", address)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let answer = verified
+        .get("https://tls-worker:8443/readyz")
+        .send()
+        .await
+        .expect("verified TLS");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    let plain = reqwest::Client::new()
+        .get(format!("http://{ip}:8443/readyz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
 }
