@@ -13,43 +13,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{WAIT, ferry, free_port};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-
-/// A CA: its certificate (PEM) and what signs with it.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let key = KeyPair::generate().unwrap();
-    let pem = params.self_signed(&key).unwrap().pem();
-    Ca {
-        pem,
-        issuer: Issuer::new(params, key),
-    }
-}
+use common::{WAIT, certs::TestCa, ferry, free_port};
+use rcgen::KeyPair;
 
 /// A serving certificate for localhost and 127.0.0.1 from `ca`, written to `dir`.
-fn issue(ca: &Ca, dir: &Path) {
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+fn issue(ca: &TestCa, dir: &Path) {
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
     // As a Secret volume swaps files: written aside, then renamed.
-    std::fs::write(dir.join("tls.key.new"), key.serialize_pem()).unwrap();
-    std::fs::write(dir.join("tls.crt.new"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key.new"), key).unwrap();
+    std::fs::write(dir.join("tls.crt.new"), cert).unwrap();
     std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
     std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
 }
 
-fn trusting(ca: &Ca) -> reqwest::Client {
+fn trusting(ca: &TestCa) -> reqwest::Client {
     ferry::install_crypto_provider();
     reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap()])
@@ -112,7 +89,7 @@ async fn eventually_ok(client: &reqwest::Client, url: &str, what: &str, dir: &Pa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_speaks_verified_tls_only_and_serves_a_renewed_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let first = ca("ferry test CA 1");
+    let first = TestCa::new("ferry test CA 1");
     issue(&first, dir.path());
     let port = free_port();
     let _worker = start(dir.path(), port);
@@ -135,11 +112,11 @@ async fn the_worker_speaks_verified_tls_only_and_serves_a_renewed_certificate() 
         .await;
     assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
     // A client that does not trust the issuer refuses the worker.
-    let stranger = ca("someone else");
+    let stranger = TestCa::new("someone else");
     assert!(trusting(&stranger).get(&url).send().await.is_err());
 
     // Renewed by another issuer: new connections get the new certificate, no restart.
-    let second = ca("ferry test CA 2");
+    let second = TestCa::new("ferry test CA 2");
     issue(&second, dir.path());
     eventually_ok(
         &trusting(&second),

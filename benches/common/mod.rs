@@ -2,6 +2,9 @@
 
 #![allow(dead_code)] // each benchmark uses a different part
 
+#[path = "../../tests/common/certs.rs"]
+pub mod certs;
+
 use std::{
     net::TcpListener as StdListener,
     path::Path,
@@ -63,23 +66,15 @@ impl Worker {
     /// here; its client trusts that CA.
     pub async fn start_tls(dir: &Path, args: &[&str]) -> Self {
         std::fs::create_dir_all(dir).expect("dir");
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_key = rcgen::KeyPair::generate().expect("key");
-        let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .expect("params")
-            .signed_by(&key, &issuer)
-            .expect("certificate");
-        std::fs::write(dir.join("tls.crt"), cert.pem()).expect("tls.crt");
-        std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("tls.key");
+        let ca = certs::TestCa::new("ferry bench CA");
+        let (cert, key) = ca.issue(&["127.0.0.1"]);
+        std::fs::write(dir.join("tls.crt"), cert).expect("tls.crt");
+        std::fs::write(dir.join("tls.key"), key).expect("tls.key");
         let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
         let mut all: Vec<&str> = args.to_vec();
         let (crt, key) = (crt.to_string_lossy(), key.to_string_lossy());
         all.extend(["--tls-cert-file", &crt, "--tls-key-file", &key]);
-        Self::start_as(dir, &all, Some(&ca_pem)).await
+        Self::start_as(dir, &all, Some(&ca.pem)).await
     }
 
     async fn start_as(dir: &Path, args: &[&str], ca_pem: Option<&str>) -> Self {

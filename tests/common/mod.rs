@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod certs;
+
 use std::{
     net::{SocketAddr, TcpListener as StdListener},
     path::{Path, PathBuf},

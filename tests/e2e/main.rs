@@ -7,6 +7,8 @@
 //! resources are driven with the YAML and `kubectl patch` a user would use. The hosts and the
 //! source are pods running `ferry sink` and `ferry source`.
 
+#[path = "../common/certs.rs"]
+mod certs;
 mod cluster;
 mod kubelet;
 mod scale;
@@ -2586,22 +2588,14 @@ async fn the_process_kubelet_probes_a_tls_worker_over_https() {
     }
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(env, "https-probe").await;
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["tls-worker".to_owned()])
-        .expect("params")
-        .signed_by(&key, &issuer)
-        .expect("certificate");
+    let ca = certs::TestCa::new("ferry e2e CA");
+    let (cert, key) = ca.issue(&["tls-worker"]);
     let data = |text: &str| json!(k8s_openapi::ByteString(text.as_bytes().to_vec()));
     let secret = json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "tls-worker"},
         "data": {
-            "tls.crt": data(&cert.pem()), "tls.key": data(&key.serialize_pem()),
+            "tls.crt": data(&cert), "tls.key": data(&key),
             "admin-token": data("admin"), "ingest-token": data("ingest"),
         },
     });
@@ -2639,7 +2633,7 @@ async fn the_process_kubelet_probes_a_tls_worker_over_https() {
         .to_owned();
     let address: std::net::SocketAddr = format!("{ip}:8443").parse().expect("address");
     let verified = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA")])
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).expect("CA")])
         .resolve("tls-worker", address)
         .timeout(Duration::from_secs(5))
         .build()
