@@ -12,6 +12,7 @@ pub mod standalone;
 pub mod store;
 pub mod supervise;
 pub mod transport;
+pub mod trust;
 pub mod wire;
 pub mod worker;
 

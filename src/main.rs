@@ -211,6 +211,24 @@ struct OperatorArgs {
     /// scrapers of the workers' /metrics; the API server's address with --worker-access proxy.
     #[arg(long, env = "FERRY_WORKER_INGRESS_FROM", default_value = "[]", value_parser = peers)]
     worker_ingress_from: Peers,
+    /// Workers serve TLS only, with certificates from a CA the operator makes and keeps in the
+    /// Secret ferry-ca of its namespace; producers find its bundle as ca.crt in their Secret
+    /// and in the ConfigMap ferry-ca of their namespace. `false`: plain HTTP.
+    #[arg(long, env = "FERRY_WORKER_TLS", default_value_t = true, action = clap::ArgAction::Set)]
+    worker_tls: bool,
+    /// How long the workers' CA is valid.
+    #[arg(long, env = "FERRY_CA_VALIDITY", default_value = "26280h")]
+    ca_validity: ferry::api::duration::Duration,
+    /// A new CA is made this long before the current one expires (both are trusted from then
+    /// on); it signs from halfway through.
+    #[arg(long, env = "FERRY_CA_RENEW_BEFORE", default_value = "4320h")]
+    ca_renew_before: ferry::api::duration::Duration,
+    /// How long a worker's certificate is valid.
+    #[arg(long, env = "FERRY_CERT_VALIDITY", default_value = "2160h")]
+    cert_validity: ferry::api::duration::Duration,
+    /// A worker's certificate is reissued this long before it expires.
+    #[arg(long, env = "FERRY_CERT_RENEW_BEFORE", default_value = "720h")]
+    cert_renew_before: ferry::api::duration::Duration,
 }
 
 /// NetworkPolicyPeers given as JSON.
@@ -239,7 +257,14 @@ impl OperatorArgs {
     fn options(
         self,
         log_format: ferry::logging::LogFormat,
-    ) -> ferry::operator::run::OperatorOptions {
+    ) -> Result<ferry::operator::run::OperatorOptions, String> {
+        let certificates = ferry::operator::certificates::CertificatePolicy::new(
+            self.ca_validity.as_std(),
+            self.ca_renew_before.as_std(),
+            self.cert_validity.as_std(),
+            self.cert_renew_before.as_std(),
+        )
+        .map_err(|e| e.to_string())?;
         use ferry::operator::{builders::WorkerDefaults, leadership::LeaseOptions};
         use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
         let instance = self.instance.unwrap_or_else(|| {
@@ -259,6 +284,7 @@ impl OperatorArgs {
         defaults.storage_class = self.worker_storage_class;
         // Workers log the way their operator does.
         defaults.log_format = log_format;
+        defaults.tls = self.worker_tls;
         defaults.forbidden_destinations = self.forbidden_destinations.unwrap_or_else(|| {
             ferry::destinations::Forbidden::operator_default(ferry::operator::run::in_cluster())
         });
@@ -285,7 +311,9 @@ impl OperatorArgs {
             ("cpu", self.worker_cpu_limit),
             ("memory", Some(self.worker_memory_limit)),
         ]));
-        ferry::operator::run::OperatorOptions {
+        Ok(ferry::operator::run::OperatorOptions {
+            namespace: self.lease_namespace.clone(),
+            certificates,
             startup_concurrency: self.startup_concurrency.into(),
             startup_timeout: self.startup_timeout.as_std(),
             startup_queue_scope: self.startup_queue_scope,
@@ -302,13 +330,17 @@ impl OperatorArgs {
                 identity: instance.clone(),
             }),
             instance,
-        }
+        })
     }
 }
 
 /// What `ferry worker` and `ferry standalone` share: forwarding and the limits of the server.
 #[derive(clap::Args)]
 struct WorkerFlags {
+    /// Also trust the CA certificates of this PEM file when sending to targets (the operator's
+    /// CA bundle: a connection's target transports serve its certificates).
+    #[arg(long, env = "FERRY_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Deliveries in flight while a Store and Forward queue is forwarded. 1 (the default)
     /// sends each transaction after the host answered the previous one, so the host sees the
     /// queue's order exactly; more is faster but the host may see neighbours reordered.
@@ -389,6 +421,14 @@ fn fail(message: String) -> ExitCode {
 async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCode {
     if let Command::Worker { flags, .. } | Command::Standalone { flags, .. } = &command {
         ferry::destinations::forbid_for_process(flags.forbidden_destinations.clone());
+        if let Some(file) = &flags.ca_file {
+            let trusted = std::fs::read(file)
+                .map_err(|e| format!("--ca-file {}: {e}", file.display()))
+                .and_then(|pem| ferry::trust::trust_for_process(&pem, file));
+            if let Err(e) = trusted {
+                return fail(e);
+            }
+        }
     }
     match command {
         Command::Crds => ExitCode::SUCCESS,
@@ -440,7 +480,11 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
             exit(standalone::run(options, listen, tokens, limits, &manifests, concurrency).await)
         }
         Command::Operator(args) => {
-            match ferry::operator::run::run(args.options(log_format)).await {
+            let options = match args.options(log_format) {
+                Ok(options) => options,
+                Err(e) => return fail(e),
+            };
+            match ferry::operator::run::run(options).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(ferry::error_chain(&e)),
             }

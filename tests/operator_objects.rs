@@ -11,7 +11,8 @@ use ferry::{
     },
     destinations::Forbidden,
     operator::{
-        builders::{Owner, WorkerDefaults, WorkerTokens},
+        builders::{Owner, WorkerDefaults, WorkerTls, WorkerTokens},
+        certificates::{CaState, CertificatePolicy, mint_ca, unix_now, worker_names},
         network_policy::WorkerNetworkPolicies,
     },
 };
@@ -21,9 +22,22 @@ fn render_the_examples_workers() {
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rendered");
     std::fs::create_dir_all(&out).unwrap();
     let validator = ManifestValidator::new();
+    // With TLS, as in a cluster: a certificate from the operator's CA, the bundle beside it.
+    let policy = CertificatePolicy::default();
+    let ca = CaState::step(None, unix_now(), &policy, |now| mint_ca(now, policy.ca_validity))
+        .unwrap()
+        .unwrap();
     let tokens = WorkerTokens {
         admin: "admin".into(),
         ingest: "ingest".into(),
+        tls: Some(WorkerTls {
+            issued: ca
+                .issuer()
+                .unwrap()
+                .issue(&worker_names("ferry-tp-erp", "default"), unix_now(), &policy)
+                .unwrap(),
+            bundle: ca.bundle(),
+        }),
     };
     let mut rendered = 0;
     for example in [
@@ -79,6 +93,7 @@ fn defaults() -> WorkerDefaults {
     .unwrap();
     WorkerDefaults {
         network_policies: Some(policies),
+        tls: true,
         ..WorkerDefaults::default()
     }
 }
@@ -93,7 +108,7 @@ fn render(owner: &Owner, tokens: &WorkerTokens) -> Vec<(String, String)> {
         ),
         (
             format!("{name}-statefulset.yaml"),
-            serde_norway::to_string(&owner.stateful_set(&WorkerDefaults::default())).unwrap(),
+            serde_norway::to_string(&owner.stateful_set_for(&defaults(), tokens)).unwrap(),
         ),
         (
             format!("{name}-service.yaml"),

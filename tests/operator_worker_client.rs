@@ -29,6 +29,7 @@ async fn direct_access_pushes_and_reads_a_transport() {
         pod: "ferry-tp-erp-0".into(),
         pod_ip: Some(ip.clone()),
         admin_token: worker.admin.clone(),
+        tls_name: None,
     };
     let manifest = json!({
         "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",

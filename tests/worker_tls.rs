@@ -165,3 +165,73 @@ fn a_worker_without_a_readable_certificate_does_not_start() {
     let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
     assert!(log.contains("tls.crt"), "{log}");
 }
+
+/// The operator's CA (src/operator/certificates.rs) as a worker and its clients see it: the
+/// worker serves a certificate the CA rebuilt from its Secret's state issued for the worker's
+/// names; through a renewal a client holding the bundle of before keeps verifying the worker
+/// until the new CA signs, and a client that re-read the bundle once the renewal began
+/// verifies it before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_ca_renews_with_an_overlap() {
+    use ferry::operator::certificates::{
+        CaState, CertificatePolicy, Issued, mint_ca, unix_now, worker_names,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let policy = CertificatePolicy::default();
+    // Every CA is made now (valid now); the state machine is told the moments of the renewal.
+    let mint = |_| mint_ca(unix_now(), policy.ca_validity);
+    // As kept in the Secret and read back.
+    let kept = |state: &CaState| CaState::parse(&serde_json::to_vec(state).unwrap()).unwrap();
+    let write = |issued: &Issued| {
+        std::fs::write(dir.path().join("tls.key.new"), &issued.key).unwrap();
+        std::fs::write(dir.path().join("tls.crt.new"), &issued.cert).unwrap();
+        std::fs::rename(dir.path().join("tls.key.new"), dir.path().join("tls.key")).unwrap();
+        std::fs::rename(dir.path().join("tls.crt.new"), dir.path().join("tls.crt")).unwrap();
+    };
+    let names = worker_names("ferry-tp-erp", "plant-a");
+    let name = "ferry-tp-erp-0.ferry-tp-erp.plant-a.svc";
+    let port = free_port();
+    let url = format!("https://{name}:{port}/readyz");
+    let trusting = |bundle: &str| {
+        ferry::install_crypto_provider();
+        reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(bundle.as_bytes()).unwrap())
+            .resolve(name, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+
+    let first = kept(&CaState::step(None, unix_now(), &policy, mint).unwrap().unwrap());
+    write(&first.issuer().unwrap().issue(&names, unix_now(), &policy).unwrap());
+    let _worker = start(dir.path(), port);
+    let old_bundle = first.bundle();
+    eventually_ok(&trusting(&old_bundle), &url, "verified by the first bundle", dir.path()).await;
+
+    // Renewal begins: the bundle holds both CAs, the worker's certificate is unchanged.
+    let window = policy.ca_renew_before.as_secs() as i64;
+    let begins = first.signing.not_after - window;
+    let renewing = kept(&CaState::step(Some(&first), begins, &policy, mint).unwrap().unwrap());
+    assert_eq!(renewing.signing.name, first.signing.name);
+    let new_bundle = renewing.bundle();
+    assert!(new_bundle.contains(first.signing.cert.trim_end()));
+    trusting(&old_bundle).get(&url).send().await.expect("old bundle, during the renewal");
+    trusting(&new_bundle).get(&url).send().await.expect("new bundle, during the renewal");
+
+    // Halfway: the new CA signs and the worker gets a certificate from it; the bundle read
+    // since the renewal began verifies it.
+    let handover = first.signing.not_after - window / 2;
+    let handed = kept(&CaState::step(Some(&renewing), handover, &policy, mint).unwrap().unwrap());
+    assert_ne!(handed.signing.name, first.signing.name);
+    assert_eq!(handed.bundle().lines().count(), new_bundle.lines().count(), "the old CA stays trusted");
+    write(&handed.issuer().unwrap().issue(&names, unix_now(), &policy).unwrap());
+    let deadline = Instant::now() + WAIT;
+    // The worker reloads its certificate: the first bundle alone stops verifying it.
+    while trusting(&old_bundle).get(&url).send().await.is_ok() {
+        assert!(Instant::now() < deadline, "the new certificate is not served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    trusting(&new_bundle).get(&url).send().await.expect("the renewed bundle verifies the new certificate");
+    trusting(&handed.bundle()).get(&url).send().await.expect("so does the bundle after the handover");
+}

@@ -70,6 +70,8 @@ fn client() -> Result<Client, String> {
                 // A name that resolves to a forbidden address is not connected to.
                 .dns_resolver(std::sync::Arc::new(crate::destinations::GuardedResolver))
                 .pool_idle_timeout(Duration::from_secs(30))
+                // The operator's CA, for targets that are ferry workers (`--ca-file`).
+                .tls_certs_merge(crate::trust::extra_roots())
                 .build()
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))
         })

@@ -34,6 +34,9 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 
+use super::certificates::{
+    BUNDLE_KEY, CERT_ANNOTATION, CERT_KEY, Issued, PRIVATE_KEY_KEY, worker_names,
+};
 use super::network_policy::{Producers, worker_policy};
 
 use crate::api::{
@@ -45,6 +48,8 @@ use crate::api::{
 
 /// On a worker's pod template: which admin token it runs with (a short SHA-256 of it).
 pub const ADMIN_TOKEN_ANNOTATION: &str = "ferry.dev/admin-token-sha256";
+/// On a connection worker's pod template: which CA bundle it trusts (a short SHA-256 of it).
+pub const CA_BUNDLE_ANNOTATION: &str = "ferry.dev/ca-bundle-sha256";
 
 /// The worker's port, in the pod and on the Service.
 pub const WORKER_PORT: u16 = crate::wire::PORT;
@@ -124,9 +129,9 @@ pub fn worker_name(short: &str, name: &str) -> String {
 }
 
 /// Where a pool's worker `worker` (its pod) is reached: its stable DNS name under the pool's
-/// headless Service `set`.
-pub fn pool_worker_url(set: &str, namespace: &str, worker: &str) -> String {
-    format!("http://{worker}.{set}.{namespace}.svc:{WORKER_PORT}")
+/// headless Service `set` (`scheme`: [`WorkerDefaults::scheme`]).
+pub fn pool_worker_url(scheme: &str, set: &str, namespace: &str, worker: &str) -> String {
+    format!("{scheme}://{worker}.{set}.{namespace}.svc:{WORKER_PORT}")
 }
 
 /// Operator-wide settings for the workers it creates (flags or environment).
@@ -145,6 +150,15 @@ pub struct WorkerDefaults {
     pub forbidden_destinations: crate::destinations::Forbidden,
     /// Each worker's NetworkPolicy, unless switched off (`--worker-network-policies=false`).
     pub network_policies: Option<super::network_policy::WorkerNetworkPolicies>,
+    /// Workers serve TLS only, with certificates from the operator's CA (`--worker-tls`).
+    pub tls: bool,
+}
+
+impl WorkerDefaults {
+    /// How workers are reached: `https` with `--worker-tls`, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
 }
 
 impl Default for WorkerDefaults {
@@ -172,16 +186,26 @@ impl Default for WorkerDefaults {
             log_format: crate::logging::LogFormat::default(),
             forbidden_destinations: crate::destinations::Forbidden::default(),
             network_policies: None,
+            tls: false,
         }
     }
 }
 
-/// The admin and ingest tokens of one worker. Generated once and kept in its Secret: the
-/// reconciler reads them back rather than generating new ones on every pass.
+/// The admin and ingest tokens of one worker, and with `--worker-tls` its certificate and the
+/// CA bundle. Generated once and kept in its Secrets: the reconciler reads them back rather
+/// than generating new ones on every pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerTokens {
     pub admin: String,
     pub ingest: String,
+    pub tls: Option<WorkerTls>,
+}
+
+/// A worker's serving certificate and the bundle its clients trust.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerTls {
+    pub issued: Issued,
+    pub bundle: String,
 }
 
 /// What a worker is for: the parts of a Transport or Connection the objects depend on.
@@ -356,37 +380,51 @@ impl<'a> Owner<'a> {
 
     /// Where producers (and the operator, in cluster) reach the worker; a pool's worker, at
     /// its own stable name (`$(POD_NAME)` is expanded by the kubelet).
-    pub fn public_url(&self) -> String {
+    pub fn public_url(&self, scheme: &str) -> String {
         match self.pool {
-            Some(_) => pool_worker_url(&self.worker_name(), &self.namespace, "$(POD_NAME)"),
-            None => self.service_url(),
+            Some(_) => pool_worker_url(scheme, &self.worker_name(), &self.namespace, "$(POD_NAME)"),
+            None => self.service_url(scheme),
         }
     }
 
     /// Where producers (and the operator, in cluster) reach the worker.
-    pub fn service_url(&self) -> String {
+    pub fn service_url(&self, scheme: &str) -> String {
         format!(
-            "http://{}.{}.svc:{WORKER_PORT}",
+            "{scheme}://{}.{}.svc:{WORKER_PORT}",
             self.worker_name(),
             self.namespace
         )
+    }
+
+    /// The DNS names the worker's certificate is for.
+    pub fn tls_names(&self) -> Vec<String> {
+        worker_names(&self.worker_name(), &self.namespace)
+    }
+
+    /// The Secret that holds the worker's certificate: the one only the operator reads.
+    pub fn certificate_secret_name(&self) -> String {
+        self.admin_secret_name()
     }
 
     /// The worker's Secret: a pool's holds both tokens (producers never read it); a dedicated
     /// worker's holds only what producers need, the ingest token, and its admin token is in
     /// [`Owner::admin_secret`].
     pub fn secret(&self, tokens: &WorkerTokens) -> Secret {
+        let bundle = tokens.tls.as_ref().map(|tls| tls.bundle.as_str());
         if self.pool.is_none() {
-            return self.ingest_secret(&tokens.ingest);
+            return self.ingest_secret(&tokens.ingest, bundle);
         }
         let token = |value: &str| ByteString(value.as_bytes().to_vec());
+        let mut data = BTreeMap::from([
+            (ADMIN_TOKEN_KEY.into(), token(&tokens.admin)),
+            (INGEST_TOKEN_KEY.into(), token(&tokens.ingest)),
+        ]);
+        let mut metadata = self.metadata();
+        with_certificate(&mut data, &mut metadata, tokens.tls.as_ref());
         Secret {
-            metadata: self.metadata(),
+            metadata,
             type_: Some("Opaque".into()),
-            data: Some(BTreeMap::from([
-                (ADMIN_TOKEN_KEY.into(), token(&tokens.admin)),
-                (INGEST_TOKEN_KEY.into(), token(&tokens.ingest)),
-            ])),
+            data: Some(data),
             ..Secret::default()
         }
     }
@@ -394,17 +432,22 @@ impl<'a> Owner<'a> {
     /// A dedicated worker's admin token, in a Secret of its own ([`admin_secret_name`]) that
     /// producers are never given; `None` for a pool (its Secret holds it).
     pub fn admin_secret(&self, tokens: &WorkerTokens) -> Option<Secret> {
-        self.pool.is_none().then(|| Secret {
-            metadata: ObjectMeta {
+        self.pool.is_none().then(|| {
+            let mut metadata = ObjectMeta {
                 name: Some(admin_secret_name(&self.worker_name())),
                 ..self.metadata()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(BTreeMap::from([(
+            };
+            let mut data = BTreeMap::from([(
                 ADMIN_TOKEN_KEY.into(),
                 ByteString(tokens.admin.as_bytes().to_vec()),
-            )])),
-            ..Secret::default()
+            )]);
+            with_certificate(&mut data, &mut metadata, tokens.tls.as_ref());
+            Secret {
+                metadata,
+                type_: Some("Opaque".into()),
+                data: Some(data),
+                ..Secret::default()
+            }
         })
     }
 
@@ -418,15 +461,20 @@ impl<'a> Owner<'a> {
     }
 
     /// A pooled resource's own Secret, and a dedicated worker's producers' Secret: only its
-    /// ingest token, under the same name and key either way, so producers read it the same way.
-    pub fn ingest_secret(&self, ingest: &str) -> Secret {
+    /// ingest token and the CA bundle that verifies the worker (`ca.crt`, with `--worker-tls`),
+    /// under the same name and keys either way, so producers read it the same way.
+    pub fn ingest_secret(&self, ingest: &str, bundle: Option<&str>) -> Secret {
+        let mut data = BTreeMap::from([(
+            INGEST_TOKEN_KEY.into(),
+            ByteString(ingest.as_bytes().to_vec()),
+        )]);
+        if let Some(bundle) = bundle {
+            data.insert(BUNDLE_KEY.into(), ByteString(bundle.as_bytes().to_vec()));
+        }
         Secret {
             metadata: self.metadata(),
             type_: Some("Opaque".into()),
-            data: Some(BTreeMap::from([(
-                INGEST_TOKEN_KEY.into(),
-                ByteString(ingest.as_bytes().to_vec()),
-            )])),
+            data: Some(data),
             ..Secret::default()
         }
     }
@@ -457,19 +505,26 @@ impl<'a> Owner<'a> {
     /// The worker's StatefulSet for a worker whose admin token is `admin`: its pod template
     /// carries the token's (shortened) SHA-256, so a new admin token (its Secret deleted:
     /// rotation) restarts the worker, which reads the token when it starts. Never the token.
-    pub fn stateful_set_for(&self, defaults: &WorkerDefaults, admin: &str) -> StatefulSet {
+    pub fn stateful_set_for(&self, defaults: &WorkerDefaults, tokens: &WorkerTokens) -> StatefulSet {
         let mut set = self.stateful_set(defaults);
-        let digest = ring::digest::digest(&ring::digest::SHA256, admin.as_bytes());
-        let short: String = digest.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let mut annotations = BTreeMap::from([(
+            ADMIN_TOKEN_ANNOTATION.into(),
+            crate::stable_hash_hex(&tokens.admin, 8),
+        )]);
+        // A connection's worker reads the bundle it trusts when it starts: a new bundle (the
+        // CA renewed) restarts it, the queue kept. Workers that serve reload their own
+        // certificate from its file.
+        if self.kind == "Connection"
+            && let Some(tls) = &tokens.tls
+        {
+            annotations.insert(CA_BUNDLE_ANNOTATION.into(), crate::stable_hash_hex(&tls.bundle, 8));
+        }
         if let Some(meta) = set
             .spec
             .as_mut()
             .and_then(|spec| spec.template.metadata.as_mut())
         {
-            meta.annotations = Some(BTreeMap::from([(ADMIN_TOKEN_ANNOTATION.into(), short)]));
+            meta.annotations = Some(annotations);
         }
         set
     }
@@ -500,6 +555,7 @@ impl<'a> Owner<'a> {
             http_get: Some(HTTPGetAction {
                 path: Some(path.into()),
                 port: IntOrString::String("http".into()),
+                scheme: defaults.tls.then(|| "HTTPS".into()),
                 ..HTTPGetAction::default()
             }),
             period_seconds: Some(period),
@@ -536,6 +592,18 @@ impl<'a> Owner<'a> {
             "--forbidden-destinations".into(),
             defaults.forbidden_destinations.to_flag(),
         ]);
+        if defaults.tls {
+            args.extend([
+                "--tls-cert-file".into(),
+                format!("{TOKENS_DIR}/{CERT_KEY}"),
+                "--tls-key-file".into(),
+                format!("{TOKENS_DIR}/{PRIVATE_KEY_KEY}"),
+            ]);
+            if self.kind == "Connection" {
+                // Its targets are transports' workers: it verifies them with the bundle.
+                args.extend(["--ca-file".into(), format!("{TOKENS_DIR}/{BUNDLE_KEY}")]);
+            }
+        }
         Container {
             name: "worker".into(),
             image: Some(defaults.image.clone()),
@@ -559,7 +627,7 @@ impl<'a> Owner<'a> {
                     })
                     .into_iter()
                     .chain([
-                        env("FERRY_PUBLIC_URL", self.public_url()),
+                        env("FERRY_PUBLIC_URL", self.public_url(defaults.scheme())),
                         env("RUST_LOG", "ferry=info".into()),
                         env("FERRY_LOG_FORMAT", defaults.log_format.as_str().into()),
                     ])
@@ -595,7 +663,7 @@ impl<'a> Owner<'a> {
 
     /// The worker's token files: a pool's Secret as it is; a dedicated worker's admin token
     /// from its admin Secret and its ingest token from the producers' Secret, side by side.
-    fn tokens_volume(&self) -> Volume {
+    fn tokens_volume(&self, tls: bool) -> Volume {
         const MODE: i32 = 0o440;
         if self.pool.is_some() {
             return Volume {
@@ -620,14 +688,24 @@ impl<'a> Owner<'a> {
             }),
             ..VolumeProjection::default()
         };
+        let mut sources = vec![
+            key_of(self.admin_secret_name(), ADMIN_TOKEN_KEY),
+            key_of(self.worker_name(), INGEST_TOKEN_KEY),
+        ];
+        if tls {
+            sources.extend([
+                key_of(self.admin_secret_name(), CERT_KEY),
+                key_of(self.admin_secret_name(), PRIVATE_KEY_KEY),
+            ]);
+            if self.kind == "Connection" {
+                sources.push(key_of(self.worker_name(), BUNDLE_KEY));
+            }
+        }
         Volume {
             name: "tokens".into(),
             projected: Some(ProjectedVolumeSource {
                 default_mode: Some(MODE),
-                sources: Some(vec![
-                    key_of(self.admin_secret_name(), ADMIN_TOKEN_KEY),
-                    key_of(self.worker_name(), INGEST_TOKEN_KEY),
-                ]),
+                sources: Some(sources),
             }),
             ..Volume::default()
         }
@@ -697,7 +775,7 @@ impl<'a> Owner<'a> {
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECS as i64),
             containers: vec![self.container(defaults)],
             volumes: Some(vec![
-                self.tokens_volume(),
+                self.tokens_volume(defaults.tls),
                 Volume {
                     name: "tmp".into(),
                     empty_dir: Some(EmptyDirVolumeSource {
@@ -737,6 +815,24 @@ impl<'a> Owner<'a> {
             ..StatefulSet::default()
         }
     }
+}
+
+/// The worker's certificate and key in the Secret only the operator reads, with what it is in
+/// an annotation (when it expires, who issued it, for which names: when to reissue it).
+fn with_certificate(
+    data: &mut BTreeMap<String, ByteString>,
+    metadata: &mut ObjectMeta,
+    tls: Option<&WorkerTls>,
+) {
+    let Some(tls) = tls else { return };
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    data.insert(CERT_KEY.into(), bytes(&tls.issued.cert));
+    data.insert(PRIVATE_KEY_KEY.into(), bytes(&tls.issued.key));
+    data.insert(BUNDLE_KEY.into(), bytes(&tls.bundle));
+    metadata.annotations = Some(BTreeMap::from([(
+        CERT_ANNOTATION.into(),
+        serde_json::to_string(&tls.issued.info).unwrap_or_default(),
+    )]));
 }
 
 #[cfg(test)]
@@ -887,6 +983,101 @@ mod tests {
         );
     }
 
+    fn tls_tokens() -> WorkerTokens {
+        use crate::operator::certificates::{CertInfo, Issued};
+        WorkerTokens {
+            admin: "admin".into(),
+            ingest: "ingest".into(),
+            tls: Some(WorkerTls {
+                issued: Issued {
+                    cert: "CERT".into(),
+                    key: "KEY".into(),
+                    info: CertInfo {
+                        not_after: 1,
+                        issuer: "ferry CA 0".into(),
+                        names: "n".into(),
+                    },
+                },
+                bundle: "BUNDLE".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn with_tls_a_worker_serves_https_only_from_its_admin_secret() {
+        let defaults = WorkerDefaults {
+            tls: true,
+            ..WorkerDefaults::default()
+        };
+        let t = transport(json!({"host": {"url": "http://erp/ingest"}}));
+        let owner = Owner::transport(&t).unwrap();
+        let tokens = tls_tokens();
+        let sts = serde_json::to_value(owner.stateful_set_for(&defaults, &tokens)).unwrap();
+        let pod = &sts["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(args.windows(2).any(|w| w == ["--tls-cert-file", "/etc/ferry/tokens/tls.crt"]));
+        assert!(args.windows(2).any(|w| w == ["--tls-key-file", "/etc/ferry/tokens/tls.key"]));
+        assert!(!args.contains(&"--ca-file"), "a transport's worker sends to hosts only");
+        assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+        assert_eq!(container["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+        assert_eq!(
+            container["env"][0]["value"],
+            "https://ferry-tp-erp.plant-a.svc:8080"
+        );
+        let sources = &pod["volumes"][0]["projected"]["sources"];
+        let from_admin: Vec<&str> = sources
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["secret"]["name"] == "ferry-tp-erp-admin")
+            .map(|s| s["secret"]["items"][0]["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(from_admin, ["admin-token", "tls.crt", "tls.key"]);
+
+        // The key only where producers cannot read it; the bundle where they do.
+        let admin = owner.admin_secret(&tokens).unwrap();
+        let data = admin.data.unwrap();
+        assert!(data.contains_key("tls.key") && data.contains_key("tls.crt"));
+        assert!(
+            admin.metadata.annotations.unwrap()[CERT_ANNOTATION].contains("ferry CA 0"),
+            "the annotation says who issued it"
+        );
+        let producers = owner.secret(&tokens).data.unwrap();
+        assert_eq!(
+            producers.keys().collect::<Vec<_>>(),
+            ["ca.crt", "ingest-token"]
+        );
+        assert_eq!(producers["ca.crt"].0, b"BUNDLE");
+    }
+
+    #[test]
+    fn with_tls_a_connection_worker_verifies_its_targets_with_the_bundle() {
+        let defaults = WorkerDefaults {
+            tls: true,
+            ..WorkerDefaults::default()
+        };
+        let spec: ConnectionSpec = serde_json::from_value(json!({"started": true})).unwrap();
+        let mut c = Connection::new("crm", spec);
+        c.metadata.namespace = Some("plant-a".into());
+        c.metadata.uid = Some("uid-3".into());
+        let owner = Owner::connection(&c).unwrap();
+        let sts = serde_json::to_value(owner.stateful_set_for(&defaults, &tls_tokens())).unwrap();
+        let args = sts["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(args.contains(r#""--ca-file","/etc/ferry/tokens/ca.crt""#), "{args}");
+        // A new bundle restarts it (it reads the bundle when it starts).
+        let annotations = &sts["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(
+            annotations[CA_BUNDLE_ANNOTATION],
+            crate::stable_hash_hex("BUNDLE", 8)
+        );
+    }
+
     #[test]
     fn a_stopped_connection_is_scaled_to_zero() {
         let spec: ConnectionSpec = serde_json::from_value(json!({"started": false})).unwrap();
@@ -928,6 +1119,7 @@ mod tests {
         let tokens = WorkerTokens {
             admin: "a".into(),
             ingest: "i".into(),
+            tls: None,
         };
         // Producers read ferry-tp-erp: the ingest token only.
         let secret = owner.secret(&tokens);
@@ -1025,7 +1217,7 @@ mod tests {
             let mut t = transport(json!({"host": {"url": "http://erp/ingest"}}));
             t.metadata.name = Some(name.clone());
             let owner = Owner::transport(&t).unwrap();
-            let tokens = WorkerTokens { admin: "a".into(), ingest: "i".into() };
+            let tokens = WorkerTokens { admin: "a".into(), ingest: "i".into(), tls: None };
             let set = owner.stateful_set(&WorkerDefaults::default());
             let template = set.spec.as_ref().unwrap().template.metadata.clone().unwrap();
             let claim = set.spec.as_ref().unwrap().volume_claim_templates.clone().unwrap();

@@ -401,13 +401,15 @@ async fn resolve_targets(
         let token = secret.as_ref().and_then(ingest_token_of);
         // A pooled transport is on its worker's stable name, once it has its place.
         let at = match &transport.spec.worker_pool {
-            None => owner.service_url(),
+            None => owner.service_url(ctx.defaults.scheme()),
             Some(pool) => match transport
                 .status
                 .as_ref()
                 .and_then(|s| s.placement.as_ref())
                 .filter(|placement| placement.worker_pool == *pool)
-                .and_then(|placement| super::placement::worker_url(namespace, placement))
+                .and_then(|placement| {
+                    super::placement::worker_url(ctx.defaults.scheme(), namespace, placement)
+                })
             {
                 Some(url) => url,
                 None => {

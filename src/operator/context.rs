@@ -40,6 +40,8 @@ pub struct Context {
     pub triggers: std::sync::Arc<Triggers>,
     /// One long poll per ready worker, for its report's changes.
     pub reports: ReportWatchers,
+    /// The workers' CA, with `--worker-tls`.
+    pub authority: Option<std::sync::Arc<super::authority::Authority>>,
     /// What each worker was last given, by resource. A new generation or a new pod (the
     /// worker restarted) means the spec is pushed again. Empty after an operator restart, so
     /// everything is pushed once more.
@@ -84,12 +86,19 @@ impl Context {
             caches: Caches::default(),
             triggers: Default::default(),
             reports: ReportWatchers::default(),
+            authority: None,
             applied: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashSet::new()),
             placements: Mutex::new(HashMap::new()),
             destinations_allowed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Issue workers' certificates from this CA.
+    pub fn with_authority(mut self, authority: std::sync::Arc<super::authority::Authority>) -> Self {
+        self.authority = Some(authority);
+        self
     }
 
     /// Publish Kubernetes Events for state changes and errors.

@@ -25,6 +25,12 @@ pub enum ReconcileError {
     },
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(
+        "the workers' CA is not ready yet (--worker-tls): the operator makes or reads it in its own namespace when it starts; its log says why it could not"
+    )]
+    NoCa,
+    #[error("cannot issue the worker's certificate: {0}")]
+    Certificate(#[from] super::certificates::CertificateError),
     #[error("cannot apply the {object}: {}", crate::kube_error_line(source))]
     Apply {
         object: String,
@@ -87,7 +93,9 @@ impl ReconcileError {
         match self {
             ReconcileError::Finalizer { .. } | ReconcileError::Unreconcilable => "finalizer",
             ReconcileError::Dereference { .. } => "dereference",
-            ReconcileError::Build(_) => "build",
+            ReconcileError::Build(_)
+            | ReconcileError::NoCa
+            | ReconcileError::Certificate(_) => "build",
             ReconcileError::Apply { .. } => "apply",
             ReconcileError::NameConflict { .. } => "conflict",
             ReconcileError::Status { .. } => "status",

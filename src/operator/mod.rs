@@ -3,9 +3,11 @@
 //! kind supplies (transport, connection), the status they write, and `ferry operator` (run).
 
 pub mod api_client;
+pub mod authority;
 pub mod backoff;
 pub mod builders;
 pub mod caches;
+pub mod certificates;
 pub mod connection;
 pub mod context;
 pub mod error;

@@ -94,10 +94,10 @@ pub fn resource_key(kind: &str, namespace: &str, name: &str) -> String {
 /// name under the pool's headless Service, as the worker reports its endpoint. `None` when the
 /// placement names no pod the pool can have (`<pool's StatefulSet>-<ordinal>`): a status is
 /// written by whoever may write it, and a URL is never built from what it says otherwise.
-pub fn worker_url(namespace: &str, placement: &Placement) -> Option<String> {
+pub fn worker_url(scheme: &str, namespace: &str, placement: &Placement) -> Option<String> {
     let set = super::builders::worker_name("wp", &placement.worker_pool);
     let known = (0..MAX_REPLICAS).any(|n| pod_name_of(&set, n) == placement.worker);
-    known.then(|| super::builders::pool_worker_url(&set, namespace, &placement.worker))
+    known.then(|| super::builders::pool_worker_url(scheme, &set, namespace, &placement.worker))
 }
 
 /// The pool `name` of `namespace` as the cache holds it (an unreadable one is missing).

@@ -146,6 +146,16 @@ async fn apply<R: WorkerResource>(
     }
     let refs = object.dereference(namespace, ctx).await?;
     let owner = object.owner()?;
+    // With TLS: the CA bundle in the namespace's ConfigMap, where producers find it.
+    if let Some(authority) = &ctx.authority {
+        authority
+            .publish(&ctx.client, namespace)
+            .await
+            .map_err(|source| ReconcileError::Apply {
+                object: format!("ConfigMap {}", super::certificates::CA_SECRET),
+                source,
+            })?;
+    }
     // Build and apply its own worker's objects; or, in a WorkerPool, its own ingest token and
     // its place there.
     let mut ingest_token = None;

@@ -36,6 +36,7 @@ use kube::{
 use tokio::sync::watch;
 
 use super::{
+    authority::Authority,
     builders::WorkerDefaults,
     caches::{Caches, WORKER_OBJECTS, cached},
     connection::{Connections, announce_reinitializing},
@@ -74,6 +75,10 @@ pub struct OperatorOptions {
     pub leader_election: Option<LeaseOptions>,
     /// This replica's name in Events and the Lease (the pod name in cluster).
     pub instance: String,
+    /// The operator's own namespace: its Lease and, with `defaults.tls`, its CA's Secret.
+    pub namespace: String,
+    /// How long the workers' CA and certificates live (with `defaults.tls`).
+    pub certificates: super::certificates::CertificatePolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +111,45 @@ pub enum OperatorError {
     LostLeadership,
     #[error("cannot build the worker client: {0}")]
     WorkerClient(#[source] reqwest::Error),
+    #[error("the workers' CA (--worker-tls): {0}")]
+    Authority(#[source] super::authority::AuthorityError),
+}
+
+/// Keep the workers' CA renewed; when its bundle or signer changes, the operator's own client
+/// trusts the new bundle and every resource is reconciled (new certificates, new `ca.crt`).
+async fn keep_authority(
+    authority: Arc<Authority>,
+    client: Client,
+    ctx: Arc<Context>,
+    halted: watch::Receiver<bool>,
+) {
+    let changed = {
+        let authority = authority.clone();
+        let ctx = ctx.clone();
+        move || {
+            if let Some(current) = authority.current()
+                && let Err(e) = ctx.workers.trust(&current.bundle)
+            {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot trust the new CA bundle");
+            }
+            reconcile_everything(&ctx);
+        }
+    };
+    authority.keep(client, halted, changed).await;
+}
+
+/// Every resource in the caches, reconciled once more.
+fn reconcile_everything(ctx: &Context) {
+    fn each<K: kube::Resource>(ctx: &Context, kind: &str, objects: Vec<Arc<K>>) {
+        for object in objects {
+            if let (Some(namespace), Some(name)) = (&object.meta().namespace, &object.meta().name) {
+                ctx.triggers.send(kind, namespace, name);
+            }
+        }
+    }
+    each(ctx, <Transport as WorkerResource>::KIND, ctx.caches.transports.state());
+    each(ctx, <Connection as WorkerResource>::KIND, ctx.caches.connections.state());
+    each(ctx, super::worker_pool::KIND, ctx.caches.pools.state());
 }
 
 /// What `/readyz` answers.
@@ -636,11 +680,27 @@ async fn lead(
     } else {
         WorkerAccess::Proxy
     });
-    let workers = match access {
-        WorkerAccess::Direct => {
+    // With TLS, the CA first: every worker's certificate comes from it.
+    let authority = match options.defaults.tls {
+        false => None,
+        true => {
+            let authority = Arc::new(Authority::new(&options.namespace, options.certificates));
+            authority.ensure(&client).await.map_err(OperatorError::Authority)?;
+            Some(authority)
+        }
+    };
+    let bundle = authority.as_ref().and_then(|a| a.current()).map(|c| c.bundle.clone());
+    let workers = match (access, &bundle) {
+        (WorkerAccess::Direct, None) => {
             WorkerClient::direct(options.worker_timeout).map_err(OperatorError::WorkerClient)?
         }
-        WorkerAccess::Proxy => WorkerClient::proxy(client.clone(), options.worker_timeout),
+        (WorkerAccess::Direct, Some(bundle)) => {
+            WorkerClient::direct_tls(options.worker_timeout, bundle)
+                .map_err(OperatorError::WorkerClient)?
+        }
+        (WorkerAccess::Proxy, _) => {
+            WorkerClient::proxy(client.clone(), options.worker_timeout, bundle.is_some())
+        }
     };
     tracing::info!(%access, "reaching workers");
     tracing::info!(
@@ -688,18 +748,23 @@ async fn lead(
             ..Caches::default()
         },
     );
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            workers,
-            options.defaults.clone(),
-            options.status_interval,
-        )
-        .with_events(Events::new(client.clone(), Some(options.instance.clone())))
-        .with_metrics(endpoints.metrics.clone())
-        .with_caches(caches)
-        .with_triggers(triggers.clone()),
-    );
+    let mut ctx = Context::new(
+        client.clone(),
+        workers,
+        options.defaults.clone(),
+        options.status_interval,
+    )
+    .with_events(Events::new(client.clone(), Some(options.instance.clone())))
+    .with_metrics(endpoints.metrics.clone())
+    .with_caches(caches)
+    .with_triggers(triggers.clone());
+    if let Some(authority) = &authority {
+        ctx = ctx.with_authority(authority.clone());
+    }
+    let ctx = Arc::new(ctx);
+    if let Some(authority) = authority {
+        tokio::spawn(keep_authority(authority, client.clone(), ctx.clone(), halted.clone()));
+    }
     let connections = Arc::new(
         Connections::new(options.startup_concurrency, options.startup_timeout)
             .scoped(options.startup_queue_scope),

@@ -1,8 +1,20 @@
 //! How the operator talks to a worker: directly at its pod IP (the default in cluster) or
 //! through the API server's pod proxy (the default out of cluster). The proxy consumes the
 //! `Authorization` header, so the admin token always travels as `Ferry-Token`.
+//!
+//! With `--worker-tls` the direct way is HTTPS verified with the operator's CA bundle: the
+//! request names the worker by its DNS name (`<pod>.<worker>.<namespace>.svc`, which its
+//! certificate names), and the client's resolver answers that name with the pod IP from the
+//! operator's cache, so no cluster DNS is asked and the certificate is checked against the
+//! worker's own name. Through the proxy it is `https:` to the pod (the API server does not
+//! verify the pod's certificate; docs/security.md says so).
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
 
 use http::{Method, Request};
 use serde::de::DeserializeOwned;
@@ -76,38 +88,111 @@ pub struct WorkerPod {
     pub pod: String,
     pub pod_ip: Option<String>,
     pub admin_token: String,
+    /// With TLS: the name its certificate is verified against ([`tls_name`]).
+    pub tls_name: Option<String>,
+}
+
+/// The name a worker pod's certificate is checked against: `<pod>.<worker>.<namespace>.svc`
+/// (its certificate names `*.<worker>.<namespace>.svc`).
+pub fn tls_name(namespace: &str, set: &str, pod: &str) -> String {
+    format!("{pod}.{set}.{namespace}.svc")
 }
 
 /// Calls the worker API the chosen way.
 #[derive(Clone)]
 pub struct WorkerClient {
     access: WorkerAccess,
-    http: reqwest::Client,
+    http: Arc<RwLock<reqwest::Client>>,
+    /// With TLS: the pod IP of each worker name asked for (the resolver's answers).
+    tls: Option<Arc<Mutex<HashMap<String, IpAddr>>>>,
     kube: Option<kube::Client>,
     timeout: Duration,
 }
+
+/// Answers a worker's name with the pod IP last asked for it; nothing else resolves.
+struct PodAddresses(Arc<Mutex<HashMap<String, IpAddr>>>);
+
+impl reqwest::dns::Resolve for PodAddresses {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let found = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name.as_str())
+            .copied();
+        let name = name.as_str().to_owned();
+        Box::pin(async move {
+            let ip = found.ok_or_else(|| format!("{name} is not a worker pod the operator knows"))?;
+            Ok(Box::new(std::iter::once(SocketAddr::new(ip, 0))) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The most worker names remembered; beyond, the map starts again (names come back with
+/// their next call).
+const MAX_ADDRESSES: usize = 100_000;
 
 impl WorkerClient {
     /// Straight to the pod IP. Redirects are not followed: the admin token goes to the worker
     /// asked and nowhere else (a 3xx is a refusal).
     pub fn direct(timeout: Duration) -> Result<Self, reqwest::Error> {
-        // reqwest panics when no TLS provider is installed yet.
-        crate::install_crypto_provider();
         Ok(Self {
             access: WorkerAccess::Direct,
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?,
+            http: Arc::new(RwLock::new(Self::http(timeout, None)?)),
+            tls: None,
             kube: None,
             timeout,
         })
     }
 
-    pub fn proxy(kube: kube::Client, timeout: Duration) -> Self {
+    /// Straight to the pod, over TLS verified with `bundle` (PEM) only.
+    pub fn direct_tls(timeout: Duration, bundle: &str) -> Result<Self, reqwest::Error> {
+        let addresses = Arc::new(Mutex::new(HashMap::new()));
+        let http = Self::http(timeout, Some((bundle, addresses.clone())))?;
+        Ok(Self {
+            access: WorkerAccess::Direct,
+            http: Arc::new(RwLock::new(http)),
+            tls: Some(addresses),
+            kube: None,
+            timeout,
+        })
+    }
+
+    fn http(
+        timeout: Duration,
+        tls: Option<(&str, Arc<Mutex<HashMap<String, IpAddr>>>)>,
+    ) -> Result<reqwest::Client, reqwest::Error> {
+        // reqwest panics when no TLS provider is installed yet.
+        crate::install_crypto_provider();
+        let builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        match tls {
+            None => builder.build(),
+            Some((bundle, addresses)) => builder
+                .tls_certs_only(reqwest::Certificate::from_pem_bundle(bundle.as_bytes())?)
+                .https_only(true)
+                .dns_resolver(Arc::new(PodAddresses(addresses)))
+                .build(),
+        }
+    }
+
+    /// Trust `bundle` from now on (the CA was renewed); a direct client without TLS ignores it.
+    pub fn trust(&self, bundle: &str) -> Result<(), reqwest::Error> {
+        let Some(addresses) = &self.tls else {
+            return Ok(());
+        };
+        let http = Self::http(self.timeout, Some((bundle, addresses.clone())))?;
+        *self.http.write().unwrap_or_else(|e| e.into_inner()) = http;
+        Ok(())
+    }
+
+    /// Through the API server's pod proxy; to `https:` pods with `tls`.
+    pub fn proxy(kube: kube::Client, timeout: Duration, tls: bool) -> Self {
         Self {
             access: WorkerAccess::Proxy,
-            http: reqwest::Client::new(),
+            http: Arc::new(RwLock::new(reqwest::Client::new())),
+            tls: tls.then(Default::default),
             kube: Some(kube),
             timeout,
         }
@@ -234,7 +319,7 @@ impl WorkerClient {
             (WorkerAccess::Proxy, Some(kube)) => {
                 let mut request = Request::builder()
                     .method(method)
-                    .uri(proxy_path(worker, path))
+                    .uri(proxy_path(worker, path, self.tls.is_some()))
                     .header(wire::TOKEN_HEADER, &worker.admin_token);
                 if body.is_some() {
                     request = request.header("Content-Type", "application/json");
@@ -265,9 +350,23 @@ impl WorkerClient {
                     .ok_or_else(|| WorkerCallError::NoPodIp {
                         pod: worker.pod.clone(),
                     })?;
-                let mut request = self
-                    .http
-                    .request(method, direct_url(ip, path))
+                let url = match (&self.tls, &worker.tls_name) {
+                    (Some(addresses), Some(name)) => {
+                        let ip: IpAddr = ip.parse().map_err(|_| {
+                            unreachable(format!("its pod IP {ip:?} is not an address"))
+                        })?;
+                        let mut addresses = addresses.lock().unwrap_or_else(|e| e.into_inner());
+                        if addresses.len() >= MAX_ADDRESSES && !addresses.contains_key(name) {
+                            addresses.clear();
+                        }
+                        addresses.insert(name.clone(), ip);
+                        format!("https://{name}:{WORKER_PORT}{path}")
+                    }
+                    _ => direct_url(ip, path),
+                };
+                let http = self.http.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let mut request = http
+                    .request(method, url)
                     .timeout(timeout)
                     .header(wire::TOKEN_HEADER, &worker.admin_token);
                 if let Some(body) = body {
@@ -328,10 +427,11 @@ pub fn direct_url(pod_ip: &str, path: &str) -> String {
     }
 }
 
-/// The API server's proxy path to a pod's port.
-pub fn proxy_path(worker: &WorkerPod, path: &str) -> String {
+/// The API server's proxy path to a pod's port (`https:` to a worker serving TLS).
+pub fn proxy_path(worker: &WorkerPod, path: &str, tls: bool) -> String {
+    let scheme = if tls { "https:" } else { "" };
     format!(
-        "/api/v1/namespaces/{}/pods/{}:{WORKER_PORT}/proxy{path}",
+        "/api/v1/namespaces/{}/pods/{scheme}{}:{WORKER_PORT}/proxy{path}",
         worker.namespace, worker.pod
     )
 }
@@ -346,6 +446,7 @@ mod tests {
             pod: "ferry-tp-erp-0".into(),
             pod_ip: ip.map(str::to_owned),
             admin_token: "t".into(),
+            tls_name: None,
         }
     }
 
@@ -354,8 +455,16 @@ mod tests {
         assert_eq!(direct_url("10.1.2.3", "/v1/x"), "http://10.1.2.3:8080/v1/x");
         assert_eq!(direct_url("fd00::7", "/v1/x"), "http://[fd00::7]:8080/v1/x");
         assert_eq!(
-            proxy_path(&pod(None), "/v1/transports/plant-a/erp"),
+            proxy_path(&pod(None), "/v1/transports/plant-a/erp", false),
             "/api/v1/namespaces/plant-a/pods/ferry-tp-erp-0:8080/proxy/v1/transports/plant-a/erp"
+        );
+        assert_eq!(
+            proxy_path(&pod(None), "/v1/x", true),
+            "/api/v1/namespaces/plant-a/pods/https:ferry-tp-erp-0:8080/proxy/v1/x"
+        );
+        assert_eq!(
+            tls_name("plant-a", "ferry-wp-fleet", "ferry-wp-fleet-2"),
+            "ferry-wp-fleet-2.ferry-wp-fleet.plant-a.svc"
         );
     }
 

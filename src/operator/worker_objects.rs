@@ -17,7 +17,8 @@ use kube::{
 
 use super::{
     NamespacedObject,
-    builders::{ADMIN_TOKEN_KEY, INGEST_TOKEN_KEY, Owner, WorkerTokens},
+    builders::{ADMIN_TOKEN_KEY, INGEST_TOKEN_KEY, Owner, WorkerTls, WorkerTokens},
+    certificates::{CERT_ANNOTATION, CERT_KEY, CertInfo, Issued, PRIVATE_KEY_KEY, unix_now},
     caches::cached,
     context::{Context, FIELD_MANAGER, now},
     error::ReconcileError,
@@ -39,6 +40,7 @@ pub fn tokens_of(secret: &Secret) -> Option<WorkerTokens> {
     Some(WorkerTokens {
         admin: admin_token_of(secret)?,
         ingest: ingest_token_of(secret)?,
+        tls: None,
     })
 }
 
@@ -77,7 +79,61 @@ fn worker_tokens(secret: Option<&Secret>, admin_secret: Option<&Secret>) -> Work
         ingest: secret
             .and_then(ingest_token_of)
             .unwrap_or_else(generate_token),
+        tls: None,
     }
+}
+
+/// With `--worker-tls`: the worker's certificate, kept from the Secret that holds it while it
+/// still serves (issued by the CA that signs now, for the worker's names, not due for
+/// renewal), issued anew otherwise; and the bundle that verifies it.
+fn worker_tls(
+    ctx: &Context,
+    owner: &Owner<'_>,
+    holder: Option<&Secret>,
+) -> Result<Option<WorkerTls>, ReconcileError> {
+    if !ctx.defaults.tls {
+        return Ok(None);
+    }
+    let authority = ctx.authority.as_ref().ok_or(ReconcileError::NoCa)?;
+    let current = authority.current().ok_or(ReconcileError::NoCa)?;
+    let names = owner.tls_names();
+    let now = unix_now();
+    let kept = holder.and_then(issued_in).filter(|issued| {
+        current
+            .signing
+            .still_serves(&issued.info, &names, now, &authority.policy)
+    });
+    let issued = match kept {
+        Some(issued) => issued,
+        None => current.signing.issue(&names, now, &authority.policy)?,
+    };
+    Ok(Some(WorkerTls {
+        issued,
+        bundle: current.bundle.clone(),
+    }))
+}
+
+/// The certificate a Secret holds, with what its annotation says of it.
+fn issued_in(secret: &Secret) -> Option<Issued> {
+    let info = secret.metadata.annotations.as_ref()?.get(CERT_ANNOTATION)?;
+    Some(Issued {
+        cert: token_in(secret, CERT_KEY)?,
+        key: token_in(secret, PRIVATE_KEY_KEY)?,
+        info: serde_json::from_str::<CertInfo>(info).ok()?,
+    })
+}
+
+/// The CA bundle producers are given, with `--worker-tls`.
+fn bundle(ctx: &Context) -> Result<Option<String>, ReconcileError> {
+    if !ctx.defaults.tls {
+        return Ok(None);
+    }
+    let current = ctx
+        .authority
+        .as_ref()
+        .and_then(|authority| authority.current())
+        .ok_or(ReconcileError::NoCa)?;
+    Ok(Some(current.bundle.clone()))
 }
 
 /// Apply the worker's objects; when the API server refuses them, or one of them belongs to
@@ -173,7 +229,8 @@ async fn apply_worker_objects(
         &worker,
     )
     .await?;
-    let tokens = worker_tokens(secret.as_ref(), admin_secret.as_ref());
+    let mut tokens = worker_tokens(secret.as_ref(), admin_secret.as_ref());
+    tokens.tls = worker_tls(ctx, owner, admin_secret.as_ref().or(secret.as_ref()))?;
     // The admin Secret first: the producers' one loses the admin token only once it is there.
     if let Some(desired) = owner.admin_secret(&tokens) {
         let marker = admin_secret.as_ref().map(|s| version_marker(&s.metadata));
@@ -224,7 +281,7 @@ async fn apply_worker_objects(
             .map_err(failed("NetworkPolicy"))?;
     }
     let set_marker = stateful_set.as_ref().map(generation_marker);
-    let desired = owner.stateful_set_for(&ctx.defaults, &tokens.admin);
+    let desired = owner.stateful_set_for(&ctx.defaults, &tokens);
     apply_if_changed(
         ctx,
         owner,
@@ -330,7 +387,7 @@ pub(super) async fn apply_ingest_secret(
         ctx,
         owner,
         &secrets,
-        owner.ingest_secret(&token),
+        owner.ingest_secret(&token, bundle(ctx)?.as_deref()),
         marker,
         version_marker,
     )

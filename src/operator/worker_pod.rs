@@ -88,9 +88,13 @@ pub(super) async fn ready_worker(
     }
     let target = WorkerPod {
         namespace: namespace.to_owned(),
-        pod: pod_name,
+        pod: pod_name.clone(),
         pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
         admin_token: tokens.admin.clone(),
+        tls_name: ctx
+            .defaults
+            .tls
+            .then(|| super::worker_client::tls_name(namespace, worker, &pod_name)),
     };
     Ok((target, pod.metadata.uid.unwrap_or_default()))
 }

@@ -75,6 +75,8 @@ pub async fn queue(
     let owner = transport.owner().map_err(|e| no_worker(e.to_string()))?;
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     let mut admin_token = None;
+    // The CA bundle beside it: the worker serves TLS (the operator's --worker-tls).
+    let mut bundle = None;
     for name in [owner.admin_secret_name(), worker.clone()] {
         let Some(secret) = secrets.get_opt(&name).await? else {
             continue;
@@ -85,6 +87,11 @@ pub async fn queue(
             )));
         }
         admin_token = admin_token_of(&secret);
+        bundle = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(crate::operator::certificates::BUNDLE_KEY))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok());
         if admin_token.is_some() {
             break;
         }
@@ -97,19 +104,28 @@ pub async fn queue(
     })?;
     let pod = pod_name(&worker);
     let (workers, pod_ip) = match access {
-        WorkerAccess::Proxy => (WorkerClient::proxy(client, WORKER_TIMEOUT), None),
+        WorkerAccess::Proxy => (
+            WorkerClient::proxy(client, WORKER_TIMEOUT, bundle.is_some()),
+            None,
+        ),
         WorkerAccess::Direct => {
             let ip = Api::<Pod>::namespaced(client, namespace)
                 .get_opt(&pod)
                 .await?
                 .and_then(|p| p.status.and_then(|s| s.pod_ip))
                 .ok_or_else(|| no_worker(format!("its pod {pod} has no IP (is it running?)")))?;
-            let direct = WorkerClient::direct(WORKER_TIMEOUT)
-                .map_err(|e| no_worker(format!("no HTTP client: {e}")))?;
+            let direct = match &bundle {
+                Some(bundle) => WorkerClient::direct_tls(WORKER_TIMEOUT, bundle),
+                None => WorkerClient::direct(WORKER_TIMEOUT),
+            }
+            .map_err(|e| no_worker(format!("no HTTP client: {e}")))?;
             (direct, Some(ip))
         }
     };
     let pod = WorkerPod {
+        tls_name: bundle
+            .as_ref()
+            .map(|_| crate::operator::worker_client::tls_name(namespace, &worker, &pod)),
         namespace: namespace.to_owned(),
         pod,
         pod_ip,

@@ -77,6 +77,13 @@ cluster-wide, a Role in each watched namespace): every verb is one it uses. */}}
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+{{- if .Values.workerTls.enabled }}
+# The CA bundle as the ConfigMap ferry-ca of each namespace with ferry resources, applied
+# (server-side) once per namespace and bundle; never read, listed or watched.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, patch]
+{{- end }}
 {{- if .Values.networkPolicy.workers }}
 # Each worker's NetworkPolicy (networkPolicy.workers), watched like the other worker objects.
 - apiGroups: [networking.k8s.io]
