@@ -354,6 +354,39 @@ impl Cluster {
         self.ingest_with(transport, &token, payload).await
     }
 
+    /// Key `key` of Secret `name`, as text.
+    pub async fn secret_key(&self, name: &str, key: &str) -> Option<String> {
+        let secret = self.api::<Secret>().get_opt(name).await.ok()??;
+        let value = secret.data?.get(key)?.0.clone();
+        String::from_utf8(value).ok()
+    }
+
+    /// A client for the worker pod `pod` (at `ip`, its pod IP) as a producer or `kubectl`
+    /// holding Secret `secret` makes it, and the base URL: with the CA bundle in the Secret
+    /// (`ca.crt`: the operator's --worker-tls), verified TLS to the name its certificate names
+    /// (`<pod>.<worker>.<namespace>.svc`, resolved to the pod IP: there is no cluster DNS with
+    /// the process kubelet); plain HTTP to the pod IP otherwise.
+    pub async fn worker_http(&self, secret: &str, pod: &str, ip: &str) -> (reqwest::Client, String) {
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        match self.secret_key(secret, "ca.crt").await {
+            None => (builder.build().expect("client"), format!("http://{ip}:8080")),
+            Some(bundle) => {
+                ferry::install_crypto_provider();
+                let set = pod.rsplit_once('-').map_or(pod, |(set, _)| set);
+                let name = format!("{pod}.{set}.{}.svc", self.namespace);
+                let address = std::net::SocketAddr::new(ip.parse().expect("a pod IP"), 8080);
+                let certificates = reqwest::Certificate::from_pem_bundle(bundle.as_bytes())
+                    .expect("ca.crt is a PEM bundle");
+                let http = builder
+                    .tls_certs_only(certificates)
+                    .resolve(&name, address)
+                    .build()
+                    .expect("client");
+                (http, format!("https://{name}:8080"))
+            }
+        }
+    }
+
     /// The ingest token in the producers' Secret of transport `name`.
     pub async fn ingest_token(&self, name: &str) -> String {
         let secret = self
@@ -391,11 +424,14 @@ impl Cluster {
             ),
         };
         let route = format!("/v1/transports/{}/{transport}/transactions", self.namespace);
+        // A producer reads the bundle where it reads its token.
+        let secret = ferry::operator::builders::worker_name("tp", transport);
         if self.env.process_kubelet {
-            let pod = self.wait_pod_ready(&pod).await;
-            let ip = pod["status"]["podIP"].as_str().expect("pod IP");
-            let response = reqwest::Client::new()
-                .post(format!("http://{ip}:8080{route}"))
+            let ready = self.wait_pod_ready(&pod).await;
+            let ip = ready["status"]["podIP"].as_str().expect("pod IP");
+            let (http, base) = self.worker_http(&secret, &pod, ip).await;
+            let response = http
+                .post(format!("{base}{route}"))
                 .timeout(Duration::from_secs(30))
                 .header("Ferry-Token", token)
                 .header("Content-Type", "application/json")
@@ -406,8 +442,12 @@ impl Cluster {
             let status = response.status().as_u16();
             Ok((status, response.json().await.unwrap_or(Value::Null)))
         } else {
+            let scheme = match self.secret_key(&secret, "ca.crt").await {
+                Some(_) => "https:",
+                None => "",
+            };
             let path = format!(
-                "/api/v1/namespaces/{}/pods/{pod}:8080/proxy{route}",
+                "/api/v1/namespaces/{}/pods/{scheme}{pod}:8080/proxy{route}",
                 self.namespace
             );
             let request = http::Request::post(path)

@@ -1029,6 +1029,7 @@ async fn the_process_kubelet_runs_the_operators_worker_pod() {
     let tokens = WorkerTokens {
         admin: "admin-secret".into(),
         ingest: "ingest-secret".into(),
+        tls: None,
     };
     // The mounts as the kubelet maps them: the claim, the two Secrets written out side by side
     // (the projected tokens volume), the emptyDir.
@@ -1434,13 +1435,6 @@ async fn a_worker_away_is_not_ready_until_the_new_one_reports() {
     assert_eq!(totals["received"], totals["delivered"], "{status}");
 }
 
-/// A key of a Secret of the scenario's namespace, as text (`None` when either is missing).
-async fn secret_key(cluster: &Cluster, secret: &str, key: &str) -> Option<String> {
-    let secret = cluster.api::<Secret>().get_opt(secret).await.ok()??;
-    let value = secret.data?.get(key)?.0.clone();
-    String::from_utf8(value).ok()
-}
-
 /// Issue 30: a producer's Secret opens one door. `ferry-tp-<name>` holds the ingest token
 /// only; the admin token is in `ferry-tp-<name>-admin`, which a producer granted `get` on its
 /// Secret cannot read; with the ingest token every admin route answers 401. A worker made
@@ -1583,15 +1577,15 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     assert_eq!(
         keys.as_object()
             .map(|d| d.keys().cloned().collect::<Vec<_>>()),
-        Some(vec!["ingest-token".to_owned()]),
+        Some(vec!["ca.crt".to_owned(), "ingest-token".to_owned()]),
         "the producers' Secret holds only what producers need"
     );
     let denied = as_producer("ferry-tp-erp-admin", "admin-token").unwrap_err();
     assert!(denied.contains("forbidden"), "{denied}");
-    let ingest = secret_key(&cluster, "ferry-tp-erp", "ingest-token")
+    let ingest = cluster.secret_key("ferry-tp-erp", "ingest-token")
         .await
         .expect("the ingest token");
-    let admin = secret_key(&cluster, "ferry-tp-erp-admin", "admin-token")
+    let admin = cluster.secret_key("ferry-tp-erp-admin", "admin-token")
         .await
         .expect("the admin token, apart");
     assert_ne!(ingest, admin);
@@ -1599,14 +1593,24 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     if cluster.env.process_kubelet {
         let pod = cluster.wait_pod_ready("ferry-tp-erp-0").await;
         let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_owned();
-        let base = format!("http://{ip}:8080/v1/transports/{}", cluster.namespace);
-        let http = reqwest::Client::new();
+        // Over TLS verified with the bundle beside the token: the producer's whole Secret.
+        let (http, root) = cluster.worker_http("ferry-tp-erp", "ferry-tp-erp-0", &ip).await;
+        assert!(root.starts_with("https://"), "the worker serves TLS: {root}");
+        let plain = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client")
+            .get(format!("http://{ip}:8080/readyz"))
+            .send()
+            .await;
+        assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+        let base = format!("{root}/v1/transports/{}", cluster.namespace);
         for request in [
             http.get(format!("{base}/erp")),
             http.put(format!("{base}/erp")).json(&json!({})),
             http.delete(format!("{base}/erp?purge=true")),
             http.get(format!("{base}/erp/queue")),
-            http.get(format!("http://{ip}:8080/v1/transports")),
+            http.get(format!("{root}/v1/transports")),
         ] {
             let answer = request
                 .header("Ferry-Token", &ingest)
@@ -1698,7 +1702,7 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     let moved = incarnation(&cluster, "ferry-tp-erp-0").await;
     operator.restart();
     eventually("the admin token in its own Secret, unchanged", || async {
-        (secret_key(&cluster, "ferry-tp-erp-admin", "admin-token").await? == admin).then_some(())
+        (cluster.secret_key("ferry-tp-erp-admin", "admin-token").await? == admin).then_some(())
     })
     .await;
     eventually("the producers' Secret without the admin token", || async {
@@ -1708,7 +1712,7 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     })
     .await;
     assert_eq!(
-        secret_key(&cluster, "ferry-tp-erp", "ingest-token").await,
+        cluster.secret_key("ferry-tp-erp", "ingest-token").await,
         Some(ingest.clone()),
         "the producers' token is unchanged"
     );
@@ -1774,7 +1778,7 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     let before = incarnation(&cluster, "ferry-tp-erp-0").await;
     let said = kubectl_ferry(&cluster, &["rotate-token", "transport", "erp", "--admin"]);
     assert!(said.contains("a new admin token"), "{said}");
-    let new_admin = secret_key(&cluster, "ferry-tp-erp-admin", "admin-token")
+    let new_admin = cluster.secret_key("ferry-tp-erp-admin", "admin-token")
         .await
         .expect("a new admin token");
     assert_ne!(new_admin, admin);
@@ -1866,7 +1870,7 @@ spec:
         );
         let endpoint = status["endpoint"].as_str().unwrap_or("");
         assert!(
-            endpoint.starts_with(&format!("http://{worker}.ferry-wp-fleet.")),
+            endpoint.starts_with(&format!("https://{worker}.ferry-wp-fleet.")),
             "{name}: the endpoint is its worker's stable name: {endpoint}"
         );
         on.entry(worker).or_default().push(name);
@@ -1994,8 +1998,9 @@ spec:
     .await;
 }
 
-/// The admin token of pool `fleet` and the pod IP of its worker `worker` (process kubelet).
-async fn pool_admin(cluster: &Cluster, worker: &str) -> (String, String) {
+/// The admin token of pool `fleet`, and a client and base URL for its worker `worker` (process
+/// kubelet): verified TLS with the bundle of the pool's Secret.
+async fn pool_admin(cluster: &Cluster, worker: &str) -> (String, reqwest::Client, String) {
     let secret = cluster
         .api::<Secret>()
         .get("ferry-wp-fleet")
@@ -2010,14 +2015,15 @@ async fn pool_admin(cluster: &Cluster, worker: &str) -> (String, String) {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    (String::from_utf8_lossy(&token.0).into_owned(), ip)
+    let (http, base) = cluster.worker_http("ferry-wp-fleet", worker, &ip).await;
+    (String::from_utf8_lossy(&token.0).into_owned(), http, base)
 }
 
 /// Whether the pool worker hosts the transport `stray` (`None`: it did not answer).
 async fn stray_hosted(cluster: &Cluster, worker: &str) -> Option<bool> {
-    let (token, ip) = pool_admin(cluster, worker).await;
-    let listed: Value = reqwest::Client::new()
-        .get(format!("http://{ip}:8080/v1/transports"))
+    let (token, http, base) = pool_admin(cluster, worker).await;
+    let listed: Value = http
+        .get(format!("{base}/v1/transports"))
         .header("Ferry-Token", token)
         .send()
         .await
@@ -2136,10 +2142,10 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
         .wait_connection("crm", "Disabled", |s| s["status"] == "Disabled")
         .await;
     if cluster.env.process_kubelet {
-        let (token, ip) = pool_admin(&cluster, worker).await;
-        let hosted: Value = reqwest::Client::new()
+        let (token, http, base) = pool_admin(&cluster, worker).await;
+        let hosted: Value = http
             .get(format!(
-                "http://{ip}:8080/v1/connections/{}/crm",
+                "{base}/v1/connections/{}/crm",
                 cluster.namespace
             ))
             .header("Ferry-Token", token)
@@ -2181,10 +2187,10 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
     // the worker was down, which is hosted again when it restarts): the pool's sweep tells
     // the worker to stop hosting it.
     if cluster.env.process_kubelet {
-        let (token, ip) = pool_admin(&cluster, worker).await;
-        let put = reqwest::Client::new()
+        let (token, http, base) = pool_admin(&cluster, worker).await;
+        let put = http
             .put(format!(
-                "http://{ip}:8080/v1/transports/{}/stray",
+                "{base}/v1/transports/{}/stray",
                 cluster.namespace
             ))
             .header("Ferry-Token", token)
@@ -2280,10 +2286,10 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
         )
         .await;
         // Nothing of it is kept either: a purge finds nothing to remove.
-        let (token, ip) = pool_admin(&cluster, worker).await;
-        let purge = reqwest::Client::new()
+        let (token, http, base) = pool_admin(&cluster, worker).await;
+        let purge = http
             .delete(format!(
-                "http://{ip}:8080/v1/transports/{}/stray?purge=true",
+                "{base}/v1/transports/{}/stray?purge=true",
                 cluster.namespace
             ))
             .header("Ferry-Token", token)
@@ -2544,6 +2550,9 @@ async fn an_operator_in_two_namespaces_needs_only_their_roles() {
         &[
             "--namespace",
             &format!("{a},{b}"),
+            // Its own namespace (the release's, in a pod): the workers' CA is kept there.
+            "--lease-namespace",
+            &a,
             "--status-interval",
             "1s",
         ],
@@ -2571,6 +2580,19 @@ async fn an_operator_in_two_namespaces_needs_only_their_roles() {
     for secret in ["ferry-tp-mes", "ferry-tp-mes-admin"] {
         cluster::kubectl(&cluster.env, &["-n", &b, "get", "secret", secret], None)
             .unwrap_or_else(|e| panic!("{secret} in {b}: {e}"));
+    }
+    // TLS with the chart's roles only: the CA kept in the operator's namespace, its bundle
+    // published in each watched namespace.
+    cluster::kubectl(&cluster.env, &["-n", &a, "get", "secret", "ferry-ca"], None)
+        .unwrap_or_else(|e| panic!("the CA's Secret in {a}: {e}"));
+    for namespace in [&a, &b] {
+        let bundle = cluster::kubectl(
+            &cluster.env,
+            &["-n", namespace, "get", "configmap", "ferry-ca", "-o", "jsonpath={.data.ca\\.crt}"],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("the ConfigMap ferry-ca in {namespace}: {e}"));
+        assert!(bundle.contains("BEGIN CERTIFICATE"), "{namespace}: {bundle}");
     }
 }
 
