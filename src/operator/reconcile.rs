@@ -235,7 +235,8 @@ async fn apply<R: WorkerResource>(
     // its worker's report) and at the latest after RESYNC; on its way somewhere, or waiting for
     // its worker, it is looked at every --status-interval.
     if settled(&status) && !waits_for_worker {
-        Ok(Action::requeue(RESYNC))
+        // Sooner when its worker's certificate is due for renewal.
+        Ok(Action::requeue(super::worker_objects::renewal_due(&home.tokens, ctx, RESYNC)))
     } else {
         Ok(Action::requeue(ctx.status_interval))
     }

@@ -113,6 +113,22 @@ fn worker_tls(
     }))
 }
 
+/// `at_most`, or sooner: when the worker's certificate is due for renewal (a second after, so
+/// the reconcile then finds it due), so that it is renewed however long the resync is.
+pub(super) fn renewal_due(
+    tokens: &WorkerTokens,
+    ctx: &Context,
+    at_most: std::time::Duration,
+) -> std::time::Duration {
+    let (Some(tls), Some(authority)) = (&tokens.tls, &ctx.authority) else {
+        return at_most;
+    };
+    let due = tls.issued.info.not_after - authority.policy.cert_renew_before.as_secs() as i64
+        - unix_now()
+        + 1;
+    at_most.min(std::time::Duration::from_secs(due.max(1) as u64))
+}
+
 /// The certificate a Secret holds, with what its annotation says of it.
 fn issued_in(secret: &Secret) -> Option<Issued> {
     let info = secret.metadata.annotations.as_ref()?.get(CERT_ANNOTATION)?;

@@ -163,7 +163,7 @@ async fn apply(
     let running = pool_replicas(pool.spec.replicas, &observed);
     // Build and apply: never fewer workers than the hosted ones need.
     let owner = owner.with_replicas(running);
-    apply_or_report(ctx, namespace, &owner, pool, pool.status.as_ref()).await?;
+    let tokens = apply_or_report(ctx, namespace, &owner, pool, pool.status.as_ref()).await?;
     // Observe: the workers that run now.
     observed.truncate(usize::try_from(running).unwrap_or(0));
     wake_unplaced(ctx, namespace, pool, &observed);
@@ -175,9 +175,10 @@ async fn apply(
         deleting: false,
     };
     let settled = show(ctx, pool, namespace, &view).await?;
-    // Its pods' changes reconcile it (they are watched); the resync is a safety net.
+    // Its pods' changes reconcile it (they are watched); the resync is a safety net, sooner
+    // when its workers' certificate is due for renewal.
     Ok(Action::requeue(if settled {
-        RESYNC
+        super::worker_objects::renewal_due(&tokens, ctx, RESYNC)
     } else {
         ctx.status_interval
     }))

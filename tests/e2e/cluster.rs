@@ -367,8 +367,22 @@ impl Cluster {
     /// (`<pod>.<worker>.<namespace>.svc`, resolved to the pod IP: there is no cluster DNS with
     /// the process kubelet); plain HTTP to the pod IP otherwise.
     pub async fn worker_http(&self, secret: &str, pod: &str, ip: &str) -> (reqwest::Client, String) {
-        let builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
-        match self.secret_key(secret, "ca.crt").await {
+        let bundle = self.secret_key(secret, "ca.crt").await;
+        self.worker_http_trusting(bundle.as_deref(), pod, ip)
+    }
+
+    /// [`Cluster::worker_http`] with the bundle a producer read at some time (`None`: plain).
+    pub fn worker_http_trusting(
+        &self,
+        bundle: Option<&str>,
+        pod: &str,
+        ip: &str,
+    ) -> (reqwest::Client, String) {
+        let builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            // Each request its own handshake: what the worker serves now is verified.
+            .pool_max_idle_per_host(0);
+        match bundle {
             None => (builder.build().expect("client"), format!("http://{ip}:8080")),
             Some(bundle) => {
                 ferry::install_crypto_provider();

@@ -10,6 +10,8 @@
 //! - runs each pod scheduled to the Node as a local `ferry` process with the pod's arguments and
 //!   environment, its volume mounts mapped to local directories, its own loopback address
 //!   (127.0.0.N, kept per pod name, so a recreated pod keeps its IP) as pod IP;
+//! - writes a pod's Secret volumes again every few seconds while it runs, as a kubelet
+//!   refreshes them (a renewed certificate or rotated token reaches the running process);
 //! - keeps the pod status true: phase, podIP, Ready from the container's readiness probe,
 //!   restarts (a killed process is started again, restartCount + 1), and finishes deletions;
 //! - holds a pod of a name away when a scenario asks ([`ProcessKubelet::hold`]): a new pod of
@@ -60,6 +62,38 @@ struct Running {
     image: String,
     /// Exited while held: reported waiting, started again once the hold goes.
     held_down: bool,
+    /// Its Secret volumes, refreshed while it runs as a kubelet does.
+    secrets: Vec<SecretFiles>,
+}
+
+/// A Secret's keys written to a pod's volume directory.
+#[derive(Clone)]
+struct SecretFiles {
+    namespace: String,
+    name: String,
+    items: Option<Vec<k8s_openapi::api::core::v1::KeyToPath>>,
+    dir: PathBuf,
+}
+
+/// How often the Secret volumes of running pods are written again from their Secrets (a
+/// kubelet's sync period is about a minute; shorter here, so scenarios about a renewed
+/// certificate or token do not wait).
+const SECRET_REFRESH: Duration = Duration::from_secs(5);
+
+/// Write every running pod's Secret volumes again from the Secrets as they are now; a Secret
+/// that is gone leaves the files as they were (as on a node).
+async fn refresh_secrets(client: &Client, state: &Arc<Mutex<State>>) {
+    let mounts: Vec<SecretFiles> = {
+        let state = state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .running
+            .values()
+            .flat_map(|r| r.secrets.iter().cloned())
+            .collect()
+    };
+    for m in mounts {
+        let _ = write_secret(client, &m.namespace, &m.name, m.items.as_deref(), &m.dir).await;
+    }
 }
 
 #[derive(Default)]
@@ -350,6 +384,7 @@ async fn run(
     mut requests: tokio::sync::mpsc::UnboundedReceiver<Request>,
 ) {
     let mut last_heartbeat = Instant::now();
+    let mut last_refresh = Instant::now();
     let mut attached = true;
     // As a kubelet's: an HTTPS probe does not verify the certificate (the pod's own, which
     // the node has no reason to trust).
@@ -392,6 +427,10 @@ async fn run(
         }
         if let Err(e) = sync_pods(&client, &node, &dir, &state, &http).await {
             eprintln!("process kubelet: pods: {e}");
+        }
+        if last_refresh.elapsed() > SECRET_REFRESH {
+            refresh_secrets(&client, &state).await;
+            last_refresh = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -769,6 +808,7 @@ async fn start(
 
     // Each volume mount becomes a local directory.
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    let mut secrets = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
         let volume = spec
             .volumes
@@ -801,6 +841,12 @@ async fn start(
             let path = run_dir.join(&volume.name);
             std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
             write_secret(client, &namespace, &secret_name, None, &path).await?;
+            secrets.push(SecretFiles {
+                namespace: namespace.clone(),
+                name: secret_name,
+                items: None,
+                dir: path.clone(),
+            });
             path
         } else if let Some(projected) = &volume.projected {
             // The Secrets' keys side by side (a worker's tokens); other sources (a service
@@ -821,6 +867,12 @@ async fn start(
                     &path,
                 )
                 .await?;
+                secrets.push(SecretFiles {
+                    namespace: namespace.clone(),
+                    name: secret.name.clone(),
+                    items: secret.items.clone(),
+                    dir: path.clone(),
+                });
             }
             path
         } else {
@@ -857,11 +909,13 @@ async fn start(
         container: container.name.clone(),
         image: container.image.clone().unwrap_or_default(),
         held_down: false,
+        secrets,
     })
 }
 
 /// Secret `name`'s keys as files in `dir`: all of them, or `items` (key → path) only. A missing
-/// Secret or key keeps the pod from starting, as on a node.
+/// Secret or key keeps the pod from starting, as on a node. A file whose content changed is
+/// replaced whole (written aside, then renamed), as a kubelet swaps a volume's files.
 async fn write_secret(
     client: &Client,
     namespace: &str,
@@ -885,7 +939,13 @@ async fn write_secret(
         let value = data
             .get(&key)
             .ok_or_else(|| format!("Secret {name} has no key {key}"))?;
-        std::fs::write(dir.join(path), &value.0).map_err(|e| e.to_string())?;
+        let file = dir.join(&path);
+        if std::fs::read(&file).is_ok_and(|old| old == value.0) {
+            continue;
+        }
+        let aside = dir.join(format!(".{path}.new"));
+        std::fs::write(&aside, &value.0).map_err(|e| e.to_string())?;
+        std::fs::rename(&aside, &file).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

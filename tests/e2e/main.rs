@@ -1656,6 +1656,10 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     );
     older_secret["data"]["admin-token"] =
         json!(k8s_openapi::ByteString(admin.clone().into_bytes()));
+    // From before TLS too: no bundle, and a worker that serves plain HTTP.
+    if let Some(data) = older_secret["data"].as_object_mut() {
+        data.remove("ca.crt");
+    }
     cluster
         .api::<Secret>()
         .patch(
@@ -1679,6 +1683,18 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     older_set["spec"]["template"]["spec"]["volumes"][0] = json!(
         {"name": "tokens", "secret": {"secretName": "ferry-tp-erp", "defaultMode": 288}}
     );
+    let container = &mut older_set["spec"]["template"]["spec"]["containers"][0];
+    if let Some(args) = container["args"].as_array_mut() {
+        let tls = args.iter().position(|a| a == "--tls-cert-file");
+        if let Some(at) = tls {
+            args.drain(at..at + 4);
+        }
+    }
+    for probe in ["readinessProbe", "livenessProbe"] {
+        if let Some(get) = container[probe]["httpGet"].as_object_mut() {
+            get.remove("scheme");
+        }
+    }
     cluster
         .api::<StatefulSet>()
         .patch("ferry-tp-erp", &apply, &kube::api::Patch::Apply(&older_set))
@@ -1708,7 +1724,7 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     eventually("the producers' Secret without the admin token", || async {
         let secret = cluster.api::<Secret>().get("ferry-tp-erp").await.ok()?;
         let data = secret.data?;
-        (data.len() == 1 && data.contains_key("ingest-token")).then_some(())
+        (!data.contains_key("admin-token") && data.contains_key("ingest-token")).then_some(())
     })
     .await;
     assert_eq!(
@@ -1886,7 +1902,7 @@ spec:
             .await
             .expect("the transport's own Secret");
         let keys: Vec<&String> = secret.data.iter().flatten().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["ingest-token"], "only its ingest token");
+        assert_eq!(keys, ["ca.crt", "ingest-token"], "its ingest token and the bundle only");
     }
     // The two on one worker: a producer of one cannot post to the other.
     let neighbours = on
@@ -2672,4 +2688,100 @@ async fn the_process_kubelet_probes_a_tls_worker_over_https() {
         .send()
         .await;
     assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+}
+
+/// Issue 30: the workers' CA renews with an overlap. With a CA of 150 s renewed 120 s ahead
+/// (the new CA trusted at once, signing from 60 s before the old one expires) and worker
+/// certificates of 80 s renewed 50 s ahead: a producer holding the bundle of before the renewal
+/// keeps reaching its worker over verified TLS while both CAs are trusted; the producers'
+/// Secret and the namespace's ConfigMap carry both; at the handover the worker gets a
+/// certificate from the new CA (the process kubelet refreshes Secret volumes, the worker
+/// reloads it without a restart) which the bundle read since the renewal began verifies.
+/// Not serial: it mostly waits for the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_renewal_keeps_producers_with_the_earlier_bundle_working() {
+    let Some(env) = env("the_ca_renewal_keeps_producers_with_the_earlier_bundle_working") else {
+        return;
+    };
+    let cluster = Cluster::start(env, "renewal").await;
+    let namespace = cluster.namespace.clone();
+    // Its own CA, kept in the scenario's namespace with these lifetimes.
+    let _operator = cluster.operator(&[
+        "--lease-namespace",
+        &namespace,
+        "--ca-validity",
+        "150s",
+        "--ca-renew-before",
+        "120s",
+        "--cert-validity",
+        "80s",
+        "--cert-renew-before",
+        "50s",
+    ]);
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    cluster.apply(&transport_yaml("erp", &host, "Delete"));
+    delivered_and_up(&cluster, "erp").await;
+    let certificates = |bundle: &str| bundle.matches("BEGIN CERTIFICATE").count();
+    let issuer = || async {
+        let secret = cluster.api::<Secret>().get("ferry-tp-erp-admin").await.ok()?;
+        let info = secret.metadata.annotations?.get("ferry.dev/certificate")?.clone();
+        let info: Value = serde_json::from_str(&info).ok()?;
+        info["issuer"].as_str().map(str::to_owned)
+    };
+    let first_issuer = issuer().await.expect("the worker's certificate says who issued it");
+    let earlier = cluster.secret_key("ferry-tp-erp", "ca.crt").await.expect("ca.crt");
+    assert_eq!(certificates(&earlier), 1, "one CA before the renewal");
+    let token = cluster.ingest_token("erp").await;
+    let route = format!("/v1/transports/{namespace}/erp/transactions");
+    let post = |bundle: String, order: u32| {
+        let (cluster, token, route) = (&cluster, &token, &route);
+        async move {
+            let pod = cluster.wait_pod_ready("ferry-tp-erp-0").await;
+            let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_owned();
+            let (http, base) = cluster.worker_http_trusting(Some(&bundle), "ferry-tp-erp-0", &ip);
+            http.post(format!("{base}{route}"))
+                .header("Ferry-Token", token)
+                .json(&json!({"order": order}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|e| ferry::error_chain(&e))
+        }
+    };
+
+    // The renewal begins: both CAs in the producers' Secret; the worker still serves the
+    // certificate the first CA issued, so the earlier bundle keeps verifying it.
+    let both = eventually("the producers' Secret holds the new CA too", || async {
+        let bundle = cluster.secret_key("ferry-tp-erp", "ca.crt").await?;
+        (certificates(&bundle) == 2).then_some(bundle)
+    })
+    .await;
+    assert!(both.contains(earlier.trim_end()), "the first CA is still trusted");
+    assert_eq!(post(earlier.clone(), 2).await, Ok(200), "the earlier bundle, during the overlap");
+    assert_eq!(post(both.clone(), 3).await, Ok(200), "the renewed bundle, during the overlap");
+    let published = cluster::kubectl(
+        &cluster.env,
+        &["-n", &namespace, "get", "configmap", "ferry-ca", "-o", "jsonpath={.data.ca\\.crt}"],
+        None,
+    )
+    .expect("the ConfigMap ferry-ca");
+    assert_eq!(certificates(&published), 2, "{published}");
+
+    // The handover: the new CA signs; the worker serves its new certificate, which the bundle
+    // read since the renewal began verifies (and the first bundle alone no longer does).
+    eventually("the worker's certificate comes from the new CA", || async {
+        (issuer().await? != first_issuer).then_some(())
+    })
+    .await;
+    eventually("the worker serves the new CA's certificate", || async {
+        post(earlier.clone(), 4).await.is_err().then_some(())
+    })
+    .await;
+    assert_eq!(post(both.clone(), 5).await, Ok(200), "the renewed bundle, after the handover");
+    cluster
+        .wait_transport("erp", "every transaction delivered", |s| {
+            // Orders 1, 2, 3 and 5: the one refused at the handshake never arrived.
+            s["totals"]["delivered"] == 4
+        })
+        .await;
 }
