@@ -24,9 +24,11 @@ fn render_the_examples_workers() {
     let validator = ManifestValidator::new();
     // With TLS, as in a cluster: a certificate from the operator's CA, the bundle beside it.
     let policy = CertificatePolicy::default();
-    let ca = CaState::step(None, unix_now(), &policy, |now| mint_ca(now, policy.ca_validity))
-        .unwrap()
-        .unwrap();
+    let ca = CaState::step(None, unix_now(), &policy, |now| {
+        mint_ca(now, policy.ca_validity)
+    })
+    .unwrap()
+    .unwrap();
     let tokens = WorkerTokens {
         admin: "admin".into(),
         ingest: "ingest".into(),
@@ -34,7 +36,11 @@ fn render_the_examples_workers() {
             issued: ca
                 .issuer()
                 .unwrap()
-                .issue(&worker_names("ferry-tp-erp", "default"), unix_now(), &policy)
+                .issue(
+                    &worker_names("ferry-tp-erp", "default"),
+                    unix_now(),
+                    &policy,
+                )
                 .unwrap(),
             bundle: ca.bundle(),
         }),

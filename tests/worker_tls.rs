@@ -1,6 +1,7 @@
 //! The worker's TLS listener, as a real process: verified HTTPS with the certificate a CA
 //! issued, plain HTTP refused on the same port, and a renewed certificate served without a
-//! restart (new connections verify against the new issuer).
+//! restart (new connections verify against the new issuer); the operator's CA through its
+//! renewal overlap; a connection worker verifying its target with the bundle (`--ca-file`).
 
 // Helpers outside #[test] functions unwrap too: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
@@ -203,35 +204,185 @@ async fn the_operators_ca_renews_with_an_overlap() {
             .unwrap()
     };
 
-    let first = kept(&CaState::step(None, unix_now(), &policy, mint).unwrap().unwrap());
-    write(&first.issuer().unwrap().issue(&names, unix_now(), &policy).unwrap());
+    let first = kept(
+        &CaState::step(None, unix_now(), &policy, mint)
+            .unwrap()
+            .unwrap(),
+    );
+    write(
+        &first
+            .issuer()
+            .unwrap()
+            .issue(&names, unix_now(), &policy)
+            .unwrap(),
+    );
     let _worker = start(dir.path(), port);
     let old_bundle = first.bundle();
-    eventually_ok(&trusting(&old_bundle), &url, "verified by the first bundle", dir.path()).await;
+    eventually_ok(
+        &trusting(&old_bundle),
+        &url,
+        "verified by the first bundle",
+        dir.path(),
+    )
+    .await;
 
     // Renewal begins: the bundle holds both CAs, the worker's certificate is unchanged.
     let window = policy.ca_renew_before.as_secs() as i64;
     let begins = first.signing.not_after - window;
-    let renewing = kept(&CaState::step(Some(&first), begins, &policy, mint).unwrap().unwrap());
+    let renewing = kept(
+        &CaState::step(Some(&first), begins, &policy, mint)
+            .unwrap()
+            .unwrap(),
+    );
     assert_eq!(renewing.signing.name, first.signing.name);
     let new_bundle = renewing.bundle();
     assert!(new_bundle.contains(first.signing.cert.trim_end()));
-    trusting(&old_bundle).get(&url).send().await.expect("old bundle, during the renewal");
-    trusting(&new_bundle).get(&url).send().await.expect("new bundle, during the renewal");
+    trusting(&old_bundle)
+        .get(&url)
+        .send()
+        .await
+        .expect("old bundle, during the renewal");
+    trusting(&new_bundle)
+        .get(&url)
+        .send()
+        .await
+        .expect("new bundle, during the renewal");
 
     // Halfway: the new CA signs and the worker gets a certificate from it; the bundle read
     // since the renewal began verifies it.
     let handover = first.signing.not_after - window / 2;
-    let handed = kept(&CaState::step(Some(&renewing), handover, &policy, mint).unwrap().unwrap());
+    let handed = kept(
+        &CaState::step(Some(&renewing), handover, &policy, mint)
+            .unwrap()
+            .unwrap(),
+    );
     assert_ne!(handed.signing.name, first.signing.name);
-    assert_eq!(handed.bundle().lines().count(), new_bundle.lines().count(), "the old CA stays trusted");
-    write(&handed.issuer().unwrap().issue(&names, unix_now(), &policy).unwrap());
+    assert_eq!(
+        handed.bundle().lines().count(),
+        new_bundle.lines().count(),
+        "the old CA stays trusted"
+    );
+    write(
+        &handed
+            .issuer()
+            .unwrap()
+            .issue(&names, unix_now(), &policy)
+            .unwrap(),
+    );
     let deadline = Instant::now() + WAIT;
     // The worker reloads its certificate: the first bundle alone stops verifying it.
     while trusting(&old_bundle).get(&url).send().await.is_ok() {
-        assert!(Instant::now() < deadline, "the new certificate is not served");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is not served"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    trusting(&new_bundle).get(&url).send().await.expect("the renewed bundle verifies the new certificate");
-    trusting(&handed.bundle()).get(&url).send().await.expect("so does the bundle after the handover");
+    trusting(&new_bundle)
+        .get(&url)
+        .send()
+        .await
+        .expect("the renewed bundle verifies the new certificate");
+    trusting(&handed.bundle())
+        .get(&url)
+        .send()
+        .await
+        .expect("so does the bundle after the handover");
+}
+
+/// A connection worker given the operator's CA bundle (`--ca-file`, as the operator mounts
+/// `ca.crt` into it) sends to a transport whose worker serves a certificate from that CA:
+/// verified, delivered to the host. Without the bundle the same target is refused at the
+/// handshake and the connection says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_worker_verifies_its_target_with_the_bundle_it_is_given() {
+    use common::{TestHost, TestSource, WorkerProc, wait_received};
+    use ferry::operator::certificates::{CaState, CertificatePolicy, mint_ca, unix_now};
+    use serde_json::json;
+
+    let policy = CertificatePolicy::default();
+    let ca = CaState::step(None, unix_now(), &policy, |now| {
+        mint_ca(now, policy.ca_validity)
+    })
+    .unwrap()
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let issued = ca
+        .issuer()
+        .unwrap()
+        .issue(&["localhost".to_owned()], unix_now(), &policy)
+        .unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &issued.cert).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &issued.key).unwrap();
+    let port = free_port();
+    let _transport_worker = start(dir.path(), port);
+    let https = {
+        ferry::install_crypto_provider();
+        reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca.bundle().as_bytes()).unwrap())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let base = format!("https://localhost:{port}");
+    eventually_ok(
+        &https,
+        &format!("{base}/readyz"),
+        "the transport's worker",
+        dir.path(),
+    )
+    .await;
+    let host = TestHost::start().await;
+    let put = https
+        .put(format!("{base}/v1/transports/default/erp"))
+        .bearer_auth("admin-secret")
+        .json(&json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
+            "metadata": {"name": "erp", "namespace": "default", "generation": 1},
+            "spec": {"host": {"url": host.url()}},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+
+    let source = TestSource::start().await;
+    source.put("items", "x", 1);
+    let spec = json!({"frequency": "1s", "syncSets": [{
+        "name": "items",
+        "source": {"http": {"url": source.url("items"), "itemsPointer": "/items"}},
+        "target": {"transport": {"name": "erp"}},
+    }]});
+    let resolved = json!({"transports": {"erp": {
+        "endpoint": format!("{base}/v1/transports/default/erp/transactions"),
+        "token": "ingest-secret",
+    }}});
+
+    // Without the bundle: the platform's roots do not know the operator's CA.
+    let stranger = WorkerProc::start(&dir.path().join("stranger")).await;
+    stranger
+        .put_connection("c", spec.clone(), Some(resolved.clone()))
+        .await;
+    let refused = stranger
+        .wait_connection("c", "the target refused at the handshake", |r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("UnknownIssuer"))
+        })
+        .await;
+    assert!(host.received().is_empty(), "{refused}");
+
+    // With it: verified and delivered.
+    let bundle = dir.path().join("ca.crt");
+    std::fs::write(&bundle, ca.bundle()).unwrap();
+    let trusting = WorkerProc::start_with(
+        &dir.path().join("trusting"),
+        &["--ca-file", bundle.to_str().unwrap()],
+    )
+    .await;
+    trusting.put_connection("c", spec, Some(resolved)).await;
+    wait_received(&host, "x through the TLS transport", |r| {
+        r.iter().any(|t| t.transport == "default/erp")
+    })
+    .await;
 }

@@ -22,19 +22,25 @@ use kube::{
 };
 
 use super::certificates::{
-    BUNDLE_KEY, CA_SECRET, CaState, CertificateError, CertificatePolicy, SigningCa, STATE_KEY,
+    BUNDLE_KEY, CA_SECRET, CaState, CertificateError, CertificatePolicy, STATE_KEY, SigningCa,
     mint_ca, unix_now,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
-    #[error("cannot read the Secret {namespace}/{CA_SECRET}: {}", crate::kube_error_line(source))]
+    #[error(
+        "cannot read the Secret {namespace}/{CA_SECRET}: {}",
+        crate::kube_error_line(source)
+    )]
     Read {
         namespace: String,
         #[source]
         source: kube::Error,
     },
-    #[error("cannot write the Secret {namespace}/{CA_SECRET}: {}", crate::kube_error_line(source))]
+    #[error(
+        "cannot write the Secret {namespace}/{CA_SECRET}: {}",
+        crate::kube_error_line(source)
+    )]
     Write {
         namespace: String,
         #[source]
@@ -73,7 +79,10 @@ impl Authority {
 
     /// The CA now; `None` before the first [`Authority::ensure`].
     pub fn current(&self) -> Option<Arc<Current>> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Read the CA's Secret, make or step the CA as its policy says and write it back when it
@@ -147,9 +156,9 @@ impl Authority {
                 state
             }
         };
-        let changed = self
-            .current()
-            .is_none_or(|current| current.bundle != state.bundle() || current.signing.name != state.signing.name);
+        let changed = self.current().is_none_or(|current| {
+            current.bundle != state.bundle() || current.signing.name != state.signing.name
+        });
         if changed {
             let current = Current {
                 signing: state.issuer()?,
@@ -174,7 +183,10 @@ impl Authority {
             type_: Some("Opaque".into()),
             data: Some(
                 [
-                    (STATE_KEY.to_owned(), bytes(&serde_json::to_string(state).unwrap_or_default())),
+                    (
+                        STATE_KEY.to_owned(),
+                        bytes(&serde_json::to_string(state).unwrap_or_default()),
+                    ),
                     (BUNDLE_KEY.to_owned(), bytes(&state.bundle())),
                 ]
                 .into(),
@@ -260,7 +272,10 @@ fn labels() -> std::collections::BTreeMap<String, String> {
     [
         ("app.kubernetes.io/name".to_owned(), "ferry".to_owned()),
         ("app.kubernetes.io/component".to_owned(), "ca".to_owned()),
-        ("app.kubernetes.io/managed-by".to_owned(), "ferry-operator".to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "ferry-operator".to_owned(),
+        ),
     ]
     .into()
 }

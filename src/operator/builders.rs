@@ -505,7 +505,11 @@ impl<'a> Owner<'a> {
     /// The worker's StatefulSet for a worker whose admin token is `admin`: its pod template
     /// carries the token's (shortened) SHA-256, so a new admin token (its Secret deleted:
     /// rotation) restarts the worker, which reads the token when it starts. Never the token.
-    pub fn stateful_set_for(&self, defaults: &WorkerDefaults, tokens: &WorkerTokens) -> StatefulSet {
+    pub fn stateful_set_for(
+        &self,
+        defaults: &WorkerDefaults,
+        tokens: &WorkerTokens,
+    ) -> StatefulSet {
         let mut set = self.stateful_set(defaults);
         let mut annotations = BTreeMap::from([(
             ADMIN_TOKEN_ANNOTATION.into(),
@@ -517,7 +521,10 @@ impl<'a> Owner<'a> {
         if self.kind == "Connection"
             && let Some(tls) = &tokens.tls
         {
-            annotations.insert(CA_BUNDLE_ANNOTATION.into(), crate::stable_hash_hex(&tls.bundle, 8));
+            annotations.insert(
+                CA_BUNDLE_ANNOTATION.into(),
+                crate::stable_hash_hex(&tls.bundle, 8),
+            );
         }
         if let Some(meta) = set
             .spec
@@ -1021,9 +1028,18 @@ mod tests {
             .iter()
             .map(|a| a.as_str().unwrap())
             .collect();
-        assert!(args.windows(2).any(|w| w == ["--tls-cert-file", "/etc/ferry/tokens/tls.crt"]));
-        assert!(args.windows(2).any(|w| w == ["--tls-key-file", "/etc/ferry/tokens/tls.key"]));
-        assert!(!args.contains(&"--ca-file"), "a transport's worker sends to hosts only");
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--tls-cert-file", "/etc/ferry/tokens/tls.crt"])
+        );
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--tls-key-file", "/etc/ferry/tokens/tls.key"])
+        );
+        assert!(
+            !args.contains(&"--ca-file"),
+            "a transport's worker sends to hosts only"
+        );
         assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
         assert_eq!(container["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
         assert_eq!(
@@ -1069,7 +1085,10 @@ mod tests {
         let owner = Owner::connection(&c).unwrap();
         let sts = serde_json::to_value(owner.stateful_set_for(&defaults, &tls_tokens())).unwrap();
         let args = sts["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
-        assert!(args.contains(r#""--ca-file","/etc/ferry/tokens/ca.crt""#), "{args}");
+        assert!(
+            args.contains(r#""--ca-file","/etc/ferry/tokens/ca.crt""#),
+            "{args}"
+        );
         // A new bundle restarts it (it reads the bundle when it starts).
         let annotations = &sts["spec"]["template"]["metadata"]["annotations"];
         assert_eq!(

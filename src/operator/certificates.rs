@@ -24,8 +24,8 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use serde::{Deserialize, Serialize};
 
@@ -273,7 +273,10 @@ const SKEW: i64 = 60;
 /// A new CA, valid from `now` for `validity`.
 pub fn mint_ca(now: i64, validity: Duration) -> Result<CaCert, CertificateError> {
     // Unique even for two made within a second: a certificate's issuer is found by this name.
-    let name = format!("ferry CA {now} {}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let name = format!(
+        "ferry CA {now} {}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let mut params = ca_params(&name);
     let not_after = now + validity.as_secs() as i64;
     params.not_before = date(now - SKEW);
@@ -346,9 +349,10 @@ impl SigningCa {
         let not_after = (now + policy.cert_validity.as_secs() as i64).min(self.not_after);
         params.not_before = date(now - SKEW);
         params.not_after = date(not_after);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate()?;
@@ -454,7 +458,10 @@ mod tests {
         let err = CertificatePolicy::new(d(365), d(90), d(30), d(30)).unwrap_err();
         assert!(err.to_string().contains("--cert-validity"), "{err}");
         let err = CertificatePolicy::new(d(365), d(50), d(90), d(30)).unwrap_err();
-        assert!(err.to_string().contains("half of --ca-renew-before"), "{err}");
+        assert!(
+            err.to_string().contains("half of --ca-renew-before"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -485,11 +492,13 @@ mod tests {
         assert!(!ca.still_serves(&issued.info, &names, due, &policy()));
         let other = worker_names("ferry-tp-erp", "plant-b");
         assert!(!ca.still_serves(&issued.info, &other, now, &policy()));
-        let other_ca = CaState::step(None, now, &policy(), |at| mint_ca(at + 1, policy().ca_validity))
-            .unwrap()
-            .unwrap()
-            .issuer()
-            .unwrap();
+        let other_ca = CaState::step(None, now, &policy(), |at| {
+            mint_ca(at + 1, policy().ca_validity)
+        })
+        .unwrap()
+        .unwrap()
+        .issuer()
+        .unwrap();
         assert!(!other_ca.still_serves(&issued.info, &names, now, &policy()));
     }
 

@@ -409,8 +409,7 @@ async fn resolve_targets(
                 .filter(|placement| placement.worker_pool == *pool)
                 .and_then(|placement| {
                     super::placement::worker_url(ctx.defaults.scheme(), namespace, placement)
-                })
-            {
+                }) {
                 Some(url) => url,
                 None => {
                     return Ok(Err(format!(

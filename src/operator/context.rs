@@ -96,7 +96,10 @@ impl Context {
     }
 
     /// Issue workers' certificates from this CA.
-    pub fn with_authority(mut self, authority: std::sync::Arc<super::authority::Authority>) -> Self {
+    pub fn with_authority(
+        mut self,
+        authority: std::sync::Arc<super::authority::Authority>,
+    ) -> Self {
         self.authority = Some(authority);
         self
     }

@@ -93,9 +93,9 @@ impl ReconcileError {
         match self {
             ReconcileError::Finalizer { .. } | ReconcileError::Unreconcilable => "finalizer",
             ReconcileError::Dereference { .. } => "dereference",
-            ReconcileError::Build(_)
-            | ReconcileError::NoCa
-            | ReconcileError::Certificate(_) => "build",
+            ReconcileError::Build(_) | ReconcileError::NoCa | ReconcileError::Certificate(_) => {
+                "build"
+            }
             ReconcileError::Apply { .. } => "apply",
             ReconcileError::NameConflict { .. } => "conflict",
             ReconcileError::Status { .. } => "status",

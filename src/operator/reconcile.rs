@@ -236,7 +236,11 @@ async fn apply<R: WorkerResource>(
     // its worker, it is looked at every --status-interval.
     if settled(&status) && !waits_for_worker {
         // Sooner when its worker's certificate is due for renewal.
-        Ok(Action::requeue(super::worker_objects::renewal_due(&home.tokens, ctx, RESYNC)))
+        Ok(Action::requeue(super::worker_objects::renewal_due(
+            &home.tokens,
+            ctx,
+            RESYNC,
+        )))
     } else {
         Ok(Action::requeue(ctx.status_interval))
     }

@@ -147,8 +147,16 @@ fn reconcile_everything(ctx: &Context) {
             }
         }
     }
-    each(ctx, <Transport as WorkerResource>::KIND, ctx.caches.transports.state());
-    each(ctx, <Connection as WorkerResource>::KIND, ctx.caches.connections.state());
+    each(
+        ctx,
+        <Transport as WorkerResource>::KIND,
+        ctx.caches.transports.state(),
+    );
+    each(
+        ctx,
+        <Connection as WorkerResource>::KIND,
+        ctx.caches.connections.state(),
+    );
     each(ctx, super::worker_pool::KIND, ctx.caches.pools.state());
 }
 
@@ -685,11 +693,17 @@ async fn lead(
         false => None,
         true => {
             let authority = Arc::new(Authority::new(&options.namespace, options.certificates));
-            authority.ensure(&client).await.map_err(OperatorError::Authority)?;
+            authority
+                .ensure(&client)
+                .await
+                .map_err(OperatorError::Authority)?;
             Some(authority)
         }
     };
-    let bundle = authority.as_ref().and_then(|a| a.current()).map(|c| c.bundle.clone());
+    let bundle = authority
+        .as_ref()
+        .and_then(|a| a.current())
+        .map(|c| c.bundle.clone());
     let workers = match (access, &bundle) {
         (WorkerAccess::Direct, None) => {
             WorkerClient::direct(options.worker_timeout).map_err(OperatorError::WorkerClient)?
@@ -763,7 +777,12 @@ async fn lead(
     }
     let ctx = Arc::new(ctx);
     if let Some(authority) = authority {
-        tokio::spawn(keep_authority(authority, client.clone(), ctx.clone(), halted.clone()));
+        tokio::spawn(keep_authority(
+            authority,
+            client.clone(),
+            ctx.clone(),
+            halted.clone(),
+        ));
     }
     let connections = Arc::new(
         Connections::new(options.startup_concurrency, options.startup_timeout)

@@ -122,7 +122,8 @@ impl reqwest::dns::Resolve for PodAddresses {
             .copied();
         let name = name.as_str().to_owned();
         Box::pin(async move {
-            let ip = found.ok_or_else(|| format!("{name} is not a worker pod the operator knows"))?;
+            let ip =
+                found.ok_or_else(|| format!("{name} is not a worker pod the operator knows"))?;
             Ok(Box::new(std::iter::once(SocketAddr::new(ip, 0))) as reqwest::dns::Addrs)
         })
     }

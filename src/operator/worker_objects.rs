@@ -18,8 +18,8 @@ use kube::{
 use super::{
     NamespacedObject,
     builders::{ADMIN_TOKEN_KEY, INGEST_TOKEN_KEY, Owner, WorkerTls, WorkerTokens},
-    certificates::{CERT_ANNOTATION, CERT_KEY, CertInfo, Issued, PRIVATE_KEY_KEY, unix_now},
     caches::cached,
+    certificates::{CERT_ANNOTATION, CERT_KEY, CertInfo, Issued, PRIVATE_KEY_KEY, unix_now},
     context::{Context, FIELD_MANAGER, now},
     error::ReconcileError,
     status::{WithConditions, name_conflict, objects_refused},
@@ -123,7 +123,8 @@ pub(super) fn renewal_due(
     let (Some(tls), Some(authority)) = (&tokens.tls, &ctx.authority) else {
         return at_most;
     };
-    let due = tls.issued.info.not_after - authority.policy.cert_renew_before.as_secs() as i64
+    let due = tls.issued.info.not_after
+        - authority.policy.cert_renew_before.as_secs() as i64
         - unix_now()
         + 1;
     at_most.min(std::time::Duration::from_secs(due.max(1) as u64))

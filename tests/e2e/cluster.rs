@@ -366,7 +366,12 @@ impl Cluster {
     /// (`ca.crt`: the operator's --worker-tls), verified TLS to the name its certificate names
     /// (`<pod>.<worker>.<namespace>.svc`, resolved to the pod IP: there is no cluster DNS with
     /// the process kubelet); plain HTTP to the pod IP otherwise.
-    pub async fn worker_http(&self, secret: &str, pod: &str, ip: &str) -> (reqwest::Client, String) {
+    pub async fn worker_http(
+        &self,
+        secret: &str,
+        pod: &str,
+        ip: &str,
+    ) -> (reqwest::Client, String) {
         let bundle = self.secret_key(secret, "ca.crt").await;
         self.worker_http_trusting(bundle.as_deref(), pod, ip)
     }
@@ -383,7 +388,10 @@ impl Cluster {
             // Each request its own handshake: what the worker serves now is verified.
             .pool_max_idle_per_host(0);
         match bundle {
-            None => (builder.build().expect("client"), format!("http://{ip}:8080")),
+            None => (
+                builder.build().expect("client"),
+                format!("http://{ip}:8080"),
+            ),
             Some(bundle) => {
                 ferry::install_crypto_provider();
                 let set = pod.rsplit_once('-').map_or(pod, |(set, _)| set);

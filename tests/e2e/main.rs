@@ -1582,10 +1582,12 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     );
     let denied = as_producer("ferry-tp-erp-admin", "admin-token").unwrap_err();
     assert!(denied.contains("forbidden"), "{denied}");
-    let ingest = cluster.secret_key("ferry-tp-erp", "ingest-token")
+    let ingest = cluster
+        .secret_key("ferry-tp-erp", "ingest-token")
         .await
         .expect("the ingest token");
-    let admin = cluster.secret_key("ferry-tp-erp-admin", "admin-token")
+    let admin = cluster
+        .secret_key("ferry-tp-erp-admin", "admin-token")
         .await
         .expect("the admin token, apart");
     assert_ne!(ingest, admin);
@@ -1594,8 +1596,13 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
         let pod = cluster.wait_pod_ready("ferry-tp-erp-0").await;
         let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_owned();
         // Over TLS verified with the bundle beside the token: the producer's whole Secret.
-        let (http, root) = cluster.worker_http("ferry-tp-erp", "ferry-tp-erp-0", &ip).await;
-        assert!(root.starts_with("https://"), "the worker serves TLS: {root}");
+        let (http, root) = cluster
+            .worker_http("ferry-tp-erp", "ferry-tp-erp-0", &ip)
+            .await;
+        assert!(
+            root.starts_with("https://"),
+            "the worker serves TLS: {root}"
+        );
         let plain = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -1718,7 +1725,11 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     let moved = incarnation(&cluster, "ferry-tp-erp-0").await;
     operator.restart();
     eventually("the admin token in its own Secret, unchanged", || async {
-        (cluster.secret_key("ferry-tp-erp-admin", "admin-token").await? == admin).then_some(())
+        (cluster
+            .secret_key("ferry-tp-erp-admin", "admin-token")
+            .await?
+            == admin)
+            .then_some(())
     })
     .await;
     eventually("the producers' Secret without the admin token", || async {
@@ -1794,7 +1805,8 @@ async fn a_producers_secret_opens_one_door_and_older_workers_move() {
     let before = incarnation(&cluster, "ferry-tp-erp-0").await;
     let said = kubectl_ferry(&cluster, &["rotate-token", "transport", "erp", "--admin"]);
     assert!(said.contains("a new admin token"), "{said}");
-    let new_admin = cluster.secret_key("ferry-tp-erp-admin", "admin-token")
+    let new_admin = cluster
+        .secret_key("ferry-tp-erp-admin", "admin-token")
         .await
         .expect("a new admin token");
     assert_ne!(new_admin, admin);
@@ -1902,7 +1914,11 @@ spec:
             .await
             .expect("the transport's own Secret");
         let keys: Vec<&String> = secret.data.iter().flatten().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["ca.crt", "ingest-token"], "its ingest token and the bundle only");
+        assert_eq!(
+            keys,
+            ["ca.crt", "ingest-token"],
+            "its ingest token and the bundle only"
+        );
     }
     // The two on one worker: a producer of one cannot post to the other.
     let neighbours = on
@@ -2160,10 +2176,7 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
     if cluster.env.process_kubelet {
         let (token, http, base) = pool_admin(&cluster, worker).await;
         let hosted: Value = http
-            .get(format!(
-                "{base}/v1/connections/{}/crm",
-                cluster.namespace
-            ))
+            .get(format!("{base}/v1/connections/{}/crm", cluster.namespace))
             .header("Ferry-Token", token)
             .send()
             .await
@@ -2205,10 +2218,7 @@ async fn a_pool_worker_killed_under_load_keeps_every_transport() {
     if cluster.env.process_kubelet {
         let (token, http, base) = pool_admin(&cluster, worker).await;
         let put = http
-            .put(format!(
-                "{base}/v1/transports/{}/stray",
-                cluster.namespace
-            ))
+            .put(format!("{base}/v1/transports/{}/stray", cluster.namespace))
             .header("Ferry-Token", token)
             .json(&json!({
                 "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
@@ -2604,11 +2614,22 @@ async fn an_operator_in_two_namespaces_needs_only_their_roles() {
     for namespace in [&a, &b] {
         let bundle = cluster::kubectl(
             &cluster.env,
-            &["-n", namespace, "get", "configmap", "ferry-ca", "-o", "jsonpath={.data.ca\\.crt}"],
+            &[
+                "-n",
+                namespace,
+                "get",
+                "configmap",
+                "ferry-ca",
+                "-o",
+                "jsonpath={.data.ca\\.crt}",
+            ],
             None,
         )
         .unwrap_or_else(|e| panic!("the ConfigMap ferry-ca in {namespace}: {e}"));
-        assert!(bundle.contains("BEGIN CERTIFICATE"), "{namespace}: {bundle}");
+        assert!(
+            bundle.contains("BEGIN CERTIFICATE"),
+            "{namespace}: {bundle}"
+        );
     }
 }
 
@@ -2723,13 +2744,26 @@ async fn the_ca_renewal_keeps_producers_with_the_earlier_bundle_working() {
     delivered_and_up(&cluster, "erp").await;
     let certificates = |bundle: &str| bundle.matches("BEGIN CERTIFICATE").count();
     let issuer = || async {
-        let secret = cluster.api::<Secret>().get("ferry-tp-erp-admin").await.ok()?;
-        let info = secret.metadata.annotations?.get("ferry.dev/certificate")?.clone();
+        let secret = cluster
+            .api::<Secret>()
+            .get("ferry-tp-erp-admin")
+            .await
+            .ok()?;
+        let info = secret
+            .metadata
+            .annotations?
+            .get("ferry.dev/certificate")?
+            .clone();
         let info: Value = serde_json::from_str(&info).ok()?;
         info["issuer"].as_str().map(str::to_owned)
     };
-    let first_issuer = issuer().await.expect("the worker's certificate says who issued it");
-    let earlier = cluster.secret_key("ferry-tp-erp", "ca.crt").await.expect("ca.crt");
+    let first_issuer = issuer()
+        .await
+        .expect("the worker's certificate says who issued it");
+    let earlier = cluster
+        .secret_key("ferry-tp-erp", "ca.crt")
+        .await
+        .expect("ca.crt");
     assert_eq!(certificates(&earlier), 1, "one CA before the renewal");
     let token = cluster.ingest_token("erp").await;
     let route = format!("/v1/transports/{namespace}/erp/transactions");
@@ -2756,12 +2790,31 @@ async fn the_ca_renewal_keeps_producers_with_the_earlier_bundle_working() {
         (certificates(&bundle) == 2).then_some(bundle)
     })
     .await;
-    assert!(both.contains(earlier.trim_end()), "the first CA is still trusted");
-    assert_eq!(post(earlier.clone(), 2).await, Ok(200), "the earlier bundle, during the overlap");
-    assert_eq!(post(both.clone(), 3).await, Ok(200), "the renewed bundle, during the overlap");
+    assert!(
+        both.contains(earlier.trim_end()),
+        "the first CA is still trusted"
+    );
+    assert_eq!(
+        post(earlier.clone(), 2).await,
+        Ok(200),
+        "the earlier bundle, during the overlap"
+    );
+    assert_eq!(
+        post(both.clone(), 3).await,
+        Ok(200),
+        "the renewed bundle, during the overlap"
+    );
     let published = cluster::kubectl(
         &cluster.env,
-        &["-n", &namespace, "get", "configmap", "ferry-ca", "-o", "jsonpath={.data.ca\\.crt}"],
+        &[
+            "-n",
+            &namespace,
+            "get",
+            "configmap",
+            "ferry-ca",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ],
         None,
     )
     .expect("the ConfigMap ferry-ca");
@@ -2777,7 +2830,11 @@ async fn the_ca_renewal_keeps_producers_with_the_earlier_bundle_working() {
         post(earlier.clone(), 4).await.is_err().then_some(())
     })
     .await;
-    assert_eq!(post(both.clone(), 5).await, Ok(200), "the renewed bundle, after the handover");
+    assert_eq!(
+        post(both.clone(), 5).await,
+        Ok(200),
+        "the renewed bundle, after the handover"
+    );
     cluster
         .wait_transport("erp", "every transaction delivered", |s| {
             // Orders 1, 2, 3 and 5: the one refused at the handshake never arrived.
