@@ -53,13 +53,6 @@ enum Command {
         /// The URL producers use to reach this worker (reported as each transport's endpoint).
         #[arg(long, env = "FERRY_PUBLIC_URL")]
         public_url: Option<String>,
-        /// Serve TLS only, with this PEM certificate chain (a TLS Secret's tls.crt); read again
-        /// when it changes.
-        #[arg(long, env = "FERRY_TLS_CERT_FILE", requires = "tls_key_file")]
-        tls_cert_file: Option<PathBuf>,
-        /// The certificate's PEM private key (tls.key).
-        #[arg(long, env = "FERRY_TLS_KEY_FILE", requires = "tls_cert_file")]
-        tls_key_file: Option<PathBuf>,
         #[command(flatten)]
         flags: WorkerFlags,
     },
@@ -337,6 +330,13 @@ impl OperatorArgs {
 /// What `ferry worker` and `ferry standalone` share: forwarding and the limits of the server.
 #[derive(clap::Args)]
 struct WorkerFlags {
+    /// Serve TLS only, with this PEM certificate chain (a TLS Secret's tls.crt); read again
+    /// when it changes.
+    #[arg(long, env = "FERRY_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The certificate's PEM private key (tls.key).
+    #[arg(long, env = "FERRY_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
     /// Also trust the CA certificates of this PEM file when sending to targets (the operator's
     /// CA bundle: a connection's target transports serve its certificates).
     #[arg(long, env = "FERRY_CA_FILE")]
@@ -378,6 +378,12 @@ impl WorkerFlags {
             forward_window: self.forward_window.into(),
             memory_budget: self.memory_budget.bytes(),
         }
+    }
+
+    /// The certificate and key to serve TLS with, when given.
+    fn tls(&self) -> Option<ferry::worker::tls::CertFiles> {
+        let (cert, key) = self.tls_cert_file.clone().zip(self.tls_key_file.clone())?;
+        Some(ferry::worker::tls::CertFiles { cert, key })
     }
 
     fn limits(&self) -> server::ServerLimits {
@@ -439,8 +445,6 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
             ingest_token_file,
             own_ingest_tokens,
             public_url,
-            tls_cert_file,
-            tls_key_file,
             flags,
         } => {
             let tokens = match Tokens::read(Some(&admin_token_file), Some(&ingest_token_file)) {
@@ -450,9 +454,7 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
                 },
                 Err(e) => return fail(e.to_string()),
             };
-            let tls = tls_cert_file
-                .zip(tls_key_file)
-                .map(|(cert, key)| ferry::worker::tls::CertFiles { cert, key });
+            let tls = flags.tls();
             let scheme = if tls.is_some() { "https" } else { "http" };
             let options = flags.options(
                 data_dir,
@@ -474,10 +476,21 @@ async fn run(command: Command, log_format: ferry::logging::LogFormat) -> ExitCod
                     Ok(tokens) => tokens,
                     Err(e) => return fail(e.to_string()),
                 };
-            let options = flags.options(data_dir, format!("http://{listen}"));
+            let tls = flags.tls();
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let options = flags.options(data_dir, format!("{scheme}://{listen}"));
             let limits = flags.limits();
             let concurrency = startup_concurrency.into();
-            exit(standalone::run(options, listen, tokens, limits, &manifests, concurrency).await)
+            let run = standalone::run(
+                options,
+                listen,
+                tokens,
+                limits,
+                &manifests,
+                concurrency,
+                tls,
+            );
+            exit(run.await)
         }
         Command::Operator(args) => {
             let options = match args.options(log_format) {

@@ -403,7 +403,9 @@ pub async fn run(
     limits: ServerLimits,
     manifests: &[PathBuf],
     startup_concurrency: usize,
+    tls: Option<crate::worker::tls::CertFiles>,
 ) -> Result<(), Failure> {
+    let tls = process::tls_acceptor(tls)?;
     // Listening before anything is hosted: the endpoints printed next answer at once.
     let listener = process::bind(listen).await?;
     let worker = Worker::open(options, false)
@@ -423,7 +425,7 @@ pub async fn run(
             errors.len()
         )));
     }
-    process::serve_open(worker, tokens, listener, limits).await
+    process::serve_open(worker, tokens, (listener, tls), limits).await
 }
 
 /// Load, validate and host; then follow the files. Errors at start-up stop everything.

@@ -27,6 +27,11 @@ struct Standalone {
 
 impl Standalone {
     fn start(dir: &std::path::Path, manifests: &[String]) -> Self {
+        Self::start_with(dir, manifests, &[])
+    }
+
+    /// With more arguments.
+    fn start_with(dir: &std::path::Path, manifests: &[String], args: &[&str]) -> Self {
         let port = free_port();
         let mut command = Command::new(ferry());
         command
@@ -34,6 +39,7 @@ impl Standalone {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         if !manifests.is_empty() {
@@ -183,6 +189,46 @@ async fn a_second_process_on_the_same_store_is_told_it_is_in_use() {
     }
     let report = get_json(&client(), &first.url("demo")).await;
     assert!(report["state"].is_string(), "the first runs on: {report}");
+}
+
+/// Given a certificate and key, standalone serves TLS only (plain HTTP on loopback otherwise),
+/// and says so in the endpoints it reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_tls_when_given_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::certs::TestCa::new("standalone test CA");
+    let (cert, key) = ca.issue(&["localhost"]);
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let standalone = Standalone::start_with(
+        dir.path(),
+        &[],
+        &[
+            "--tls-cert-file",
+            cert_file.to_str().unwrap(),
+            "--tls-key-file",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    standalone.wait_line("Transport default/demo: ");
+    ferry::install_crypto_provider();
+    let https = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap()])
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!(
+        "https://localhost:{}/v1/transports/default/demo",
+        standalone.port
+    );
+    let report = get_json(&https, &url).await;
+    let endpoint = report["endpoint"].as_str().unwrap();
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    assert!(
+        client().get(standalone.url("demo")).send().await.is_err(),
+        "plain HTTP answered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,17 +47,7 @@ pub async fn run_worker(
     limits: server::ServerLimits,
     tls: Option<super::tls::CertFiles>,
 ) -> Result<(), Failure> {
-    // Refused before anything listens: a worker that cannot serve its certificate must not
-    // serve plain HTTP instead.
-    let tls = match tls {
-        Some(files) => {
-            let (acceptor, cert) =
-                super::tls::acceptor(files).map_err(|e| Failure::new(e.to_string()))?;
-            cert.watch(super::tls::RELOAD_EVERY);
-            Some(acceptor)
-        }
-        None => None,
-    };
+    let tls = tls_acceptor(tls)?;
     let listener = bind(listen).await?;
     let opened = Opened::default();
     let (failed, open_failed) = tokio::sync::oneshot::channel();
@@ -75,17 +65,30 @@ pub async fn run_worker(
     serve(opened, (listener, tls), limits, open_failed).await
 }
 
-/// Serve a worker that is open already (standalone) until a signal.
+/// TLS from these files, their renewals followed. Called before anything listens: a worker
+/// that cannot serve its certificate must not serve plain HTTP instead.
+pub fn tls_acceptor(
+    tls: Option<super::tls::CertFiles>,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, Failure> {
+    let Some(files) = tls else {
+        return Ok(None);
+    };
+    let (acceptor, cert) = super::tls::acceptor(files).map_err(|e| Failure::new(e.to_string()))?;
+    cert.watch(super::tls::RELOAD_EVERY);
+    Ok(Some(acceptor))
+}
+
+/// Serve a worker that is open already (standalone) until a signal; TLS only with `tls`.
 pub async fn serve_open(
     worker: Arc<Worker>,
     tokens: Tokens,
-    listener: TcpListener,
+    (listener, tls): (TcpListener, Option<tokio_rustls::TlsAcceptor>),
     limits: server::ServerLimits,
 ) -> Result<(), Failure> {
     let opened = Opened::default();
     opened.set(worker, tokens);
     let (_never, open_failed) = tokio::sync::oneshot::channel();
-    serve(opened, (listener, None), limits, open_failed).await
+    serve(opened, (listener, tls), limits, open_failed).await
 }
 
 /// The worker once its store is open, and its HTTP service (what the starting service hands
