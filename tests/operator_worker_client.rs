@@ -109,6 +109,7 @@ async fn redirects_are_not_followed_and_answers_are_capped() {
         pod: "ferry-tp-erp-0".into(),
         pod_ip: Some(ip),
         admin_token: "admin".into(),
+        tls_name: None,
     };
     let redirect = client
         .get::<serde_json::Value>(&pod, "/redirect")
@@ -125,4 +126,74 @@ async fn redirects_are_not_followed_and_answers_are_capped() {
         .unwrap_err();
     assert!(matches!(huge, WorkerCallError::TooLarge { .. }), "{huge}");
     server.abort();
+}
+
+/// With TLS (`--worker-tls`): the client trusts only the operator's CA bundle and checks the
+/// worker's certificate against the name it must carry (`<pod>.<worker>.<namespace>.svc`),
+/// while connecting to the pod IP it was given — no DNS. A worker whose certificate was issued
+/// for another worker is refused, though it is at the right address with the right token.
+#[cfg_attr(
+    target_os = "macos",
+    ignore = "binds a 127.0.X.Y address on the worker port; macOS has only 127.0.0.1 unless aliased"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_verifies_the_worker_by_its_name_at_its_pod_ip() {
+    use ferry::operator::certificates::{
+        CaState, CertificatePolicy, mint_ca, unix_now, worker_names,
+    };
+    use ferry::operator::worker_client::tls_name;
+    let ip = format!("127.0.{}.{}", std::process::id() % 250 + 2, 19);
+    let policy = CertificatePolicy::default();
+    let ca = CaState::step(None, unix_now(), &policy, |now| {
+        mint_ca(now, policy.ca_validity)
+    })
+    .unwrap()
+    .unwrap();
+    let bundle = ca.bundle();
+    let client = WorkerClient::direct_tls(Duration::from_secs(5), &bundle).unwrap();
+    let pod = |worker: &str| WorkerPod {
+        namespace: "default".into(),
+        pod: format!("{worker}-0"),
+        pod_ip: Some(ip.clone()),
+        admin_token: "admin-secret".into(),
+        tls_name: Some(tls_name("default", worker, &format!("{worker}-0"))),
+    };
+    for (serving_for, asked_as, verified) in [
+        ("ferry-tp-erp", "ferry-tp-erp", true),
+        ("ferry-tp-other", "ferry-tp-erp", false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let issued = ca
+            .issuer()
+            .unwrap()
+            .issue(&worker_names(serving_for, "default"), unix_now(), &policy)
+            .unwrap();
+        std::fs::write(dir.path().join("tls.crt"), issued.cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), issued.key).unwrap();
+        let cert = dir.path().join("tls.crt");
+        let key = dir.path().join("tls.key");
+        let worker = WorkerProc::start_at_with(
+            dir.path(),
+            &ip,
+            8080,
+            &[
+                "--tls-cert-file",
+                cert.to_str().unwrap(),
+                "--tls-key-file",
+                key.to_str().unwrap(),
+            ],
+        )
+        .await;
+        let answer = client
+            .hosted(&pod(asked_as), ferry::wire::Kind::Transports)
+            .await;
+        match (verified, answer) {
+            (true, Ok(list)) => assert!(list.items.is_empty(), "{list:?}"),
+            (false, Err(WorkerCallError::Unreachable { reason, .. })) => {
+                assert!(reason.contains("certificate"), "{reason}");
+            }
+            (_, other) => panic!("{serving_for} asked as {asked_as}: {other:?}"),
+        }
+        drop(worker);
+    }
 }

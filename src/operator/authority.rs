@@ -233,7 +233,8 @@ impl Authority {
 
     /// Make sure the ConfigMap `ferry-ca` of `namespace` holds the bundle: applied once per
     /// namespace and bundle by this operator (a ConfigMap edited by hand is repaired at the next
-    /// bundle or operator start).
+    /// bundle or operator start). Not forced: a ConfigMap of that name whose `ca.crt` somebody
+    /// else manages is left as it is (the apply conflicts).
     pub async fn publish(&self, client: &kube::Client, namespace: &str) -> Result<(), kube::Error> {
         let Some(current) = self.current() else {
             return Ok(());
@@ -255,7 +256,7 @@ impl Authority {
         Api::<ConfigMap>::namespaced(client.clone(), namespace)
             .patch(
                 CA_SECRET,
-                &PatchParams::apply(super::context::FIELD_MANAGER).force(),
+                &PatchParams::apply(super::context::FIELD_MANAGER),
                 &Patch::Apply(map),
             )
             .await?;

@@ -415,39 +415,26 @@ impl<'a> Owner<'a> {
             return self.ingest_secret(&tokens.ingest, bundle);
         }
         let token = |value: &str| ByteString(value.as_bytes().to_vec());
-        let mut data = BTreeMap::from([
+        let data = BTreeMap::from([
             (ADMIN_TOKEN_KEY.into(), token(&tokens.admin)),
             (INGEST_TOKEN_KEY.into(), token(&tokens.ingest)),
         ]);
-        let mut metadata = self.metadata();
-        with_certificate(&mut data, &mut metadata, tokens.tls.as_ref());
-        Secret {
-            metadata,
-            type_: Some("Opaque".into()),
-            data: Some(data),
-            ..Secret::default()
-        }
+        with_certificate(self.metadata(), data, tokens.tls.as_ref())
     }
 
     /// A dedicated worker's admin token, in a Secret of its own ([`admin_secret_name`]) that
     /// producers are never given; `None` for a pool (its Secret holds it).
     pub fn admin_secret(&self, tokens: &WorkerTokens) -> Option<Secret> {
         self.pool.is_none().then(|| {
-            let mut metadata = ObjectMeta {
+            let metadata = ObjectMeta {
                 name: Some(admin_secret_name(&self.worker_name())),
                 ..self.metadata()
             };
-            let mut data = BTreeMap::from([(
+            let data = BTreeMap::from([(
                 ADMIN_TOKEN_KEY.into(),
                 ByteString(tokens.admin.as_bytes().to_vec()),
             )]);
-            with_certificate(&mut data, &mut metadata, tokens.tls.as_ref());
-            Secret {
-                metadata,
-                type_: Some("Opaque".into()),
-                data: Some(data),
-                ..Secret::default()
-            }
+            with_certificate(metadata, data, tokens.tls.as_ref())
         })
     }
 
@@ -824,22 +811,30 @@ impl<'a> Owner<'a> {
     }
 }
 
-/// The worker's certificate and key in the Secret only the operator reads, with what it is in
-/// an annotation (when it expires, who issued it, for which names: when to reissue it).
+/// A Secret only the operator reads (a dedicated worker's admin Secret, a pool's Secret) with
+/// `data` and, with TLS, the worker's certificate and key and what it is in an annotation
+/// (when it expires, who issued it, for which names: when to reissue it).
 fn with_certificate(
-    data: &mut BTreeMap<String, ByteString>,
-    metadata: &mut ObjectMeta,
+    mut metadata: ObjectMeta,
+    mut data: BTreeMap<String, ByteString>,
     tls: Option<&WorkerTls>,
-) {
-    let Some(tls) = tls else { return };
-    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
-    data.insert(CERT_KEY.into(), bytes(&tls.issued.cert));
-    data.insert(PRIVATE_KEY_KEY.into(), bytes(&tls.issued.key));
-    data.insert(BUNDLE_KEY.into(), bytes(&tls.bundle));
-    metadata.annotations = Some(BTreeMap::from([(
-        CERT_ANNOTATION.into(),
-        serde_json::to_string(&tls.issued.info).unwrap_or_default(),
-    )]));
+) -> Secret {
+    if let Some(tls) = tls {
+        let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+        data.insert(CERT_KEY.into(), bytes(&tls.issued.cert));
+        data.insert(PRIVATE_KEY_KEY.into(), bytes(&tls.issued.key));
+        data.insert(BUNDLE_KEY.into(), bytes(&tls.bundle));
+        metadata.annotations = Some(BTreeMap::from([(
+            CERT_ANNOTATION.into(),
+            serde_json::to_string(&tls.issued.info).unwrap_or_default(),
+        )]));
+    }
+    Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
 }
 
 #[cfg(test)]

@@ -146,15 +146,12 @@ async fn apply<R: WorkerResource>(
     }
     let refs = object.dereference(namespace, ctx).await?;
     let owner = object.owner()?;
-    // With TLS: the CA bundle in the namespace's ConfigMap, where producers find it.
-    if let Some(authority) = &ctx.authority {
-        authority
-            .publish(&ctx.client, namespace)
-            .await
-            .map_err(|source| ReconcileError::Apply {
-                object: format!("ConfigMap {}", super::certificates::CA_SECRET),
-                source,
-            })?;
+    // With TLS: the CA bundle in the namespace's ConfigMap, where producers may find it (the
+    // producers' Secret holds it too: a ConfigMap that cannot be written holds nothing up).
+    if let Some(authority) = &ctx.authority
+        && let Err(e) = authority.publish(&ctx.client, namespace).await
+    {
+        tracing::warn!(namespace, error = %crate::kube_error_line(&e), "cannot publish the CA bundle as ConfigMap ferry-ca; producers read ca.crt from their Secret");
     }
     // Build and apply its own worker's objects; or, in a WorkerPool, its own ingest token and
     // its place there.

@@ -104,13 +104,16 @@ pub struct WorkerClient {
     access: WorkerAccess,
     http: Arc<RwLock<reqwest::Client>>,
     /// With TLS: the pod IP of each worker name asked for (the resolver's answers).
-    tls: Option<Arc<Mutex<HashMap<String, IpAddr>>>>,
+    tls: Option<PodIps>,
     kube: Option<kube::Client>,
     timeout: Duration,
 }
 
+/// Each worker name's pod IP, as last asked for.
+type PodIps = Arc<Mutex<HashMap<String, IpAddr>>>;
+
 /// Answers a worker's name with the pod IP last asked for it; nothing else resolves.
-struct PodAddresses(Arc<Mutex<HashMap<String, IpAddr>>>);
+struct PodAddresses(PodIps);
 
 impl reqwest::dns::Resolve for PodAddresses {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
@@ -161,7 +164,7 @@ impl WorkerClient {
 
     fn http(
         timeout: Duration,
-        tls: Option<(&str, Arc<Mutex<HashMap<String, IpAddr>>>)>,
+        tls: Option<(&str, PodIps)>,
     ) -> Result<reqwest::Client, reqwest::Error> {
         // reqwest panics when no TLS provider is installed yet.
         crate::install_crypto_provider();

@@ -208,6 +208,12 @@ impl WorkerProc {
         Self::spawn_new(dir, ip, port, &[]).await
     }
 
+    /// [`WorkerProc::start_at`] with extra arguments (`--tls-cert-file` makes it serve TLS:
+    /// its own requests then do not verify, as a kubelet's probe).
+    pub async fn start_at_with(dir: &Path, ip: &str, port: u16, args: &[&str]) -> Self {
+        Self::spawn_new(dir, ip, port, args).await
+    }
+
     /// With extra command-line arguments.
     pub async fn start_with(dir: &Path, args: &[&str]) -> Self {
         Self::spawn_new(dir, "127.0.0.1", free_port(), args).await
@@ -241,7 +247,16 @@ impl WorkerProc {
             admin: "admin-secret".into(),
             ingest: "ingest-secret".into(),
             child: None,
-            http: client(),
+            http: if args.contains(&"--tls-cert-file") {
+                ferry::install_crypto_provider();
+                reqwest::Client::builder()
+                    .tls_danger_accept_invalid_certs(true)
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .expect("client")
+            } else {
+                client()
+            },
             args: args.iter().map(|a| a.to_string()).collect(),
             envs: Vec::new(),
         }
@@ -264,7 +279,9 @@ impl WorkerProc {
     }
 
     fn base(&self) -> String {
-        format!("http://{}:{}", self.ip, self.port)
+        let tls = self.args.iter().any(|a| a == "--tls-cert-file");
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.ip, self.port)
     }
 
     async fn spawn(&mut self) {

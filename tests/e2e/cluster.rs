@@ -409,6 +409,23 @@ impl Cluster {
         }
     }
 
+    /// The CA bundle the operator published in `namespace` (ConfigMap `ferry-ca`, `ca.crt`).
+    pub fn published_bundle(&self, namespace: &str) -> Result<String, String> {
+        kubectl(
+            &self.env,
+            &[
+                "-n",
+                namespace,
+                "get",
+                "configmap",
+                "ferry-ca",
+                "-o",
+                "jsonpath={.data.ca\\.crt}",
+            ],
+            None,
+        )
+    }
+
     /// The ingest token in the producers' Secret of transport `name`.
     pub async fn ingest_token(&self, name: &str) -> String {
         let secret = self

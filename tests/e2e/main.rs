@@ -2612,20 +2612,9 @@ async fn an_operator_in_two_namespaces_needs_only_their_roles() {
     cluster::kubectl(&cluster.env, &["-n", &a, "get", "secret", "ferry-ca"], None)
         .unwrap_or_else(|e| panic!("the CA's Secret in {a}: {e}"));
     for namespace in [&a, &b] {
-        let bundle = cluster::kubectl(
-            &cluster.env,
-            &[
-                "-n",
-                namespace,
-                "get",
-                "configmap",
-                "ferry-ca",
-                "-o",
-                "jsonpath={.data.ca\\.crt}",
-            ],
-            None,
-        )
-        .unwrap_or_else(|e| panic!("the ConfigMap ferry-ca in {namespace}: {e}"));
+        let bundle = cluster
+            .published_bundle(namespace)
+            .unwrap_or_else(|e| panic!("the ConfigMap ferry-ca in {namespace}: {e}"));
         assert!(
             bundle.contains("BEGIN CERTIFICATE"),
             "{namespace}: {bundle}"
@@ -2826,20 +2815,9 @@ async fn the_ca_renewal_keeps_producers_with_the_earlier_bundle_working() {
         Ok(200),
         "the renewed bundle, during the overlap"
     );
-    let published = cluster::kubectl(
-        &cluster.env,
-        &[
-            "-n",
-            &namespace,
-            "get",
-            "configmap",
-            "ferry-ca",
-            "-o",
-            "jsonpath={.data.ca\\.crt}",
-        ],
-        None,
-    )
-    .expect("the ConfigMap ferry-ca");
+    let published = cluster
+        .published_bundle(&namespace)
+        .expect("the ConfigMap ferry-ca");
     assert!(published.contains(earlier.trim_end()), "{published}");
     assert_eq!(certificates(&published), 2, "{published}");
 
