@@ -11,7 +11,9 @@
 //!
 //! Then what TLS costs: the same delivery through a second worker serving HTTPS
 //! (`--tls-cert-file`, a certificate made here), alternated with the plain worker, with the
-//! ratio of the two (wrk keeps its connections: the handshake is paid once per connection).
+//! ratio of the two (wrk keeps its connections: the handshake is paid once per connection);
+//! and beside it the same ratio for nginx's proxy terminating TLS, the cost of TLS itself on
+//! this machine (wrk's own encryption included).
 
 mod common;
 
@@ -70,9 +72,10 @@ fn nginx_binary() -> &'static str {
     }
 }
 
-/// One nginx: a sink on `sink` answering 200 to everything, and a proxy on `proxy` to it with
-/// a keep-alive upstream.
-fn start_nginx(dir: &Path, sink: u16, proxy: u16) -> Child {
+/// One nginx: a sink on `sink` answering 200 to everything, and a proxy to it with a keep-alive
+/// upstream on `proxy` (plain) and `proxy_tls` (HTTPS with `dir`'s tls.crt and tls.key: what
+/// TLS termination costs a proxy of its own).
+fn start_nginx(dir: &Path, sink: u16, (proxy, proxy_tls): (u16, u16)) -> Child {
     let conf = format!(
         r#"
 worker_processes auto;
@@ -93,6 +96,9 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{proxy};
+        listen 127.0.0.1:{proxy_tls} ssl;
+        ssl_certificate {dir}/tls.crt;
+        ssl_certificate_key {dir}/tls.key;
         location / {{
             proxy_pass http://sink;
             proxy_http_version 1.1;
@@ -196,8 +202,12 @@ async fn main() {
     let seconds = env_or("FERRY_BENCH_SECONDS", 5);
     let rounds = env_or("FERRY_BENCH_ROUNDS", 3);
     let dir = tempfile::tempdir().expect("temp dir");
-    let (sink, proxy) = (free_port(), free_port());
-    let mut nginx = start_nginx(dir.path(), sink, proxy);
+    let (sink, proxy, proxy_tls) = (free_port(), free_port(), free_port());
+    let ca = common::certs::TestCa::new("nginx bench CA");
+    let (cert, key) = ca.issue(&["127.0.0.1"]);
+    std::fs::write(dir.path().join("tls.crt"), cert).expect("tls.crt");
+    std::fs::write(dir.path().join("tls.key"), key).expect("tls.key");
+    let mut nginx = start_nginx(dir.path(), sink, (proxy, proxy_tls));
 
     let worker = Worker::start(dir.path(), &[]).await;
     worker
@@ -279,36 +289,48 @@ async fn main() {
         .put("transports", "bench", &bench_transport(sink))
         .await;
     let tls_ingest = tls_worker.url("/v1/transports/default/bench/transactions");
+    let proxied_tls = format!("https://127.0.0.1:{proxy_tls}/ingest");
     println!(
-        "TLS on and off (ferry plain vs ferry HTTPS, same host), wrk -t1, {seconds} s per run"
+        "TLS on and off (ferry plain vs ferry HTTPS, same host; nginx's proxy the same, for \
+         what TLS termination costs a proxy), wrk -t1, {seconds} s per run"
     );
     println!(
-        "{:<6} {:>5} {:>12} {:>9} {:>12} {:>9} {:>7}",
-        "round", "conns", "plain/s", "p50 ms", "tls/s", "p50 ms", "tls ×"
+        "{:<6} {:>5} {:>12} {:>9} {:>12} {:>9} {:>7} {:>12} {:>12} {:>7}",
+        "round", "conns", "plain/s", "p50 ms", "tls/s", "p50 ms", "tls ×", "nginx/s",
+        "nginx tls/s", "tls ×"
     );
     for connections in [64u32, 1] {
-        let mut ratios = Vec::new();
+        let (mut ratios, mut nginx_ratios) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
             let plain = wrk(&ingest, connections, seconds, &script);
             let tls = wrk(&tls_ingest, connections, seconds, &script);
+            let nginx_plain = wrk(&proxied, connections, seconds, &script);
+            let nginx_tls = wrk(&proxied_tls, connections, seconds, &script);
             let ratio = tls.requests_per_second / plain.requests_per_second;
+            let nginx_ratio = nginx_tls.requests_per_second / nginx_plain.requests_per_second;
+            let errors = plain.errors + tls.errors + nginx_plain.errors + nginx_tls.errors;
             println!(
-                "{round:<6} {connections:>5} {:>12.0} {:>9.3} {:>12.0} {:>9.3} {ratio:>7.2}{}",
+                "{round:<6} {connections:>5} {:>12.0} {:>9.3} {:>12.0} {:>9.3} {ratio:>7.2} \
+                 {:>12.0} {:>12.0} {nginx_ratio:>7.2}{}",
                 plain.requests_per_second,
                 plain.p50_ms,
                 tls.requests_per_second,
                 tls.p50_ms,
-                if plain.errors + tls.errors > 0 {
-                    format!("  (non-2xx: plain {}, tls {})", plain.errors, tls.errors)
+                nginx_plain.requests_per_second,
+                nginx_tls.requests_per_second,
+                if errors > 0 {
+                    format!("  (non-2xx responses: {errors})")
                 } else {
                     String::new()
                 }
             );
             ratios.push(ratio);
+            nginx_ratios.push(nginx_ratio);
         }
         println!(
-            "median, {connections} connection(s): TLS delivers {:.2}× the plain rate",
-            median(ratios)
+            "median, {connections} connection(s): with TLS ferry delivers {:.2}× its plain rate, nginx's proxy {:.2}× its own",
+            median(ratios),
+            median(nginx_ratios)
         );
     }
     let report = worker.get("transports", "bench").await;
