@@ -296,8 +296,16 @@ async fn main() {
     );
     println!(
         "{:<6} {:>5} {:>12} {:>9} {:>12} {:>9} {:>7} {:>12} {:>12} {:>7}",
-        "round", "conns", "plain/s", "p50 ms", "tls/s", "p50 ms", "tls ×", "nginx/s",
-        "nginx tls/s", "tls ×"
+        "round",
+        "conns",
+        "plain/s",
+        "p50 ms",
+        "tls/s",
+        "p50 ms",
+        "tls ×",
+        "nginx/s",
+        "nginx tls/s",
+        "tls ×"
     );
     for connections in [64u32, 1] {
         let (mut ratios, mut nginx_ratios) = (Vec::new(), Vec::new());
