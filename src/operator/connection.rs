@@ -325,6 +325,29 @@ impl WorkerResource for Connection {
         drop(queue);
         connections.reinitializing().remove(&key);
     }
+
+    fn pool_home(
+        &self,
+        namespace: &str,
+        ctx: &Context,
+        pool: &str,
+    ) -> Result<super::reconcile::Home, (&'static str, String)> {
+        super::placement::home_or_reason(ctx, namespace, self, pool)
+    }
+
+    fn placed(namespace: &str, ctx: &Context, pool: &str) {
+        super::placement::placed(ctx, namespace, pool);
+    }
+
+    async fn leave_pool(
+        &self,
+        namespace: &str,
+        ctx: &Context,
+        placement: &crate::api::worker_pool::Placement,
+        purge: crate::wire::Purge,
+    ) -> Result<(), ReconcileError> {
+        super::placement::leave(self, namespace, ctx, placement, purge).await
+    }
 }
 
 /// Each target transport's ingest endpoint and token; the first missing one is an error that

@@ -8,13 +8,14 @@ use std::collections::HashMap;
 use kube::ResourceExt;
 
 use super::{
-    builders::{Owner, WorkerTokens},
+    builders::Owner,
     caches::{Caches, cached},
     context::Context,
-    reconcile::WorkerResource,
+    error::ReconcileError,
+    reconcile::{Home, WorkerResource},
     status::Placeable,
     worker_objects::tokens_of,
-    worker_pod::{is_ready, pod_name_of},
+    worker_pod::{WorkerPodUnavailable, is_ready, pod_name_of, ready_worker},
 };
 use crate::api::{
     Connection, Transport, WorkerPool,
@@ -74,15 +75,6 @@ pub fn choose<'a>(
             ready: ready.len(),
             capacity,
         })
-}
-
-/// Where a resource's worker is: the StatefulSet, the pod, its tokens, and (in a pool) the
-/// placement its status shows.
-pub struct Home {
-    pub set: String,
-    pub pod: String,
-    pub tokens: WorkerTokens,
-    pub placement: Option<Placement>,
 }
 
 /// `Transport plant-a/erp`: a resource's key in the ledger of placements.
@@ -217,6 +209,21 @@ pub fn pool_workers(
         .collect()
 }
 
+/// [`home`], as the reconcile skeleton takes it (`WorkerResource::pool_home`).
+pub fn home_or_reason<R: WorkerResource>(
+    ctx: &Context,
+    namespace: &str,
+    object: &R,
+    pool: &str,
+) -> Result<Home, (&'static str, String)> {
+    home(ctx, namespace, object, pool).map_err(|why| (why.reason(), why.to_string()))
+}
+
+/// A resource newly placed in `pool`: the pool's reconcile counts it.
+pub fn placed(ctx: &Context, namespace: &str, pool: &str) {
+    ctx.triggers.send(super::worker_pool::KIND, namespace, pool);
+}
+
 /// The home of `object`, which names the WorkerPool `pool_name`: where its status says it
 /// lives, else a worker chosen now (and noted in the ledger until its status shows it).
 pub fn home<R: WorkerResource>(
@@ -267,6 +274,59 @@ pub fn home<R: WorkerResource>(
         tokens,
         placement: Some(placement),
     })
+}
+
+/// Tell the pool worker a deleted resource lives on to stop hosting it, and with `purge`
+/// (`reclaimPolicy: Delete`) to remove what it kept there. A pool or worker that is gone hosts
+/// nothing; a worker that does not answer fails the cleanup (retried, the finalizer held).
+pub async fn leave<R: WorkerResource>(
+    object: &R,
+    namespace: &str,
+    ctx: &Context,
+    placement: &crate::api::worker_pool::Placement,
+    purge: crate::wire::Purge,
+) -> Result<(), ReconcileError> {
+    let key = resource_key(R::KIND, namespace, &object.name_any());
+    let Some(pool) = pool(ctx, namespace, &placement.worker_pool) else {
+        ctx.placements().remove(&key);
+        return Ok(());
+    };
+    let set = Owner::pool(&pool)?.worker_name();
+    let tokens = super::caches::cached(&ctx.caches.secrets, namespace, &set)
+        .and_then(|secret| super::worker_objects::tokens_of(&secret));
+    let hosted_key = crate::wire::key(namespace, &object.name_any());
+    if let Some(tokens) = tokens {
+        match ready_worker(ctx, namespace, &set, &placement.worker, &tokens).await {
+            Ok((worker, _)) => match ctx
+                .workers
+                .delete(&worker, R::WIRE, &hosted_key, purge)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_not_hosted() => {}
+                Err(e) => {
+                    return Err(ReconcileError::LeavePool {
+                        worker: placement.worker.clone(),
+                        why: e.to_string(),
+                    });
+                }
+            },
+            // A worker that does not run cannot be told; its deletion is not held up by it.
+            // It hosts the resource again when it starts, until its pool's sweep tells it to
+            // stop, purging as the resource's reclaimPolicy said (`worker_pool::sweep_orphans`).
+            Err(WorkerPodUnavailable::Missing(_) | WorkerPodUnavailable::NotRunning(_)) => {
+                tracing::warn!(resource = %key, worker = %placement.worker, "the pool worker does not run; its pool's sweep tells it the resource is gone once it is back");
+            }
+            Err(e) => {
+                return Err(ReconcileError::LeavePool {
+                    worker: placement.worker.clone(),
+                    why: e.to_string(),
+                });
+            }
+        }
+    }
+    ctx.placements().remove(&key);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@ use super::{
     context::now,
     context::{Context, FINALIZER},
     error::ReconcileError,
-    placement::{self, Home},
     status::{FORBIDDEN_DESTINATION, Placeable, WithConditions, not_running, to_write},
     status_writer::write_status,
     worker_objects::{apply_ingest_secret, apply_or_report, delete_claim, reported},
@@ -87,6 +86,38 @@ pub trait WorkerResource: NamespacedObject + serde::Serialize {
 
     /// The URLs its worker will connect to, each with the field that names it.
     fn destinations(&self) -> Vec<(String, &str)>;
+
+    // Where it lives when its spec names a WorkerPool: pools plug in here, the skeleton
+    // knows none (as Strimzi's never names node pools).
+
+    /// Its home in the WorkerPool `pool`: where its status says it lives, else a worker
+    /// chosen now; `Err((reason, message))` when it has none now.
+    fn pool_home(
+        &self,
+        namespace: &str,
+        ctx: &Context,
+        pool: &str,
+    ) -> Result<Home, (&'static str, String)>;
+    /// It was newly placed in `pool` (its status shows it now): the pool counts it.
+    fn placed(namespace: &str, ctx: &Context, pool: &str);
+    /// Deleted while placed on a pool worker: that worker stops hosting it (`purge`: and
+    /// removes what it kept there).
+    fn leave_pool(
+        &self,
+        namespace: &str,
+        ctx: &Context,
+        placement: &crate::api::worker_pool::Placement,
+        purge: crate::wire::Purge,
+    ) -> impl Future<Output = Result<(), ReconcileError>> + Send;
+}
+
+/// Where a resource's worker is: the StatefulSet, the pod, its tokens, and (in a pool) the
+/// placement its status shows.
+pub struct Home {
+    pub set: String,
+    pub pod: String,
+    pub tokens: super::builders::WorkerTokens,
+    pub placement: Option<crate::api::worker_pool::Placement>,
 }
 
 /// Counts a kind's objects in its controller's cache by state, for `ferry_resources`.
@@ -178,10 +209,9 @@ async fn apply<R: WorkerResource>(
                 ingest_token =
                     Some(reported(ctx, namespace, object, object.status(), applying).await?);
             }
-            match placement::home(ctx, namespace, object, pool) {
+            match object.pool_home(namespace, ctx, pool) {
                 Ok(home) => home,
-                Err(why) => {
-                    let (reason, why) = (why.reason(), why.to_string());
+                Err((reason, why)) => {
                     let again = ctx.status_interval;
                     return not_run(object, namespace, ctx, reason, &why, again).await;
                 }
@@ -220,8 +250,7 @@ async fn apply<R: WorkerResource>(
         write_status(&ctx.client, object, namespace, &changed).await?;
     }
     if let Some(pool) = newly_placed {
-        ctx.triggers
-            .send(super::worker_pool::KIND, namespace, &pool);
+        R::placed(namespace, ctx, &pool);
     }
     object.written(&status, ctx, memory);
     if let Some((warning, reason, note)) = R::event(object.status(), &status) {
@@ -241,59 +270,6 @@ async fn apply<R: WorkerResource>(
     } else {
         Ok(Action::requeue(ctx.status_interval))
     }
-}
-
-/// Tell the pool worker a deleted resource lives on to stop hosting it, and with `purge`
-/// (`reclaimPolicy: Delete`) to remove what it kept there. A pool or worker that is gone hosts
-/// nothing; a worker that does not answer fails the cleanup (retried, the finalizer held).
-async fn leave_pool_worker<R: WorkerResource>(
-    object: &R,
-    namespace: &str,
-    ctx: &Context,
-    placement: &crate::api::worker_pool::Placement,
-    purge: crate::wire::Purge,
-) -> Result<(), ReconcileError> {
-    let key = placement::resource_key(R::KIND, namespace, &object.name_any());
-    let Some(pool) = placement::pool(ctx, namespace, &placement.worker_pool) else {
-        ctx.placements().remove(&key);
-        return Ok(());
-    };
-    let set = Owner::pool(&pool)?.worker_name();
-    let tokens = super::caches::cached(&ctx.caches.secrets, namespace, &set)
-        .and_then(|secret| super::worker_objects::tokens_of(&secret));
-    let hosted_key = crate::wire::key(namespace, &object.name_any());
-    if let Some(tokens) = tokens {
-        match ready_worker(ctx, namespace, &set, &placement.worker, &tokens).await {
-            Ok((worker, _)) => match ctx
-                .workers
-                .delete(&worker, R::WIRE, &hosted_key, purge)
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if e.is_not_hosted() => {}
-                Err(e) => {
-                    return Err(ReconcileError::LeavePool {
-                        worker: placement.worker.clone(),
-                        why: e.to_string(),
-                    });
-                }
-            },
-            // A worker that does not run cannot be told; its deletion is not held up by it.
-            // It hosts the resource again when it starts, until its pool's sweep tells it to
-            // stop, purging as the resource's reclaimPolicy said (`worker_pool::sweep_orphans`).
-            Err(WorkerPodUnavailable::Missing(_) | WorkerPodUnavailable::NotRunning(_)) => {
-                tracing::warn!(resource = %key, worker = %placement.worker, "the pool worker does not run; its pool's sweep tells it the resource is gone once it is back");
-            }
-            Err(e) => {
-                return Err(ReconcileError::LeavePool {
-                    worker: placement.worker.clone(),
-                    why: e.to_string(),
-                });
-            }
-        }
-    }
-    ctx.placements().remove(&key);
-    Ok(())
 }
 
 /// A resource that does not run as its spec says: its WorkerPool cannot take it (yet; looked
@@ -354,7 +330,7 @@ async fn cleanup<R: WorkerResource>(
             ReclaimPolicy::Delete => crate::wire::Purge::Remove,
             ReclaimPolicy::Retain => crate::wire::Purge::Keep,
         };
-        leave_pool_worker(object, namespace, ctx, placement, purge).await?;
+        object.leave_pool(namespace, ctx, placement, purge).await?;
     }
     object.forget(namespace, ctx, memory);
     ctx.reports.stop(R::KIND, namespace, &object.name_any());
