@@ -18,10 +18,10 @@ use std::{sync::Arc, time::Duration, time::Instant};
 use ferry::{
     api::Transport,
     operator::{
-        builders::WorkerDefaults,
-        context::{Context, FINALIZER},
-        reconcile::reconcile,
-        worker_client::WorkerClient,
+        objects::builders::WorkerDefaults,
+        reconcile::skeleton::reconcile,
+        runtime::context::{Context, FINALIZER},
+        runtime::worker_client::WorkerClient,
     },
     worker::{
         Worker, WorkerOptions, api,

@@ -139,7 +139,7 @@ struct OperatorArgs {
     /// How workers are reached: at the pod IP (default in a pod) or through the API server's
     /// pod proxy (default outside the cluster).
     #[arg(long, env = "FERRY_WORKER_ACCESS", value_enum)]
-    worker_access: Option<ferry::operator::worker_client::WorkerAccess>,
+    worker_access: Option<ferry::operator::runtime::worker_client::WorkerAccess>,
     /// How long one call to a worker may take.
     #[arg(long, env = "FERRY_WORKER_TIMEOUT", default_value = "10s")]
     worker_timeout: ferry::api::duration::Duration,
@@ -251,14 +251,16 @@ impl OperatorArgs {
         self,
         log_format: ferry::logging::LogFormat,
     ) -> Result<ferry::operator::run::OperatorOptions, String> {
-        let certificates = ferry::operator::certificates::CertificatePolicy::new(
+        let certificates = ferry::operator::objects::certificates::CertificatePolicy::new(
             self.ca_validity.as_std(),
             self.ca_renew_before.as_std(),
             self.cert_validity.as_std(),
             self.cert_renew_before.as_std(),
         )
         .map_err(|e| e.to_string())?;
-        use ferry::operator::{builders::WorkerDefaults, leadership::LeaseOptions};
+        use ferry::operator::{
+            objects::builders::WorkerDefaults, runtime::leadership::LeaseOptions,
+        };
         use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
         let instance = self.instance.unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME")
@@ -282,7 +284,7 @@ impl OperatorArgs {
             ferry::destinations::Forbidden::operator_default(ferry::operator::run::in_cluster())
         });
         defaults.network_policies = self.worker_network_policies.then(|| {
-            let mut policies = ferry::operator::network_policy::WorkerNetworkPolicies::new(
+            let mut policies = ferry::operator::objects::network_policy::WorkerNetworkPolicies::new(
                 &self.lease_namespace,
                 self.operator_pod_labels,
             );
@@ -315,7 +317,7 @@ impl OperatorArgs {
             worker_access: self.worker_access,
             worker_timeout: self.worker_timeout.as_std(),
             defaults,
-            scope: ferry::operator::watch_scope::WatchScope::of(&self.namespaces),
+            scope: ferry::operator::runtime::watch_scope::WatchScope::of(&self.namespaces),
             listen: self.listen,
             leader_election: self.leader_election.then(|| LeaseOptions {
                 namespace: self.lease_namespace,

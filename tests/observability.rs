@@ -15,7 +15,7 @@ use std::{
 use common::{TestHost, TestSource, WorkerProc, spec};
 use ferry::{
     api::{Connection, Transport},
-    operator::{metrics::OperatorMetrics, reconcile::count_by_state},
+    operator::{reconcile::skeleton::count_by_state, runtime::metrics::OperatorMetrics},
 };
 use promql_parser::{
     label::MatchOp,

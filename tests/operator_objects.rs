@@ -11,9 +11,9 @@ use ferry::{
     },
     destinations::Forbidden,
     operator::{
-        builders::{Owner, WorkerDefaults, WorkerTls, WorkerTokens},
-        certificates::{CaState, CertificatePolicy, mint_ca, unix_now, worker_names},
-        network_policy::WorkerNetworkPolicies,
+        objects::builders::{Owner, WorkerDefaults, WorkerTls, WorkerTokens},
+        objects::certificates::{CaState, CertificatePolicy, mint_ca, unix_now, worker_names},
+        objects::network_policy::WorkerNetworkPolicies,
     },
 };
 

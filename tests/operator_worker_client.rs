@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{TestHost, WorkerProc, spec};
 use ferry::{
-    operator::worker_client::{WorkerCallError, WorkerClient, WorkerPod},
+    operator::runtime::worker_client::{WorkerCallError, WorkerClient, WorkerPod},
     wire::TransportReport,
 };
 use serde_json::json;
@@ -82,7 +82,7 @@ async fn direct_access_pushes_and_reads_a_transport() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_not_followed_and_answers_are_capped() {
     use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
-    use ferry::operator::worker_client::MAX_ANSWER_BYTES;
+    use ferry::operator::runtime::worker_client::MAX_ANSWER_BYTES;
     let ip = format!("127.0.{}.{}", std::process::id() % 250 + 2, 18);
     let followed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = followed.clone();
@@ -138,10 +138,10 @@ async fn redirects_are_not_followed_and_answers_are_capped() {
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_tls_verifies_the_worker_by_its_name_at_its_pod_ip() {
-    use ferry::operator::certificates::{
+    use ferry::operator::objects::certificates::{
         CaState, CertificatePolicy, mint_ca, unix_now, worker_names,
     };
-    use ferry::operator::worker_client::tls_name;
+    use ferry::operator::runtime::worker_client::tls_name;
     let ip = format!("127.0.{}.{}", std::process::id() % 250 + 2, 19);
     let policy = CertificatePolicy::default();
     let ca = CaState::step(None, unix_now(), &policy, |now| {

@@ -167,14 +167,14 @@ fn a_worker_without_a_readable_certificate_does_not_start() {
     assert!(log.contains("tls.crt"), "{log}");
 }
 
-/// The operator's CA (src/operator/certificates.rs) as a worker and its clients see it: the
+/// The operator's CA (src/operator/objects/certificates.rs) as a worker and its clients see it: the
 /// worker serves a certificate the CA rebuilt from its Secret's state issued for the worker's
 /// names; through a renewal a client holding the bundle of before keeps verifying the worker
 /// until the new CA signs, and a client that re-read the bundle once the renewal began
 /// verifies it before and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operators_ca_renews_with_an_overlap() {
-    use ferry::operator::certificates::{
+    use ferry::operator::objects::certificates::{
         CaState, CertificatePolicy, Issued, mint_ca, unix_now, worker_names,
     };
     let dir = tempfile::tempdir().unwrap();
@@ -297,7 +297,7 @@ async fn the_operators_ca_renews_with_an_overlap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_worker_verifies_its_target_with_the_bundle_it_is_given() {
     use common::{TestHost, TestSource, WorkerProc, wait_received};
-    use ferry::operator::certificates::{CaState, CertificatePolicy, mint_ca, unix_now};
+    use ferry::operator::objects::certificates::{CaState, CertificatePolicy, mint_ca, unix_now};
     use serde_json::json;
 
     let policy = CertificatePolicy::default();

@@ -8,12 +8,12 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use serde_json::{Value, json};
 
-use super::{
-    builders::WorkerDefaults,
-    context::{Context, FINALIZER},
-    worker_client::WorkerClient,
-};
 use crate::api::{Connection, Transport};
+use crate::operator::{
+    objects::builders::WorkerDefaults,
+    runtime::context::{Context, FINALIZER},
+    runtime::worker_client::WorkerClient,
+};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -77,7 +77,7 @@ impl ApiServerVerifier {
     /// first reconcile's apply left it, so a later reconcile does not apply it again; the
     /// Service and StatefulSet, not read again (no cache here), are applied.
     pub async fn objects_with_known_tokens_and(&mut self, worker: &str, uid: &str, checked: bool) {
-        let admin = super::builders::admin_secret_name(worker);
+        let admin = crate::operator::objects::builders::admin_secret_name(worker);
         for (name, data) in [
             (worker, json!({"ingest-token": "aW5nZXN0LXRva2Vu"})),
             (admin.as_str(), json!({"admin-token": "YWRtaW4tdG9rZW4="})),

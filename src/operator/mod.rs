@@ -1,36 +1,30 @@
-//! The operator: what it makes of each Connection and Transport on a cluster — the worker's
-//! objects (builders), the one reconcile skeleton both kinds run (reconcile) with what each
-//! kind supplies (transport, connection), the status they write, and `ferry operator` (run).
+//! The operator: what it makes of each Connection, Transport and WorkerPool on a cluster, in
+//! five rooms, each importing only from the rooms below it:
+//!
+//! - `kinds` — what each kind supplies to the skeleton (transport, connection) and the pools
+//!   (worker_pool, placement: where a pooled resource lives);
+//! - `reconcile` — the one reconcile skeleton every kind runs, and the guard around it for
+//!   objects that cannot be read;
+//! - `workers` — a resource's worker as the reconciler sees it: its objects applied, its pod;
+//! - `runtime` — the controller runtime: context, caches, watches' scope, triggers, API
+//!   client, backoff, leadership, metrics, Events, conditions and status writing, errors, the
+//!   workers' CA, the worker client and its report watches;
+//! - `objects` — pure builders of the Kubernetes objects (worker objects, NetworkPolicies,
+//!   certificates), no client.
+//!
+//! `run` wires them into `ferry operator`.
 
-pub mod api_client;
-pub mod authority;
-pub mod backoff;
-pub mod builders;
-pub mod caches;
-pub mod certificates;
-pub mod connection;
-pub mod context;
-pub mod error;
-pub mod events;
+// The rooms, from the top down: a room imports only from the rooms below it (checked by
+// tests/operator_rooms.rs). `run` wires them into `ferry operator`.
+pub mod kinds;
+pub mod objects;
+pub mod reconcile;
+pub mod runtime;
+pub mod workers;
+
 #[cfg(test)]
 pub(crate) mod fixtures;
-pub mod guard;
-pub mod leadership;
-pub mod metrics;
-pub mod network_policy;
-pub mod placement;
-pub mod reconcile;
-pub mod report_watch;
 pub mod run;
-pub mod status;
-mod status_writer;
-pub mod transport;
-pub mod triggers;
-pub mod watch_scope;
-pub mod worker_client;
-pub mod worker_objects;
-pub mod worker_pod;
-pub mod worker_pool;
 
 /// A namespaced kind the operator reads, writes and watches (Transport, Connection, and
 /// their `DeserializeGuard`s): one name for the bounds its generic steps share.

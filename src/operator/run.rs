@@ -35,23 +35,23 @@ use kube::{
 };
 use tokio::sync::watch;
 
-use super::{
-    authority::Authority,
-    builders::WorkerDefaults,
-    caches::{Caches, WORKER_OBJECTS, cached},
-    connection::{Connections, announce_reinitializing},
-    context::Context,
-    error::ReconcileError,
-    events::Events,
-    guard::reconcile_guarded,
-    leadership::{Leadership, LeaseError, LeaseOptions},
-    metrics::OperatorMetrics,
-    reconcile::{WorkerResource, count_by_state, reconcile},
-    triggers::Triggers,
-    watch_scope::WatchScope,
-    worker_client::{WorkerAccess, WorkerClient},
-};
 use crate::api::{Connection, Transport, WorkerPool};
+use crate::operator::{
+    kinds::connection::{Connections, announce_reinitializing},
+    objects::builders::WorkerDefaults,
+    reconcile::guard::reconcile_guarded,
+    reconcile::skeleton::{WorkerResource, count_by_state, reconcile},
+    runtime::authority::Authority,
+    runtime::caches::{Caches, WORKER_OBJECTS, cached},
+    runtime::context::Context,
+    runtime::error::ReconcileError,
+    runtime::events::Events,
+    runtime::leadership::{Leadership, LeaseError, LeaseOptions},
+    runtime::metrics::OperatorMetrics,
+    runtime::triggers::Triggers,
+    runtime::watch_scope::WatchScope,
+    runtime::worker_client::{WorkerAccess, WorkerClient},
+};
 
 /// Operator-wide settings (flags or environment).
 #[derive(Clone, Debug)]
@@ -78,7 +78,7 @@ pub struct OperatorOptions {
     /// The operator's own namespace: its Lease and, with `defaults.tls`, its CA's Secret.
     pub namespace: String,
     /// How long the workers' CA and certificates live (with `defaults.tls`).
-    pub certificates: super::certificates::CertificatePolicy,
+    pub certificates: crate::operator::objects::certificates::CertificatePolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +112,7 @@ pub enum OperatorError {
     #[error("cannot build the worker client: {0}")]
     WorkerClient(#[source] reqwest::Error),
     #[error("the workers' CA (--worker-tls): {0}")]
-    Authority(#[source] super::authority::AuthorityError),
+    Authority(#[source] crate::operator::runtime::authority::AuthorityError),
 }
 
 /// Keep the workers' CA renewed; when its bundle or signer changes, the operator's own client
@@ -157,7 +157,11 @@ fn reconcile_everything(ctx: &Context) {
         <Connection as WorkerResource>::KIND,
         ctx.caches.connections.state(),
     );
-    each(ctx, super::worker_pool::KIND, ctx.caches.pools.state());
+    each(
+        ctx,
+        crate::operator::kinds::worker_pool::KIND,
+        ctx.caches.pools.state(),
+    );
 }
 
 /// What `/readyz` answers.
@@ -295,7 +299,7 @@ fn triggers<K>(
     deleted: impl Fn(&K) + Send + 'static,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: super::NamespacedObject,
+    K: crate::operator::NamespacedObject,
 {
     scope
         .watch(
@@ -563,7 +567,7 @@ fn its_pool<R: WorkerResource>(triggers: &Triggers, object: &Guarded<R>) {
         && let Some(pool) = resource.worker_pool()
     {
         let namespace = resource.namespace().unwrap_or_default();
-        triggers.send(super::worker_pool::KIND, &namespace, pool);
+        triggers.send(crate::operator::kinds::worker_pool::KIND, &namespace, pool);
     }
 }
 
@@ -572,12 +576,12 @@ fn owned_by_pool(set: &ObjectMeta) -> bool {
     set.owner_references
         .iter()
         .flatten()
-        .any(|o| o.controller == Some(true) && o.kind == super::worker_pool::KIND)
+        .any(|o| o.controller == Some(true) && o.kind == crate::operator::kinds::worker_pool::KIND)
 }
 
 /// Reconcile every resource placed on the pool worker `worker` of `namespace`.
 fn placed_on(triggers: &Triggers, caches: &Caches, namespace: &str, worker: &str) {
-    super::placement::each_in(caches, namespace, |r| {
+    crate::operator::kinds::placement::each_in(caches, namespace, |r| {
         if r.placement.is_some_and(|p| p.worker == worker) {
             triggers.send(r.kind, namespace, &r.name);
         }
@@ -586,7 +590,7 @@ fn placed_on(triggers: &Triggers, caches: &Caches, namespace: &str, worker: &str
 
 /// Run the operator until a shutdown signal (or, with leader election, until the lease is lost).
 pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
-    let client = super::api_client::bounded(options.api_concurrency)
+    let client = crate::operator::runtime::api_client::bounded(options.api_concurrency)
         .await
         .map_err(OperatorError::Client)?;
     let (stop, stopped) = watch::channel(false);
@@ -979,22 +983,28 @@ impl Kinds<'_> {
             self.client,
             self.scope,
             writer,
-            super::worker_pool::KIND,
+            crate::operator::kinds::worker_pool::KIND,
             self.endpoints.clone(),
             |_: &Guarded<WorkerPool>| {},
         );
         Controller::for_stream(watched, cache)
             .reconcile_on(
                 self.triggers
-                    .subscribe(super::worker_pool::KIND)
+                    .subscribe(crate::operator::kinds::worker_pool::KIND)
                     .map(|(namespace, name)| ObjectRef::new(&name).within(&namespace)),
             )
             .graceful_shutdown_on(when(self.halted))
             .run(
                 timed(
-                    super::worker_pool::KIND,
+                    crate::operator::kinds::worker_pool::KIND,
                     self.endpoints.metrics.clone(),
-                    |guarded, ctx| reconcile_guarded(guarded, ctx, super::worker_pool::reconcile),
+                    |guarded, ctx| {
+                        reconcile_guarded(
+                            guarded,
+                            ctx,
+                            crate::operator::kinds::worker_pool::reconcile,
+                        )
+                    },
                 ),
                 error_policy::<Guarded<WorkerPool>>,
                 self.ctx.clone(),
@@ -1102,11 +1112,11 @@ mod tests {
         let guarded = |c: Connection| {
             serde_json::from_value::<Guarded<Connection>>(serde_json::to_value(c).unwrap()).unwrap()
         };
-        let mut other = super::super::fixtures::connection("other", true);
+        let mut other = crate::operator::fixtures::connection("other", true);
         other.spec.sync_sets[0].target.transport =
             serde_json::from_value(json!({"name": "mes"})).unwrap();
         writer.apply_watcher_event(&watcher::Event::Apply(guarded(
-            super::super::fixtures::connection("crm", true),
+            crate::operator::fixtures::connection("crm", true),
         )));
         writer.apply_watcher_event(&watcher::Event::Apply(guarded(other)));
         let triggers = Triggers::default();

@@ -68,7 +68,7 @@ pub enum Command {
         /// `direct` at its pod IP, from inside the cluster network or where the API server
         /// cannot proxy to pods (as the operator's flag of the same name).
         #[arg(long, env = "FERRY_WORKER_ACCESS", value_enum, default_value = "proxy")]
-        worker_access: crate::operator::worker_client::WorkerAccess,
+        worker_access: crate::operator::runtime::worker_client::WorkerAccess,
     },
     /// A new ingest token for a transport's producers: its Secret is made anew by the
     /// operator and the worker refuses the old token; the queue and totals are kept.

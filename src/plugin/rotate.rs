@@ -16,7 +16,9 @@ use kube::{
 use super::desired::PluginError;
 use crate::{
     api::Transport,
-    operator::builders::{ADMIN_TOKEN_KEY, INGEST_TOKEN_KEY, admin_secret_name, worker_name},
+    operator::objects::builders::{
+        ADMIN_TOKEN_KEY, INGEST_TOKEN_KEY, admin_secret_name, worker_name,
+    },
 };
 
 /// Which token is rotated.

@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::PluginError;
 use crate::api::{Connection, Transport, WorkerPool, worker_pool::Placement};
 use crate::operator::{
-    reconcile::WorkerResource,
-    status::{Placeable, WithConditions},
+    reconcile::skeleton::WorkerResource,
+    runtime::status::{Placeable, WithConditions},
 };
 
 /// One line of the table.
@@ -70,7 +70,10 @@ fn ready(conditions: &[Condition]) -> (String, String) {
 /// Where a resource runs: its own worker's pod, or `pool/worker` in a WorkerPool.
 fn worker_of(short: &str, name: &str, pool: Option<&str>, placement: Option<&Placement>) -> String {
     match (pool, placement) {
-        (None, _) => format!("{}-0", crate::operator::builders::worker_name(short, name)),
+        (None, _) => format!(
+            "{}-0",
+            crate::operator::objects::builders::worker_name(short, name)
+        ),
         (Some(pool), Some(p)) if p.worker_pool == pool => format!("{pool}/{}", p.worker),
         (Some(pool), _) => format!("{pool}/-"),
     }
@@ -201,7 +204,9 @@ pub fn unreadable_row(kind: &'static str, raw: &Value, error: &serde_json::Error
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .find(|c| c["type"] == "Ready" && c["reason"] == crate::operator::status::INVALID_SPEC)
+        .find(|c| {
+            c["type"] == "Ready" && c["reason"] == crate::operator::runtime::status::INVALID_SPEC
+        })
         .and_then(|c| c["message"].as_str());
     Row {
         namespace: text("/metadata/namespace").to_owned(),

@@ -14,10 +14,10 @@ use super::{
 use crate::{
     api::{Connection, Transport},
     operator::{
-        reconcile::WorkerResource,
-        worker_client::{WorkerAccess, WorkerClient, WorkerPod},
-        worker_objects::admin_token_of,
-        worker_pod::pod_name,
+        reconcile::skeleton::WorkerResource,
+        runtime::worker_client::{WorkerAccess, WorkerClient, WorkerPod},
+        workers::worker_objects::admin_token_of,
+        workers::worker_pod::pod_name,
     },
     wire::{self, QueueListing},
 };
@@ -90,7 +90,7 @@ pub async fn queue(
         bundle = secret
             .data
             .as_ref()
-            .and_then(|d| d.get(crate::operator::certificates::BUNDLE_KEY))
+            .and_then(|d| d.get(crate::operator::objects::certificates::BUNDLE_KEY))
             .and_then(|b| String::from_utf8(b.0.clone()).ok());
         if admin_token.is_some() {
             break;
@@ -125,7 +125,7 @@ pub async fn queue(
     let pod = WorkerPod {
         tls_name: bundle
             .as_ref()
-            .map(|_| crate::operator::worker_client::tls_name(namespace, &worker, &pod)),
+            .map(|_| crate::operator::runtime::worker_client::tls_name(namespace, &worker, &pod)),
         namespace: namespace.to_owned(),
         pod,
         pod_ip,

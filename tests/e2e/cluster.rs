@@ -430,7 +430,7 @@ impl Cluster {
     pub async fn ingest_token(&self, name: &str) -> String {
         let secret = self
             .api::<Secret>()
-            .get(&ferry::operator::builders::worker_name("tp", name))
+            .get(&ferry::operator::objects::builders::worker_name("tp", name))
             .await
             .expect("the transport's Secret");
         secret
@@ -459,12 +459,12 @@ impl Cluster {
             Some(placement) => placement.worker.clone(),
             None => format!(
                 "{}-0",
-                ferry::operator::builders::worker_name("tp", transport)
+                ferry::operator::objects::builders::worker_name("tp", transport)
             ),
         };
         let route = format!("/v1/transports/{}/{transport}/transactions", self.namespace);
         // A producer reads the bundle where it reads its token.
-        let secret = ferry::operator::builders::worker_name("tp", transport);
+        let secret = ferry::operator::objects::builders::worker_name("tp", transport);
         if self.env.process_kubelet {
             let ready = self.wait_pod_ready(&pod).await;
             let ip = ready["status"]["podIP"].as_str().expect("pod IP");

@@ -144,7 +144,10 @@ enum Away<'a> {
 /// Take transport `name`'s own worker away as `how` and bring it back: see
 /// [`pod_away_and_back`]. Answers the status that says it is back.
 async fn worker_away_and_back(cluster: &Cluster, name: &str, how: Away<'_>) -> Value {
-    let pod = format!("{}-0", ferry::operator::builders::worker_name("tp", name));
+    let pod = format!(
+        "{}-0",
+        ferry::operator::objects::builders::worker_name("tp", name)
+    );
     let mut back = pod_away_and_back(cluster, &pod, &[name], how).await;
     back.remove(0)
 }
@@ -1010,7 +1013,7 @@ fn the_scenarios_yaml_is_valid() {
 /// the translation the process-kubelet mode depends on, checked without a cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_kubelet_runs_the_operators_worker_pod() {
-    use ferry::operator::builders::{Owner, WorkerDefaults, WorkerTokens};
+    use ferry::operator::objects::builders::{Owner, WorkerDefaults, WorkerTokens};
     ferry::install_crypto_provider();
     let transport: ferry::api::Transport = serde_json::from_value(json!({
         "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
@@ -1100,7 +1103,7 @@ async fn the_process_kubelet_runs_the_operators_worker_pod() {
 /// misspelt field would otherwise only show on a real cluster).
 #[test]
 fn the_objects_the_suite_writes_are_rendered_for_validation() {
-    use ferry::operator::builders::{Owner, WorkerDefaults};
+    use ferry::operator::objects::builders::{Owner, WorkerDefaults};
     use k8s_openapi::api::core::v1::PersistentVolumeClaim as Claim;
     let transport: ferry::api::Transport = serde_json::from_value(json!({
         "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",

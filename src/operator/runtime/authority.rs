@@ -21,7 +21,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 
-use super::certificates::{
+use crate::operator::objects::certificates::{
     BUNDLE_KEY, CA_SECRET, CaState, CertificateError, CertificatePolicy, STATE_KEY, SigningCa,
     mint_ca, unix_now,
 };
@@ -256,7 +256,7 @@ impl Authority {
         Api::<ConfigMap>::namespaced(client.clone(), namespace)
             .patch(
                 CA_SECRET,
-                &PatchParams::apply(super::context::FIELD_MANAGER),
+                &PatchParams::apply(crate::operator::runtime::context::FIELD_MANAGER),
                 &Patch::Apply(map),
             )
             .await?;

@@ -13,19 +13,19 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{
-    builders::{BuildError, Owner},
-    caches::cached,
-    context::{Context, now},
-    error::ReconcileError,
-    events::connection_event,
-    reconcile::{Observed, WorkerResource},
-    report_watch::Follow,
-    status::{ConnectionContext, connection_status},
-    status_writer::write_status,
-    worker_client::WorkerPod,
-    worker_objects::ingest_token_of,
-    worker_pod::{ReadyWorker, WorkerPodUnavailable},
+use crate::operator::{
+    objects::builders::{BuildError, Owner},
+    reconcile::skeleton::{Observed, WorkerResource},
+    runtime::caches::cached,
+    runtime::context::{Context, now},
+    runtime::error::ReconcileError,
+    runtime::events::connection_event,
+    runtime::report_watch::Follow,
+    runtime::status::{ConnectionContext, connection_status},
+    runtime::status_writer::write_status,
+    runtime::worker_client::WorkerPod,
+    workers::worker_objects::ingest_token_of,
+    workers::worker_pod::{ReadyWorker, WorkerPodUnavailable},
 };
 use crate::{
     api::{Connection, ConnectionStatus, ConnectionStatusValue, Transport},
@@ -331,12 +331,12 @@ impl WorkerResource for Connection {
         namespace: &str,
         ctx: &Context,
         pool: &str,
-    ) -> Result<super::reconcile::Home, (&'static str, String)> {
-        super::placement::home_or_reason(ctx, namespace, self, pool)
+    ) -> Result<crate::operator::reconcile::skeleton::Home, (&'static str, String)> {
+        crate::operator::kinds::placement::home_or_reason(ctx, namespace, self, pool)
     }
 
     fn placed(namespace: &str, ctx: &Context, pool: &str) {
-        super::placement::placed(ctx, namespace, pool);
+        crate::operator::kinds::placement::placed(ctx, namespace, pool);
     }
 
     async fn leave_pool(
@@ -346,7 +346,7 @@ impl WorkerResource for Connection {
         placement: &crate::api::worker_pool::Placement,
         purge: crate::wire::Purge,
     ) -> Result<(), ReconcileError> {
-        super::placement::leave(self, namespace, ctx, placement, purge).await
+        crate::operator::kinds::placement::leave(self, namespace, ctx, placement, purge).await
     }
 }
 
@@ -431,7 +431,11 @@ async fn resolve_targets(
                 .and_then(|s| s.placement.as_ref())
                 .filter(|placement| placement.worker_pool == *pool)
                 .and_then(|placement| {
-                    super::placement::worker_url(ctx.defaults.scheme(), namespace, placement)
+                    crate::operator::kinds::placement::worker_url(
+                        ctx.defaults.scheme(),
+                        namespace,
+                        placement,
+                    )
                 }) {
                 Some(url) => url,
                 None => {
@@ -569,7 +573,7 @@ mod tests {
         ApiServerVerifier, assert_ready, condition, connection, context, controlled_by, mock,
         not_found, respond, test_ip, waiting_pod, worker_at,
     };
-    use crate::operator::reconcile::reconcile;
+    use crate::operator::reconcile::skeleton::reconcile;
     use http::Method;
     use serde_json::Value;
     use std::sync::Arc;

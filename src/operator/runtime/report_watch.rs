@@ -15,9 +15,9 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use super::{
-    triggers::SharedTriggers,
-    worker_client::{WorkerClient, WorkerPod},
+use crate::operator::{
+    runtime::triggers::SharedTriggers,
+    runtime::worker_client::{WorkerClient, WorkerPod},
 };
 
 /// How long the worker holds a long poll while nothing changes.

@@ -18,18 +18,18 @@ use kube::{
     },
 };
 
-use super::{
-    NamespacedObject,
-    builders::{BuildError, Owner},
-    context::now,
-    context::{Context, FINALIZER},
-    error::ReconcileError,
-    status::{FORBIDDEN_DESTINATION, Placeable, WithConditions, not_running, to_write},
-    status_writer::write_status,
-    worker_objects::{apply_ingest_secret, apply_or_report, delete_claim, reported},
-    worker_pod::{ReadyWorker, WorkerPodUnavailable, pod_name, ready_worker},
-};
 use crate::api::storage::ReclaimPolicy;
+use crate::operator::{
+    NamespacedObject,
+    objects::builders::{BuildError, Owner},
+    runtime::context::now,
+    runtime::context::{Context, FINALIZER},
+    runtime::error::ReconcileError,
+    runtime::status::{FORBIDDEN_DESTINATION, Placeable, WithConditions, not_running, to_write},
+    runtime::status_writer::write_status,
+    workers::worker_objects::{apply_ingest_secret, apply_or_report, delete_claim, reported},
+    workers::worker_pod::{ReadyWorker, WorkerPodUnavailable, pod_name, ready_worker},
+};
 
 /// A resource that runs in a worker of its own.
 pub trait WorkerResource: NamespacedObject + serde::Serialize {
@@ -116,15 +116,15 @@ pub trait WorkerResource: NamespacedObject + serde::Serialize {
 pub struct Home {
     pub set: String,
     pub pod: String,
-    pub tokens: super::builders::WorkerTokens,
+    pub tokens: crate::operator::objects::builders::WorkerTokens,
     pub placement: Option<crate::api::worker_pool::Placement>,
 }
 
 /// Counts a kind's objects in its controller's cache by state, for `ferry_resources`.
 pub fn count_by_state<R: WorkerResource>(
     cache: kube::runtime::reflector::Store<kube::core::DeserializeGuard<R>>,
-) -> super::metrics::CountByState {
-    super::metrics::CountByState::new(R::KIND, R::states(), cache, R::state_name)
+) -> crate::operator::runtime::metrics::CountByState {
+    crate::operator::runtime::metrics::CountByState::new(R::KIND, R::states(), cache, R::state_name)
 }
 
 /// What the observe step works with.
@@ -262,11 +262,9 @@ async fn apply<R: WorkerResource>(
     // its worker, it is looked at every --status-interval.
     if settled(&status) && !waits_for_worker {
         // Sooner when its worker's certificate is due for renewal.
-        Ok(Action::requeue(super::worker_objects::renewal_due(
-            &home.tokens,
-            ctx,
-            RESYNC,
-        )))
+        Ok(Action::requeue(
+            crate::operator::workers::worker_objects::renewal_due(&home.tokens, ctx, RESYNC),
+        ))
     } else {
         Ok(Action::requeue(ctx.status_interval))
     }
@@ -337,7 +335,7 @@ async fn cleanup<R: WorkerResource>(
     ctx.forget_objects(owner.uid());
     ctx.metrics.forget_worker(
         namespace,
-        &super::worker_pod::pod_name(&owner.worker_name()),
+        &crate::operator::workers::worker_pod::pod_name(&owner.worker_name()),
     );
     if object.worker_pool().is_none() && owner.reclaim_policy() == ReclaimPolicy::Delete {
         delete_claim(ctx, namespace, &owner.worker_name()).await?;

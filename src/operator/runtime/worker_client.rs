@@ -20,7 +20,7 @@ use http::{Method, Request};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::builders::WORKER_PORT;
+use crate::operator::objects::builders::WORKER_PORT;
 use crate::wire;
 
 /// `--worker-access`

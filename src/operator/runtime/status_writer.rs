@@ -8,9 +8,11 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{NamespacedObject, context::FIELD_MANAGER, error::ReconcileError};
+use crate::operator::{
+    NamespacedObject, runtime::context::FIELD_MANAGER, runtime::error::ReconcileError,
+};
 
-pub(super) async fn write_status<K>(
+pub(in crate::operator) async fn write_status<K>(
     client: &kube::Client,
     object: &K,
     namespace: &str,

@@ -72,7 +72,7 @@ impl WatchScope {
         cache: Store<K>,
     ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
     where
-        K: super::NamespacedObject,
+        K: crate::operator::NamespacedObject,
     {
         let apis = self.apis::<K>(client);
         let namespaces = match self {

@@ -62,14 +62,14 @@ pub struct CountByState(Box<dyn Fn() -> Counted + Send + Sync>);
 impl CountByState {
     /// Count the readable objects of `cache` (unreadable ones are counted nowhere) into
     /// `states`, by what `state_of` says of each.
-    pub fn new<K: super::NamespacedObject>(
+    pub fn new<K: crate::operator::NamespacedObject>(
         kind: &'static str,
         states: Vec<&'static str>,
         cache: Store<kube::core::DeserializeGuard<K>>,
         state_of: fn(&K) -> Option<&'static str>,
     ) -> Self {
         Self(Box::new(move || {
-            let objects = super::readable(&cache.state());
+            let objects = crate::operator::readable(&cache.state());
             (
                 kind,
                 by_state(states.iter().copied(), objects.iter().map(state_of)),

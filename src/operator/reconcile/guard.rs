@@ -19,13 +19,13 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use super::{
-    NamespacedObject,
-    context::{Context, FIELD_MANAGER, now},
-    error::ReconcileError,
-    status,
-};
 use crate::api::validate::ManifestValidator;
+use crate::operator::{
+    NamespacedObject,
+    runtime::context::{Context, FIELD_MANAGER, now},
+    runtime::error::ReconcileError,
+    runtime::status,
+};
 
 /// Reconcile a readable object with `reconcile`; report an unreadable one.
 pub async fn reconcile_guarded<K, F, Fut>(
@@ -184,7 +184,7 @@ mod tests {
         let ctx = Arc::new(
             Arc::into_inner(context(client.clone()))
                 .expect("one context")
-                .with_events(crate::operator::events::Events::new(client, None)),
+                .with_events(crate::operator::runtime::events::Events::new(client, None)),
         );
         let guarded: DeserializeGuard<Transport> =
             serde_json::from_value(poison()).expect("a guard always reads");

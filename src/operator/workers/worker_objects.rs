@@ -15,15 +15,17 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams},
 };
 
-use super::{
+use crate::operator::{
     NamespacedObject,
-    builders::{ADMIN_TOKEN_KEY, INGEST_TOKEN_KEY, Owner, WorkerTls, WorkerTokens},
-    caches::cached,
-    certificates::{CERT_ANNOTATION, CERT_KEY, CertInfo, Issued, PRIVATE_KEY_KEY, unix_now},
-    context::{Context, FIELD_MANAGER, now},
-    error::ReconcileError,
-    status::{WithConditions, name_conflict, objects_refused},
-    status_writer::write_status,
+    objects::builders::{ADMIN_TOKEN_KEY, INGEST_TOKEN_KEY, Owner, WorkerTls, WorkerTokens},
+    objects::certificates::{
+        CERT_ANNOTATION, CERT_KEY, CertInfo, Issued, PRIVATE_KEY_KEY, unix_now,
+    },
+    runtime::caches::cached,
+    runtime::context::{Context, FIELD_MANAGER, now},
+    runtime::error::ReconcileError,
+    runtime::status::{WithConditions, name_conflict, objects_refused},
+    runtime::status_writer::write_status,
 };
 
 /// A fresh token: 244 random bits.
@@ -115,7 +117,7 @@ fn worker_tls(
 
 /// `at_most`, or sooner: when the worker's certificate is due for renewal (a second after, so
 /// the reconcile then finds it due), so that it is renewed however long the resync is.
-pub(super) fn renewal_due(
+pub(in crate::operator) fn renewal_due(
     tokens: &WorkerTokens,
     ctx: &Context,
     at_most: std::time::Duration,
@@ -156,7 +158,7 @@ fn bundle(ctx: &Context) -> Result<Option<String>, ReconcileError> {
 /// Apply the worker's objects; when the API server refuses them, or one of them belongs to
 /// somebody else, say so in the resource's conditions (its last known state kept) before the
 /// reconcile fails.
-pub(super) async fn apply_or_report<K, S>(
+pub(in crate::operator) async fn apply_or_report<K, S>(
     ctx: &Context,
     namespace: &str,
     owner: &Owner<'_>,
@@ -179,7 +181,7 @@ where
 
 /// The outcome of applying objects (a worker's; a pooled resource's own Secret, with
 /// [`apply_ingest_secret`]); a failure is said in the resource's conditions first.
-pub(super) async fn reported<K, S, T>(
+pub(in crate::operator) async fn reported<K, S, T>(
     ctx: &Context,
     namespace: &str,
     object: &K,
@@ -388,7 +390,7 @@ async fn own_secret(
 }
 
 /// A pooled resource's own Secret, with its ingest token kept or generated; answers the token.
-pub(super) async fn apply_ingest_secret(
+pub(in crate::operator) async fn apply_ingest_secret(
     ctx: &Context,
     namespace: &str,
     owner: &Owner<'_>,
@@ -476,7 +478,7 @@ where
 }
 
 /// Delete a worker's volume claim (`data-<worker>-0`); one already gone is fine.
-pub(super) async fn delete_claim(
+pub(in crate::operator) async fn delete_claim(
     ctx: &Context,
     namespace: &str,
     worker: &str,
@@ -485,7 +487,7 @@ pub(super) async fn delete_claim(
 }
 
 /// The volume claims of the first `count` workers of the StatefulSet `worker` (a pool's).
-pub(super) async fn delete_claims(
+pub(in crate::operator) async fn delete_claims(
     ctx: &Context,
     namespace: &str,
     worker: &str,

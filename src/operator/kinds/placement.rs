@@ -7,19 +7,19 @@ use std::collections::HashMap;
 
 use kube::ResourceExt;
 
-use super::{
-    builders::Owner,
-    caches::{Caches, cached},
-    context::Context,
-    error::ReconcileError,
-    reconcile::{Home, WorkerResource},
-    status::Placeable,
-    worker_objects::tokens_of,
-    worker_pod::{WorkerPodUnavailable, is_ready, pod_name_of, ready_worker},
-};
 use crate::api::{
     Connection, Transport, WorkerPool,
     worker_pool::{MAX_REPLICAS, Placement, PoolWorker},
+};
+use crate::operator::{
+    objects::builders::Owner,
+    reconcile::skeleton::{Home, WorkerResource},
+    runtime::caches::{Caches, cached},
+    runtime::context::Context,
+    runtime::error::ReconcileError,
+    runtime::status::Placeable,
+    workers::worker_objects::tokens_of,
+    workers::worker_pod::{WorkerPodUnavailable, is_ready, pod_name_of, ready_worker},
 };
 
 /// Why a resource cannot be placed now: the `Ready=False` reason and a message naming the pool.
@@ -87,9 +87,16 @@ pub fn resource_key(kind: &str, namespace: &str, name: &str) -> String {
 /// placement names no pod the pool can have (`<pool's StatefulSet>-<ordinal>`): a status is
 /// written by whoever may write it, and a URL is never built from what it says otherwise.
 pub fn worker_url(scheme: &str, namespace: &str, placement: &Placement) -> Option<String> {
-    let set = super::builders::worker_name("wp", &placement.worker_pool);
+    let set = crate::operator::objects::builders::worker_name("wp", &placement.worker_pool);
     let known = (0..MAX_REPLICAS).any(|n| pod_name_of(&set, n) == placement.worker);
-    known.then(|| super::builders::pool_worker_url(scheme, &set, namespace, &placement.worker))
+    known.then(|| {
+        crate::operator::objects::builders::pool_worker_url(
+            scheme,
+            &set,
+            namespace,
+            &placement.worker,
+        )
+    })
 }
 
 /// The pool `name` of `namespace` as the cache holds it (an unreadable one is missing).
@@ -221,7 +228,8 @@ pub fn home_or_reason<R: WorkerResource>(
 
 /// A resource newly placed in `pool`: the pool's reconcile counts it.
 pub fn placed(ctx: &Context, namespace: &str, pool: &str) {
-    ctx.triggers.send(super::worker_pool::KIND, namespace, pool);
+    ctx.triggers
+        .send(crate::operator::kinds::worker_pool::KIND, namespace, pool);
 }
 
 /// The home of `object`, which names the WorkerPool `pool_name`: where its status says it
@@ -292,8 +300,8 @@ pub async fn leave<R: WorkerResource>(
         return Ok(());
     };
     let set = Owner::pool(&pool)?.worker_name();
-    let tokens = super::caches::cached(&ctx.caches.secrets, namespace, &set)
-        .and_then(|secret| super::worker_objects::tokens_of(&secret));
+    let tokens = crate::operator::runtime::caches::cached(&ctx.caches.secrets, namespace, &set)
+        .and_then(|secret| crate::operator::workers::worker_objects::tokens_of(&secret));
     let hosted_key = crate::wire::key(namespace, &object.name_any());
     if let Some(tokens) = tokens {
         match ready_worker(ctx, namespace, &set, &placement.worker, &tokens).await {

@@ -10,10 +10,11 @@ use std::{
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
-use super::{
-    backoff::Backoff, builders::WorkerDefaults, caches::Caches, events::Events,
-    metrics::OperatorMetrics, report_watch::ReportWatchers, triggers::Triggers,
-    worker_client::WorkerClient,
+use crate::operator::{
+    objects::builders::WorkerDefaults, runtime::backoff::Backoff, runtime::caches::Caches,
+    runtime::events::Events, runtime::metrics::OperatorMetrics,
+    runtime::report_watch::ReportWatchers, runtime::triggers::Triggers,
+    runtime::worker_client::WorkerClient,
 };
 
 /// The one field manager of everything the operator applies.
@@ -22,7 +23,7 @@ pub const FIELD_MANAGER: &str = "ferry-operator";
 pub const FINALIZER: &str = "ferry.dev/worker-storage";
 
 /// What the worker of a resource was last given: (generation, worker pod uid).
-pub(super) type Pushed = (Option<i64>, String);
+pub(in crate::operator) type Pushed = (Option<i64>, String);
 
 pub struct Context {
     pub client: kube::Client,
@@ -41,7 +42,7 @@ pub struct Context {
     /// One long poll per ready worker, for its report's changes.
     pub reports: ReportWatchers,
     /// The workers' CA, with `--worker-tls`.
-    pub authority: Option<std::sync::Arc<super::authority::Authority>>,
+    pub authority: Option<std::sync::Arc<crate::operator::runtime::authority::Authority>>,
     /// What each worker was last given, by resource. A new generation or a new pod (the
     /// worker restarted) means the spec is pushed again. Empty after an operator restart, so
     /// everything is pushed once more.
@@ -98,7 +99,7 @@ impl Context {
     /// Issue workers' certificates from this CA.
     pub fn with_authority(
         mut self,
-        authority: std::sync::Arc<super::authority::Authority>,
+        authority: std::sync::Arc<crate::operator::runtime::authority::Authority>,
     ) -> Self {
         self.authority = Some(authority);
         self
@@ -128,22 +129,25 @@ impl Context {
         self
     }
 
-    pub(super) fn pushed(&self) -> MutexGuard<'_, HashMap<String, Pushed>> {
+    pub(in crate::operator) fn pushed(&self) -> MutexGuard<'_, HashMap<String, Pushed>> {
         self.pushed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn applied(&self) -> MutexGuard<'_, Applied> {
+    pub(in crate::operator) fn applied(&self) -> MutexGuard<'_, Applied> {
         self.applied.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Follow the report of a ready worker, from the one the reconcile just read.
-    pub(super) fn follow_report(&self, follow: super::report_watch::Follow<'_>) {
+    pub(in crate::operator) fn follow_report(
+        &self,
+        follow: crate::operator::runtime::report_watch::Follow<'_>,
+    ) {
         self.reports
             .follow(follow, &self.workers, &self.triggers, self.status_interval);
     }
 
     /// The resource (by uid) is gone: forget its worker's objects.
-    pub(super) fn forget_objects(&self, uid: &str) {
+    pub(in crate::operator) fn forget_objects(&self, uid: &str) {
         self.owned().remove(uid);
         self.applied().retain(|(of, _), _| of != uid);
         self.destinations_allowed().remove(uid);
@@ -159,7 +163,7 @@ impl Context {
 
     /// Whether the destinations of generation `generation` of resource `uid` are to be checked
     /// (never found allowed, a new generation, or the last check older than `every`).
-    pub(super) fn destinations_due(
+    pub(in crate::operator) fn destinations_due(
         &self,
         uid: &str,
         generation: Option<i64>,
@@ -171,18 +175,22 @@ impl Context {
     }
 
     /// Generation `generation` of resource `uid` names no forbidden destination.
-    pub(super) fn destinations_found_allowed(&self, uid: &str, generation: Option<i64>) {
+    pub(in crate::operator) fn destinations_found_allowed(
+        &self,
+        uid: &str,
+        generation: Option<i64>,
+    ) {
         self.destinations_allowed()
             .insert(uid.to_owned(), (generation, std::time::Instant::now()));
     }
 
-    pub(super) fn placements(
+    pub(in crate::operator) fn placements(
         &self,
     ) -> MutexGuard<'_, HashMap<String, crate::api::worker_pool::Placement>> {
         self.placements.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn owned(&self) -> MutexGuard<'_, HashSet<String>> {
+    pub(in crate::operator) fn owned(&self) -> MutexGuard<'_, HashSet<String>> {
         self.owned.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

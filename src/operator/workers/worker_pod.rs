@@ -4,11 +4,11 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
-use super::{
-    builders::WorkerTokens,
-    caches::{cached, synced},
-    context::Context,
-    worker_client::WorkerPod,
+use crate::operator::{
+    objects::builders::WorkerTokens,
+    runtime::caches::{cached, synced},
+    runtime::context::Context,
+    runtime::worker_client::WorkerPod,
 };
 
 /// Why a worker cannot be asked: its pod could not be read (the API server), or it is not
@@ -42,7 +42,7 @@ pub type ReadyWorker = (WorkerPod, String);
 
 /// The worker's pod, when it is ready to be asked. `Err` says why it cannot be asked.
 /// `worker` is its StatefulSet, `pod_name` the pod of it to ask (a pool's worker, or the one).
-pub(super) async fn ready_worker(
+pub(in crate::operator) async fn ready_worker(
     ctx: &Context,
     namespace: &str,
     worker: &str,
@@ -80,7 +80,7 @@ pub(super) async fn ready_worker(
     }
     if !is_ready(&pod) {
         return Err(WorkerPodUnavailable::NotRunning(
-            match super::status::pod_not_ready_reason(&pod) {
+            match crate::operator::runtime::status::pod_not_ready_reason(&pod) {
                 Some(why) => format!("the worker pod {pod_name} is not ready: {why}"),
                 None => format!("the worker pod {pod_name} is not ready"),
             },
@@ -91,10 +91,9 @@ pub(super) async fn ready_worker(
         pod: pod_name.clone(),
         pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
         admin_token: tokens.admin.clone(),
-        tls_name: ctx
-            .defaults
-            .tls
-            .then(|| super::worker_client::tls_name(namespace, worker, &pod_name)),
+        tls_name: ctx.defaults.tls.then(|| {
+            crate::operator::runtime::worker_client::tls_name(namespace, worker, &pod_name)
+        }),
     };
     Ok((target, pod.metadata.uid.unwrap_or_default()))
 }

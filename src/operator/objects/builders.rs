@@ -34,10 +34,10 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 
-use super::certificates::{
+use crate::operator::objects::certificates::{
     BUNDLE_KEY, CERT_ANNOTATION, CERT_KEY, Issued, PRIVATE_KEY_KEY, worker_names,
 };
-use super::network_policy::{Producers, worker_policy};
+use crate::operator::objects::network_policy::{Producers, worker_policy};
 
 use crate::api::{
     Connection, Transport, WorkerPool, connection::DEFAULT_STORAGE_BYTES as CONNECTION_STORAGE,
@@ -149,7 +149,7 @@ pub struct WorkerDefaults {
     /// and its workers check again when they connect (`--forbidden-destinations`).
     pub forbidden_destinations: crate::destinations::Forbidden,
     /// Each worker's NetworkPolicy, unless switched off (`--worker-network-policies=false`).
-    pub network_policies: Option<super::network_policy::WorkerNetworkPolicies>,
+    pub network_policies: Option<crate::operator::objects::network_policy::WorkerNetworkPolicies>,
     /// Workers serve TLS only, with certificates from the operator's CA (`--worker-tls`).
     pub tls: bool,
 }
@@ -986,7 +986,7 @@ mod tests {
     }
 
     fn tls_tokens() -> WorkerTokens {
-        use crate::operator::certificates::{CertInfo, Issued};
+        use crate::operator::objects::certificates::{CertInfo, Issued};
         WorkerTokens {
             admin: "admin".into(),
             ingest: "ingest".into(),

@@ -31,10 +31,13 @@ pub struct LeaseError {
 /// managers tells a replica that another holds it (with one shared name, two replicas started
 /// together both took it and both led). At most 128 characters, the API server's limit.
 fn field_manager(identity: &str) -> String {
-    format!("{}-{identity}", super::context::FIELD_MANAGER)
-        .chars()
-        .take(128)
-        .collect()
+    format!(
+        "{}-{identity}",
+        crate::operator::runtime::context::FIELD_MANAGER
+    )
+    .chars()
+    .take(128)
+    .collect()
 }
 
 pub struct Leadership {
@@ -98,7 +101,10 @@ mod tests {
             field_manager("ferry-operator-7d9c-fghij"),
         );
         assert_ne!(a, b);
-        assert!(a.starts_with(super::super::context::FIELD_MANAGER), "{a}");
+        assert!(
+            a.starts_with(crate::operator::runtime::context::FIELD_MANAGER),
+            "{a}"
+        );
         assert!(field_manager(&"x".repeat(300)).chars().count() <= 128);
     }
 }

@@ -16,24 +16,24 @@ use kube::{
     },
 };
 
-use super::{
-    builders::Owner,
-    caches::{cached, synced},
-    context::{Context, FINALIZER, now},
-    error::ReconcileError,
-    placement::{each_in, hosted, placements, pool_workers},
-    reconcile::RESYNC,
-    reconcile::WorkerResource,
-    status::{PoolView, pool_replicas, pool_status, to_write},
-    status_writer::write_status,
-    worker_objects::tokens_of,
-    worker_objects::{apply_or_report, delete_claims},
-    worker_pod::ready_worker,
-};
 use crate::api::{
     Connection, Transport, WorkerPool,
     storage::ReclaimPolicy,
     worker_pool::{MAX_REPLICAS, PoolWorker},
+};
+use crate::operator::{
+    kinds::placement::{each_in, hosted, placements, pool_workers},
+    objects::builders::Owner,
+    reconcile::skeleton::RESYNC,
+    reconcile::skeleton::WorkerResource,
+    runtime::caches::{cached, synced},
+    runtime::context::{Context, FINALIZER, now},
+    runtime::error::ReconcileError,
+    runtime::status::{PoolView, pool_replicas, pool_status, to_write},
+    runtime::status_writer::write_status,
+    workers::worker_objects::tokens_of,
+    workers::worker_objects::{apply_or_report, delete_claims},
+    workers::worker_pod::ready_worker,
 };
 use crate::wire;
 
@@ -178,7 +178,7 @@ async fn apply(
     // Its pods' changes reconcile it (they are watched); the resync is a safety net, sooner
     // when its workers' certificate is due for renewal.
     Ok(Action::requeue(if settled {
-        super::worker_objects::renewal_due(&tokens, ctx, RESYNC)
+        crate::operator::workers::worker_objects::renewal_due(&tokens, ctx, RESYNC)
     } else {
         ctx.status_interval
     }))

@@ -2,7 +2,7 @@
 //! keeping its source. `category()` names the step for the errors metric and the
 //! `ReconcileFailed` Event.
 
-use super::{builders::BuildError, context::FINALIZER};
+use crate::operator::{objects::builders::BuildError, runtime::context::FINALIZER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -30,7 +30,7 @@ pub enum ReconcileError {
     )]
     NoCa,
     #[error("cannot issue the worker's certificate: {0}")]
-    Certificate(#[from] super::certificates::CertificateError),
+    Certificate(#[from] crate::operator::objects::certificates::CertificateError),
     #[error("cannot apply the {object}: {}", crate::kube_error_line(source))]
     Apply {
         object: String,

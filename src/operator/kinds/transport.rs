@@ -5,15 +5,15 @@
 use kube::ResourceExt;
 use serde_json::json;
 
-use super::report_watch::Follow;
-use super::{
-    builders::{BuildError, Owner},
-    context::Context,
-    error::ReconcileError,
-    events::transport_event,
-    reconcile::{Observed, WorkerResource},
-    status::transport_status,
-    worker_pod::ReadyWorker,
+use crate::operator::runtime::report_watch::Follow;
+use crate::operator::{
+    objects::builders::{BuildError, Owner},
+    reconcile::skeleton::{Observed, WorkerResource},
+    runtime::context::Context,
+    runtime::error::ReconcileError,
+    runtime::events::transport_event,
+    runtime::status::transport_status,
+    workers::worker_pod::ReadyWorker,
 };
 use crate::{
     api::{Transport, TransportState, TransportStatus},
@@ -70,7 +70,7 @@ impl WorkerResource for Transport {
             self.metadata.generation,
             self.spec.suspended,
             report.as_ref().map_err(String::as_str),
-            super::context::now(),
+            crate::operator::runtime::context::now(),
         )
     }
 
@@ -94,12 +94,12 @@ impl WorkerResource for Transport {
         namespace: &str,
         ctx: &Context,
         pool: &str,
-    ) -> Result<super::reconcile::Home, (&'static str, String)> {
-        super::placement::home_or_reason(ctx, namespace, self, pool)
+    ) -> Result<crate::operator::reconcile::skeleton::Home, (&'static str, String)> {
+        crate::operator::kinds::placement::home_or_reason(ctx, namespace, self, pool)
     }
 
     fn placed(namespace: &str, ctx: &Context, pool: &str) {
-        super::placement::placed(ctx, namespace, pool);
+        crate::operator::kinds::placement::placed(ctx, namespace, pool);
     }
 
     async fn leave_pool(
@@ -109,7 +109,7 @@ impl WorkerResource for Transport {
         placement: &crate::api::worker_pool::Placement,
         purge: crate::wire::Purge,
     ) -> Result<(), ReconcileError> {
-        super::placement::leave(self, namespace, ctx, placement, purge).await
+        crate::operator::kinds::placement::leave(self, namespace, ctx, placement, purge).await
     }
 }
 
@@ -188,13 +188,13 @@ async fn push(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::reconcile::reconcile;
+    use crate::operator::reconcile::skeleton::reconcile;
     use crate::operator::{
-        context::{FINALIZER, now},
         fixtures::{
             ApiServerVerifier, applied as applied_object, assert_ready, condition, context,
             controlled_by, mock, not_found, respond, test_ip, transport, worker_at, worker_object,
         },
+        runtime::context::{FINALIZER, now},
     };
     use http::Method;
     use kube::runtime::controller::Action;
@@ -228,8 +228,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reconcile_at_rest_asks_the_api_server_nothing() {
         use crate::operator::{
-            caches::Caches,
             fixtures::{applied, ready_pod},
+            runtime::caches::Caches,
         };
         use kube::runtime::{reflector, watcher::Event};
         let ip = test_ip(39);
@@ -430,7 +430,10 @@ mod tests {
             "{message}"
         );
         // The pod's deletion and its successor are watched: no polling for it.
-        assert_eq!(action, Action::requeue(crate::operator::reconcile::RESYNC));
+        assert_eq!(
+            action,
+            Action::requeue(crate::operator::reconcile::skeleton::RESYNC)
+        );
     }
 
     /// A worker made before ferry kept the two tokens apart: its one Secret holds both. The
@@ -529,7 +532,10 @@ mod tests {
         let action = reconcile(Arc::new(metadata_service), Arc::new(ctx), Arc::new(()))
             .await
             .unwrap();
-        assert_eq!(action, Action::requeue(crate::operator::reconcile::RESYNC));
+        assert_eq!(
+            action,
+            Action::requeue(crate::operator::reconcile::skeleton::RESYNC)
+        );
         let status = &server.await.unwrap()["status"];
         assert_ready(
             status,

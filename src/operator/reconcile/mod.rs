@@ -1,0 +1,6 @@
+//! The one reconcile every kind runs (`skeleton`: dereference → build → apply → observe →
+//! status, through the `WorkerResource` trait) and the `guard` that keeps an object the
+//! operator cannot read from stopping the others. Knows no kind and no pool.
+
+pub mod guard;
+pub mod skeleton;
