@@ -74,7 +74,11 @@ fn rooms_import_only_downwards() {
         }
     }
     assert!(files > 20, "the rooms hold the operator's files ({files})");
-    assert!(upward.is_empty(), "imports up a room:\n{}", upward.join("\n"));
+    assert!(
+        upward.is_empty(),
+        "imports up a room:\n{}",
+        upward.join("\n")
+    );
 }
 
 #[test]

@@ -326,28 +326,7 @@ impl WorkerResource for Connection {
         connections.reinitializing().remove(&key);
     }
 
-    fn pool_home(
-        &self,
-        namespace: &str,
-        ctx: &Context,
-        pool: &str,
-    ) -> Result<crate::operator::reconcile::skeleton::Home, (&'static str, String)> {
-        crate::operator::kinds::placement::home_or_reason(ctx, namespace, self, pool)
-    }
-
-    fn placed(namespace: &str, ctx: &Context, pool: &str) {
-        crate::operator::kinds::placement::placed(ctx, namespace, pool);
-    }
-
-    async fn leave_pool(
-        &self,
-        namespace: &str,
-        ctx: &Context,
-        placement: &crate::api::worker_pool::Placement,
-        purge: crate::wire::Purge,
-    ) -> Result<(), ReconcileError> {
-        crate::operator::kinds::placement::leave(self, namespace, ctx, placement, purge).await
-    }
+    super::placement::pool_hosting!();
 }
 
 /// Each target transport's ingest endpoint and token; the first missing one is an error that

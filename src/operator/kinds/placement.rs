@@ -216,6 +216,36 @@ pub fn pool_workers(
         .collect()
 }
 
+/// The three `WorkerResource` methods through which a kind lives in a WorkerPool, the same
+/// for every kind: `super::placement::pool_hosting!();` in its `impl WorkerResource`.
+macro_rules! pool_hosting {
+    () => {
+        fn pool_home(
+            &self,
+            namespace: &str,
+            ctx: &$crate::operator::runtime::context::Context,
+            pool: &str,
+        ) -> Result<$crate::operator::reconcile::skeleton::Home, (&'static str, String)> {
+            $crate::operator::kinds::placement::home_or_reason(ctx, namespace, self, pool)
+        }
+
+        fn placed(namespace: &str, ctx: &$crate::operator::runtime::context::Context, pool: &str) {
+            $crate::operator::kinds::placement::placed(ctx, namespace, pool);
+        }
+
+        async fn leave_pool(
+            &self,
+            namespace: &str,
+            ctx: &$crate::operator::runtime::context::Context,
+            placement: &$crate::api::worker_pool::Placement,
+            purge: $crate::wire::Purge,
+        ) -> Result<(), $crate::operator::runtime::error::ReconcileError> {
+            $crate::operator::kinds::placement::leave(self, namespace, ctx, placement, purge).await
+        }
+    };
+}
+pub(crate) use pool_hosting;
+
 /// [`home`], as the reconcile skeleton takes it (`WorkerResource::pool_home`).
 pub fn home_or_reason<R: WorkerResource>(
     ctx: &Context,

@@ -89,28 +89,7 @@ impl WorkerResource for Transport {
         vec![("spec.host.url".into(), self.spec.host.url.as_str())]
     }
 
-    fn pool_home(
-        &self,
-        namespace: &str,
-        ctx: &Context,
-        pool: &str,
-    ) -> Result<crate::operator::reconcile::skeleton::Home, (&'static str, String)> {
-        crate::operator::kinds::placement::home_or_reason(ctx, namespace, self, pool)
-    }
-
-    fn placed(namespace: &str, ctx: &Context, pool: &str) {
-        crate::operator::kinds::placement::placed(ctx, namespace, pool);
-    }
-
-    async fn leave_pool(
-        &self,
-        namespace: &str,
-        ctx: &Context,
-        placement: &crate::api::worker_pool::Placement,
-        purge: crate::wire::Purge,
-    ) -> Result<(), ReconcileError> {
-        crate::operator::kinds::placement::leave(self, namespace, ctx, placement, purge).await
-    }
+    super::placement::pool_hosting!();
 }
 
 fn pushed_key(namespace: &str, transport: &Transport) -> String {
