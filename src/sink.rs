@@ -70,3 +70,28 @@ pub async fn serve(listen: SocketAddr, answer: StatusCode, quiet: bool) -> std::
         .with_graceful_shutdown(crate::shutdown_signal())
         .await
 }
+
+/// `ferry sink`'s arguments.
+#[derive(clap::Args)]
+pub struct SinkArgs {
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+    /// The status to answer with (200; try 503 or 400).
+    #[arg(long, default_value_t = 200)]
+    pub answer: u16,
+    /// Do not print each transaction.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl SinkArgs {
+    /// Serve until a signal; a failure names the address or the status.
+    pub async fn run(self) -> Result<(), String> {
+        let listen = self.listen;
+        let answer = StatusCode::from_u16(self.answer)
+            .map_err(|_| format!("--answer {} is not an HTTP status", self.answer))?;
+        serve(listen, answer, self.quiet)
+            .await
+            .map_err(|e| format!("sink on {listen}: {e}"))
+    }
+}

@@ -158,6 +158,41 @@ pub async fn serve(
         .await
 }
 
+/// `ferry source`'s arguments.
+#[derive(clap::Args)]
+pub struct SourceArgs {
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    pub listen: SocketAddr,
+    /// How many orders it serves.
+    #[arg(long, default_value_t = 10)]
+    pub orders: usize,
+    /// How often one of them changes.
+    #[arg(long, default_value = "3s")]
+    pub change_every: crate::api::duration::Duration,
+    /// Records per page (more are linked with rel="next").
+    #[arg(long, default_value_t = 50)]
+    pub page_size: usize,
+    /// Answer no request for records until `POST /release` (a source that takes its time).
+    #[arg(long)]
+    pub hold: bool,
+}
+
+impl SourceArgs {
+    /// Serve until a signal; a failure names the address.
+    pub async fn run(self) -> Result<(), String> {
+        let listen = self.listen;
+        serve(
+            listen,
+            self.orders,
+            self.change_every.as_std(),
+            self.page_size,
+            self.hold,
+        )
+        .await
+        .map_err(|e| format!("source on {listen}: {e}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -394,6 +394,59 @@ fn print_changes<T: Copy + PartialEq + std::fmt::Display + Send + Sync + 'static
     });
 }
 
+/// `ferry standalone`'s arguments.
+#[derive(clap::Args)]
+pub struct StandaloneArgs {
+    /// Manifest files or directories (multi-document YAML, as given to kubectl).
+    #[arg(long, num_args = 1..)]
+    pub manifests: Vec<PathBuf>,
+    #[arg(long, default_value = "ferry-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Require this admin token (by default the API is open, on loopback).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Require this ingest token.
+    #[arg(long)]
+    pub ingest_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: crate::worker::flags::WorkerFlags,
+    /// How many connections may be in their startup at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub startup_concurrency: u16,
+}
+
+impl StandaloneArgs {
+    /// Run the manifests until a signal (or a failure, with its exit code).
+    pub async fn run(self) -> Result<(), Failure> {
+        self.flags.apply_to_process()?;
+        let tokens = Tokens::read(
+            self.admin_token_file.as_deref(),
+            self.ingest_token_file.as_deref(),
+        )
+        .map_err(|e| Failure::new(e.to_string()))?;
+        let tls = self.flags.tls();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let listen = self.listen;
+        let options = self
+            .flags
+            .options(self.data_dir, format!("{scheme}://{listen}"));
+        let limits = self.flags.limits();
+        let concurrency = self.startup_concurrency.into();
+        run(
+            options,
+            listen,
+            tokens,
+            limits,
+            &self.manifests,
+            concurrency,
+            tls,
+        )
+        .await
+    }
+}
+
 /// `ferry standalone`: listen, open the store, host what the manifests define, serve until a
 /// signal. A manifest with a problem stops it before anything is hosted.
 pub async fn run(

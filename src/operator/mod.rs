@@ -24,6 +24,7 @@ pub mod workers;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod flags;
 pub mod run;
 
 /// A namespaced kind the operator reads, writes and watches (Transport, Connection, and

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod budget;
+pub mod flags;
 pub mod hosted;
 mod kinds;
 pub mod linger;

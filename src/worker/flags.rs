@@ -1,0 +1,141 @@
+//! `ferry worker` and `ferry standalone`'s shared command line: every flag beside what it
+//! configures (the worker's options, its server's limits, TLS, the process-wide destination
+//! and trust settings), and `ferry worker` itself.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use super::{
+    WorkerOptions,
+    process::{self, Failure},
+    server,
+    tokens::Tokens,
+};
+
+/// `ferry worker`'s arguments.
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// Where the store (queues, desired state, totals) lives.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// File holding the token the admin routes require.
+    #[arg(long)]
+    pub admin_token_file: PathBuf,
+    /// File holding the token ingest requires.
+    #[arg(long)]
+    pub ingest_token_file: PathBuf,
+    /// A pool's worker: each transport takes only its own ingest token (given with its
+    /// spec), never the one in --ingest-token-file.
+    #[arg(long, env = "FERRY_OWN_INGEST_TOKENS")]
+    pub own_ingest_tokens: bool,
+    /// The URL producers use to reach this worker (reported as each transport's endpoint).
+    #[arg(long, env = "FERRY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    #[command(flatten)]
+    pub flags: WorkerFlags,
+}
+
+impl WorkerArgs {
+    /// Run the worker until a signal (or a failure, with its exit code).
+    pub async fn run(self) -> Result<(), Failure> {
+        self.flags.apply_to_process()?;
+        let tokens = Tokens::read(Some(&self.admin_token_file), Some(&self.ingest_token_file))
+            .map_err(|e| Failure::new(e.to_string()))?;
+        let tokens = Tokens {
+            own_ingest_only: self.own_ingest_tokens,
+            ..tokens
+        };
+        let tls = self.flags.tls();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let listen = self.listen;
+        let public_url = self
+            .public_url
+            .unwrap_or_else(|| format!("{scheme}://{listen}"));
+        let options = self.flags.options(self.data_dir, public_url);
+        process::run_worker(options, listen, tokens, self.flags.limits(), tls).await
+    }
+}
+
+/// What `ferry worker` and `ferry standalone` share: forwarding and the limits of the server.
+#[derive(clap::Args)]
+pub struct WorkerFlags {
+    /// Serve TLS only, with this PEM certificate chain (a TLS Secret's tls.crt); read again
+    /// when it changes.
+    #[arg(long, env = "FERRY_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The certificate's PEM private key (tls.key).
+    #[arg(long, env = "FERRY_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// Also trust the CA certificates of this PEM file when sending to targets (the operator's
+    /// CA bundle: a connection's target transports serve its certificates).
+    #[arg(long, env = "FERRY_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Deliveries in flight while a Store and Forward queue is forwarded. 1 (the default)
+    /// sends each transaction after the host answered the previous one, so the host sees the
+    /// queue's order exactly; more is faster but the host may see neighbours reordered.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    forward_window: u16,
+    /// Bytes of transactions held in memory at once across all producers; over it a producer
+    /// is answered 503 with Retry-After. The operator sets a quarter of the pod's memory limit.
+    #[arg(long, env = "FERRY_MEMORY_BUDGET", default_value = "64Mi")]
+    memory_budget: crate::api::quantity::ByteQuantity,
+    /// Connections served at once (more wait in the listen backlog).
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = server::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// How long a request may take to send its head; also how long an idle keep-alive
+    /// connection stays open.
+    #[arg(long, env = "FERRY_HEADER_READ_TIMEOUT", default_value = "30s")]
+    header_read_timeout: crate::api::duration::Duration,
+    /// On SIGTERM, how long requests already in their handlers may take to answer before the
+    /// connections are closed and the records saved (keep it well below the pod's
+    /// terminationGracePeriodSeconds).
+    #[arg(long, env = "FERRY_SHUTDOWN_TIMEOUT", default_value = "10s")]
+    shutdown_timeout: crate::api::duration::Duration,
+    /// Address ranges (CIDRs, comma-separated) no host, source or target may be reached at:
+    /// a URL with such an address is refused, and a name that resolves only to such addresses
+    /// is not connected to (checked at every connect). The operator passes its own list to its
+    /// workers; "" allows every address.
+    #[arg(long, env = "FERRY_FORBIDDEN_DESTINATIONS", value_parser = crate::destinations::Forbidden::parse, default_value = crate::destinations::LINK_LOCAL)]
+    forbidden_destinations: crate::destinations::Forbidden,
+}
+
+impl WorkerFlags {
+    pub fn options(&self, data_dir: PathBuf, public_url: String) -> WorkerOptions {
+        WorkerOptions {
+            data_dir,
+            public_url,
+            forward_window: self.forward_window.into(),
+            memory_budget: self.memory_budget.bytes(),
+        }
+    }
+
+    /// The certificate and key to serve TLS with, when given.
+    pub fn tls(&self) -> Option<crate::worker::tls::CertFiles> {
+        let (cert, key) = self.tls_cert_file.clone().zip(self.tls_key_file.clone())?;
+        Some(crate::worker::tls::CertFiles { cert, key })
+    }
+
+    pub fn limits(&self) -> server::ServerLimits {
+        server::ServerLimits {
+            header_read_timeout: self.header_read_timeout.as_std(),
+            max_connections: self.max_connections as usize,
+            shutdown_timeout: self.shutdown_timeout.as_std(),
+        }
+    }
+}
+
+impl WorkerFlags {
+    /// What this process may reach (`--forbidden-destinations`) and trusts besides the
+    /// platform's roots (`--ca-file`).
+    pub fn apply_to_process(&self) -> Result<(), Failure> {
+        crate::destinations::forbid_for_process(self.forbidden_destinations.clone());
+        if let Some(file) = &self.ca_file {
+            std::fs::read(file)
+                .map_err(|e| format!("--ca-file {}: {e}", file.display()))
+                .and_then(|pem| crate::trust::trust_for_process(&pem, file))
+                .map_err(Failure::new)?;
+        }
+        Ok(())
+    }
+}
