@@ -45,6 +45,15 @@ if holds(stalled) then
   return hs
 end
 
+-- Paused (ferry.dev/reconcile: paused): the operator keeps its hands off, so a newer spec is
+-- not applied until the annotation goes.
+local paused = condition(status.conditions, "ReconcilePaused")
+if holds(paused) then
+  hs.status = "Suspended"
+  hs.message = "reconciliation paused (ferry.dev/reconcile: paused)"
+  return hs
+end
+
 -- The worker has not applied the latest spec yet.
 local generation = obj.metadata and obj.metadata.generation
 if generation ~= nil and status.observedGeneration ~= nil and status.observedGeneration < generation then

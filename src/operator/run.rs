@@ -273,13 +273,17 @@ fn when(flag: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync 
     }
 }
 
-/// Reconciles are triggered by what the user changes (generation), by finalizers and by
-/// deletion; not by the operator's own status writes, which would loop. The status is
-/// refreshed by the requeue every `--status-interval`.
+/// Reconciles are triggered by what the user changes (generation, the annotation that pauses
+/// reconciliation), by finalizers and by deletion; not by the operator's own status writes,
+/// which would loop. The status is refreshed by the requeue every `--status-interval`.
 fn spec_or_lifecycle<K: Resource>(object: &K) -> Option<u64> {
     let meta = object.meta();
     let mut hasher = DefaultHasher::new();
     meta.generation.hash(&mut hasher);
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(super::reconcile::skeleton::RECONCILE_ANNOTATION))
+        .hash(&mut hasher);
     meta.finalizers.hash(&mut hasher);
     meta.deletion_timestamp
         .as_ref()
@@ -1162,6 +1166,16 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
         assert_ne!(spec_or_lifecycle(&finalized), spec_or_lifecycle(&deleting));
+        // Pausing and unpausing reconcile it; another annotation does not.
+        let annotated = |key: &str, value: &str| {
+            let mut t = base.clone();
+            t.metadata.annotations = Some([(key.to_owned(), value.to_owned())].into());
+            t
+        };
+        let paused = annotated("ferry.dev/reconcile", "paused");
+        assert_ne!(spec_or_lifecycle(&base), spec_or_lifecycle(&paused));
+        let other = annotated("example.com/note", "x");
+        assert_eq!(spec_or_lifecycle(&base), spec_or_lifecycle(&other));
     }
 
     /// While a kind's list cannot be read, `/readyz` says which and why (shortened), and a

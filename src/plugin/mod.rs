@@ -4,6 +4,7 @@
 //! finds it as a plugin.
 
 pub mod desired;
+pub mod pause;
 pub mod rotate;
 pub mod table;
 pub mod worker;
@@ -43,6 +44,18 @@ pub enum Command {
     Start(ConnectionArgs),
     /// Stop a connection (its worker is scaled to zero).
     Stop(ConnectionArgs),
+    /// Pause the operator's reconciliation of a resource (annotation ferry.dev/reconcile:
+    /// paused): it changes none of its objects and pushes nothing to its worker; the status
+    /// still follows the worker.
+    Pause {
+        kind: pause::PausableKind,
+        name: String,
+    },
+    /// Resume the operator's reconciliation of a resource: what changed meanwhile is applied.
+    Unpause {
+        kind: pause::PausableKind,
+        name: String,
+    },
     /// A table of every Transport and Connection: state, queue depth, worker (pool/worker in a
     /// WorkerPool), last report, Ready.
     Status {
@@ -238,6 +251,12 @@ pub async fn run(
             };
             let mut stdout = std::io::stdout();
             return worker::logs(client, namespace, *kind, name, &options, &mut stdout).await;
+        }
+        Command::Pause { kind, name } => {
+            return pause::pause(client, namespace, *kind, name, true).await;
+        }
+        Command::Unpause { kind, name } => {
+            return pause::pause(client, namespace, *kind, name, false).await;
         }
         Command::Suspend(a) => (Change::Suspend, &a.name, &a.wait),
         Command::Resume(a) => (Change::Resume, &a.name, &a.wait),

@@ -2846,3 +2846,79 @@ async fn the_ca_renewal_keeps_producers_with_the_earlier_bundle_working() {
         })
         .await;
 }
+
+/// Issue 33: `ferry.dev/reconcile: paused` (`kubectl ferry pause`) holds the operator's hands
+/// off a transport: a spec change is not pushed (the worker keeps delivering as before) and a
+/// deleted NetworkPolicy is not repaired, while the status keeps following the worker with
+/// `ReconcilePaused=True`; `kubectl ferry unpause` applies both at once.
+#[tokio::test]
+async fn a_paused_transport_is_left_alone_until_unpaused() {
+    let Some(env) = env("a_paused_transport_is_left_alone_until_unpaused") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "paused").await;
+    let _operator = cluster.operator(&[]);
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    cluster.apply(&transport_yaml("erp", &host, "Delete"));
+    delivered_and_up(&cluster, "erp").await;
+
+    let said = kubectl_ferry(&cluster, &["pause", "transport", "erp"]);
+    assert!(said.contains("reconciliation paused"), "{said}");
+    cluster
+        .wait_transport("erp", "ReconcilePaused", |s| {
+            condition(s, "ReconcilePaused")["status"] == "True"
+        })
+        .await;
+    cluster
+        .kubectl(&["delete", "networkpolicy", "ferry-tp-erp", "--wait=false"])
+        .expect("delete the NetworkPolicy");
+    cluster.patch("transport/erp", json!({"spec": {"suspended": true}}));
+    let generation = cluster
+        .transports()
+        .get("erp")
+        .await
+        .expect("the transport")
+        .metadata
+        .generation
+        .expect("a generation");
+    // Evidence the operator reconciled the new generation while paused: the condition names it.
+    let paused = cluster
+        .wait_transport("erp", "the new generation seen, paused", |s| {
+            condition(s, "ReconcilePaused")["observedGeneration"] == generation
+        })
+        .await;
+    assert_eq!(
+        paused["state"], "Up",
+        "not suspended while paused: {paused}"
+    );
+    assert!(
+        paused["observedGeneration"].as_i64() < Some(generation),
+        "the worker still runs the earlier spec: {paused}"
+    );
+    let (code, body) = cluster.ingest("erp", r#"{"order":2}"#).await;
+    assert_eq!(code, 200, "still delivering: {body}");
+    assert!(
+        cluster
+            .kubectl(&["get", "networkpolicy", "ferry-tp-erp", "-o", "name"])
+            .is_err(),
+        "the NetworkPolicy was repaired while paused"
+    );
+
+    let said = kubectl_ferry(&cluster, &["unpause", "transport", "erp"]);
+    assert!(said.contains("reconciliation resumed"), "{said}");
+    let resumed = cluster
+        .wait_transport("erp", "the spec applied once unpaused", |s| {
+            s["state"] == "Suspended"
+                && s["observedGeneration"] == generation
+                && condition(s, "ReconcilePaused").is_null()
+        })
+        .await;
+    assert_eq!(resumed["totals"]["delivered"], 2, "{resumed}");
+    eventually("the NetworkPolicy back", || async {
+        cluster
+            .kubectl(&["get", "networkpolicy", "ferry-tp-erp", "-o", "name"])
+            .ok()
+    })
+    .await;
+}

@@ -449,6 +449,7 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
         worker,
         refs: targets,
         ingest_token: _,
+        paused,
     } = observed;
     let key = connection_key(connection);
     let config_error = targets.as_ref().err().cloned();
@@ -461,7 +462,11 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
                 transports: targets.clone().unwrap_or_default(),
                 startup: startup.clone(),
             };
-            push(connection, namespace, (&target, &pod_uid), &resolved, ctx).await
+            if paused {
+                read(connection, namespace, (&target, &pod_uid), ctx).await
+            } else {
+                push(connection, namespace, (&target, &pod_uid), &resolved, ctx).await
+            }
         }
         Some(Err(unavailable)) if waits_for_worker => Err(format!(
             "{unavailable}; it holds no place in the startup queue until it is ready \
@@ -533,6 +538,34 @@ async fn push(
         .put::<ConnectionReport>(target, &path, &manifest)
         .await
         .map_err(|e| e.to_string())?;
+    ctx.follow_report(Follow {
+        kind: Connection::KIND,
+        namespace,
+        name: connection.metadata.name.as_deref().unwrap_or_default(),
+        worker: target,
+        pod_uid,
+        etag: report.etag(),
+        path,
+    });
+    Ok(report)
+}
+
+/// A paused connection's report, read and followed; nothing pushed.
+async fn read(
+    connection: &Connection,
+    namespace: &str,
+    (target, pod_uid): (&WorkerPod, &str),
+    ctx: &Context,
+) -> Result<ConnectionReport, String> {
+    let path = wire::resource_path(
+        wire::Kind::Connections,
+        &wire::key(namespace, &connection.name_any()),
+    );
+    let report = ctx
+        .workers
+        .get::<ConnectionReport>(target, &path)
+        .await
+        .map_err(|e| crate::operator::reconcile::skeleton::paused_read_error(&e))?;
     ctx.follow_report(Follow {
         kind: Connection::KIND,
         namespace,

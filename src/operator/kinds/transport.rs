@@ -60,7 +60,16 @@ impl WorkerResource for Transport {
         let report = match observed.worker {
             Some(Ok(worker)) => {
                 let own_token = observed.ingest_token.as_deref();
-                push(self, observed.namespace, worker, own_token, observed.ctx).await
+                let paused = observed.paused;
+                push(
+                    self,
+                    observed.namespace,
+                    worker,
+                    own_token,
+                    observed.ctx,
+                    paused,
+                )
+                .await
             }
             Some(Err(unavailable)) => Err(unavailable.to_string()),
             None => Err("the worker does not run".into()),
@@ -105,6 +114,7 @@ async fn push(
     (target, pod_uid): ReadyWorker,
     own_token: Option<&str>,
     ctx: &Context,
+    paused: bool,
 ) -> Result<TransportReport, String> {
     let key = pushed_key(namespace, transport);
     let path = wire::resource_path(
@@ -130,11 +140,15 @@ async fn push(
         },
     );
     let fresh = ctx.pushed().get(&key) == Some(&wanted);
-    if fresh {
+    // Paused: only read, whatever the worker has.
+    if fresh || paused {
         match ctx.workers.get::<TransportReport>(&target, &path).await {
             Ok(report) => {
                 ctx.follow_report(follow(&report));
                 return Ok(report);
+            }
+            Err(e) if paused => {
+                return Err(crate::operator::reconcile::skeleton::paused_read_error(&e));
             }
             // The worker lost it (a new disk): push again.
             Err(e) if e.is_not_hosted() => {}
@@ -617,6 +631,45 @@ mod tests {
                 &[foreign.1, "Transport plant-a/erp"],
             );
         }
+    }
+
+    /// Paused before its worker was made: the operator reads its Secrets (none yet), applies
+    /// nothing — no Secret, Service, NetworkPolicy or StatefulSet — and says so in the status.
+    #[tokio::test]
+    async fn a_paused_transport_gets_no_objects_and_says_why() {
+        let (client, mut handle) = mock();
+        let mut paused = transport(true, "Retain");
+        paused.metadata.annotations = Some(
+            [(
+                crate::operator::reconcile::skeleton::RECONCILE_ANNOTATION.to_owned(),
+                "paused".to_owned(),
+            )]
+            .into(),
+        );
+        let server = tokio::spawn(async move {
+            for secret in ["ferry-tp-erp", "ferry-tp-erp-admin"] {
+                let (method, path, _, send) = handle.next().await;
+                assert_eq!(method, Method::GET, "only reads: {path}");
+                assert!(path.ends_with(&format!("/secrets/{secret}")), "{path}");
+                send.send_response(not_found());
+            }
+            let status = transport_status_written(&mut handle).await;
+            assert_eq!(condition(&status["status"], "ReconcilePaused").0, "True");
+            assert_eq!(condition(&status["status"], "Ready").1, "Paused");
+        });
+        let ctx = context(client);
+        // A request after the status write would find no answer: the reconcile would hang.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            reconcile(Arc::new(paused), ctx, Arc::new(())),
+        )
+        .await
+        .expect("the reconcile asks nothing more")
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("no other request")
+            .unwrap();
     }
 
     #[tokio::test]

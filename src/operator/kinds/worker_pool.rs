@@ -26,9 +26,11 @@ use crate::operator::{
     objects::builders::Owner,
     reconcile::skeleton::RESYNC,
     reconcile::skeleton::WorkerResource,
+    reconcile::skeleton::is_paused,
     runtime::caches::{cached, synced},
     runtime::context::{Context, FINALIZER, now},
     runtime::error::ReconcileError,
+    runtime::status::reconcile_paused,
     runtime::status::{PoolView, pool_replicas, pool_status, to_write},
     runtime::status_writer::write_status,
     workers::worker_objects::tokens_of,
@@ -161,13 +163,22 @@ async fn apply(
         known.max(pool.spec.replicas),
     );
     let running = pool_replicas(pool.spec.replicas, &observed);
+    // Paused (`ferry.dev/reconcile: paused`): its objects are left as they are and its workers
+    // are told nothing; its status still shows them.
+    let paused = is_paused(&pool.metadata);
     // Build and apply: never fewer workers than the hosted ones need.
     let owner = owner.with_replicas(running);
-    let tokens = apply_or_report(ctx, namespace, &owner, pool, pool.status.as_ref()).await?;
+    let tokens = if paused {
+        None
+    } else {
+        Some(apply_or_report(ctx, namespace, &owner, pool, pool.status.as_ref()).await?)
+    };
     // Observe: the workers that run now.
     observed.truncate(usize::try_from(running).unwrap_or(0));
-    wake_unplaced(ctx, namespace, pool, &observed);
-    sweep_orphans(ctx, namespace, &pool.name_any(), &set, &observed).await;
+    if !paused {
+        wake_unplaced(ctx, namespace, pool, &observed);
+        sweep_orphans(ctx, namespace, &pool.name_any(), &set, &observed).await;
+    }
     let view = PoolView {
         replicas: pool.spec.replicas,
         workers: observed,
@@ -178,7 +189,9 @@ async fn apply(
     // Its pods' changes reconcile it (they are watched); the resync is a safety net, sooner
     // when its workers' certificate is due for renewal.
     Ok(Action::requeue(if settled {
-        crate::operator::workers::worker_objects::renewal_due(&tokens, ctx, RESYNC)
+        tokens.map_or(RESYNC, |tokens| {
+            crate::operator::workers::worker_objects::renewal_due(&tokens, ctx, RESYNC)
+        })
     } else {
         ctx.status_interval
     }))
@@ -192,7 +205,10 @@ async fn show(
     namespace: &str,
     view: &PoolView,
 ) -> Result<bool, ReconcileError> {
-    let status = pool_status(pool.status.as_ref(), pool.metadata.generation, view, now());
+    let mut status = pool_status(pool.status.as_ref(), pool.metadata.generation, view, now());
+    let paused = is_paused(&pool.metadata);
+    status.conditions =
+        reconcile_paused(&status.conditions, paused, pool.metadata.generation, &now());
     let ready = status
         .conditions
         .iter()

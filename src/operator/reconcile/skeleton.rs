@@ -25,9 +25,13 @@ use crate::operator::{
     runtime::context::now,
     runtime::context::{Context, FINALIZER},
     runtime::error::ReconcileError,
-    runtime::status::{FORBIDDEN_DESTINATION, Placeable, WithConditions, not_running, to_write},
+    runtime::status::{
+        FORBIDDEN_DESTINATION, Placeable, WithConditions, not_running, reconcile_paused, to_write,
+    },
     runtime::status_writer::write_status,
-    workers::worker_objects::{apply_ingest_secret, apply_or_report, delete_claim, reported},
+    workers::worker_objects::{
+        apply_ingest_secret, apply_or_report, delete_claim, existing_tokens, reported,
+    },
     workers::worker_pod::{ReadyWorker, WorkerPodUnavailable, pod_name, ready_worker},
 };
 
@@ -137,6 +141,29 @@ pub struct Observed<'a, R: WorkerResource> {
     pub refs: R::Refs,
     /// A transport's ingest token (its worker, dedicated or a pool's, is told its hash).
     pub ingest_token: Option<String>,
+    /// `ferry.dev/reconcile: paused`: the worker is read, nothing is pushed to it.
+    pub paused: bool,
+}
+
+/// The annotation that pauses a resource's reconciliation (value [`PAUSED`]).
+pub const RECONCILE_ANNOTATION: &str = "ferry.dev/reconcile";
+pub const PAUSED: &str = "paused";
+
+/// Why a paused resource's worker could not be read (one that does not host it says so).
+pub fn paused_read_error(e: &crate::operator::runtime::worker_client::WorkerCallError) -> String {
+    if e.is_not_hosted() {
+        "reconciliation is paused and its worker does not host it: nothing is pushed until the annotation ferry.dev/reconcile: paused goes".into()
+    } else {
+        e.to_string()
+    }
+}
+
+/// Whether `meta` carries `ferry.dev/reconcile: paused`.
+pub fn is_paused(meta: &kube::core::ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(RECONCILE_ANNOTATION))
+        .is_some_and(|v| v == PAUSED)
 }
 
 pub async fn reconcile<R: WorkerResource>(
@@ -166,7 +193,10 @@ async fn apply<R: WorkerResource>(
     // for a new generation and at the latest every RESYNC, not on every report's reconcile.
     let uid = object.meta().uid.clone().unwrap_or_default();
     let generation = object.meta().generation;
-    if ctx.destinations_due(&uid, generation, RESYNC) {
+    // Paused (`ferry.dev/reconcile: paused`): nothing of its objects is changed and nothing is
+    // pushed; its worker is only read, and its status says so.
+    let paused = is_paused(object.meta());
+    if !paused && ctx.destinations_due(&uid, generation, RESYNC) {
         for (field, url) in object.destinations() {
             if let Err(refusal) = ctx.defaults.forbidden_destinations.check_url(url).await {
                 let why = format!("{field}: {refusal}");
@@ -180,6 +210,7 @@ async fn apply<R: WorkerResource>(
     // With TLS: the CA bundle in the namespace's ConfigMap, where producers may find it (the
     // producers' Secret holds it too: a ConfigMap that cannot be written holds nothing up).
     if let Some(authority) = &ctx.authority
+        && !paused
         && let Err(e) = authority.publish(&ctx.client, namespace).await
     {
         tracing::warn!(namespace, error = %crate::kube_error_line(&e), "cannot publish the CA bundle as ConfigMap ferry-ca; producers read ca.crt from their Secret");
@@ -189,11 +220,21 @@ async fn apply<R: WorkerResource>(
     let mut ingest_token = None;
     let home = match object.worker_pool() {
         None => {
-            let tokens = apply_or_report(ctx, namespace, &owner, object, object.status()).await?;
+            let tokens = if paused {
+                match existing_tokens(ctx, namespace, &owner).await? {
+                    Some(tokens) => tokens,
+                    None => {
+                        let why = "paused before its worker was made: nothing to read";
+                        return not_run(object, namespace, ctx, "Paused", why, RESYNC).await;
+                    }
+                }
+            } else {
+                apply_or_report(ctx, namespace, &owner, object, object.status()).await?
+            };
             // Its worker is told the hash of the producers' token with the spec, as a pool's
             // is: a token replaced in the Secret (rotation) is taken, and the old one refused,
             // as soon as it is pushed.
-            if R::INGESTS {
+            if R::INGESTS && !paused {
                 ingest_token = Some(tokens.ingest.clone());
             }
             Home {
@@ -204,7 +245,11 @@ async fn apply<R: WorkerResource>(
             }
         }
         Some(pool) => {
-            if R::INGESTS {
+            if paused && object.status().and_then(Placeable::placement).is_none() {
+                let why = format!("paused before it had a place in WorkerPool {pool}");
+                return not_run(object, namespace, ctx, "Paused", &why, RESYNC).await;
+            }
+            if R::INGESTS && !paused {
                 let applying = apply_ingest_secret(ctx, namespace, &owner);
                 ingest_token =
                     Some(reported(ctx, namespace, object, object.status(), applying).await?);
@@ -236,8 +281,11 @@ async fn apply<R: WorkerResource>(
         worker,
         refs,
         ingest_token,
+        paused,
     };
     let mut status = object.observe(observed).await;
+    let conditions = reconcile_paused(status.conditions(), paused, generation, &now());
+    *status.conditions_mut() = conditions;
     // Newly placed: its pool counts it once its status shows the place (status changes do
     // not reach the pool through the resource's watch).
     let newly_placed = home
@@ -290,6 +338,12 @@ async fn not_run<R: WorkerResource>(
         reason,
         why,
         now(),
+    );
+    let conditions = reconcile_paused(
+        &conditions,
+        is_paused(object.meta()),
+        object.meta().generation,
+        &now(),
     );
     *status.conditions_mut() = conditions;
     if let Some(changed) = to_write(object.status(), status) {

@@ -59,6 +59,35 @@ fn set_conditions(
     out
 }
 
+/// The condition of a resource whose reconciliation is paused (`ferry.dev/reconcile: paused`).
+pub const RECONCILE_PAUSED: &str = "ReconcilePaused";
+
+/// `ReconcilePaused=True` while the annotation holds the operator's hands off the resource;
+/// no such condition otherwise (one left from a pause goes).
+pub fn reconcile_paused(
+    previous: &[Condition],
+    paused: bool,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    if !paused {
+        return previous
+            .iter()
+            .filter(|c| c.type_ != RECONCILE_PAUSED)
+            .cloned()
+            .collect();
+    }
+    let why = "ferry.dev/reconcile: paused — the operator changes none of its objects and pushes \
+               nothing to its worker; the status is still read from the worker. Remove the \
+               annotation to apply what changed meanwhile";
+    set_conditions(
+        previous,
+        vec![Set(RECONCILE_PAUSED, true, "Paused", why.to_owned())],
+        generation,
+        now,
+    )
+}
+
 /// The Ready reason of a resource whose spec names a forbidden destination.
 pub const FORBIDDEN_DESTINATION: &str = "ForbiddenDestination";
 

@@ -389,6 +389,31 @@ async fn own_secret(
     Ok(secret)
 }
 
+/// The worker's tokens as its Secrets hold them now, read only (a paused resource): `None`
+/// while they do not exist yet. Only Secrets the resource controls are read.
+pub(in crate::operator) async fn existing_tokens(
+    ctx: &Context,
+    namespace: &str,
+    owner: &Owner<'_>,
+) -> Result<Option<WorkerTokens>, ReconcileError> {
+    let worker = owner.worker_name();
+    let secret = own_secret(ctx, namespace, owner, &worker).await?;
+    let admin_secret = match owner.admin_secret_name() {
+        name if name == worker => None,
+        name => own_secret(ctx, namespace, owner, &name).await?,
+    };
+    let admin = admin_secret
+        .as_ref()
+        .and_then(admin_token_of)
+        .or_else(|| secret.as_ref().and_then(admin_token_of));
+    let ingest = secret.as_ref().and_then(ingest_token_of);
+    Ok(admin.zip(ingest).map(|(admin, ingest)| WorkerTokens {
+        admin,
+        ingest,
+        tls: None,
+    }))
+}
+
 /// A pooled resource's own Secret, with its ingest token kept or generated; answers the token.
 pub(in crate::operator) async fn apply_ingest_secret(
     ctx: &Context,
