@@ -385,4 +385,52 @@ async fn a_connection_worker_verifies_its_target_with_the_bundle_it_is_given() {
         r.iter().any(|t| t.transport == "default/erp")
     })
     .await;
+
+    // The CA renewed: the transport's worker serves a certificate of the new CA, the bundle
+    // file holds both (as the kubelet swaps it); the running connection worker trusts it
+    // within its reload and delivers the next record — no restart.
+    let renewed = CaState::step(None, unix_now(), &policy, |now| {
+        mint_ca(now, policy.ca_validity)
+    })
+    .unwrap()
+    .unwrap();
+    let issued = renewed
+        .issuer()
+        .unwrap()
+        .issue(&["localhost".to_owned()], unix_now(), &policy)
+        .unwrap();
+    std::fs::write(
+        dir.path().join("ca.crt.new"),
+        ca.bundle() + &renewed.bundle(),
+    )
+    .unwrap();
+    std::fs::rename(dir.path().join("ca.crt.new"), &bundle).unwrap();
+    std::fs::write(dir.path().join("tls.key.new"), &issued.key).unwrap();
+    std::fs::write(dir.path().join("tls.crt.new"), &issued.cert).unwrap();
+    std::fs::rename(dir.path().join("tls.key.new"), dir.path().join("tls.key")).unwrap();
+    std::fs::rename(dir.path().join("tls.crt.new"), dir.path().join("tls.crt")).unwrap();
+    let renewed_only = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(renewed.bundle().as_bytes()).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    eventually_ok(
+        &renewed_only,
+        &format!("{base}/readyz"),
+        "the transport's worker serves the new CA's certificate",
+        dir.path(),
+    )
+    .await;
+    source.put("items", "y", 2);
+    wait_received(
+        &host,
+        "y after the renewal, the connection worker not restarted",
+        |r| r.iter().any(|t| t.id.contains("/y@")),
+    )
+    .await;
+    assert!(
+        trusting.log().contains("trusting the renewed CA bundle"),
+        "{}",
+        trusting.log()
+    );
 }

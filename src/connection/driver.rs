@@ -58,24 +58,29 @@ pub trait Target: Send + Sync {
 
 /// One HTTP client for every connection's drivers: a client holds a connection pool and a TLS
 /// configuration, and one per driver cost a worker with 100 connections ~24 MiB. Timeouts are
-/// set per request.
+/// set per request. Built again when the CA bundle it trusts is renewed (`crate::trust`).
 fn client() -> Result<Client, String> {
-    static SHARED: std::sync::OnceLock<Result<Client, String>> = std::sync::OnceLock::new();
-    SHARED
-        .get_or_init(|| {
-            // reqwest panics when no TLS provider is installed yet.
-            crate::install_crypto_provider();
-            Client::builder()
-                .redirect(same_origin_redirects())
-                // A name that resolves to a forbidden address is not connected to.
-                .dns_resolver(std::sync::Arc::new(crate::destinations::GuardedResolver))
-                .pool_idle_timeout(Duration::from_secs(30))
-                // The operator's CA, for targets that are ferry workers (`--ca-file`).
-                .tls_certs_merge(crate::trust::extra_roots())
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))
-        })
-        .clone()
+    static SHARED: std::sync::Mutex<Option<(u64, Client)>> = std::sync::Mutex::new(None);
+    let generation = crate::trust::generation();
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((built_for, client)) = shared.as_ref()
+        && *built_for == generation
+    {
+        return Ok(client.clone());
+    }
+    // reqwest panics when no TLS provider is installed yet.
+    crate::install_crypto_provider();
+    let client = Client::builder()
+        .redirect(same_origin_redirects())
+        // A name that resolves to a forbidden address is not connected to.
+        .dns_resolver(std::sync::Arc::new(crate::destinations::GuardedResolver))
+        .pool_idle_timeout(Duration::from_secs(30))
+        // The operator's CA, for targets that are ferry workers (`--ca-file`).
+        .tls_certs_merge(crate::trust::extra_roots())
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    *shared = Some((generation, client.clone()));
+    Ok(client)
 }
 
 /// A URL whose host is a literal address this process may not reach is refused at once
@@ -295,7 +300,6 @@ pub fn transaction_id(key: &str, record: &SourceRecord) -> String {
 
 /// A Transport hosted by a worker: its ingest endpoint and token. "stored" counts as accepted.
 pub struct TransportTargetDriver {
-    client: Client,
     timeout: Duration,
     name: String,
     endpoint: String,
@@ -311,8 +315,8 @@ impl TransportTargetDriver {
     ) -> Result<Self, String> {
         Url::parse(endpoint)
             .map_err(|e| format!("transport {name}: endpoint {endpoint:?}: {e}"))?;
+        client()?;
         Ok(Self {
-            client: client()?,
             timeout,
             name: name.to_owned(),
             endpoint: endpoint.to_owned(),
@@ -328,8 +332,10 @@ impl Target for TransportTargetDriver {
         record: &'a SourceRecord,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
-            let mut request = self
-                .client
+            let fail = |m: String| DriverError::Target(format!("transport {}: {m}", self.name));
+            // The shared client of now: a renewed CA bundle is trusted from the next send.
+            let mut request = client()
+                .map_err(fail)?
                 .post(&self.endpoint)
                 .timeout(self.timeout)
                 .header(wire::TRANSACTION_ID_HEADER, transaction_id(key, record))
@@ -337,7 +343,6 @@ impl Target for TransportTargetDriver {
             if let Some(token) = &self.token {
                 request = request.header(wire::TOKEN_HEADER, token);
             }
-            let fail = |m: String| DriverError::Target(format!("transport {}: {m}", self.name));
             let response = request
                 .send()
                 .await

@@ -48,8 +48,6 @@ use crate::api::{
 
 /// On a worker's pod template: which admin token it runs with (a short SHA-256 of it).
 pub const ADMIN_TOKEN_ANNOTATION: &str = "ferry.dev/admin-token-sha256";
-/// On a connection worker's pod template: which CA bundle it trusts (a short SHA-256 of it).
-pub const CA_BUNDLE_ANNOTATION: &str = "ferry.dev/ca-bundle-sha256";
 
 /// The worker's port, in the pod and on the Service.
 pub const WORKER_PORT: u16 = crate::wire::PORT;
@@ -498,21 +496,13 @@ impl<'a> Owner<'a> {
         tokens: &WorkerTokens,
     ) -> StatefulSet {
         let mut set = self.stateful_set(defaults);
-        let mut annotations = BTreeMap::from([(
+        // Certificates and the CA bundle are not in the template: workers reload their own
+        // certificate and a connection's worker the bundle from their files (a renewal restarts
+        // nothing).
+        let annotations = BTreeMap::from([(
             ADMIN_TOKEN_ANNOTATION.into(),
             crate::stable_hash_hex(&tokens.admin, 8),
         )]);
-        // A connection's worker reads the bundle it trusts when it starts: a new bundle (the
-        // CA renewed) restarts it, the queue kept. Workers that serve reload their own
-        // certificate from its file.
-        if self.kind == "Connection"
-            && let Some(tls) = &tokens.tls
-        {
-            annotations.insert(
-                CA_BUNDLE_ANNOTATION.into(),
-                crate::stable_hash_hex(&tls.bundle, 8),
-            );
-        }
         if let Some(meta) = set
             .spec
             .as_mut()
@@ -1084,11 +1074,12 @@ mod tests {
             args.contains(r#""--ca-file","/etc/ferry/tokens/ca.crt""#),
             "{args}"
         );
-        // A new bundle restarts it (it reads the bundle when it starts).
+        // A new bundle restarts nothing: the worker reloads it from its file.
         let annotations = &sts["spec"]["template"]["metadata"]["annotations"];
         assert_eq!(
-            annotations[CA_BUNDLE_ANNOTATION],
-            crate::stable_hash_hex("BUNDLE", 8)
+            annotations.as_object().map(|a| a.len()),
+            Some(1),
+            "only the admin token's hash: {annotations}"
         );
     }
 
