@@ -427,11 +427,8 @@ impl StandaloneArgs {
         )
         .map_err(|e| Failure::new(e.to_string()))?;
         let tls = self.flags.tls();
-        let scheme = if tls.is_some() { "https" } else { "http" };
         let listen = self.listen;
-        let options = self
-            .flags
-            .options(self.data_dir, format!("{scheme}://{listen}"));
+        let options = self.flags.options(self.data_dir, self.flags.url_of(listen));
         let limits = self.flags.limits();
         let concurrency = self.startup_concurrency.into();
         run(

@@ -87,11 +87,7 @@ pub async fn queue(
             )));
         }
         admin_token = admin_token_of(&secret);
-        bundle = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(crate::operator::objects::certificates::BUNDLE_KEY))
-            .and_then(|b| String::from_utf8(b.0.clone()).ok());
+        bundle = crate::operator::workers::worker_objects::bundle_of(&secret);
         if admin_token.is_some() {
             break;
         }

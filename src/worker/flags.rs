@@ -47,11 +47,8 @@ impl WorkerArgs {
             ..tokens
         };
         let tls = self.flags.tls();
-        let scheme = if tls.is_some() { "https" } else { "http" };
         let listen = self.listen;
-        let public_url = self
-            .public_url
-            .unwrap_or_else(|| format!("{scheme}://{listen}"));
+        let public_url = self.public_url.unwrap_or_else(|| self.flags.url_of(listen));
         let options = self.flags.options(self.data_dir, public_url);
         process::run_worker(options, listen, tokens, self.flags.limits(), tls).await
     }
@@ -108,6 +105,16 @@ impl WorkerFlags {
             forward_window: self.forward_window.into(),
             memory_budget: self.memory_budget.bytes(),
         }
+    }
+
+    /// `http(s)://<listen>`: where this process answers, as it serves.
+    pub fn url_of(&self, listen: SocketAddr) -> String {
+        let scheme = if self.tls_cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{listen}")
     }
 
     /// The certificate and key to serve TLS with, when given.

@@ -428,17 +428,10 @@ impl Cluster {
 
     /// The ingest token in the producers' Secret of transport `name`.
     pub async fn ingest_token(&self, name: &str) -> String {
-        let secret = self
-            .api::<Secret>()
-            .get(&ferry::operator::objects::builders::worker_name("tp", name))
+        let secret = ferry::operator::objects::builders::worker_name("tp", name);
+        self.secret_key(&secret, "ingest-token")
             .await
-            .expect("the transport's Secret");
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get("ingest-token"))
-            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
-            .expect("an ingest token")
+            .expect("the transport's Secret with an ingest token")
     }
 
     /// POST a transaction to `transport`'s worker with `token`; answers the status and body.

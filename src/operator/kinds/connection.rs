@@ -462,11 +462,8 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
                 transports: targets.clone().unwrap_or_default(),
                 startup: startup.clone(),
             };
-            if paused {
-                read(connection, namespace, (&target, &pod_uid), ctx).await
-            } else {
-                push(connection, namespace, (&target, &pod_uid), &resolved, ctx).await
-            }
+            let pushed = (!paused).then_some(&resolved);
+            push(connection, namespace, (&target, &pod_uid), pushed, ctx).await
         }
         Some(Err(unavailable)) if waits_for_worker => Err(format!(
             "{unavailable}; it holds no place in the startup queue until it is ready \
@@ -508,64 +505,45 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
     status
 }
 
-/// Push the spec with what was resolved, then read the report.
+/// Push the spec with what was resolved (`None`: paused, nothing pushed), then read and follow
+/// the report.
 async fn push(
     connection: &Connection,
     namespace: &str,
     (target, pod_uid): (&WorkerPod, &str),
-    resolved: &Resolved,
-    ctx: &Context,
-) -> Result<ConnectionReport, String> {
-    // Connections are pushed on every reconcile: `resolved` (targets, startup) can change
-    // without the connection's generation changing, and a PUT with the same spec is cheap.
-    let manifest = json!({
-        "apiVersion": "ferry.dev/v1alpha1",
-        "kind": "Connection",
-        "metadata": {
-            "name": connection.name_any(),
-            "namespace": namespace,
-            "generation": connection.metadata.generation,
-        },
-        "spec": connection.spec,
-        "resolved": resolved,
-    });
-    let path = wire::resource_path(
-        wire::Kind::Connections,
-        &wire::key(namespace, &connection.name_any()),
-    );
-    let report = ctx
-        .workers
-        .put::<ConnectionReport>(target, &path, &manifest)
-        .await
-        .map_err(|e| e.to_string())?;
-    ctx.follow_report(Follow {
-        kind: Connection::KIND,
-        namespace,
-        name: connection.metadata.name.as_deref().unwrap_or_default(),
-        worker: target,
-        pod_uid,
-        etag: report.etag(),
-        path,
-    });
-    Ok(report)
-}
-
-/// A paused connection's report, read and followed; nothing pushed.
-async fn read(
-    connection: &Connection,
-    namespace: &str,
-    (target, pod_uid): (&WorkerPod, &str),
+    resolved: Option<&Resolved>,
     ctx: &Context,
 ) -> Result<ConnectionReport, String> {
     let path = wire::resource_path(
         wire::Kind::Connections,
         &wire::key(namespace, &connection.name_any()),
     );
-    let report = ctx
-        .workers
-        .get::<ConnectionReport>(target, &path)
-        .await
-        .map_err(|e| crate::operator::reconcile::skeleton::paused_read_error(&e))?;
+    let report = match resolved {
+        // Connections are pushed on every reconcile: `resolved` (targets, startup) can change
+        // without the connection's generation changing, and a PUT with the same spec is cheap.
+        Some(resolved) => {
+            let manifest = json!({
+                "apiVersion": "ferry.dev/v1alpha1",
+                "kind": "Connection",
+                "metadata": {
+                    "name": connection.name_any(),
+                    "namespace": namespace,
+                    "generation": connection.metadata.generation,
+                },
+                "spec": connection.spec,
+                "resolved": resolved,
+            });
+            ctx.workers
+                .put::<ConnectionReport>(target, &path, &manifest)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        None => ctx
+            .workers
+            .get::<ConnectionReport>(target, &path)
+            .await
+            .map_err(|e| crate::operator::reconcile::skeleton::paused_read_error(&e))?,
+    };
     ctx.follow_report(Follow {
         kind: Connection::KIND,
         namespace,

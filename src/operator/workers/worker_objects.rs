@@ -19,7 +19,7 @@ use crate::operator::{
     NamespacedObject,
     objects::builders::{ADMIN_TOKEN_KEY, INGEST_TOKEN_KEY, Owner, WorkerTls, WorkerTokens},
     objects::certificates::{
-        CERT_ANNOTATION, CERT_KEY, CertInfo, Issued, PRIVATE_KEY_KEY, unix_now,
+        BUNDLE_KEY, CERT_ANNOTATION, CERT_KEY, CertInfo, Issued, PRIVATE_KEY_KEY, unix_now,
     },
     runtime::caches::cached,
     runtime::context::{Context, FIELD_MANAGER, now},
@@ -50,6 +50,11 @@ pub fn tokens_of(secret: &Secret) -> Option<WorkerTokens> {
 /// dedicated worker's Secret as ferry made it before the two were kept apart).
 pub fn admin_token_of(secret: &Secret) -> Option<String> {
     token_in(secret, ADMIN_TOKEN_KEY)
+}
+
+/// The CA bundle in a Secret (`ca.crt`: a producers' Secret, or beside a worker's certificate).
+pub fn bundle_of(secret: &Secret) -> Option<String> {
+    token_in(secret, BUNDLE_KEY)
 }
 
 /// The ingest token in a Secret (a worker's, or a pooled resource's own).
@@ -231,11 +236,7 @@ async fn apply_worker_objects(
     };
     // Only objects this resource controls are applied (the apply is forced) and only its own
     // Secret gives the tokens: an unrelated object of the same name is never taken over.
-    let secret = own_secret(ctx, namespace, owner, &worker).await?;
-    let admin_secret = match owner.admin_secret_name() {
-        name if name == worker => None,
-        name => own_secret(ctx, namespace, owner, &name).await?,
-    };
+    let (secret, admin_secret) = own_secrets(ctx, namespace, owner).await?;
     let at = (namespace, owner);
     let service =
         own_metadata(ctx, at, "Service", &services, &ctx.caches.services, &worker).await?;
@@ -355,6 +356,22 @@ where
     Ok(meta)
 }
 
+/// The worker's own Secret and, for a dedicated worker, its admin Secret (a pool's Secret is
+/// both), each only when the resource controls it.
+async fn own_secrets(
+    ctx: &Context,
+    namespace: &str,
+    owner: &Owner<'_>,
+) -> Result<(Option<Secret>, Option<Secret>), ReconcileError> {
+    let worker = owner.worker_name();
+    let secret = own_secret(ctx, namespace, owner, &worker).await?;
+    let admin_secret = match owner.admin_secret_name() {
+        name if name == worker => None,
+        name => own_secret(ctx, namespace, owner, &name).await?,
+    };
+    Ok((secret, admin_secret))
+}
+
 /// The worker's Secret `name` (its own, or its admin Secret), from the cache or else the API
 /// server, when this resource controls it; somebody else's is a name conflict (its tokens are
 /// never taken).
@@ -396,12 +413,7 @@ pub(in crate::operator) async fn existing_tokens(
     namespace: &str,
     owner: &Owner<'_>,
 ) -> Result<Option<WorkerTokens>, ReconcileError> {
-    let worker = owner.worker_name();
-    let secret = own_secret(ctx, namespace, owner, &worker).await?;
-    let admin_secret = match owner.admin_secret_name() {
-        name if name == worker => None,
-        name => own_secret(ctx, namespace, owner, &name).await?,
-    };
+    let (secret, admin_secret) = own_secrets(ctx, namespace, owner).await?;
     let admin = admin_secret
         .as_ref()
         .and_then(admin_token_of)
