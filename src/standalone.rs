@@ -340,6 +340,8 @@ impl Standalone {
                 .get::<ConnectionRuntime>(key)
                 .map(|c| c.derived().status),
             worker_ready: true,
+            // Standalone has no annotations: restarting is the operator's.
+            restart: false,
         };
         let startup = Startup::from(self.queue().observe(key, look, self.now_ms()));
         Resolved {

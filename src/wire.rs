@@ -28,6 +28,13 @@ pub const TRANSPORT_HEADER: &str = "ferry-transport";
 /// own ingest token (a pool's worker hosts many transports, each with its producers).
 pub const INGEST_TOKEN_SHA256: &str = "ingestTokenSha256";
 
+/// A top-level field of a PUT beside `spec`: restart the resource's runtime on the worker once
+/// for this value (`ferry.dev/restart`); the report's `restarted` says which value it handled.
+/// A resource the PUT newly hosts has just started: the value is handled without a second start.
+pub const RESTART: &str = "restart";
+/// The longest `restart` value a worker takes (the operator hashes longer annotation values).
+pub const MAX_RESTART_VALUE: usize = 253;
+
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
@@ -152,7 +159,13 @@ pub fn significant_mark(etag: &str) -> &str {
 impl Marked for TransportReport {
     fn significant(&self) -> serde_json::Value {
         let panics = self.faults.as_ref().map_or(0, |f| f.panics);
-        serde_json::json!([self.state, self.observed_generation, self.endpoint, panics])
+        serde_json::json!([
+            self.state,
+            self.observed_generation,
+            self.endpoint,
+            panics,
+            self.restarted
+        ])
     }
 
     fn counters(&self) -> serde_json::Value {
@@ -176,6 +189,7 @@ impl Marked for ConnectionReport {
             self.started_iteration,
             sync_sets,
             self.faults.as_ref().map_or(0, |f| f.panics),
+            self.restarted,
         ])
     }
 
@@ -257,6 +271,9 @@ pub struct TransportReport {
     /// Panics caught in its work.
     #[serde(default, skip_serializing_if = "crate::api::Faults::is_none")]
     pub faults: Option<crate::api::Faults>,
+    /// The last `restart` value this worker process handled for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted: Option<String>,
 }
 
 /// The `resolved` object of a connection's PUT: what the operator (or standalone mode) looked
@@ -338,6 +355,9 @@ pub struct ConnectionReport {
     /// Panics caught in its work.
     #[serde(default, skip_serializing_if = "crate::api::Faults::is_none")]
     pub faults: Option<crate::api::Faults>,
+    /// The last `restart` value this worker process handled for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted: Option<String>,
 }
 
 #[cfg(test)]

@@ -263,6 +263,10 @@ pub struct ConnectionStatus {
     /// The WorkerPool and worker it lives on (with `spec.workerPool`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<super::worker_pool::Placement>,
+    /// The last `ferry.dev/restart` annotation value its worker carried out (longer values
+    /// than 253 bytes as `sha256:<hex>` of them): a value is handled once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_restart: Option<String>,
     /// Panics caught in its work on the worker (it goes on; its neighbours are untouched).
     #[serde(default, skip_serializing_if = "super::Faults::is_none")]
     pub faults: Option<super::Faults>,

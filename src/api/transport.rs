@@ -245,6 +245,10 @@ pub struct TransportStatus {
     /// Panics caught in its work on the worker (it goes on; its neighbours are untouched).
     #[serde(default, skip_serializing_if = "super::Faults::is_none")]
     pub faults: Option<super::Faults>,
+    /// The last `ferry.dev/restart` annotation value its worker carried out (longer values
+    /// than 253 bytes as `sha256:<hex>` of them): a value is handled once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_restart: Option<String>,
     /// When the worker last answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_report_time: Option<Time>,

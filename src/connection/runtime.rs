@@ -57,6 +57,18 @@ impl From<Option<Admission>> for Startup {
     }
 }
 
+/// How one sync-set's run ended, when it was not refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Synced {
+    /// It read everything its source had changed.
+    CaughtUp,
+    /// Its fetch stopped at the cap with more pages to go, and its watermark moved: the next
+    /// iteration starts at once (W1).
+    Behind,
+    /// A restart ended it after what was in flight was answered: not a completed iteration.
+    Interrupted,
+}
+
 /// One sync-set's saved state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -130,6 +142,8 @@ struct Inner {
     config_error: Option<String>,
     drivers: BTreeMap<String, Arc<Drivers>>,
     dirty: bool,
+    /// The last `ferry.dev/restart` value handled in this process.
+    restarted: Option<String>,
 }
 
 pub struct ConnectionRuntime {
@@ -139,6 +153,8 @@ pub struct ConnectionRuntime {
     wake: Notify,
     statuses: watch::Sender<ConnectionStatusValue>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// Counts restarts: the iteration under way ends after what it has in flight.
+    restarts: watch::Sender<u64>,
     /// Panics caught in its iterations: counted, the next one runs.
     panics: Arc<crate::supervise::Panics>,
 }
@@ -226,10 +242,12 @@ impl ConnectionRuntime {
                 config_error: None,
                 drivers: BTreeMap::new(),
                 dirty: true,
+                restarted: None,
             }),
             wake: Notify::new(),
             statuses,
             task: Mutex::new(None),
+            restarts: watch::channel(0).0,
             panics: Arc::default(),
             key,
         });
@@ -246,6 +264,35 @@ impl ConnectionRuntime {
         );
         *runtime.lock_task() = Some(task);
         Ok(runtime)
+    }
+
+    /// Restart its runtime for `value` (once per value; docs/connection.md, Q2): its source
+    /// and target clients are built again and a new startup begins, `Restarting` until every
+    /// enabled sync-set completes an iteration, from the watermarks it has. The iteration under
+    /// way ends once what it has in flight is answered (accepted records move the watermark,
+    /// nothing is sent twice) and the next begins at once. `just_started`: hosted by this very
+    /// request, so only noted as handled.
+    pub async fn restart(&self, value: String, just_started: bool) -> Result<(), ConnectionError> {
+        let (spec, generation, resolved) = {
+            let mut inner = self.lock();
+            if inner.restarted.as_deref() == Some(value.as_str()) {
+                return Ok(());
+            }
+            inner.restarted = Some(value.clone());
+            if just_started {
+                return Ok(());
+            }
+            (
+                inner.record.spec.clone(),
+                inner.record.generation,
+                inner.record.resolved.clone(),
+            )
+        };
+        tracing::info!(connection = %self.key, restart = %value, "restarting its runtime (ferry.dev/restart)");
+        self.restarts.send_modify(|n| *n += 1);
+        self.configure(spec, generation, resolved, true);
+        self.save().await?;
+        Ok(())
     }
 
     pub fn key(&self) -> &str {
@@ -348,6 +395,7 @@ impl ConnectionRuntime {
             }
             // A wake-up from before this iteration is stale: the iteration sees the change.
             let _ = self.wake.notified().now_or_never();
+            let mut restarts = self.restarts.subscribe();
             let started = Instant::now();
             let (iteration, plan, frequency) = {
                 let mut inner = self.lock();
@@ -374,10 +422,21 @@ impl ConnectionRuntime {
             self.publish();
             let mut behind = false;
             for (name, drivers) in plan {
+                // Restarted: this iteration ends here, and the next begins at once.
+                if restarts.has_changed().unwrap_or(false) {
+                    behind = true;
+                    break;
+                }
                 if !self.runnable() {
                     break;
                 }
-                behind |= self.run_sync_set(iteration, &name, &drivers).await;
+                behind |= match self
+                    .run_sync_set(iteration, &name, &drivers, &mut restarts)
+                    .await
+                {
+                    Synced::CaughtUp => false,
+                    Synced::Behind | Synced::Interrupted => true,
+                };
             }
             // A sync-set that read only part of what changed (more pages than one fetch holds)
             // is behind its source: the next iteration starts at once (W1: at most
@@ -396,9 +455,13 @@ impl ConnectionRuntime {
 
     /// One sync-set, once: fetch what changed since its watermark, hand each record to the
     /// target in change order, advance the watermark only past accepted records.
-    /// Answers whether the sync-set is behind its source (its fetch stopped at the cap with
-    /// more pages to go, and its watermark moved).
-    async fn run_sync_set(&self, iteration: u64, name: &str, drivers: &Drivers) -> bool {
+    async fn run_sync_set(
+        &self,
+        iteration: u64,
+        name: &str,
+        drivers: &Drivers,
+        restarts: &mut watch::Receiver<u64>,
+    ) -> Synced {
         let progress = {
             let mut inner = self.lock();
             inner.ongoing = Some(name.to_owned());
@@ -412,37 +475,41 @@ impl ConnectionRuntime {
         };
         self.publish();
         let key = format!("{}/{name}", self.key);
-        let outcome = self.sync(&key, name, progress, drivers).await;
-        let behind = outcome == Ok(false);
+        let outcome = self.sync(&key, name, progress, drivers, restarts).await;
+        let synced = *outcome.as_ref().unwrap_or(&Synced::CaughtUp);
         let outcome = outcome.map(|_| ());
+        // Interrupted by a restart: what it sent is recorded, but it did not complete.
+        let completed = synced != Synced::Interrupted;
         {
             let mut inner = self.lock();
             inner.ongoing = None;
+            inner.dirty = true;
             let record = inner.record.sync_sets.entry(name.to_owned()).or_default();
-            record.last_completed_iteration = Some(iteration);
-            match outcome {
-                Ok(()) => {
-                    record.last_result = Some(SyncResult::Success);
-                    record.last_error = None;
-                }
-                Err(e) => {
-                    // Once per distinct error: the same failure every iteration is one line.
-                    if record.last_error.as_deref() == Some(e.as_str()) {
-                        tracing::debug!(connection = %self.key, sync_set = name, error = %e, "sync-set failed again");
-                    } else {
-                        tracing::warn!(connection = %self.key, sync_set = name, error = %e, "sync-set failed");
+            if completed {
+                record.last_completed_iteration = Some(iteration);
+                match outcome {
+                    Ok(()) => {
+                        record.last_result = Some(SyncResult::Success);
+                        record.last_error = None;
                     }
-                    record.last_result = Some(SyncResult::Failed);
-                    record.last_error = Some(e);
+                    Err(e) => {
+                        // Once per distinct error: the same failure every iteration is one line.
+                        if record.last_error.as_deref() == Some(e.as_str()) {
+                            tracing::debug!(connection = %self.key, sync_set = name, error = %e, "sync-set failed again");
+                        } else {
+                            tracing::warn!(connection = %self.key, sync_set = name, error = %e, "sync-set failed");
+                        }
+                        record.last_result = Some(SyncResult::Failed);
+                        record.last_error = Some(e);
+                    }
                 }
             }
-            inner.dirty = true;
         }
         self.publish();
         if let Err(e) = self.save().await {
             tracing::error!(connection = %self.key, error = %e, "cannot save the connection's progress");
         }
-        behind
+        synced
     }
 
     async fn sync(
@@ -451,12 +518,15 @@ impl ConnectionRuntime {
         name: &str,
         mut progress: Progress,
         drivers: &Drivers,
-    ) -> Result<bool, String> {
-        let fetched = drivers
-            .source
-            .fetch(progress.watermark.as_ref())
-            .await
-            .map_err(|e| e.to_string())?;
+        restarts: &mut watch::Receiver<u64>,
+    ) -> Result<Synced, String> {
+        let fetched = tokio::select! {
+            fetched = drivers.source.fetch(progress.watermark.as_ref()) => {
+                fetched.map_err(|e| e.to_string())?
+            }
+            // Nothing was sent yet: nothing to record.
+            _ = restarts.changed() => return Ok(Synced::Interrupted),
+        };
         let mut pending = progress
             .pending(fetched.records)
             .map_err(|e| e.to_string())?;
@@ -473,7 +543,9 @@ impl ConnectionRuntime {
         let mut unsaved = 0;
         let mut result = Ok(());
         loop {
-            while result.is_ok() && in_flight.len() < progress.window(SYNC_WINDOW) {
+            // Restarted: nothing new is sent; what is in flight is answered and recorded.
+            let restarted = restarts.has_changed().unwrap_or(false);
+            while result.is_ok() && !restarted && in_flight.len() < progress.window(SYNC_WINDOW) {
                 let Some(record) = next.next() else { break };
                 let send = if progress.accepted_already(record) {
                     Box::pin(std::future::ready(Ok(())))
@@ -501,10 +573,19 @@ impl ConnectionRuntime {
             }
         }
         self.record_progress(name, &progress, unsaved);
+        if result.is_ok() && restarts.has_changed().unwrap_or(false) {
+            return Ok(Synced::Interrupted);
+        }
         // Caught up, unless the fetch stopped at its cap and the watermark moved (so asking
         // again at once makes progress rather than spinning on the same records).
         let moved = progress.watermark != started_at;
-        result.map(|()| complete || !moved)
+        result.map(|()| {
+            if complete || !moved {
+                Synced::CaughtUp
+            } else {
+                Synced::Behind
+            }
+        })
     }
 
     fn record_progress(&self, name: &str, progress: &Progress, newly_synced: u64) {
@@ -611,6 +692,7 @@ impl ConnectionRuntime {
                 .then(|| inner.record.resolved.startup.position.unwrap_or(1)),
             sync_sets,
             started_iteration: inner.started_iteration,
+            restarted: inner.restarted.clone(),
         }
     }
 

@@ -33,11 +33,14 @@ pub struct Look {
     pub previous: Option<ConnectionStatusValue>,
     /// Its worker can run it now (in standalone, always).
     pub worker_ready: bool,
+    /// A restart (`ferry.dev/restart`) is asked and not carried out yet: a start (Q2).
+    pub restart: bool,
 }
 
 /// Q2: a start is observed when a started connection was not running before: it is new, or its
-/// last status was Disabled (stopped, or unable to run). Any other status means it was running
-/// already: a spec change, an unreachable worker or an operator restart requeues nothing.
+/// last status was Disabled (stopped, or unable to run); or when a restart is asked of it
+/// (`Look::restart`). Any other status means it was running already: a spec change, an
+/// unreachable worker or an operator restart requeues nothing.
 pub fn is_a_start(previous: Option<ConnectionStatusValue>) -> bool {
     matches!(previous, None | Some(ConnectionStatusValue::Disabled))
 }
@@ -189,7 +192,7 @@ impl StartupQueue {
             self.release(key, now_ms);
             return None;
         }
-        if is_a_start(look.previous) || self.admission(key).is_some() {
+        if is_a_start(look.previous) || look.restart || self.admission(key).is_some() {
             Some(self.request(key, now_ms))
         } else {
             None
@@ -323,6 +326,35 @@ mod tests {
         assert_eq!(q.admission("c"), None);
         q.release("b", 12);
         assert_eq!(q.starting().count(), 0);
+    }
+
+    /// Q2: a restart asked of a running connection is a start: it waits for a place like
+    /// any other, and keeps it until its startup is over.
+    #[test]
+    fn a_restart_of_a_running_connection_goes_through_the_queue() {
+        use ConnectionStatusValue::*;
+        let mut q = StartupQueue::new(1, 60_000);
+        let look = |previous, restart| Look {
+            started: true,
+            can_run: true,
+            previous: Some(previous),
+            worker_ready: true,
+            restart,
+        };
+        assert_eq!(q.request("new", 0), Admission::Starting);
+        assert_eq!(q.observe("running", look(Running, false), 1), None);
+        assert_eq!(
+            q.observe("running", look(Running, true), 2),
+            Some(Admission::Waiting(1))
+        );
+        q.settle("new", Running, 3);
+        // Asked of the worker now; the restart is handled, the place kept until it runs.
+        assert_eq!(
+            q.observe("running", look(Restarting, false), 4),
+            Some(Admission::Starting)
+        );
+        q.settle("running", Running, 5);
+        assert_eq!(q.observe("running", look(Running, false), 6), None);
     }
 
     #[test]
@@ -565,7 +597,7 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Step {
         /// A look at connection k with this spec, configuration and worker.
-        Look(u8, bool, bool, bool),
+        Look(u8, bool, bool, bool, bool),
         /// Connection k reached a status.
         Reached(u8, ConnectionStatusValue),
         Tick(u64),
@@ -573,8 +605,10 @@ mod tests {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            4 => (0u8..5, any::<bool>(), any::<bool>(), any::<bool>())
-                .prop_map(|(k, started, can_run, ready)| Step::Look(k, started, can_run, ready)),
+            4 => (0u8..5, any::<bool>(), any::<bool>(), any::<bool>(), proptest::bool::weighted(0.2))
+                .prop_map(|(k, started, can_run, ready, restart)| {
+                    Step::Look(k, started, can_run, ready, restart)
+                }),
             3 => (0u8..5, status()).prop_map(|(k, s)| Step::Reached(k, s)),
             1 => (0u64..500).prop_map(Step::Tick),
         ]
@@ -595,16 +629,16 @@ mod tests {
             let mut last: std::collections::HashMap<String, ConnectionStatusValue> = Default::default();
             for step in steps {
                 match step {
-                    Step::Look(k, started, can_run, worker_ready) => {
+                    Step::Look(k, started, can_run, worker_ready, restart) => {
                         let key = format!("c{k}");
                         let previous = last.get(&key).copied();
                         let queued_before = q.admission(&key).is_some();
-                        let look = Look { started, can_run, previous, worker_ready };
+                        let look = Look { started, can_run, previous, worker_ready, restart };
                         let admission = q.observe(&key, look, now);
                         prop_assert_eq!(admission, q.admission(&key));
                         if !(started && can_run) {
                             prop_assert!(admission.is_none(), "{} stopped yet queued", key);
-                        } else if !is_a_start(previous) && !queued_before {
+                        } else if !is_a_start(previous) && !restart && !queued_before {
                             prop_assert!(admission.is_none(), "{} was running yet queued", key);
                         } else {
                             prop_assert!(admission.is_some(), "{} started yet not queued", key);

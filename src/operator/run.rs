@@ -273,17 +273,22 @@ fn when(flag: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync 
     }
 }
 
-/// Reconciles are triggered by what the user changes (generation, the annotation that pauses
-/// reconciliation), by finalizers and by deletion; not by the operator's own status writes,
+/// Reconciles are triggered by what the user changes (generation, the annotations that pause
+/// reconciliation and ask for a restart), by finalizers and by deletion; not by the operator's own status writes,
 /// which would loop. The status is refreshed by the requeue every `--status-interval`.
 fn spec_or_lifecycle<K: Resource>(object: &K) -> Option<u64> {
     let meta = object.meta();
     let mut hasher = DefaultHasher::new();
     meta.generation.hash(&mut hasher);
-    meta.annotations
-        .as_ref()
-        .and_then(|a| a.get(super::reconcile::skeleton::RECONCILE_ANNOTATION))
-        .hash(&mut hasher);
+    for annotation in [
+        super::reconcile::skeleton::RECONCILE_ANNOTATION,
+        super::reconcile::restart::RESTART_ANNOTATION,
+    ] {
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(annotation))
+            .hash(&mut hasher);
+    }
     meta.finalizers.hash(&mut hasher);
     meta.deletion_timestamp
         .as_ref()
@@ -1176,6 +1181,11 @@ mod tests {
         assert_ne!(spec_or_lifecycle(&base), spec_or_lifecycle(&paused));
         let other = annotated("example.com/note", "x");
         assert_eq!(spec_or_lifecycle(&base), spec_or_lifecycle(&other));
+        // A restart asked, and each new value of it, reconciles it.
+        let restart = annotated("ferry.dev/restart", "1");
+        assert_ne!(spec_or_lifecycle(&base), spec_or_lifecycle(&restart));
+        let again = annotated("ferry.dev/restart", "2");
+        assert_ne!(spec_or_lifecycle(&restart), spec_or_lifecycle(&again));
     }
 
     /// While a kind's list cannot be read, `/readyz` says which and why (shortened), and a

@@ -3,8 +3,8 @@
 //! transport's queue and a worker's log — against the current kubeconfig context and namespace, as kubectl does. The binary is `src/bin/kubectl-ferry.rs`; on the PATH, kubectl
 //! finds it as a plugin.
 
+pub mod annotate;
 pub mod desired;
-pub mod pause;
 pub mod rotate;
 pub mod table;
 pub mod worker;
@@ -48,12 +48,19 @@ pub enum Command {
     /// paused): it changes none of its objects and pushes nothing to its worker; the status
     /// still follows the worker.
     Pause {
-        kind: pause::PausableKind,
+        kind: annotate::PausableKind,
         name: String,
     },
     /// Resume the operator's reconciliation of a resource: what changed meanwhile is applied.
     Unpause {
-        kind: pause::PausableKind,
+        kind: annotate::PausableKind,
+        name: String,
+    },
+    /// Restart a resource's runtime on its worker, without restarting the pod (annotation
+    /// ferry.dev/restart set to the time now): a transport's host connection and forwarder
+    /// (its queue kept), a connection's startup (through the startup queue).
+    Restart {
+        kind: annotate::RestartableKind,
         name: String,
     },
     /// A table of every Transport and Connection: state, queue depth, worker (pool/worker in a
@@ -253,10 +260,13 @@ pub async fn run(
             return worker::logs(client, namespace, *kind, name, &options, &mut stdout).await;
         }
         Command::Pause { kind, name } => {
-            return pause::pause(client, namespace, *kind, name, true).await;
+            return annotate::pause(client, namespace, *kind, name, true).await;
         }
         Command::Unpause { kind, name } => {
-            return pause::pause(client, namespace, *kind, name, false).await;
+            return annotate::pause(client, namespace, *kind, name, false).await;
+        }
+        Command::Restart { kind, name } => {
+            return annotate::restart(client, namespace, *kind, name).await;
         }
         Command::Suspend(a) => (Change::Suspend, &a.name, &a.wait),
         Command::Resume(a) => (Change::Resume, &a.name, &a.wait),

@@ -42,6 +42,15 @@ type ReadTask = tokio::task::JoinHandle<Result<Vec<QueuedTxn>, StoreError>>;
 /// Reconnect backoff: doubles from the first delay up to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// Wait out `delay` (a restart, T10, ends the wait at once); answers the next delay: double,
+/// up to [`BACKOFF_CAP`], or the first again after a restart.
+async fn backoff(delay: Duration, restarts: &mut watch::Receiver<u64>) -> Duration {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => (delay * 2).min(BACKOFF_CAP),
+        _ = restarts.changed() => BACKOFF_FIRST,
+    }
+}
 /// How often time to live is enforced and the totals are saved.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
@@ -106,6 +115,8 @@ struct Inner {
     /// A connect loop (loadAtInit, restart) is running.
     connecting: bool,
     hosted: bool,
+    /// The last `ferry.dev/restart` value handled in this process.
+    restarted: Option<String>,
 }
 
 impl Inner {
@@ -137,6 +148,9 @@ pub struct TransportRuntime {
     /// Wakes the forwarder (state or queue changed).
     forward: Notify,
     states: watch::Sender<TransportState>,
+    /// Counts restarts (T10): a connect or forward loop waiting out its backoff starts again
+    /// at once, from the first delay.
+    restarts: watch::Sender<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Panics caught in its work (its tasks, its ingests): counted, the work goes on.
     panics: Arc<crate::supervise::Panics>,
@@ -185,9 +199,11 @@ impl TransportRuntime {
                 dirty: true,
                 connecting: false,
                 hosted: true,
+                restarted: None,
             }),
             forward: Notify::new(),
             states,
+            restarts: watch::channel(0).0,
             tasks: Mutex::new(Vec::new()),
             panics: Arc::default(),
             key,
@@ -470,6 +486,7 @@ impl TransportRuntime {
         let handle = tokio::spawn(async move {
             let this = runtime;
             let mut delay = BACKOFF_FIRST;
+            let mut restarts = this.restarts.subscribe();
             loop {
                 let (state, host) = {
                     let inner = this.lock();
@@ -497,8 +514,7 @@ impl TransportRuntime {
                 if !retry {
                     break;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(BACKOFF_CAP);
+                delay = backoff(delay, &mut restarts).await;
             }
             this.lock().connecting = false;
         });
@@ -520,6 +536,7 @@ impl TransportRuntime {
         // go through; a removal is waited for before the queue is read from its head again.
         let mut read_ahead: Option<ReadTask> = None;
         let mut removing: Option<tokio::task::JoinHandle<Result<(u64, u64), StoreError>>> = None;
+        let mut restarts = self.restarts.subscribe();
         loop {
             let (state, host) = {
                 let inner = self.lock();
@@ -587,8 +604,7 @@ impl TransportRuntime {
                 } else {
                     tracing::debug!(transport = %self.key, reason = %why, retry_in_ms = delay.as_millis(), "forwarding paused");
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(BACKOFF_CAP);
+                delay = backoff(delay, &mut restarts).await;
             }
         }
     }
@@ -785,6 +801,7 @@ impl TransportRuntime {
                 dropped: info.dropped,
             },
             endpoint: self.endpoint.clone(),
+            restarted: inner.restarted.clone(),
         }
     }
 
@@ -794,6 +811,45 @@ impl TransportRuntime {
         tokio::task::spawn_blocking(move || store.peek_head(&queue, limit))
             .await
             .map_err(|e| StoreError::ReadTask(std::sync::Arc::new(e)))?
+    }
+
+    /// T10: restart its runtime for `value` (once per value): a new host client (its pooled
+    /// connections closed), the connect and forward loops from their first delay, and the
+    /// state set up again as after a worker restart (T8). The queue, the totals and a
+    /// suspension stay. `just_started`: it was hosted by this very request, so nothing is
+    /// restarted and the value is only noted as handled.
+    pub async fn restart(
+        self: &Arc<Self>,
+        value: String,
+        just_started: bool,
+    ) -> Result<(), RuntimeError> {
+        let host = {
+            let inner = self.lock();
+            if inner.restarted.as_deref() == Some(value.as_str()) {
+                return Ok(());
+            }
+            (!just_started)
+                .then(|| HostClient::new(&inner.spec.host, &self.key))
+                .transpose()?
+        };
+        let Some(host) = host else {
+            self.lock().restarted = Some(value);
+            return Ok(());
+        };
+        tracing::info!(transport = %self.key, restart = %value, "restarting its runtime (ferry.dev/restart)");
+        let (restored, queued) = {
+            let mut inner = self.lock();
+            // Dropping the old client closes its pooled connections.
+            inner.host = Arc::new(host);
+            inner.restarted = Some(value);
+            inner.dirty = true;
+            let queued = self.queue.info().messages > 0 || inner.pending_stores > 0;
+            (Some(inner.state), queued)
+        };
+        self.restarts.send_modify(|n| *n += 1);
+        self.event(Event::Start { restored, queued });
+        self.save(true).await?;
+        Ok(())
     }
 
     /// Stop hosting (DELETE): end the background tasks and save the record durably, marked

@@ -286,7 +286,12 @@ async fn put_resource<R: HostedRuntime>(
     if let Some(hash) = own_ingest_token::<R>(&mut doc)? {
         app.worker.set_ingest_token(&key, hash).await?;
     }
+    let restart = restart_value(&mut doc)?;
     let (runtime, created) = app.worker.apply::<R>(&doc, Some(&key)).await?;
+    // After the update: the runtime starts again with what this PUT gave it.
+    if let Some(value) = restart {
+        runtime.restart(value, created).await?;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -314,6 +319,27 @@ fn own_ingest_token<R: HostedRuntime>(doc: &mut Value) -> Result<Option<TokenHas
         .and_then(|hex| TokenHash::from_hex(hex).ok())
         .map(Some)
         .ok_or_else(|| bad_request(super::tokens::NotAHash.to_string()))
+}
+
+/// The `restart` value beside the spec, taken out of the manifest: a string of at most
+/// [`wire::MAX_RESTART_VALUE`] bytes.
+fn restart_value(doc: &mut Value) -> Result<Option<String>, ApiError> {
+    let Some(given) = doc
+        .as_object_mut()
+        .and_then(|map| map.remove(wire::RESTART))
+    else {
+        return Ok(None);
+    };
+    match given {
+        Value::String(value) if !value.is_empty() && value.len() <= wire::MAX_RESTART_VALUE => {
+            Ok(Some(value))
+        }
+        _ => Err(bad_request(format!(
+            "{}: must be a string of 1 to {} bytes",
+            wire::RESTART,
+            wire::MAX_RESTART_VALUE
+        ))),
+    }
 }
 
 /// `?changedFrom=<etag>&wait=<s>&settle=<s>`: a long poll (see `wire::CHANGED_FROM`).

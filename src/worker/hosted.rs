@@ -60,6 +60,14 @@ pub trait HostedRuntime: Send + Sync + Sized + 'static {
         desired: Self::Desired,
     ) -> impl Future<Output = Result<(), WorkerError>> + Send;
 
+    /// Restart its runtime once for `value` (`ferry.dev/restart`); `just_started`: the same
+    /// request hosted it, so the value is only noted as handled.
+    fn restart(
+        self: &Arc<Self>,
+        value: String,
+        just_started: bool,
+    ) -> impl Future<Output = Result<(), WorkerError>> + Send;
+
     fn key(&self) -> &str;
 
     fn report(&self) -> Self::Report;

@@ -149,6 +149,16 @@ impl HostedRuntime for TransportRuntime {
             .map_err(transport_failed(self.key()))
     }
 
+    async fn restart(
+        self: &Arc<Self>,
+        value: String,
+        just_started: bool,
+    ) -> Result<(), WorkerError> {
+        TransportRuntime::restart(self, value, just_started)
+            .await
+            .map_err(transport_failed(self.key()))
+    }
+
     same_named!(TransportRuntime, TransportReport);
 }
 
@@ -224,6 +234,16 @@ impl HostedRuntime for ConnectionRuntime {
         (spec, generation, resolved): Self::Desired,
     ) -> Result<(), WorkerError> {
         ConnectionRuntime::update(self, spec, generation, resolved)
+            .await
+            .map_err(connection_failed(self.key()))
+    }
+
+    async fn restart(
+        self: &Arc<Self>,
+        value: String,
+        just_started: bool,
+    ) -> Result<(), WorkerError> {
+        ConnectionRuntime::restart(self, value, just_started)
             .await
             .map_err(connection_failed(self.key()))
     }

@@ -2922,3 +2922,133 @@ async fn a_paused_transport_is_left_alone_until_unpaused() {
     })
     .await;
 }
+
+/// The `ferry.dev/restart` annotation a resource carries now.
+async fn restart_asked<K>(api: kube::Api<K>, name: &str) -> String
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let object = api.get(name).await.expect("the resource");
+    object
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("ferry.dev/restart").cloned())
+        .expect("kubectl ferry restart set the annotation")
+}
+
+/// `kubectl ferry restart` (issue 33 part 3): a transport's runtime restarts once on its worker
+/// — the pod untouched, its queue, totals and suspension kept (T10) — and a connection begins a
+/// new startup through the startup queue from its watermarks (Q2); the status records the
+/// value, an Event `Restarted` says so, and a later reconcile does not carry it out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_restarts_the_runtime_once_and_not_the_pod() {
+    let Some(env) = env("a_restart_restarts_the_runtime_once_and_not_the_pod") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "restart").await;
+    let _operator = cluster.operator(&[]);
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    cluster.apply(&transport_yaml("erp", &host, "Delete"));
+    delivered_and_up(&cluster, "erp").await;
+
+    // Two queued while suspended.
+    cluster.patch("transport/erp", json!({"spec": {"suspended": true}}));
+    cluster
+        .wait_transport("erp", "Suspended", |s| s["state"] == "Suspended")
+        .await;
+    for order in 2..4 {
+        let (code, body) = cluster
+            .ingest("erp", &format!(r#"{{"order":{order}}}"#))
+            .await;
+        assert_eq!((code, &body["outcome"]), (202, &json!("stored")), "{body}");
+    }
+    let before = cluster
+        .wait_transport("erp", "S&F Suspended, 2 queued", |s| {
+            s["state"] == "S&F Suspended" && s["queue"]["messages"] == 2
+        })
+        .await;
+    let pod = incarnation(&cluster, "ferry-tp-erp-0").await;
+
+    let said = kubectl_ferry(&cluster, &["restart", "transport", "erp"]);
+    assert!(said.contains("restart asked"), "{said}");
+    let value = restart_asked(cluster.transports(), "erp").await;
+    let restarted = cluster
+        .wait_transport("erp", "the restart carried out", |s| {
+            s["lastHandledRestart"] == value.as_str()
+        })
+        .await;
+    assert_eq!(restarted["state"], "S&F Suspended", "{restarted}");
+    assert_eq!(restarted["queue"]["messages"], 2, "{restarted}");
+    assert_eq!(restarted["totals"], before["totals"], "{restarted}");
+    assert_eq!(
+        incarnation(&cluster, "ferry-tp-erp-0").await,
+        pod,
+        "the pod was not restarted"
+    );
+    let note = eventually("an Event Restarted for erp", || async {
+        event_note(&cluster, "erp", "Restarted")
+    })
+    .await;
+    assert!(note.contains(&value), "{note}");
+    let restarts = || {
+        cluster
+            .pod_log("ferry-tp-erp-0")
+            .matches("restarting its runtime")
+            .count()
+    };
+    assert_eq!(restarts(), 1);
+
+    // A spec change later is pushed without the value: carried out once.
+    cluster.patch("transport/erp", json!({"spec": {"suspended": false}}));
+    let resumed = cluster
+        .wait_transport("erp", "Up, the queue forwarded", |s| {
+            s["state"] == "Up" && s["totals"]["forwarded"] == 2
+        })
+        .await;
+    assert_eq!(resumed["lastHandledRestart"], value.as_str());
+    assert_eq!(restarts(), 1, "the same value was carried out again");
+
+    // A connection: a new startup from its watermarks, its pod untouched.
+    let source = cluster.run_pod("crm", &SOURCE, 9091).await;
+    let target = format!("http: {{url: {host}/orders}}");
+    cluster.apply(&connection_yaml("crm", &source, &target));
+    let running = cluster
+        .wait_connection("crm", "Running", |s| s["status"] == "Running")
+        .await;
+    let pod = incarnation(&cluster, "ferry-conn-crm-0").await;
+    let said = kubectl_ferry(&cluster, &["restart", "connection", "crm"]);
+    assert!(said.contains("restart asked"), "{said}");
+    let value = restart_asked(cluster.connections(), "crm").await;
+    let again = cluster
+        .wait_connection("crm", "restarted, then Running again", |s| {
+            s["lastHandledRestart"] == value.as_str()
+                && s["status"] == "Running"
+                && s["iteration"].as_u64() > running["iteration"].as_u64()
+        })
+        .await;
+    // Its records synced count on, and its watermark is kept (a resync would start from none).
+    assert!(
+        again["syncSets"][0]["recordsSynced"].as_u64()
+            >= running["syncSets"][0]["recordsSynced"].as_u64()
+            && again["syncSets"][0]["watermark"].is_string(),
+        "from its watermark: {running} {again}"
+    );
+    assert_eq!(
+        incarnation(&cluster, "ferry-conn-crm-0").await,
+        pod,
+        "the pod was not restarted"
+    );
+    assert_eq!(
+        cluster
+            .pod_log("ferry-conn-crm-0")
+            .matches("restarting its runtime")
+            .count(),
+        1
+    );
+    eventually("an Event Restarted for crm", || async {
+        event_note(&cluster, "crm", "Restarted")
+    })
+    .await;
+}

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::operator::{
     objects::builders::{BuildError, Owner},
+    reconcile::restart,
     reconcile::skeleton::{Observed, WorkerResource},
     runtime::caches::cached,
     runtime::context::{Context, now},
@@ -89,12 +90,13 @@ impl Connections {
         &self,
         connection: &Connection,
         key: &str,
-        can_run: bool,
+        (can_run, restart): (bool, bool),
         worker: Option<&Result<ReadyWorker, WorkerPodUnavailable>>,
     ) -> (Startup, bool) {
         let look = Look {
             started: connection.spec.started,
             can_run,
+            restart,
             previous: connection.status.as_ref().and_then(|s| s.status),
             worker_ready: !matches!(
                 worker,
@@ -287,7 +289,11 @@ impl WorkerResource for Connection {
         before: Option<&ConnectionStatus>,
         after: &ConnectionStatus,
     ) -> Option<(bool, &'static str, String)> {
-        connection_event(before, after)
+        restart::restarted_event(
+            before.and_then(|b| b.last_handled_restart.as_deref()),
+            after.last_handled_restart.as_deref(),
+        )
+        .or_else(|| connection_event(before, after))
     }
 
     fn written(&self, status: &ConnectionStatus, ctx: &Context, connections: &Connections) {
@@ -453,8 +459,22 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
     } = observed;
     let key = connection_key(connection);
     let config_error = targets.as_ref().err().cloned();
-    let (startup, waits_for_worker) =
-        connections.admit(connection, &key, config_error.is_none(), worker.as_ref());
+    // A restart asked and not carried out is a new startup through the queue (Q2); paused,
+    // nothing is asked of the worker, a restart neither.
+    let handled_before = connection
+        .status
+        .as_ref()
+        .and_then(|s| s.last_handled_restart.as_deref());
+    let restart = restart::to_ask(restart::requested(&connection.metadata), handled_before)
+        .filter(|_| !paused);
+    let (startup, waits_for_worker) = connections.admit(
+        connection,
+        &key,
+        (config_error.is_none(), restart.is_some()),
+        worker.as_ref(),
+    );
+    // Asked of the worker once its startup is admitted; until then it waits in the queue.
+    let asked = restart.as_deref().filter(|_| startup.admitted);
 
     let report = match worker {
         Some(Ok((target, pod_uid))) => {
@@ -462,7 +482,7 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
                 transports: targets.clone().unwrap_or_default(),
                 startup: startup.clone(),
             };
-            let pushed = (!paused).then_some(&resolved);
+            let pushed = (!paused).then_some((&resolved, asked));
             push(connection, namespace, (&target, &pod_uid), pushed, ctx).await
         }
         Some(Err(unavailable)) if waits_for_worker => Err(format!(
@@ -502,27 +522,37 @@ async fn observe(connection: &Connection, observed: Observed<'_, Connection>) ->
         now(),
     );
     connections.mark_startup(&key, &startup, &mut status);
+    status.last_handled_restart = if connection.spec.started {
+        restart::handled(
+            handled_before,
+            asked,
+            report.as_ref().ok().and_then(|r| r.restarted.as_deref()),
+        )
+    } else {
+        // Stopped, nothing runs to restart; its next start is a new startup anyway.
+        restart.or_else(|| handled_before.map(str::to_owned))
+    };
     status
 }
 
-/// Push the spec with what was resolved (`None`: paused, nothing pushed), then read and follow
-/// the report.
+/// Push the spec with what was resolved and a restart asked (`None`: paused, nothing
+/// pushed), then read and follow the report.
 async fn push(
     connection: &Connection,
     namespace: &str,
     (target, pod_uid): (&WorkerPod, &str),
-    resolved: Option<&Resolved>,
+    pushed: Option<(&Resolved, Option<&str>)>,
     ctx: &Context,
 ) -> Result<ConnectionReport, String> {
     let path = wire::resource_path(
         wire::Kind::Connections,
         &wire::key(namespace, &connection.name_any()),
     );
-    let report = match resolved {
+    let report = match pushed {
         // Connections are pushed on every reconcile: `resolved` (targets, startup) can change
         // without the connection's generation changing, and a PUT with the same spec is cheap.
-        Some(resolved) => {
-            let manifest = json!({
+        Some((resolved, restart)) => {
+            let mut manifest = json!({
                 "apiVersion": "ferry.dev/v1alpha1",
                 "kind": "Connection",
                 "metadata": {
@@ -533,6 +563,9 @@ async fn push(
                 "spec": connection.spec,
                 "resolved": resolved,
             });
+            if let (Some(value), Some(map)) = (restart, manifest.as_object_mut()) {
+                map.insert(wire::RESTART.into(), value.into());
+            }
             ctx.workers
                 .put::<ConnectionReport>(target, &path, &manifest)
                 .await

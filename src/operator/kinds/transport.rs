@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::operator::runtime::report_watch::Follow;
 use crate::operator::{
     objects::builders::{BuildError, Owner},
+    reconcile::restart,
     reconcile::skeleton::{Observed, WorkerResource},
     runtime::context::Context,
     runtime::error::ReconcileError,
@@ -57,37 +58,47 @@ impl WorkerResource for Transport {
     }
 
     async fn observe(&self, observed: Observed<'_, Self>) -> TransportStatus {
+        let before = self.status.as_ref();
+        let handled_before = before.and_then(|s| s.last_handled_restart.as_deref());
+        // Paused: nothing is asked of the worker, a restart neither.
+        let asked = restart::to_ask(restart::requested(&self.metadata), handled_before)
+            .filter(|_| !observed.paused);
         let report = match observed.worker {
             Some(Ok(worker)) => {
-                let own_token = observed.ingest_token.as_deref();
-                let paused = observed.paused;
-                push(
-                    self,
-                    observed.namespace,
-                    worker,
-                    own_token,
-                    observed.ctx,
-                    paused,
-                )
-                .await
+                let wants = Wants {
+                    own_token: observed.ingest_token.as_deref(),
+                    restart: asked.as_deref(),
+                    paused: observed.paused,
+                };
+                push(self, observed.namespace, worker, wants, observed.ctx).await
             }
             Some(Err(unavailable)) => Err(unavailable.to_string()),
             None => Err("the worker does not run".into()),
         };
-        transport_status(
-            self.status.as_ref(),
+        let mut status = transport_status(
+            before,
             self.metadata.generation,
             self.spec.suspended,
             report.as_ref().map_err(String::as_str),
             crate::operator::runtime::context::now(),
-        )
+        );
+        status.last_handled_restart = restart::handled(
+            handled_before,
+            asked.as_deref(),
+            report.as_ref().ok().and_then(|r| r.restarted.as_deref()),
+        );
+        status
     }
 
     fn event(
         before: Option<&TransportStatus>,
         after: &TransportStatus,
     ) -> Option<(bool, &'static str, String)> {
-        transport_event(before, after)
+        restart::restarted_event(
+            before.and_then(|b| b.last_handled_restart.as_deref()),
+            after.last_handled_restart.as_deref(),
+        )
+        .or_else(|| transport_event(before, after))
     }
 
     fn forget(&self, namespace: &str, ctx: &Context, _: &()) {
@@ -105,16 +116,30 @@ fn pushed_key(namespace: &str, transport: &Transport) -> String {
     format!("Transport {namespace}/{}", transport.name_any())
 }
 
-/// Push the spec (and, in a pool, the hash of its own ingest token) when the worker has not got
-/// this generation and token (or restarted), then read its report. `Err` says why the worker
-/// could not be read.
+/// What a push asks of the worker besides the spec.
+struct Wants<'a> {
+    /// The producers' token (its hash goes to the worker).
+    own_token: Option<&'a str>,
+    /// A `ferry.dev/restart` value not handled yet.
+    restart: Option<&'a str>,
+    /// `ferry.dev/reconcile: paused`: only read.
+    paused: bool,
+}
+
+/// Push the spec (and, in a pool, the hash of its own ingest token; a restart asked) when the
+/// worker has not got this generation and token (or restarted), or has not carried out the
+/// restart asked, then read its report.
+/// `Err` says why the worker could not be read.
 async fn push(
     transport: &Transport,
     namespace: &str,
     (target, pod_uid): ReadyWorker,
-    own_token: Option<&str>,
+    Wants {
+        own_token,
+        restart,
+        paused,
+    }: Wants<'_>,
     ctx: &Context,
-    paused: bool,
 ) -> Result<TransportReport, String> {
     let key = pushed_key(namespace, transport);
     let path = wire::resource_path(
@@ -143,10 +168,14 @@ async fn push(
     // Paused: only read, whatever the worker has.
     if fresh || paused {
         match ctx.workers.get::<TransportReport>(&target, &path).await {
-            Ok(report) => {
+            // A restart asked that this worker has not carried out is pushed.
+            Ok(report)
+                if paused || restart.is_none_or(|r| report.restarted.as_deref() == Some(r)) =>
+            {
                 ctx.follow_report(follow(&report));
                 return Ok(report);
             }
+            Ok(_) => {}
             Err(e) if paused => {
                 return Err(crate::operator::reconcile::skeleton::paused_read_error(&e));
             }
@@ -165,8 +194,13 @@ async fn push(
         },
         "spec": transport.spec,
     });
-    if let (Some(hash), Some(map)) = (token_hash, manifest.as_object_mut()) {
-        map.insert(wire::INGEST_TOKEN_SHA256.into(), hash.into());
+    if let Some(map) = manifest.as_object_mut() {
+        if let Some(hash) = token_hash {
+            map.insert(wire::INGEST_TOKEN_SHA256.into(), hash.into());
+        }
+        if let Some(value) = restart {
+            map.insert(wire::RESTART.into(), value.into());
+        }
     }
     let report = ctx
         .workers

@@ -469,8 +469,9 @@ pub fn transport_status(
         endpoint: Some(report.endpoint.clone()),
         faults: report.faults.clone(),
         last_report_time: Some(now.clone()),
-        // Set by the reconcile, which knows where the resource lives.
+        // Set by the reconcile, which knows where the resource lives and what it asked.
         placement: previous.and_then(|p| p.placement.clone()),
+        last_handled_restart: previous.and_then(|p| p.last_handled_restart.clone()),
         conditions: set_conditions(
             previous_conditions,
             vec![
@@ -730,6 +731,7 @@ mod tests {
             totals: Totals::default(),
             endpoint: "http://ferry-tp-erp.plant-a.svc:8080/v1/transports/plant-a/erp/transactions"
                 .into(),
+            restarted: None,
         }
     }
 
@@ -892,6 +894,7 @@ mod tests {
                 ..Default::default()
             }],
             started_iteration: 1,
+            restarted: None,
         }
     }
 
