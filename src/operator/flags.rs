@@ -24,6 +24,15 @@ pub struct Flags {
     /// How often each worker's report is read into status.
     #[arg(long, env = "FERRY_STATUS_INTERVAL", default_value = "5s")]
     status_interval: crate::api::duration::Duration,
+    /// How many workers may restart at once when the worker template changes because of the
+    /// operator (a new image or version, a changed flag): a number, or a percentage of the
+    /// worker pods it runs (rounded down, at least 1). A resource's own change is never held.
+    #[arg(long, env = "FERRY_MAX_UNAVAILABLE_WORKERS", default_value = "10%", value_parser = crate::operator::runtime::rollouts::MaxUnavailable::parse)]
+    max_unavailable_workers: crate::operator::runtime::rollouts::MaxUnavailable,
+    /// A worker not new and Ready this long after its restart began stops the rollout (a
+    /// Warning Event; the alert FerryWorkerRolloutStuck) until it is.
+    #[arg(long, env = "FERRY_ROLLOUT_TIMEOUT", default_value = "10m")]
+    rollout_timeout: crate::api::duration::Duration,
     /// How many requests to the API server may be in flight at once (watches aside): a
     /// thousand resources reconciled together wait for a place instead of each opening a
     /// connection.
@@ -207,6 +216,10 @@ impl Flags {
             startup_timeout: self.startup_timeout.as_std(),
             startup_queue_scope: self.startup_queue_scope,
             status_interval: self.status_interval.as_std(),
+            rollout: crate::operator::runtime::context::RolloutPolicy {
+                max_unavailable: self.max_unavailable_workers,
+                timeout: self.rollout_timeout.as_std(),
+            },
             api_concurrency: self.api_concurrency.into(),
             worker_access: self.worker_access,
             worker_timeout: self.worker_timeout.as_std(),

@@ -61,6 +61,8 @@ pub struct OperatorOptions {
     /// Whether startup places are shared by the whole cluster or per namespace.
     pub startup_queue_scope: crate::connection::startup_queue::Scope,
     pub status_interval: Duration,
+    /// How the operator's worker template changes are rolled out.
+    pub rollout: crate::operator::runtime::context::RolloutPolicy,
     /// How many requests to the API server may be in flight at once (watches aside).
     pub api_concurrency: usize,
     /// None: direct in cluster, through the API server's pod proxy outside.
@@ -784,7 +786,8 @@ async fn lead(
     .with_events(Events::new(client.clone(), Some(options.instance.clone())))
     .with_metrics(endpoints.metrics.clone())
     .with_caches(caches)
-    .with_triggers(triggers.clone());
+    .with_triggers(triggers.clone())
+    .with_rollout_policy(options.rollout);
     if let Some(authority) = &authority {
         ctx = ctx.with_authority(authority.clone());
     }

@@ -969,6 +969,15 @@ impl Operator {
         self.spawn();
     }
 
+    /// Kill -9 and start again with `flag` set to `value` (an upgrade's new flags).
+    pub fn restart_with(&mut self, flag: &str, value: &str) {
+        match self.args.iter().position(|a| a == flag) {
+            Some(at) if at + 1 < self.args.len() => self.args[at + 1] = value.to_owned(),
+            _ => self.args.extend([flag.to_owned(), value.to_owned()]),
+        }
+        self.restart();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

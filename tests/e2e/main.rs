@@ -3052,3 +3052,166 @@ async fn a_restart_restarts_the_runtime_once_and_not_the_pod() {
     })
     .await;
 }
+
+/// Issue 33 part 1: an upgrade (a new `--worker-image`) on 20 live transports restarts their
+/// workers at most `--max-unavailable-workers` at a time — sampled from the pods all through
+/// the rollout — while producers keep sending; every transaction acknowledged reaches the host,
+/// and each worker restarted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_restarts_workers_a_few_at_a_time_and_loses_nothing() {
+    let Some(env) = env("an_upgrade_restarts_workers_a_few_at_a_time_and_loses_nothing") else {
+        return;
+    };
+    // The benchmark's figures: FERRY_E2E_ROLLOUT_TRANSPORTS=200 FERRY_E2E_ROLLOUT_AT_ONCE=10%.
+    let setting =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let transports: usize = setting("FERRY_E2E_ROLLOUT_TRANSPORTS", "20")
+        .parse()
+        .expect("FERRY_E2E_ROLLOUT_TRANSPORTS: a number");
+    let max_unavailable = setting("FERRY_E2E_ROLLOUT_AT_ONCE", "2");
+    let at_once = match max_unavailable.strip_suffix('%') {
+        Some(percent) => {
+            (transports * percent.parse::<usize>().expect("a percentage") / 100).max(1)
+        }
+        None => max_unavailable
+            .parse()
+            .expect("FERRY_E2E_ROLLOUT_AT_ONCE: a number or N%"),
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "rollout").await;
+    let mut operator = cluster.operator(&["--max-unavailable-workers", &max_unavailable]);
+    // A sink that prints what arrives: the acknowledged ones are looked for in its log.
+    let host = cluster
+        .run_pod("erp-host", &["sink", "--listen", "0.0.0.0:9090"], 9090)
+        .await;
+    let names: Vec<String> = (0..transports).map(|i| format!("tp{i:03}")).collect();
+    let all: Vec<String> = names
+        .iter()
+        .map(|name| transport_yaml(name, &host, "Delete"))
+        .collect();
+    cluster.apply(&all.join("---\n"));
+    for name in &names {
+        delivered_and_up(&cluster, name).await;
+    }
+    let pods: Vec<String> = names.iter().map(|n| format!("ferry-tp-{n}-0")).collect();
+    let mut before = Vec::new();
+    for pod in &pods {
+        before.push(incarnation(&cluster, pod).await);
+    }
+
+    // Producers keep sending; a sampler counts the worker pods that are not Ready.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producing = {
+        let (cluster, names, stop) = (&cluster, names.clone(), stop.clone());
+        async move {
+            let mut acknowledged = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for name in &names {
+                    n += 1;
+                    let payload = format!(r#"{{"transport":"{name}","n":{n}}}"#);
+                    if let Ok((200 | 202, _)) = cluster.try_ingest(name, name, &payload).await {
+                        acknowledged.push(payload);
+                    }
+                }
+            }
+            acknowledged
+        }
+    };
+    let sampling = {
+        let (cluster, pods, stop) = (&cluster, pods.clone(), stop.clone());
+        async move {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(list) = cluster.api::<Pod>().list(&Default::default()).await {
+                    let ready: std::collections::BTreeSet<String> = list
+                        .items
+                        .iter()
+                        .filter(|p| {
+                            p.metadata.deletion_timestamp.is_none()
+                                && p.status
+                                    .as_ref()
+                                    .and_then(|s| s.conditions.as_ref())
+                                    .is_some_and(|c| {
+                                        c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                    })
+                        })
+                        .filter_map(|p| p.metadata.name.clone())
+                        .collect();
+                    most = most.max(pods.iter().filter(|p| !ready.contains(*p)).count());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            most
+        }
+    };
+    let upgrading = async {
+        let image = format!("{}-next", cluster.env.worker_image);
+        operator.restart_with("--worker-image", &image);
+        let started = std::time::Instant::now();
+        eventually("every worker on the new image, new and Ready", || async {
+            for (pod, was) in pods.iter().zip(&before) {
+                let set = cluster
+                    .api::<StatefulSet>()
+                    .get(pod.trim_end_matches("-0"))
+                    .await
+                    .ok()?;
+                let template = set.spec?.template.spec?;
+                (template.containers.first()?.image.as_deref() == Some(image.as_str()))
+                    .then_some(())?;
+                let now = incarnation(&cluster, pod).await;
+                (now.is_some() && now.as_ref().map(|n| &n.0) != was.as_ref().map(|w| &w.0))
+                    .then_some(())?;
+            }
+            Some(())
+        })
+        .await;
+        for name in &names {
+            cluster
+                .wait_transport(name, "Ready after the rollout", |s| ready(s) == "True")
+                .await;
+        }
+        let took = started.elapsed();
+        // A last round of producing after the rollout, then stop.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        took
+    };
+    let (acknowledged, most, took) = tokio::join!(producing, sampling, upgrading);
+    println!(
+        "rollout of {transports} workers, at most {at_once} at once: {took:.1?}; at most {most} worker pods not Ready at one sample; {} transactions acknowledged meanwhile",
+        acknowledged.len()
+    );
+    assert!(most <= at_once, "{most} workers were not Ready at once");
+    assert!(most >= 1, "the sampler saw no worker restart");
+    assert!(!acknowledged.is_empty());
+    for name in &names {
+        cluster
+            .wait_transport(name, "its queue forwarded", |s| s["queue"]["messages"] == 0)
+            .await;
+    }
+    let arrived = cluster.pod_log("erp-host");
+    for payload in &acknowledged {
+        assert!(
+            arrived.contains(payload.as_str()),
+            "{payload} was acknowledged and never reached the host"
+        );
+    }
+    let metrics = operator.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "ferry_operator_worker_rollouts_completed_total {transports}"
+        )),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("rollouts"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(metrics.contains("ferry_operator_worker_rollouts_in_progress 0"));
+    eventually("a WorkerRollout Event", || async {
+        event_note(&cluster, "tp000", "WorkerRollout")
+    })
+    .await;
+}

@@ -188,7 +188,8 @@ async fn apply(
     let settled = show(ctx, pool, namespace, &view).await?;
     // Its pods' changes reconcile it (they are watched); the resync is a safety net, sooner
     // when its workers' certificate is due for renewal.
-    Ok(Action::requeue(if settled {
+    let waits_for_rollout = crate::operator::workers::rollout::waiting(ctx, namespace, &set);
+    Ok(Action::requeue(if settled && !waits_for_rollout {
         tokens.map_or(RESYNC, |tokens| {
             crate::operator::workers::worker_objects::renewal_due(&tokens, ctx, RESYNC)
         })
@@ -249,6 +250,7 @@ async fn cleanup(
         });
     }
     ctx.forget_objects(owner.uid());
+    crate::operator::workers::rollout::forget(ctx, namespace, &owner.worker_name());
     if owner.reclaim_policy() == ReclaimPolicy::Delete {
         let count = pool
             .status

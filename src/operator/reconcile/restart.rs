@@ -105,7 +105,12 @@ mod tests {
     /// | before | asked | reported | recorded |
     #[test]
     fn the_status_records_what_the_worker_carried_out() {
-        type Row<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+        type Row<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+        );
         let table: &[Row] = &[
             (None, None, None, None),
             (Some("a"), None, None, Some("a")),

@@ -308,7 +308,10 @@ async fn apply<R: WorkerResource>(
     // Settled, it is reconciled again when something changes (its spec, its worker objects,
     // its worker's report) and at the latest after RESYNC; on its way somewhere, or waiting for
     // its worker, it is looked at every --status-interval.
-    if settled(&status) && !waits_for_worker {
+    // Its worker waiting for its place in a rollout of the operator's template is looked at
+    // again soon too.
+    let waits_for_rollout = crate::operator::workers::rollout::waiting(ctx, namespace, &home.set);
+    if settled(&status) && !waits_for_worker && !waits_for_rollout {
         // Sooner when its worker's certificate is due for renewal.
         Ok(Action::requeue(
             crate::operator::workers::worker_objects::renewal_due(&home.tokens, ctx, RESYNC),
@@ -391,6 +394,9 @@ async fn cleanup<R: WorkerResource>(
         namespace,
         &crate::operator::workers::worker_pod::pod_name(&owner.worker_name()),
     );
+    if object.worker_pool().is_none() {
+        crate::operator::workers::rollout::forget(ctx, namespace, &owner.worker_name());
+    }
     if object.worker_pool().is_none() && owner.reclaim_policy() == ReclaimPolicy::Delete {
         delete_claim(ctx, namespace, &owner.worker_name()).await?;
     }

@@ -64,6 +64,29 @@ pub struct Context {
     /// when. Checked again for a new generation or once the check is older than `RESYNC`, so
     /// the reconciles a worker's report brings cost no name lookups. Empty after a restart.
     destinations_allowed: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
+    /// How many workers may restart at once for the operator's new worker template, and how
+    /// long one may take (`--max-unavailable-workers`, `--rollout-timeout`).
+    pub rollout_policy: RolloutPolicy,
+    /// The worker rollout under way. Empty after a restart (a worker that was restarting is
+    /// applied already and does not take a place again).
+    rollouts: Mutex<crate::operator::runtime::rollouts::Rollouts>,
+    started: std::time::Instant,
+}
+
+/// `--max-unavailable-workers` and `--rollout-timeout`.
+#[derive(Clone, Copy, Debug)]
+pub struct RolloutPolicy {
+    pub max_unavailable: crate::operator::runtime::rollouts::MaxUnavailable,
+    pub timeout: Duration,
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        Self {
+            max_unavailable: Default::default(),
+            timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 /// (resource uid, object kind) → (hash of what was applied, the object's marker after).
@@ -93,7 +116,35 @@ impl Context {
             owned: Mutex::new(HashSet::new()),
             placements: Mutex::new(HashMap::new()),
             destinations_allowed: Mutex::new(HashMap::new()),
+            rollout_policy: RolloutPolicy::default(),
+            rollouts: Mutex::default(),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Roll the operator's worker template changes out as `policy` says.
+    pub fn with_rollout_policy(mut self, policy: RolloutPolicy) -> Self {
+        self.rollout_policy = policy;
+        self
+    }
+
+    /// The worker rollout under way.
+    pub fn rollouts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::operator::runtime::rollouts::Rollouts> {
+        self.rollouts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many workers may restart at once now: of the worker pods the operator runs.
+    pub fn rollout_limit(&self) -> usize {
+        self.rollout_policy
+            .max_unavailable
+            .of(self.caches.pods.state().len())
+    }
+
+    /// Milliseconds since this operator started (the rollout's clock).
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Issue workers' certificates from this CA.

@@ -48,6 +48,8 @@ struct Live {
     kinds: Mutex<Vec<CountByState>>,
     /// The startup queue as the connection reconciler last left it.
     startup: Mutex<QueueCounts>,
+    /// The worker rollout as last changed.
+    rollouts: Mutex<crate::operator::runtime::rollouts::RolloutCounts>,
     /// Container restarts of each worker pod (`namespace`, `pod`) as last read.
     restarts: Mutex<BTreeMap<(String, String), u64>>,
 }
@@ -133,6 +135,11 @@ impl OperatorMetrics {
     /// The startup queue after a connection was looked at.
     pub fn set_startup_queue(&self, counts: QueueCounts) {
         *lock(&self.live.startup) = counts;
+    }
+
+    /// The worker rollout changed.
+    pub fn set_rollouts(&self, counts: crate::operator::runtime::rollouts::RolloutCounts) {
+        *lock(&self.live.rollouts) = counts;
     }
 
     /// A worker pod was read: its containers' restarts so far.
@@ -239,6 +246,37 @@ impl Collector for LiveCollector {
                 MetricType::Gauge,
             )?)?;
         }
+        let rollouts = *lock(&live.rollouts);
+        for (name, help, value) in [
+            (
+                "ferry_operator_worker_rollouts_in_progress",
+                "Workers restarting for the operator's new worker template now (at most --max-unavailable-workers)",
+                rollouts.rolling,
+            ),
+            (
+                "ferry_operator_worker_rollouts_waiting",
+                "Workers waiting for their turn to restart for the operator's new worker template",
+                rollouts.waiting,
+            ),
+            (
+                "ferry_operator_worker_rollouts_stuck",
+                "Workers not new and Ready within --rollout-timeout: while above 0 no further worker restarts",
+                rollouts.stuck,
+            ),
+        ] {
+            ConstGauge::new(startup_gauge(value)).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        ConstCounter::new(rollouts.completed).encode(encoder.encode_descriptor(
+            "ferry_operator_worker_rollouts_completed",
+            "Workers this replica restarted for a new worker template that came back new and Ready",
+            None,
+            MetricType::Counter,
+        )?)?;
         ConstCounter::new(startup.admitted).encode(encoder.encode_descriptor(
             "ferry_operator_startup_admissions",
             "Connections admitted into their startup by this replica",

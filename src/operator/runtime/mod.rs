@@ -13,6 +13,7 @@ pub mod events;
 pub mod leadership;
 pub mod metrics;
 pub mod report_watch;
+pub mod rollouts;
 pub mod status;
 pub mod status_writer;
 pub mod triggers;

@@ -26,6 +26,7 @@ use crate::operator::{
     runtime::error::ReconcileError,
     runtime::status::{WithConditions, name_conflict, objects_refused},
     runtime::status_writer::write_status,
+    workers::rollout,
 };
 
 /// A fresh token: 244 random bits.
@@ -174,14 +175,14 @@ where
     K: NamespacedObject,
     S: WithConditions,
 {
-    reported(
+    let reference = object.object_ref(&());
+    let applying = apply_worker_objects(
         ctx,
         namespace,
-        object,
-        status,
-        apply_worker_objects(ctx, namespace, owner),
-    )
-    .await
+        owner,
+        (object.meta().generation, &reference),
+    );
+    reported(ctx, namespace, object, status, applying).await
 }
 
 /// The outcome of applying objects (a worker's; a pooled resource's own Secret, with
@@ -220,11 +221,14 @@ where
 /// The worker's Secret (its tokens read back, or generated the first time), Service and
 /// StatefulSet, through server-side apply with one forced field manager. Answers the tokens.
 /// Each is read from the caches first, and applied only when what ferry would apply differs
-/// from what it last applied or the object changed since (someone edited or deleted it).
+/// from what it last applied or the object changed since (someone edited or deleted it). A
+/// StatefulSet whose template changes because of the operator waits for its place in the
+/// rollout (`rollout`); `generation` is its resource's, `reference` the resource for Events.
 async fn apply_worker_objects(
     ctx: &Context,
     namespace: &str,
     owner: &Owner<'_>,
+    (generation, reference): (Option<i64>, &k8s_openapi::api::core::v1::ObjectReference),
 ) -> Result<WorkerTokens, ReconcileError> {
     let worker = owner.worker_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
@@ -301,17 +305,38 @@ async fn apply_worker_objects(
             .map_err(failed("NetworkPolicy"))?;
     }
     let set_marker = stateful_set.as_ref().map(generation_marker);
-    let desired = owner.stateful_set_for(&ctx.defaults, &tokens);
-    apply_if_changed(
+    let mut desired = owner.stateful_set_for(&ctx.defaults, &tokens);
+    let own = crate::operator::runtime::rollouts::applied_for(generation, &tokens.admin);
+    let hash = rollout::mark(&mut desired, &own);
+    let replicas = desired
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.replicas)
+        .and_then(|r| usize::try_from(r).ok())
+        .unwrap_or(1);
+    let applied = stateful_set
+        .as_ref()
+        .map(|meta| meta.annotations.clone().unwrap_or_default());
+    let now = rollout::may_apply(
         ctx,
-        owner,
-        &stateful_sets,
-        desired,
-        set_marker,
-        generation_marker,
+        namespace,
+        &worker,
+        (applied.as_ref(), &hash, &own),
+        (replicas, reference),
     )
-    .await
-    .map_err(failed("StatefulSet"))?;
+    .await;
+    if now {
+        apply_if_changed(
+            ctx,
+            owner,
+            &stateful_sets,
+            desired,
+            set_marker,
+            generation_marker,
+        )
+        .await
+        .map_err(failed("StatefulSet"))?;
+    }
     ctx.owned().insert(owner.uid().to_owned());
     Ok(tokens)
 }
