@@ -20,13 +20,9 @@ fn sha256(token: &str) -> String {
 
 /// PUT transport `name` with the hash of its own ingest token beside the spec.
 async fn put_with_token(worker: &WorkerProc, name: &str, spec: Value, hash: &str) -> (u16, Value) {
-    let body = json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
-        "metadata": {"name": name, "namespace": "default", "generation": 1},
-        "spec": spec,
-        "ingestTokenSha256": hash,
-    });
-    worker.put_json(&worker.transport_url(name), &body).await
+    worker
+        .put_transport_beside(name, spec, json!({"ingestTokenSha256": hash}))
+        .await
 }
 
 /// a and b take only their own tokens; c, without one, the worker's.

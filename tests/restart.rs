@@ -15,13 +15,9 @@ async fn put_with_restart(
     spec: Value,
     value: Value,
 ) -> (u16, Value) {
-    let body = json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
-        "metadata": {"name": name, "namespace": "default", "generation": 1},
-        "spec": spec,
-        "restart": value,
-    });
-    worker.put_json(&worker.transport_url(name), &body).await
+    worker
+        .put_transport_beside(name, spec, json!({"restart": value}))
+        .await
 }
 
 fn restarts_logged(worker: &WorkerProc) -> usize {

@@ -112,24 +112,15 @@ async fn annotate(
     let (label, outcome) = match kind {
         PausableKind::Transport => (
             "transport",
-            Api::<Transport>::namespaced(client, namespace)
-                .patch(name, &params, &body)
-                .await
-                .map(|_| ()),
+            merge::<Transport>(client, namespace, name, &params, &body).await,
         ),
         PausableKind::Connection => (
             "connection",
-            Api::<Connection>::namespaced(client, namespace)
-                .patch(name, &params, &body)
-                .await
-                .map(|_| ()),
+            merge::<Connection>(client, namespace, name, &params, &body).await,
         ),
         PausableKind::Workerpool => (
             "workerpool",
-            Api::<WorkerPool>::namespaced(client, namespace)
-                .patch(name, &params, &body)
-                .await
-                .map(|_| ()),
+            merge::<WorkerPool>(client, namespace, name, &params, &body).await,
         ),
     };
     match outcome {
@@ -141,6 +132,26 @@ async fn annotate(
         }),
         Err(e) => Err(PluginError::Kube(e)),
     }
+}
+
+/// Merge-patch the object `name` of kind `K`.
+async fn merge<K>(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    params: &PatchParams,
+    body: &Patch<Value>,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client, namespace)
+        .patch(name, params, body)
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -35,9 +35,20 @@ pub fn each<F: ForEachKind>(each: F) -> F {
     each.kind::<TransportRuntime>().kind::<ConnectionRuntime>()
 }
 
-/// The trait's methods that each runtime has under the same name.
+/// The trait's methods that each runtime has under the same name (`$failed`: its errors as
+/// the worker's).
 macro_rules! same_named {
-    ($runtime:ty, $report:ty) => {
+    ($runtime:ty, $report:ty, $failed:ident) => {
+        async fn restart(
+            self: &Arc<Self>,
+            value: String,
+            just_started: bool,
+        ) -> Result<(), WorkerError> {
+            <$runtime>::restart(self, value, just_started)
+                .await
+                .map_err($failed(self.key()))
+        }
+
         fn key(&self) -> &str {
             <$runtime>::key(self)
         }
@@ -149,17 +160,7 @@ impl HostedRuntime for TransportRuntime {
             .map_err(transport_failed(self.key()))
     }
 
-    async fn restart(
-        self: &Arc<Self>,
-        value: String,
-        just_started: bool,
-    ) -> Result<(), WorkerError> {
-        TransportRuntime::restart(self, value, just_started)
-            .await
-            .map_err(transport_failed(self.key()))
-    }
-
-    same_named!(TransportRuntime, TransportReport);
+    same_named!(TransportRuntime, TransportReport, transport_failed);
 }
 
 impl HostedRuntime for ConnectionRuntime {
@@ -238,15 +239,5 @@ impl HostedRuntime for ConnectionRuntime {
             .map_err(connection_failed(self.key()))
     }
 
-    async fn restart(
-        self: &Arc<Self>,
-        value: String,
-        just_started: bool,
-    ) -> Result<(), WorkerError> {
-        ConnectionRuntime::restart(self, value, just_started)
-            .await
-            .map_err(connection_failed(self.key()))
-    }
-
-    same_named!(ConnectionRuntime, ConnectionReport);
+    same_named!(ConnectionRuntime, ConnectionReport, connection_failed);
 }

@@ -378,11 +378,25 @@ impl WorkerProc {
     }
 
     pub async fn put_transport(&self, name: &str, spec: Value) -> (u16, Value) {
-        let body = json!({
+        self.put_transport_beside(name, spec, json!({})).await
+    }
+
+    /// PUT transport `name` with the top-level fields of `beside` next to its spec
+    /// (`ingestTokenSha256`, `restart`).
+    pub async fn put_transport_beside(
+        &self,
+        name: &str,
+        spec: Value,
+        beside: Value,
+    ) -> (u16, Value) {
+        let mut body = json!({
             "apiVersion": "ferry.dev/v1alpha1", "kind": "Transport",
             "metadata": {"name": name, "namespace": "default", "generation": 1},
             "spec": spec,
         });
+        if let (Some(body), Some(beside)) = (body.as_object_mut(), beside.as_object()) {
+            body.extend(beside.clone());
+        }
         self.put_json(&self.transport_url(name), &body).await
     }
 

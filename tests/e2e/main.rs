@@ -3149,7 +3149,10 @@ async fn an_upgrade_restarts_workers_a_few_at_a_time_and_loses_nothing() {
         let image = format!("{}-next", cluster.env.worker_image);
         operator.restart_with("--worker-image", &image);
         let started = std::time::Instant::now();
-        eventually("every worker on the new image, new and Ready", || async {
+        // Each wave may take as long as one wait.
+        let waves = transports.div_ceil(at_once);
+        let deadline = started + cluster::WAIT * u32::try_from(waves).unwrap_or(u32::MAX);
+        let every_worker_new = || async {
             for (pod, was) in pods.iter().zip(&before) {
                 let set = cluster
                     .api::<StatefulSet>()
@@ -3164,8 +3167,14 @@ async fn an_upgrade_restarts_workers_a_few_at_a_time_and_loses_nothing() {
                     .then_some(())?;
             }
             Some(())
-        })
-        .await;
+        };
+        while every_worker_new().await.is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for every worker on the new image, new and Ready ({waves} waves)"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         for name in &names {
             cluster
                 .wait_transport(name, "Ready after the rollout", |s| ready(s) == "True")

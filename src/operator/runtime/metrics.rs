@@ -222,6 +222,7 @@ impl Collector for LiveCollector {
         )?;
 
         let startup = *lock(&live.startup);
+        let rollouts = *lock(&live.rollouts);
         for (name, help, value) in [
             (
                 "ferry_operator_startup_queue_starting",
@@ -238,16 +239,6 @@ impl Collector for LiveCollector {
                 "Connections keeping their turn in the startup queue while their worker pod is not ready",
                 startup.waiting_for_worker,
             ),
-        ] {
-            ConstGauge::new(startup_gauge(value)).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Gauge,
-            )?)?;
-        }
-        let rollouts = *lock(&live.rollouts);
-        for (name, help, value) in [
             (
                 "ferry_operator_worker_rollouts_in_progress",
                 "Workers restarting for the operator's new worker template now (at most --max-unavailable-workers)",
@@ -264,7 +255,7 @@ impl Collector for LiveCollector {
                 rollouts.stuck,
             ),
         ] {
-            ConstGauge::new(startup_gauge(value)).encode(encoder.encode_descriptor(
+            ConstGauge::new(count_gauge(value)).encode(encoder.encode_descriptor(
                 name,
                 help,
                 None,
@@ -316,7 +307,7 @@ impl Collector for LiveCollector {
     }
 }
 
-fn startup_gauge(count: usize) -> i64 {
+fn count_gauge(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
 
