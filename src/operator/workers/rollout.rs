@@ -47,8 +47,11 @@ pub async fn may_apply(
     }
     let before: BTreeSet<String> = pods.iter().map(|(uid, _)| uid.clone()).collect();
     let limit = ctx.rollout_limit();
-    let admission = ctx.rollouts().admit(&key, before, limit, ctx.now_ms());
-    let counts = ctx.rollouts().counts();
+    let now = ctx.now_ms();
+    let (admission, counts) = {
+        let mut rollouts = ctx.rollouts();
+        (rollouts.admit(&key, before, limit, now), rollouts.counts())
+    };
     ctx.metrics.set_rollouts(counts);
     match admission {
         Admission::Holding => true,
