@@ -93,6 +93,17 @@ impl Cluster {
     /// Connect, install `crds/`, start the process kubelet if asked, and create a namespace
     /// for this scenario.
     pub async fn start(env: Env, scenario: &str) -> Cluster {
+        // Each scenario has a namespace of its own: two of one name in one run would meet the
+        // other's objects, or its namespace still terminating.
+        static NAMES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        {
+            let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+            assert!(
+                !names.iter().any(|n| n == scenario),
+                "two e2e scenarios are named {scenario:?}: give each its own name"
+            );
+            names.push(scenario.to_owned());
+        }
         let client = client_from(&env.kubeconfig).await;
         let kubelet = env
             .process_kubelet

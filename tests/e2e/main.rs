@@ -2947,7 +2947,7 @@ async fn a_restart_restarts_the_runtime_once_and_not_the_pod() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start(env, "restart").await;
+    let cluster = Cluster::start(env, "rerun").await;
     let _operator = cluster.operator(&[]);
     let host = cluster.run_pod("erp-host", &SINK, 9090).await;
     cluster.apply(&transport_yaml("erp", &host, "Delete"));
