@@ -3224,3 +3224,94 @@ async fn an_upgrade_restarts_workers_a_few_at_a_time_and_loses_nothing() {
     })
     .await;
 }
+
+/// Issue 33 part 1: a worker that does not come back new and Ready within `--rollout-timeout`
+/// stops the rollout — a Warning Event, the stuck gauge — and no other worker restarts until
+/// it is Ready; then the rollout goes on by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_does_not_come_back_stops_the_rollout() {
+    let Some(env) = env("a_worker_that_does_not_come_back_stops_the_rollout") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(env, "stuckroll").await;
+    let mut operator =
+        cluster.operator(&["--max-unavailable-workers", "1", "--rollout-timeout", "5s"]);
+    let host = cluster.run_pod("erp-host", &SINK, 9090).await;
+    let names = ["one", "two", "three"];
+    let all: Vec<String> = names
+        .iter()
+        .map(|name| transport_yaml(name, &host, "Delete"))
+        .collect();
+    cluster.apply(&all.join("---\n"));
+    for name in names {
+        cluster
+            .wait_transport(name, "Ready", |s| ready(s) == "True")
+            .await;
+    }
+    let pods: Vec<String> = names.iter().map(|n| format!("ferry-tp-{n}-0")).collect();
+    // No worker pod comes back once it is gone (a node that cannot run the new image).
+    let held: Vec<_> = pods
+        .iter()
+        .filter_map(|pod| cluster.hold_pod(pod))
+        .collect();
+    if held.is_empty() {
+        println!(
+            "a cluster with kubelets cannot hold a pod away: the stuck rollout is not run here"
+        );
+        return;
+    }
+    let image = format!("{}-next", cluster.env.worker_image);
+    operator.restart_with("--worker-image", &image);
+    let on_new_image = || async {
+        let mut new = 0;
+        for name in names {
+            let set = cluster
+                .api::<StatefulSet>()
+                .get(&format!("ferry-tp-{name}"))
+                .await
+                .expect("its StatefulSet");
+            let image_now = set
+                .spec
+                .and_then(|s| s.template.spec)
+                .and_then(|p| p.containers.first().and_then(|c| c.image.clone()));
+            new += usize::from(image_now.as_deref() == Some(image.as_str()));
+        }
+        new
+    };
+    let note = eventually("a Warning Event WorkerRolloutStuck", || async {
+        names
+            .iter()
+            .find_map(|name| event_note(&cluster, name, "WorkerRolloutStuck"))
+    })
+    .await;
+    assert!(note.contains("--rollout-timeout"), "{note}");
+    let metrics = operator.metrics().await;
+    assert!(
+        metrics.contains("ferry_operator_worker_rollouts_stuck 1"),
+        "{metrics}"
+    );
+    // Stopped: a few more status intervals, and still only the stuck one has the new template.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        on_new_image().await,
+        1,
+        "the rollout went on past a stuck worker"
+    );
+
+    drop(held);
+    eventually("the rollout goes on once the worker is Ready", || async {
+        (on_new_image().await == names.len()).then_some(())
+    })
+    .await;
+    for name in names {
+        cluster
+            .wait_transport(name, "Ready after the rollout", |s| ready(s) == "True")
+            .await;
+    }
+    let metrics = operator.metrics().await;
+    assert!(
+        metrics.contains("ferry_operator_worker_rollouts_stuck 0"),
+        "{metrics}"
+    );
+}

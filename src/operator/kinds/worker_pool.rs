@@ -188,7 +188,7 @@ async fn apply(
     let settled = show(ctx, pool, namespace, &view).await?;
     // Its pods' changes reconcile it (they are watched); the resync is a safety net, sooner
     // when its workers' certificate is due for renewal.
-    let waits_for_rollout = crate::operator::workers::rollout::waiting(ctx, namespace, &set);
+    let waits_for_rollout = crate::operator::workers::rollout::in_rollout(ctx, namespace, &set);
     Ok(Action::requeue(if settled && !waits_for_rollout {
         tokens.map_or(RESYNC, |tokens| {
             crate::operator::workers::worker_objects::renewal_due(&tokens, ctx, RESYNC)

@@ -308,9 +308,10 @@ async fn apply<R: WorkerResource>(
     // Settled, it is reconciled again when something changes (its spec, its worker objects,
     // its worker's report) and at the latest after RESYNC; on its way somewhere, or waiting for
     // its worker, it is looked at every --status-interval.
-    // Its worker waiting for its place in a rollout of the operator's template is looked at
-    // again soon too.
-    let waits_for_rollout = crate::operator::workers::rollout::waiting(ctx, namespace, &home.set);
+    // Its worker waiting for its place in a rollout of the operator's template, or restarting
+    // in one, is looked at again soon too.
+    let waits_for_rollout =
+        crate::operator::workers::rollout::in_rollout(ctx, namespace, &home.set);
     if settled(&status) && !waits_for_worker && !waits_for_rollout {
         // Sooner when its worker's certificate is due for renewal.
         Ok(Action::requeue(

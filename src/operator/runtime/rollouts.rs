@@ -211,6 +211,12 @@ impl Rollouts {
         Some(Progress::Rolling)
     }
 
+    /// Whether the worker waits for a place or holds one: either way it is looked at again
+    /// soon (a place is given back, or found stuck, only when it is looked at).
+    pub fn is_in_rollout(&self, key: &str) -> bool {
+        self.waiting.contains(key) || self.rolling.contains_key(key)
+    }
+
     /// Whether the worker waits for a place.
     pub fn is_waiting(&self, key: &str) -> bool {
         self.waiting.contains(key)

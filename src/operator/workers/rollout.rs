@@ -129,7 +129,9 @@ pub fn forget(ctx: &Context, namespace: &str, set: &str) {
     ctx.metrics.set_rollouts(ctx.rollouts().counts());
 }
 
-/// Whether the worker waits for a place (its reconcile comes back soon).
-pub fn waiting(ctx: &Context, namespace: &str, set: &str) -> bool {
-    ctx.rollouts().is_waiting(&format!("{namespace}/{set}"))
+/// Whether the worker waits for a place or holds one: its reconcile comes back every
+/// `--status-interval` (a held pod that never changes would otherwise not be looked at again
+/// before the resync, and never be found stuck).
+pub fn in_rollout(ctx: &Context, namespace: &str, set: &str) -> bool {
+    ctx.rollouts().is_in_rollout(&format!("{namespace}/{set}"))
 }
