@@ -289,11 +289,7 @@ impl WorkerResource for Connection {
         before: Option<&ConnectionStatus>,
         after: &ConnectionStatus,
     ) -> Option<(bool, &'static str, String)> {
-        restart::restarted_event(
-            before.and_then(|b| b.last_handled_restart.as_deref()),
-            after.last_handled_restart.as_deref(),
-        )
-        .or_else(|| connection_event(before, after))
+        connection_event(before, after)
     }
 
     fn written(&self, status: &ConnectionStatus, ctx: &Context, connections: &Connections) {

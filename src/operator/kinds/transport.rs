@@ -94,11 +94,7 @@ impl WorkerResource for Transport {
         before: Option<&TransportStatus>,
         after: &TransportStatus,
     ) -> Option<(bool, &'static str, String)> {
-        restart::restarted_event(
-            before.and_then(|b| b.last_handled_restart.as_deref()),
-            after.last_handled_restart.as_deref(),
-        )
-        .or_else(|| transport_event(before, after))
+        transport_event(before, after)
     }
 
     fn forget(&self, namespace: &str, ctx: &Context, _: &()) {

@@ -26,7 +26,8 @@ use crate::operator::{
     runtime::context::{Context, FINALIZER},
     runtime::error::ReconcileError,
     runtime::status::{
-        FORBIDDEN_DESTINATION, Placeable, WithConditions, not_running, reconcile_paused, to_write,
+        FORBIDDEN_DESTINATION, HandledRestart, Placeable, WithConditions, not_running,
+        reconcile_paused, to_write,
     },
     runtime::status_writer::write_status,
     workers::worker_objects::{
@@ -47,7 +48,7 @@ pub trait WorkerResource: NamespacedObject + serde::Serialize {
     fn states() -> Vec<&'static str>;
     /// ... and this one's, `None` before it has one.
     fn state_name(&self) -> Option<&'static str>;
-    type Status: WithConditions + Placeable + Send + Sync;
+    type Status: WithConditions + Placeable + HandledRestart + Send + Sync;
     /// What this kind keeps across reconciles, besides the shared context.
     type Memory: Send + Sync + 'static;
     /// What dereferencing found, for the push.
@@ -75,7 +76,8 @@ pub trait WorkerResource: NamespacedObject + serde::Serialize {
     /// Push to the worker (when it can be asked) and derive the new status from its report.
     fn observe(&self, observed: Observed<'_, Self>) -> impl Future<Output = Self::Status> + Send;
 
-    /// The Event a status change calls for: (warning, reason, note).
+    /// The Event a status change calls for: (warning, reason, note). (A restart carried out
+    /// is the skeleton's to say.)
     fn event(
         before: Option<&Self::Status>,
         after: &Self::Status,
@@ -301,7 +303,14 @@ async fn apply<R: WorkerResource>(
         R::placed(namespace, ctx, &pool);
     }
     object.written(&status, ctx, memory);
-    if let Some((warning, reason, note)) = R::event(object.status(), &status) {
+    let restarted = crate::operator::reconcile::restart::restarted_event(
+        object
+            .status()
+            .and_then(HandledRestart::last_handled_restart),
+        status.last_handled_restart(),
+    );
+    if let Some((warning, reason, note)) = restarted.or_else(|| R::event(object.status(), &status))
+    {
         let reference = object.object_ref(&());
         ctx.events.publish(&reference, warning, reason, note).await;
     }

@@ -217,11 +217,6 @@ impl Rollouts {
         self.waiting.contains(key) || self.rolling.contains_key(key)
     }
 
-    /// Whether the worker waits for a place.
-    pub fn is_waiting(&self, key: &str) -> bool {
-        self.waiting.contains(key)
-    }
-
     /// The worker no longer needs a place (its resource went, or its change became its own).
     pub fn forget(&mut self, key: &str) {
         self.rolling.remove(key);
@@ -323,7 +318,7 @@ mod tests {
             r.admit("c", uids(&["c0"]), 2, 0),
             Admission::Waiting(_)
         ));
-        assert!(r.is_waiting("c"));
+        assert_eq!(r.counts().waiting, 1, "c waits");
         assert_eq!(r.admit("a", uids(&["a0"]), 2, 1), Admission::Holding);
         // The old pod still there, or a new one not Ready: not done.
         assert_eq!(
@@ -345,7 +340,7 @@ mod tests {
                 limit: 2
             }
         );
-        assert!(!r.is_waiting("c"));
+        assert_eq!(r.counts().waiting, 0, "c no longer waits");
         assert_eq!(r.observe("x", &[], 1, 9, 60_000), None);
         assert_eq!(
             r.counts(),

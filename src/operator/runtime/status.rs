@@ -209,6 +209,23 @@ pub trait Placeable {
     fn set_placement(&mut self, placement: Option<Placement>);
 }
 
+/// The last `ferry.dev/restart` value its worker carried out (`status.lastHandledRestart`).
+pub trait HandledRestart {
+    fn last_handled_restart(&self) -> Option<&str>;
+}
+
+impl HandledRestart for TransportStatus {
+    fn last_handled_restart(&self) -> Option<&str> {
+        self.last_handled_restart.as_deref()
+    }
+}
+
+impl HandledRestart for ConnectionStatus {
+    fn last_handled_restart(&self) -> Option<&str> {
+        self.last_handled_restart.as_deref()
+    }
+}
+
 impl Placeable for TransportStatus {
     fn placement(&self) -> Option<&Placement> {
         self.placement.as_ref()
