@@ -430,13 +430,19 @@ impl ConnectionRuntime {
                 if !self.runnable() {
                     break;
                 }
-                behind |= match self
+                match self
                     .run_sync_set(iteration, &name, &drivers, &mut restarts)
                     .await
                 {
-                    Synced::CaughtUp => false,
-                    Synced::Behind | Synced::Interrupted => true,
-                };
+                    Synced::CaughtUp => {}
+                    Synced::Behind => behind = true,
+                    // Its fetch saw the restart (and marked it seen): the iteration ends here
+                    // too, the sync-sets after it are not run with the clients from before.
+                    Synced::Interrupted => {
+                        behind = true;
+                        break;
+                    }
+                }
             }
             // A sync-set that read only part of what changed (more pages than one fetch holds)
             // is behind its source: the next iteration starts at once (W1: at most
