@@ -142,9 +142,14 @@ async fn a_connection_restart_is_a_new_startup_from_its_watermark() {
         (200, &json!("r1")),
         "{report}"
     );
-    // A new startup: Restarting, counted from the iteration under way when it restarted.
-    assert_eq!(report["status"], "Restarting", "{report}");
-    assert!(report["startedIteration"].as_u64() >= running["iteration"].as_u64());
+    // A new startup, counted from the iteration under way when it restarted. (Its status may
+    // already be Running again: a local source's next iteration can complete before the PUT
+    // is answered, so the start marker is the evidence, not a Restarting seen in passing.)
+    assert!(
+        report["startedIteration"].as_u64() > running["startedIteration"].as_u64()
+            && report["startedIteration"].as_u64() >= running["iteration"].as_u64(),
+        "{running} {report}"
+    );
     // Restarting until its sync-set completes again: from its watermark, only the change.
     let report = worker
         .wait_connection("crm", "Running after the restart", |r| {
