@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use crate::api::transport::WhenFull;
 
 mod holder;
+pub mod jetstream;
 mod layout;
 mod open;
 pub mod record;
@@ -109,6 +110,8 @@ pub enum StoreError {
     Closed,
     #[error("the transport was deleted and its queue removed (reclaimPolicy: Delete)")]
     Purged,
+    #[error(transparent)]
+    JetStream(#[from] jetstream::JetStreamError),
 }
 
 impl StoreError {
@@ -164,6 +167,22 @@ impl NewTxn {
 
     fn received_ms(&self) -> u64 {
         Header::time_and_size(&self.encoded).0
+    }
+
+    /// Its receive time, id and content type, as the header holds them.
+    pub(crate) fn header(&self) -> (u64, String, Option<String>) {
+        match Header::parse(&self.encoded) {
+            Some(header) => {
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                let content_type = text(header.content_type);
+                (
+                    header.received_ms,
+                    text(header.id),
+                    (!content_type.is_empty()).then_some(content_type),
+                )
+            }
+            None => (self.received_ms(), String::new(), None),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod certs;
+pub mod nats;
 
 use std::{
     net::{SocketAddr, TcpListener as StdListener},
