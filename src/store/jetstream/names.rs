@@ -25,7 +25,7 @@ impl TransportNames {
     pub fn new(key: &str) -> Self {
         let hash = crate::stable_hash_hex(&format!("transport/{key}"), HASH_BYTES);
         Self {
-            stream: format!("FERRY_{}_{hash}", readable(key)),
+            stream: format!("FERRY_{}_{hash}", readable(key, READABLE)),
             subject: format!("ferry.tp.{hash}"),
             key: format!("tp.{hash}"),
         }
@@ -53,14 +53,14 @@ pub fn ingest_token_key(key: &str) -> String {
 pub fn pool_bucket(namespace: &str, pool: &str) -> String {
     let full = format!("{namespace}/{pool}");
     let hash = crate::stable_hash_hex(&format!("pool/{full}"), HASH_BYTES);
-    format!("FERRY_POOL_{}_{hash}", readable(&full))
+    format!("FERRY_POOL_{}_{hash}", readable(&full, READABLE - 5))
 }
 
-/// Letters and digits kept, anything else `_`, at most [`READABLE`] characters.
-fn readable(key: &str) -> String {
+/// Letters and digits kept, anything else `_`, at most `max` characters.
+fn readable(key: &str, max: usize) -> String {
     key.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .take(READABLE)
+        .take(max)
         .collect()
 }
 
