@@ -130,6 +130,7 @@ async fn main() {
             public_url: format!("http://{ip}:8080"),
             forward_window: 1,
             memory_budget: ferry::worker::budget::DEFAULT_BYTES,
+            jetstream: None,
         },
         true,
     )

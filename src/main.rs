@@ -31,10 +31,10 @@ enum Command {
     /// Print the CustomResourceDefinitions generated from the Rust types (YAML).
     Crds,
     /// Host transports for the operator: the HTTP API, the Store and Forward queue on disk.
-    Worker(ferry::worker::flags::WorkerArgs),
+    Worker(Box<ferry::worker::flags::WorkerArgs>),
     /// Run Transport manifests locally, without Kubernetes (the embedded default when no
     /// --manifests are given).
-    Standalone(ferry::standalone::StandaloneArgs),
+    Standalone(Box<ferry::standalone::StandaloneArgs>),
     /// The controller: watches Transports and Connections, runs a worker for each, writes
     /// their status.
     Operator(Box<ferry::operator::flags::Flags>),

@@ -274,6 +274,12 @@ pub struct TransportReport {
     /// The last `restart` value this worker process handled for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted: Option<String>,
+    /// Its queue's server (a pool on JetStream) is unavailable now, and why (T11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_unavailable: Option<String>,
+    /// Another worker took it over (a pool on JetStream): this one serves it no more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moved: bool,
 }
 
 /// The `resolved` object of a connection's PUT: what the operator (or standalone mode) looked

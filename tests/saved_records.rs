@@ -39,6 +39,7 @@ async fn worker(dir: &Path) -> Arc<Worker> {
             public_url: "http://127.0.0.1:1".into(),
             forward_window: 1,
             memory_budget: 1 << 20,
+            jetstream: None,
         },
         true,
     )

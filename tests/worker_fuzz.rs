@@ -40,6 +40,7 @@ fn fixture() -> &'static Fixture {
                     public_url: "http://127.0.0.1:1".into(),
                     forward_window: 1,
                     memory_budget: 1 << 20,
+                    jetstream: None,
                 },
                 false,
             )

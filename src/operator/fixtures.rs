@@ -360,6 +360,7 @@ pub async fn worker_at(ip: &str, dir: &std::path::Path) -> tokio::task::JoinHand
             public_url: format!("http://{ip}:8080"),
             forward_window: 1,
             memory_budget: crate::worker::budget::DEFAULT_BYTES,
+            jetstream: None,
         },
         true,
     )

@@ -119,6 +119,22 @@ impl StoreError {
         Self::Disk(Arc::new(e.into()))
     }
 
+    /// Another worker took the resource over (JetStream): stop serving it.
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self,
+            Self::JetStream(jetstream::JetStreamError::Fenced { .. })
+        )
+    }
+
+    /// The queue's server is unavailable now (JetStream: no quorum, unreachable).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::JetStream(jetstream::JetStreamError::Unavailable(_))
+        )
+    }
+
     /// A record that cannot be turned into JSON (kept for completeness: ferry's records always
     /// can).
     pub fn encode(e: serde_json::Error) -> Self {

@@ -3,4 +3,5 @@
 
 pub mod host;
 pub mod machine;
+pub mod queue;
 pub mod runtime;

@@ -21,13 +21,16 @@ use tokio::{
 use super::{
     host::{Delivery, HostClient, HostError},
     machine::{self, Action, Config, Event},
+    queue::{QueueHome, TransportQueue},
 };
 use crate::api::{
     TransportSpec, TransportState,
     transport::{QueueStatus, Totals},
 };
 use crate::store::{
-    Limits, NewTxn, Queue, QueuedEntry, QueuedTxn, RecordKind, Store, StoreError, blocking, now_ms,
+    Limits, NewTxn, QueuedEntry, QueuedTxn, RecordKind, StoreError,
+    jetstream::{Owner, StreamLimits},
+    now_ms,
     record::{self, RecordError, SavedSpec, record_version},
 };
 use crate::wire::{IngestResult, Outcome, TransportReport};
@@ -51,6 +54,27 @@ async fn backoff(delay: Duration, restarts: &mut watch::Receiver<u64>) -> Durati
         _ = restarts.changed() => BACKOFF_FIRST,
     }
 }
+/// The queue's limits as its spec says (a stream is made with them).
+fn stream_limits(spec: &TransportSpec) -> StreamLimits {
+    let sf = &spec.store_and_forward;
+    StreamLimits {
+        max_messages: sf.max_messages,
+        max_bytes: sf.max_bytes.bytes(),
+        max_transaction_bytes: spec.max_transaction_bytes.bytes(),
+        time_to_live: sf.time_to_live.as_std(),
+    }
+}
+
+/// Who a stream belongs to, from the worker's key (`namespace/name`).
+fn owner(key: &str) -> Owner {
+    let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+    Owner {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        uid: None,
+    }
+}
+
 /// How often time to live is enforced and the totals are saved.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
@@ -142,8 +166,7 @@ pub struct TransportRuntime {
     /// Deliveries in flight while forwarding (1 = strict queue order at the host).
     forward_window: usize,
     endpoint: String,
-    store: Store,
-    queue: Arc<Queue>,
+    queue: TransportQueue,
     inner: Mutex<Inner>,
     /// Wakes the forwarder (state or queue changed).
     forward: Notify,
@@ -154,29 +177,23 @@ pub struct TransportRuntime {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Panics caught in its work (its tasks, its ingests): counted, the work goes on.
     panics: Arc<crate::supervise::Panics>,
+    /// Why its queue's server is unavailable (T11), until an operation on it succeeds again.
+    unavailable: Mutex<Option<String>>,
 }
 
 impl TransportRuntime {
     /// Host a transport: restore its record and queue from the store (T8), apply the
     /// spec's desired state, and start its background tasks.
     pub async fn start(
-        store: Store,
+        home: QueueHome,
         key: String,
         endpoint: String,
         spec: SavedSpec<TransportSpec>,
         generation: Option<i64>,
         forward_window: usize,
     ) -> Result<Arc<Self>, RuntimeError> {
-        let (raw, queue) = blocking({
-            let (store, key) = (store.clone(), key.clone());
-            move || {
-                Ok((
-                    store.load_record(RecordKind::Transport, &key)?,
-                    store.queue(&key)?,
-                ))
-            }
-        })
-        .await?;
+        let (queue, raw) =
+            TransportQueue::open(&home, &key, stream_limits(spec.spec()), owner(&key)).await?;
         let record: Option<Record> = raw
             .map(|raw| record::decode(RecordKind::Transport, &key, &raw))
             .transpose()?;
@@ -187,7 +204,6 @@ impl TransportRuntime {
         let runtime = Arc::new(Self {
             forward_window: forward_window.max(1),
             endpoint,
-            store,
             queue,
             inner: Mutex::new(Inner {
                 spec,
@@ -206,6 +222,7 @@ impl TransportRuntime {
             restarts: watch::channel(0).0,
             tasks: Mutex::new(Vec::new()),
             panics: Arc::default(),
+            unavailable: Mutex::new(None),
             key,
         });
         let queued = runtime.queue.info().messages > 0;
@@ -284,7 +301,18 @@ impl TransportRuntime {
     ) -> Result<(), RuntimeError> {
         // A new client only for a new host: building one (TLS roots) takes milliseconds, and
         // the operator pushes specs whose host did not change.
-        let host_changed = self.lock().spec.host != spec.host;
+        let (host_changed, limits_changed) = {
+            let inner = self.lock();
+            (
+                inner.spec.host != spec.host,
+                stream_limits(inner.spec.spec()) != stream_limits(spec.spec()),
+            )
+        };
+        if limits_changed {
+            self.queue
+                .configure(&stream_limits(spec.spec()), &owner(&self.key))
+                .await?;
+        }
         let host = if host_changed {
             Some(Arc::new(HostClient::new(&spec.host, &self.key)?))
         } else {
@@ -362,6 +390,9 @@ impl TransportRuntime {
         txn: NewTxn,
     ) -> IngestResult {
         crate::supervise::failpoint("ingest", &self.key);
+        if self.queue.fenced() {
+            return self.moved(id);
+        }
         let (action, host) = {
             let mut inner = self.lock();
             inner.dirty = true;
@@ -429,7 +460,8 @@ impl TransportRuntime {
     /// Append to the queue (fsync'd before the answer); `pending_stores` was counted.
     async fn store(&self, id: String, txn: NewTxn) -> IngestResult {
         let limits = self.lock().limits();
-        let appended = self.store.append(&self.queue, txn, limits).await;
+        let appended = self.queue.append(txn, limits).await;
+        self.observed(appended.as_ref().map(|_| ()));
         let mut inner = self.lock();
         inner.pending_stores -= 1;
         inner.dirty = true;
@@ -448,7 +480,12 @@ impl TransportRuntime {
                 }
             }
             Err(e) => {
-                inner.totals.failed += 1;
+                // Unavailable: whether a quorum took it is not known (the answer was lost).
+                // It is no outcome: stored after all, the stream counts it (and the producer's
+                // retry with its id is stored once); else it was never received (T11).
+                if !e.is_unavailable() {
+                    inner.totals.failed += 1;
+                }
                 tracing::warn!(transport = %self.key, error = %e, "transaction not stored");
                 IngestResult {
                     id,
@@ -457,6 +494,52 @@ impl TransportRuntime {
                     state: inner.state,
                 }
             }
+        }
+    }
+
+    /// Another worker took the transport over: the producer sends it again and reaches that
+    /// worker. Not counted here (this worker's totals are no longer the transport's).
+    fn moved(&self, id: String) -> IngestResult {
+        IngestResult {
+            id,
+            outcome: Outcome::Failed,
+            reason: Some(
+                "this worker no longer serves the transport (it was moved to another worker of the pool); send it again".into(),
+            ),
+            state: self.state(),
+        }
+    }
+
+    /// Note what an operation on the queue's server says of it: unavailable (T11) until one
+    /// succeeds again; taken over by another worker (fenced): stop at once.
+    fn observed(&self, result: Result<(), &StoreError>) {
+        let mut unavailable = self.unavailable.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                if unavailable.take().is_some() {
+                    tracing::info!(transport = %self.key, "the queue is available again");
+                }
+            }
+            Err(e) if e.is_unavailable() => {
+                if unavailable.is_none() {
+                    tracing::warn!(transport = %self.key, error = %e, "the queue is unavailable (QueueUnavailable)");
+                }
+                *unavailable = Some(e.to_string());
+            }
+            Err(e) if e.is_fenced() => {
+                drop(unavailable);
+                self.fenced(e);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// T12: taken over by another worker (a move): end every task, deliver and write nothing
+    /// more.
+    fn fenced(&self, why: &StoreError) {
+        tracing::warn!(transport = %self.key, reason = %why, "stopped: the transport was moved to another worker");
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
         }
     }
 
@@ -563,6 +646,7 @@ impl TransportRuntime {
                     self.read_head().await
                 }
             };
+            self.observed(next.as_ref().map(|_| ()));
             let batch = match next {
                 Ok(batch) => batch,
                 Err(e) => {
@@ -580,6 +664,15 @@ impl TransportRuntime {
                 }
                 continue;
             }
+            // A worker that hung while the transport was moved delivers nothing after it
+            // wakes up: ownership is checked before each delivery from a stream.
+            let owned = self.queue.check_owned().await;
+            self.observed(owned.as_ref().map(|_| ()));
+            if owned.is_err() {
+                read_ahead = None;
+                delay = backoff(delay, &mut restarts).await;
+                continue;
+            }
             let last = batch.last().map(|t| t.seq);
             let count = batch.len();
             read_ahead = Some(self.read_ahead(last));
@@ -592,10 +685,15 @@ impl TransportRuntime {
             if !delivered.is_empty() || !rejected.is_empty() {
                 // The host took some: it is back, so the next pause starts short again.
                 delay = BACKOFF_FIRST;
-                let (store, queue) = (self.store.clone(), self.queue.clone());
+                let queue = self.queue.clone();
                 removing = Some(tokio::spawn(async move {
-                    store.remove(&queue, delivered, rejected).await
+                    queue.remove(delivered, rejected).await
                 }));
+                // A queue that settles each transaction (JetStream) settles it before the
+                // next delivery: a worker fenced by a move delivers no more than that one.
+                if self.queue.forward_batch(FORWARD_BATCH) == 1 {
+                    self.removed(&mut removing).await;
+                }
             }
             if let Some(why) = stopped {
                 read_ahead = None;
@@ -617,7 +715,11 @@ impl TransportRuntime {
     ) {
         if let Some(removal) = removing.take() {
             match removal.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => self.observed(Ok(())),
+                Ok(Err(e)) if e.is_fenced() || e.is_unavailable() => {
+                    tracing::warn!(transport = %self.key, error = %e, "forwarded transactions not settled; they will be forwarded again unless the transport moved");
+                    self.observed(Err(&e));
+                }
                 Ok(Err(e)) => {
                     tracing::error!(transport = %self.key, error = %e, "cannot remove forwarded transactions; they will be forwarded again")
                 }
@@ -644,15 +746,9 @@ impl TransportRuntime {
     /// `FORWARD_BATCH` transactions and `FORWARD_BATCH_BYTES`; `within` never lets one larger
     /// transaction through (a read ahead).
     fn read_batch(&self, after: Option<u64>, within: bool) -> ReadTask {
-        let store = self.store.clone();
         let queue = self.queue.clone();
-        tokio::task::spawn_blocking(move || {
-            if within {
-                store.read_head_within(&queue, after, FORWARD_BATCH, FORWARD_BATCH_BYTES)
-            } else {
-                store.read_head(&queue, after, FORWARD_BATCH, FORWARD_BATCH_BYTES)
-            }
-        })
+        let batch = queue.forward_batch(FORWARD_BATCH);
+        tokio::spawn(async move { queue.read(after, batch, FORWARD_BATCH_BYTES, within).await })
     }
 
     /// The queue is empty and nothing is on its way into it: leave Store and Forward.
@@ -718,7 +814,16 @@ impl TransportRuntime {
         loop {
             tick.tick().await;
             self.expire().await;
-            if let Err(e) = self.save(false).await {
+            // While the queue's server is unavailable every tick writes the record, so the
+            // transport knows it is back without waiting for traffic.
+            let probe = self
+                .unavailable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+            let saved = self.save(probe).await;
+            self.observed(saved.as_ref().map(|_| ()));
+            if let Err(e) = saved {
                 tracing::error!(transport = %self.key, error = %e, "cannot save the transport's record");
             }
         }
@@ -737,7 +842,9 @@ impl TransportRuntime {
         {
             return;
         }
-        match self.store.expire(&self.queue, cutoff).await {
+        let expired = self.queue.expire(cutoff).await;
+        self.observed(expired.as_ref().map(|_| ()));
+        match expired {
             Ok(0) => {}
             Ok(expired) => {
                 tracing::warn!(transport = %self.key, expired, ttl = %time_to_live, "transactions expired (time to live)");
@@ -770,9 +877,7 @@ impl TransportRuntime {
             }
         };
         let value = serde_json::to_vec(&record).map_err(StoreError::encode)?;
-        self.store
-            .save_record(RecordKind::Transport, &self.key, value)
-            .await
+        self.queue.save_record(&self.key, value).await
     }
 
     pub fn report(&self) -> TransportReport {
@@ -802,15 +907,18 @@ impl TransportRuntime {
             },
             endpoint: self.endpoint.clone(),
             restarted: inner.restarted.clone(),
+            queue_unavailable: self
+                .unavailable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            moved: self.queue.fenced(),
         }
     }
 
     /// The oldest `limit` queued transactions, without their payloads (`GET .../queue`).
     pub async fn oldest_queued(&self, limit: usize) -> Result<Vec<QueuedEntry>, StoreError> {
-        let (store, queue) = (self.store.clone(), self.queue.clone());
-        tokio::task::spawn_blocking(move || store.peek_head(&queue, limit))
-            .await
-            .map_err(|e| StoreError::ReadTask(std::sync::Arc::new(e)))?
+        self.queue.peek_head(limit).await
     }
 
     /// T10: restart its runtime for `value` (once per value): a new host client (its pooled
@@ -859,10 +967,14 @@ impl TransportRuntime {
         self.pause().await
     }
 
-    /// End the background tasks and save the record durably (shutdown).
+    /// End the background tasks and save the record durably (shutdown). A transport moved to
+    /// another worker has nothing of its own to save.
     pub async fn pause(&self) -> Result<(), StoreError> {
         for task in self.lock_tasks().drain(..) {
             task.abort();
+        }
+        if self.queue.fenced() {
+            return Ok(());
         }
         self.save(true).await
     }
@@ -887,7 +999,7 @@ mod tests {
             }
         });
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = QueueHome::Local(crate::store::Store::open(dir.path()).unwrap());
         let spec = |suspended: bool| -> SavedSpec<TransportSpec> {
             SavedSpec::new(
                 serde_json::from_value(serde_json::json!({

@@ -80,6 +80,12 @@ impl From<WorkerError> for ApiError {
                 source: crate::transport::runtime::RuntimeError::Host(host),
                 ..
             } if host.is_in_spec() => StatusCode::BAD_REQUEST,
+            // The queue's server (JetStream) is unavailable now: try again (T11).
+            WorkerError::Store(store)
+            | WorkerError::Runtime {
+                source: crate::transport::runtime::RuntimeError::Store(store),
+                ..
+            } if store.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             WorkerError::Runtime { .. }
             | WorkerError::Connection { .. }
             | WorkerError::SavedSpec { .. }
@@ -607,7 +613,15 @@ async fn ingest_transaction(
         Outcome::Stored => StatusCode::ACCEPTED,
         Outcome::Failed => StatusCode::SERVICE_UNAVAILABLE,
     };
-    Ok((status, Json(result)).into_response())
+    let mut response = (status, Json(result)).into_response();
+    // A failed transaction may be sent again (suspended, the host or the queue unavailable,
+    // the transport moved): say when.
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    Ok(response)
 }
 
 /// A time-ordered UUID (version 7): the time prefix orders ids, 74 random bits keep them
@@ -746,6 +760,7 @@ mod tests {
                 public_url: "http://127.0.0.1:1".into(),
                 forward_window: 1,
                 memory_budget: 1 << 20,
+                jetstream: None,
             },
             false,
         )

@@ -34,6 +34,115 @@ pub struct WorkerArgs {
     pub public_url: Option<String>,
     #[command(flatten)]
     pub flags: WorkerFlags,
+    #[command(flatten)]
+    pub jetstream: JetStreamArgs,
+}
+
+/// A pool worker on JetStream (`WorkerPool.spec.queue.jetstream`): the queues and records of
+/// what it hosts are on the pool's NATS JetStream, not on its volume.
+#[derive(clap::Args)]
+pub struct JetStreamArgs {
+    /// The NATS servers (`nats://host:4222`, comma-separated).
+    #[arg(long, env = "FERRY_JETSTREAM_URL")]
+    jetstream_url: Option<String>,
+    /// Replicas of each stream and of the pool's bucket (1, 3 or 5).
+    #[arg(long, env = "FERRY_JETSTREAM_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+    jetstream_replicas: u8,
+    /// The pool's record bucket.
+    #[arg(long, env = "FERRY_JETSTREAM_BUCKET", requires = "jetstream_url")]
+    jetstream_bucket: Option<String>,
+    /// This worker's name, written as the owner of what it takes (its pod's name).
+    #[arg(long, env = "FERRY_JETSTREAM_OWNER")]
+    jetstream_owner: Option<String>,
+    /// A NATS credentials file (JWT and NKey seed).
+    #[arg(long, env = "FERRY_JETSTREAM_CREDS_FILE")]
+    jetstream_creds_file: Option<PathBuf>,
+    /// A NATS user, with --jetstream-password-file.
+    #[arg(
+        long,
+        env = "FERRY_JETSTREAM_USER",
+        requires = "jetstream_password_file"
+    )]
+    jetstream_user: Option<String>,
+    #[arg(
+        long,
+        env = "FERRY_JETSTREAM_PASSWORD_FILE",
+        requires = "jetstream_user"
+    )]
+    jetstream_password_file: Option<PathBuf>,
+    /// A file holding a NATS token.
+    #[arg(long, env = "FERRY_JETSTREAM_TOKEN_FILE")]
+    jetstream_token_file: Option<PathBuf>,
+    /// A CA (PEM) to verify the NATS servers by: TLS is then required.
+    #[arg(long, env = "FERRY_JETSTREAM_CA_FILE")]
+    jetstream_ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM) for NATS.
+    #[arg(
+        long,
+        env = "FERRY_JETSTREAM_CERT_FILE",
+        requires = "jetstream_key_file"
+    )]
+    jetstream_cert_file: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "FERRY_JETSTREAM_KEY_FILE",
+        requires = "jetstream_cert_file"
+    )]
+    jetstream_key_file: Option<PathBuf>,
+}
+
+impl JetStreamArgs {
+    /// The settings, when the worker is on JetStream.
+    pub fn settings(&self) -> Result<Option<crate::store::jetstream::Settings>, Failure> {
+        use crate::store::jetstream::{Credentials, Settings};
+        let Some(url) = self.jetstream_url.clone() else {
+            return Ok(None);
+        };
+        let replicas = usize::from(self.jetstream_replicas);
+        if ![1, 3, 5].contains(&replicas) {
+            return Err(Failure::new(format!(
+                "--jetstream-replicas {replicas}: must be 1, 3 or 5"
+            )));
+        }
+        let owner = self
+            .jetstream_owner
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .ok_or_else(|| Failure::new("--jetstream-owner is needed (the pod's name)"))?;
+        let credentials = match (
+            &self.jetstream_creds_file,
+            &self.jetstream_user,
+            &self.jetstream_token_file,
+        ) {
+            (Some(file), None, None) => Credentials::CredsFile(file.clone()),
+            (None, Some(user), None) => Credentials::UserPassword {
+                user: user.clone(),
+                password_file: self.jetstream_password_file.clone().unwrap_or_default(),
+            },
+            (None, None, Some(file)) => Credentials::TokenFile(file.clone()),
+            (None, None, None) => Credentials::None,
+            _ => {
+                return Err(Failure::new(
+                    "give one of --jetstream-creds-file, --jetstream-user or --jetstream-token-file",
+                ));
+            }
+        };
+        Ok(Some(Settings {
+            url,
+            replicas,
+            bucket: self
+                .jetstream_bucket
+                .clone()
+                .unwrap_or_else(|| "FERRY_POOL".to_owned()),
+            owner,
+            credentials,
+            ca_file: self.jetstream_ca_file.clone(),
+            client_cert: self
+                .jetstream_cert_file
+                .clone()
+                .zip(self.jetstream_key_file.clone()),
+        }))
+    }
 }
 
 impl WorkerArgs {
@@ -49,7 +158,10 @@ impl WorkerArgs {
         let tls = self.flags.tls();
         let listen = self.listen;
         let public_url = self.public_url.unwrap_or_else(|| self.flags.url_of(listen));
-        let options = self.flags.options(self.data_dir, public_url);
+        let options = WorkerOptions {
+            jetstream: self.jetstream.settings()?,
+            ..self.flags.options(self.data_dir, public_url)
+        };
         process::run_worker(options, listen, tokens, self.flags.limits(), tls).await
     }
 }
@@ -104,6 +216,7 @@ impl WorkerFlags {
             public_url,
             forward_window: self.forward_window.into(),
             memory_budget: self.memory_budget.bytes(),
+            jetstream: None,
         }
     }
 

@@ -140,7 +140,7 @@ impl HostedRuntime for TransportRuntime {
         (spec, generation): Self::Desired,
     ) -> Result<Arc<Self>, WorkerError> {
         TransportRuntime::start(
-            worker.store.clone(),
+            worker.queue_home.clone(),
             key.to_owned(),
             format!("{}{}", worker.public_url, wire::transactions_path(key)),
             spec,

@@ -23,7 +23,11 @@ use std::{
 use serde_json::Value;
 
 use crate::api::storage::ReclaimPolicy;
-use crate::store::{RecordKind, Store, StoreError, blocking};
+use crate::store::{
+    RecordKind, Store, StoreError, blocking,
+    jetstream::{JetStream, JetStreamError, Settings as JetStreamSettings},
+};
+use crate::transport::queue::QueueHome;
 use crate::wire::Purge;
 use crate::{
     api::validate::{InvalidManifest, ManifestValidator, Resource},
@@ -81,10 +85,14 @@ pub struct WorkerOptions {
     pub forward_window: usize,
     /// Bytes of transactions ingest may hold in memory at once, across all requests.
     pub memory_budget: u64,
+    /// A pool worker on JetStream: its transports' queues and records are there.
+    pub jetstream: Option<crate::store::jetstream::Settings>,
 }
 
 pub struct Worker {
     store: Store,
+    /// Where transports' queues are opened: the store, or the pool's JetStream.
+    queue_home: QueueHome,
     public_url: String,
     forward_window: usize,
     budget: budget::MemoryBudget,
@@ -110,8 +118,16 @@ impl Worker {
         let dir = options.data_dir.clone();
         let store = blocking(move || Store::open(&dir)).await?;
         let ingest_tokens = saved_ingest_tokens(&store).await?;
+        let queue_home = match options.jetstream {
+            Some(settings) => QueueHome::JetStream(Box::new(connect_jetstream(settings).await?)),
+            None => QueueHome::Local(store.clone()),
+        };
+        // On JetStream what a worker hosted is the pool's to place again (any worker may host
+        // it now): the operator gives it its resources; nothing is hosted from a record.
+        let rehost = rehost && matches!(queue_home, QueueHome::Local(_));
         let worker = Arc::new(Self {
             store,
+            queue_home,
             public_url: options.public_url.trim_end_matches('/').to_owned(),
             forward_window: options.forward_window,
             budget: budget::MemoryBudget::new(options.memory_budget),
@@ -198,6 +214,11 @@ impl Worker {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Where transports' queues are opened.
+    pub fn queue_home(&self) -> &QueueHome {
+        &self.queue_home
     }
 
     /// The hosted resource of kind `R` at `key` (`namespace/name`).
@@ -288,7 +309,7 @@ impl Worker {
             }
             None => (false, purge == Purge::Remove),
         };
-        let purged = purge && self.store.purge(R::RECORD, key).await?;
+        let purged = purge && self.purge::<R>(key).await?;
         if purge && R::RECORD == RecordKind::Transport {
             self.ingest_tokens
                 .write()
@@ -300,6 +321,19 @@ impl Worker {
             purged,
             purging: purge,
         })
+    }
+
+    /// Remove what is kept of a resource: on the volume, and its stream and record on the
+    /// pool's JetStream.
+    async fn purge<R: HostedRuntime>(&self, key: &str) -> Result<bool, WorkerError> {
+        let mut purged = self.store.purge(R::RECORD, key).await?;
+        if let QueueHome::JetStream(js) = &self.queue_home {
+            purged |= match R::RECORD {
+                RecordKind::Transport => js.delete_transport(key).await?,
+                _ => false,
+            };
+        }
+        Ok(purged)
     }
 
     /// Save every record durably (shutdown).
@@ -315,6 +349,28 @@ impl Worker {
         for runtime in self.all::<R>() {
             if let Err(e) = runtime.pause().await {
                 tracing::error!(kind = R::KIND.singular(), resource = %runtime.key(), error = %e, "cannot save the record at shutdown");
+            }
+        }
+    }
+}
+
+/// Connect to the pool's JetStream, trying again while it is unavailable (the worker is not
+/// Ready meanwhile); a server too old, or settings it refuses, end the worker with the reason.
+async fn connect_jetstream(settings: JetStreamSettings) -> Result<JetStream, WorkerError> {
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match JetStream::connect(settings.clone()).await {
+            Ok(js) => {
+                tracing::info!(url = %settings.url, version = %js.server_version(), bucket = %settings.bucket, "connected to JetStream");
+                return Ok(js);
+            }
+            Err(e @ (JetStreamError::ServerTooOld { .. } | JetStreamError::Refused(_))) => {
+                return Err(StoreError::from(e).into());
+            }
+            Err(e) => {
+                tracing::warn!(url = %settings.url, error = %e, "JetStream unavailable; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }
         }
     }

@@ -749,6 +749,8 @@ mod tests {
             endpoint: "http://ferry-tp-erp.plant-a.svc:8080/v1/transports/plant-a/erp/transactions"
                 .into(),
             restarted: None,
+            queue_unavailable: None,
+            moved: false,
         }
     }
 

@@ -2,7 +2,8 @@
 //! compare-and-swap on the revision this worker last wrote. Taking the record writes the
 //! taker as its owner with the epoch one higher; from then on the previous owner's next write
 //! fails, and it stops serving the resource at once (fencing): a worker that hung while its
-//! resources were moved, and wakes up, writes nothing and delivers nothing more for them.
+//! resources were moved, and wakes up, writes nothing and delivers nothing more for them
+//! (T12).
 
 use std::sync::{
     Mutex,
@@ -174,9 +175,26 @@ impl OwnedRecord {
         }
     }
 
-    /// Mark fenced without a write (a watch saw another owner take it).
-    pub fn fence(&self) {
-        self.fenced.store(true, Ordering::Release);
+    /// Whether the record is still this worker's: its revision is the one last written. A
+    /// worker checks before it delivers from the queue after a pause (it may have hung while
+    /// the resource was moved); another owner fences it at once.
+    pub async fn check(&self) -> Result<(), JetStreamError> {
+        let held = self.held.lock().await;
+        if self.fenced() {
+            return Err(self.fenced_error(None));
+        }
+        let entry = bounded("read the record", self.bucket.entry(&self.key)).await?;
+        match entry {
+            Some(entry) if entry.revision == held.revision => Ok(()),
+            other => {
+                self.fenced.store(true, Ordering::Release);
+                let owner = other
+                    .and_then(|e| decode(&self.key, &e.value).ok())
+                    .map(|e| e.owner);
+                tracing::warn!(key = %self.key, owner = ?owner, "record taken by another worker: fenced");
+                Err(self.fenced_error(owner))
+            }
+        }
     }
 
     fn fenced_error(&self, owner: Option<String>) -> JetStreamError {

@@ -467,6 +467,14 @@ impl StreamQueue {
         .into()
     }
 
+    /// New limits from the spec: the stream is updated (refused by the server, the old ones
+    /// stay and the error says why).
+    pub async fn configure(&self, limits: &StreamLimits, owner: &Owner) -> Result<(), StoreError> {
+        let config = config::stream_config(&self.names, limits, self.js.replicas(), owner);
+        bounded("update the stream", self.js.context().update_stream(config)).await?;
+        Ok(())
+    }
+
     /// Save the runtime's record beside the queue's (compare-and-swap).
     pub async fn save_record(&self, record: serde_json::Value) -> Result<(), StoreError> {
         self.record
@@ -474,17 +482,31 @@ impl StreamQueue {
             .await?;
         Ok(())
     }
+}
 
-    /// reclaimPolicy: Delete: the stream and the record go.
-    pub async fn delete(&self) -> Result<(), StoreError> {
-        let context: &jetstream::Context = self.js.context();
-        bounded(
-            "delete the stream",
-            context.delete_stream(&self.names.stream),
-        )
-        .await?;
-        self.js.forget(&self.names.key).await?;
-        Ok(())
+impl JetStream {
+    /// reclaimPolicy: Delete: a transport's stream and record go. Answers whether there was
+    /// a stream.
+    pub async fn delete_transport(&self, key: &str) -> Result<bool, StoreError> {
+        let names = TransportNames::new(key);
+        let context: &jetstream::Context = self.context();
+        let deleted =
+            match tokio::time::timeout(super::OP_TIMEOUT, context.delete_stream(&names.stream))
+                .await
+            {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) if e.to_string().contains("not found") => false,
+                Ok(Err(e)) => {
+                    return Err(
+                        JetStreamError::unavailable(format!("delete the stream: {e}")).into(),
+                    );
+                }
+                Err(_) => {
+                    return Err(JetStreamError::unavailable("delete the stream: no answer").into());
+                }
+            };
+        self.forget(&names.key).await?;
+        Ok(deleted)
     }
 }
 
