@@ -152,8 +152,71 @@ fn cel_rules_compile_within_the_cost_budget() {
         assert!(problems.is_empty(), "{kind}: {problems:#?}");
     }
     // 14, and spec.network.ingestFrom's three (a peer's shape, its cidr, an except entry) on
-    // Transport and WorkerPool.
-    assert_eq!(rules, 20, "every CEL rule of the types was visited");
+    // Transport and WorkerPool; a WorkerPool's queue (fixed once set), failoverAfter, and its
+    // JetStream's url and replicas.
+    assert_eq!(rules, 24, "every CEL rule of the types was visited");
+}
+
+/// A pool's queue is where its resources' queues are: fixed once the pool exists; its
+/// JetStream's url, replicas and failoverAfter are checked by the API server.
+#[test]
+fn a_pools_queue_is_fixed_once_created_and_checked() {
+    use kube::core::cel::Validator;
+    let validator = Validator::new();
+    let compiled = compile_schema(&schema_of("WorkerPool"));
+    let pool = |queue: Option<Value>, failover: &str| {
+        let mut spec = json!({"failoverAfter": failover});
+        if let Some(queue) = queue {
+            spec["queue"] = queue;
+        }
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "WorkerPool",
+            "metadata": {"name": "shared", "namespace": "plant-a"},
+            "spec": spec,
+        })
+    };
+    let js = |url: &str, replicas: u8| json!({"jetstream": {"url": url, "replicas": replicas}});
+    let ok = js(
+        "nats://nats-0.nats:4222, nats://nats-1.nats:4222,tls://nats-2:4222",
+        3,
+    );
+    let check = |old: Option<Value>, new: Option<Value>, failover: &str| {
+        let old = old
+            .map(|q| pool(Some(q), "20s"))
+            .unwrap_or_else(|| pool(None, "20s"));
+        validator.validate_compiled(&compiled, &pool(new, failover), Some(&old))
+    };
+    assert!(check(Some(ok.clone()), Some(ok.clone()), "20s").is_ok());
+    assert!(check(None, None, "1m").is_ok());
+    for (old, new) in [
+        (Some(ok.clone()), None),
+        (None, Some(ok.clone())),
+        (Some(ok.clone()), Some(js("nats://other:4222", 3))),
+    ] {
+        let text = format!("{:?}", check(old, new, "20s").expect_err("refused"));
+        assert!(
+            text.contains("queue cannot change once the pool exists"),
+            "{text}"
+        );
+    }
+    for (queue, failover, refused) in [
+        (js("http://nats:4222", 3), "20s", "nats:// or tls://"),
+        (js("nats://nats:4222/path", 3), "20s", "nats:// or tls://"),
+        (js("", 3), "20s", "nats:// or tls://"),
+        (js("nats://nats:4222", 2), "20s", "must be 1, 3 or 5"),
+        (ok.clone(), "1s", "at least 5s"),
+    ] {
+        let errors = validator
+            .validate_compiled(&compiled, &pool(Some(queue.clone()), failover), None)
+            .expect_err("refused");
+        let text = format!("{errors:?}");
+        assert!(text.contains(refused), "{queue} {failover}: {text}");
+    }
+    assert!(
+        validator
+            .validate_compiled(&compiled, &pool(Some(ok), "20s"), None)
+            .is_ok()
+    );
 }
 
 /// `spec.workerPool` is fixed once the resource exists, in both directions: the resource's

@@ -241,6 +241,11 @@ impl TransportRuntime {
         &self.key
     }
 
+    /// T12: another worker took it over.
+    pub fn moved(&self) -> bool {
+        self.queue.fenced()
+    }
+
     /// One of its background tasks, started again (and counted) when it panics.
     fn supervised<F>(
         self: &Arc<Self>,
@@ -391,7 +396,7 @@ impl TransportRuntime {
     ) -> IngestResult {
         crate::supervise::failpoint("ingest", &self.key);
         if self.queue.fenced() {
-            return self.moved(id);
+            return self.refuse_moved(id);
         }
         let (action, host) = {
             let mut inner = self.lock();
@@ -499,7 +504,7 @@ impl TransportRuntime {
 
     /// Another worker took the transport over: the producer sends it again and reaches that
     /// worker. Not counted here (this worker's totals are no longer the transport's).
-    fn moved(&self, id: String) -> IngestResult {
+    fn refuse_moved(&self, id: String) -> IngestResult {
         IngestResult {
             id,
             outcome: Outcome::Failed,

@@ -73,6 +73,10 @@ pub struct JetStreamArgs {
     /// A file holding a NATS token.
     #[arg(long, env = "FERRY_JETSTREAM_TOKEN_FILE")]
     jetstream_token_file: Option<PathBuf>,
+    /// A directory (a mounted Secret) with one NATS login: `nats.creds`, or `token`, or
+    /// `user` and `password`.
+    #[arg(long, env = "FERRY_JETSTREAM_CREDENTIALS_DIR")]
+    jetstream_credentials_dir: Option<PathBuf>,
     /// A CA (PEM) to verify the NATS servers by: TLS is then required.
     #[arg(long, env = "FERRY_JETSTREAM_CA_FILE")]
     jetstream_ca_file: Option<PathBuf>,
@@ -109,11 +113,16 @@ impl JetStreamArgs {
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
             .ok_or_else(|| Failure::new("--jetstream-owner is needed (the pod's name)"))?;
+        let credentials = match &self.jetstream_credentials_dir {
+            Some(dir) => Some(credentials_in(dir)?),
+            None => None,
+        };
         let credentials = match (
             &self.jetstream_creds_file,
             &self.jetstream_user,
             &self.jetstream_token_file,
         ) {
+            (None, None, None) if credentials.is_some() => credentials.unwrap_or_default(),
             (Some(file), None, None) => Credentials::CredsFile(file.clone()),
             (None, Some(user), None) => Credentials::UserPassword {
                 user: user.clone(),
@@ -142,6 +151,36 @@ impl JetStreamArgs {
                 .clone()
                 .zip(self.jetstream_key_file.clone()),
         }))
+    }
+}
+
+/// The one NATS login a mounted Secret holds.
+fn credentials_in(dir: &std::path::Path) -> Result<crate::store::jetstream::Credentials, Failure> {
+    use crate::store::jetstream::Credentials;
+    let file = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+    match (
+        file("nats.creds"),
+        file("token"),
+        file("user"),
+        file("password"),
+    ) {
+        (Some(creds), None, None, None) => Ok(Credentials::CredsFile(creds)),
+        (None, Some(token), None, None) => Ok(Credentials::TokenFile(token)),
+        (None, None, Some(user), Some(password)) => Ok(Credentials::UserPassword {
+            user: std::fs::read_to_string(&user)
+                .map_err(|e| Failure::new(format!("{}: {e}", user.display())))?
+                .trim()
+                .to_owned(),
+            password_file: password,
+        }),
+        (None, None, None, None) => Err(Failure::new(format!(
+            "--jetstream-credentials-dir {}: holds none of nats.creds, token, or user and password (the pool's credentialsSecret)",
+            dir.display()
+        ))),
+        _ => Err(Failure::new(format!(
+            "--jetstream-credentials-dir {}: holds more than one login; keep one of nats.creds, token, or user and password",
+            dir.display()
+        ))),
     }
 }
 

@@ -75,6 +75,12 @@ pub trait HostedRuntime: Send + Sync + Sized + 'static {
     /// What its own spec says becomes of what it keeps when it is deleted.
     fn reclaim_policy(&self) -> crate::api::storage::ReclaimPolicy;
 
+    /// Another worker took it over (a pool on JetStream, T12): what it kept is that worker's
+    /// now, and is never purged from here.
+    fn moved(&self) -> bool {
+        false
+    }
+
     /// Stop hosting it (DELETE): a restart does not host it again.
     fn stop(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 

@@ -160,6 +160,10 @@ impl HostedRuntime for TransportRuntime {
             .map_err(transport_failed(self.key()))
     }
 
+    fn moved(&self) -> bool {
+        TransportRuntime::moved(self)
+    }
+
     same_named!(TransportRuntime, TransportReport, transport_failed);
 }
 

@@ -298,6 +298,11 @@ impl Worker {
     ) -> Result<Removed, WorkerError> {
         let _hosting = self.hosting.lock().await;
         let (hosted, purge) = match R::hosted(self).remove(key) {
+            Some(runtime) if runtime.moved() => {
+                runtime.stop().await?;
+                self.budget.forget(key);
+                (true, false)
+            }
             Some(runtime) => {
                 let delete = runtime.reclaim_policy() == ReclaimPolicy::Delete;
                 runtime.stop().await?;

@@ -54,6 +54,56 @@ impl NatsCluster {
     }
 
     pub async fn start_nodes(count: usize) -> Self {
+        // A port chosen free can be taken by another test before the server binds it: a node
+        // that exits at start is started again, on new ports.
+        for _ in 0..3 {
+            let mut cluster = Self::configure(count);
+            for i in 0..count {
+                cluster.start_node(i);
+            }
+            if cluster.started().await {
+                cluster.wait_ready().await;
+                return cluster;
+            }
+            eprintln!(
+                "a NATS node exited at start (a port taken?); again on new ports:\n{}",
+                cluster.logs()
+            );
+        }
+        panic!("the NATS cluster does not start");
+    }
+
+    /// Every node still runs once all answer /healthz, or one has exited.
+    async fn started(&mut self) -> bool {
+        let client = client();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut healthy = 0;
+            for node in &mut self.nodes {
+                if node
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+                {
+                    return false;
+                }
+                let url = format!("http://127.0.0.1:{}/healthz", node.monitor);
+                let ok = client
+                    .get(&url)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                healthy += usize::from(ok);
+            }
+            if healthy == self.nodes.len() || Instant::now() > deadline {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn configure(count: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cluster_ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
         let routes = cluster_ports
@@ -92,12 +142,7 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut cluster = Self { dir, nodes };
-        for i in 0..count {
-            cluster.start_node(i);
-        }
-        cluster.wait_ready().await;
-        cluster
+        Self { dir, nodes }
     }
 
     /// Every node's client URL, comma-separated (as a pool's `url`).

@@ -3,6 +3,7 @@
 //! the skeleton through `WorkerResource::pool_home` / `placed` / `leave_pool`.
 
 pub mod connection;
+pub mod failover;
 pub mod placement;
 pub mod transport;
 pub mod worker_pool;

@@ -109,6 +109,7 @@ pub struct Pooled<'a> {
     /// `Transport` or `Connection` (`WorkerResource::KIND`).
     pub kind: &'static str,
     pub name: String,
+    pub uid: Option<&'a str>,
     /// Its `spec.workerPool`.
     pub pool: Option<&'a str>,
     /// Its `status.placement`.
@@ -124,6 +125,7 @@ pub fn each_in(caches: &Caches, namespace: &str, mut visit: impl FnMut(Pooled<'_
             visit(Pooled {
                 kind: Transport::KIND,
                 name: t.name_any(),
+                uid: t.metadata.uid.as_deref(),
                 pool: t.spec.worker_pool.as_deref(),
                 placement: t.status.as_ref().and_then(|s| s.placement.as_ref()),
             });
@@ -136,6 +138,7 @@ pub fn each_in(caches: &Caches, namespace: &str, mut visit: impl FnMut(Pooled<'_
             visit(Pooled {
                 kind: Connection::KIND,
                 name: c.name_any(),
+                uid: c.metadata.uid.as_deref(),
                 pool: c.spec.worker_pool.as_deref(),
                 placement: c.status.as_ref().and_then(|s| s.placement.as_ref()),
             });
@@ -285,12 +288,17 @@ pub fn home<R: WorkerResource>(
         .ok_or_else(no_worker)?;
     let key = resource_key(R::KIND, namespace, &object.name_any());
     let mut ledger = ctx.placements();
-    let placement = match object
-        .status()
-        .and_then(Placeable::placement)
+    // The ledger first: it holds this operator's latest decision (a placement its status does
+    // not show yet, or a move off a failed worker, failover.rs); else the status.
+    let placement = match ledger
+        .get(&key)
         .filter(|p| p.worker_pool == pool_name)
-        .or_else(|| ledger.get(&key).filter(|p| p.worker_pool == pool_name))
-    {
+        .or_else(|| {
+            object
+                .status()
+                .and_then(Placeable::placement)
+                .filter(|p| p.worker_pool == pool_name)
+        }) {
         Some(placement) => placement.clone(),
         // Counted and chosen under the ledger's lock: two resources placed at once see each
         // other.

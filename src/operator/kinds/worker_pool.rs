@@ -22,6 +22,7 @@ use crate::api::{
     worker_pool::{MAX_REPLICAS, PoolWorker},
 };
 use crate::operator::{
+    kinds::failover::fail_over,
     kinds::placement::{each_in, hosted, placements, pool_workers},
     objects::builders::Owner,
     reconcile::skeleton::RESYNC,
@@ -52,6 +53,15 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
     })
     .await
     .map_err(ReconcileError::from_finalizer)
+}
+
+/// Where the pool's queues are, as its status shows it.
+fn queue_of(pool: &WorkerPool) -> &'static str {
+    if pool.spec.jetstream().is_some() {
+        "JetStream"
+    } else {
+        "Volume"
+    }
 }
 
 /// The resources of `namespace` whose `spec.workerPool` is `pool`, as `Transport erp`.
@@ -96,10 +106,18 @@ fn wake_unplaced(ctx: &Context, namespace: &str, pool: &WorkerPool, workers: &[P
 async fn sweep_orphans(
     ctx: &Context,
     namespace: &str,
-    pool: &str,
+    pool: &WorkerPool,
     set: &str,
     workers: &[PoolWorker],
 ) {
+    // On JetStream what an orphan kept is shared (its stream may be hosted by another worker
+    // now): it is never purged here; its own deletion purges it through its current worker.
+    let purge = if pool.spec.jetstream().is_some() {
+        wire::Purge::Keep
+    } else {
+        wire::Purge::AsItsReclaimPolicy
+    };
+    let pool = &pool.name_any();
     if !(synced(&ctx.caches.transports) && synced(&ctx.caches.connections)) {
         return;
     }
@@ -128,11 +146,7 @@ async fn sweep_orphans(
                     continue;
                 }
                 tracing::info!(worker = %worker.name, kind = kind.segment(), resource = %key, "the pool worker hosts a resource that is not placed there (deleted while the worker was down); it is told to stop hosting it");
-                match ctx
-                    .workers
-                    .delete(&pod, kind, &key, wire::Purge::AsItsReclaimPolicy)
-                    .await
-                {
+                match ctx.workers.delete(&pod, kind, &key, purge).await {
                     Ok(()) => {}
                     Err(e) if e.is_not_hosted() => {}
                     Err(e) => {
@@ -175,15 +189,23 @@ async fn apply(
     };
     // Observe: the workers that run now.
     observed.truncate(usize::try_from(running).unwrap_or(0));
+    let mut moved = 0;
     if !paused {
+        // On JetStream: what a failed worker hosts goes to the others (T12).
+        moved = fail_over(ctx, namespace, pool, &observed).await;
+        if moved > 0 {
+            observed = workers(ctx, namespace, &pool.name_any(), &set, running);
+        }
         wake_unplaced(ctx, namespace, pool, &observed);
-        sweep_orphans(ctx, namespace, &pool.name_any(), &set, &observed).await;
+        sweep_orphans(ctx, namespace, pool, &set, &observed).await;
     }
     let view = PoolView {
         replicas: pool.spec.replicas,
         workers: observed,
         used_by,
         deleting: false,
+        queue: queue_of(pool),
+        moved,
     };
     let settled = show(ctx, pool, namespace, &view).await?;
     // Its pods' changes reconcile it (they are watched); the resync is a safety net, sooner
@@ -242,6 +264,8 @@ async fn cleanup(
             ),
             used_by: used_by.clone(),
             deleting: true,
+            queue: queue_of(pool),
+            moved: 0,
         };
         show(ctx, pool, namespace, &view).await?;
         return Err(ReconcileError::InUse {
@@ -250,6 +274,7 @@ async fn cleanup(
         });
     }
     ctx.forget_objects(owner.uid());
+    ctx.not_ready.forget(namespace, &owner.worker_name());
     crate::operator::workers::rollout::forget(ctx, namespace, &owner.worker_name());
     if owner.reclaim_policy() == ReclaimPolicy::Delete {
         let count = pool

@@ -53,6 +53,10 @@ pub const ADMIN_TOKEN_ANNOTATION: &str = "ferry.dev/admin-token-sha256";
 pub const WORKER_PORT: u16 = crate::wire::PORT;
 const DATA_DIR: &str = "/var/lib/ferry";
 const TOKENS_DIR: &str = "/etc/ferry/tokens";
+/// A pool on JetStream: its NATS login, the CA of its servers, its client certificate.
+const NATS_CREDENTIALS_DIR: &str = "/etc/ferry/nats/credentials";
+const NATS_CA_DIR: &str = "/etc/ferry/nats/ca";
+const NATS_CLIENT_DIR: &str = "/etc/ferry/nats/client";
 /// The key of the ingest token in a worker's (or a pooled resource's) Secret: what producers
 /// read.
 pub const INGEST_TOKEN_KEY: &str = "ingest-token";
@@ -571,6 +575,39 @@ impl<'a> Owner<'a> {
             // Its transports take their own ingest tokens only.
             args.push("--own-ingest-tokens".into());
         }
+        if let Some(jetstream) = self.jetstream() {
+            args.extend([
+                "--jetstream-url".into(),
+                jetstream.url.clone(),
+                "--jetstream-replicas".into(),
+                jetstream.replicas.to_string(),
+                "--jetstream-bucket".into(),
+                crate::store::jetstream::names::pool_bucket(&self.namespace, &self.name),
+                "--jetstream-owner".into(),
+                "$(POD_NAME)".into(),
+            ]);
+            if jetstream.credentials_secret.is_some() {
+                args.extend([
+                    "--jetstream-credentials-dir".into(),
+                    NATS_CREDENTIALS_DIR.into(),
+                ]);
+            }
+            let tls = jetstream.tls.as_ref();
+            if tls.is_some_and(|t| t.ca_secret.is_some()) {
+                args.extend([
+                    "--jetstream-ca-file".into(),
+                    format!("{NATS_CA_DIR}/ca.crt"),
+                ]);
+            }
+            if tls.is_some_and(|t| t.client_secret.is_some()) {
+                args.extend([
+                    "--jetstream-cert-file".into(),
+                    format!("{NATS_CLIENT_DIR}/tls.crt"),
+                    "--jetstream-key-file".into(),
+                    format!("{NATS_CLIENT_DIR}/tls.key"),
+                ]);
+            }
+        }
         // The operator's own list: the worker checks again at every connect.
         args.extend([
             "--forbidden-destinations".into(),
@@ -636,11 +673,20 @@ impl<'a> Owner<'a> {
                 }),
                 ..SecurityContext::default()
             }),
-            volume_mounts: Some(vec![
-                mount("data", DATA_DIR, None),
-                mount("tokens", TOKENS_DIR, Some(true)),
-                mount("tmp", "/tmp", None),
-            ]),
+            volume_mounts: Some(
+                [
+                    mount("data", DATA_DIR, None),
+                    mount("tokens", TOKENS_DIR, Some(true)),
+                    mount("tmp", "/tmp", None),
+                ]
+                .into_iter()
+                .chain(
+                    self.nats_secrets()
+                        .into_iter()
+                        .map(|(volume, _, dir)| mount(volume, dir, Some(true))),
+                )
+                .collect(),
+            ),
             ..Container::default()
         }
     }
@@ -693,6 +739,39 @@ impl<'a> Owner<'a> {
             }),
             ..Volume::default()
         }
+    }
+
+    /// A pool's JetStream, when its queues are there.
+    fn jetstream(&self) -> Option<&crate::api::worker_pool::JetStreamQueue> {
+        self.pool.and_then(|pool| pool.jetstream())
+    }
+
+    /// The Secrets a pool on JetStream mounts: (volume, Secret, directory).
+    fn nats_secrets(&self) -> Vec<(&'static str, String, &'static str)> {
+        let Some(jetstream) = self.jetstream() else {
+            return Vec::new();
+        };
+        let tls = jetstream.tls.as_ref();
+        [
+            (
+                "nats-credentials",
+                jetstream.credentials_secret.clone(),
+                NATS_CREDENTIALS_DIR,
+            ),
+            (
+                "nats-ca",
+                tls.and_then(|t| t.ca_secret.clone()),
+                NATS_CA_DIR,
+            ),
+            (
+                "nats-client",
+                tls.and_then(|t| t.client_secret.clone()),
+                NATS_CLIENT_DIR,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(volume, secret, dir)| secret.map(|secret| (volume, secret, dir)))
+        .collect()
     }
 
     /// The claim template of the worker's data directory.
@@ -758,19 +837,12 @@ impl<'a> Owner<'a> {
             // Give the worker time to save its records on SIGTERM.
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECS as i64),
             containers: vec![self.container(defaults)],
-            volumes: Some(vec![
-                self.tokens_volume(defaults.tls),
-                Volume {
-                    name: "tmp".into(),
-                    empty_dir: Some(EmptyDirVolumeSource {
-                        size_limit: Some(Quantity("16Mi".into())),
-                        ..EmptyDirVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                },
-            ]),
+            volumes: Some(self.volumes(defaults)),
             ..PodSpec::default()
         };
+        // On JetStream a pool's workers are stateless: no volume of their own (their data
+        // directory, an emptyDir, holds only the ingest token hashes the operator gives again).
+        let stateless = self.jetstream().is_some();
         StatefulSet {
             metadata: self.metadata(),
             spec: Some(StatefulSetSpec {
@@ -780,12 +852,12 @@ impl<'a> Owner<'a> {
                     match_labels: Some(self.selector()),
                     ..LabelSelector::default()
                 },
-                persistent_volume_claim_retention_policy: Some(
+                persistent_volume_claim_retention_policy: (!stateless).then(|| {
                     StatefulSetPersistentVolumeClaimRetentionPolicy {
                         when_deleted: Some(when_deleted.into()),
                         when_scaled: Some("Retain".into()),
-                    },
-                ),
+                    }
+                }),
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(self.labels()),
@@ -793,11 +865,42 @@ impl<'a> Owner<'a> {
                     }),
                     spec: Some(pod),
                 },
-                volume_claim_templates: Some(vec![self.data_claim(defaults)]),
+                volume_claim_templates: (!stateless).then(|| vec![self.data_claim(defaults)]),
                 ..StatefulSetSpec::default()
             }),
             ..StatefulSet::default()
         }
+    }
+
+    /// The pod's volumes: its tokens, /tmp, a pool on JetStream's data directory and NATS
+    /// Secrets.
+    fn volumes(&self, defaults: &WorkerDefaults) -> Vec<Volume> {
+        let empty = |name: &str, size: &str| Volume {
+            name: name.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(size.into())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        };
+        let mut volumes = vec![self.tokens_volume(defaults.tls), empty("tmp", "16Mi")];
+        if self.jetstream().is_some() {
+            volumes.push(empty("data", "64Mi"));
+        }
+        volumes.extend(
+            self.nats_secrets()
+                .into_iter()
+                .map(|(volume, secret, _)| Volume {
+                    name: volume.into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(secret),
+                        default_mode: Some(0o440),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                }),
+        );
+        volumes
     }
 }
 

@@ -70,6 +70,8 @@ pub struct Context {
     /// The worker rollout under way. Empty after a restart (a worker that was restarting is
     /// applied already and does not take a place again).
     rollouts: Mutex<crate::operator::runtime::rollouts::Rollouts>,
+    /// Since when each pool worker has been not Ready (failover on JetStream).
+    pub not_ready: crate::operator::runtime::not_ready::NotReady,
     started: std::time::Instant,
 }
 
@@ -118,6 +120,7 @@ impl Context {
             destinations_allowed: Mutex::new(HashMap::new()),
             rollout_policy: RolloutPolicy::default(),
             rollouts: Mutex::default(),
+            not_ready: Default::default(),
             started: std::time::Instant::now(),
         }
     }

@@ -38,6 +38,8 @@ pub struct OperatorMetrics {
     errors: Family<ErrorLabels, Counter>,
     durations: Family<KindLabel, Histogram>,
     backing_off: Gauge,
+    /// Resources moved off failed workers of pools on JetStream.
+    pool_moves: Counter,
     live: Arc<Live>,
 }
 
@@ -98,6 +100,7 @@ impl Default for OperatorMetrics {
                 ))
             }),
             backing_off: Gauge::default(),
+            pool_moves: Counter::default(),
             live: Arc::default(),
         }
     }
@@ -121,6 +124,11 @@ impl OperatorMetrics {
     pub fn set_backing_off(&self, objects: usize) {
         self.backing_off
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    /// A resource of a pool on JetStream was moved off a failed worker.
+    pub fn pool_moved(&self) {
+        self.pool_moves.inc();
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -175,6 +183,11 @@ impl OperatorMetrics {
             "ferry_operator_reconcile_duration_seconds",
             "How long reconciles took, by kind",
             self.durations.clone(),
+        );
+        registry.register(
+            "ferry_operator_pool_moves",
+            "Resources moved off a failed worker of a WorkerPool on JetStream (not Ready for its failoverAfter, gone, or beyond its replicas)",
+            self.pool_moves.clone(),
         );
         registry.register_collector(Box::new(LiveCollector(self.live.clone())));
         registry

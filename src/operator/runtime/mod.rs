@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod leadership;
 pub mod metrics;
+pub mod not_ready;
 pub mod report_watch;
 pub mod rollouts;
 pub mod status;

@@ -468,7 +468,19 @@ pub fn transport_status(
             "the worker runs the latest spec".into(),
         )
     };
-    let degraded = if report.state == TransportState::StoreAndForward {
+    // T11: the queue's servers (a pool on JetStream) unavailable: not Ready, whatever the
+    // state, until the worker reaches them again.
+    let unavailable = report.queue_unavailable.as_ref().map(|why| {
+        format!("the queue is unavailable ({why}); what would be queued is refused with 503, direct delivery goes on")
+    });
+    let doing_what_asked = doing_what_asked && unavailable.is_none();
+    let (ready_reason, ready_message) = match &unavailable {
+        Some(message) => ("QueueUnavailable", message.clone()),
+        None => (state_reason(report.state), ready_message),
+    };
+    let degraded = if let Some(message) = &unavailable {
+        Set("Degraded", true, "QueueUnavailable", message.clone())
+    } else if report.state == TransportState::StoreAndForward {
         Set("Degraded", true, "HostUnreachable", ready_message.clone())
     } else {
         Set(
@@ -492,12 +504,7 @@ pub fn transport_status(
         conditions: set_conditions(
             previous_conditions,
             vec![
-                Set(
-                    "Ready",
-                    doing_what_asked,
-                    state_reason(report.state),
-                    ready_message,
-                ),
+                Set("Ready", doing_what_asked, ready_reason, ready_message),
                 progressing,
                 degraded,
             ],
@@ -610,6 +617,10 @@ pub struct PoolView {
     pub used_by: Vec<String>,
     /// The pool is being deleted.
     pub deleting: bool,
+    /// `Volume` or `JetStream`.
+    pub queue: &'static str,
+    /// Resources moved off failed workers in this reconcile (added to `status.moves`).
+    pub moved: u64,
 }
 
 /// How many workers a pool runs: what its spec asks, but never fewer than one past the
@@ -705,6 +716,8 @@ pub fn pool_status(
         observed_generation: generation,
         ready_workers,
         hosted,
+        queue: (!view.queue.is_empty()).then(|| view.queue.to_owned()),
+        moves: previous.map_or(0, |p| p.moves) + view.moved,
         workers: view.workers.clone(),
         conditions: set_conditions(
             previous_conditions,
@@ -837,6 +850,30 @@ mod tests {
             (degraded.status.as_str(), degraded.reason.as_str()),
             ("True", "HostUnreachable")
         );
+    }
+
+    /// T11: the queue's servers unavailable: not Ready and Degraded with QueueUnavailable,
+    /// in whatever state; back to Ready once the worker reaches them again.
+    #[test]
+    fn an_unavailable_queue_is_not_ready_whatever_the_state() {
+        for state in [TransportState::Up, TransportState::StoreAndForward] {
+            let mut unavailable = report(state, 1);
+            unavailable.queue_unavailable = Some("no quorum".into());
+            let status = transport_status(None, Some(1), false, Ok(&unavailable), at(10));
+            for kind in ["Ready", "Degraded"] {
+                let c = condition(&status.conditions, kind);
+                assert_eq!(c.reason, "QueueUnavailable", "{state:?} {kind}");
+                assert!(c.message.contains("no quorum"), "{}", c.message);
+            }
+            assert_eq!(condition(&status.conditions, "Ready").status, "False");
+            assert_eq!(status.state, Some(state), "the state stays one of the five");
+            let back =
+                transport_status(Some(&status), Some(1), false, Ok(&report(state, 1)), at(20));
+            assert_ne!(
+                condition(&back.conditions, "Ready").reason,
+                "QueueUnavailable"
+            );
+        }
     }
 
     #[test]
