@@ -331,6 +331,15 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP (`-STOP`) or SIGCONT (`-CONT`) a worker's process (process kubelet only).
+    pub fn signal_worker(&self, pod: &str, signal: &str) {
+        let kubelet = self.kubelet.expect("signals need the process kubelet");
+        assert!(
+            kubelet.signal(&self.namespace, pod, signal),
+            "pod {pod} runs on the process kubelet"
+        );
+    }
+
     /// One transaction into a transport's worker, with its ingest token: straight to the pod IP
     /// with the process kubelet, through the API server's pod proxy otherwise (`Ferry-Token`,
     /// since the proxy consumes `Authorization`). Answers status and body.

@@ -64,7 +64,16 @@ struct Running {
     held_down: bool,
     /// Its Secret volumes, refreshed while it runs as a kubelet does.
     secrets: Vec<SecretFiles>,
+    /// A ready pod is probed again every [`READY_PROBE_PERIOD`]; this many failures in a row
+    /// make it not ready (a process that hangs), as a kubelet's failureThreshold.
+    last_probe: Instant,
+    failures: u32,
 }
+
+/// How often a ready pod's readiness is probed again, and how many failures in a row make it
+/// not ready (a kubelet's periodSeconds and failureThreshold).
+const READY_PROBE_PERIOD: Duration = Duration::from_secs(2);
+const READY_FAILURE_THRESHOLD: u32 = 3;
 
 /// A Secret's keys written to a pod's volume directory.
 #[derive(Clone)]
@@ -175,6 +184,20 @@ impl ProcessKubelet {
                 let _ = running.child.wait();
                 true
             }
+            None => false,
+        }
+    }
+
+    /// Send `signal` (`-STOP`, `-CONT`) to the process of pod `namespace/name`: a worker that
+    /// hangs (its readiness probe fails) and wakes up. Answers whether it was running.
+    pub fn signal(&self, namespace: &str, name: &str, signal: &str) -> bool {
+        let key = format!("{namespace}/{name}");
+        let state = self.lock();
+        match state.running.values().find(|r| r.key == key) {
+            Some(running) => std::process::Command::new("kill")
+                .args([signal, &running.child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success()),
             None => false,
         }
     }
@@ -657,14 +680,21 @@ async fn sync_pods(
                     running.started = Timestamp::now();
                     running.child = spawn(&running.command, &running.env, &running.log);
                 }
+                // Not ready: probed until it is. Ready: probed again now and then, so a process
+                // that hangs stops being ready.
+                let again = running.ready
+                    && running.readiness.is_some()
+                    && running.last_probe.elapsed() >= READY_PROBE_PERIOD;
                 (
                     exited,
-                    (!running.ready).then(|| (running.ip.clone(), running.readiness.clone())),
+                    (!running.ready || again)
+                        .then(|| (running.ip.clone(), running.readiness.clone(), running.ready)),
                 )
             }
         };
         let mut became_ready = false;
-        if let Some((ip, readiness)) = probe {
+        let mut became_unready = false;
+        if let Some((ip, readiness, was_ready)) = probe {
             let ready = match readiness {
                 Some(probe) => http
                     .get(probe.url(&ip))
@@ -673,14 +703,25 @@ async fn sync_pods(
                     .is_ok_and(|r| r.status().is_success()),
                 None => true,
             };
-            if ready {
-                if let Some(running) = lock().running.get_mut(&uid) {
-                    running.ready = true;
+            if let Some(running) = lock().running.get_mut(&uid) {
+                running.last_probe = Instant::now();
+                if ready {
+                    running.failures = 0;
+                    if !was_ready {
+                        running.ready = true;
+                        became_ready = true;
+                    }
+                } else if was_ready {
+                    running.failures += 1;
+                    if running.failures >= READY_FAILURE_THRESHOLD {
+                        running.ready = false;
+                        running.failures = 0;
+                        became_unready = true;
+                    }
                 }
-                became_ready = true;
             }
         }
-        if changed || became_ready {
+        if changed || became_ready || became_unready {
             report(&api, &name, state, &uid).await?;
         }
     }
@@ -910,6 +951,8 @@ async fn start(
         image: container.image.clone().unwrap_or_default(),
         held_down: false,
         secrets,
+        last_probe: Instant::now(),
+        failures: 0,
     })
 }
 
@@ -1026,6 +1069,15 @@ impl LocalContainer {
             });
             env.push((var.name.clone(), value));
         }
+        // `$(NAME)` in the arguments too, as the kubelet does.
+        let command: Vec<String> = command
+            .into_iter()
+            .map(|arg| {
+                env.iter().fold(arg, |arg, (name, defined)| {
+                    arg.replace(&format!("$({name})"), defined)
+                })
+            })
+            .collect();
         let readiness = container
             .readiness_probe
             .as_ref()

@@ -11,7 +11,28 @@
 mod certs;
 mod cluster;
 mod kubelet;
+#[path = "../common/nats.rs"]
+mod nats;
 mod scale;
+
+use cluster::WAIT;
+
+/// For `nats`: a client for the servers' /healthz.
+fn client() -> reqwest::Client {
+    ferry::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// For `nats`: a port free now on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
 
 use std::time::Duration;
 
@@ -3314,4 +3335,179 @@ async fn a_worker_that_does_not_come_back_stops_the_rollout() {
         metrics.contains("ferry_operator_worker_rollouts_stuck 0"),
         "{metrics}"
     );
+}
+
+/// Issue 31: a WorkerPool on a replicated NATS JetStream (three servers on loopback). Its
+/// transports queue while the host is down; one worker hangs (SIGSTOP: its pod stops being
+/// Ready) and a NATS server is killed with -9; after failoverAfter its transports move to the
+/// other worker (status.placement, Event Moved, the pool's moves); with the host back every
+/// acknowledged transaction arrives once, in order per transport; the hung worker, woken,
+/// delivers nothing more; all Up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_on_jetstream_moves_a_hung_workers_transports_and_loses_nothing() {
+    let Some(env) = env("a_pool_on_jetstream_moves_a_hung_workers_transports_and_loses_nothing")
+    else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let mut nats = nats::NatsCluster::start().await;
+    let cluster = Cluster::start(env, "jetstream").await;
+    let _operator = cluster.operator(&[]);
+    let host = cluster
+        .run_pod("erp-host", &["sink", "--listen", "0.0.0.0:9090"], 9090)
+        .await;
+    cluster.apply(&format!(
+        r#"
+apiVersion: ferry.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: js
+spec:
+  replicas: 2
+  capacity: 10
+  failoverAfter: 5s
+  queue:
+    jetstream:
+      url: {}
+      replicas: 3
+"#,
+        nats.url()
+    ));
+    let pool = cluster
+        .wait_pool("js", "two workers ready", |s| {
+            s["readyWorkers"] == 2 && ready(s) == "True"
+        })
+        .await;
+    assert_eq!(pool["queue"], "JetStream", "{pool}");
+    let set = cluster
+        .api::<k8s_openapi::api::apps::v1::StatefulSet>()
+        .get("ferry-wp-js")
+        .await
+        .expect("the pool's StatefulSet");
+    assert!(
+        set.spec
+            .as_ref()
+            .and_then(|s| s.volume_claim_templates.as_ref())
+            .is_none(),
+        "workers on JetStream have no volume of their own"
+    );
+    let names = ["a", "b", "c", "d"];
+    for name in names {
+        cluster.apply(&pooled_sf_transport_yaml(name, &host, "js", false));
+    }
+    for name in names {
+        delivered_and_up(&cluster, name).await;
+    }
+    // The host goes away: what comes now is queued, on a quorum of the streams' replicas.
+    cluster.delete_pod_now_and_wait("erp-host", &host).await;
+    for n in 0..3 {
+        for name in names {
+            let payload = format!(r#"{{"t":"{name}-{n}"}}"#);
+            let (code, body) = cluster.ingest(name, &payload).await;
+            assert_eq!(
+                (code, body["outcome"].as_str()),
+                (202, Some("stored")),
+                "{body}"
+            );
+        }
+    }
+    let placed = |status: &Value| {
+        status["placement"]["worker"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut before = std::collections::BTreeMap::new();
+    for name in names {
+        let status = cluster.wait_transport(name, "placed", |_| true).await;
+        before.insert(name, placed(&status));
+    }
+    let hung = before.values().next().cloned().expect("a worker");
+    let moving: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| before[n] == hung)
+        .collect();
+    cluster::say(&format!(
+        "SIGSTOP {hung} (hosts {moving:?}); kill -9 a NATS server"
+    ));
+    cluster.signal_worker(&hung, "-STOP");
+    nats.kill_node(0);
+    let started = std::time::Instant::now();
+    for name in &moving {
+        cluster
+            .wait_transport(name, "moved to the other worker", |s| {
+                let worker = s["placement"]["worker"].as_str().unwrap_or("");
+                !worker.is_empty() && worker != hung && ready(s) == "True"
+            })
+            .await;
+    }
+    cluster::say(&format!(
+        "{} transports moved off the hung worker and Ready in {:.1}s (failoverAfter 5s)",
+        moving.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    for name in &moving {
+        eventually(&format!("a Moved Event of {name}"), || async {
+            event_note(&cluster, name, "Moved")
+        })
+        .await;
+    }
+    let pool = cluster
+        .wait_pool("js", "moves counted", |s| {
+            s["moves"].as_u64().unwrap_or(0) >= moving.len() as u64
+        })
+        .await;
+    assert!(
+        pool["moves"].as_u64() >= Some(moving.len() as u64),
+        "{pool}"
+    );
+
+    // The host is back: every acknowledged transaction arrives, once, in order per transport.
+    let host_again = cluster
+        .run_pod("erp-host", &["sink", "--listen", "0.0.0.0:9090"], 9090)
+        .await;
+    assert_eq!(host_again, host, "the host pod keeps its address");
+    for name in names {
+        cluster
+            .wait_transport(name, "drained and Up", |s| {
+                s["state"] == "Up" && s["queue"]["messages"] == 0 && ready(s) == "True"
+            })
+            .await;
+    }
+    let arrived = |log: &str, name: &str| -> Vec<String> {
+        log.lines()
+            .filter_map(|l| l.split("{\"t\":\"").nth(1))
+            .filter_map(|t| t.split('"').next())
+            .filter(|t| t.starts_with(&format!("{name}-")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let log = cluster.pod_log("erp-host");
+    for name in names {
+        let want: Vec<String> = (0..3).map(|n| format!("{name}-{n}")).collect();
+        assert_eq!(
+            arrived(&log, name),
+            want,
+            "{name}, once each, in order:\n{log}"
+        );
+    }
+    // The hung worker wakes up: it finds its transports taken and delivers nothing more.
+    let count = log.lines().filter(|l| l.starts_with('#')).count();
+    cluster.signal_worker(&hung, "-CONT");
+    cluster.wait_pod_ready(&hung).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = cluster.pod_log("erp-host");
+    assert_eq!(
+        after.lines().filter(|l| l.starts_with('#')).count(),
+        count,
+        "the woken worker delivered nothing:\n{after}"
+    );
+    for name in names {
+        let status = cluster
+            .wait_transport(name, "Up", |s| s["state"] == "Up")
+            .await;
+        assert_eq!(status["totals"]["stored"], 3, "{name}: {status}");
+        assert_eq!(status["totals"]["forwarded"], 3, "{name}: {status}");
+    }
 }
