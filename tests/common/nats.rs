@@ -1,4 +1,5 @@
 #![allow(dead_code)] // each test binary uses a different part
+#![allow(clippy::unwrap_used)] // a failure here is the test failing
 //! A NATS JetStream cluster of three servers on loopback, like the e2e control plane: real
 //! processes (the official binary, `.ci/get-nats-server.py`), `sync_interval: always`, each
 //! node can be killed with -9 and started again on its own data.
