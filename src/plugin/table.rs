@@ -325,8 +325,16 @@ pub fn pool_table(pool: &WorkerPool, resources: &[Hosted]) -> String {
         ]);
     }
     let (ready, message) = ready(&status.conditions);
+    // Where the queues are; on JetStream, how many resources moved off failed workers.
+    let queue = match pool.spec.jetstream() {
+        Some(js) => format!(
+            "queues on JetStream ({}, {} replicas, failover after {}, {} moved); ",
+            js.url, js.replicas, pool.spec.failover_after, status.moves
+        ),
+        None => String::new(),
+    };
     format!(
-        "WorkerPool {name}: {} of {} workers ready, capacity {} each; Ready={ready} {message}\n{}",
+        "WorkerPool {name}: {} of {} workers ready, capacity {} each; {queue}Ready={ready} {message}\n{}",
         status.ready_workers,
         pool.spec.replicas,
         pool.spec.capacity,
@@ -472,6 +480,19 @@ mod tests {
              ferry-wp-fleet-0   True    2/2      Connection crm, Transport erp\n\
              ferry-wp-fleet-1   False   0/2\n\
              (no place)         -       1        Transport late (PoolFull)\n"
+        );
+        let mut on_jetstream = pool.clone();
+        on_jetstream.spec.queue = serde_json::from_value(
+            serde_json::json!({"jetstream": {"url": "nats://nats:4222", "replicas": 3}}),
+        )
+        .unwrap();
+        on_jetstream.status.as_mut().unwrap().moves = 4;
+        let table = pool_table(&on_jetstream, &[]);
+        assert!(
+            table.contains(
+                "queues on JetStream (nats://nats:4222, 3 replicas, failover after 20s, 4 moved)"
+            ),
+            "{table}"
         );
     }
 }

@@ -52,7 +52,7 @@ impl Collector for TransportCollector {
         }
 
         type Gauge = fn(&crate::wire::TransportReport) -> u64;
-        let gauges: [(&str, &str, Gauge); 3] = [
+        let gauges: [(&str, &str, Gauge); 4] = [
             (
                 "ferry_transport_queue_messages",
                 "Transactions in the Store and Forward queue",
@@ -67,6 +67,11 @@ impl Collector for TransportCollector {
                 "ferry_transport_queue_oldest_age_seconds",
                 "Age of the oldest queued transaction",
                 |r| r.queue.oldest_age_seconds,
+            ),
+            (
+                "ferry_transport_queue_unavailable",
+                "1 while the transport's queue (a pool on JetStream) is unavailable: what it would queue is refused with 503 (T11)",
+                |r| u64::from(r.queue_unavailable.is_some()),
             ),
         ];
         for (metric, help, value) in gauges {
