@@ -131,6 +131,23 @@ async fn a_transport_moved_from_a_hung_worker_loses_nothing_and_the_woken_worker
     assert_eq!(totals["stored"], 15, "{report}");
     assert_eq!(totals["forwarded"], 15, "{report}");
     assert_eq!(report["queue"]["messages"], 0, "{report}");
+
+    // Placed on a again (a move back): a takes it over anew, with the totals as they are.
+    apply_retrying(&a, "orders", spec(&host)).await;
+    let report = a
+        .wait_for("orders", "a serving it again", |r| r.get("moved").is_none())
+        .await;
+    assert_eq!(report["totals"]["forwarded"], 15, "{report}");
+    send_stored_or_delivered(&a, "orders", 15).await;
+    wait_received(&host, "the 16th, from a", |r| r.len() >= 16).await;
+    assert_eq!(host.received_ids(), ids(0..16));
+}
+
+async fn send_stored_or_delivered(worker: &WorkerProc, name: &str, n: usize) {
+    let (status, body) = worker
+        .send(name, &format!("{{\"n\":{n}}}"), Some(&format!("t-{n:03}")))
+        .await;
+    assert!(status == 200 || status == 202, "{status} {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

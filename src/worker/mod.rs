@@ -276,14 +276,23 @@ impl Worker {
     ) -> Result<(Arc<R>, bool), WorkerError> {
         let (meta, desired) = R::desired(resource, beside);
         let key = object_key(&meta, url)?;
-        if let Some(existing) = self.get::<R>(&key) {
+        if let Some(existing) = self.get::<R>(&key).filter(|r| !r.moved()) {
             existing.update(desired).await?;
             return Ok((existing, false));
         }
         let _hosting = self.hosting.lock().await;
-        if let Some(existing) = self.get::<R>(&key) {
-            existing.update(desired).await?;
-            return Ok((existing, false));
+        match self.get::<R>(&key) {
+            // Moved away and placed here again (T12): its runtime here was fenced; it takes
+            // the record anew.
+            Some(fenced) if fenced.moved() => {
+                R::hosted(self).remove(&key);
+                fenced.stop().await?;
+            }
+            Some(existing) => {
+                existing.update(desired).await?;
+                return Ok((existing, false));
+            }
+            None => {}
         }
         Ok((self.start::<R>(&key, desired).await?, true))
     }

@@ -89,14 +89,7 @@ impl NatsCluster {
                 {
                     return false;
                 }
-                let url = format!("http://127.0.0.1:{}/healthz", node.monitor);
-                let ok = client
-                    .get(&url)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                healthy += usize::from(ok);
+                healthy += usize::from(answers(&client, node.monitor).await);
             }
             if healthy == self.nodes.len() || Instant::now() > deadline {
                 return true;
@@ -187,15 +180,8 @@ impl NatsCluster {
         let client = client();
         let deadline = Instant::now() + WAIT;
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let url = format!("http://127.0.0.1:{}/healthz", node.monitor);
             loop {
-                let ok = client
-                    .get(&url)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
+                if answers(&client, node.monitor).await {
                     break;
                 }
                 assert!(
@@ -228,6 +214,16 @@ impl NatsCluster {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// The node with this monitoring port answers /healthz.
+async fn answers(client: &reqwest::Client, monitor: u16) -> bool {
+    client
+        .get(format!("http://127.0.0.1:{monitor}/healthz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 impl Drop for NatsCluster {
