@@ -37,6 +37,10 @@ pub enum Unplaceable {
         ready: usize,
         capacity: u32,
     },
+    #[error(
+        "the WorkerPool {pool} keeps its queues on JetStream, where Connections cannot live yet (their watermarks would not move with them): use a pool without spec.queue, or a worker of its own"
+    )]
+    ConnectionsNotOnJetStream { pool: String },
 }
 
 impl Unplaceable {
@@ -46,6 +50,7 @@ impl Unplaceable {
             Self::PoolMissing { .. } => "PoolMissing",
             Self::NoReadyWorker { .. } => "NoReadyWorker",
             Self::PoolFull { .. } => "PoolFull",
+            Self::ConnectionsNotOnJetStream { .. } => "PoolUnsupported",
         }
     }
 }
@@ -278,6 +283,11 @@ pub fn home<R: WorkerResource>(
             pool: pool_name.to_owned(),
         });
     };
+    if R::KIND == Connection::KIND && pool.spec.jetstream().is_some() {
+        return Err(Unplaceable::ConnectionsNotOnJetStream {
+            pool: pool_name.to_owned(),
+        });
+    }
     let set = Owner::pool(&pool).map_or_else(|_| String::new(), |o| o.worker_name());
     let no_worker = || Unplaceable::NoReadyWorker {
         pool: pool_name.to_owned(),
